@@ -1,0 +1,5 @@
+//! Flow keys and the per-worker connection table.
+
+pub mod key;
+
+pub use key::FlowKey;

@@ -1,0 +1,1 @@
+//! Perf harness for fulcrum (see perf/README.md).

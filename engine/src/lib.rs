@@ -4,3 +4,4 @@
 //! backends (AF_XDP, in-memory) only move frames.
 
 pub mod flow;
+pub mod sched;

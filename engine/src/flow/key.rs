@@ -73,9 +73,18 @@ impl FlowKey {
 /// An address as 16 bytes, IPv4 v4-mapped.
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
     match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// `::ffff:a.b.c.d`
+pub fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[10] = 0xff;
+    m[11] = 0xff;
+    m[12..].copy_from_slice(&a);
+    m
 }
 
 pub fn is_v4_mapped(a: &[u8; 16]) -> bool {

@@ -1,0 +1,7 @@
+//! Rewrites for each forwarding mode, as functions over a frame and its
+//! parsed headers. NAT is `rewrite::set_endpoint` on one or both ends, DSR
+//! only `rewrite::set_macs`, tunnel mode `tunnel::encapsulate`.
+
+pub mod icmp;
+pub mod rewrite;
+pub mod tunnel;

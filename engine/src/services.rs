@@ -1,0 +1,278 @@
+//! The services the packet path balances: VIPs, their backends and the
+//! interfaces. Built and validated by the control plane, then shared
+//! read-only with every worker; a reload publishes a new one.
+//!
+//! VIP and backend ids are stable across reloads (the control plane keeps
+//! them), so connection-table entries that name them stay valid.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::flow::FlowKey;
+use crate::flow::key::{PROTO_TCP, PROTO_UDP, addr16, ip_from16};
+use crate::forward::tunnel::Encap;
+use crate::packet::IfIndex;
+use crate::sched::maglev::{Maglev, MaglevInput};
+use crate::wire::ethernet::Mac;
+
+pub type VipId = u16;
+pub type BackendId = u16;
+
+/// How a VIP forwards (per VIP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// DNAT to the backend. With `snat`, also SNAT to that balancer address
+    /// (full-NAT, for one-arm topologies where replies would otherwise
+    /// bypass the balancer).
+    Nat { snat: Option<IpAddr> },
+    /// L2 direct server return: only the MACs change; the backend holds the
+    /// VIP on its loopback and answers the client itself.
+    Dsr,
+    /// Encapsulate to the backend (L3 DSR). The outer source is `source`
+    /// with its bits after `source_prefix` taken from the flow hash.
+    Tunnel { encap: Encap, source: IpAddr, source_prefix: u8 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub mac: Mac,
+    pub mtu: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: IpAddr,
+    /// 0: the port the client connected to.
+    pub port: u16,
+    /// 0 drains: no new flows, established ones continue.
+    pub weight: u32,
+    /// The L2 next hop towards the backend (itself when on-link).
+    pub next_hop: Mac,
+    pub iface: IfIndex,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    pub addr: IpAddr,
+    pub proto: u8,
+    /// 0: every port.
+    pub port: u16,
+    pub mode: Mode,
+    pub backends: Vec<BackendId>,
+}
+
+/// A VIP ready for the packet path: addresses pre-converted, the Maglev
+/// table built.
+pub struct Vip {
+    pub spec: VipSpec,
+    pub addr: [u8; 16],
+    pub snat: Option<[u8; 16]>,
+    pub maglev: Maglev,
+}
+
+/// A backend ready for the packet path.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendEntry {
+    pub spec: Backend,
+    pub addr: [u8; 16],
+}
+
+impl BackendEntry {
+    /// The port to send a flow to.
+    #[inline]
+    pub fn port_for(&self, client_dst_port: u16) -> u16 {
+        if self.spec.port == 0 { client_dst_port } else { self.spec.port }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct VipKey {
+    addr: [u8; 16],
+    proto: u8,
+    port: u16,
+}
+
+pub struct Services {
+    pub interfaces: Vec<Interface>,
+    vips: Vec<Option<Vip>>,
+    backends: Vec<Option<BackendEntry>>,
+    by_key: HashMap<VipKey, VipId>,
+    /// The first VIP defined on each address, to count drops of traffic
+    /// that has an address but no port (fragments).
+    vip_addrs: HashMap<[u8; 16], VipId>,
+    /// Where NAT return traffic comes from (backend address, port,
+    /// protocol) or goes to (SNAT addresses, port 0): such traffic without
+    /// state is dropped, not leaked un-NAT'd to the kernel.
+    return_ends: HashSet<VipKey>,
+}
+
+/// A configuration the packet path cannot run, with what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceError(pub String);
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+/// "198.18.0.100:80/tcp" or "[2001:db8::1]:*/udp", as operators write VIPs.
+pub fn vip_name(addr: IpAddr, proto: u8, port: u16) -> String {
+    let proto = match proto {
+        PROTO_TCP => "tcp".to_string(),
+        PROTO_UDP => "udp".to_string(),
+        p => format!("proto{p}"),
+    };
+    let port = if port == 0 { "*".to_string() } else { port.to_string() };
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}/{proto}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}/{proto}"),
+    }
+}
+
+impl Services {
+    /// Validates and builds. Ids are the positions the control plane
+    /// assigned; `None` marks an id no longer (or not yet) in use.
+    pub fn new(interfaces: Vec<Interface>, vips: Vec<Option<VipSpec>>, backends: Vec<Option<Backend>>) -> Result<Services, ServiceError> {
+        let err = |msg: String| Err(ServiceError(msg));
+        if vips.len() > usize::from(VipId::MAX) || backends.len() > usize::from(BackendId::MAX) {
+            return err(format!("too many VIPs ({}) or backends ({}): at most {} each", vips.len(), backends.len(), u16::MAX));
+        }
+        let mut out = Services {
+            interfaces,
+            vips: Vec::with_capacity(vips.len()),
+            backends: Vec::with_capacity(backends.len()),
+            by_key: HashMap::new(),
+            vip_addrs: HashMap::new(),
+            return_ends: HashSet::new(),
+        };
+        for (id, b) in backends.iter().enumerate() {
+            if let Some(b) = b
+                && usize::from(b.iface) >= out.interfaces.len()
+            {
+                return err(format!("backend {id} ({}): interface {} does not exist", b.addr, b.iface));
+            }
+            out.backends.push(b.map(|spec| BackendEntry { spec, addr: addr16(spec.addr) }));
+        }
+        for spec in vips {
+            let Some(spec) = spec else {
+                out.vips.push(None);
+                continue;
+            };
+            let vip = out.build_vip(spec)?;
+            out.vips.push(Some(vip));
+        }
+        Ok(out)
+    }
+
+    fn build_vip(&mut self, spec: VipSpec) -> Result<Vip, ServiceError> {
+        let name = vip_name(spec.addr, spec.proto, spec.port);
+        let err = |msg: String| Err(ServiceError(format!("vip {name}: {msg}")));
+        if !matches!(spec.proto, PROTO_TCP | PROTO_UDP) {
+            return err("protocol must be tcp or udp".into());
+        }
+        let key = VipKey { addr: addr16(spec.addr), proto: spec.proto, port: spec.port };
+        let id = self.vips.len() as VipId;
+        if self.by_key.insert(key, id).is_some() {
+            return err("defined twice".into());
+        }
+        let v4 = spec.addr.is_ipv4();
+        let snat = match spec.mode {
+            Mode::Nat { snat: Some(s) } if s.is_ipv4() != v4 => return err(format!("snat address {s} is not of the VIP's family")),
+            Mode::Nat { snat } => snat.map(addr16),
+            Mode::Tunnel { source, source_prefix, .. } => {
+                if source.is_ipv4() != v4 {
+                    return err(format!("tunnel source {source} is not of the VIP's family"));
+                }
+                if source_prefix > if v4 { 32 } else { 128 } {
+                    return err(format!("tunnel source prefix /{source_prefix} is too long"));
+                }
+                None
+            }
+            Mode::Dsr => None,
+        };
+        let mut inputs = Vec::with_capacity(spec.backends.len());
+        for (i, &bid) in spec.backends.iter().enumerate() {
+            let Some(b) = self.backends.get(usize::from(bid)).copied().flatten() else {
+                return err(format!("backend {i}: id {bid} is not defined"));
+            };
+            if b.spec.addr.is_ipv4() != v4 {
+                return err(format!("backend {i} ({}): not of the VIP's family", b.spec.addr));
+            }
+            if spec.mode == Mode::Dsr && b.spec.port != 0 && b.spec.port != spec.port {
+                return err(format!("backend {i} ({}): DSR cannot change the port ({} -> {})", b.spec.addr, spec.port, b.spec.port));
+            }
+            if let Mode::Nat { snat } = spec.mode {
+                let port = if b.spec.port == 0 { spec.port } else { b.spec.port };
+                self.return_ends.insert(VipKey { addr: b.addr, proto: spec.proto, port });
+                if let Some(s) = snat {
+                    self.return_ends.insert(VipKey { addr: addr16(s), proto: spec.proto, port: 0 });
+                }
+            }
+            inputs.push(MaglevInput { ident: backend_ident(&b), weight: b.spec.weight });
+        }
+        let maglev = Maglev::build(&inputs).map_err(|e| ServiceError(format!("vip {name}: {e}")))?;
+        self.vip_addrs.entry(key.addr).or_insert(id);
+        Ok(Vip { addr: key.addr, snat, maglev, spec })
+    }
+
+    /// The VIP a client packet is for: an exact port first, then all ports.
+    #[inline]
+    pub fn find_vip(&self, key: &FlowKey) -> Option<VipId> {
+        let exact = VipKey { addr: key.dst, proto: key.proto, port: key.dst_port };
+        self.by_key.get(&exact).or_else(|| self.by_key.get(&VipKey { port: 0, ..exact })).copied()
+    }
+
+    /// The first VIP on `addr`, if `addr` is the address of any VIP.
+    pub fn vip_for_addr(&self, addr: &[u8; 16]) -> Option<VipId> {
+        self.vip_addrs.get(addr).copied()
+    }
+
+    /// Whether a packet is NAT return traffic by its ends alone.
+    pub fn is_return(&self, key: &FlowKey) -> bool {
+        let from_backend = VipKey { addr: key.src, proto: key.proto, port: key.src_port };
+        let to_snat = VipKey { addr: key.dst, proto: key.proto, port: 0 };
+        !self.return_ends.is_empty() && (self.return_ends.contains(&from_backend) || self.return_ends.contains(&to_snat))
+    }
+
+    #[inline]
+    pub fn vip(&self, id: VipId) -> Option<&Vip> {
+        self.vips.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    #[inline]
+    pub fn backend(&self, id: BackendId) -> Option<&BackendEntry> {
+        self.backends.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    pub fn vips(&self) -> impl Iterator<Item = (VipId, &Vip)> {
+        self.vips.iter().enumerate().filter_map(|(i, v)| Some((i as VipId, v.as_ref()?)))
+    }
+
+    pub fn vip_slots(&self) -> usize {
+        self.vips.len()
+    }
+
+    pub fn backend_slots(&self) -> usize {
+        self.backends.len()
+    }
+}
+
+/// The Maglev identity of a backend: its address and port, so every node
+/// with the same pool builds the same table whatever the ids or order.
+fn backend_ident(b: &BackendEntry) -> u64 {
+    let mut bytes = [0u8; 18];
+    bytes[..16].copy_from_slice(&b.addr);
+    bytes[16..].copy_from_slice(&b.spec.port.to_be_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+impl fmt::Debug for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Vip({})", vip_name(ip_from16(&self.addr), self.spec.proto, self.spec.port))
+    }
+}

@@ -1,0 +1,99 @@
+//! Per-worker counters. Each worker is the only writer of its own `Stats`;
+//! the control plane reads them from another thread and sums workers.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::packet::DropReason;
+
+/// A counter with one writer: a relaxed load and store, no locked
+/// read-modify-write on the packet path, yet safe to read concurrently.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Traffic of one VIP or one backend.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub packets: Counter,
+    pub bytes: Counter,
+    pub new_flows: Counter,
+}
+
+impl Traffic {
+    #[inline]
+    pub fn packet(&self, bytes: usize) {
+        self.packets.inc();
+        self.bytes.add(bytes as u64);
+    }
+}
+
+/// One counter per drop reason.
+#[derive(Debug)]
+pub struct Drops([Counter; DropReason::COUNT]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops(std::array::from_fn(|_| Counter::default()))
+    }
+}
+
+impl Drops {
+    #[inline]
+    pub fn count(&self, reason: DropReason) {
+        self.0[reason as usize].inc();
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize].get()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
+}
+
+/// Everything one worker counts. Sized once for the most VIP and backend
+/// ids the engine accepts, so a reload never reallocates under a reader.
+#[derive(Debug)]
+pub struct Stats {
+    pub vips: Box<[Traffic]>,
+    pub vip_drops: Box<[Drops]>,
+    /// Return traffic (backend to client) counts here too, under the
+    /// backend that sent it.
+    pub backends: Box<[Traffic]>,
+    /// Every drop, whether or not the frame could be tied to a VIP.
+    pub drops: Drops,
+    /// Frames handed to the kernel.
+    pub passed: Counter,
+    /// Plugin schedulers that failed a pick (the flow fell back to Maglev).
+    pub scheduler_faults: Counter,
+}
+
+impl Stats {
+    pub fn new(max_vips: usize, max_backends: usize) -> Self {
+        let many = |n: usize| (0..n).map(|_| Traffic::default()).collect();
+        Stats {
+            vips: many(max_vips),
+            vip_drops: (0..max_vips).map(|_| Drops::default()).collect(),
+            backends: many(max_backends),
+            drops: Drops::default(),
+            passed: Counter::default(),
+            scheduler_faults: Counter::default(),
+        }
+    }
+}

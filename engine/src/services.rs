@@ -87,13 +87,14 @@ impl BackendEntry {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct VipKey {
     addr: [u8; 16],
     proto: u8,
     port: u16,
 }
 
+#[derive(Debug)]
 pub struct Services {
     pub interfaces: Vec<Interface>,
     vips: Vec<Option<Vip>>,

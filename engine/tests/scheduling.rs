@@ -1,0 +1,224 @@
+//! How new and established flows get their backends: reloads, drain, the
+//! scheduler hook and its fallbacks, and full-NAT source ports.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use fulcrum::flow::FlowKey;
+use fulcrum::sched::Scheduler;
+use fulcrum::wire::build::{LB_MAC, L4, PacketBuilder};
+use fulcrum::wire::tcp::{ACK, SYN};
+use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const VIP: &str = "198.18.0.100";
+
+fn backend(i: u8, weight: u32) -> Backend {
+    Backend { addr: IpAddr::from([198, 18, 1, i]), port: 0, weight, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }
+}
+
+/// Services with one TCP VIP on port 80 over `backends` (ids in order).
+fn services(mode: Mode, backends: &[Backend]) -> Arc<Services> {
+    let ids = (0..backends.len() as u16).collect();
+    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode, backends: ids };
+    Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends.iter().copied().map(Some).collect()).unwrap())
+}
+
+fn engine(cfg: EngineConfig, s: Arc<Services>) -> Engine {
+    Engine::new(EngineConfig { table_capacity: 4096, ..cfg }, s).unwrap()
+}
+
+fn frame(client_port: u16, flags: u8) -> Vec<u8> {
+    PacketBuilder::tcp(ip("198.18.0.1"), client_port, ip(VIP), 80, flags).frame()
+}
+
+/// Sends one frame; returns the verdict and the backend it went to (by the
+/// last byte of the destination MAC).
+fn send(e: &mut Engine, f: &[u8]) -> (Verdict, u8) {
+    let mut buf = vec![0u8; 2048];
+    buf[128..128 + f.len()].copy_from_slice(f);
+    let mut batch = [Packet::new(&mut buf, 128, f.len(), 0)];
+    e.process(0, &mut batch);
+    let out = batch[0].frame();
+    (batch[0].verdict, out[5])
+}
+
+fn backend_of(e: &mut Engine, client_port: u16, flags: u8) -> u8 {
+    let (v, b) = send(e, &frame(client_port, flags));
+    assert_eq!(v, Verdict::Tx(0));
+    b
+}
+
+#[test]
+fn established_flows_keep_their_backend_across_a_reload() {
+    let pool: Vec<Backend> = (1..=4).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    let before: Vec<u8> = (0..200).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    // Reweight heavily and add a backend: established flows stay put.
+    let mut bigger = pool.clone();
+    bigger[0].weight = 50;
+    bigger.push(backend(5, 50));
+    e.set_services(services(Mode::Dsr, &bigger)).unwrap();
+    let after: Vec<u8> = (0..200).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect();
+    assert_eq!(before, after);
+    // New flows see the new weights.
+    let fresh: Vec<u8> = (0..400).map(|p| backend_of(&mut e, 20_000 + p, SYN)).collect();
+    let heavy = fresh.iter().filter(|&&b| b == 1 || b == 5).count();
+    assert!(heavy > 300, "weights 50,1,1,1,50 gave {heavy}/400 to the heavy two");
+}
+
+#[test]
+fn a_removed_backend_s_flows_are_rescheduled() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    let on: Vec<u16> = (0..300).filter(|&p| backend_of(&mut e, 10_000 + p, SYN) == 2).collect();
+    assert!(!on.is_empty());
+    // Backend 2 (id 1) leaves the pool; ids of the others are kept.
+    let ids = vec![Some(pool[0]), None, Some(pool[2])];
+    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0, 2] };
+    let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], ids).unwrap();
+    e.set_services(Arc::new(s)).unwrap();
+    for p in on {
+        assert_ne!(backend_of(&mut e, 10_000 + p, ACK), 2);
+    }
+}
+
+#[test]
+fn weight_zero_drains() {
+    let mut pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    let first: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    pool[1].weight = 0;
+    e.set_services(services(Mode::Dsr, &pool)).unwrap();
+    let new_before = e.stats().backends[1].new_flows.get();
+    // No new flow lands on the drained backend...
+    assert!((0..300).all(|p| backend_of(&mut e, 30_000 + p, SYN) != 2));
+    assert_eq!(e.stats().backends[1].new_flows.get(), new_before);
+    // ...while its established flows go on.
+    let drained_pkts = e.stats().backends[1].packets.get();
+    let again: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect();
+    assert_eq!(first, again);
+    assert!(e.stats().backends[1].packets.get() > drained_pkts);
+}
+
+/// Hands out backends in order; optionally answers out of range.
+struct Cycle {
+    next: usize,
+    n: usize,
+    bogus: bool,
+}
+
+impl Scheduler for Cycle {
+    fn pick(&mut self, _: &FlowKey, _: u64) -> Option<usize> {
+        let i = self.next;
+        self.next = (self.next + 1) % self.n;
+        Some(if self.bogus { i + 100 } else { i })
+    }
+}
+
+#[test]
+fn a_scheduler_decides_new_flows_and_its_faults_fall_back_to_maglev() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let s = services(Mode::Dsr, &pool);
+    let mut e = engine(EngineConfig::default(), Arc::clone(&s));
+    e.set_scheduler(0, Some(Box::new(Cycle { next: 0, n: 3, bogus: false })));
+    let picks: Vec<u8> = (0..6).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+
+    // Out-of-range answers are faults: Maglev decides and a counter rises.
+    let mut reference = engine(EngineConfig::default(), Arc::clone(&s));
+    e.set_scheduler(0, Some(Box::new(Cycle { next: 0, n: 3, bogus: true })));
+    for p in 0..20 {
+        assert_eq!(backend_of(&mut e, 20_000 + p, SYN), backend_of(&mut reference, 20_000 + p, SYN));
+    }
+    assert_eq!(e.stats().scheduler_faults.get(), 20);
+}
+
+#[test]
+fn mid_stream_packets_without_state_use_maglev_on_every_node() {
+    let pool: Vec<Backend> = (1..=8).map(|i| backend(i, 1)).collect();
+    let s = services(Mode::Dsr, &pool);
+    let mut node_a = engine(EngineConfig::default(), Arc::clone(&s));
+    let mut node_b = engine(EngineConfig::default(), Arc::clone(&s));
+    // Node A runs a scheduler for new connections; node B never saw them.
+    node_a.set_scheduler(0, Some(Box::new(Cycle { next: 0, n: 8, bogus: false })));
+    for p in 0..100 {
+        let a = backend_of(&mut node_a, 10_000 + p, ACK);
+        assert_eq!(a, backend_of(&mut node_b, 10_000 + p, ACK), "port {p}");
+    }
+    assert_eq!(node_a.stats().scheduler_faults.get(), 0);
+}
+
+#[test]
+fn full_nat_ports_are_split_between_workers_and_can_run_out() {
+    let pool = [backend(1, 1)];
+    let snat = Mode::Nat { snat: Some(ip("198.18.0.200")) };
+    let src_port = |e: &mut Engine, client_port: u16| {
+        let mut buf = vec![0u8; 2048];
+        let f = frame(client_port, SYN);
+        buf[..f.len()].copy_from_slice(&f);
+        let mut batch = [Packet::new(&mut buf, 0, f.len(), 0)];
+        e.process(0, &mut batch);
+        let out = batch[0].frame();
+        (batch[0].verdict, u16::from_be_bytes([out[34], out[35]]))
+    };
+    let cfg = EngineConfig { worker: 1, workers: 2, snat_ports: (1000, 1999), ..EngineConfig::default() };
+    let mut w1 = engine(cfg, services(snat, &pool));
+    assert_eq!(src_port(&mut w1, 40_000), (Verdict::Tx(0), 1500));
+    assert_eq!(src_port(&mut w1, 40_001), (Verdict::Tx(0), 1501));
+
+    let cfg = EngineConfig { snat_ports: (2000, 2001), ..EngineConfig::default() };
+    let mut tiny = engine(cfg, services(snat, &pool));
+    assert_eq!(src_port(&mut tiny, 40_000).0, Verdict::Tx(0));
+    assert_eq!(src_port(&mut tiny, 40_001).0, Verdict::Tx(0));
+    assert_eq!(src_port(&mut tiny, 40_002).0, Verdict::Drop(DropReason::SnatExhausted));
+    assert_eq!(tiny.stats().vip_drops[0].get(DropReason::SnatExhausted), 1);
+    // A failed flow leaves nothing behind: two flows, two entries each.
+    assert_eq!(tiny.table().len(), 4);
+}
+
+#[test]
+fn a_vip_without_usable_backends_drops_new_flows() {
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &[backend(1, 0)]));
+    assert_eq!(send(&mut e, &frame(1, SYN)).0, Verdict::Drop(DropReason::NoBackend));
+    assert_eq!(e.stats().vip_drops[0].get(DropReason::NoBackend), 1);
+}
+
+#[test]
+fn invalid_services_are_refused_with_the_reason() {
+    let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
+    let v6_backend = Backend { addr: ip("2001:db8::1"), ..backend(1, 1) };
+    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0] };
+    let err = Services::new(iface.clone(), vec![Some(vip.clone())], vec![Some(v6_backend)]).unwrap_err();
+    assert_eq!(err.to_string(), "vip 198.18.0.100:80/tcp: backend 0 (2001:db8::1): not of the VIP's family");
+    let moved = Backend { port: 8080, ..backend(1, 1) };
+    let err = Services::new(iface.clone(), vec![Some(vip.clone())], vec![Some(moved)]).unwrap_err();
+    assert!(err.to_string().contains("DSR cannot change the port (80 -> 8080)"), "{err}");
+    let err = Services::new(iface.clone(), vec![Some(vip.clone()), Some(vip.clone())], vec![Some(backend(1, 1))]).unwrap_err();
+    assert_eq!(err.to_string(), "vip 198.18.0.100:80/tcp: defined twice");
+    let wrong_if = Backend { iface: 3, ..backend(1, 1) };
+    let err = Services::new(iface, vec![Some(vip)], vec![Some(wrong_if)]).unwrap_err();
+    assert_eq!(err.to_string(), "backend 0 (198.18.1.1): interface 3 does not exist");
+}
+
+#[test]
+fn udp_flows_are_balanced_and_sticky() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let vip = VipSpec { addr: ip(VIP), proto: 17, port: 53, mode: Mode::Dsr, backends: vec![0, 1, 2] };
+    let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], pool.into_iter().map(Some).collect()).unwrap();
+    let mut e = engine(EngineConfig::default(), Arc::new(s));
+    let dns = |port| {
+        let mut b = PacketBuilder::udp(ip("198.18.0.1"), port, ip(VIP), 53).payload(b"q");
+        b.l4 = L4::Udp { src_port: port, dst_port: 53, checksum: true };
+        b.frame()
+    };
+    let first: Vec<u8> = (0..100).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
+    let again: Vec<u8> = (0..100).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
+    assert_eq!(first, again);
+    for b in 1..=3 {
+        assert!(first.iter().filter(|&&x| x == b).count() > 15, "backend {b} starved");
+    }
+}

@@ -54,7 +54,7 @@ impl Default for EngineConfig {
             workers: 1,
             table_capacity: 1 << 20,
             timeouts: Timeouts::default(),
-            expire_budget: 64,
+            expire_budget: 32,
             snat_ports: (1024, 65535),
             max_vips: 1024,
             max_backends: 16384,
@@ -66,8 +66,14 @@ impl Default for EngineConfig {
 const SNAT_PROBES: u16 = 64;
 
 pub struct Engine {
-    cfg: EngineConfig,
     services: Arc<Services>,
+    flows: Flows,
+}
+
+/// The worker's mutable state, apart from the read-only services so that
+/// the packet path borrows both without cloning the `Arc` per packet.
+struct Flows {
+    cfg: EngineConfig,
     table: ConnTable<FlowValue>,
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
@@ -88,7 +94,7 @@ impl Engine {
             return Err(format!("snat ports {lo}-{hi}: need a non-empty range above 0 with a port for each of {} workers", cfg.workers));
         }
         let span = span as u16;
-        let mut engine = Engine {
+        let flows = Flows {
             table: ConnTable::new(cfg.table_capacity, cfg.timeouts),
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
@@ -96,8 +102,8 @@ impl Engine {
             snat_span: span,
             snat_next: 0,
             cfg,
-            services: Arc::clone(&services),
         };
+        let mut engine = Engine { services: Arc::clone(&services), flows };
         engine.set_services(services)?;
         Ok(engine)
     }
@@ -105,51 +111,55 @@ impl Engine {
     /// Switches to a new service snapshot. Established flows keep their
     /// backends as long as the ids still exist.
     pub fn set_services(&mut self, services: Arc<Services>) -> Result<(), String> {
-        if services.vip_slots() > self.cfg.max_vips || services.backend_slots() > self.cfg.max_backends {
+        let cfg = &self.flows.cfg;
+        if services.vip_slots() > cfg.max_vips || services.backend_slots() > cfg.max_backends {
             return Err(format!(
                 "{} VIP and {} backend ids exceed this engine's limits ({} and {})",
                 services.vip_slots(),
                 services.backend_slots(),
-                self.cfg.max_vips,
-                self.cfg.max_backends
+                cfg.max_vips,
+                cfg.max_backends
             ));
         }
-        self.schedulers.resize_with(services.vip_slots(), || None);
+        self.flows.schedulers.resize_with(services.vip_slots(), || None);
         self.services = services;
         Ok(())
     }
 
     /// Installs (or with `None` removes) the scheduler of a VIP's new flows.
     pub fn set_scheduler(&mut self, vip: VipId, sched: Option<Box<dyn Scheduler>>) {
-        if let Some(slot) = self.schedulers.get_mut(usize::from(vip)) {
+        if let Some(slot) = self.flows.schedulers.get_mut(usize::from(vip)) {
             *slot = sched;
         }
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.flows.stats
     }
 
     pub fn table(&self) -> &ConnTable<FlowValue> {
-        &self.table
+        &self.flows.table
     }
 
     /// Processes a batch: sets every packet's verdict and rewrites the
     /// frames to transmit. `now_ms` is a monotonic clock in milliseconds
     /// (wrapping).
     pub fn process(&mut self, now_ms: u32, batch: &mut [Packet<'_>]) {
+        let (services, flows) = (&*self.services, &mut self.flows);
         for pkt in batch.iter_mut() {
-            pkt.verdict = self.process_one(now_ms, pkt);
+            pkt.verdict = flows.process_one(services, now_ms, pkt);
             match pkt.verdict {
-                Verdict::Pass => self.stats.passed.inc(),
-                Verdict::Drop(r) => self.stats.drops.count(r),
+                Verdict::Pass => flows.stats.passed.inc(),
+                Verdict::Drop(r) => flows.stats.drops.count(r),
                 Verdict::Tx(_) => {}
             }
         }
-        self.table.expire(now_ms, self.cfg.expire_budget);
+        flows.table.expire(now_ms, flows.cfg.expire_budget);
     }
+}
 
-    fn process_one(&mut self, now: u32, pkt: &mut Packet) -> Verdict {
+impl Flows {
+    fn process_one(&mut self, s: &Services, now: u32, pkt: &mut Packet) -> Verdict {
         let p = match parse(pkt.frame()) {
             Ok(p) => p,
             Err(ParseError::NotIp) => return Verdict::Pass,
@@ -157,60 +167,58 @@ impl Engine {
             Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),
         };
         if p.fragment {
-            return self.for_vip_addr(&p, DropReason::Fragment);
+            return self.for_vip_addr(s, &p, DropReason::Fragment);
         }
         if is_icmp_error(pkt.frame(), &p) {
-            return self.icmp_error(now, pkt, &p);
+            return self.icmp_error(s, now, pkt, &p);
         }
         let hash = p.key.hash64();
         if let Some(slot) = self.table.lookup(&p.key, hash, now) {
             match self.table.entry(slot).value {
                 FlowValue::Forward { vip, backend } => {
-                    if let Some(v) = self.established(pkt, &p, hash, slot, vip, backend) {
+                    if let Some(v) = self.established(s, pkt, &p, hash, slot, vip, backend) {
                         return v;
                     }
                     // The VIP or backend was removed by a reload: the
                     // entry is stale, so schedule the flow afresh.
                     self.table.remove(slot);
                 }
-                FlowValue::Reverse { client_mac, iface } => return self.reverse(pkt, &p, slot, client_mac, iface),
+                FlowValue::Reverse { client_mac, iface } => return self.reverse(s, pkt, &p, slot, client_mac, iface),
             }
         }
-        match self.services.find_vip(&p.key) {
-            Some(vip) => self.new_flow(now, pkt, &p, hash, vip),
-            None if self.services.is_return(&p.key) => Verdict::Drop(DropReason::NoState),
+        match s.find_vip(&p.key) {
+            Some(vip) => self.new_flow(s, now, pkt, &p, hash, vip),
+            None if s.is_return(&p.key) => Verdict::Drop(DropReason::NoState),
             None => Verdict::Pass,
         }
     }
 
     /// Drops a frame counted against the VIP whose address it is for, or
     /// passes it to the kernel if it is for no VIP.
-    fn for_vip_addr(&self, p: &Parsed, reason: DropReason) -> Verdict {
-        match self.services.vip_for_addr(&p.key.dst) {
+    fn for_vip_addr(&self, s: &Services, p: &Parsed, reason: DropReason) -> Verdict {
+        match s.vip_for_addr(&p.key.dst) {
             Some(vip) => self.vip_drop(vip, reason),
             None => Verdict::Pass,
         }
     }
 
-    fn established(&mut self, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, vip: VipId, backend: BackendId) -> Option<Verdict> {
-        let services = Arc::clone(&self.services);
-        let v = services.vip(vip)?;
-        let b = services.backend(backend).filter(|_| v.spec.backends.contains(&backend))?;
+    fn established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, vip: VipId, backend: BackendId) -> Option<Verdict> {
+        let v = s.vip(vip)?;
+        let b = s.backend(backend).filter(|_| v.has_backend(backend))?;
         self.advance_state(slot, p.tcp_flags, true);
-        Some(self.send_to_backend(pkt, p, hash, slot, (vip, v), (backend, b)))
+        Some(self.send_to_backend(s, pkt, p, hash, slot, (vip, v), (backend, b)))
     }
 
-    fn new_flow(&mut self, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId) -> Verdict {
-        let services = Arc::clone(&self.services);
-        let Some(vip) = services.vip(vip_id) else { return Verdict::Pass };
+    fn new_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId) -> Verdict {
+        let Some(vip) = s.vip(vip_id) else { return Verdict::Pass };
         let syn = p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
         let mid_stream = p.key.proto == PROTO_TCP && !syn;
-        let Some(idx) = self.pick(vip_id, vip, &p.key, hash, mid_stream) else {
+        let Some(idx) = self.pick(s, vip_id, vip, &p.key, hash, mid_stream) else {
             self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
             return Verdict::Drop(DropReason::NoBackend);
         };
         let backend_id = vip.spec.backends[idx];
-        let Some(b) = services.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
+        let Some(b) = s.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
         let state = initial_state(&p.key, p.tcp_flags);
         let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id }, now);
         if let Mode::Nat { .. } = vip.spec.mode
@@ -222,16 +230,16 @@ impl Engine {
         }
         self.stats.vips[usize::from(vip_id)].new_flows.inc();
         self.stats.backends[usize::from(backend_id)].new_flows.inc();
-        self.send_to_backend(pkt, p, hash, slot, (vip_id, vip), (backend_id, b))
+        self.send_to_backend(s, pkt, p, hash, slot, (vip_id, vip), (backend_id, b))
     }
 
     /// The backend index for a new flow. A TCP packet that does not open a
     /// connection belongs to a flow another node (or a lost entry) started:
     /// only Maglev gives the answer every node agrees on.
-    fn pick(&mut self, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
-        if !mid_stream && let Some(Some(s)) = self.schedulers.get_mut(usize::from(vip_id)) {
-            match s.pick(key, hash) {
-                Some(i) if vip.spec.backends.get(i).and_then(|&b| self.services.backend(b)).is_some_and(|b| b.spec.weight > 0) => {
+    fn pick(&mut self, s: &Services, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
+        if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
+            match sched.pick(key, hash) {
+                Some(i) if vip.spec.backends.get(i).and_then(|&b| s.backend(b)).is_some_and(|b| b.spec.weight > 0) => {
                     return Some(i);
                 }
                 Some(_) => self.stats.scheduler_faults.inc(),
@@ -278,8 +286,8 @@ impl Engine {
     }
 
     /// Rewrites a client packet for its backend per the VIP's mode.
-    fn send_to_backend(&mut self, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip_id, vip): (VipId, &Vip), (backend_id, b): (BackendId, &BackendEntry)) -> Verdict {
-        let out = self.services.interfaces[usize::from(b.spec.iface)];
+    fn send_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip_id, vip): (VipId, &Vip), (backend_id, b): (BackendId, &BackendEntry)) -> Verdict {
+        let out = s.interfaces[usize::from(b.spec.iface)];
         let frame_len = pkt.len;
         match vip.spec.mode {
             Mode::Nat { .. } => {
@@ -298,7 +306,7 @@ impl Engine {
             Mode::Tunnel { encap, source, source_prefix } => {
                 let overhead = encap.overhead(p.v6);
                 if p.end - p.l3 + overhead > usize::from(out.mtu) {
-                    let ingress_mac = self.services.interfaces[usize::from(pkt.ingress)].mac;
+                    let ingress_mac = s.interfaces[usize::from(pkt.ingress)].mac;
                     let inner_mtu = out.mtu.saturating_sub(overhead as u16);
                     return match icmp::too_big(pkt, p, inner_mtu, ingress_mac) {
                         Ok(()) => Verdict::Tx(pkt.ingress),
@@ -319,7 +327,7 @@ impl Engine {
 
     /// NAT return traffic: restore the VIP as source (and the client as
     /// destination for full-NAT), send it towards the client.
-    fn reverse(&mut self, pkt: &mut Packet, p: &Parsed, slot: Slot, client_mac: Mac, iface: IfIndex) -> Verdict {
+    fn reverse(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, slot: Slot, client_mac: Mac, iface: IfIndex) -> Verdict {
         let fwd = self.table.entry(slot).peer();
         if fwd == NO_PEER {
             return Verdict::Drop(DropReason::NoState);
@@ -329,7 +337,7 @@ impl Engine {
         };
         let client = *self.table.entry(fwd).key();
         self.advance_state(slot, p.tcp_flags, false);
-        let Some(vip) = self.services.vip(vip_id) else { return Verdict::Drop(DropReason::NoState) };
+        let Some(vip) = s.vip(vip_id) else { return Verdict::Drop(DropReason::NoState) };
         let snat = vip.snat.is_some();
         let frame_len = pkt.len;
         let frame = pkt.frame_mut();
@@ -340,7 +348,7 @@ impl Engine {
         if snat {
             rewrite::set_endpoint(frame, p, End::Dst, &client.src, client.src_port);
         }
-        let out = self.services.interfaces[usize::from(iface)];
+        let out = s.interfaces[usize::from(iface)];
         rewrite::set_macs(frame, out.mac, client_mac);
         self.stats.vips[usize::from(vip_id)].packet(frame_len);
         self.stats.backends[usize::from(backend)].packet(frame_len);
@@ -364,8 +372,8 @@ impl Engine {
     /// An ICMP error sent to a VIP about a packet the VIP sent (a NAT'd
     /// reply, or a DSR backend's reply): deliver it to that flow's backend,
     /// which is the one that needs it (path MTU discovery, unreachables).
-    fn icmp_error(&mut self, now: u32, pkt: &mut Packet, p: &Parsed) -> Verdict {
-        if self.services.vip_for_addr(&p.key.dst).is_none() {
+    fn icmp_error(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed) -> Verdict {
+        if s.vip_for_addr(&p.key.dst).is_none() {
             return Verdict::Pass;
         }
         let Some(inner) = parse_quoted(pkt.frame(), p.l4 + wicmp::ICMP_HLEN, p.end) else {
@@ -378,8 +386,7 @@ impl Engine {
         let FlowValue::Forward { vip: vip_id, backend } = self.table.entry(slot).value else {
             return Verdict::Drop(DropReason::IcmpNoFlow);
         };
-        let services = Arc::clone(&self.services);
-        let (Some(vip), Some(b)) = (services.vip(vip_id), services.backend(backend)) else {
+        let (Some(vip), Some(b)) = (s.vip(vip_id), s.backend(backend)) else {
             return Verdict::Drop(DropReason::IcmpNoFlow);
         };
         if let Mode::Nat { .. } = vip.spec.mode {
@@ -395,7 +402,7 @@ impl Engine {
                 return self.vip_drop(vip_id, DropReason::TtlExceeded);
             }
             icmp::translate_error(frame, p, &inner, (&b.addr, b.port_for(flow.dst_port)), (&dst, dport));
-            let out = services.interfaces[usize::from(b.spec.iface)];
+            let out = s.interfaces[usize::from(b.spec.iface)];
             rewrite::set_macs(frame, out.mac, b.spec.next_hop);
             self.stats.vips[usize::from(vip_id)].packet(pkt.len);
             return Verdict::Tx(b.spec.iface);
@@ -403,11 +410,11 @@ impl Engine {
         // DSR and tunnel backends own the VIP: the error goes as it is.
         // It is not itself answered with "too big" when it does not fit.
         if let Mode::Tunnel { encap, .. } = vip.spec.mode
-            && p.end - p.l3 + encap.overhead(p.v6) > usize::from(services.interfaces[usize::from(b.spec.iface)].mtu)
+            && p.end - p.l3 + encap.overhead(p.v6) > usize::from(s.interfaces[usize::from(b.spec.iface)].mtu)
         {
             return self.vip_drop(vip_id, DropReason::NoRoom);
         }
-        self.send_to_backend(pkt, p, flow.hash64(), slot, (vip_id, vip), (backend, b))
+        self.send_to_backend(s, pkt, p, flow.hash64(), slot, (vip_id, vip), (backend, b))
     }
 
     fn vip_drop(&self, vip: VipId, reason: DropReason) -> Verdict {

@@ -70,6 +70,16 @@ pub struct Vip {
     pub addr: [u8; 16],
     pub snat: Option<[u8; 16]>,
     pub maglev: Maglev,
+    /// `spec.backends` sorted, for the per-packet membership check.
+    members: Box<[BackendId]>,
+}
+
+impl Vip {
+    /// Whether an established flow's backend still serves this VIP.
+    #[inline]
+    pub fn has_backend(&self, id: BackendId) -> bool {
+        self.members.binary_search(&id).is_ok()
+    }
 }
 
 /// A backend ready for the packet path.
@@ -218,7 +228,9 @@ impl Services {
         }
         let maglev = Maglev::build(&inputs).map_err(|e| ServiceError(format!("vip {name}: {e}")))?;
         self.vip_addrs.entry(key.addr).or_insert(id);
-        Ok(Vip { addr: key.addr, snat, maglev, spec })
+        let mut members: Box<[BackendId]> = spec.backends.clone().into();
+        members.sort_unstable();
+        Ok(Vip { addr: key.addr, snat, maglev, spec, members })
     }
 
     /// The VIP a client packet is for: an exact port first, then all ports.

@@ -54,6 +54,7 @@ impl FlowKey {
 
     /// Deterministic 64-bit hash of the whole 5-tuple (xxh3, fixed seed):
     /// the same on every node and every run.
+    #[inline]
     pub fn hash64(&self) -> u64 {
         let mut b = [0u8; 37];
         b[..16].copy_from_slice(&self.src);

@@ -17,6 +17,7 @@ pub struct Ethernet<T> {
 }
 
 impl<T: AsRef<[u8]>> Ethernet<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < ETH_HLEN {
@@ -29,38 +30,46 @@ impl<T: AsRef<[u8]>> Ethernet<T> {
         Ok(Ethernet { buf, hlen })
     }
 
+    #[inline]
     pub fn dst(&self) -> Mac {
         mac_at(self.buf.as_ref(), 0)
     }
 
+    #[inline]
     pub fn src(&self) -> Mac {
         mac_at(self.buf.as_ref(), 6)
     }
 
     /// The 802.1Q VLAN id, when tagged.
+    #[inline]
     pub fn vlan(&self) -> Option<u16> {
         (self.hlen > ETH_HLEN).then(|| be16(self.buf.as_ref(), 14) & 0x0fff)
     }
 
     /// The ethertype of the payload (after the tag, if any).
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.buf.as_ref(), self.hlen - 2)
     }
 
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.hlen
     }
 }
 
 impl<T: AsMut<[u8]>> Ethernet<T> {
+    #[inline]
     pub fn set_dst(&mut self, mac: Mac) {
         self.buf.as_mut()[0..6].copy_from_slice(&mac);
     }
 
+    #[inline]
     pub fn set_src(&mut self, mac: Mac) {
         self.buf.as_mut()[6..12].copy_from_slice(&mac);
     }
 
+    #[inline]
     pub fn set_ethertype(&mut self, ethertype: u16) {
         let at = self.hlen - 2;
         super::put16(self.buf.as_mut(), at, ethertype);

@@ -19,6 +19,7 @@ pub struct Icmp<T> {
 }
 
 impl<T: AsRef<[u8]>> Icmp<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < ICMP_HLEN {
             return Err(WireError::Truncated);
@@ -26,20 +27,24 @@ impl<T: AsRef<[u8]>> Icmp<T> {
         Ok(Icmp { buf })
     }
 
+    #[inline]
     pub fn msg_type(&self) -> u8 {
         self.buf.as_ref()[0]
     }
 
+    #[inline]
     pub fn code(&self) -> u8 {
         self.buf.as_ref()[1]
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), CHECKSUM_AT)
     }
 
     /// The bytes after the 8-byte header: for error messages, the quoted
     /// packet that caused the error.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[ICMP_HLEN..]
     }

@@ -11,6 +11,7 @@ pub struct Ipv4<T> {
 impl<T: AsRef<[u8]>> Ipv4<T> {
     /// Checks version, IHL and total length against the buffer. Bytes past
     /// the total length (Ethernet padding) are ignored by `payload`.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < IPV4_MIN_HLEN {
@@ -28,67 +29,82 @@ impl<T: AsRef<[u8]>> Ipv4<T> {
     }
 
     /// For a buffer that already passed `new_checked`.
+    #[inline]
     pub fn new_unchecked(buf: T) -> Self {
         Ipv4 { buf }
     }
 
+    #[inline]
     fn b(&self) -> &[u8] {
         self.buf.as_ref()
     }
 
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.b()[0] & 0x0f) * 4
     }
 
+    #[inline]
     pub fn total_len(&self) -> usize {
         usize::from(be16(self.b(), 2))
     }
 
+    #[inline]
     pub fn dont_fragment(&self) -> bool {
         self.b()[6] & 0x40 != 0
     }
 
     /// True for any fragment: more-fragments set or a non-zero offset.
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         be16(self.b(), 6) & 0x3fff != 0
     }
 
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.b()[8]
     }
 
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.b()[9]
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.b(), 10)
     }
 
+    #[inline]
     pub fn src(&self) -> [u8; 4] {
         addr_at(self.b(), 12)
     }
 
+    #[inline]
     pub fn dst(&self) -> [u8; 4] {
         addr_at(self.b(), 16)
     }
 
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         checksum::checksum(&self.b()[..self.header_len()], 0) == 0
     }
 
     /// The bytes after the header up to the total length.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.b()[self.header_len()..self.total_len()]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
+    #[inline]
     fn bm(&mut self) -> &mut [u8] {
         self.buf.as_mut()
     }
 
     /// Decrements the TTL, updating the header checksum incrementally.
+    #[inline]
     pub fn decrement_ttl(&mut self) {
         let old = be16(self.b(), 8);
         let new = old.wrapping_sub(0x100);
@@ -98,21 +114,25 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
     }
 
     /// Sets the source address, updating the header checksum.
+    #[inline]
     pub fn set_src(&mut self, a: [u8; 4]) {
         self.set_addr(12, a);
     }
 
     /// Sets the destination address, updating the header checksum.
+    #[inline]
     pub fn set_dst(&mut self, a: [u8; 4]) {
         self.set_addr(16, a);
     }
 
+    #[inline]
     fn set_addr(&mut self, at: usize, a: [u8; 4]) {
         let c = checksum::update(self.checksum(), &self.b()[at..at + 4], &a);
         self.bm()[at..at + 4].copy_from_slice(&a);
         put16(self.bm(), 10, c);
     }
 
+    #[inline]
     pub fn fill_checksum(&mut self) {
         put16(self.bm(), 10, 0);
         let hlen = self.header_len();

@@ -21,6 +21,7 @@ pub struct Ipv6<T> {
 impl<T: AsRef<[u8]>> Ipv6<T> {
     /// Checks version and payload length, then walks hop-by-hop, routing,
     /// destination-options and fragment headers to the upper-layer header.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < IPV6_HLEN {
@@ -60,61 +61,74 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
     /// For the fixed header of a buffer that already passed `new_checked`;
     /// the extension-header walk is not repeated, so `upper_*` describe
     /// the fixed header only.
+    #[inline]
     pub fn new_unchecked(buf: T) -> Self {
         let upper_proto = buf.as_ref()[6];
         Ipv6 { buf, upper: IPV6_HLEN, upper_proto, fragment: false }
     }
 
+    #[inline]
     fn b(&self) -> &[u8] {
         self.buf.as_ref()
     }
 
+    #[inline]
     pub fn payload_len(&self) -> usize {
         usize::from(be16(self.b(), 4))
     }
 
+    #[inline]
     pub fn hop_limit(&self) -> u8 {
         self.b()[7]
     }
 
+    #[inline]
     pub fn src(&self) -> [u8; 16] {
         addr_at(self.b(), 8)
     }
 
+    #[inline]
     pub fn dst(&self) -> [u8; 16] {
         addr_at(self.b(), 24)
     }
 
     /// Offset of the upper-layer header from the start of the IPv6 header.
+    #[inline]
     pub fn upper_offset(&self) -> usize {
         self.upper
     }
 
     /// The upper-layer protocol after any extension headers.
+    #[inline]
     pub fn upper_proto(&self) -> u8 {
         self.upper_proto
     }
 
     /// A fragment header was present.
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.fragment
     }
 
+    #[inline]
     pub fn total_len(&self) -> usize {
         IPV6_HLEN + self.payload_len()
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6<T> {
+    #[inline]
     pub fn decrement_hop_limit(&mut self) {
         let b = self.buf.as_mut();
         b[7] = b[7].wrapping_sub(1);
     }
 
+    #[inline]
     pub fn set_src(&mut self, a: [u8; 16]) {
         self.buf.as_mut()[8..24].copy_from_slice(&a);
     }
 
+    #[inline]
     pub fn set_dst(&mut self, a: [u8; 16]) {
         self.buf.as_mut()[24..40].copy_from_slice(&a);
     }

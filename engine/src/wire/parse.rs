@@ -42,6 +42,7 @@ impl From<WireError> for ParseError {
     }
 }
 
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let eth = Ethernet::new_checked(frame)?;
     let l3 = eth.header_len();

@@ -15,6 +15,7 @@ pub struct Tcp<T> {
 }
 
 impl<T: AsRef<[u8]>> Tcp<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < TCP_MIN_HLEN {
@@ -30,28 +31,34 @@ impl<T: AsRef<[u8]>> Tcp<T> {
         Ok(Tcp { buf })
     }
 
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), 0)
     }
 
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
 
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buf.as_ref()[13]
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), CHECKSUM_AT)
     }
 
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buf.as_ref()[12] >> 4) * 4
     }
 }
 
 impl<T: AsMut<[u8]>> Tcp<T> {
+    #[inline]
     pub fn set_checksum(&mut self, c: u16) {
         put16(self.buf.as_mut(), CHECKSUM_AT, c);
     }

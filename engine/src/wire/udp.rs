@@ -12,6 +12,7 @@ pub struct Udp<T> {
 
 impl<T: AsRef<[u8]>> Udp<T> {
     /// Checks the header fits and the length field is within 8..=buffer.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < UDP_HLEN {
@@ -27,22 +28,27 @@ impl<T: AsRef<[u8]>> Udp<T> {
         Ok(Udp { buf })
     }
 
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), 0)
     }
 
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         usize::from(be16(self.buf.as_ref(), 4))
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == UDP_HLEN
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), CHECKSUM_AT)
     }

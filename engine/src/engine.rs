@@ -62,6 +62,15 @@ impl Default for EngineConfig {
     }
 }
 
+/// Where a flow goes: its VIP and backend, by id and resolved.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    vip_id: VipId,
+    vip: &'a Vip,
+    backend_id: BackendId,
+    b: &'a BackendEntry,
+}
+
 /// Full-NAT ports probed before a new flow is dropped as exhausted.
 const SNAT_PROBES: u16 = 64;
 
@@ -176,7 +185,7 @@ impl Flows {
         if let Some(slot) = self.table.lookup(&p.key, hash, now) {
             match self.table.entry(slot).value {
                 FlowValue::Forward { vip, backend } => {
-                    if let Some(v) = self.established(s, pkt, &p, hash, slot, vip, backend) {
+                    if let Some(v) = self.established(s, pkt, &p, hash, slot, (vip, backend)) {
                         return v;
                     }
                     // The VIP or backend was removed by a reload: the
@@ -202,11 +211,11 @@ impl Flows {
         }
     }
 
-    fn established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, vip: VipId, backend: BackendId) -> Option<Verdict> {
+    fn established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip, backend): (VipId, BackendId)) -> Option<Verdict> {
         let v = s.vip(vip)?;
         let b = s.backend(backend).filter(|_| v.has_backend(backend))?;
         self.advance_state(slot, p.tcp_flags, true);
-        Some(self.send_to_backend(s, pkt, p, hash, slot, (vip, v), (backend, b)))
+        Some(self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id: vip, vip: v, backend_id: backend, b }))
     }
 
     fn new_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId) -> Verdict {
@@ -230,7 +239,7 @@ impl Flows {
         }
         self.stats.vips[usize::from(vip_id)].new_flows.inc();
         self.stats.backends[usize::from(backend_id)].new_flows.inc();
-        self.send_to_backend(s, pkt, p, hash, slot, (vip_id, vip), (backend_id, b))
+        self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b })
     }
 
     /// The backend index for a new flow. A TCP packet that does not open a
@@ -286,7 +295,8 @@ impl Flows {
     }
 
     /// Rewrites a client packet for its backend per the VIP's mode.
-    fn send_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip_id, vip): (VipId, &Vip), (backend_id, b): (BackendId, &BackendEntry)) -> Verdict {
+    fn send_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, t: Target) -> Verdict {
+        let Target { vip_id, vip, backend_id, b } = t;
         let out = s.interfaces[usize::from(b.spec.iface)];
         let frame_len = pkt.len;
         match vip.spec.mode {
@@ -414,7 +424,7 @@ impl Flows {
         {
             return self.vip_drop(vip_id, DropReason::NoRoom);
         }
-        self.send_to_backend(s, pkt, p, flow.hash64(), slot, (vip_id, vip), (backend, b))
+        self.send_to_backend(s, pkt, p, flow.hash64(), slot, Target { vip_id, vip, backend_id: backend, b })
     }
 
     fn vip_drop(&self, vip: VipId, reason: DropReason) -> Verdict {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing fulcrum needs on a fresh Debian
+# machine. Idempotent; needs root (as CI has).
+set -euo pipefail
+
+packages=(
+    clang llvm libelf-dev m4 libpcap-dev pkg-config zlib1g-dev # XDP programs, libxdp (xsk-rs)
+    iproute2 ethtool iputils-ping                              # the namespace lab
+    valgrind                                                   # instruction counts in perf/
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown

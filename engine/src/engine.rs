@@ -11,7 +11,7 @@ use crate::flow::FlowKey;
 use crate::forward::{icmp, rewrite, tunnel};
 use crate::forward::rewrite::End;
 use crate::packet::{DropReason, IfIndex, Packet, Verdict};
-use crate::sched::Scheduler;
+use crate::sched::{BackendState, Scheduler};
 use crate::services::{BackendEntry, BackendId, Mode, Services, Vip, VipId};
 use crate::stats::Stats;
 use crate::wire::ethernet::Mac;
@@ -87,6 +87,10 @@ struct Flows {
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
+    /// This worker's connections per backend id.
+    load: Vec<Load>,
+    /// The pool as a scheduler sees it, filled per new flow (preallocated).
+    pool: Vec<BackendState>,
     snat_lo: u16,
     snat_span: u16,
     snat_next: u16,
@@ -107,6 +111,8 @@ impl Engine {
             table: ConnTable::new(cfg.table_capacity, cfg.timeouts),
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
+            load: vec![Load::default(); cfg.max_backends],
+            pool: Vec::new(),
             snat_lo: lo + cfg.worker * span,
             snat_span: span,
             snat_next: 0,
@@ -131,6 +137,7 @@ impl Engine {
             ));
         }
         self.flows.schedulers.resize_with(services.vip_slots(), || None);
+        self.flows.pool.reserve(services.max_pool());
         self.services = services;
         Ok(())
     }
@@ -150,6 +157,11 @@ impl Engine {
         &self.flows.table
     }
 
+    /// This worker's established and half-open connections to a backend.
+    pub fn load(&self, backend: BackendId) -> Load {
+        self.flows.load.get(usize::from(backend)).copied().unwrap_or_default()
+    }
+
     /// Processes a batch: sets every packet's verdict and rewrites the
     /// frames to transmit. `now_ms` is a monotonic clock in milliseconds
     /// (wrapping).
@@ -162,12 +174,43 @@ impl Engine {
                 Verdict::Drop(r) => flows.stats.drops.count(r),
                 Verdict::Tx(_) => {}
             }
+            flows.settle_departures();
         }
         flows.table.expire(now_ms, flows.cfg.expire_budget);
+        flows.settle_departures();
+    }
+}
+
+/// Connections of one backend on one worker, by the state of their entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub active: u32,
+    pub pending: u32,
+}
+
+impl Load {
+    fn count(&mut self, state: FlowState, delta: i32) {
+        let n = match state {
+            FlowState::SynSeen => &mut self.pending,
+            FlowState::Established => &mut self.active,
+            FlowState::Closing | FlowState::Udp => return,
+        };
+        *n = n.saturating_add_signed(delta);
     }
 }
 
 impl Flows {
+    /// Forgets the connections of entries the table removed.
+    fn settle_departures(&mut self) {
+        for (value, state) in self.table.take_departed() {
+            if let FlowValue::Forward { backend, .. } = value
+                && let Some(l) = self.load.get_mut(usize::from(backend))
+            {
+                l.count(state, -1);
+            }
+        }
+    }
+
     fn process_one(&mut self, s: &Services, now: u32, pkt: &mut Packet) -> Verdict {
         let p = match parse(pkt.frame()) {
             Ok(p) => p,
@@ -239,6 +282,7 @@ impl Flows {
         }
         self.stats.vips[usize::from(vip_id)].new_flows.inc();
         self.stats.backends[usize::from(backend_id)].new_flows.inc();
+        self.load[usize::from(backend_id)].count(state, 1);
         self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b })
     }
 
@@ -247,10 +291,20 @@ impl Flows {
     /// only Maglev gives the answer every node agrees on.
     fn pick(&mut self, s: &Services, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
         if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
-            match sched.pick(key, hash) {
-                Some(i) if vip.spec.backends.get(i).and_then(|&b| s.backend(b)).is_some_and(|b| b.spec.weight > 0) => {
-                    return Some(i);
-                }
+            self.pool.clear();
+            for &id in &vip.spec.backends {
+                let (b, load) = (s.backend(id), self.load[usize::from(id)]);
+                self.pool.push(BackendState {
+                    id: b.map_or(0, |b| b.ident),
+                    weight: b.map_or(0, |b| b.spec.weight),
+                    up: b.is_some(),
+                    active: load.active,
+                    pending: load.pending,
+                    ..BackendState::default()
+                });
+            }
+            match sched.pick(key, hash, &self.pool) {
+                Some(i) if self.pool.get(i).is_some_and(BackendState::usable) => return Some(i),
                 Some(_) => self.stats.scheduler_faults.inc(),
                 None => {}
             }
@@ -371,11 +425,20 @@ impl Flows {
         let e = self.table.entry(slot);
         let (state, peer) = (e.state, e.peer());
         let next = next_state(state, flags, from_client);
-        if next != state {
-            self.table.entry_mut(slot).state = next;
-            if peer != NO_PEER {
-                self.table.entry_mut(peer).state = next;
-            }
+        if next == state {
+            return;
+        }
+        self.table.entry_mut(slot).state = next;
+        if peer != NO_PEER {
+            self.table.entry_mut(peer).state = next;
+        }
+        let fwd = if let FlowValue::Forward { .. } = self.table.entry(slot).value { slot } else { peer };
+        if fwd != NO_PEER
+            && let FlowValue::Forward { backend, .. } = self.table.entry(fwd).value
+            && let Some(l) = self.load.get_mut(usize::from(backend))
+        {
+            l.count(state, -1);
+            l.count(next, 1);
         }
     }
 

@@ -13,6 +13,6 @@ pub mod services;
 pub mod stats;
 pub mod wire;
 
-pub use engine::{Engine, EngineConfig, FlowValue};
+pub use engine::{Engine, EngineConfig, FlowValue, Load};
 pub use packet::{DropReason, IfIndex, Packet, Verdict};
 pub use services::{Backend, Interface, Mode, Services, VipSpec};

@@ -87,6 +87,9 @@ impl Vip {
 pub struct BackendEntry {
     pub spec: Backend,
     pub addr: [u8; 16],
+    /// Identity for Maglev and schedulers: a hash of address and port, so
+    /// every node with the same pool agrees whatever the ids or order.
+    pub ident: u64,
 }
 
 impl BackendEntry {
@@ -167,7 +170,10 @@ impl Services {
             {
                 return err(format!("backend {id} ({}): interface {} does not exist", b.addr, b.iface));
             }
-            out.backends.push(b.map(|spec| BackendEntry { spec, addr: addr16(spec.addr) }));
+            out.backends.push(b.map(|spec| {
+                let addr = addr16(spec.addr);
+                BackendEntry { spec, addr, ident: backend_ident(&addr, spec.port) }
+            }));
         }
         for spec in vips {
             let Some(spec) = spec else {
@@ -224,7 +230,7 @@ impl Services {
                     self.return_ends.insert(VipKey { addr: addr16(s), proto: spec.proto, port: 0 });
                 }
             }
-            inputs.push(MaglevInput { ident: backend_ident(&b), weight: b.spec.weight });
+            inputs.push(MaglevInput { ident: b.ident, weight: b.spec.weight });
         }
         let maglev = Maglev::build(&inputs).map_err(|e| ServiceError(format!("vip {name}: {e}")))?;
         self.vip_addrs.entry(key.addr).or_insert(id);
@@ -266,6 +272,11 @@ impl Services {
         self.vips.iter().enumerate().filter_map(|(i, v)| Some((i as VipId, v.as_ref()?)))
     }
 
+    /// The largest pool of any VIP.
+    pub fn max_pool(&self) -> usize {
+        self.vips().map(|(_, v)| v.spec.backends.len()).max().unwrap_or(0)
+    }
+
     pub fn vip_slots(&self) -> usize {
         self.vips.len()
     }
@@ -275,12 +286,10 @@ impl Services {
     }
 }
 
-/// The Maglev identity of a backend: its address and port, so every node
-/// with the same pool builds the same table whatever the ids or order.
-fn backend_ident(b: &BackendEntry) -> u64 {
+fn backend_ident(addr: &[u8; 16], port: u16) -> u64 {
     let mut bytes = [0u8; 18];
-    bytes[..16].copy_from_slice(&b.addr);
-    bytes[16..].copy_from_slice(&b.spec.port.to_be_bytes());
+    bytes[..16].copy_from_slice(addr);
+    bytes[16..].copy_from_slice(&port.to_be_bytes());
     xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 

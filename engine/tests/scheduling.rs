@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use fulcrum::flow::FlowKey;
-use fulcrum::sched::Scheduler;
+use fulcrum::sched::{BackendState, Scheduler};
 use fulcrum::wire::build::{LB_MAC, L4, PacketBuilder};
 use fulcrum::wire::tcp::{ACK, SYN};
 use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
@@ -112,7 +112,7 @@ struct Cycle {
 }
 
 impl Scheduler for Cycle {
-    fn pick(&mut self, _: &FlowKey, _: u64) -> Option<usize> {
+    fn pick(&mut self, _: &FlowKey, _: u64, _: &[BackendState]) -> Option<usize> {
         let i = self.next;
         self.next = (self.next + 1) % self.n;
         Some(if self.bogus { i + 100 } else { i })
@@ -221,4 +221,42 @@ fn udp_flows_are_balanced_and_sticky() {
     for b in 1..=3 {
         assert!(first.iter().filter(|&&x| x == b).count() > 15, "backend {b} starved");
     }
+}
+
+/// Picks the backend with the fewest established plus half-open flows.
+struct Least;
+
+impl Scheduler for Least {
+    fn pick(&mut self, _: &FlowKey, _: u64, backends: &[BackendState]) -> Option<usize> {
+        (0..backends.len()).filter(|&i| backends[i].usable()).min_by_key(|&i| backends[i].active + backends[i].pending)
+    }
+}
+
+#[test]
+fn connection_counts_follow_flow_state_and_reach_schedulers() {
+    let pool: Vec<Backend> = (1..=2).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    e.set_scheduler(0, Some(Box::new(Least)));
+    // Four SYNs alternate between the two backends: all half-open.
+    let picks: Vec<u8> = (0..4).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    assert_eq!(picks, [1, 2, 1, 2]);
+    assert_eq!((e.load(0), e.load(1)), (fulcrum::Load { active: 0, pending: 2 }, fulcrum::Load { active: 0, pending: 2 }));
+    // The client's ACKs establish them; a RST closes one.
+    for p in 0..4 {
+        backend_of(&mut e, 10_000 + p, ACK);
+    }
+    assert_eq!(e.load(0), fulcrum::Load { active: 2, pending: 0 });
+    backend_of(&mut e, 10_000, fulcrum::wire::tcp::RST);
+    assert_eq!(e.load(0), fulcrum::Load { active: 1, pending: 0 });
+    // The scheduler sees backend 1 less loaded now.
+    assert_eq!(backend_of(&mut e, 20_000, SYN), 1);
+    // Expiry forgets them all: the closing one after 60 s, the rest after 900 s.
+    let other = PacketBuilder::tcp(ip("198.18.0.1"), 1, ip("198.18.0.2"), 22, SYN).frame();
+    for now in [1_000_000u32, 1_000_001] {
+        let mut buf = vec![0u8; 2048];
+        buf[..other.len()].copy_from_slice(&other);
+        e.process(now, &mut [Packet::new(&mut buf, 0, other.len(), 0)]);
+    }
+    assert_eq!((e.load(0), e.load(1)), (fulcrum::Load::default(), fulcrum::Load::default()));
+    assert_eq!(e.table().len(), 0);
 }

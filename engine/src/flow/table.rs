@@ -143,7 +143,17 @@ pub struct ConnTable<V: Copy> {
     timeouts: Timeouts,
     evictions: u64,
     expirations: u64,
+    /// Entries removed since the owner last took them (value and state), so
+    /// it can keep per-backend counts exact. Preallocated and bounded.
+    departed: Vec<(V, FlowState)>,
+    lost_departures: u64,
 }
+
+/// The most slots one `expire` call examines.
+pub const MAX_EXPIRE_BUDGET: usize = 1024;
+/// Room for the departures of one `expire` call plus those of a packet's
+/// lookups and inserts, each of which removes at most a pair.
+const DEPARTED_CAP: usize = 2 * MAX_EXPIRE_BUDGET + 16;
 
 impl<V: Copy> ConnTable<V> {
     /// A table holding at most `capacity` entries (clamped to at least 2, so
@@ -162,6 +172,8 @@ impl<V: Copy> ConnTable<V> {
             timeouts,
             evictions: 0,
             expirations: 0,
+            departed: Vec::with_capacity(DEPARTED_CAP),
+            lost_departures: 0,
         }
     }
 
@@ -273,7 +285,7 @@ impl<V: Copy> ConnTable<V> {
     pub fn expire(&mut self, now: u32, budget: usize) -> usize {
         let used = self.slots.len();
         let mut removed = 0;
-        for _ in 0..budget.min(used) {
+        for _ in 0..budget.min(used).min(MAX_EXPIRE_BUDGET) {
             let slot = self.hand as Slot;
             self.hand += 1;
             if self.hand == used {
@@ -307,6 +319,19 @@ impl<V: Copy> ConnTable<V> {
     /// Entries removed because they timed out, peers included.
     pub fn expirations(&self) -> u64 {
         self.expirations
+    }
+
+    /// Takes the entries removed since the last call, by any cause, with
+    /// their last state. Take them after every `expire` and after each
+    /// packet's lookups and inserts: departures beyond the bounded log are
+    /// only counted ([`lost_departures`](Self::lost_departures)).
+    pub fn take_departed(&mut self) -> std::vec::Drain<'_, (V, FlowState)> {
+        self.departed.drain(..)
+    }
+
+    /// Departures not logged because the log was full.
+    pub fn lost_departures(&self) -> u64 {
+        self.lost_departures
     }
 
     fn find(&self, key: &FlowKey, hash: u64) -> Option<Slot> {
@@ -349,6 +374,11 @@ impl<V: Copy> ConnTable<V> {
         debug_assert!(indexed, "live slot {slot} missing from the index");
         self.unlink(slot);
         let entry = &mut self.slots[slot as usize];
+        if self.departed.len() < DEPARTED_CAP {
+            self.departed.push((entry.value, entry.state));
+        } else {
+            self.lost_departures += 1;
+        }
         entry.peer = NO_PEER;
         entry.prev = FREE;
         entry.next = self.free;
@@ -398,6 +428,31 @@ impl<V: Copy> ConnTable<V> {
             self.slots[old_head as usize].prev = slot;
         }
         self.head = slot;
+    }
+}
+
+#[cfg(test)]
+mod departure_tests {
+    use super::*;
+    use crate::flow::key::PROTO_UDP;
+
+    #[test]
+    fn every_removal_is_reported_once_with_its_state() {
+        let key = |n: u16| FlowKey::new([198, 18, 0, 1].into(), [198, 18, 0, 2].into(), n, 53, PROTO_UDP);
+        let t_out = Timeouts { syn_ms: 10, established_ms: 10, closing_ms: 10, udp_ms: 10 };
+        let mut t: ConnTable<u16> = ConnTable::new(2, t_out);
+        let a = t.insert(key(1), key(1).hash64(), FlowState::SynSeen, 1, 0);
+        let b = t.insert(key(2), key(2).hash64(), FlowState::Udp, 2, 0);
+        t.link_peers(a, b);
+        t.insert(key(3), key(3).hash64(), FlowState::Established, 3, 0); // evicts the pair
+        assert_eq!(t.take_departed().collect::<Vec<_>>(), [(1, FlowState::SynSeen), (2, FlowState::Udp)]);
+        assert_eq!(t.take_departed().count(), 0);
+        t.expire(100, 8);
+        assert_eq!(t.take_departed().collect::<Vec<_>>(), [(3, FlowState::Established)]);
+        let c = t.insert(key(4), key(4).hash64(), FlowState::Closing, 4, 100);
+        t.remove(c);
+        assert_eq!(t.take_departed().collect::<Vec<_>>(), [(4, FlowState::Closing)]);
+        assert_eq!(t.lost_departures(), 0);
     }
 }
 

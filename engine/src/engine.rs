@@ -71,6 +71,10 @@ struct Target<'a> {
     b: &'a BackendEntry,
 }
 
+/// A busy flow moves to the head of its table's LRU list at most this often
+/// (see `ConnTable::with_promotion_interval`).
+const PROMOTION_INTERVAL_MS: u32 = 1000;
+
 /// Full-NAT ports probed before a new flow is dropped as exhausted.
 const SNAT_PROBES: u16 = 64;
 
@@ -108,7 +112,7 @@ impl Engine {
         }
         let span = span as u16;
         let flows = Flows {
-            table: ConnTable::new(cfg.table_capacity, cfg.timeouts),
+            table: ConnTable::new(cfg.table_capacity, cfg.timeouts).with_promotion_interval(PROMOTION_INTERVAL_MS),
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
             load: vec![Load::default(); cfg.max_backends],

@@ -80,11 +80,11 @@ pub enum FlowState {
 
 /// One connection. Field order keeps `Entry<V>` for an 8-byte `V` within one
 /// 64-byte cache line: the u32 fields first, then the 38-byte key, then the
-/// two bytes of state and flags, then the value.
+/// two bytes of state and promotion tick, then the value.
 ///
 /// The key, the timestamp and the links belong to the table (changing them
 /// would corrupt the index, the LRU order or the pairing), so they are
-/// read-only; `state`, `flags` and `value` are the caller's.
+/// read-only; `state` and `value` are the caller's.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Entry<V> {
@@ -94,7 +94,8 @@ pub struct Entry<V> {
     next: Slot,
     key: FlowKey,
     pub state: FlowState,
-    pub flags: u8,
+    /// Promotion tick of the last move to the LRU head (lazy promotion).
+    tick: u8,
     pub value: V,
 }
 
@@ -147,7 +148,15 @@ pub struct ConnTable<V: Copy> {
     /// it can keep per-backend counts exact. Preallocated and bounded.
     departed: Vec<(V, FlowState)>,
     lost_departures: u64,
+    /// Lazy promotion: a hit moves an entry to the LRU head only when the
+    /// tick (`now >> shift`) changed since its last move. None: every hit
+    /// moves it (exact LRU).
+    promote_shift: Option<u32>,
 }
+
+/// With lazy promotion the list is in LRU order only to within an interval,
+/// so eviction picks the longest idle of this many entries nearest the tail.
+const EVICTION_SAMPLE: usize = 8;
 
 /// The most slots one `expire` call examines.
 pub const MAX_EXPIRE_BUDGET: usize = 1024;
@@ -174,7 +183,42 @@ impl<V: Copy> ConnTable<V> {
             expirations: 0,
             departed: Vec::with_capacity(DEPARTED_CAP),
             lost_departures: 0,
+            promote_shift: None,
         }
+    }
+
+    /// Lazy promotion, as memcached bumps items: a hit relinks the entry at
+    /// the head of the LRU list only once per interval (`ms` rounded up to a
+    /// power of two), so a busy flow costs a write to its own entry instead
+    /// of writes to three entries scattered in memory. Eviction takes the
+    /// longest idle of the entries nearest the tail. `ms` = 0 keeps exact LRU.
+    pub fn with_promotion_interval(mut self, ms: u32) -> Self {
+        self.promote_shift = (ms > 0).then(|| ms.next_power_of_two().trailing_zeros());
+        self
+    }
+
+    /// The entry to evict: the tail, or with lazy promotion the longest idle
+    /// of the entries nearest it.
+    fn victim(&self, now: u32) -> Slot {
+        if self.promote_shift.is_none() {
+            return self.tail;
+        }
+        let idle = |s: Slot| now.wrapping_sub(self.slots[s as usize].last_seen);
+        let (mut best, mut at) = (self.tail, self.tail);
+        for _ in 0..EVICTION_SAMPLE {
+            if at == NIL {
+                break;
+            }
+            if idle(at) > idle(best) {
+                best = at;
+            }
+            at = self.slots[at as usize].prev;
+        }
+        best
+    }
+
+    fn tick(&self, now: u32) -> u8 {
+        self.promote_shift.map_or(0, |shift| (now >> shift) as u8)
     }
 
     /// The live entry for `key` (`hash` must be `key.hash64()`): refreshes it
@@ -211,9 +255,10 @@ impl<V: Copy> ConnTable<V> {
             }
         }
         if self.len == self.capacity {
-            self.evictions += self.remove_pair(self.tail) as u64;
+            let victim = self.victim(now);
+            self.evictions += self.remove_pair(victim) as u64;
         }
-        let entry = Entry { last_seen: now, peer: NO_PEER, prev: NIL, next: NIL, key, state, flags: 0, value };
+        let entry = Entry { last_seen: now, peer: NO_PEER, prev: NIL, next: NIL, key, state, tick: self.tick(now), value };
         let slot = if self.free != NIL {
             let slot = self.free;
             self.free = self.slots[slot as usize].next;
@@ -241,7 +286,7 @@ impl<V: Copy> ConnTable<V> {
         entry
     }
 
-    /// Like [`entry`](Self::entry), for changing `state`, `flags` or `value`.
+    /// Like [`entry`](Self::entry), for changing `state` or `value`.
     pub fn entry_mut(&mut self, slot: Slot) -> &mut Entry<V> {
         let entry = &mut self.slots[slot as usize];
         debug_assert!(entry.is_live(), "slot {slot} is free");
@@ -396,8 +441,12 @@ impl<V: Copy> ConnTable<V> {
     }
 
     fn refresh(&mut self, slot: Slot, now: u32) {
-        self.slots[slot as usize].last_seen = now;
-        if self.head != slot {
+        let tick = self.tick(now);
+        let entry = &mut self.slots[slot as usize];
+        entry.last_seen = now;
+        let due = self.promote_shift.is_none() || entry.tick != tick;
+        if due && self.head != slot {
+            self.slots[slot as usize].tick = tick;
             self.unlink(slot);
             self.push_front(slot);
         }
@@ -428,6 +477,31 @@ impl<V: Copy> ConnTable<V> {
             self.slots[old_head as usize].prev = slot;
         }
         self.head = slot;
+    }
+}
+
+#[cfg(test)]
+mod promotion_tests {
+    use super::*;
+    use crate::flow::key::PROTO_TCP;
+
+    fn key(n: u16) -> FlowKey {
+        FlowKey::new([198, 18, 0, 1].into(), [198, 18, 0, 2].into(), n, 80, PROTO_TCP)
+    }
+
+    #[test]
+    fn hits_within_an_interval_do_not_relink_yet_eviction_takes_the_longest_idle() {
+        let mut t: ConnTable<u8> = ConnTable::new(2, Timeouts::default()).with_promotion_interval(1000); // 1024 ms ticks
+        let b = t.insert(key(2), key(2).hash64(), FlowState::Established, 2, 0);
+        let a = t.insert(key(1), key(1).hash64(), FlowState::Established, 1, 3072); // tick 3
+        assert_eq!(t.lookup(&key(2), key(2).hash64(), 3100), Some(b)); // tick changed: b to the head
+        assert_eq!(t.tail, a);
+        assert_eq!(t.lookup(&key(1), key(1).hash64(), 3200), Some(a)); // same tick: a stays the tail
+        assert_eq!(t.tail, a);
+        // a was used last, so b goes although a is the tail.
+        t.insert(key(3), key(3).hash64(), FlowState::Established, 3, 3300);
+        assert!(t.contains(&key(1), key(1).hash64(), 3300));
+        assert!(!t.contains(&key(2), key(2).hash64(), 3300));
     }
 }
 
@@ -511,8 +585,8 @@ mod tests {
         assert_eq!(t.entry(s).last_seen(), 5);
         assert_eq!(t.entry(s).value, 1);
         t.entry_mut(s).value = 77;
-        t.entry_mut(s).flags = 3;
-        assert_eq!((t.entry(s).value, t.entry(s).flags), (77, 3));
+        t.entry_mut(s).state = FlowState::Closing;
+        assert_eq!((t.entry(s).value, t.entry(s).state), (77, FlowState::Closing));
         assert_eq!(look(&mut t, 3, 5), None);
         t.remove(s);
         assert_eq!(look(&mut t, 1, 5), None);

@@ -117,3 +117,24 @@ fn everything_is_removed_on_drop_and_on_panic() {
     assert!(result.is_err());
     assert!(!names.is_empty() && gone(&names), "removed on unwind");
 }
+
+#[test]
+fn xdp_pass_programs_attach_to_the_balancers_peers() {
+    require_root();
+    for topology in [Topology::OneArm, Topology::Inline] {
+        let mut lab = Lab::new(topology).expect("lab");
+        lab.xdp_pass_on_peers(fulcrum::io::XdpMode::Native)
+            .expect("attach");
+        let peer = match topology {
+            Topology::OneArm => (lab.bridge_ns.clone(), "p1"),
+            Topology::Inline => (lab.client.ns.clone(), "eth0"),
+        };
+        let link = lab
+            .exec(&peer.0, &["ip", "link", "show", "dev", peer.1])
+            .expect("ip link");
+        assert!(link.contains("xdp"), "{link}");
+        let bal = lab.balancer.iface().v4.to_string();
+        lab.exec(&lab.client.ns, &["ping", "-c", "1", "-W", "2", &bal])
+            .expect("traffic still flows");
+    }
+}

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(
-    clang llvm libelf-dev m4 libpcap-dev pkg-config zlib1g-dev # XDP programs, libxdp (xsk-rs)
+    clang llvm libbpf-dev                                      # engine/bpf/*.c (bpf_helpers.h)
+    libelf-dev m4 libpcap-dev pkg-config zlib1g-dev make       # libxdp/libbpf builds under xsk-rs
     iproute2 ethtool iputils-ping                              # the namespace lab
     valgrind                                                   # instruction counts in perf/
 )

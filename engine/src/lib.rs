@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod flow;
 pub mod forward;
+pub mod io;
 pub mod packet;
 pub mod sched;
 pub mod services;

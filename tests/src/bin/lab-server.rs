@@ -1,0 +1,133 @@
+//! The backend server of the lab (std only): HTTP on `--http PORT`
+//! answering `GET /` with its name and `GET /bytes/N` with N bytes
+//! (byte i = i % 251, so truncation or corruption shows), and a UDP echo on
+//! `--udp PORT`. Both listen on [::] (IPv4 and IPv6). Prints `ready` once
+//! bound.
+//!
+//! lab-server --name NAME [--http PORT] [--udp PORT]
+
+use std::io::{BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::exit;
+use std::thread;
+use std::time::Duration;
+
+/// Largest body `GET /bytes/N` serves.
+const MAX_BYTES: u64 = 1 << 30;
+
+struct Args {
+    name: String,
+    http: Option<u16>,
+    udp: Option<u16>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        name: String::new(),
+        http: None,
+        udp: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let port = || {
+            value
+                .parse::<u16>()
+                .map_err(|_| format!("{flag}: `{value}` is not a port"))
+        };
+        match flag.as_str() {
+            "--name" => args.name = value.clone(),
+            "--http" => args.http = Some(port()?),
+            "--udp" => args.udp = Some(port()?),
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    if args.name.is_empty() {
+        return Err("--name is required".into());
+    }
+    Ok(args)
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT] [--udp PORT]");
+        exit(2)
+    });
+    let mut workers = Vec::new();
+    if let Some(port) = args.http {
+        let listener = TcpListener::bind(("::", port)).unwrap_or_else(|e| fail("HTTP bind", e));
+        let name = args.name.clone();
+        workers.push(thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let name = name.clone();
+                thread::spawn(move || {
+                    // A client that vanishes mid-request is its own problem.
+                    let _ = serve_http(conn, &name);
+                });
+            }
+        }));
+    }
+    if let Some(port) = args.udp {
+        let sock = UdpSocket::bind(("::", port)).unwrap_or_else(|e| fail("UDP bind", e));
+        workers.push(thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        }));
+    }
+    println!("ready {}", args.name);
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+fn fail(what: &str, e: std::io::Error) -> ! {
+    eprintln!("lab-server: {what}: {e}");
+    exit(1)
+}
+
+fn serve_http(mut conn: TcpStream, name: &str) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 || req.len() > 8192 {
+            return Ok(());
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let mut out = BufWriter::with_capacity(64 * 1024, conn);
+    if path == "/" {
+        let body = format!("{name}\n");
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+    } else if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n <= MAX_BYTES)
+    {
+        write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+        )?;
+        let pattern: Vec<u8> = (0..251 * 256).map(|i| (i % 251) as u8).collect();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(pattern.len() as u64) as usize;
+            out.write_all(&pattern[..k])?;
+            left -= k as u64;
+        }
+    } else {
+        out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    }
+    out.flush()
+}

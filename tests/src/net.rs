@@ -1,0 +1,79 @@
+//! Running code inside a lab namespace, and the tiny clients tests use there.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::thread;
+use std::time::Duration;
+
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets
+/// it creates, interfaces it names and programs it attaches are those of
+/// `ns`. A panic in `f` is propagated.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    thread::scope(|s| {
+        let handle = s.spawn(|| {
+            let file = File::open(format!("/run/netns/{ns}"))?;
+            // SAFETY: setns on this thread only, with a valid netns fd.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// `GET path` over a new connection; the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no end of HTTP headers"))?;
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line: {head}"),
+            )
+        })?;
+    Ok((status, resp.split_off(split + 4)))
+}
+
+/// Sends `payload` to `addr` over UDP and waits for one datagram back;
+/// the reply and the address it came from.
+pub fn udp_echo(
+    addr: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> io::Result<(Vec<u8>, SocketAddr)> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(payload, addr)?;
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    buf.truncate(n);
+    Ok((buf, from))
+}

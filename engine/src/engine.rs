@@ -176,7 +176,7 @@ impl Engine {
             match pkt.verdict {
                 Verdict::Pass => flows.stats.passed.inc(),
                 Verdict::Drop(r) => flows.stats.drops.count(r),
-                Verdict::Tx(_) => {}
+                Verdict::Tx(_) | Verdict::Handoff(_) => {}
             }
             flows.settle_departures();
         }
@@ -244,8 +244,27 @@ impl Flows {
         }
         match s.find_vip(&p.key) {
             Some(vip) => self.new_flow(s, now, pkt, &p, hash, vip),
-            None if s.is_return(&p.key) => Verdict::Drop(DropReason::NoState),
+            None if s.is_return(&p.key) => self.foreign_return(s, &p.key),
             None => Verdict::Pass,
+        }
+    }
+
+    /// Return traffic without state here: with one worker there is no one
+    /// else to ask; with several, the owner of a full-NAT source port is
+    /// known by its range, an inline DNAT flow's owner is not.
+    fn foreign_return(&self, s: &Services, key: &FlowKey) -> Verdict {
+        if self.cfg.workers == 1 {
+            return Verdict::Drop(DropReason::NoState);
+        }
+        let (lo, _) = self.cfg.snat_ports;
+        let owner = s
+            .is_to_snat(key)
+            .then(|| key.dst_port.checked_sub(lo).map(|off| off / self.snat_span))
+            .flatten()
+            .filter(|&w| w < self.cfg.workers);
+        match owner {
+            Some(w) if w == self.cfg.worker => Verdict::Drop(DropReason::NoState),
+            owner => Verdict::Handoff(owner),
         }
     }
 

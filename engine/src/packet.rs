@@ -48,6 +48,10 @@ pub enum Verdict {
     #[default]
     Pass,
     Drop(DropReason),
+    /// NAT return traffic of a flow this worker does not hold: another
+    /// worker's, that one if known (full-NAT source ports are split by
+    /// worker), else unknown (inline DNAT: ask the others in turn).
+    Handoff(Option<u16>),
 }
 
 macro_rules! drop_reasons {

@@ -251,11 +251,15 @@ impl Services {
         self.vip_addrs.get(addr).copied()
     }
 
+    /// Whether a packet goes to a full-NAT source address.
+    pub fn is_to_snat(&self, key: &FlowKey) -> bool {
+        self.return_ends.contains(&VipKey { addr: key.dst, proto: key.proto, port: 0 })
+    }
+
     /// Whether a packet is NAT return traffic by its ends alone.
     pub fn is_return(&self, key: &FlowKey) -> bool {
         let from_backend = VipKey { addr: key.src, proto: key.proto, port: key.src_port };
-        let to_snat = VipKey { addr: key.dst, proto: key.proto, port: 0 };
-        !self.return_ends.is_empty() && (self.return_ends.contains(&from_backend) || self.return_ends.contains(&to_snat))
+        !self.return_ends.is_empty() && (self.return_ends.contains(&from_backend) || self.is_to_snat(key))
     }
 
     #[inline]

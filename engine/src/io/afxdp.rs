@@ -489,6 +489,11 @@ impl PacketIo for XskIo {
         Ok(queued)
     }
 
+    fn alloc(&mut self) -> Option<FrameRef> {
+        let index = self.free.pop()?;
+        Some(FrameRef { chunk: self.mem.token(index), start: HEADROOM, len: 0, port: 0 })
+    }
+
     fn recycle(&mut self, frames: &mut Vec<FrameRef>) {
         for f in frames.drain(..) {
             if let Some(chunk) = self.mem.index(&f.chunk) {

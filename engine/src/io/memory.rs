@@ -104,6 +104,11 @@ impl PacketIo for MemoryIo {
         Ok(sent)
     }
 
+    fn alloc(&mut self) -> Option<FrameRef> {
+        let index = self.free.pop()?;
+        Some(FrameRef { chunk: self.mem.token(index), start: HEADROOM, len: 0, port: 0 })
+    }
+
     fn recycle(&mut self, frames: &mut Vec<FrameRef>) {
         for frame in frames.drain(..) {
             self.release(&frame);

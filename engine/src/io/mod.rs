@@ -46,6 +46,10 @@ pub trait PacketIo {
     /// Gives frames back without sending them and empties the Vec.
     fn recycle(&mut self, frames: &mut Vec<FrameRef>);
 
+    /// A free buffer to fill and send (bytes another worker handed over),
+    /// with `start` at HEADROOM and `len` 0; None when none is free.
+    fn alloc(&mut self) -> Option<FrameRef>;
+
     /// Sleeps until frames may be ready or `timeout` passes (idle loops).
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
 }

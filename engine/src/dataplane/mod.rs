@@ -35,6 +35,9 @@ pub enum Control {
 /// Builds a worker's scheduler: each worker needs its own instance.
 pub type SchedulerFactory = dyn Fn(u16) -> Option<Box<dyn Scheduler>> + Send + Sync;
 
+/// A worker and the sender of its control messages.
+pub type Wired<I> = (Worker<I>, Sender<Control>);
+
 /// Running workers and the handles the control plane keeps.
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
@@ -47,7 +50,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Wires the workers together (worker i gets `ios[i]`) without
     /// starting them: the caller decides where they run.
-    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<(Worker<I>, Sender<Control>)>, String> {
+    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<Wired<I>>, String> {
         let n = u16::try_from(ios.len()).map_err(|_| format!("{} workers: at most {}", ios.len(), u16::MAX))?;
         let (inboxes, mailboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| {
             let (tx, rx) = bounded::<Handoff>(HANDOFF_QUEUE);

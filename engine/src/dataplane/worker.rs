@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::Control;
 use crate::engine::Engine;
@@ -220,9 +220,7 @@ impl Relay<'_> {
         let Some(buf) = io.buffer(&mut f.chunk) else { return };
         let mut h = Handoff { len: len as u16, port: f.port, hops: hops + 1, bytes: [0; FRAME_SIZE - HEADROOM] };
         h.bytes[..len].copy_from_slice(&buf[start..start + len]);
-        match self.peers.get(to).map(|p| p.try_send(h)) {
-            Some(Ok(())) => self.stats.handed_out.inc(),
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => self.stats.handoff_lost.inc(),
-        }
+        let sent = self.peers.get(to).is_some_and(|p| p.try_send(h).is_ok());
+        if sent { self.stats.handed_out.inc() } else { self.stats.handoff_lost.inc() }
     }
 }

@@ -1,0 +1,301 @@
+//! The validated configuration: fully typed, every default filled in,
+//! every relative path resolved. The control plane converts it into the
+//! engine's services without checking it again, and diffs two of them on
+//! reload (hence `PartialEq` throughout).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub topology: Topology,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// In file order.
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Daemon {
+    /// Absolute, and short enough for a Unix socket address.
+    pub control_socket: PathBuf,
+    pub metrics_listen: SocketAddr,
+    pub xdp_mode: XdpMode,
+    pub workers: Workers,
+}
+
+/// How the XDP program that steers frames to the AF_XDP sockets attaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver; fails if the driver lacks XDP support.
+    Native,
+    /// In the kernel's generic (skb) path: works everywhere, slower.
+    Generic,
+    /// Native, falling back to generic.
+    #[default]
+    Auto,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// The daemon decides (one per receive queue it binds).
+    Auto,
+    /// This many workers, placed by the scheduler of the OS.
+    Count(NonZeroU16),
+    /// One worker pinned to each of these CPUs (distinct).
+    Pinned(Vec<u16>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One interface faces clients and backends alike (full-NAT, DSR and
+    /// tunnels return traffic without routing it through the balancer).
+    OneArm(Interface),
+    /// The balancer is the backends' router: clients on one side, backends
+    /// on the other (the two names differ).
+    Inline { client: Interface, server: Interface },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// A valid Linux interface name (1 to 15 bytes).
+    pub name: String,
+    /// `None`: the device's own MTU.
+    pub mtu: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub connections_per_worker: u32,
+    pub snat_ports: PortRange,
+}
+
+/// Inclusive; `first` is at least 1 and at most `last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// How many ports: at least 1.
+    pub fn count(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Idle timeouts of connection-table entries, each between 1s and 7 days
+/// (so they fit the engine's u32 milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip {
+    pub address: IpAddr,
+    pub protocol: Protocol,
+    /// 0: every port.
+    pub port: u16,
+    pub mode: Mode,
+    pub scheduler: Scheduler,
+    pub persistence: Option<Persistence>,
+    /// `Some` exactly when backends are health checked; then every
+    /// backend's `check` is `Some`.
+    pub health: Option<HealthPolicy>,
+    /// In file order; no two with the same address and effective port.
+    pub backends: Vec<Backend>,
+}
+
+impl Vip {
+    /// "198.18.0.100:80/tcp" or "[2001:db8::1]:*/udp", as in messages.
+    pub fn name(&self) -> String {
+        vip_name(self.address, self.protocol, self.port)
+    }
+}
+
+pub(crate) fn vip_name(address: IpAddr, protocol: Protocol, port: u16) -> String {
+    let port = if port == 0 { "*".to_string() } else { port.to_string() };
+    match address {
+        IpAddr::V4(a) => format!("{a}:{port}/{protocol}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}/{protocol}"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a VIP forwards. Every address in it is of the VIP's family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// DNAT; backends route replies back through the balancer.
+    Nat,
+    /// DNAT plus SNAT to `snat`, a balancer address that is no VIP's.
+    FullNat { snat: IpAddr },
+    /// L2 direct server return: only the MACs change.
+    Dsr,
+    /// IP-in-IP to the backend; outer sources taken from `source`.
+    Ipip { source: Prefix },
+    /// GUE (variant 1, UDP to `port`) to the backend; outer sources taken
+    /// from `source`.
+    Gue { source: Prefix, port: NonZeroU16 },
+}
+
+/// An address prefix; the bits after `len` are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub address: IpAddr,
+    pub len: u8,
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.len)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Native consistent hashing (Maglev, M = 65537).
+    Maglev,
+    /// A WebAssembly scheduler; the path is absolute or relative to the
+    /// working directory, already resolved against the config file's.
+    Plugin(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    pub kind: PersistenceKind,
+    /// How long an idle client keeps its backend.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PersistenceKind {
+    /// A client (source address) keeps its backend across connections.
+    SourceIp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub on_down: OnDown,
+    /// A WebAssembly health policy replacing the built-in rise/fall one
+    /// (path resolved as for `Scheduler::Plugin`).
+    pub plugin: Option<PathBuf>,
+}
+
+/// What happens to the established flows of a backend that goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDown {
+    /// They stay on it (it may still answer them).
+    #[default]
+    Keep,
+    /// The client gets a TCP RST at its next packet (TCP VIPs only).
+    Reset,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub address: IpAddr,
+    /// 0: the port the client connected to.
+    pub port: u16,
+    /// 0 drains: no new flows, established ones continue.
+    pub weight: u16,
+    /// A static neighbour entry (unicast, not all zero).
+    pub mac: Option<[u8; 6]>,
+    /// The VIP's check with this backend's overrides, resolved.
+    pub check: Option<HealthCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The backend's own address unless overridden.
+    pub address: IpAddr,
+    pub probe: Probe,
+    /// `timeout` < `interval`.
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to go up, failures to go down; both >= 1.
+    pub rise: u8,
+    pub fall: u8,
+}
+
+/// What a check sends and expects. Ports are the backend's serving port
+/// unless overridden, never 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// ICMP or ICMPv6 echo.
+    Icmp,
+    /// Three-way handshake, then FIN.
+    TcpConnect { port: u16 },
+    /// SYN, expect SYN-ACK, answer RST.
+    TcpHalfOpen { port: u16 },
+    /// GET `path`; up when the status is in `status` and, if `content` is
+    /// set (kind http-content), the body contains it.
+    Http { port: u16, path: String, status: StatusRange, content: Option<String> },
+}
+
+/// HTTP status codes, inclusive, within 100..=599.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// An enum written as one of a fixed set of words; one table per enum
+/// serves parsing, messages and `Display`.
+pub(crate) trait Keyword: Copy + PartialEq + 'static {
+    /// Every variant with its word, in the order messages list them.
+    const ALL: &[(&str, Self)];
+
+    fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, v)| *v == self).map_or("", |(word, _)| word)
+    }
+
+    fn from_name(word: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(w, _)| *w == word).map(|(_, v)| *v)
+    }
+
+    /// "\"tcp\", \"udp\"", for messages.
+    fn choices() -> String {
+        Self::ALL.iter().map(|(word, _)| format!("{word:?}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Keyword for XdpMode {
+    const ALL: &[(&str, Self)] = &[("native", XdpMode::Native), ("generic", XdpMode::Generic), ("auto", XdpMode::Auto)];
+}
+
+impl Keyword for Protocol {
+    const ALL: &[(&str, Self)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+}
+
+impl Keyword for PersistenceKind {
+    const ALL: &[(&str, Self)] = &[("source-ip", PersistenceKind::SourceIp)];
+}
+
+impl Keyword for OnDown {
+    const ALL: &[(&str, Self)] = &[("keep", OnDown::Keep), ("reset", OnDown::Reset)];
+}

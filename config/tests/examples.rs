@@ -90,15 +90,16 @@ fn each_example_shows_its_mode() {
     assert_eq!(hp.vips[1].backends[1].check.as_ref().map(|c| c.address.to_string()).as_deref(), Some("198.18.1.22"));
 }
 
-/// The embedded default the demo uses: one-arm full-NAT 198.18.0.100:80/tcp
-/// over three backends on "lb0", and UDP echo on port 7.
+/// The embedded default the demo uses: one-arm full-NAT 198.18.100.1:80/tcp
+/// over the lab's three backends on its balancer's "eth0", and UDP echo on
+/// port 7.
 #[test]
 fn lab_default() {
     let lab = parse(LAB, "lab.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(lab, example("lab.toml"));
-    assert!(matches!(&lab.topology, Topology::OneArm(i) if i.name == "lb0"));
+    assert!(matches!(&lab.topology, Topology::OneArm(i) if i.name == "eth0"));
     let names: Vec<String> = lab.vips.iter().map(|v| v.name()).collect();
-    assert_eq!(names, ["198.18.0.100:80/tcp", "198.18.0.100:7/udp"]);
+    assert_eq!(names, ["198.18.100.1:80/tcp", "198.18.100.1:7/udp"]);
     for vip in &lab.vips {
         assert!(matches!(vip.mode, Mode::FullNat { .. }));
         let backends: Vec<String> = vip.backends.iter().map(|b| b.address.to_string()).collect();

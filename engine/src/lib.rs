@@ -4,6 +4,7 @@
 //! sets a verdict on each, with no I/O. The I/O backends (AF_XDP,
 //! in-memory) only move frames.
 
+pub mod control;
 pub mod dataplane;
 pub mod engine;
 pub mod flow;

@@ -21,6 +21,7 @@
 //! checksums and never exceed one MTU (an AF_XDP frame is 2 KiB), and
 //! `Lab::queues` rx/tx queues.
 
+pub mod daemon;
 mod net;
 mod proc;
 
@@ -426,14 +427,18 @@ impl Lab {
     /// backend: HTTP on port 80 answering its name, UDP echo on port 7.
     /// They live as long as the lab.
     pub fn start_servers(&mut self, server: &Path) -> Result<(), LabError> {
+        self.start_servers_with(server, &[])
+    }
+
+    /// `start_servers` with more arguments for every server.
+    pub fn start_servers_with(&mut self, server: &Path, extra: &[&str]) -> Result<(), LabError> {
         let bin = server
             .to_str()
             .ok_or_else(|| LabError("non-UTF-8 server path".into()))?;
         for b in self.backends.clone() {
-            let p = self.spawn(
-                &b.ns,
-                &[bin, "--name", &b.name, "--http", "80", "--udp", "7"],
-            )?;
+            let mut args = vec![bin, "--name", &b.name, "--http", "80", "--udp", "7"];
+            args.extend_from_slice(extra);
+            let p = self.spawn(&b.ns, &args)?;
             p.wait_for_line(
                 |l| l.starts_with("ready"),
                 std::time::Duration::from_secs(10),

@@ -68,20 +68,22 @@ impl Dataplane {
             .collect()
     }
 
-    /// Starts one thread per worker, pinned to core `i % cores` when `pin`.
-    pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, pin: bool) -> Result<Dataplane, String> {
+    /// Starts one thread per worker; worker i is pinned to CPU `cpus[i]`
+    /// when given.
+    pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, cpus: &[usize]) -> Result<Dataplane, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), threads: Vec::new(), stats: Vec::new() };
         for (i, (worker, ctl)) in Self::workers(ios, cfg, services)?.into_iter().enumerate() {
             dp.stats.push((Arc::clone(worker.engine_stats()), Arc::clone(worker.stats())));
             dp.control.push(ctl);
-            let (stop, core) = (Arc::clone(&stop), cores.get(i % cores.len().max(1)).copied());
+            let (stop, core) = (Arc::clone(&stop), cpus.get(i).map(|&id| core_affinity::CoreId { id }));
             let thread = std::thread::Builder::new()
                 .name(format!("fulcrum-w{i}"))
                 .spawn(move || {
-                    if pin && let Some(core) = core {
-                        core_affinity::set_for_current(core);
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core)
+                    {
+                        tracing::warn!(worker = i, cpu = core.id, "could not pin the worker");
                     }
                     worker.run(&stop)
                 })

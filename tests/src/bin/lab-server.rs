@@ -1,13 +1,15 @@
 //! The backend server of the lab (std only): HTTP on `--http PORT`
 //! answering `GET /` with its name and `GET /bytes/N` with N bytes
 //! (byte i = i % 251, so truncation or corruption shows), and a UDP echo on
-//! `--udp PORT`. Both listen on [::] (IPv4 and IPv6). Prints `ready` once
-//! bound.
+//! `--udp PORT`. Both listen on [::] (IPv4 and IPv6); `--udp-bind ADDR`
+//! (repeatable) binds the echo to those addresses instead, as a UDP service
+//! behind DSR must so that its answers leave from the VIP. Prints `ready`
+//! once bound.
 //!
-//! lab-server --name NAME [--http PORT] [--udp PORT]
+//! lab-server --name NAME [--http PORT] [--udp PORT [--udp-bind ADDR]...]
 
 use std::io::{BufWriter, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::exit;
 use std::thread;
 use std::time::Duration;
@@ -19,6 +21,7 @@ struct Args {
     name: String,
     http: Option<u16>,
     udp: Option<u16>,
+    udp_bind: Vec<IpAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -26,6 +29,7 @@ fn parse_args() -> Result<Args, String> {
         name: String::new(),
         http: None,
         udp: None,
+        udp_bind: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -39,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
             "--name" => args.name = value.clone(),
             "--http" => args.http = Some(port()?),
             "--udp" => args.udp = Some(port()?),
+            "--udp-bind" => args.udp_bind.push(value.parse().map_err(|_| format!("--udp-bind: `{value}` is not an address"))?),
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -50,7 +55,7 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT] [--udp PORT]");
+        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT] [--udp PORT [--udp-bind ADDR]...]");
         exit(2)
     });
     let mut workers = Vec::new();
@@ -68,15 +73,18 @@ fn main() {
         }));
     }
     if let Some(port) = args.udp {
-        let sock = UdpSocket::bind(("::", port)).unwrap_or_else(|e| fail("UDP bind", e));
-        workers.push(thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            loop {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(&buf[..n], from);
+        let addrs = if args.udp_bind.is_empty() { vec![IpAddr::from([0u16; 8])] } else { args.udp_bind.clone() };
+        for addr in addrs {
+            let sock = UdpSocket::bind((addr, port)).unwrap_or_else(|e| fail("UDP bind", e));
+            workers.push(thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
                 }
-            }
-        }));
+            }));
+        }
     }
     println!("ready {}", args.name);
     for w in workers {

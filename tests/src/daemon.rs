@@ -1,0 +1,187 @@
+//! Running the `fulcrum` daemon on a lab: its configuration, the backend
+//! set-up each forwarding mode needs, and reading its counters back.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::{Lab, LabError, Proc, Topology, VIP4, VIP6};
+
+/// The `fulcrum` binary cargo built next to this test binary.
+pub fn fulcrum_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = dir.join("fulcrum");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p fulcrum)", bin.display());
+    bin
+}
+
+/// The forwarding modes as the configuration names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabMode {
+    Nat,
+    FullNat,
+    Dsr,
+    Ipip,
+    Gue,
+}
+
+impl LabMode {
+    fn name(self) -> &'static str {
+        match self {
+            LabMode::Nat => "nat",
+            LabMode::FullNat => "full-nat",
+            LabMode::Dsr => "dsr",
+            LabMode::Ipip => "ipip",
+            LabMode::Gue => "gue",
+        }
+    }
+
+    pub fn topology(self) -> Topology {
+        if self == LabMode::Nat { Topology::Inline } else { Topology::OneArm }
+    }
+}
+
+/// Full-NAT source addresses: balancer addresses on the one-arm network
+/// that nothing else uses.
+pub const SNAT4: &str = "198.18.0.200";
+pub const SNAT6: &str = "2001:db8::c8";
+
+/// Writes a configuration balancing VIP4 and VIP6 (TCP 80 and UDP 7) over
+/// the lab's three backends in `mode`, with the given extra TOML per VIP.
+pub fn config(lab: &Lab, mode: LabMode, vip_extra: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let mut c = String::new();
+    let _ = writeln!(c, "[daemon]\ncontrol_socket = \"/run/fulcrum-lab-{tag}.sock\"\nxdp_mode = \"auto\"\n");
+    for (i, ifc) in lab.balancer.ifaces.iter().enumerate() {
+        let role = match (lab.topology, i) {
+            (Topology::OneArm, _) => "one-arm",
+            (Topology::Inline, 0) => "client",
+            (Topology::Inline, _) => "server",
+        };
+        let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"{role}\"\n", ifc.name);
+    }
+    for (vip, snat, tunnel) in [(IpAddr::V4(VIP4), SNAT4, "198.18.200.0/24"), (IpAddr::V6(VIP6), SNAT6, "2001:db8:200::/64")] {
+        for (proto, port) in [("tcp", 80), ("udp", 7)] {
+            let _ = writeln!(c, "[[vip]]\naddress = \"{vip}\"\nprotocol = \"{proto}\"\nport = {port}\nmode = \"{}\"", mode.name());
+            match mode {
+                LabMode::FullNat => {
+                    let _ = writeln!(c, "snat = \"{snat}\"");
+                }
+                LabMode::Ipip | LabMode::Gue => {
+                    let _ = writeln!(c, "tunnel_source = \"{tunnel}\"");
+                }
+                LabMode::Nat | LabMode::Dsr => {}
+            }
+            c.push_str(vip_extra);
+            for b in &lab.backends {
+                let addr = if vip.is_ipv4() { IpAddr::V4(b.iface().v4) } else { IpAddr::V6(b.iface().v6) };
+                let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{addr}\"");
+            }
+            c.push('\n');
+        }
+    }
+    c
+}
+
+/// Prepares the hosts for `mode`, then starts the backends' servers (the
+/// `lab-server` binary at `server`): the SNAT address on the balancer, the
+/// VIP on the backends' loopback (DSR, tunnels) with ARP kept quiet about
+/// it and the UDP echo bound to it, and decapsulation on tunnel backends
+/// (`fulcrum decap`).
+pub fn prepare(lab: &mut Lab, mode: LabMode, server: &Path) -> Result<Vec<Proc>, LabError> {
+    let mut procs = Vec::new();
+    match mode {
+        LabMode::FullNat => {
+            let dev = lab.balancer.iface().name.clone();
+            lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT4}/24"), "dev", &dev])?;
+            lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT6}/64"), "dev", &dev, "nodad"])?;
+        }
+        LabMode::Dsr | LabMode::Ipip | LabMode::Gue => {
+            for b in lab.backends.clone() {
+                for s in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2", "net.ipv4.conf.all.rp_filter=0"] {
+                    lab.exec(&b.ns, &["sysctl", "-q", "-w", s])?;
+                }
+                lab.exec(&b.ns, &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+                lab.exec(&b.ns, &["ip", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+                if mode != LabMode::Dsr {
+                    let bin = fulcrum_bin();
+                    let p = lab.spawn(&b.ns, &[bin.to_str().unwrap_or_default(), "decap", "--iface", &b.iface().name])?;
+                    p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(10))
+                        .ok_or_else(|| LabError(format!("fulcrum decap on {} did not start: {}", b.name, p.output())))?;
+                    procs.push(p);
+                }
+            }
+        }
+        LabMode::Nat => {}
+    }
+    let (v4, v6) = (VIP4.to_string(), VIP6.to_string());
+    let bind_vips = ["--udp-bind", &v4, "--udp-bind", &v6];
+    let owns_vip = matches!(mode, LabMode::Dsr | LabMode::Ipip | LabMode::Gue);
+    lab.start_servers_with(server, if owns_vip { &bind_vips } else { &[] })?;
+    Ok(procs)
+}
+
+/// Starts `fulcrum run` in the balancer namespace with `config`; waits
+/// until it is ready.
+pub fn start(lab: &Lab, config: &str) -> Result<(Proc, TempConfig), LabError> {
+    let file = TempConfig::new(config)?;
+    let bin = fulcrum_bin();
+    let p = lab.spawn(&lab.balancer.ns, &[bin.to_str().unwrap_or_default(), "run", "--config", file.path_str()])?;
+    p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(20))
+        .ok_or_else(|| LabError(format!("fulcrum run did not become ready:\n{}\nconfig:\n{config}", p.output())))?;
+    Ok((p, file))
+}
+
+/// Stops the daemon with SIGTERM; its summary output.
+pub fn stop(mut p: Proc) -> Result<String, LabError> {
+    p.signal(libc::SIGTERM);
+    let status = p.wait_timeout(Duration::from_secs(10)).ok_or_else(|| LabError(format!("fulcrum did not stop:\n{}", p.output())))?;
+    if !status.success() {
+        return Err(LabError(format!("fulcrum exited with {status}:\n{}", p.output())));
+    }
+    Ok(p.output())
+}
+
+/// New flows per backend address of one VIP in the daemon's summary
+/// (`vip NAME: ...` followed by `  backend ADDR: ... new_flows=N` lines).
+pub fn new_flows(summary: &str, vip: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let mut inside = false;
+    for line in summary.lines() {
+        if let Some(rest) = line.strip_prefix("vip ") {
+            inside = rest.starts_with(&format!("{vip}:"));
+        } else if inside && let Some(rest) = line.trim_start().strip_prefix("backend ") {
+            let (addr, counters) = rest.split_once(": ").unwrap_or((rest, ""));
+            let n = counters.split_whitespace().find_map(|kv| kv.strip_prefix("new_flows=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+            out.insert(addr.to_string(), n);
+        }
+    }
+    out
+}
+
+/// A configuration file removed when dropped.
+pub struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(text: &str) -> Result<TempConfig, LabError> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!("fulcrum-lab-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&path, text).map_err(|e| LabError(format!("writing {}: {e}", path.display())))?;
+        Ok(TempConfig(path))
+    }
+
+    fn path_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use crate::{Lab, LabError, Proc, Topology, VIP4, VIP6};
 
-/// The `fulcrum` binary cargo built next to this test binary.
+/// The `fulcrum` binary cargo built beside this program: in the same
+/// directory (a binary) or the one above (a test, built in deps/).
 pub fn fulcrum_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let bin = dir.join("fulcrum");
-    assert!(bin.exists(), "{} is missing: build it first (cargo build -p fulcrum)", bin.display());
-    bin
+    let exe = std::env::current_exe().expect("this program's path");
+    let dirs = exe.ancestors().skip(1).take(2);
+    let found = dirs.map(|d| d.join("fulcrum")).find(|b| b.is_file());
+    found.unwrap_or_else(|| panic!("no fulcrum binary beside {}: build it first (cargo build -p fulcrum)", exe.display()))
 }
 
 /// The forwarding modes as the configuration names them.

@@ -216,6 +216,11 @@ impl Flows {
     }
 
     fn process_one(&mut self, s: &Services, now: u32, pkt: &mut Packet) -> Verdict {
+        // Replies and NAT return traffic leave by the interface a flow came
+        // in on: it must be one the services describe.
+        if usize::from(pkt.ingress) >= s.interfaces.len() {
+            return Verdict::Drop(DropReason::UnknownInterface);
+        }
         let p = match parse(pkt.frame()) {
             Ok(p) => p,
             Err(ParseError::NotIp) => return Verdict::Pass,
@@ -435,7 +440,9 @@ impl Flows {
         if snat {
             rewrite::set_endpoint(frame, p, End::Dst, &client.src, client.src_port);
         }
-        let out = s.interfaces[usize::from(iface)];
+        let Some(out) = s.interfaces.get(usize::from(iface)) else {
+            return self.vip_drop(vip_id, DropReason::UnknownInterface);
+        };
         rewrite::set_macs(frame, out.mac, client_mac);
         self.stats.vips[usize::from(vip_id)].packet(frame_len);
         self.stats.backends[usize::from(backend)].packet(frame_len);

@@ -83,4 +83,5 @@ drop_reasons! {
     SnatExhausted => "snat_exhausted": "No free source port for full-NAT.",
     IcmpNoFlow => "icmp_no_flow": "An ICMP error to a VIP quotes no known flow.",
     NoRoom => "no_room": "The buffer lacks head- or tailroom for the rewrite.",
+    UnknownInterface => "unknown_interface": "The frame came in on an interface the services do not have.",
 }

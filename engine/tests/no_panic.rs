@@ -10,8 +10,11 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::{Batch, Frame, Kind, MODES, OWN_SNAT_PORTS, Recipe, Shape, Traffic, drive};
+use fulcrum::DropReason;
+use fulcrum::stats::Stats;
 use fulcrum::wire::tcp::{ACK, FIN, RST, SYN};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -112,11 +115,9 @@ fn source() -> impl Strategy<Value = Source> {
 type FrameGen = (Source, u8, usize, usize);
 
 fn frame() -> impl Strategy<Value = FrameGen> {
-    // Every engine has interfaces 0 and 1. KNOWN ENGINE BUG: an ingress
-    // without an interface panics (the `known_bug_*` tests below), so
-    // until that is fixed only these two come; then make it
-    // `prop_oneof![8 => 0..2u8, 1 => 2..4u8, 1 => any::<u8>()]`.
-    let ingress = 0..2u8;
+    // Every engine has interfaces 0 and 1; any other ingress is a counted
+    // drop (the engine once panicked on it: see `unconfigured_ingress`).
+    let ingress = prop_oneof![8 => 0..2u8, 1 => 2..4u8, 1 => any::<u8>()];
     (source(), ingress, 0..300usize, 0..300usize)
 }
 
@@ -183,39 +184,32 @@ fn fuzz_format_round_trips() {
     }
 }
 
-/// An ingress index that names no interface crashes the engine.
-///
-/// KNOWN ENGINE BUG, found by the fuzz target and minimised here: the
-/// engine indexes `Services::interfaces` with `Packet::ingress` unchecked
-/// (also with the ingress a NAT flow recorded, which a reload that drops an
-/// interface leaves dangling). These tests pin the panic: when the engine
-/// is fixed they fail; then remove `should_panic`, assert a counted drop,
-/// and widen the ingress in `frame()` above.
-fn unconfigured_ingress(mode: usize, frames: &[(Recipe, u8)]) {
+/// An ingress index that names no interface is a counted drop. The fuzz
+/// target found the engine indexing `Services::interfaces` with it
+/// unchecked; these are its two minimised crashes.
+fn unconfigured_ingress(mode: usize, frames: &[(Recipe, u8)]) -> Arc<Stats> {
     let frames = frames.iter().map(|(r, ingress)| Frame { bytes: r.frame(), ingress: *ingress, headroom: 64, tailroom: 0 }).collect();
-    drive(mode, &Traffic { start_ms: 0, batches: vec![Batch { advance_ms: 0, frames }] });
+    drive(mode, &Traffic { start_ms: 0, batches: vec![Batch { advance_ms: 0, frames }] })
 }
 
-/// engine.rs `Flows::reverse`: `s.interfaces[usize::from(iface)]` with the
-/// ingress the forward packet came in on. A UDP datagram (Maglev picks
-/// backend 0 or 1) creates the full-NAT flow; the backend's reply to the
-/// first SNAT port is return traffic for it.
+/// Once `Flows::reverse` sent NAT return traffic out of the ingress the
+/// forward packet came in on, unchecked. A UDP datagram on ingress 2 would
+/// open a full-NAT flow; the backend's replies to its SNAT port follow.
 #[test]
-#[should_panic(expected = "index out of bounds: the len is 2 but the index is 2")]
-fn known_bug_nat_return_traffic_for_unconfigured_ingress() {
+fn nat_traffic_on_an_unconfigured_ingress_is_dropped() {
     let udp = Recipe { tcp: false, vip_port: 53, ..Recipe::tcp(false, 5000, 0) };
     let reply = |host| Recipe { kind: Kind::ReplyToSnat, snat_port: OWN_SNAT_PORTS.start, host, ..udp.clone() };
-    unconfigured_ingress(1, &[(udp.clone(), 2), (reply(0), 0), (reply(1), 0)]);
+    let stats = unconfigured_ingress(1, &[(udp.clone(), 2), (reply(0), 0), (reply(1), 0)]);
+    assert_eq!(stats.drops.get(DropReason::UnknownInterface), 1);
 }
 
-/// engine.rs `Flows::send_to_backend`, tunnel mode:
-/// `s.interfaces[usize::from(pkt.ingress)]` for the source MAC of the ICMP
-/// "fragmentation needed" answer to a frame too big to encapsulate.
+/// Once `Flows::send_to_backend` took the source MAC of an ICMP "too big"
+/// answer from the ingress interface, unchecked.
 #[test]
-#[should_panic(expected = "index out of bounds: the len is 2 but the index is 2")]
-fn known_bug_too_big_on_unconfigured_ingress() {
+fn a_too_big_frame_on_an_unconfigured_ingress_is_dropped() {
     let big = Recipe { payload: 1460, ..Recipe::tcp(false, 40000, SYN) };
-    unconfigured_ingress(3, &[(big, 2)]);
+    let stats = unconfigured_ingress(3, &[(big, 2)]);
+    assert_eq!(stats.drops.get(DropReason::UnknownInterface), 1);
 }
 
 /// Regenerates the seed corpus of the fuzz target:

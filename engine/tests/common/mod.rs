@@ -14,6 +14,7 @@ use fulcrum::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum::sched::{BackendState, Scheduler};
 use fulcrum::wire::build::{L4, LB_MAC, PacketBuilder, ethernet};
 use fulcrum::wire::{checksum, ipv4::Ipv4, parse};
+use fulcrum::stats::Stats;
 use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
 
 /// The engines under test, by index; each has VIPs of both families.
@@ -369,20 +370,21 @@ impl Traffic {
 }
 
 /// Runs traffic through a fresh engine of `mode`, checking every batch.
-pub fn drive(mode: usize, t: &Traffic) {
+pub fn drive(mode: usize, t: &Traffic) -> Arc<Stats> {
     let (mut engine, services) = engine(mode);
     let mut now = t.start_ms;
     for (i, b) in t.batches.iter().enumerate() {
         now = now.wrapping_add(b.advance_ms);
         process_checked(&mut engine, &services.interfaces, now, &b.frames, &format!("{} batch {i}", MODES[mode]));
     }
+    Arc::clone(engine.stats())
 }
 
 /// Processes one batch and panics, naming `what`, on any broken invariant:
 /// - a Tx goes out of a configured interface, with that interface's MAC as
 ///   source, and the frame parses; a valid IPv4 header checksum and a valid
 ///   transport checksum on the way in stay valid on the way out;
-/// - a passed frame is untouched;
+/// - a passed or handed-off frame is untouched;
 /// - every frame stays inside its buffer;
 /// - the drop and pass counters move exactly as the verdicts say.
 fn process_checked(engine: &mut Engine, ifaces: &[Interface], now: u32, frames: &[Frame], what: &str) {
@@ -411,6 +413,8 @@ fn process_checked(engine: &mut Engine, ifaces: &[Interface], now: u32, frames: 
                 assert!(pkt.start == f.headroom && out == &f.bytes[..], "passed frame changed: {}", ctx());
             }
             Verdict::Drop(r) => drops[r as usize] += 1,
+            // Another worker processes it as it arrived.
+            Verdict::Handoff(_) => assert!(pkt.start == f.headroom && out == &f.bytes[..], "handed-off frame changed: {}", ctx()),
             Verdict::Tx(iface) => {
                 let Some(iface) = ifaces.get(usize::from(iface)) else { panic!("Tx on an unconfigured interface: {}", ctx()) };
                 assert!(parse(out).is_ok(), "sent frame does not parse: {}\nout: {}", ctx(), hex(out));

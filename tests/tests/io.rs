@@ -46,18 +46,6 @@ fn send_udp(ns: &str, from_port: u16, to: SocketAddr, marker: &str) {
     .expect("netns");
 }
 
-/// Internet checksum.
-fn csum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An ICMP "port unreachable" sent to the VIP, quoting a datagram the VIP
 /// sent from port 7, as a router would for a DSR reply.
 fn send_icmp_error_to_vip(lab: &Lab) {
@@ -68,7 +56,7 @@ fn send_icmp_error_to_vip(lab: &Lab) {
     quoted.extend_from_slice(&[0, 7, 0x9c, 0x40, 0, 8, 0, 0]); // UDP 7 -> 40000
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&quoted);
-    let c = csum(&icmp);
+    let c = fulcrum::wire::checksum::checksum(&icmp, 0);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     in_netns(&lab.client.ns, || {
         // SAFETY: plain socket(2) and sendto(2) with valid buffers.
@@ -284,7 +272,7 @@ fn headers_prepended_in_the_headroom_are_sent() {
                         ip[2..4].copy_from_slice(&((20 + inner_len) as u16).to_be_bytes());
                         ip[12..16].copy_from_slice(&bal.v4.octets());
                         ip[16..20].copy_from_slice(&b1.v4.octets());
-                        let c = csum(&ip);
+                        let c = fulcrum::wire::checksum::checksum(&ip, 0);
                         ip[10..12].copy_from_slice(&c.to_be_bytes());
                         buf[start + 14..start + 34].copy_from_slice(&ip);
                         f.start = start;

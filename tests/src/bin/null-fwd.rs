@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use fulcrum::io::afxdp::{self, XskConfig, XskIo, XskStats};
 use fulcrum::io::xdp::SteerProgram;
+use fulcrum::control::netinfo::{iface_mac, parse_mac};
 use fulcrum::io::{FrameRef, IoError, PacketIo, PortId, XdpMode};
+use fulcrum::wire::checksum;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -40,15 +42,6 @@ struct Args {
 
 const USAGE: &str = "usage: null-fwd --in IF [--out IF] --vip IP --proto udp|tcp --port N \
                      --backend-ip IP --backend-mac MAC [--mode native|generic|auto] [--copy]";
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
 
 fn parse_args() -> Result<Args, String> {
     let (mut ifin, mut ifout, mut vip, mut proto, mut port, mut backend, mut mac) =
@@ -140,12 +133,9 @@ fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
         vec![&args.ifin, &args.ifout]
     };
     let out_port: PortId = if one_arm { 0 } else { 1 };
-    let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", args.ifout))
-        .ok()
-        .and_then(|s| parse_mac(s.trim()))
-        .ok_or_else(|| IoError::NoSuchInterface {
-            ifname: args.ifout.clone(),
-        })?;
+    let src_mac = iface_mac(&args.ifout).map_err(|_| IoError::NoSuchInterface {
+        ifname: args.ifout.clone(),
+    })?;
 
     let cfg = XskConfig {
         zero_copy: args.zero_copy,
@@ -259,7 +249,7 @@ fn rewrite_v4(ip: &mut [u8], new: &[u8; 4]) -> bool {
         fix_l4(ip[9], &mut ip[ihl..], &old, new, false);
     }
     let check = u16::from_be_bytes([ip[10], ip[11]]);
-    ip[10..12].copy_from_slice(&csum_replace(check, &old, new).to_be_bytes());
+    ip[10..12].copy_from_slice(&checksum::update(check, &old, new).to_be_bytes());
     ip[16..20].copy_from_slice(new);
     true
 }
@@ -289,53 +279,26 @@ fn fix_l4(proto: u8, l4: &mut [u8], old: &[u8], new: &[u8], v6: bool) {
     if proto == 17 && check == 0 && !v6 {
         return; // IPv4 UDP without checksum
     }
-    let mut c = csum_replace(check, old, new);
+    let mut c = checksum::update(check, old, new);
     if proto == 17 && c == 0 {
         c = 0xffff;
     }
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), over 16-bit words.
-fn csum_replace(check: u16, old: &[u8], new: &[u8]) -> u16 {
-    let mut sum = u32::from(!check);
-    for w in old.chunks_exact(2) {
-        sum += u32::from(!u16::from_be_bytes([w[0], w[1]]));
-    }
-    for w in new.chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Full Internet checksum of `data`.
-    fn csum(data: &[u8]) -> u16 {
-        let mut sum: u32 = data
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-            .sum();
-        while sum >> 16 != 0 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
 
     #[test]
     fn incremental_update_matches_recomputation() {
         let mut hdr = [
             0x45u8, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 100, 1,
         ];
-        let c = csum(&hdr);
+        let c = checksum::checksum(&hdr, 0);
         hdr[10..12].copy_from_slice(&c.to_be_bytes());
         assert!(rewrite_v4(&mut hdr, &[198, 18, 0, 11]));
-        assert_eq!(csum(&hdr), 0, "header checksum verifies");
+        assert_eq!(checksum::checksum(&hdr, 0), 0, "header checksum verifies");
         assert_eq!(&hdr[16..20], &[198, 18, 0, 11]);
     }
 

@@ -182,6 +182,10 @@ impl Engine {
         }
         flows.table.expire(now_ms, flows.cfg.expire_budget);
         flows.settle_departures();
+        let (table, stats) = (&flows.table, &flows.stats);
+        stats.connections.set(table.len() as u64);
+        stats.evictions.set(table.evictions());
+        stats.expirations.set(table.expirations());
     }
 }
 

@@ -26,6 +26,22 @@ impl Counter {
     }
 }
 
+/// A level with one writer (a size, not a count of events), set rather
+/// than added to; read like a `Counter`.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    #[inline]
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// Traffic of one VIP or one backend.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -82,6 +98,12 @@ pub struct Stats {
     pub passed: Counter,
     /// Plugin schedulers that failed a pick (the flow fell back to Maglev).
     pub scheduler_faults: Counter,
+    /// The connection table, copied from it once per batch (the table
+    /// itself is the worker's alone): live entries, and entries removed
+    /// to make room or because they timed out (peers included).
+    pub connections: Gauge,
+    pub evictions: Gauge,
+    pub expirations: Gauge,
 }
 
 impl Stats {
@@ -94,6 +116,9 @@ impl Stats {
             drops: Drops::default(),
             passed: Counter::default(),
             scheduler_faults: Counter::default(),
+            connections: Gauge::default(),
+            evictions: Gauge::default(),
+            expirations: Gauge::default(),
         }
     }
 }

@@ -8,8 +8,9 @@
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
 
@@ -19,7 +20,7 @@ use crate::sched::Scheduler;
 use crate::services::{Services, VipId};
 use crate::stats::Stats;
 
-pub use worker::{Handoff, Worker, WorkerStats};
+pub use worker::{BATCH_BUCKETS, Handoff, Worker, WorkerStats};
 
 /// Frames one worker may have waiting from the others.
 const HANDOFF_QUEUE: usize = 1024;
@@ -27,7 +28,9 @@ const CONTROL_QUEUE: usize = 64;
 
 /// A change the control plane sends to every worker.
 pub enum Control {
-    Services(Arc<Services>),
+    /// A service snapshot and its generation, which the worker reports in
+    /// `WorkerStats::generation` once it runs it.
+    Services(Arc<Services>, u64),
     /// A VIP's scheduler for new flows (`None`: back to Maglev).
     Scheduler(VipId, Option<Box<dyn Scheduler>>),
 }
@@ -42,6 +45,8 @@ pub type Wired<I> = (Worker<I>, Sender<Control>);
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
     control: Vec<Sender<Control>>,
+    /// Of the last publication (the initial services are generation 0).
+    generation: AtomicU64,
     threads: Vec<JoinHandle<Result<(), IoError>>>,
     /// Per worker: the engine's counters and the loop's own.
     pub stats: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
@@ -72,7 +77,7 @@ impl Dataplane {
     /// when given.
     pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, cpus: &[usize]) -> Result<Dataplane, String> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), threads: Vec::new(), stats: Vec::new() };
+        let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), generation: AtomicU64::new(0), threads: Vec::new(), stats: Vec::new() };
         for (i, (worker, ctl)) in Self::workers(ios, cfg, services)?.into_iter().enumerate() {
             dp.stats.push((Arc::clone(worker.engine_stats()), Arc::clone(worker.stats())));
             dp.control.push(ctl);
@@ -93,12 +98,30 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Publishes a new service snapshot to every worker.
-    pub fn publish(&self, services: &Arc<Services>) {
+    /// Publishes a new service snapshot to every worker; its generation.
+    pub fn publish(&self, services: &Arc<Services>) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         for c in &self.control {
             // A full queue means the worker is far behind; the next
             // publication carries the newest snapshot anyway.
-            let _ = c.try_send(Control::Services(Arc::clone(services)));
+            let _ = c.try_send(Control::Services(Arc::clone(services), generation));
+        }
+        generation
+    }
+
+    /// Waits up to `timeout` until every worker runs publication
+    /// `generation` or a later one; the workers that do not.
+    pub fn wait_applied(&self, generation: u64, timeout: Duration) -> Result<(), Vec<usize>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind: Vec<usize> = self.stats.iter().enumerate().filter(|(_, (_, w))| w.generation.get() < generation).map(|(i, _)| i).collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(behind);
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

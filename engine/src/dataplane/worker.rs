@@ -10,10 +10,12 @@ use super::Control;
 use crate::engine::Engine;
 use crate::io::{FRAME_SIZE, FrameRef, HEADROOM, IoError, PacketIo, PortId};
 use crate::packet::{DropReason, Packet, Verdict};
-use crate::stats::{Counter, Stats};
+use crate::stats::{Counter, Gauge, Stats};
 
 /// Frames processed together: one `recv` batch plus handed-over frames.
 const BATCH: usize = 64;
+/// Batch-size histogram buckets: up to 1, 2, 4, ... `BATCH` frames.
+pub const BATCH_BUCKETS: usize = BATCH.trailing_zeros() as usize + 1;
 /// How long an idle worker sleeps in `wait` before polling again.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 
@@ -35,6 +37,9 @@ pub struct WorkerStats {
     /// Polls that found frames.
     pub busy_polls: Counter,
     pub frames: Counter,
+    /// Busy polls by frames in the batch: bucket i counts batches of
+    /// 2^(i-1) + 1 ..= 2^i frames (bucket 0: one frame).
+    pub batch_sizes: [Counter; BATCH_BUCKETS],
     pub handed_out: Counter,
     pub handed_in: Counter,
     /// Handoffs lost to a full queue or a lack of free buffers.
@@ -42,6 +47,9 @@ pub struct WorkerStats {
     /// Frames the engine would give the kernel but that AF_XDP already
     /// took from it: the steering program should not have redirected them.
     pub unsteerable: Counter,
+    /// The generation of the services this worker runs (see
+    /// `Dataplane::publish`).
+    pub generation: Gauge,
 }
 
 pub struct Worker<I> {
@@ -117,6 +125,8 @@ impl<I: PacketIo> Worker<I> {
         if n > 0 {
             self.stats.busy_polls.inc();
             self.stats.frames.add(n as u64);
+            let bucket = (usize::BITS - (n - 1).leading_zeros()) as usize;
+            self.stats.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].inc();
         }
         // With nothing received the engine still runs its expiry step.
         let verdicts = self.run_engine(now);
@@ -144,11 +154,10 @@ impl<I: PacketIo> Worker<I> {
     fn apply_control(&mut self) {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
-                Control::Services(s) => {
-                    if let Err(e) = self.engine.set_services(s) {
-                        tracing::error!(worker = self.id, "new services refused: {e}");
-                    }
-                }
+                Control::Services(s, generation) => match self.engine.set_services(s) {
+                    Ok(()) => self.stats.generation.set(generation),
+                    Err(e) => tracing::error!(worker = self.id, "new services refused: {e}"),
+                },
                 Control::Scheduler(vip, sched) => self.engine.set_scheduler(vip, sched),
             }
         }

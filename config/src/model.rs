@@ -19,6 +19,21 @@ pub struct Config {
     pub vips: Vec<Vip>,
 }
 
+impl Config {
+    /// Every plugin file named: the VIP, the field ("scheduler",
+    /// "health.policy") and the path.
+    pub fn plugins(&self) -> impl Iterator<Item = (&Vip, &'static str, &PathBuf)> {
+        self.vips.iter().flat_map(|v| {
+            let scheduler = match &v.scheduler {
+                Scheduler::Plugin(p) => Some((v, "scheduler", p)),
+                Scheduler::Maglev => None,
+            };
+            let policy = v.health.as_ref().and_then(|h| h.plugin.as_ref()).map(|p| (v, "health.policy", p));
+            scheduler.into_iter().chain(policy)
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Daemon {
     /// Absolute, and short enough for a Unix socket address.

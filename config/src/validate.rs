@@ -19,7 +19,8 @@ use crate::error::{ConfigErrors, Report};
 use crate::model::*;
 use crate::raw::*;
 
-const DEFAULT_CONTROL_SOCKET: &str = "/run/fulcrum/control.sock";
+/// Where the daemon listens, and the CLI looks, unless told otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/fulcrum/control.sock";
 /// Localhost only: metrics are for a local scraper unless said otherwise.
 const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9100));
 const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 1 << 20;

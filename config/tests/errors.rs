@@ -562,6 +562,28 @@ fn load_reads_the_file_and_names_it() {
 }
 
 #[test]
+fn check_files_names_each_plugin_that_cannot_be_opened() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-files-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub.wasm")).unwrap();
+    std::fs::write(dir.join("wlc.wasm"), b"\0asm").unwrap();
+    let text = |sched: &str, policy: &str| format!("{HEAD}{VIP}scheduler = \"{sched}\"\nhealth = {{ kind = \"icmp\", policy = \"{policy}\" }}\nbackend = []\n");
+    let origin = dir.join("fulcrum.toml").display().to_string();
+    let ok = parse(&text("wlc.wasm", "wlc.wasm"), &origin).unwrap();
+    let bad = parse(&text("missing.wasm", "sub.wasm"), &origin).unwrap();
+    let (ok, bad) = (check_files(&ok, &origin), check_files(&bad, &origin).unwrap_err().to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(ok, Ok(()));
+    let d = dir.display();
+    assert_eq!(
+        bad,
+        format!(
+            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/missing.wasm: no such file\n\
+             {origin}: vip 198.18.0.100:80/tcp: health.policy: cannot open plugin {d}/sub.wasm: not a regular file"
+        )
+    );
+}
+
+#[test]
 fn too_many_backends_for_the_engines_ids() {
     let pool: String = (0..=u16::MAX as u32).map(|i| format!("[[vip.backend]]\naddress = \"198.19.{}.{}\"\n", i >> 8, i & 0xff)).collect();
     let e = errors(&format!("{}{pool}", VIP.replace("198.18.0.2", "198.18.0.3")));

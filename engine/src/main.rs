@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use fulcrum::control::daemon::Daemon;
-use fulcrum::control::netinfo;
+use clap::{Args, Parser, Subcommand};
+use fulcrum::control::api::{Request, Response};
+use fulcrum::control::{client, load_config, netinfo, server};
 use fulcrum::io::XdpMode;
 use fulcrum::io::xdp::DecapProgram;
 use fulcrum::forward::tunnel::GUE_DEFAULT_PORT;
@@ -22,13 +22,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the balancer with a configuration file, until SIGINT or SIGTERM.
+    /// Run the balancer with a configuration file, until SIGINT or SIGTERM
+    /// (SIGHUP reloads the file).
     Run {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration file and report every problem in it.
+    /// Validate a configuration file and report every problem in it
+    /// (plugin files it names must exist too).
     CheckConfig { file: PathBuf },
+    /// The running daemon: configuration file, workers, reloads, VIPs and
+    /// their backends.
+    Status(Target),
+    /// The running daemon's counters: per VIP and backend, drops, workers.
+    Stats(Target),
+    /// Make the running daemon re-read its configuration file and apply
+    /// what changed; a file that is invalid or needs a restart is refused
+    /// (with the reason) and the running configuration stays.
+    Reload(Target),
     /// On a tunnel-mode backend: decapsulate IPIP and GUE sent to this
     /// host's addresses on IFACE (for hosts without the ipip / fou modules).
     Decap {
@@ -41,6 +52,20 @@ enum Cmd {
     },
 }
 
+/// Which daemon to talk to, and how to print its answer.
+#[derive(Args)]
+struct Target {
+    /// The daemon's control socket [default: /run/fulcrum/control.sock].
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Find the control socket in this configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 fn parse_mode(s: &str) -> Result<XdpMode, String> {
     s.parse().map_err(|e: fulcrum::io::IoError| e.to_string())
 }
@@ -48,8 +73,11 @@ fn parse_mode(s: &str) -> Result<XdpMode, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     let result = match Cli::parse().cmd {
-        Cmd::Run { config } => run(&config),
-        Cmd::CheckConfig { file } => load(&file).map(|c| println!("{}: ok ({} VIPs)", file.display(), c.vips.len())),
+        Cmd::Run { config } => server::run(&config),
+        Cmd::CheckConfig { file } => load_config(&file).map(|c| println!("{}: ok ({} VIPs)", file.display(), c.vips.len())),
+        Cmd::Status(t) => ask(&t, Request::Status),
+        Cmd::Stats(t) => ask(&t, Request::Stats),
+        Cmd::Reload(t) => ask(&t, Request::Reload),
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
     };
     match result {
@@ -61,8 +89,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(file: &std::path::Path) -> Result<fulcrum_config::Config, String> {
-    fulcrum_config::load(file).map_err(|e| format!("invalid configuration:\n{e}"))
+fn ask(t: &Target, req: Request) -> Result<(), String> {
+    let socket = match (&t.socket, &t.config) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => fulcrum_config::load(c).map_err(|e| format!("invalid configuration:\n{e}"))?.daemon.control_socket,
+        (None, None) => PathBuf::from(fulcrum_config::DEFAULT_CONTROL_SOCKET),
+    };
+    let response = client::request(&socket, &req)?;
+    if let Response::Error(e) = response {
+        return Err(e);
+    }
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&response).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    match response {
+        Response::Status(s) => print!("{}", s.table()),
+        Response::Stats(s) => print!("{}", s.table()),
+        Response::Reloaded(r) => {
+            println!("reloaded {}: {}", r.config, r.changes.summary());
+            for line in r.changes.details() {
+                println!("  {line}");
+            }
+        }
+        Response::Error(_) => {}
+    }
+    Ok(())
 }
 
 /// A flag set by SIGINT or SIGTERM.
@@ -78,16 +130,6 @@ fn wait(stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn run(file: &std::path::Path) -> Result<(), String> {
-    let config = load(file)?;
-    let stop = stop_flag()?;
-    let daemon = Daemon::start(&config)?;
-    println!("ready workers={} xdp_mode={}", daemon.workers, daemon.xdp_mode);
-    wait(&stop);
-    print!("{}", daemon.summary());
-    daemon.stop()
 }
 
 fn decap(iface: &str, gue_port: u16, mode: XdpMode) -> Result<(), String> {

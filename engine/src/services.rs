@@ -148,6 +148,16 @@ pub fn vip_name(addr: IpAddr, proto: u8, port: u16) -> String {
     }
 }
 
+/// "198.18.0.11", "198.18.0.11:8080" or "[2001:db8::11]:8080": a backend
+/// as operators write it (no port: the client's).
+pub fn backend_name(addr: IpAddr, port: u16) -> String {
+    match (addr, port) {
+        (a, 0) => a.to_string(),
+        (IpAddr::V4(a), p) => format!("{a}:{p}"),
+        (IpAddr::V6(a), p) => format!("[{a}]:{p}"),
+    }
+}
+
 impl Services {
     /// Validates and builds. Ids are the positions the control plane
     /// assigned; `None` marks an id no longer (or not yet) in use.

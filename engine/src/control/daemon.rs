@@ -1,28 +1,44 @@
 //! The running daemon: steering programs attached, one AF_XDP socket set
-//! and one worker per rx queue, and the counters to report.
+//! and one worker per rx queue, the counters to report, and reload.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fulcrum_config as cfg;
 
+use super::api::{BackendStatus, ReloadReport, Status, VipStatus};
 use super::apply::{self, Ids, Net, NetIface};
 use super::netinfo;
+use super::reload;
+use super::telemetry::Telemetry;
 use crate::dataplane::Dataplane;
 use crate::engine::EngineConfig;
-use crate::flow::key::ip_from16;
 use crate::flow::table::Timeouts;
-use crate::io::afxdp::{self, XskConfig, XskIo};
-use crate::io::xdp::SteerProgram;
 use crate::io::XdpMode;
-use crate::packet::DropReason;
-use crate::services::{Services, vip_name};
+use crate::io::afxdp::{self, XskConfig, XskIo};
+use crate::io::xdp::{ReturnTraffic, SteerProgram};
+use crate::services::backend_name;
+
+/// How long a reload waits for every worker to switch to the new services
+/// (an idle worker wakes every millisecond).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Daemon {
-    services: Arc<Services>,
+    /// The configuration file, re-read on reload.
+    path: PathBuf,
+    config: cfg::Config,
+    net: Net,
+    /// Kept for the daemon's lifetime: a reload keeps every id.
+    ids: Ids,
+    engine: EngineConfig,
     dataplane: Dataplane,
     /// Detached when dropped, after the workers stopped.
-    steer: Vec<SteerProgram>,
+    steering: Steering,
+    telemetry: Arc<Telemetry>,
+    started: Instant,
     pub workers: usize,
     pub xdp_mode: XdpMode,
 }
@@ -35,12 +51,81 @@ fn xdp_mode(m: cfg::XdpMode) -> XdpMode {
     }
 }
 
-fn ms(d: std::time::Duration) -> u32 {
+fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// A VIP as the steering program matches it: address, protocol, port.
+type VipMatch = (IpAddr, u8, u16);
+
+fn vip_matches(config: &cfg::Config) -> Vec<VipMatch> {
+    config.vips.iter().map(|v| (v.address, apply::proto(v.protocol), v.port)).collect()
+}
+
+/// The steering programs and what they redirect: VIPs on the client-facing
+/// interface, NAT return traffic on the server-facing one.
+struct Steering {
+    programs: Vec<SteerProgram>,
+    server: usize,
+    vips: Vec<VipMatch>,
+    returns: Vec<ReturnTraffic>,
+}
+
+impl Steering {
+    /// Adds what is missing; on a failure removes what it added, so the
+    /// maps are as before.
+    fn add(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) -> Result<(), String> {
+        let new_vips: Vec<VipMatch> = vips.iter().filter(|v| !self.vips.contains(v)).copied().collect();
+        let new_returns: Vec<ReturnTraffic> = returns.iter().filter(|r| !self.returns.contains(r)).copied().collect();
+        let (mut added_vips, mut added_returns) = (Vec::new(), Vec::new());
+        let mut add_all = || -> Result<(), crate::io::IoError> {
+            for &(a, p, port) in &new_vips {
+                self.programs[0].add_vip(a, p, port)?;
+                added_vips.push((a, p, port));
+            }
+            for &r in &new_returns {
+                self.programs[self.server].add_return(r)?;
+                added_returns.push(r);
+            }
+            Ok(())
+        };
+        if let Err(e) = add_all() {
+            self.remove(&added_vips, &added_returns);
+            return Err(format!("updating the steering maps: {e}"));
+        }
+        self.vips.extend(added_vips);
+        self.returns.extend(added_returns);
+        Ok(())
+    }
+
+    /// Stops steering what is not in `vips` and `returns`. A failure only
+    /// leaves a stale entry (its frames are counted as unsteerable).
+    fn retain(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) {
+        let stale_vips: Vec<VipMatch> = self.vips.iter().filter(|v| !vips.contains(v)).copied().collect();
+        let stale_returns: Vec<ReturnTraffic> = self.returns.iter().filter(|r| !returns.contains(r)).copied().collect();
+        self.remove(&stale_vips, &stale_returns);
+        self.vips.retain(|v| vips.contains(v));
+        self.returns.retain(|r| returns.contains(r));
+    }
+
+    fn remove(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) {
+        for &(a, p, port) in vips {
+            if let Err(e) = self.programs[0].remove_vip(a, p, port) {
+                tracing::error!("steering: removing VIP {a} {p}/{port}: {e}");
+            }
+        }
+        for &r in returns {
+            if let Err(e) = self.programs[self.server].remove_return(r) {
+                tracing::error!("steering: removing return traffic {r:?}: {e}");
+            }
+        }
+    }
+}
+
 impl Daemon {
-    pub fn start(config: &cfg::Config) -> Result<Daemon, String> {
+    /// Starts the balancer with `config`, read from `path` (kept for
+    /// reloads).
+    pub fn start(path: &Path, config: cfg::Config) -> Result<Daemon, String> {
         let ifaces: Vec<&cfg::Interface> = match &config.topology {
             cfg::Topology::OneArm(i) => vec![i],
             cfg::Topology::Inline { client, server } => vec![client, server],
@@ -58,25 +143,21 @@ impl Daemon {
                 })
                 .collect::<Result<_, String>>()?,
         };
-        let (services, returns) = apply::build(config, &net, &mut Ids::default(), &mut netinfo::next_hop_mac)?;
+        let mut ids = Ids::default();
+        let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
         let services = Arc::new(services);
 
         let mode = xdp_mode(config.daemon.xdp_mode);
-        let mut steer = Vec::new();
+        let mut programs = Vec::new();
         for i in &net.ifaces {
             let mut p = SteerProgram::attach(&i.name, mode).map_err(|e| e.to_string())?;
             for &a in &i.addrs {
                 p.add_host_addr(a).map_err(|e| e.to_string())?;
             }
-            steer.push(p);
+            programs.push(p);
         }
-        let server = usize::from(net.server());
-        for v in &config.vips {
-            steer[0].add_vip(v.address, apply::proto(v.protocol), v.port).map_err(|e| e.to_string())?;
-        }
-        for r in returns {
-            steer[server].add_return(r).map_err(|e| e.to_string())?;
-        }
+        let mut steering = Steering { programs, server: usize::from(net.server()), vips: Vec::new(), returns: Vec::new() };
+        steering.add(&vip_matches(&config), &returns)?;
 
         let names: Vec<&str> = net.ifaces.iter().map(|i| i.name.as_str()).collect();
         let queues = names.iter().map(|n| afxdp::rx_queue_count(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
@@ -93,7 +174,7 @@ impl Daemon {
         let mut ios = Vec::with_capacity(queues as usize);
         for q in 0..queues {
             let io = XskIo::open(&names, q, &XskConfig::default()).map_err(|e| e.to_string())?;
-            for (port, p) in steer.iter_mut().enumerate() {
+            for (port, p) in steering.programs.iter_mut().enumerate() {
                 if let Some(fd) = io.socket_fd(port as u8) {
                     p.register_socket(q, fd).map_err(|e| e.to_string())?;
                 }
@@ -108,37 +189,132 @@ impl Daemon {
             ..EngineConfig::default()
         };
         let dataplane = Dataplane::start(ios, engine, &services, &cpus)?;
-        Ok(Daemon { services, dataplane, steer, workers: queues as usize, xdp_mode: mode })
+        let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
+        let xdp_mode = steering.programs[0].mode();
+        tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
+        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, telemetry, started: Instant::now(), workers: queues as usize, xdp_mode })
+    }
+
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.telemetry)
+    }
+
+    /// Re-reads the configuration file and applies what changed, or keeps
+    /// the running configuration and says why not. Logged and counted
+    /// either way.
+    pub fn reload(&mut self) -> Result<ReloadReport, String> {
+        let result = self.try_reload();
+        match &result {
+            Ok(r) => {
+                tracing::info!(config = %self.path.display(), "reload applied: {}", r.changes.summary());
+                for line in r.changes.details() {
+                    tracing::info!("  {line}");
+                }
+                self.telemetry.reloaded(true, r.changes.summary());
+            }
+            Err(e) => {
+                tracing::warn!(config = %self.path.display(), "reload refused, the running configuration stays: {e}");
+                self.telemetry.reloaded(false, e.clone());
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, String> {
+        let new = super::load_config(&self.path)?;
+        let restart = reload::needs_restart(&self.config, &new);
+        if !restart.is_empty() {
+            return Err(format!("{}: these changes need a restart (`systemctl restart fulcrum`):\n  {}", self.path.display(), restart.join("\n  ")));
+        }
+        let report = ReloadReport { config: self.path.display().to_string(), changes: reload::changes(&self.config, &new) };
+        if report.changes.is_empty() {
+            return Ok(report);
+        }
+        let (services, returns) = apply::build(&new, &self.net, &mut self.ids, &mut netinfo::next_hop_mac)?;
+        if services.vip_slots() > self.engine.max_vips || services.backend_slots() > self.engine.max_backends {
+            return Err(format!(
+                "{} VIPs and {} backends defined since start exceed the engine's {} and {}: restart the daemon",
+                services.vip_slots(),
+                services.backend_slots(),
+                self.engine.max_vips,
+                self.engine.max_backends
+            ));
+        }
+        let services = Arc::new(services);
+        let vips = vip_matches(&new);
+        // New VIPs and return traffic are steered before the workers switch,
+        // so none of a new flow's frames reach the kernel; stale entries go
+        // once no worker uses the old services.
+        self.steering.add(&vips, &returns)?;
+        let generation = self.dataplane.publish(&services);
+        if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
+            tracing::warn!(?behind, "workers have not switched to the new services yet");
+        }
+        self.steering.retain(&vips, &returns);
+        self.telemetry.set_services(services);
+        self.config = new;
+        Ok(report)
+    }
+
+    pub fn status(&self) -> Status {
+        let vips = self
+            .config
+            .vips
+            .iter()
+            .map(|v| VipStatus {
+                name: v.name(),
+                mode: match v.mode {
+                    cfg::Mode::Nat => "nat",
+                    cfg::Mode::FullNat { .. } => "full-nat",
+                    cfg::Mode::Dsr => "dsr",
+                    cfg::Mode::Ipip { .. } => "ipip",
+                    cfg::Mode::Gue { .. } => "gue",
+                }
+                .into(),
+                scheduler: match &v.scheduler {
+                    cfg::Scheduler::Maglev => "maglev".into(),
+                    cfg::Scheduler::Plugin(p) => p.display().to_string(),
+                },
+                backends: v.backends.iter().map(|b| BackendStatus { name: backend_name(b.address, b.port), weight: b.weight }).collect(),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            config: self.path.display().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            workers: self.workers,
+            xdp_mode: self.xdp_mode.to_string(),
+            interfaces: reload::interfaces(&self.config.topology),
+            metrics_listen: self.config.daemon.metrics_listen.to_string(),
+            reloads: self.telemetry.reloads(),
+            vips,
+        }
     }
 
     /// Per VIP and backend: packets, bytes and new flows summed over the
-    /// workers, then drops by reason.
+    /// workers, then drops by reason and the workers' handoffs.
     pub fn summary(&self) -> String {
-        let sum = |f: &dyn Fn(&crate::stats::Stats) -> u64| self.dataplane.stats.iter().map(|(s, _)| f(s)).sum::<u64>();
+        let s = self.telemetry.stats();
         let mut out = String::new();
-        for (id, vip) in self.services.vips() {
-            let i = usize::from(id);
-            let name = vip_name(ip_from16(&vip.addr), vip.spec.proto, vip.spec.port);
-            let (p, b, n) = (sum(&|s| s.vips[i].packets.get()), sum(&|s| s.vips[i].bytes.get()), sum(&|s| s.vips[i].new_flows.get()));
-            let _ = writeln!(out, "vip {name}: packets={p} bytes={b} new_flows={n}");
-            for &bid in &vip.spec.backends {
-                let j = usize::from(bid);
-                let addr = self.services.backend(bid).map_or("?".into(), |b| b.spec.addr.to_string());
-                let (p, n) = (sum(&|s| s.backends[j].packets.get()), sum(&|s| s.backends[j].new_flows.get()));
-                let _ = writeln!(out, "  backend {addr}: packets={p} new_flows={n}");
+        for v in &s.vips {
+            let t = &v.traffic;
+            let _ = writeln!(out, "vip {}: packets={} bytes={} new_flows={}", v.name, t.packets, t.bytes, t.new_flows);
+            for b in &v.backends {
+                let _ = writeln!(out, "  backend {}: packets={} new_flows={}", b.name, b.traffic.packets, b.traffic.new_flows);
             }
         }
-        let drops: Vec<String> = DropReason::ALL.iter().filter_map(|&r| Some((r, sum(&|s| s.drops.get(r)))).filter(|d| d.1 > 0)).map(|(r, n)| format!("{}={n}", r.label())).collect();
+        let drops: Vec<String> = s.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(out, "drops: {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
-        let w = |f: &dyn Fn(&crate::dataplane::WorkerStats) -> u64| self.dataplane.stats.iter().map(|(_, s)| f(s)).sum::<u64>();
-        let _ = writeln!(out, "workers: frames={} handed_out={} handoff_lost={} unsteerable={}", w(&|s| s.frames.get()), w(&|s| s.handed_out.get()), w(&|s| s.handoff_lost.get()), w(&|s| s.unsteerable.get()));
+        let w = |f: fn(&super::api::WorkerReport) -> u64| s.workers.iter().map(f).sum::<u64>();
+        let _ = writeln!(out, "workers: frames={} handed_out={} handoff_lost={} unsteerable={}", w(|w| w.frames), w(|w| w.handed_out), w(|w| w.handoff_lost), w(|w| w.unsteerable));
         out
     }
 
     /// Stops the workers, then detaches the programs.
     pub fn stop(self) -> Result<(), String> {
         let r = self.dataplane.stop().map_err(|e| e.to_string());
-        drop(self.steer);
+        drop(self.steering);
         r
     }
 }

@@ -1,0 +1,275 @@
+//! The control protocol: one JSON request per line on the control socket,
+//! one JSON response line back, then the daemon closes the connection.
+//!
+//! ```text
+//! {"request":"status"}        -> {"status":{...}}
+//! {"request":"stats"}         -> {"stats":{...}}
+//! {"request":"reload"}        -> {"reloaded":{...}}    or {"error":"..."}
+//! ```
+//!
+//! A new request is one more `Request` variant (its fields next to the
+//! tag) and usually one more `Response` variant. The types are also what
+//! `fulcrum status --json` and `fulcrum stats --json` print.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::reload::Changes;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Stats,
+    /// Re-read the configuration file the daemon was started with.
+    Reload,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(Status),
+    Stats(StatsReport),
+    Reloaded(ReloadReport),
+    Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    /// The configuration file, as given to `fulcrum run`.
+    pub config: String,
+    pub uptime_secs: u64,
+    pub workers: usize,
+    pub xdp_mode: String,
+    /// "eth0 (one-arm)".
+    pub interfaces: Vec<String>,
+    pub metrics_listen: String,
+    pub reloads: Reloads,
+    pub vips: Vec<VipStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    pub applied: u64,
+    pub refused: u64,
+    pub last: Option<LastReload>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub applied: bool,
+    /// What changed, or why it was refused.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStatus {
+    /// "198.18.0.100:80/tcp".
+    pub name: String,
+    /// "full-nat", "dsr", ... as in the configuration.
+    pub mode: String,
+    /// "maglev" or the plugin's path.
+    pub scheduler: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// "198.18.0.11" or "198.18.0.11:8080".
+    pub name: String,
+    pub weight: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub config: String,
+    pub changes: Changes,
+}
+
+/// Counters summed over the workers, and each worker's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub vips: Vec<VipStats>,
+    /// Every drop by reason (all reasons listed), VIP or not.
+    pub drops: BTreeMap<String, u64>,
+    /// Frames given back to the kernel.
+    pub passed: u64,
+    /// Plugin scheduler picks that failed (the flow fell back to Maglev).
+    pub scheduler_faults: u64,
+    pub workers: Vec<WorkerReport>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStats {
+    pub name: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+    /// Drops counted against this VIP, by reason (non-zero only).
+    pub drops: BTreeMap<String, u64>,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStats {
+    pub name: String,
+    /// Both directions: return traffic counts under the backend too.
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub polls: u64,
+    /// Polls that found frames.
+    pub busy_polls: u64,
+    pub frames: u64,
+    /// Busy polls by batch size: entry i counts batches of at most 2^i
+    /// frames (and more than 2^(i-1)).
+    pub batch_sizes: Vec<u64>,
+    pub handed_out: u64,
+    pub handed_in: u64,
+    pub handoff_lost: u64,
+    pub unsteerable: u64,
+    pub connections: u64,
+    pub connections_capacity: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+}
+
+impl WorkerReport {
+    /// Share of polls that found work, since start.
+    pub fn busy_ratio(&self) -> f64 {
+        if self.polls == 0 { 0.0 } else { self.busy_polls as f64 / self.polls as f64 }
+    }
+
+    /// Mean frames per busy poll, since start.
+    pub fn mean_batch(&self) -> f64 {
+        if self.busy_polls == 0 { 0.0 } else { self.frames as f64 / self.busy_polls as f64 }
+    }
+}
+
+/// Columns two spaces apart; the first `left` left-aligned (names), the
+/// others right-aligned (numbers).
+fn table(rows: &[Vec<String>], left: usize) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().enumerate().map(|(c, v)| if c < left { format!("{v:<w$}", w = width[c]) } else { format!("{v:>w$}", w = width[c]) }).collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+fn row(cells: &[&dyn std::fmt::Display]) -> Vec<String> {
+    cells.iter().map(ToString::to_string).collect()
+}
+
+impl Status {
+    /// What `fulcrum status` prints.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "fulcrum {} (pid {}), up {}s, config {}\nworkers {}, xdp {} on {}, metrics on {}\n",
+            self.version,
+            self.pid,
+            self.uptime_secs,
+            self.config,
+            self.workers,
+            self.xdp_mode,
+            self.interfaces.join(", "),
+            self.metrics_listen
+        );
+        let r = &self.reloads;
+        let _ = write!(out, "reloads: {} applied, {} refused", r.applied, r.refused);
+        if let Some(l) = &r.last {
+            let _ = write!(out, "; last {} at {}: {}", if l.applied { "applied" } else { "refused" }, l.at, l.message.lines().next().unwrap_or(""));
+        }
+        out.push_str("\n\n");
+        let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT"])];
+        for v in &self.vips {
+            rows.push(row(&[&v.name, &v.mode, &v.scheduler, &""]));
+            rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &b.weight])));
+        }
+        out + &table(&rows, 3)
+    }
+}
+
+impl StatsReport {
+    /// What `fulcrum stats` prints.
+    pub fn table(&self) -> String {
+        let mut rows = vec![row(&[&"VIP / BACKEND", &"PACKETS", &"BYTES", &"NEW FLOWS", &"DROPS"])];
+        for v in &self.vips {
+            let t = &v.traffic;
+            rows.push(row(&[&v.name, &t.packets, &t.bytes, &t.new_flows, &v.drops.values().sum::<u64>()]));
+            rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &b.traffic.packets, &b.traffic.bytes, &b.traffic.new_flows, &""])));
+        }
+        let mut out = table(&rows, 1);
+        let drops: Vec<String> = self.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        let _ = writeln!(
+            out,
+            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}\n",
+            if drops.is_empty() { "none".into() } else { drops.join(" ") },
+            self.passed,
+            self.scheduler_faults
+        );
+        let mut rows = vec![row(&[&"WORKER", &"POLLS", &"BUSY", &"FRAMES", &"BATCH", &"CONNECTIONS", &"EVICTED", &"EXPIRED", &"HANDED OUT", &"HANDED IN", &"LOST", &"UNSTEERABLE"])];
+        for (i, w) in self.workers.iter().enumerate() {
+            rows.push(row(&[
+                &i,
+                &w.polls,
+                &format!("{:.1}%", 100.0 * w.busy_ratio()),
+                &w.frames,
+                &format!("{:.1}", w.mean_batch()),
+                &format!("{}/{}", w.connections, w.connections_capacity),
+                &w.evictions,
+                &w.expirations,
+                &w.handed_out,
+                &w.handed_in,
+                &w.handoff_lost,
+                &w.unsteerable,
+            ]));
+        }
+        out + &table(&rows, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_on_the_wire() {
+        assert_eq!(serde_json::to_string(&Request::Reload).unwrap(), r#"{"request":"reload"}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"request":"stats"}"#).unwrap(), Request::Stats);
+        let e = serde_json::from_str::<Request>(r#"{"request":"explode"}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `explode`"), "{e}");
+        assert_eq!(serde_json::to_string(&Response::Error("no".into())).unwrap(), r#"{"error":"no"}"#);
+        let stats = Response::Stats(StatsReport {
+            vips: vec![VipStats { name: "198.18.0.100:80/tcp".into(), traffic: Traffic { packets: 3, bytes: 180, new_flows: 1 }, ..VipStats::default() }],
+            ..StatsReport::default()
+        });
+        let line = serde_json::to_string(&stats).unwrap();
+        assert!(line.starts_with(r#"{"stats":{"vips":[{"name":"198.18.0.100:80/tcp","packets":3,"bytes":180,"new_flows":1,"#), "{line}");
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), stats);
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let rows = vec![row(&[&"VIP", &"PACKETS"]), row(&[&"198.18.0.100:80/tcp", &12345]), row(&[&"  198.18.0.11", &7])];
+        assert_eq!(table(&rows, 1), "VIP                  PACKETS\n198.18.0.100:80/tcp    12345\n  198.18.0.11              7\n");
+        assert_eq!(table(&rows, 2), "VIP                  PACKETS\n198.18.0.100:80/tcp  12345\n  198.18.0.11        7\n");
+    }
+}

@@ -1,0 +1,215 @@
+//! Prometheus text exposition (format 0.0.4) on `daemon.metrics_listen`.
+//!
+//! A minimal HTTP/1.1 responder on a std `TcpListener` thread: Prometheus
+//! sends one `GET /metrics` per scrape, so one connection at a time, a
+//! bounded request read and `Connection: close` are all it needs, without
+//! bringing in an HTTP stack. The counters are read from the workers'
+//! atomics (see `Telemetry`); a scrape costs the packet path nothing.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::api::{Reloads, StatsReport, Traffic};
+use super::telemetry::Telemetry;
+
+/// A scraper that has not sent its request by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_REQUEST: usize = 8192;
+
+/// Binds `addr` (before the daemon starts, so a port in use is a clear
+/// start-up error).
+pub fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).map_err(|e| format!("metrics endpoint daemon.metrics_listen {addr}: {e}"))
+}
+
+/// Serves scrapes on a thread of its own until the process exits.
+pub fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("fulcrum-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Err(e) = answer(conn, &telemetry) {
+                    tracing::debug!("metrics scrape: {e}");
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("starting the metrics thread: {e}"))
+}
+
+fn answer(mut conn: TcpStream, telemetry: &Telemetry) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    conn.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut words = line.split_whitespace();
+    let (status, kind, body) = match (words.next(), words.next().map(|p| p.split('?').next().unwrap_or(p))) {
+        (Some("GET"), Some("/metrics")) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&telemetry.stats(), &telemetry.reloads())),
+        (Some("GET"), Some("/")) => ("200 OK", "text/plain; charset=utf-8", "fulcrum: metrics at /metrics\n".into()),
+        (Some("GET"), _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET /metrics only\n".into()),
+    };
+    write!(conn, "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    conn.flush()
+}
+
+/// One metric family: its HELP and TYPE lines, then its samples.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn new<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    /// `labels` as `name="value"` pairs already joined by commas. Label
+    /// values here are addresses, ports, numbers and fixed words: nothing
+    /// that needs escaping.
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) -> &mut Self {
+        let _ = if labels.is_empty() { writeln!(self.out, "{name} {value}") } else { writeln!(self.out, "{name}{{{labels}}} {value}") };
+        self
+    }
+}
+
+/// The exposition: per VIP and backend (labels `vip`, `backend`, summed
+/// over the workers), drops by reason, per worker (label `worker`),
+/// reloads. Counter names end in `_total`.
+pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
+    let mut out = String::new();
+    type Of = fn(&Traffic) -> u64;
+    let traffic: [(&str, &str, Of); 3] = [
+        ("packets", "Packets forwarded, both directions", |t| t.packets),
+        ("bytes", "Bytes forwarded (frames as received), both directions", |t| t.bytes),
+        ("new_flows", "Flows created (connections, UDP flows)", |t| t.new_flows),
+    ];
+    for (what, help, get) in traffic {
+        let name = format!("fulcrum_vip_{what}_total");
+        let mut f = Family::new(&mut out, &name, "counter", &format!("{help}, per VIP."));
+        for v in &s.vips {
+            f.sample(&name, &format!("vip=\"{}\"", v.name), get(&v.traffic));
+        }
+        let name = format!("fulcrum_backend_{what}_total");
+        let mut f = Family::new(&mut out, &name, "counter", &format!("{help}, per backend of a VIP."));
+        for v in &s.vips {
+            for b in &v.backends {
+                f.sample(&name, &format!("vip=\"{}\",backend=\"{}\"", v.name, b.name), get(&b.traffic));
+            }
+        }
+    }
+    let name = "fulcrum_vip_drops_total";
+    let mut f = Family::new(&mut out, name, "counter", "Frames for a VIP dropped, per VIP and reason (reasons seen so far).");
+    for v in &s.vips {
+        for (reason, n) in &v.drops {
+            f.sample(name, &format!("vip=\"{}\",reason=\"{reason}\"", v.name), n);
+        }
+    }
+    let name = "fulcrum_drops_total";
+    let mut f = Family::new(&mut out, name, "counter", "Frames dropped, per reason, whether or not tied to a VIP.");
+    for (reason, n) in &s.drops {
+        f.sample(name, &format!("reason=\"{reason}\""), n);
+    }
+    Family::new(&mut out, "fulcrum_passed_total", "counter", "Frames handed to the kernel (not balanced traffic).").sample("fulcrum_passed_total", "", s.passed);
+    Family::new(&mut out, "fulcrum_scheduler_faults_total", "counter", "Plugin scheduler picks that failed; those flows went to Maglev.").sample("fulcrum_scheduler_faults_total", "", s.scheduler_faults);
+
+    type Get = fn(&super::api::WorkerReport) -> u64;
+    let per_worker: [(&str, &str, &str, Get); 10] = [
+        ("fulcrum_worker_polls_total", "counter", "Poll-loop iterations.", |w| w.polls),
+        ("fulcrum_worker_busy_polls_total", "counter", "Poll-loop iterations that found frames (busy ratio: rate of this / rate of polls).", |w| w.busy_polls),
+        ("fulcrum_worker_frames_total", "counter", "Frames processed.", |w| w.frames),
+        ("fulcrum_worker_handed_out_total", "counter", "Frames handed to the worker owning their flow.", |w| w.handed_out),
+        ("fulcrum_worker_handed_in_total", "counter", "Frames received from other workers.", |w| w.handed_in),
+        ("fulcrum_worker_handoff_lost_total", "counter", "Handoffs lost to a full queue or a lack of buffers.", |w| w.handoff_lost),
+        ("fulcrum_worker_unsteerable_total", "counter", "Frames steered to fulcrum that were not for it (dropped).", |w| w.unsteerable),
+        ("fulcrum_connections", "gauge", "Connection-table entries in use (a NAT flow takes two).", |w| w.connections),
+        ("fulcrum_connection_evictions_total", "counter", "Connection-table entries evicted to make room.", |w| w.evictions),
+        ("fulcrum_connection_expirations_total", "counter", "Connection-table entries removed when idle too long.", |w| w.expirations),
+    ];
+    for (name, kind, help, get) in per_worker {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for (i, w) in s.workers.iter().enumerate() {
+            f.sample(name, &format!("worker=\"{i}\""), get(w));
+        }
+    }
+    let name = "fulcrum_connections_capacity";
+    let mut f = Family::new(&mut out, name, "gauge", "Connection-table capacity.");
+    for (i, w) in s.workers.iter().enumerate() {
+        f.sample(name, &format!("worker=\"{i}\""), w.connections_capacity);
+    }
+    let name = "fulcrum_worker_batch_size";
+    let mut f = Family::new(&mut out, name, "histogram", "Frames per busy poll.");
+    for (i, w) in s.workers.iter().enumerate() {
+        let mut cumulative = 0;
+        for (b, n) in w.batch_sizes.iter().enumerate() {
+            cumulative += n;
+            f.sample(&format!("{name}_bucket"), &format!("worker=\"{i}\",le=\"{}\"", 1u64 << b), cumulative);
+        }
+        f.sample(&format!("{name}_bucket"), &format!("worker=\"{i}\",le=\"+Inf\""), cumulative);
+        f.sample(&format!("{name}_sum"), &format!("worker=\"{i}\""), w.frames);
+        f.sample(&format!("{name}_count"), &format!("worker=\"{i}\""), w.busy_polls);
+    }
+    let name = "fulcrum_reloads_total";
+    Family::new(&mut out, name, "counter", "Configuration reloads, applied or refused.")
+        .sample(name, "result=\"applied\"", reloads.applied)
+        .sample(name, "result=\"refused\"", reloads.refused);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::{BackendStats, VipStats, WorkerReport};
+
+    #[test]
+    fn exposition_format() {
+        let s = StatsReport {
+            vips: vec![VipStats {
+                name: "198.18.0.100:80/tcp".into(),
+                traffic: Traffic { packets: 10, bytes: 600, new_flows: 2 },
+                drops: [("no_backend".to_string(), 1)].into(),
+                backends: vec![BackendStats { name: "198.18.0.11:8080".into(), traffic: Traffic { packets: 10, bytes: 600, new_flows: 2 } }],
+            }],
+            drops: [("no_backend".to_string(), 1), ("truncated".to_string(), 0)].into(),
+            workers: vec![WorkerReport { polls: 9, busy_polls: 3, frames: 6, batch_sizes: vec![1, 1, 1, 0, 0, 0, 0], connections_capacity: 1024, ..WorkerReport::default() }],
+            ..StatsReport::default()
+        };
+        let text = render(&s, &Reloads { applied: 4, refused: 1, last: None });
+        for line in [
+            "# TYPE fulcrum_vip_new_flows_total counter",
+            "fulcrum_vip_new_flows_total{vip=\"198.18.0.100:80/tcp\"} 2",
+            "fulcrum_backend_bytes_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 600",
+            "fulcrum_vip_drops_total{vip=\"198.18.0.100:80/tcp\",reason=\"no_backend\"} 1",
+            "fulcrum_drops_total{reason=\"truncated\"} 0",
+            "fulcrum_worker_busy_polls_total{worker=\"0\"} 3",
+            "fulcrum_connections_capacity{worker=\"0\"} 1024",
+            "fulcrum_worker_batch_size_bucket{worker=\"0\",le=\"1\"} 1",
+            "fulcrum_worker_batch_size_bucket{worker=\"0\",le=\"4\"} 3",
+            "fulcrum_worker_batch_size_bucket{worker=\"0\",le=\"+Inf\"} 3",
+            "fulcrum_worker_batch_size_sum{worker=\"0\"} 6",
+            "fulcrum_reloads_total{result=\"refused\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Every sample belongs to the family declared just before it.
+        let mut family = String::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !l.starts_with('#') {
+                assert!(l.starts_with(&family), "{l} outside {family}");
+            }
+        }
+    }
+}

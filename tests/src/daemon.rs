@@ -1,14 +1,17 @@
 //! Running the `fulcrum` daemon on a lab: its configuration, the backend
-//! set-up each forwarding mode needs, and reading its counters back.
+//! set-up each forwarding mode needs, its CLI and control socket, and
+//! reading its counters back (summary, metrics).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::{Lab, LabError, Proc, Topology, VIP4, VIP6};
+use fulcrum::control::api::{Request, Response};
+
+use crate::{Lab, LabError, Proc, Topology, VIP4, VIP6, http_get, in_netns};
 
 /// The `fulcrum` binary cargo built beside this program: in the same
 /// directory (a binary) or the one above (a test, built in deps/).
@@ -43,6 +46,11 @@ impl LabMode {
     pub fn topology(self) -> Topology {
         if self == LabMode::Nat { Topology::Inline } else { Topology::OneArm }
     }
+
+    /// Whether backends hold the VIP themselves (and answer from it).
+    pub fn owns_vip(self) -> bool {
+        matches!(self, LabMode::Dsr | LabMode::Ipip | LabMode::Gue)
+    }
 }
 
 /// Full-NAT source addresses: balancer addresses on the one-arm network
@@ -53,18 +61,8 @@ pub const SNAT6: &str = "2001:db8::c8";
 /// Writes a configuration balancing VIP4 and VIP6 (TCP 80 and UDP 7) over
 /// the lab's three backends in `mode`, with the given extra TOML per VIP.
 pub fn config(lab: &Lab, mode: LabMode, vip_extra: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let tag = format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let mut c = String::new();
-    let _ = writeln!(c, "[daemon]\ncontrol_socket = \"/run/fulcrum-lab-{tag}.sock\"\nxdp_mode = \"auto\"\n");
-    for (i, ifc) in lab.balancer.ifaces.iter().enumerate() {
-        let role = match (lab.topology, i) {
-            (Topology::OneArm, _) => "one-arm",
-            (Topology::Inline, 0) => "client",
-            (Topology::Inline, _) => "server",
-        };
-        let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"{role}\"\n", ifc.name);
-    }
+    let mut c = format!("[daemon]\ncontrol_socket = \"{}\"\nxdp_mode = \"auto\"\n\n", control_socket());
+    c.push_str(&interfaces(lab));
     for (vip, snat, tunnel) in [(IpAddr::V4(VIP4), SNAT4, "198.18.200.0/24"), (IpAddr::V6(VIP6), SNAT6, "2001:db8:200::/64")] {
         for (proto, port) in [("tcp", 80), ("udp", 7)] {
             let _ = writeln!(c, "[[vip]]\naddress = \"{vip}\"\nprotocol = \"{proto}\"\nport = {port}\nmode = \"{}\"", mode.name());
@@ -88,12 +86,40 @@ pub fn config(lab: &Lab, mode: LabMode, vip_extra: &str) -> String {
     c
 }
 
+/// A control socket path no other daemon of this test run uses.
+pub fn control_socket() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("/run/fulcrum-lab-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `[[interface]]` sections of the lab's balancer.
+pub fn interfaces(lab: &Lab) -> String {
+    let mut c = String::new();
+    for (i, ifc) in lab.balancer.ifaces.iter().enumerate() {
+        let role = match (lab.topology, i) {
+            (Topology::OneArm, _) => "one-arm",
+            (Topology::Inline, 0) => "client",
+            (Topology::Inline, _) => "server",
+        };
+        let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"{role}\"\n", ifc.name);
+    }
+    c
+}
+
 /// Prepares the hosts for `mode`, then starts the backends' servers (the
 /// `lab-server` binary at `server`): the SNAT address on the balancer, the
 /// VIP on the backends' loopback (DSR, tunnels) with ARP kept quiet about
 /// it and the UDP echo bound to it, and decapsulation on tunnel backends
 /// (`fulcrum decap`).
 pub fn prepare(lab: &mut Lab, mode: LabMode, server: &Path) -> Result<Vec<Proc>, LabError> {
+    let procs = prepare_hosts(lab, mode)?;
+    start_servers(lab, server, mode.owns_vip(), &[])?;
+    Ok(procs)
+}
+
+/// The hosts' part of `prepare` (callable for several modes in turn); the
+/// decapsulators it started, which must live as long as the test.
+pub fn prepare_hosts(lab: &mut Lab, mode: LabMode) -> Result<Vec<Proc>, LabError> {
     let mut procs = Vec::new();
     match mode {
         LabMode::FullNat => {
@@ -119,11 +145,16 @@ pub fn prepare(lab: &mut Lab, mode: LabMode, server: &Path) -> Result<Vec<Proc>,
         }
         LabMode::Nat => {}
     }
-    let (v4, v6) = (VIP4.to_string(), VIP6.to_string());
-    let bind_vips = ["--udp-bind", &v4, "--udp-bind", &v6];
-    let owns_vip = matches!(mode, LabMode::Dsr | LabMode::Ipip | LabMode::Gue);
-    lab.start_servers_with(server, if owns_vip { &bind_vips } else { &[] })?;
     Ok(procs)
+}
+
+/// Starts the backends' servers (`lab-server` at `server`), with `extra`
+/// arguments; with `owns_vip` their UDP echo answers from the VIPs.
+pub fn start_servers(lab: &mut Lab, server: &Path, owns_vip: bool, extra: &[&str]) -> Result<(), LabError> {
+    let (v4, v6) = (VIP4.to_string(), VIP6.to_string());
+    let mut args = if owns_vip { vec!["--udp-bind", &v4, "--udp-bind", &v6] } else { Vec::new() };
+    args.extend_from_slice(extra);
+    lab.start_servers_with(server, &args)
 }
 
 /// Starts `fulcrum run` in the balancer namespace with `config`; waits
@@ -164,24 +195,76 @@ pub fn new_flows(summary: &str, vip: &str) -> HashMap<String, u64> {
     out
 }
 
-/// A configuration file removed when dropped.
-pub struct TempConfig(PathBuf);
+/// The control socket a configuration names.
+pub fn socket_of(config: &str) -> PathBuf {
+    fulcrum_config::parse(config, "lab.toml").unwrap_or_else(|e| panic!("{e}\n{config}")).daemon.control_socket
+}
+
+/// Runs the `fulcrum` CLI with `args`: its exit code, stdout and stderr.
+pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(fulcrum_bin()).args(args).output().expect("running fulcrum");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// One request to the daemon on `socket`, as the CLI sends it.
+pub fn ask(socket: &Path, req: Request) -> Response {
+    fulcrum::control::client::request(socket, &req).unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+/// Scrapes the daemon's metrics endpoint (the default 127.0.0.1:9100 in
+/// the balancer's namespace).
+pub fn scrape(lab: &Lab) -> String {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+    let (status, body) = in_netns(&lab.balancer.ns, || http_get(addr, "/metrics", Duration::from_secs(5))).expect("netns").expect("scraping /metrics");
+    assert_eq!(status, 200);
+    String::from_utf8(body).expect("UTF-8 metrics")
+}
+
+/// The sum of the samples of metric `name` whose labels include every
+/// `label="value"` pair of `labels` (0 if none).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let set: Vec<&str> = rest.strip_suffix('}')?.split(',').collect();
+            (n == name && labels.iter().all(|l| set.contains(l))).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A configuration file, removed when dropped with the control socket it
+/// names (which a daemon killed by a signal leaves behind).
+pub struct TempConfig(PathBuf, Option<PathBuf>);
 
 impl TempConfig {
     fn new(text: &str) -> Result<TempConfig, LabError> {
         static N: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!("fulcrum-lab-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         std::fs::write(&path, text).map_err(|e| LabError(format!("writing {}: {e}", path.display())))?;
-        Ok(TempConfig(path))
+        let socket = fulcrum_config::parse(text, "lab.toml").ok().map(|c| c.daemon.control_socket);
+        Ok(TempConfig(path, socket))
     }
 
     fn path_str(&self) -> &str {
         self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Replaces the file's text (for a reload).
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap_or_else(|e| panic!("writing {}: {e}", self.0.display()));
     }
 }
 
 impl Drop for TempConfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        if let Some(socket) = &self.1 {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }

@@ -1,12 +1,12 @@
-//! The backend server of the lab (std only): HTTP on `--http PORT`
+//! The backend server of the lab (std only): HTTP on every `--http PORT`
 //! answering `GET /` with its name and `GET /bytes/N` with N bytes
 //! (byte i = i % 251, so truncation or corruption shows), and a UDP echo on
-//! `--udp PORT`. Both listen on [::] (IPv4 and IPv6); `--udp-bind ADDR`
+//! every `--udp PORT` (both repeatable). Both listen on [::] (IPv4 and IPv6); `--udp-bind ADDR`
 //! (repeatable) binds the echo to those addresses instead, as a UDP service
 //! behind DSR must so that its answers leave from the VIP. Prints `ready`
 //! once bound.
 //!
-//! lab-server --name NAME [--http PORT] [--udp PORT [--udp-bind ADDR]...]
+//! lab-server --name NAME [--http PORT]... [--udp PORT]... [--udp-bind ADDR]...
 
 use std::io::{BufWriter, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
@@ -19,16 +19,16 @@ const MAX_BYTES: u64 = 1 << 30;
 
 struct Args {
     name: String,
-    http: Option<u16>,
-    udp: Option<u16>,
+    http: Vec<u16>,
+    udp: Vec<u16>,
     udp_bind: Vec<IpAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         name: String::new(),
-        http: None,
-        udp: None,
+        http: Vec::new(),
+        udp: Vec::new(),
         udp_bind: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -41,8 +41,8 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--name" => args.name = value.clone(),
-            "--http" => args.http = Some(port()?),
-            "--udp" => args.udp = Some(port()?),
+            "--http" => args.http.push(port()?),
+            "--udp" => args.udp.push(port()?),
             "--udp-bind" => args.udp_bind.push(value.parse().map_err(|_| format!("--udp-bind: `{value}` is not an address"))?),
             _ => return Err(format!("unknown argument {flag}")),
         }
@@ -55,11 +55,11 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT] [--udp PORT [--udp-bind ADDR]...]");
+        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--udp PORT]... [--udp-bind ADDR]...");
         exit(2)
     });
     let mut workers = Vec::new();
-    if let Some(port) = args.http {
+    for &port in &args.http {
         let listener = TcpListener::bind(("::", port)).unwrap_or_else(|e| fail("HTTP bind", e));
         let name = args.name.clone();
         workers.push(thread::spawn(move || {
@@ -72,9 +72,9 @@ fn main() {
             }
         }));
     }
-    if let Some(port) = args.udp {
-        let addrs = if args.udp_bind.is_empty() { vec![IpAddr::from([0u16; 8])] } else { args.udp_bind.clone() };
-        for addr in addrs {
+    let addrs = if args.udp_bind.is_empty() { vec![IpAddr::from([0u16; 8])] } else { args.udp_bind.clone() };
+    for &port in &args.udp {
+        for &addr in &addrs {
             let sock = UdpSocket::bind((addr, port)).unwrap_or_else(|e| fail("UDP bind", e));
             workers.push(thread::spawn(move || {
                 let mut buf = [0u8; 65536];

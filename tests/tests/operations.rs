@@ -1,0 +1,279 @@
+//! Operating the daemon on the namespace lab: hot reload under traffic,
+//! the control socket and CLI, the metrics endpoint. Root only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fulcrum::control::api::{Request, Response, StatsReport, Status};
+use fulcrum_tests::daemon::{self, LabMode, SNAT4, SNAT6};
+use fulcrum_tests::{Lab, VIP4, VIP6, http_get, in_netns, require_root, udp_echo};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
+const T: Duration = Duration::from_secs(3);
+const RELOADS: usize = 20;
+
+fn status(socket: &std::path::Path) -> Status {
+    match daemon::ask(socket, Request::Status) {
+        Response::Status(s) => s,
+        r => panic!("status: {r:?}"),
+    }
+}
+
+fn stats(socket: &std::path::Path) -> StatsReport {
+    match daemon::ask(socket, Request::Stats) {
+        Response::Stats(s) => s,
+        r => panic!("stats: {r:?}"),
+    }
+}
+
+fn new_flows(s: &StatsReport, vip: &str) -> u64 {
+    s.vips.iter().find(|v| v.name == vip).map_or(0, |v| v.traffic.new_flows)
+}
+
+/// The two configurations the reload test alternates between, full-NAT
+/// one-arm. `b` drains backend 3 of the HTTP VIP and reweights backend 1,
+/// removes backend 3 from the UDP VIP and adds a fourth VIP (TCP 8080 to
+/// the backends' port 80); the IPv6 VIP stays as it is.
+fn reload_config(lab: &Lab, socket: &str, b: bool, extra_daemon: &str) -> String {
+    let addrs: Vec<String> = lab.backends.iter().map(|h| h.iface().v4.to_string()).collect();
+    let vip = |addr: &str, proto: &str, port: u16, snat: &str, backends: &[(&str, u16, u16)]| {
+        let mut v = format!("[[vip]]\naddress = \"{addr}\"\nprotocol = \"{proto}\"\nport = {port}\nmode = \"full-nat\"\nsnat = \"{snat}\"\n");
+        for (a, port, weight) in backends {
+            v.push_str(&format!("[[vip.backend]]\naddress = \"{a}\"\nport = {port}\nweight = {weight}\n"));
+        }
+        v + "\n"
+    };
+    let (b1, b2, b3) = (addrs[0].as_str(), addrs[1].as_str(), addrs[2].as_str());
+    let v6: Vec<String> = lab.backends.iter().map(|h| h.iface().v6.to_string()).collect();
+    let mut c = format!("[daemon]\ncontrol_socket = \"{socket}\"\n{extra_daemon}\n{}", daemon::interfaces(lab));
+    let v4 = VIP4.to_string();
+    c += &vip(&v4, "tcp", 80, SNAT4, &[(b1, 0, if b { 3 } else { 1 }), (b2, 0, 1), (b3, 0, if b { 0 } else { 1 })]);
+    c += &vip(&v4, "udp", 7, SNAT4, &if b { vec![(b1, 0, 1), (b2, 0, 1)] } else { vec![(b1, 0, 1), (b2, 0, 1), (b3, 0, 1)] });
+    c += &vip(&VIP6.to_string(), "tcp", 80, SNAT6, &[(&v6[0], 0, 1), (&v6[1], 0, 1), (&v6[2], 0, 1)]);
+    if b {
+        c += &vip(&v4, "tcp", 8080, SNAT4, &[(b1, 80, 1), (b2, 80, 1)]);
+    }
+    c
+}
+
+/// What the client loop saw.
+#[derive(Default, Debug)]
+struct Seen {
+    http_ok: u64,
+    udp_ok: u64,
+    failures: Vec<String>,
+    slowest: Duration,
+}
+
+/// New HTTP connections and UDP echoes to VIP4 from the client, in a loop
+/// until `stop`.
+fn traffic(lab: &Lab, stop: &AtomicBool) -> Seen {
+    in_netns(&lab.client.ns, || {
+        let mut seen = Seen::default();
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            match http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T) {
+                Ok((200, _)) => seen.http_ok += 1,
+                Ok((status, _)) => seen.failures.push(format!("HTTP status {status}")),
+                Err(e) => seen.failures.push(format!("HTTP: {e}")),
+            }
+            match udp_echo(SocketAddr::new(IpAddr::V4(VIP4), 7), b"ping", T) {
+                Ok((echo, _)) if echo == b"ping" => seen.udp_ok += 1,
+                Ok(_) => seen.failures.push("UDP: wrong echo".into()),
+                Err(e) => seen.failures.push(format!("UDP: {e}")),
+            }
+            seen.slowest = seen.slowest.max(t.elapsed());
+        }
+        seen
+    })
+    .expect("client namespace")
+}
+
+fn wait_reloads(socket: &std::path::Path, applied: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(socket).reloads.applied < applied {
+        assert!(Instant::now() < deadline, "SIGHUP: reload {applied} not applied: {:?}", status(socket).reloads);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The reload test: 20 reloads (by `fulcrum reload` and SIGHUP in
+/// turn) between two configurations while the client opens connections
+/// in a loop: not one request fails, the fourth VIP serves whenever it is
+/// configured, and the VIP's ids (so its counters) survive every reload.
+/// Then a file that is invalid, and one that needs a restart, are refused
+/// with the reason and the running configuration keeps serving.
+#[test]
+fn reload_under_continuous_traffic() {
+    require_root();
+    let mut lab = Lab::new(LabMode::FullNat.topology()).expect("lab");
+    let _ = daemon::prepare(&mut lab, LabMode::FullNat, SERVER.as_ref()).expect("set-up");
+    let socket_path = daemon::control_socket();
+    let (a, b) = (reload_config(&lab, &socket_path, false, ""), reload_config(&lab, &socket_path, true, ""));
+    let (d, file) = daemon::start(&lab, &a).expect("daemon");
+    let socket = daemon::socket_of(&a);
+    let fourth = SocketAddr::new(IpAddr::V4(VIP4), 8080);
+    let stop = AtomicBool::new(false);
+    let mut counted = 0;
+    let seen = std::thread::scope(|s| {
+        let client = s.spawn(|| traffic(&lab, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        for i in 1..=RELOADS {
+            let to_b = i % 2 == 1;
+            file.write(if to_b { &b } else { &a });
+            if i % 4 < 2 {
+                let (code, out, err) = daemon::cli(&["reload", "--socket", socket.to_str().unwrap()]);
+                assert_eq!(code, Some(0), "reload {i}: {out}{err}");
+                assert!(out.starts_with("reloaded "), "{out}");
+            } else {
+                d.signal(libc::SIGHUP);
+                wait_reloads(&socket, i as u64);
+            }
+            // The VIP keeps its id, so its counter only grows.
+            let flows = new_flows(&stats(&socket), "198.18.100.1:80/tcp");
+            assert!(flows >= counted, "reload {i}: new flows {counted} -> {flows}");
+            counted = flows;
+            let vips = status(&socket).vips;
+            assert_eq!(vips.len(), if to_b { 4 } else { 3 }, "reload {i}: {vips:?}");
+            if to_b {
+                let r = in_netns(&lab.client.ns, || http_get(fourth, "/", T)).expect("netns");
+                assert!(matches!(r, Ok((200, _))), "reload {i}: the fourth VIP: {r:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        client.join().expect("client loop")
+    });
+    assert!(seen.failures.is_empty(), "{} requests failed across {RELOADS} reloads: {:?}", seen.failures.len(), seen.failures);
+    println!("across {RELOADS} reloads: {seen:?}");
+    assert!(seen.http_ok >= 50 && seen.udp_ok >= 50, "too little traffic to tell: {seen:?}");
+    let s = stats(&socket);
+    // One flow per connection, but after some thousands of connections the
+    // client reuses source ports whose (closing) entries are still there:
+    // those connections continue a flow, they do not count as new.
+    let flows = new_flows(&s, "198.18.100.1:80/tcp");
+    assert!(flows <= seen.http_ok && flows >= seen.http_ok / 2, "{flows} new flows for {seen:?}");
+    assert_eq!(new_flows(&s, "198.18.100.1:8080/tcp"), 0, "the fourth VIP is gone from the report");
+    assert_eq!(status(&socket).reloads.applied, RELOADS as u64);
+
+    // Invalid: refused with the file, line and field; the old one serves.
+    file.write(&a.replace("weight = 1", "weight = 70000"));
+    let (code, _, err) = daemon::cli(&["reload", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("invalid configuration") && err.contains(&format!("{}:", file.path().display())) && err.contains("weight must be 0..=65535, got 70000"), "{err}");
+    // Needs a restart: refused, naming the field.
+    file.write(&reload_config(&lab, &socket_path, true, "metrics_listen = \"127.0.0.1:9200\"\n"));
+    let (code, _, err) = daemon::cli(&["reload", "--config", file.path().to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("need a restart") && err.contains("daemon.metrics_listen: 127.0.0.1:9100 -> 127.0.0.1:9200"), "{err}");
+    let st = status(&socket);
+    assert_eq!((st.reloads.applied, st.reloads.refused, st.vips.len()), (RELOADS as u64, 2, 3), "{st:?}");
+    for _ in 0..10 {
+        let r = in_netns(&lab.client.ns, || http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T)).expect("netns");
+        assert!(matches!(r, Ok((200, _))), "after refused reloads: {r:?}");
+    }
+    let out = daemon::stop(d).expect("stop");
+    assert!(out.contains("reload refused") && out.contains("reload applied"), "reloads are logged:\n{out}");
+}
+
+/// A scrape before and after known traffic: the counters moved by exactly
+/// what was sent, the families are all there, and `fulcrum stats` agrees.
+#[test]
+fn metrics_match_the_traffic() {
+    require_root();
+    let mut lab = Lab::new(LabMode::FullNat.topology()).expect("lab");
+    let _ = daemon::prepare(&mut lab, LabMode::FullNat, SERVER.as_ref()).expect("set-up");
+    let config = daemon::config(&lab, LabMode::FullNat, "");
+    let (d, file) = daemon::start(&lab, &config).expect("daemon");
+    let socket = daemon::socket_of(&config);
+    let (http, udp) = (40u32, 10u32);
+    let tcp_vip = ["vip=\"198.18.100.1:80/tcp\""];
+    let udp_vip = ["vip=\"198.18.100.1:7/udp\""];
+    let before = daemon::scrape(&lab);
+    in_netns(&lab.client.ns, || {
+        for i in 0..http {
+            let r = http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T);
+            assert!(matches!(r, Ok((200, _))), "request {i}: {r:?}");
+        }
+        // One socket: one flow (new sockets could reuse a source port).
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(T)).expect("timeout");
+        for i in 0..udp {
+            sock.send_to(b"x", SocketAddr::new(IpAddr::V4(VIP4), 7)).expect("send");
+            sock.recv_from(&mut [0u8; 16]).unwrap_or_else(|e| panic!("echo {i}: {e}"));
+        }
+    })
+    .expect("netns");
+    let after = daemon::scrape(&lab);
+    let delta = |name: &str, labels: &[&str]| daemon::metric(&after, name, labels) - daemon::metric(&before, name, labels);
+    assert_eq!(delta("fulcrum_vip_new_flows_total", &tcp_vip), f64::from(http), "{after}");
+    assert_eq!(delta("fulcrum_backend_new_flows_total", &tcp_vip), f64::from(http), "{after}");
+    assert_eq!(delta("fulcrum_vip_new_flows_total", &udp_vip), 1.0, "{after}");
+    // An echo is one datagram each way; a connection at least SYN, ACK,
+    // request, FIN each way but the last ACK.
+    assert_eq!(delta("fulcrum_vip_packets_total", &udp_vip), f64::from(2 * udp), "{after}");
+    assert!(delta("fulcrum_vip_packets_total", &tcp_vip) >= f64::from(7 * http), "{after}");
+    for what in ["packets", "bytes", "new_flows"] {
+        let (v, b) = (daemon::metric(&after, &format!("fulcrum_vip_{what}_total"), &tcp_vip), daemon::metric(&after, &format!("fulcrum_backend_{what}_total"), &tcp_vip));
+        assert_eq!(v, b, "{what}: a VIP's count is its backends' sum");
+    }
+    assert!(delta("fulcrum_worker_frames_total", &[]) >= delta("fulcrum_vip_packets_total", &[]), "{after}");
+    // A full-NAT flow takes two entries; closed ones stay for a while.
+    assert!(daemon::metric(&after, "fulcrum_connections", &[]) >= f64::from(2 * (http + 1)), "{after}");
+    assert_eq!(daemon::metric(&after, "fulcrum_worker_batch_size_count", &[]), daemon::metric(&after, "fulcrum_worker_busy_polls_total", &[]));
+    assert_eq!(daemon::metric(&after, "fulcrum_drops_total", &["reason=\"no_backend\""]), 0.0, "{after}");
+    for family in ["fulcrum_drops_total", "fulcrum_scheduler_faults_total", "fulcrum_connection_evictions_total", "fulcrum_connections_capacity", "fulcrum_reloads_total"] {
+        assert!(after.contains(&format!("# TYPE {family} ")), "no {family}:\n{after}");
+    }
+
+    let s = stats(&socket);
+    assert_eq!(new_flows(&s, "198.18.100.1:80/tcp") as f64, daemon::metric(&after, "fulcrum_vip_new_flows_total", &tcp_vip));
+    let (code, table, err) = daemon::cli(&["stats", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(table.starts_with("VIP / BACKEND") && table.contains("198.18.100.1:80/tcp") && table.contains("WORKER"), "{table}");
+    let (code, json, err) = daemon::cli(&["status", "--json", "--config", file.path().to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(json.contains("\"status\"") && json.contains("\"198.18.100.1:80/tcp\""), "{json}");
+    daemon::stop(d).expect("stop");
+}
+
+/// The control socket is root's only (0600), a second daemon is refused
+/// before it touches the interfaces, and the CLI says clearly when no
+/// daemon runs or it lacks the permission.
+#[test]
+fn control_socket_is_root_only_and_errors_are_clear() {
+    require_root();
+    let mut lab = Lab::new(LabMode::FullNat.topology()).expect("lab");
+    let _ = daemon::prepare(&mut lab, LabMode::FullNat, SERVER.as_ref()).expect("set-up");
+    let config = daemon::config(&lab, LabMode::FullNat, "");
+    let (d, file) = daemon::start(&lab, &config).expect("daemon");
+    let socket = daemon::socket_of(&config);
+    let mode = std::fs::metadata(&socket).expect("socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    let second = lab.spawn(&lab.balancer.ns, &[daemon::fulcrum_bin().to_str().unwrap(), "run", "--config", file.path().to_str().unwrap()]).expect("spawn");
+    let refused = second.wait_for_line(|l| l.contains("another fulcrum is running"), Duration::from_secs(10));
+    assert!(refused.is_some(), "{}", second.output());
+    assert_eq!(status(&socket).pid, d.pid(), "the first daemon still answers");
+
+    // Someone else than root: a copy of the CLI any user may run.
+    let bin = std::env::temp_dir().join(format!("fulcrum-cli-{}", std::process::id()));
+    std::fs::copy(daemon::fulcrum_bin(), &bin).expect("copy");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new(&bin).args(["status", "--socket", socket.to_str().unwrap()]).uid(65534).gid(65534).output();
+    let _ = std::fs::remove_file(&bin);
+    let out = out.expect("run as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("permission denied") && err.contains("root"), "{err}");
+
+    daemon::stop(d).expect("stop");
+    assert!(!socket.exists(), "the socket is removed on exit");
+    let (code, _, err) = daemon::cli(&["stats", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("fulcrum is not running"), "{err}");
+}

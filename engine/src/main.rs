@@ -1,5 +1,6 @@
 //! The `fulcrum` daemon and its command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ fn parse_mode(s: &str) -> Result<XdpMode, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
     let result = match Cli::parse().cmd {
         Cmd::Run { config } => server::run(&config),
         Cmd::CheckConfig { file } => load_config(&file).map(|c| println!("{}: ok ({} VIPs)", file.display(), c.vips.len())),

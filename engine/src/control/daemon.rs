@@ -55,6 +55,19 @@ fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// Says which configured features this daemon does not apply yet, so that
+/// an operator is not misled by a configuration that validates.
+fn warn_unapplied(config: &cfg::Config) {
+    for v in &config.vips {
+        if let cfg::Scheduler::Plugin(p) = &v.scheduler {
+            tracing::warn!(vip = %v.name(), plugin = %p.display(), "scheduler plugins are not loaded by this daemon yet: Maglev schedules this VIP");
+        }
+        if v.health.is_some() || v.persistence.is_some() {
+            tracing::warn!(vip = %v.name(), "health checks and persistence are not run by this daemon yet: every backend counts as up");
+        }
+    }
+}
+
 /// A VIP as the steering program matches it: address, protocol, port.
 type VipMatch = (IpAddr, u8, u16);
 
@@ -192,6 +205,7 @@ impl Daemon {
         let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
+        warn_unapplied(&config);
         Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, telemetry, started: Instant::now(), workers: queues as usize, xdp_mode })
     }
 
@@ -252,6 +266,7 @@ impl Daemon {
         }
         self.steering.retain(&vips, &returns);
         self.telemetry.set_services(services);
+        warn_unapplied(&new);
         self.config = new;
         Ok(report)
     }

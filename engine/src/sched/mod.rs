@@ -2,6 +2,7 @@
 //! Maglev, the built-in scheduler every other one falls back to.
 
 pub mod maglev;
+pub mod wasm;
 
 use crate::flow::FlowKey;
 

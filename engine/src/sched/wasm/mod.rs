@@ -1,0 +1,33 @@
+//! The WebAssembly plugin host: scheduling and health-policy plugins that
+//! follow `plugin-sdk/ABI.md` (version 1), run by wasmtime.
+//!
+//! - The control thread loads a plugin ([`PluginRuntime::load`]): compile,
+//!   check imports, exports and signatures, the ABI version, the state
+//!   region and its capacity, then a smoke `lb_update`/`lb_pick` over the
+//!   VIP's pool. Errors are typed ([`LoadError`]) and say what is wrong.
+//! - It publishes the plugin in the VIP's [`PluginSlot`]; each worker runs a
+//!   [`WasmScheduler`] from [`PluginSlot::scheduler`]: its own store and
+//!   instance, typed calls of plain core-module exports, the backend rows
+//!   kept in guest memory and rewritten only when they change, `lb_update`
+//!   only when the set, a weight or a health state changed.
+//! - Sandbox: fuel per call, an epoch deadline as a wall-clock backstop, a
+//!   memory cap (growing past it traps), a native stack cap, no imports.
+//!   A fault (trap, exhausted fuel or deadline, invalid or ineligible
+//!   answer) makes that flow fall back to native Maglev and is counted; a
+//!   trap also discards the instance; `K` faults within a window
+//!   quarantine the version (one log line) until a new one is published.
+//! - Hot swap: publishing bumps the slot's generation; a worker compares it
+//!   once per pick (one atomic load) and re-instantiates when it changed.
+//! - [`HealthPolicy`]: `lb_health`, or the native rise/fall rule.
+
+mod abi;
+mod health;
+mod instance;
+mod runtime;
+mod slot;
+
+pub use abi::ABI_VERSION;
+pub use health::{BackendHealth, CheckResult, HealthPolicy, HealthState, rise_fall};
+pub use instance::Fault;
+pub use runtime::{HostConfig, LoadError, Plugin, PluginRuntime};
+pub use slot::{PluginSlot, PluginStats, WasmScheduler};

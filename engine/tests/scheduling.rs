@@ -1,56 +1,16 @@
 //! How new and established flows get their backends: reloads, drain, the
 //! scheduler hook and its fallbacks, and full-NAT source ports.
 
-use std::net::IpAddr;
+mod one_vip;
+
 use std::sync::Arc;
 
+use one_vip::{VIP, backend, backend_of, engine, frame, ip, send, services};
 use fulcrum::flow::FlowKey;
 use fulcrum::sched::{BackendState, Scheduler};
 use fulcrum::wire::build::{LB_MAC, L4, PacketBuilder};
 use fulcrum::wire::tcp::{ACK, SYN};
 use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-const VIP: &str = "198.18.0.100";
-
-fn backend(i: u8, weight: u32) -> Backend {
-    Backend { addr: IpAddr::from([198, 18, 1, i]), port: 0, weight, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }
-}
-
-/// Services with one TCP VIP on port 80 over `backends` (ids in order).
-fn services(mode: Mode, backends: &[Backend]) -> Arc<Services> {
-    let ids = (0..backends.len() as u16).collect();
-    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode, backends: ids };
-    Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends.iter().copied().map(Some).collect()).unwrap())
-}
-
-fn engine(cfg: EngineConfig, s: Arc<Services>) -> Engine {
-    Engine::new(EngineConfig { table_capacity: 4096, ..cfg }, s).unwrap()
-}
-
-fn frame(client_port: u16, flags: u8) -> Vec<u8> {
-    PacketBuilder::tcp(ip("198.18.0.1"), client_port, ip(VIP), 80, flags).frame()
-}
-
-/// Sends one frame; returns the verdict and the backend it went to (by the
-/// last byte of the destination MAC).
-fn send(e: &mut Engine, f: &[u8]) -> (Verdict, u8) {
-    let mut buf = vec![0u8; 2048];
-    buf[128..128 + f.len()].copy_from_slice(f);
-    let mut batch = [Packet::new(&mut buf, 128, f.len(), 0)];
-    e.process(0, &mut batch);
-    let out = batch[0].frame();
-    (batch[0].verdict, out[5])
-}
-
-fn backend_of(e: &mut Engine, client_port: u16, flags: u8) -> u8 {
-    let (v, b) = send(e, &frame(client_port, flags));
-    assert_eq!(v, Verdict::Tx(0));
-    b
-}
 
 #[test]
 fn established_flows_keep_their_backend_across_a_reload() {

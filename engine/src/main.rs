@@ -13,6 +13,7 @@ use fulcrum::control::{client, load_config, netinfo, server};
 use fulcrum::io::XdpMode;
 use fulcrum::io::xdp::DecapProgram;
 use fulcrum::forward::tunnel::GUE_DEFAULT_PORT;
+use fulcrum::sched::wasm::replay::{self, ReplayOptions};
 
 #[derive(Parser)]
 #[command(name = "fulcrum", version, about = "Kernel-bypass L4 load balancer")]
@@ -51,6 +52,34 @@ enum Cmd {
         #[arg(long, default_value = "auto", value_parser = parse_mode)]
         xdp_mode: XdpMode,
     },
+    /// WebAssembly scheduling plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Load FILE.wasm as a daemon would (ABI checks, smoke test), replay
+    /// synthetic new flows through it, and print how they spread over the
+    /// backends and how many move when backends fail.
+    Test {
+        file: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        backends: usize,
+        #[arg(long, default_value_t = 10_000)]
+        flows: usize,
+        /// Weights in backend order, comma-separated (missing ones are 1).
+        #[arg(long, value_delimiter = ',')]
+        weights: Vec<u32>,
+        /// Established connections per backend before the first flow.
+        #[arg(long, value_delimiter = ',')]
+        loads: Vec<u32>,
+        /// Backends (from 0) that fail in a second replay.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        fail: Vec<usize>,
+    },
 }
 
 /// Which daemon to talk to, and how to print its answer.
@@ -80,6 +109,10 @@ fn main() -> ExitCode {
         Cmd::Stats(t) => ask(&t, Request::Stats),
         Cmd::Reload(t) => ask(&t, Request::Reload),
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
+        Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
+            let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
+            replay::run(&file, &opts).map(|report| print!("{report}")).map_err(|e| format!("{}: {e}", file.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

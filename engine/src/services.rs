@@ -300,7 +300,9 @@ impl Services {
     }
 }
 
-fn backend_ident(addr: &[u8; 16], port: u16) -> u64 {
+/// A backend's identity for Maglev and schedulers: a hash of its address
+/// and port, the same on every node whatever the ids or the order.
+pub fn backend_ident(addr: &[u8; 16], port: u16) -> u64 {
     let mut bytes = [0u8; 18];
     bytes[..16].copy_from_slice(addr);
     bytes[16..].copy_from_slice(&port.to_be_bytes());

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 use fulcrum::flow::FlowKey;
+use fulcrum::sched::wasm::replay::{self, ReplayOptions};
 use fulcrum::sched::wasm::{
     BackendHealth, CheckResult, HealthPolicy, HealthState, HostConfig, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler,
 };
@@ -36,10 +37,16 @@ const PLUGINS: [&str; 11] = [
     "latency-health",
 ];
 
+/// Where scripts/build-plugins.sh put a module.
+fn module_path(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../plugins").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{}: missing: build the plugins first with scripts/build-plugins.sh", path.display());
+    path
+}
+
 fn wasm(name: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("plugins");
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: build the plugins first with scripts/build-plugins.sh", path.display()))
+    let path = module_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The runtime the tests share (one pool of instance slots, one ticker).
@@ -610,4 +617,45 @@ fn established_flows_keep_their_backend_across_a_swap() {
     let (v, _) = send(&mut e, &frame(20_000, SYN));
     assert_eq!(v, Verdict::Tx(0));
     assert_eq!(slot.stats().generation, 2);
+}
+
+// ---- replay, for plugin authors ----
+
+#[test]
+fn replay_shows_the_spread_and_what_a_failure_remaps() {
+    let opts = |failures: Vec<usize>| ReplayOptions { backends: 10, flows: 20_000, failures, ..ReplayOptions::default() };
+    // Maglev: minimal disruption. Only the failed backend's flows move
+    // (plus a little churn), and the rest stay put.
+    let r = replay::run(&module_path("maglev"), &opts(vec![3])).unwrap();
+    assert_eq!(r.all_up.flows.iter().sum::<usize>(), 20_000);
+    assert!(r.all_up.flows.iter().all(|&f| (1_700..2_300).contains(&f)), "{r}");
+    let fp = r.failure.as_ref().unwrap();
+    assert_eq!(fp.pass.flows[3], 0);
+    assert_eq!(fp.remapped_from_failed, r.all_up.flows[3]);
+    assert!(fp.remapped - fp.remapped_from_failed < 400, "more than 2% moved needlessly:\n{r}");
+    assert_eq!((r.all_up.fallbacks, fp.pass.fallbacks, r.faults), (0, 0, 0));
+
+    // The 5-tuple hash is a plain modulo: a failure moves most flows.
+    let r = replay::run(&module_path("five-tuple-hash"), &opts(vec![3])).unwrap();
+    let fp = r.failure.as_ref().unwrap();
+    assert!(fp.remapped > 10_000, "{r}");
+
+    // Weights and initial loads reach the plugin: least connections first
+    // fills the idle backends up to the loaded one's level.
+    let wlc = ReplayOptions { backends: 3, flows: 300, loads: vec![100], weights: vec![1, 1, 0], ..ReplayOptions::default() };
+    let r = replay::run(&module_path("least-connections"), &wlc).unwrap();
+    assert_eq!(r.all_up.flows, [100, 200, 0]);
+    assert!(r.failure.is_none());
+    let table = r.to_string();
+    assert!(table.starts_with("plugin least-connections: 300 new flows over 3 backends\nbackend  weight    load      flows    share    ideal\n"), "{table}");
+    assert!(table.contains("      1       1       0        200   66.67%   50.00%\n"), "{table}");
+}
+
+#[test]
+fn replay_refuses_bad_options_and_reports_load_errors() {
+    let err = |opts: ReplayOptions, name: &str| replay::run(&module_path(name), &opts).unwrap_err().to_string();
+    assert_eq!(err(ReplayOptions { backends: 0, ..ReplayOptions::default() }, "maglev"), "0 backends: give 1 to 65535");
+    assert_eq!(err(ReplayOptions { backends: 2, failures: vec![2], ..ReplayOptions::default() }, "maglev"), "backend 2 cannot fail: there are 2 (0..1)");
+    assert_eq!(err(ReplayOptions { backends: 2, weights: vec![1; 3], ..ReplayOptions::default() }, "maglev"), "3 weights for 2 backends");
+    assert_eq!(err(ReplayOptions::default(), "hostile-bad-abi-version"), "plugin abi version 2, this host speaks 1");
 }

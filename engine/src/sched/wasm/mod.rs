@@ -19,10 +19,12 @@
 //! - Hot swap: publishing bumps the slot's generation; a worker compares it
 //!   once per pick (one atomic load) and re-instantiates when it changed.
 //! - [`HealthPolicy`]: `lb_health`, or the native rise/fall rule.
+//! - [`replay`]: synthetic flows through a plugin, for plugin authors.
 
 mod abi;
 mod health;
 mod instance;
+pub mod replay;
 mod runtime;
 mod slot;
 

@@ -193,31 +193,33 @@ impl Live {
     }
 
     /// Brings rows `0..n` of guest memory up to date with `backends`,
-    /// writing only the rows that changed, and runs `lb_update` if the set,
-    /// a weight or a health state changed (ABI.md §2, §5). The caller
-    /// ensures `n <= cap`.
-    fn sync(&mut self, cfg: &HostConfig, backends: &[BackendState]) -> Result<(), Fault> {
+    /// writing only the rows that changed, and the flow record if given;
+    /// then runs `lb_update` if the set, a weight or a health state changed
+    /// (ABI.md §2, §5). The caller ensures `n <= cap`.
+    fn sync(&mut self, cfg: &HostConfig, backends: &[BackendState], flow: Option<&[u8; abi::FLOW_SIZE]>) -> Result<(), Fault> {
         let n = backends.len();
         if n != self.rows.len() {
             self.update_owed = true;
-            self.rows.truncate(n);
+            self.rows.resize(n, Row::UNWRITTEN);
         }
-        let start = self.region + abi::ROWS_OFFSET;
+        let start = self.region;
+        // One borrow of guest memory per pick: looking it up is not free.
         let memory = self.exports.memory.data_mut(&mut self.store);
-        let Some(region) = memory.get_mut(start..start + abi::ROW_SIZE * n) else {
+        let Some(region) = memory.get_mut(start..start + abi::ROWS_OFFSET + abi::ROW_SIZE * n) else {
             return Err(Fault::Instantiate("state region outside memory".into()));
         };
-        for (i, (b, dst)) in backends.iter().zip(region.chunks_exact_mut(abi::ROW_SIZE)).enumerate() {
+        if let Some(record) = flow {
+            region[abi::FLOW_OFFSET..abi::FLOW_OFFSET + abi::FLOW_SIZE].copy_from_slice(record);
+        }
+        let rows = region[abi::ROWS_OFFSET..].chunks_exact_mut(abi::ROW_SIZE);
+        for ((b, old), dst) in backends.iter().zip(self.rows.iter_mut()).zip(rows) {
             let row = Row::new(b);
-            match self.rows.get_mut(i) {
-                Some(old) if *old == row => continue,
-                Some(old) => {
-                    self.update_owed |= old.placement_differs(&row);
-                    *old = row;
-                }
-                None => self.rows.push(row),
+            if row == *old {
+                continue;
             }
-            dst.copy_from_slice(&row.to_bytes());
+            self.update_owed |= old.placement_differs(&row);
+            *old = row;
+            row.write(dst);
         }
         if self.update_owed {
             if let Some(update) = &self.exports.update {
@@ -236,11 +238,7 @@ impl Live {
         if n > self.cap {
             return Ok(None);
         }
-        self.sync(cfg, backends)?;
-        let at = self.region + abi::FLOW_OFFSET;
-        if let Some(record) = self.exports.memory.data_mut(&mut self.store).get_mut(at..at + abi::FLOW_SIZE) {
-            record.copy_from_slice(&abi::flow_record(flow, hash));
-        }
+        self.sync(cfg, backends, Some(&abi::flow_record(flow, hash)))?;
         match call(&mut self.store, &self.exports.pick, n as i32, cfg.pick_budget(n), "lb_pick")? {
             -1 => Ok(None),
             r if r >= 0 && (r as usize) < n => {
@@ -258,7 +256,7 @@ impl Live {
             return Ok(None);
         }
         if backends.len() <= self.cap {
-            self.sync(cfg, backends)?;
+            self.sync(cfg, backends, None)?;
         }
         let Some(health) = &self.exports.health else { return Ok(None) };
         let v = call(&mut self.store, health, args, cfg.small_budget(), "lb_health")? as u32;

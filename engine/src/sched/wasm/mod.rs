@@ -9,11 +9,16 @@
 //!   [`WasmScheduler`] from [`PluginSlot::scheduler`]: its own store and
 //!   instance, typed calls of plain core-module exports, the backend rows
 //!   kept in guest memory and rewritten only when they change, `lb_update`
-//!   only when the set, a weight or a health state changed.
-//! - Sandbox: fuel per call, an epoch deadline as a wall-clock backstop, a
-//!   memory cap (growing past it traps), a native stack cap, no imports.
-//!   A fault (trap, exhausted fuel or deadline, invalid or ineligible
-//!   answer) makes that flow fall back to native Maglev and is counted; a
+//!   only when the set, a weight or a health state changed. `lb_update`
+//!   runs on the worker, at its first pick after such a change: for the
+//!   maglev plugin's table rebuild that is milliseconds, once per worker
+//!   per change, which keeps the design simple; building it on the control
+//!   thread and publishing the instance (ABI.md §5) is the way out if it
+//!   ever matters.
+//! - Sandbox: fuel per call, a CPU-time limit as a backstop (checked at the
+//!   ticks of one shared epoch thread), a memory cap (growing past it
+//!   traps), a native stack cap, no imports. A fault (trap, exhausted fuel
+//!   or CPU time, invalid or ineligible answer) makes that flow fall back to native Maglev and is counted; a
 //!   trap also discards the instance; `K` faults within a window
 //!   quarantine the version (one log line) until a new one is published.
 //! - Hot swap: publishing bumps the slot's generation; a worker compares it

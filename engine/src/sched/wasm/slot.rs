@@ -66,7 +66,7 @@ pub struct PluginStats {
     /// Of those, the ones native Maglev placed: the plugin declined (-1),
     /// faulted, was quarantined or none was published.
     pub fallbacks: u64,
-    /// Traps, fuel or deadline exhaustion, invalid answers, failed
+    /// Traps, fuel or CPU-time exhaustion, invalid answers, failed
     /// instantiations, in picks, updates and health calls alike.
     pub faults: u64,
     /// Instances created by the workers (one per worker per version, plus

@@ -184,7 +184,7 @@ impl fmt::Display for ReplayReport {
             write!(f, "{b:>7} {:>7} {:>7} {flows:>10} {:>7.2}% {ideal:>7.2}%", self.weights[b], self.loads[b], share(flows, self.flows))?;
             if let Some(fp) = &self.failure {
                 if fp.failed.contains(&b) {
-                    write!(f, " | {:>10} {:>8}", "down", "")?;
+                    write!(f, " | {:>10}", "down")?;
                 } else {
                     write!(f, " | {:>10} {:>7.2}%", fp.pass.flows[b], share(fp.pass.flows[b], self.flows))?;
                 }

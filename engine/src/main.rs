@@ -80,6 +80,17 @@ enum PluginCmd {
         #[arg(long, value_delimiter = ',', default_value = "0")]
         fail: Vec<usize>,
     },
+    /// Swap FILE.wasm in as the scheduler of a running daemon's VIP: it is
+    /// compiled, checked and smoke-tested off the data path, then every
+    /// worker uses it for new flows; established flows keep their backend.
+    Load {
+        /// The VIP, as `fulcrum status` names it: 198.18.0.100:80/tcp.
+        #[arg(long)]
+        vip: String,
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// Which daemon to talk to, and how to print its answer.
@@ -112,6 +123,10 @@ fn main() -> ExitCode {
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
             let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
             replay::run(&file, &opts).map(|report| print!("{report}")).map_err(|e| format!("{}: {e}", file.display()))
+        }
+        // The daemon runs elsewhere: give it the file's absolute path.
+        Cmd::Plugin { cmd: PluginCmd::Load { vip, file, target } } => {
+            file.canonicalize().map_err(|e| format!("{}: {e}", file.display())).and_then(|path| ask(&target, Request::PluginLoad { vip, path }))
         }
     };
     match result {
@@ -146,6 +161,7 @@ fn ask(t: &Target, req: Request) -> Result<(), String> {
                 println!("  {line}");
             }
         }
+        Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
         Response::Error(_) => {}
     }
     Ok(())

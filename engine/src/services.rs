@@ -256,6 +256,11 @@ impl Services {
         self.by_key.get(&exact).or_else(|| self.by_key.get(&VipKey { port: 0, ..exact })).copied()
     }
 
+    /// The VIP with exactly this address, protocol and port.
+    pub fn vip_id(&self, addr: IpAddr, proto: u8, port: u16) -> Option<VipId> {
+        self.by_key.get(&VipKey { addr: addr16(addr), proto, port }).copied()
+    }
+
     /// The first VIP on `addr`, if `addr` is the address of any VIP.
     pub fn vip_for_addr(&self, addr: &[u8; 16]) -> Option<VipId> {
         self.vip_addrs.get(addr).copied()

@@ -5,6 +5,8 @@
 //! {"request":"status"}        -> {"status":{...}}
 //! {"request":"stats"}         -> {"stats":{...}}
 //! {"request":"reload"}        -> {"reloaded":{...}}    or {"error":"..."}
+//! {"request":"plugin_load","vip":"198.18.0.100:80/tcp","path":"/x.wasm"}
+//!                             -> {"plugin_loaded":{...}} or {"error":"..."}
 //! ```
 //!
 //! A new request is one more `Request` variant (its fields next to the
@@ -25,6 +27,9 @@ pub enum Request {
     Stats,
     /// Re-read the configuration file the daemon was started with.
     Reload,
+    /// Compile, check and smoke-test a scheduler plugin, then swap it in
+    /// for the VIP's new flows ("198.18.0.100:80/tcp").
+    PluginLoad { vip: String, path: std::path::PathBuf },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,7 +38,16 @@ pub enum Response {
     Status(Status),
     Stats(StatsReport),
     Reloaded(ReloadReport),
+    PluginLoaded(PluginLoaded),
     Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLoaded {
+    pub vip: String,
+    pub plugin: String,
+    /// Counts the plugins published for the VIP.
+    pub generation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

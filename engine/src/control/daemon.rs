@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use fulcrum_config as cfg;
 
-use super::api::{BackendStatus, ReloadReport, Status, VipStatus};
+use super::api::{BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
 use super::apply::{self, Ids, Net, NetIface};
 use super::netinfo;
+use super::plugins::{self, Plugins};
 use super::reload;
 use super::telemetry::Telemetry;
 use crate::dataplane::Dataplane;
@@ -38,6 +39,7 @@ pub struct Daemon {
     /// Detached when dropped, after the workers stopped.
     steering: Steering,
     telemetry: Arc<Telemetry>,
+    plugins: Plugins,
     started: Instant,
     pub workers: usize,
     pub xdp_mode: XdpMode,
@@ -59,9 +61,6 @@ fn ms(d: Duration) -> u32 {
 /// an operator is not misled by a configuration that validates.
 fn warn_unapplied(config: &cfg::Config) {
     for v in &config.vips {
-        if let cfg::Scheduler::Plugin(p) = &v.scheduler {
-            tracing::warn!(vip = %v.name(), plugin = %p.display(), "scheduler plugins are not loaded by this daemon yet: Maglev schedules this VIP");
-        }
         if v.health.is_some() || v.persistence.is_some() {
             tracing::warn!(vip = %v.name(), "health checks and persistence are not run by this daemon yet: every backend counts as up");
         }
@@ -206,7 +205,9 @@ impl Daemon {
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
         warn_unapplied(&config);
-        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, telemetry, started: Instant::now(), workers: queues as usize, xdp_mode })
+        let mut plugins = Plugins::default();
+        plugins.apply(None, &config, &services, &dataplane)?;
+        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, telemetry, plugins, started: Instant::now(), workers: queues as usize, xdp_mode })
     }
 
     pub fn telemetry(&self) -> Arc<Telemetry> {
@@ -265,10 +266,21 @@ impl Daemon {
             tracing::warn!(?behind, "workers have not switched to the new services yet");
         }
         self.steering.retain(&vips, &returns);
+        self.plugins.apply(Some(&self.config), &new, &services, &self.dataplane)?;
         self.telemetry.set_services(services);
         warn_unapplied(&new);
         self.config = new;
         Ok(report)
+    }
+
+    /// `fulcrum plugin load`: swaps a scheduler plugin in for a VIP's new
+    /// flows (until a reload changes that VIP's configured scheduler).
+    pub fn load_plugin(&mut self, vip: &str, path: &Path) -> Result<PluginLoaded, String> {
+        let v = self.config.vips.iter().find(|v| v.name() == vip).ok_or_else(|| format!("no vip {vip} (VIPs are named like 198.18.0.100:80/tcp)"))?;
+        let services = self.telemetry.services();
+        let id = plugins::vip_id(&services, v)?;
+        let (plugin, generation) = self.plugins.load(id, path, &services, &self.dataplane)?;
+        Ok(PluginLoaded { vip: vip.to_string(), plugin, generation })
     }
 
     pub fn status(&self) -> Status {

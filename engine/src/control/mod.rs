@@ -8,6 +8,7 @@ pub mod client;
 pub mod daemon;
 pub mod metrics;
 pub mod netinfo;
+pub mod plugins;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

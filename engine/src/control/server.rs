@@ -162,6 +162,7 @@ fn answer(conn: UnixStream, daemon: &mut Daemon) -> std::io::Result<()> {
             tracing::info!("reload requested on the control socket");
             daemon.reload().map_or_else(Response::Error, Response::Reloaded)
         }
+        Ok(Request::PluginLoad { vip, path }) => daemon.load_plugin(&vip, &path).map_or_else(Response::Error, Response::PluginLoaded),
         Err(e) => Response::Error(format!("bad request {:?}: {e}", line.trim_end())),
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;

@@ -101,7 +101,8 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             if backends.len() <= slot {
                 backends.resize(slot + 1, None);
             }
-            backends[slot] = Some(Backend { addr: b.address, port: b.port, weight: u32::from(b.weight), next_hop, iface: server });
+            // Up until its health checks say otherwise.
+            backends[slot] = Some(Backend { addr: b.address, port: b.port, weight: u32::from(b.weight), up: true, next_hop, iface: server });
             members.push(bid);
             let ret = match v.mode {
                 cfg::Mode::Nat => Some(ReturnTraffic::FromBackend { addr: b.address, proto: proto(v.protocol), port: if b.port == 0 { v.port } else { b.port } }),
@@ -115,7 +116,15 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
         if vips.len() <= vid {
             vips.resize(vid + 1, None);
         }
-        vips[vid] = Some(VipSpec { addr: v.address, proto: proto(v.protocol), port: v.port, mode: mode(v.mode), backends: members });
+        vips[vid] = Some(VipSpec {
+            addr: v.address,
+            proto: proto(v.protocol),
+            port: v.port,
+            mode: mode(v.mode),
+            backends: members,
+            persistence_ms: v.persistence.map(|p| u32::try_from(p.timeout.as_millis()).unwrap_or(u32::MAX)),
+            reset_on_down: v.health.as_ref().is_some_and(|h| h.on_down == cfg::OnDown::Reset),
+        });
     }
     let ifaces = net.ifaces.iter().map(|i| Interface { mac: i.mac, mtu: i.mtu }).collect();
     let services = Services::new(ifaces, vips, backends).map_err(|e| e.to_string())?;

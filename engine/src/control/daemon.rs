@@ -197,6 +197,7 @@ impl Daemon {
         let t = &config.timeouts;
         let engine = EngineConfig {
             table_capacity: config.limits.connections_per_worker as usize,
+            sticky_clients: config.limits.connections_per_worker as usize,
             timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
             snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
             ..EngineConfig::default()

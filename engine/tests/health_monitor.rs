@@ -46,7 +46,7 @@ fn http(port: u16, content: Option<&str>) -> Probe {
 }
 
 fn monitor(policy: Box<dyn Policy>, probes: Vec<Probe>) -> HealthMonitor {
-    let members = probes.into_iter().enumerate().map(|(i, p)| Member { backend: i as u16, ident: i as u64, weight: 4, check: check(p) }).collect();
+    let members = probes.into_iter().enumerate().map(|(i, p)| Member { backend: i as u16, ident: i as u64, weight: 4, up: true, check: check(p) }).collect();
     HealthMonitor::start(vec![Pool { vip: 0, policy, members }]).unwrap()
 }
 

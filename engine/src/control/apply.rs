@@ -9,6 +9,7 @@ use fulcrum_config as cfg;
 
 use crate::flow::key::{PROTO_TCP, PROTO_UDP};
 use crate::forward::tunnel::Encap;
+use crate::health::{self, RiseFall};
 use crate::io::xdp::ReturnTraffic;
 use crate::packet::IfIndex;
 use crate::services::{Backend, BackendId, Interface, Mode, Services, VipId, VipSpec};
@@ -129,4 +130,28 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
     let ifaces = net.ifaces.iter().map(|i| Interface { mac: i.mac, mtu: i.mtu }).collect();
     let services = Services::new(ifaces, vips, backends).map_err(|e| e.to_string())?;
     Ok((services, returns))
+}
+
+/// The health checks of `config`'s VIPs, per VIP in pool order, for the
+/// backends of `services` (built by `build` with the same `ids`).
+pub fn health_pools(config: &cfg::Config, ids: &Ids, services: &Services) -> Vec<health::Pool> {
+    let mut pools = Vec::new();
+    for v in config.vips.iter().filter(|v| v.health.is_some()) {
+        let vkey = (v.address, v.protocol, v.port);
+        let Some(&vip) = ids.vips.get(&vkey) else { continue };
+        if v.health.as_ref().is_some_and(|h| h.plugin.is_some()) {
+            tracing::warn!("vip {}: health-policy plugins need the plugin host, not built in: using the native rise/fall policy", v.name());
+        }
+        let members = v
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let backend = *ids.backends.get(&(vkey, b.address, b.port))?;
+                let ident = services.backend(backend)?.ident;
+                Some(health::Member { backend, ident, weight: b.weight, up: true, check: b.check.clone()? })
+            })
+            .collect();
+        pools.push(health::Pool { vip, policy: Box::new(RiseFall), members });
+    }
+    pools
 }

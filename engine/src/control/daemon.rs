@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use fulcrum_config as cfg;
 
 use super::api::{BackendStatus, ReloadReport, Status, VipStatus};
 use super::apply::{self, Ids, Net, NetIface};
+use super::health::{self, HealthControl, HealthUpdate};
 use super::netinfo;
 use super::reload;
 use super::telemetry::Telemetry;
@@ -37,6 +39,8 @@ pub struct Daemon {
     dataplane: Dataplane,
     /// Detached when dropped, after the workers stopped.
     steering: Steering,
+    /// The health checks, when any VIP has them.
+    health: Option<HealthControl>,
     telemetry: Arc<Telemetry>,
     started: Instant,
     pub workers: usize,
@@ -61,9 +65,6 @@ fn warn_unapplied(config: &cfg::Config) {
     for v in &config.vips {
         if let cfg::Scheduler::Plugin(p) = &v.scheduler {
             tracing::warn!(vip = %v.name(), plugin = %p.display(), "scheduler plugins are not loaded by this daemon yet: Maglev schedules this VIP");
-        }
-        if v.health.is_some() || v.persistence.is_some() {
-            tracing::warn!(vip = %v.name(), "health checks and persistence are not run by this daemon yet: every backend counts as up");
         }
     }
 }
@@ -158,6 +159,9 @@ impl Daemon {
         };
         let mut ids = Ids::default();
         let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
+        let (services, next) = HealthControl::configure(None, &config, &ids, services)?;
+        let mut health = None;
+        HealthControl::commit(&mut health, next);
         let services = Arc::new(services);
 
         let mode = xdp_mode(config.daemon.xdp_mode);
@@ -204,10 +208,36 @@ impl Daemon {
         };
         let dataplane = Dataplane::start(ios, engine, &services, &cpus)?;
         let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
+        telemetry.set_health(health.as_ref().map(HealthControl::stats));
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
         warn_unapplied(&config);
-        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, telemetry, started: Instant::now(), workers: queues as usize, xdp_mode })
+        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, health, telemetry, started: Instant::now(), workers: queues as usize, xdp_mode })
+    }
+
+    /// Readable when health transitions wait for `apply_health`.
+    pub fn health_fd(&self) -> Option<RawFd> {
+        self.health.as_ref().map(HealthControl::wake_fd)
+    }
+
+    /// Applies the health transitions waiting: the workers run the new
+    /// services before each transition is logged, so whoever reads "is
+    /// down" knows that backend gets no new flow any more.
+    pub fn apply_health(&mut self) {
+        let Some(h) = &mut self.health else { return };
+        match h.take(&self.telemetry.services()) {
+            None => {}
+            Some(Err(e)) => tracing::error!("{e}"),
+            Some(Ok(HealthUpdate { services, changes })) => {
+                let services = Arc::new(services);
+                let generation = self.dataplane.publish(&services);
+                if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
+                    tracing::warn!(?behind, "workers have not switched to the new services yet");
+                }
+                self.telemetry.set_services(Arc::clone(&services));
+                health::log(&changes, &services);
+            }
+        }
     }
 
     pub fn telemetry(&self) -> Arc<Telemetry> {
@@ -255,6 +285,7 @@ impl Daemon {
                 self.engine.max_backends
             ));
         }
+        let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services)?;
         let services = Arc::new(services);
         let vips = vip_matches(&new);
         // New VIPs and return traffic are steered before the workers switch,
@@ -266,6 +297,8 @@ impl Daemon {
             tracing::warn!(?behind, "workers have not switched to the new services yet");
         }
         self.steering.retain(&vips, &returns);
+        HealthControl::commit(&mut self.health, next);
+        self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
         self.telemetry.set_services(services);
         warn_unapplied(&new);
         self.config = new;
@@ -315,9 +348,14 @@ impl Daemon {
         let mut out = String::new();
         for v in &s.vips {
             let t = &v.traffic;
-            let _ = writeln!(out, "vip {}: packets={} bytes={} new_flows={}", v.name, t.packets, t.bytes, t.new_flows);
+            let _ = writeln!(out, "vip {}: packets={} bytes={} new_flows={} resets={} moved_clients={}", v.name, t.packets, t.bytes, t.new_flows, t.resets, t.moved_clients);
             for b in &v.backends {
-                let _ = writeln!(out, "  backend {}: packets={} new_flows={}", b.name, b.traffic.packets, b.traffic.new_flows);
+                let t = &b.traffic;
+                let _ = write!(out, "  backend {}: state={} weight={} packets={} new_flows={} resets={} moved_clients={}", b.name, b.state, b.weight, t.packets, t.new_flows, t.resets, t.moved_clients);
+                if let Some(c) = &b.checks {
+                    let _ = write!(out, " checks_passed={} checks_failed={} went_down={} went_up={}", c.passed, c.failed, c.went_down, c.went_up);
+                }
+                out.push('\n');
             }
         }
         let drops: Vec<String> = s.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
@@ -327,8 +365,9 @@ impl Daemon {
         out
     }
 
-    /// Stops the workers, then detaches the programs.
+    /// Stops the health checks and the workers, then detaches the programs.
     pub fn stop(self) -> Result<(), String> {
+        drop(self.health);
         let r = self.dataplane.stop().map_err(|e| e.to_string());
         drop(self.steering);
         r

@@ -15,6 +15,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use super::epoll::{Interest, Poller};
 use super::rst_guard::{self, RstGuard};
@@ -47,7 +48,7 @@ pub struct HalfOpen {
     next_port: usize,
     /// Seed of the initial sequence numbers.
     isn_seed: u64,
-    _guard: RstGuard,
+    _guard: Arc<RstGuard>,
 }
 
 /// Accepts segments whose destination port is in the checker's range;
@@ -76,7 +77,7 @@ impl HalfOpen {
     /// Installs the RST guard and opens the sockets of the families asked
     /// for, registered with `tokens[family]`.
     pub fn open(families: [bool; 2], slots: usize, poller: &Poller, tokens: [u64; 2]) -> Result<HalfOpen, String> {
-        let guard = RstGuard::install()?;
+        let guard = RstGuard::acquire()?;
         let mut socks = [None, None];
         for (v6, wanted) in [false, true].into_iter().zip(families) {
             if !wanted {

@@ -13,7 +13,10 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -51,6 +54,8 @@ pub struct Member {
     pub ident: u64,
     /// The configured weight, which the native policy restores.
     pub weight: u16,
+    /// Its state to begin with: up, unless it was down before a reload.
+    pub up: bool,
     pub check: HealthCheck,
 }
 
@@ -109,6 +114,9 @@ pub struct HealthMonitor {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     transitions: Receiver<Transition>,
+    /// Readable while transitions wait (a byte per transition), so that
+    /// a control loop can poll it with its other descriptors.
+    wake: UnixStream,
     stats: Arc<HealthStats>,
 }
 
@@ -118,19 +126,36 @@ impl HealthMonitor {
     /// here) and starts the thread.
     pub fn start(pools: Vec<Pool>) -> Result<HealthMonitor, String> {
         let (tx, transitions) = unbounded();
-        let runner = Runner::new(pools, tx)?;
+        let (wake, notify) = UnixStream::pair().map_err(|e| format!("health checks: socket pair: {e}"))?;
+        for s in [&wake, &notify] {
+            s.set_nonblocking(true).map_err(|e| format!("health checks: socket pair: {e}"))?;
+        }
+        let runner = Runner::new(pools, tx, notify)?;
         let (stop, stats) = (Arc::new(AtomicBool::new(false)), Arc::clone(&runner.stats));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("fulcrum-health".into())
             .spawn(move || runner.run(&flag))
             .map_err(|e| format!("starting the health thread: {e}"))?;
-        Ok(HealthMonitor { stop, thread: Some(thread), transitions, stats })
+        Ok(HealthMonitor { stop, thread: Some(thread), transitions, wake, stats })
     }
 
     /// Transitions in the order they happened.
     pub fn transitions(&self) -> &Receiver<Transition> {
         &self.transitions
+    }
+
+    /// Readable when transitions are waiting; `take_transitions` clears it.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// The transitions waiting, without blocking.
+    pub fn take_transitions(&self) -> Vec<Transition> {
+        // Cleared first: a transition sent meanwhile leaves its byte.
+        let mut buf = [0u8; 256];
+        while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+        self.transitions.try_iter().collect()
     }
 
     pub fn stats(&self) -> &Arc<HealthStats> {
@@ -210,6 +235,7 @@ struct Runner {
     half_open: Option<HalfOpen>,
     timers: BinaryHeap<Reverse<(Instant, usize, Timer)>>,
     transitions: Sender<Transition>,
+    notify: UnixStream,
     stats: Arc<HealthStats>,
     /// Scratch: ready tokens, finished checks.
     ready: Vec<u64>,
@@ -217,7 +243,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(pools: Vec<Pool>, transitions: Sender<Transition>) -> Result<Runner, String> {
+    fn new(pools: Vec<Pool>, transitions: Sender<Transition>, notify: UnixStream) -> Result<Runner, String> {
         let now = Instant::now();
         let n: usize = pools.iter().map(|p| p.members.len()).sum();
         if n > usize::from(u16::MAX) + 1 {
@@ -227,8 +253,8 @@ impl Runner {
         for (p, pool) in pools.into_iter().enumerate() {
             let mut rows = Vec::with_capacity(pool.members.len());
             for (index, m) in pool.members.into_iter().enumerate() {
-                let state = HealthState { up: true, weight: m.weight };
-                rows.push(BackendState { id: m.ident, weight: u32::from(m.weight), up: true, ..BackendState::default() });
+                let state = HealthState { up: m.up, weight: m.weight };
+                rows.push(BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() });
                 // Spread the first checks over one interval.
                 let due = now + m.check.interval.mul_f64(slots.len() as f64 / n as f64);
                 let c = &m.check;
@@ -291,6 +317,7 @@ impl Runner {
             half_open,
             timers,
             transitions,
+            notify,
             stats,
             ready: Vec::with_capacity(EVENTS),
             done: Vec::new(),
@@ -434,7 +461,9 @@ impl Runner {
         }
         let streak = if state.up { s.health.successes } else { s.health.failures };
         let failure = if state.up { None } else { s.last_failure };
-        // The receiver only goes with the daemon.
+        // The receiver only goes with the monitor; a full socket buffer
+        // means the control loop has bytes enough to wake up.
         let _ = self.transitions.send(Transition { vip: pool.vip, backend: s.backend, state, was, streak, failure });
+        let _ = (&self.notify).write(&[1]);
     }
 }

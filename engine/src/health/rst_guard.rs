@@ -26,12 +26,15 @@
 //!
 //! Its counter shows how many RSTs it kept back (`nft list table inet
 //! fulcrum_health`). The table is created when half-open checks are
-//! configured and deleted when the guard drops; a table left by a killed
-//! daemon is replaced at the next start (it only ever drops those RSTs).
+//! configured and deleted when the last checker using it goes (a reload
+//! may run a new checker before the old one stops); a table left by a
+//! killed daemon is replaced at the next start (it only ever drops those
+//! RSTs).
 
 use std::io::Write;
 use std::ops::RangeInclusive;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
 
 /// The checker's source ports.
 pub const PORTS: RangeInclusive<u16> = 61000..=64999;
@@ -39,8 +42,11 @@ pub const PORTS: RangeInclusive<u16> = 61000..=64999;
 pub const MARK: u32 = 0x666c_6863;
 const TABLE: &str = "inet fulcrum_health";
 
-/// The installed rule; removed when dropped.
+/// The installed rule; removed when the last holder drops it.
 pub struct RstGuard(());
+
+/// The rule while any checker holds it.
+static INSTALLED: Mutex<Weak<RstGuard>> = Mutex::new(Weak::new());
 
 fn nft(script: &str) -> Result<(), String> {
     let run = || -> std::io::Result<std::process::Output> {
@@ -56,7 +62,18 @@ fn nft(script: &str) -> Result<(), String> {
 }
 
 impl RstGuard {
-    pub fn install() -> Result<RstGuard, String> {
+    /// The rule, installed unless a checker holds it already.
+    pub fn acquire() -> Result<Arc<RstGuard>, String> {
+        let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(guard) = installed.upgrade() {
+            return Ok(guard);
+        }
+        let guard = Arc::new(Self::install()?);
+        *installed = Arc::downgrade(&guard);
+        Ok(guard)
+    }
+
+    fn install() -> Result<RstGuard, String> {
         // Declaring the table first makes the delete succeed whether or
         // not an old one exists; all in one transaction.
         let script = format!(
@@ -71,6 +88,11 @@ impl RstGuard {
 
 impl Drop for RstGuard {
     fn drop(&mut self) {
+        // Under the lock, and only if no new guard installed it again.
+        let installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+        if installed.upgrade().is_some() {
+            return;
+        }
         if let Err(e) = nft(&format!("delete table {TABLE}\n")) {
             tracing::warn!("half-open checks: removing the nftables table {TABLE}: {e}");
         }

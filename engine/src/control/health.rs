@@ -1,0 +1,151 @@
+//! The control plane's side of health checking: the monitor running the
+//! configured checks, the state of every checked backend, and its
+//! transitions turned into services snapshots and one log line each.
+//!
+//! A reload keeps the running monitor when no check changed, and otherwise
+//! starts one for the new checks before the old one stops; either way a
+//! backend keeps the state it had (down stays down until `rise` passes).
+//! A restarted monitor's counters start from zero.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use fulcrum_config as cfg;
+
+use super::apply::{self, Ids};
+use crate::flow::key::ip_from16;
+use crate::health::{HealthMonitor, HealthState, HealthStats, Pool, Transition, route_source};
+use crate::services::{Backend, BackendId, Services, VipId, backend_name, vip_name};
+
+/// What a monitor checks: per VIP, its checked backends with their
+/// configured weights.
+type Checks = Vec<(VipId, Vec<(BackendId, u16, cfg::HealthCheck)>)>;
+
+pub struct HealthControl {
+    monitor: HealthMonitor,
+    checks: Checks,
+    /// Every checked backend's state, as last applied.
+    states: HashMap<BackendId, HealthState>,
+}
+
+/// What a (re)configuration does to the running checks, once committed.
+pub enum Next {
+    /// No VIP has checks.
+    Off,
+    /// The same checks: the monitor runs on.
+    Keep(HashMap<BackendId, HealthState>),
+    Start(HealthControl),
+}
+
+/// Transitions, and the snapshot with them applied.
+pub struct HealthUpdate {
+    pub services: Services,
+    pub changes: Vec<Transition>,
+}
+
+impl HealthControl {
+    /// The checks of `config` (`services` and `ids` as `apply::build` made
+    /// them), given the running ones: `services` with the checked
+    /// backends' states applied, and what to `commit` once those services
+    /// are in force. A monitor is started only if the checks changed; an
+    /// error leaves everything as it was.
+    pub fn configure(current: Option<&HealthControl>, config: &cfg::Config, ids: &Ids, services: Services) -> Result<(Services, Next), String> {
+        let mut pools = apply::health_pools(config, ids, &services);
+        let checks: Checks = pools.iter().map(|p| (p.vip, p.members.iter().map(|m| (m.backend, m.weight, m.check.clone())).collect())).collect();
+        // A backend keeps its up or down across a reload; its weight is
+        // the configured one (the native policy's).
+        let was_up = |id| current.and_then(|h| h.states.get(&id)).is_none_or(|s| s.up);
+        let states: HashMap<BackendId, HealthState> = pools.iter().flat_map(|p| &p.members).map(|m| (m.backend, HealthState { up: was_up(m.backend), weight: m.weight })).collect();
+        let changed: Vec<(BackendId, Backend)> = states
+            .iter()
+            .filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec })))
+            .collect();
+        let services = services.with_backends(&changed).map_err(|e| e.to_string())?;
+        let next = match current {
+            _ if states.is_empty() => Next::Off,
+            Some(h) if h.checks == checks => Next::Keep(states),
+            _ => {
+                for m in pools.iter_mut().flat_map(|p| &mut p.members) {
+                    m.up = states[&m.backend].up;
+                }
+                warn_snat_sources(config, &pools);
+                tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
+                Next::Start(HealthControl { monitor: HealthMonitor::start(pools)?, checks, states })
+            }
+        };
+        Ok((services, next))
+    }
+
+    /// Makes `next` the running checks (the old monitor stops here).
+    pub fn commit(current: &mut Option<HealthControl>, next: Next) {
+        match next {
+            Next::Off => *current = None,
+            Next::Keep(states) => {
+                if let Some(h) = current {
+                    h.states = states;
+                }
+            }
+            Next::Start(h) => *current = Some(h),
+        }
+    }
+
+    /// Readable when transitions wait.
+    pub fn wake_fd(&self) -> RawFd {
+        self.monitor.wake_fd()
+    }
+
+    pub fn stats(&self) -> Arc<HealthStats> {
+        Arc::clone(self.monitor.stats())
+    }
+
+    /// The transitions waiting, applied to `services`; `None` if none.
+    pub fn take(&mut self, services: &Services) -> Option<Result<HealthUpdate, String>> {
+        let changes = self.monitor.take_transitions();
+        if changes.is_empty() {
+            return None;
+        }
+        let backends: Vec<_> = changes
+            .iter()
+            .filter_map(|t| {
+                self.states.insert(t.backend, t.state);
+                let b = services.backend(t.backend)?.spec;
+                Some((t.backend, Backend { up: t.state.up, weight: u32::from(t.state.weight), ..b }))
+            })
+            .collect();
+        let update = services.with_backends(&backends).map_err(|e| format!("health: cannot apply {} transitions: {e}", changes.len()));
+        Some(update.map(|services| HealthUpdate { services, changes }))
+    }
+}
+
+/// Replies to a full-NAT source address go to the data path: checks sent
+/// from one would never see theirs. Says so for every check address the
+/// kernel would send from one.
+fn warn_snat_sources(config: &cfg::Config, pools: &[Pool]) {
+    let snat: Vec<IpAddr> = config.vips.iter().filter_map(|v| if let cfg::Mode::FullNat { snat } = v.mode { Some(snat) } else { None }).collect();
+    let mut targets: Vec<IpAddr> = pools.iter().flat_map(|p| p.members.iter().map(|m| m.check.address)).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    for to in targets {
+        if let Ok(src) = route_source(to)
+            && snat.contains(&src)
+        {
+            tracing::error!("health: checks of {to} would leave from {src}, a full-NAT source address, and their answers go to the data path: make the kernel prefer another source (e.g. IPv6: add {src} with preferred_lft 0)");
+        }
+    }
+}
+
+/// One line per transition; names from `s`.
+pub fn log(changes: &[Transition], s: &Services) {
+    for t in changes {
+        let vip = s.vip(t.vip).map_or_else(|| format!("#{}", t.vip), |v| vip_name(ip_from16(&v.addr), v.spec.proto, v.spec.port));
+        let backend = s.backend(t.backend).map_or_else(|| format!("#{}", t.backend), |b| backend_name(b.spec.addr, b.spec.port));
+        match (t.was.up, t.state.up, t.failure) {
+            (true, false, Some(f)) => tracing::warn!("health: vip {vip} backend {backend} is down after {} failed checks ({f})", t.streak),
+            (true, false, None) => tracing::warn!("health: vip {vip} backend {backend} is down"),
+            (false, true, _) => tracing::info!("health: vip {vip} backend {backend} is up after {} passed checks, weight {}", t.streak, t.state.weight),
+            _ => tracing::info!("health: vip {vip} backend {backend} weight {} -> {}", t.was.weight, t.state.weight),
+        }
+    }
+}

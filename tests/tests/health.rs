@@ -392,3 +392,25 @@ fn health_states_survive_a_reload_and_show_in_stats_and_metrics() {
     assert!(answers(&lab, v4, 60).iter().any(|b| b == "backend3"));
     daemon::stop(d).expect("daemon stop");
 }
+
+/// A health-policy plugin decides instead of the configured rise and fall:
+/// latency-health (scripts/build-plugins.sh) takes a backend down after
+/// its own 3 failed checks where the configuration says 1.
+#[test]
+fn a_health_policy_plugin_decides() {
+    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/latency-health.wasm");
+    assert!(plugin.is_file(), "build the plugins first: scripts/build-plugins.sh");
+    let table = format!(
+        "\n[vip.health]\nkind = \"tcp-connect\"\ninterval = \"{INTERVAL_MS}ms\"\ntimeout = \"{TIMEOUT_MS}ms\"\nrise = 1\nfall = 1\npolicy = \"{}\"\n",
+        plugin.display()
+    );
+    let (mut lab, d, _config) = full_nat(None, |_| table.clone());
+    lab.stop_server(2);
+    let v4 = IpAddr::V4(VIP4);
+    let (_, line) = wait_health(&d, &lab, v4, 2, "down", 1, DETECT + SLACK);
+    assert!(line.contains("after 3 failed checks"), "{line}");
+    lab.start_server(2).expect("restart backend3");
+    let (_, line) = wait_health(&d, &lab, v4, 2, "up", 1, REJOIN + SLACK);
+    assert!(line.contains("after 2 passed checks"), "{line}");
+    daemon::stop(d).expect("daemon stop");
+}

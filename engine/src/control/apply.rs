@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use fulcrum_config as cfg;
 
 use crate::flow::key::{PROTO_TCP, PROTO_UDP};
 use crate::forward::tunnel::Encap;
-use crate::health::{self, RiseFall};
 use crate::io::xdp::ReturnTraffic;
 use crate::packet::IfIndex;
 use crate::services::{Backend, BackendId, Interface, Mode, Services, VipId, VipSpec};
@@ -132,26 +132,27 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
     Ok((services, returns))
 }
 
-/// The health checks of `config`'s VIPs, per VIP in pool order, for the
-/// backends of `services` (built by `build` with the same `ids`).
-pub fn health_pools(config: &cfg::Config, ids: &Ids, services: &Services) -> Vec<health::Pool> {
-    let mut pools = Vec::new();
-    for v in config.vips.iter().filter(|v| v.health.is_some()) {
-        let vkey = (v.address, v.protocol, v.port);
-        let Some(&vip) = ids.vips.get(&vkey) else { continue };
-        if v.health.as_ref().is_some_and(|h| h.plugin.is_some()) {
-            tracing::warn!("vip {}: health-policy plugins need the plugin host, not built in: using the native rise/fall policy", v.name());
-        }
-        let members = v
-            .backends
-            .iter()
-            .filter_map(|b| {
-                let backend = *ids.backends.get(&(vkey, b.address, b.port))?;
-                let ident = services.backend(backend)?.ident;
-                Some(health::Member { backend, ident, weight: b.weight, up: true, check: b.check.clone()? })
-            })
-            .collect();
-        pools.push(health::Pool { vip, policy: Box::new(RiseFall), members });
-    }
-    pools
+/// One VIP's health checks as configured: its policy plugin and, in pool
+/// order, its backends with their configured weights and checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedVip {
+    pub vip: VipId,
+    /// The VIP's name, for messages.
+    pub name: String,
+    pub plugin: Option<PathBuf>,
+    pub members: Vec<(BackendId, u16, cfg::HealthCheck)>,
+}
+
+/// The health checks of `config`'s VIPs, with the ids `build` gave them.
+pub fn health_checks(config: &cfg::Config, ids: &Ids) -> Vec<CheckedVip> {
+    config
+        .vips
+        .iter()
+        .filter_map(|v| {
+            let vkey = (v.address, v.protocol, v.port);
+            let vip = *ids.vips.get(&vkey)?;
+            let members = v.backends.iter().filter_map(|b| Some((*ids.backends.get(&(vkey, b.address, b.port))?, b.weight, b.check.clone()?))).collect();
+            Some(CheckedVip { vip, name: v.name(), plugin: v.health.as_ref()?.plugin.clone(), members })
+        })
+        .collect()
 }

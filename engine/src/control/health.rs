@@ -14,18 +14,17 @@ use std::sync::Arc;
 
 use fulcrum_config as cfg;
 
-use super::apply::{self, Ids};
+use super::apply::{self, CheckedVip, Ids};
 use crate::flow::key::ip_from16;
-use crate::health::{HealthMonitor, HealthState, HealthStats, Pool, Transition, route_source};
-use crate::services::{Backend, BackendId, Services, VipId, backend_name, vip_name};
-
-/// What a monitor checks: per VIP, its checked backends with their
-/// configured weights.
-type Checks = Vec<(VipId, Vec<(BackendId, u16, cfg::HealthCheck)>)>;
+use crate::health::{HealthMonitor, HealthState, HealthStats, Member, Policy, Pool, RiseFall, Transition, route_source};
+use crate::sched::BackendState;
+use crate::sched::wasm::{HealthPolicy, HostConfig, PluginRuntime, PluginSlot};
+use crate::services::{Backend, BackendId, Services, backend_name, vip_name};
 
 pub struct HealthControl {
     monitor: HealthMonitor,
-    checks: Checks,
+    /// What the monitor checks.
+    checks: Vec<CheckedVip>,
     /// Every checked backend's state, as last applied.
     states: HashMap<BackendId, HealthState>,
 }
@@ -52,12 +51,11 @@ impl HealthControl {
     /// are in force. A monitor is started only if the checks changed; an
     /// error leaves everything as it was.
     pub fn configure(current: Option<&HealthControl>, config: &cfg::Config, ids: &Ids, services: Services) -> Result<(Services, Next), String> {
-        let mut pools = apply::health_pools(config, ids, &services);
-        let checks: Checks = pools.iter().map(|p| (p.vip, p.members.iter().map(|m| (m.backend, m.weight, m.check.clone())).collect())).collect();
+        let checks = apply::health_checks(config, ids);
         // A backend keeps its up or down across a reload; its weight is
-        // the configured one (the native policy's).
+        // the configured one.
         let was_up = |id| current.and_then(|h| h.states.get(&id)).is_none_or(|s| s.up);
-        let states: HashMap<BackendId, HealthState> = pools.iter().flat_map(|p| &p.members).map(|m| (m.backend, HealthState { up: was_up(m.backend), weight: m.weight })).collect();
+        let states: HashMap<BackendId, HealthState> = checks.iter().flat_map(|c| &c.members).map(|&(id, weight, _)| (id, HealthState { up: was_up(id), weight })).collect();
         let changed: Vec<(BackendId, Backend)> = states
             .iter()
             .filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec })))
@@ -67,9 +65,7 @@ impl HealthControl {
             _ if states.is_empty() => Next::Off,
             Some(h) if h.checks == checks => Next::Keep(states),
             _ => {
-                for m in pools.iter_mut().flat_map(|p| &mut p.members) {
-                    m.up = states[&m.backend].up;
-                }
+                let pools = pools(&checks, &states, &services)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
                 Next::Start(HealthControl { monitor: HealthMonitor::start(pools)?, checks, states })
@@ -117,6 +113,38 @@ impl HealthControl {
         let update = services.with_backends(&backends).map_err(|e| format!("health: cannot apply {} transitions: {e}", changes.len()));
         Some(update.map(|services| HealthUpdate { services, changes }))
     }
+}
+
+/// The monitor's pools: each VIP's members as scheduler rows see them, in
+/// the state they start in, and its policy: the native one, or its
+/// health-policy plugin (loaded and smoke-tested here).
+fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services) -> Result<Vec<Pool>, String> {
+    let mut runtime: Option<Arc<PluginRuntime>> = None;
+    checks
+        .iter()
+        .map(|c| {
+            let members: Vec<Member> = c
+                .members
+                .iter()
+                .filter_map(|(id, weight, check)| Some(Member { backend: *id, ident: services.backend(*id)?.ident, weight: *weight, up: states[id].up, check: check.clone() }))
+                .collect();
+            let policy: Box<dyn Policy> = match &c.plugin {
+                None => Box::new(RiseFall),
+                Some(path) => {
+                    let rt = match &runtime {
+                        Some(rt) => Arc::clone(rt),
+                        None => Arc::clone(runtime.insert(PluginRuntime::new(HostConfig::default()).map_err(|e| format!("health-policy plugins: {e}"))?)),
+                    };
+                    let rows: Vec<BackendState> = members.iter().map(|m| BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() }).collect();
+                    let plugin = rt.load_file(path, &rows).map_err(|e| format!("vip {}: health policy {}: {e}", c.name, path.display()))?;
+                    let slot = PluginSlot::new(format!("vip {} health policy", c.name));
+                    slot.publish(plugin);
+                    Box::new(HealthPolicy::new(&slot))
+                }
+            };
+            Ok(Pool { vip: c.vip, policy, members })
+        })
+        .collect()
 }
 
 /// Replies to a full-NAT source address go to the data path: checks sent

@@ -30,7 +30,7 @@ use std::fmt;
 use std::io;
 
 pub use monitor::{CheckStats, HealthMonitor, HealthStats, Member, Pool, Transition};
-pub use policy::{BackendHealth, CheckResult, HealthState, Observation, Policy, RiseFall};
+pub use policy::{BackendHealth, CheckResult, HealthState, Observation, Policy, RiseFall, rise_fall};
 pub use sock::route_source;
 
 /// Why a check failed.

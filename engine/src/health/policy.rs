@@ -3,8 +3,9 @@
 //! The monitor keeps each backend's streaks and calls its VIP's [`Policy`]
 //! once per completed check; what the policy answers is applied when it
 //! differs from the current state. The built-in [`RiseFall`] is the
-//! classic rule; a health-policy plugin (`lb_health` of the plugin ABI,
-//! whose inputs these are) replaces it per VIP.
+//! classic rule; a VIP's health-policy plugin (`policy = "x.wasm"`) is
+//! `sched::wasm::HealthPolicy`, which calls the plugin's `lb_health` with
+//! these inputs and falls back to the rule.
 
 use crate::sched::BackendState;
 

@@ -52,19 +52,24 @@ impl HealthControl {
     /// error leaves everything as it was.
     pub fn configure(current: Option<&HealthControl>, config: &cfg::Config, ids: &Ids, services: Services) -> Result<(Services, Next), String> {
         let checks = apply::health_checks(config, ids);
-        // A backend keeps its up or down across a reload; its weight is
-        // the configured one.
-        let was_up = |id| current.and_then(|h| h.states.get(&id)).is_none_or(|s| s.up);
-        let states: HashMap<BackendId, HealthState> = checks.iter().flat_map(|c| &c.members).map(|&(id, weight, _)| (id, HealthState { up: was_up(id), weight })).collect();
+        let keep = current.filter(|h| h.checks == checks);
+        // Unchanged checks keep their states as applied (a policy plugin
+        // may have changed a weight); new ones start from the configured
+        // weight, and up unless the backend was down.
+        let state = |id, weight| match (keep, current.and_then(|h| h.states.get(&id))) {
+            (Some(_), Some(s)) => *s,
+            (_, was) => HealthState { up: was.is_none_or(|s| s.up), weight },
+        };
+        let states: HashMap<BackendId, HealthState> = checks.iter().flat_map(|c| &c.members).map(|&(id, weight, _)| (id, state(id, weight))).collect();
         let changed: Vec<(BackendId, Backend)> = states
             .iter()
             .filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec })))
             .collect();
         let services = services.with_backends(&changed).map_err(|e| e.to_string())?;
-        let next = match current {
+        let next = match keep {
             _ if states.is_empty() => Next::Off,
-            Some(h) if h.checks == checks => Next::Keep(states),
-            _ => {
+            Some(_) => Next::Keep(states),
+            None => {
                 let pools = pools(&checks, &states, &services)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());

@@ -97,9 +97,9 @@ pub struct CheckStats {
 pub struct HealthStats {
     /// By backend id; `None` for backends without a check.
     backends: Box<[Option<CheckStats>]>,
-    pub started: Counter,
     /// Checks that started more than 10 ms after their time.
     pub late: Counter,
+    /// The most any check started after its time.
     pub lag_max_us: AtomicU64,
 }
 
@@ -303,7 +303,6 @@ impl Runner {
         }
         let stats = Arc::new(HealthStats {
             backends: backends.into(),
-            started: Counter::default(),
             late: Counter::default(),
             lag_max_us: AtomicU64::new(0),
         });
@@ -362,7 +361,6 @@ impl Runner {
         }
         let s = &mut self.slots[slot];
         let lag = now.saturating_duration_since(s.due);
-        self.stats.started.inc();
         if lag > LATE {
             self.stats.late.inc();
         }

@@ -102,6 +102,10 @@ pub struct StatsReport {
     pub passed: u64,
     /// Plugin scheduler picks that failed (the flow fell back to Maglev).
     pub scheduler_faults: u64,
+    /// Health checks that started more than 10 ms after their time: the
+    /// health thread falling behind.
+    #[serde(default)]
+    pub health_checks_late: u64,
     pub workers: Vec<WorkerReport>,
 }
 

@@ -126,6 +126,8 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     }
     Family::new(&mut out, "fulcrum_passed_total", "counter", "Frames handed to the kernel (not balanced traffic).").sample("fulcrum_passed_total", "", s.passed);
     Family::new(&mut out, "fulcrum_scheduler_faults_total", "counter", "Plugin scheduler picks that failed; those flows went to Maglev.").sample("fulcrum_scheduler_faults_total", "", s.scheduler_faults);
+    let name = "fulcrum_health_checks_late_total";
+    Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(name, "", s.health_checks_late);
 
     type Get = fn(&super::api::WorkerReport) -> u64;
     let per_worker: [(&str, &str, &str, Get); 10] = [

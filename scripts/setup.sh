@@ -7,6 +7,7 @@ packages=(
     clang llvm libbpf-dev                                      # engine/bpf/*.c (bpf_helpers.h)
     libelf-dev m4 libpcap-dev pkg-config zlib1g-dev make       # libxdp/libbpf builds under xsk-rs
     iproute2 ethtool iputils-ping                              # the namespace lab
+    nftables                                                   # half-open health checks (engine/src/health/rst_guard.rs)
     valgrind                                                   # instruction counts in perf/
 )
 missing=()

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use crate::flow::key::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
+use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
 use crate::flow::FlowKey;
-use crate::forward::{icmp, rewrite, tunnel};
+use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::forward::rewrite::End;
 use crate::packet::{DropReason, IfIndex, Packet, Verdict};
 use crate::sched::{BackendState, Scheduler};
@@ -45,6 +46,9 @@ pub struct EngineConfig {
     pub snat_ports: (u16, u16),
     pub max_vips: usize,
     pub max_backends: usize,
+    /// Clients the sticky table of session persistence holds (one table
+    /// shared by all workers, see `flow::sticky`).
+    pub sticky_clients: usize,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             snat_ports: (1024, 65535),
             max_vips: 1024,
             max_backends: 16384,
+            sticky_clients: 1 << 16,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct Engine {
 struct Flows {
     cfg: EngineConfig,
     table: ConnTable<FlowValue>,
+    sticky: Arc<StickyTable>,
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
@@ -101,7 +107,14 @@ struct Flows {
 }
 
 impl Engine {
+    /// An engine with a sticky table of its own (one worker).
     pub fn new(cfg: EngineConfig, services: Arc<Services>) -> Result<Engine, String> {
+        Self::with_sticky(cfg, services, Arc::new(StickyTable::new(cfg.sticky_clients)))
+    }
+
+    /// An engine sharing `sticky` with the other workers, which must use
+    /// one clock (`now_ms` of `process`) for it.
+    pub fn with_sticky(cfg: EngineConfig, services: Arc<Services>, sticky: Arc<StickyTable>) -> Result<Engine, String> {
         if cfg.workers == 0 || cfg.worker >= cfg.workers {
             return Err(format!("worker {} of {}: no such worker", cfg.worker, cfg.workers));
         }
@@ -113,6 +126,7 @@ impl Engine {
         let span = span as u16;
         let flows = Flows {
             table: ConnTable::new(cfg.table_capacity, cfg.timeouts).with_promotion_interval(PROMOTION_INTERVAL_MS),
+            sticky,
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
             load: vec![Load::default(); cfg.max_backends],
@@ -289,15 +303,31 @@ impl Flows {
     fn established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip, backend): (VipId, BackendId)) -> Option<Verdict> {
         let v = s.vip(vip)?;
         let b = s.backend(backend).filter(|_| v.has_backend(backend))?;
+        if !b.spec.up && v.spec.reset_on_down && p.key.proto == PROTO_TCP {
+            return Some(self.reset(s, pkt, p, slot, (vip, backend)));
+        }
         self.advance_state(slot, p.tcp_flags, true);
         Some(self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id: vip, vip: v, backend_id: backend, b }))
+    }
+
+    /// A client packet of a flow whose backend is down, on a VIP that
+    /// resets them: the flow goes and the client gets a RST instead.
+    fn reset(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, slot: Slot, (vip, backend): (VipId, BackendId)) -> Verdict {
+        self.table.remove(slot);
+        self.stats.vips[usize::from(vip)].resets.inc();
+        self.stats.backends[usize::from(backend)].resets.inc();
+        if p.tcp_flags & tcp::RST != 0 {
+            return self.vip_drop(vip, DropReason::BackendDown);
+        }
+        reset::tcp_reset(pkt, p, s.interfaces[usize::from(pkt.ingress)].mac);
+        Verdict::Tx(pkt.ingress)
     }
 
     fn new_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId) -> Verdict {
         let Some(vip) = s.vip(vip_id) else { return Verdict::Pass };
         let syn = p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
         let mid_stream = p.key.proto == PROTO_TCP && !syn;
-        let Some(idx) = self.pick(s, vip_id, vip, &p.key, hash, mid_stream) else {
+        let Some(idx) = self.pick(s, now, vip_id, vip, &p.key, hash, mid_stream) else {
             self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
             return Verdict::Drop(DropReason::NoBackend);
         };
@@ -318,10 +348,46 @@ impl Flows {
         self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b })
     }
 
-    /// The backend index for a new flow. A TCP packet that does not open a
-    /// connection belongs to a flow another node (or a lost entry) started:
-    /// only Maglev gives the answer every node agrees on.
-    fn pick(&mut self, s: &Services, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
+    /// The backend index for a new flow.
+    ///
+    /// With source-IP persistence, a client's backend is the one it used
+    /// last, while that one is up (draining or not: a draining backend
+    /// finishes its sessions, as in HAProxy and IPVS) and the client was
+    /// not idle for longer than the timeout. Otherwise the flow is
+    /// scheduled with the client address's hash in place of the flow's,
+    /// so Maglev's first choice is the same on every worker and node, and
+    /// the choice is recorded: a client moved off a failed backend stays
+    /// where it moved, also after that one comes back, until idle for the
+    /// timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn pick(&mut self, s: &Services, now: u32, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
+        let Some(timeout) = vip.spec.persistence_ms else {
+            return self.schedule(s, vip_id, vip, key, hash, mid_stream);
+        };
+        let src_hash = key.src_hash64();
+        let client = Client::new(vip_id, src_hash);
+        let last = self.sticky.lookup(client, now, timeout);
+        if let Some(id) = last
+            && let Some(i) = vip.index_of(id)
+            && s.backend(id).is_some_and(|b| b.spec.up)
+        {
+            return Some(i);
+        }
+        let i = self.schedule(s, vip_id, vip, key, src_hash, mid_stream)?;
+        if let Some(id) = last {
+            self.stats.vips[usize::from(vip_id)].moved_clients.inc();
+            if let Some(b) = self.stats.backends.get(usize::from(id)) {
+                b.moved_clients.inc();
+            }
+        }
+        self.sticky.record(client, vip.spec.backends[i], now);
+        Some(i)
+    }
+
+    /// The VIP's scheduler, falling back to Maglev. A TCP packet that does
+    /// not open a connection belongs to a flow another node (or a lost
+    /// entry) started: only Maglev gives the answer every node agrees on.
+    fn schedule(&mut self, s: &Services, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
         if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
             self.pool.clear();
             for &id in &vip.spec.backends {
@@ -329,7 +395,7 @@ impl Flows {
                 self.pool.push(BackendState {
                     id: b.map_or(0, |b| b.ident),
                     weight: b.map_or(0, |b| b.spec.weight),
-                    up: b.is_some(),
+                    up: b.is_some_and(|b| b.spec.up),
                     active: load.active,
                     pending: load.pending,
                     ..BackendState::default()

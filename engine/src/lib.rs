@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod engine;
 pub mod flow;
 pub mod forward;
+pub mod health;
 pub mod io;
 pub mod packet;
 pub mod sched;

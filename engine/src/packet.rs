@@ -84,4 +84,5 @@ drop_reasons! {
     IcmpNoFlow => "icmp_no_flow": "An ICMP error to a VIP quotes no known flow.",
     NoRoom => "no_room": "The buffer lacks head- or tailroom for the rewrite.",
     UnknownInterface => "unknown_interface": "The frame came in on an interface the services do not have.",
+    BackendDown => "backend_down": "A client's RST for a flow reset because its backend is down: nothing to answer.",
 }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 
@@ -48,6 +49,10 @@ pub struct Backend {
     pub port: u16,
     /// 0 drains: no new flows, established ones continue.
     pub weight: u32,
+    /// Health: a backend that is down takes no new flows; its weight is
+    /// kept, so it rejoins with it. What happens to its established flows
+    /// is the VIP's `reset_on_down`.
+    pub up: bool,
     /// The L2 next hop towards the backend (itself when on-link).
     pub next_hop: Mac,
     pub iface: IfIndex,
@@ -61,6 +66,12 @@ pub struct VipSpec {
     pub port: u16,
     pub mode: Mode,
     pub backends: Vec<BackendId>,
+    /// Source-IP persistence: how long (ms) an idle client keeps its
+    /// backend; `None`: every new flow is scheduled on its own.
+    pub persistence_ms: Option<u32>,
+    /// The established TCP flows of a backend that is down are answered
+    /// with a RST at the client's next packet (else they stay on it).
+    pub reset_on_down: bool,
 }
 
 /// A VIP ready for the packet path: addresses pre-converted, the Maglev
@@ -69,16 +80,29 @@ pub struct Vip {
     pub spec: VipSpec,
     pub addr: [u8; 16],
     pub snat: Option<[u8; 16]>,
-    pub maglev: Maglev,
-    /// `spec.backends` sorted, for the per-packet membership check.
-    members: Box<[BackendId]>,
+    /// Over the usable backends. Shared with the snapshot this one was
+    /// derived from when the pool's idents and effective weights are equal
+    /// (health changes of other VIPs rebuild nothing here).
+    pub maglev: Arc<Maglev>,
+    /// What `maglev` was built from, to tell whether it can be reused.
+    maglev_inputs: Box<[(u64, u32)]>,
+    /// (backend id, index in `spec.backends`), sorted by id: the
+    /// per-packet membership check and the sticky backend's index.
+    members: Box<[(BackendId, u16)]>,
 }
 
 impl Vip {
     /// Whether an established flow's backend still serves this VIP.
     #[inline]
     pub fn has_backend(&self, id: BackendId) -> bool {
-        self.members.binary_search(&id).is_ok()
+        self.index_of(id).is_some()
+    }
+
+    /// Where `id` is in `spec.backends`.
+    #[inline]
+    pub fn index_of(&self, id: BackendId) -> Option<usize> {
+        let i = self.members.binary_search_by_key(&id, |&(b, _)| b).ok()?;
+        Some(usize::from(self.members[i].1))
     }
 }
 
@@ -162,6 +186,31 @@ impl Services {
     /// Validates and builds. Ids are the positions the control plane
     /// assigned; `None` marks an id no longer (or not yet) in use.
     pub fn new(interfaces: Vec<Interface>, vips: Vec<Option<VipSpec>>, backends: Vec<Option<Backend>>) -> Result<Services, ServiceError> {
+        Self::build(interfaces, vips, backends, None)
+    }
+
+    /// `new`, reusing this snapshot's Maglev table for every VIP (same id)
+    /// whose usable backends and weights did not change: a table costs
+    /// milliseconds to build, and a health change touches one pool.
+    pub fn rebuild(&self, interfaces: Vec<Interface>, vips: Vec<Option<VipSpec>>, backends: Vec<Option<Backend>>) -> Result<Services, ServiceError> {
+        Self::build(interfaces, vips, backends, Some(self))
+    }
+
+    /// This snapshot with some backends replaced (same ids), e.g. with
+    /// their health applied.
+    pub fn with_backends(&self, changed: &[(BackendId, Backend)]) -> Result<Services, ServiceError> {
+        let vips = self.vips.iter().map(|v| v.as_ref().map(|v| v.spec.clone())).collect();
+        let mut backends: Vec<Option<Backend>> = self.backends.iter().map(|b| b.map(|b| b.spec)).collect();
+        for &(id, b) in changed {
+            match backends.get_mut(usize::from(id)) {
+                Some(slot @ Some(_)) => *slot = Some(b),
+                _ => return Err(ServiceError(format!("backend id {id} is not defined"))),
+            }
+        }
+        self.rebuild(self.interfaces.clone(), vips, backends)
+    }
+
+    fn build(interfaces: Vec<Interface>, vips: Vec<Option<VipSpec>>, backends: Vec<Option<Backend>>, previous: Option<&Services>) -> Result<Services, ServiceError> {
         let err = |msg: String| Err(ServiceError(msg));
         if vips.len() > usize::from(VipId::MAX) || backends.len() > usize::from(BackendId::MAX) {
             return err(format!("too many VIPs ({}) or backends ({}): at most {} each", vips.len(), backends.len(), u16::MAX));
@@ -190,13 +239,14 @@ impl Services {
                 out.vips.push(None);
                 continue;
             };
-            let vip = out.build_vip(spec)?;
+            let id = out.vips.len() as VipId;
+            let vip = out.build_vip(spec, previous.and_then(|p| p.vip(id)))?;
             out.vips.push(Some(vip));
         }
         Ok(out)
     }
 
-    fn build_vip(&mut self, spec: VipSpec) -> Result<Vip, ServiceError> {
+    fn build_vip(&mut self, spec: VipSpec, previous: Option<&Vip>) -> Result<Vip, ServiceError> {
         let name = vip_name(spec.addr, spec.proto, spec.port);
         let err = |msg: String| Err(ServiceError(format!("vip {name}: {msg}")));
         if !matches!(spec.proto, PROTO_TCP | PROTO_UDP) {
@@ -240,13 +290,21 @@ impl Services {
                     self.return_ends.insert(VipKey { addr: addr16(s), proto: spec.proto, port: 0 });
                 }
             }
-            inputs.push(MaglevInput { ident: b.ident, weight: b.spec.weight });
+            // A backend that is down keeps its weight but no entries.
+            inputs.push((b.ident, if b.spec.up { b.spec.weight } else { 0 }));
         }
-        let maglev = Maglev::build(&inputs).map_err(|e| ServiceError(format!("vip {name}: {e}")))?;
+        let maglev_inputs: Box<[(u64, u32)]> = inputs.into();
+        let maglev = match previous {
+            Some(p) if p.maglev_inputs == maglev_inputs => Arc::clone(&p.maglev),
+            _ => {
+                let inputs: Vec<MaglevInput> = maglev_inputs.iter().map(|&(ident, weight)| MaglevInput { ident, weight }).collect();
+                Arc::new(Maglev::build(&inputs).map_err(|e| ServiceError(format!("vip {name}: {e}")))?)
+            }
+        };
         self.vip_addrs.entry(key.addr).or_insert(id);
-        let mut members: Box<[BackendId]> = spec.backends.clone().into();
+        let mut members: Box<[(BackendId, u16)]> = spec.backends.iter().enumerate().map(|(i, &b)| (b, i as u16)).collect();
         members.sort_unstable();
-        Ok(Vip { addr: key.addr, snat, maglev, spec, members })
+        Ok(Vip { addr: key.addr, snat, maglev, maglev_inputs, spec, members })
     }
 
     /// The VIP a client packet is for: an exact port first, then all ports.

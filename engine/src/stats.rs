@@ -48,6 +48,12 @@ pub struct Traffic {
     pub packets: Counter,
     pub bytes: Counter,
     pub new_flows: Counter,
+    /// Established flows ended with a RST to the client because their
+    /// backend went down (VIP `on_down = "reset"`).
+    pub resets: Counter,
+    /// Sticky clients moved to another backend because theirs was down or
+    /// gone (session persistence); on a backend, the clients it lost.
+    pub moved_clients: Counter,
 }
 
 impl Traffic {

@@ -17,8 +17,8 @@ fn ip(s: &str) -> IpAddr {
 const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 1, 10];
 
 fn workers(mode: Mode, n: usize) -> Vec<Worker<MemoryIo>> {
-    let backend = Backend { addr: ip("198.18.1.10"), port: 8080, weight: 1, next_hop: BACKEND_MAC, iface: 0 };
-    let vip = VipSpec { addr: ip("198.18.0.100"), proto: 6, port: 80, mode, backends: vec![0] };
+    let backend = Backend { addr: ip("198.18.1.10"), port: 8080, weight: 1, up: true, next_hop: BACKEND_MAC, iface: 0 };
+    let vip = VipSpec { addr: ip("198.18.0.100"), proto: 6, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: false };
     let s = Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend)]).unwrap());
     let ios = (0..n).map(|_| MemoryIo::new(256, 64)).collect();
     let cfg = EngineConfig { table_capacity: 1024, ..EngineConfig::default() };

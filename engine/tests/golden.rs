@@ -59,8 +59,8 @@ fn engine(n: &Net, mode: Mode, backend_port: u16, inline: bool, mtu: u16) -> Eng
     if inline {
         ifaces.push(Interface { mac: SERVER_SIDE_MAC, mtu });
     }
-    let backend = Backend { addr: n.backend, port: backend_port, weight: 1, next_hop: BACKEND_MAC, iface: inline as u8 };
-    let vip = VipSpec { addr: n.vip, proto: 6, port: 80, mode, backends: vec![0] };
+    let backend = Backend { addr: n.backend, port: backend_port, weight: 1, up: true, next_hop: BACKEND_MAC, iface: inline as u8 };
+    let vip = VipSpec { addr: n.vip, proto: 6, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: false };
     let udp_vip = VipSpec { proto: 17, ..vip.clone() };
     let services = Services::new(ifaces, vec![Some(vip), Some(udp_vip)], vec![Some(backend)]).unwrap();
     let cfg = EngineConfig { table_capacity: 1024, ..EngineConfig::default() };
@@ -430,4 +430,70 @@ fn idle_flows_expire_by_state() {
     assert_eq!(e.table().len(), 1);
     run_at(&mut e, &other, 0, 31_000);
     assert_eq!(e.table().len(), 0);
+}
+
+/// A full-NAT VIP whose backend goes down after a flow started, with
+/// `on_down` reset (`reset`) or keep: the engine and the client's first SYN.
+fn backend_goes_down(n: &Net, reset: bool) -> Engine {
+    let backend = Backend { addr: n.backend, port: 8080, weight: 1, up: true, next_hop: BACKEND_MAC, iface: 0 };
+    let mode = Mode::Nat { snat: Some(n.snat) };
+    let vip = VipSpec { addr: n.vip, proto: 6, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: reset };
+    let up = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend)]).unwrap();
+    let down = up.with_backends(&[(0, Backend { up: false, ..backend })]).unwrap();
+    let mut e = Engine::new(EngineConfig { table_capacity: 1024, ..EngineConfig::default() }, Arc::new(up)).unwrap();
+    assert_eq!(run(&mut e, &syn(n).frame(), 0).0, Verdict::Tx(0));
+    e.set_services(Arc::new(down)).unwrap();
+    e
+}
+
+/// The RST the VIP answers with: from VIP:80 to the client, window 0.
+fn rst_from_vip(n: &Net, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut want = PacketBuilder::tcp(n.vip, 80, n.client, 40000, flags).macs(LB_MAC, CLIENT_MAC);
+    want.l4 = L4::Tcp { src_port: 80, dst_port: 40000, flags, seq, ack };
+    want.tcp_window = 0;
+    want.frame()
+}
+
+fn client_segment(n: &Net, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut seg = PacketBuilder::tcp(n.client, 40000, n.vip, 80, flags).payload(payload);
+    seg.l4 = L4::Tcp { src_port: 40000, dst_port: 80, flags, seq, ack };
+    seg.frame()
+}
+
+#[test]
+fn on_down_reset_answers_the_clients_next_packet_with_a_rst() {
+    for v6 in [false, true] {
+        let n = net(v6);
+        // A segment with ACK: SEQ = its ACK, the byte the client expects.
+        let mut e = backend_goes_down(&n, true);
+        let got = run(&mut e, &client_segment(&n, ACK, 1001, 5001, b"more data"), 0);
+        assert_frame(&got, Verdict::Tx(0), &rst_from_vip(&n, RST, 5001, 0));
+        // The flow is gone (both halves), and counted.
+        assert_eq!(e.table().len(), 0);
+        assert_eq!((e.stats().vips[0].resets.get(), e.stats().backends[0].resets.get()), (1, 1));
+
+        // Without ACK (a retransmitted SYN with 5 bytes): SEQ 0, ACK = its
+        // SEQ + 5 + 1 for the SYN.
+        let mut e = backend_goes_down(&n, true);
+        assert_frame(&run(&mut e, &syn(&n).frame(), 0), Verdict::Tx(0), &rst_from_vip(&n, RST | ACK, 0, 7));
+
+        // A RST from the client needs no answer; the flow goes all the same.
+        let mut e = backend_goes_down(&n, true);
+        let got = run(&mut e, &client_segment(&n, RST, 1001, 0, b""), 0);
+        assert_eq!(got.0, Verdict::Drop(DropReason::BackendDown));
+        assert_eq!(e.table().len(), 0);
+    }
+}
+
+#[test]
+fn on_down_keep_leaves_established_flows_on_their_backend() {
+    let n = net(false);
+    let mut e = backend_goes_down(&n, false);
+    let mut want = PacketBuilder::tcp(n.snat, 1024, n.backend, 8080, ACK).payload(b"more data").macs(LB_MAC, BACKEND_MAC).ttl(63);
+    want.l4 = L4::Tcp { src_port: 1024, dst_port: 8080, flags: ACK, seq: 1001, ack: 5001 };
+    assert_frame(&run(&mut e, &client_segment(&n, ACK, 1001, 5001, b"more data"), 0), Verdict::Tx(0), &want.frame());
+    // New flows have nowhere to go.
+    let mut other = syn(&n);
+    other.l4 = L4::Tcp { src_port: 40001, dst_port: 80, flags: SYN, seq: 1, ack: 0 };
+    assert_eq!(run(&mut e, &other.frame(), 0).0, Verdict::Drop(DropReason::NoBackend));
 }

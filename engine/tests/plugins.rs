@@ -16,9 +16,8 @@ use std::time::Duration;
 use one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 use fulcrum::flow::FlowKey;
 use fulcrum::sched::wasm::replay::{self, ReplayOptions};
-use fulcrum::sched::wasm::{
-    BackendHealth, CheckResult, HealthPolicy, HealthState, HostConfig, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler,
-};
+use fulcrum::health::{BackendHealth, CheckResult, HealthState, Observation, Policy};
+use fulcrum::sched::wasm::{HealthPolicy, HostConfig, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler};
 use fulcrum::sched::{BackendState, Scheduler};
 use fulcrum::wire::tcp::{ACK, RST, SYN};
 use fulcrum::{Backend, Engine, EngineConfig, Mode, Verdict};
@@ -525,34 +524,41 @@ fn hand_made_modules_that_break_the_abi_are_refused_with_the_reason() {
 #[test]
 fn the_health_policy_comes_from_the_plugin_or_native_rise_fall() {
     let pool = states(&[8, 8]);
-    let check = |policy: &mut HealthPolicy, b: &mut BackendHealth, ok, latency_us| policy.record(b, &pool, 0, CheckResult { ok, latency_us }, 8);
+    // As the health thread does: the streaks, then the policy's verdict,
+    // with the backend's thresholds (rise, fall).
+    let check = |policy: &mut HealthPolicy, b: &mut BackendHealth, ok, latency_us, (rise, fall)| {
+        let check = CheckResult { ok, latency_us };
+        b.count(check);
+        b.state = policy.decide(&Observation { index: 0, check, health: *b, configured_weight: 8, rise, fall }, &pool);
+        b.state
+    };
     let up8 = HealthState { up: true, weight: 8 };
 
     // latency-health: rise 2 / fall 3, and slow checks shrink the weight.
     let slot = published(load("latency-health", &pool));
-    let mut policy = HealthPolicy::with_plugin(&slot, 9, 9);
+    let mut policy = HealthPolicy::new(&slot);
     let mut b = BackendHealth::new(up8);
-    assert_eq!(check(&mut policy, &mut b, true, 60_000), HealthState { up: true, weight: 4 });
-    assert_eq!(check(&mut policy, &mut b, true, 1_000), up8);
-    assert_eq!((0..3).map(|_| check(&mut policy, &mut b, false, 1_000).up).collect::<Vec<_>>(), [true, true, false]);
+    assert_eq!(check(&mut policy, &mut b, true, 60_000, (9, 9)), HealthState { up: true, weight: 4 });
+    assert_eq!(check(&mut policy, &mut b, true, 1_000, (9, 9)), up8);
+    assert_eq!((0..3).map(|_| check(&mut policy, &mut b, false, 1_000, (9, 9)).up).collect::<Vec<_>>(), [true, true, false]);
 
     // Without lb_health in the module, the native rule (rise 1, fall 1 here).
     let slot = published(load("round-robin", &pool));
-    let mut policy = HealthPolicy::with_plugin(&slot, 1, 1);
+    let mut policy = HealthPolicy::new(&slot);
     let mut b = BackendHealth::new(up8);
-    assert!(!check(&mut policy, &mut b, false, 1_000).up);
-    assert!(check(&mut policy, &mut b, true, 1_000).up);
+    assert!(!check(&mut policy, &mut b, false, 1_000, (1, 1)).up);
+    assert!(check(&mut policy, &mut b, true, 1_000, (1, 1)).up);
 
     // A verdict with reserved bits set is a fault: the state stays, and
     // after K of them the native rule takes over.
     let bad = hand_plugin(vec![func("lb_health", 7, 1, i32_const(1 << 17))], HEADER);
     let slot = published(runtime().load("bad-health", &bad, &pool).unwrap());
-    let mut policy = HealthPolicy::with_plugin(&slot, 1, 1);
+    let mut policy = HealthPolicy::new(&slot);
     let mut b = BackendHealth::new(up8);
-    assert_eq!((0..3).map(|_| check(&mut policy, &mut b, false, 1).up).collect::<Vec<_>>(), [true, true, true]);
+    assert_eq!((0..3).map(|_| check(&mut policy, &mut b, false, 1, (1, 1)).up).collect::<Vec<_>>(), [true, true, true]);
     assert!(slot.stats().quarantined);
     assert_eq!(slot.stats().faults, 3);
-    assert!(!check(&mut policy, &mut b, false, 1).up);
+    assert!(!check(&mut policy, &mut b, false, 1, (1, 1)).up);
 }
 
 // ---- hot swap ----

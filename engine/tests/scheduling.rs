@@ -38,7 +38,7 @@ fn a_removed_backend_s_flows_are_rescheduled() {
     assert!(!on.is_empty());
     // Backend 2 (id 1) leaves the pool; ids of the others are kept.
     let ids = vec![Some(pool[0]), None, Some(pool[2])];
-    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0, 2] };
+    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0, 2], persistence_ms: None, reset_on_down: false };
     let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], ids).unwrap();
     e.set_services(Arc::new(s)).unwrap();
     for p in on {
@@ -62,6 +62,45 @@ fn weight_zero_drains() {
     let again: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect();
     assert_eq!(first, again);
     assert!(e.stats().backends[1].packets.get() > drained_pkts);
+}
+
+#[test]
+fn a_down_backend_takes_no_new_flows_and_rejoins_with_its_weight() {
+    let pool = [backend(1, 1), backend(2, 3), backend(3, 1)];
+    let up = services(Mode::Dsr, &pool);
+    let mut e = engine(EngineConfig::default(), Arc::clone(&up));
+    let first: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    let down = Arc::new(up.with_backends(&[(1, Backend { up: false, ..pool[1] })]).unwrap());
+    e.set_services(Arc::clone(&down)).unwrap();
+    assert!((0..300).all(|p| backend_of(&mut e, 30_000 + p, SYN) != 2));
+    // Schedulers are told, and their picks of it fall back to Maglev.
+    e.set_scheduler(0, Some(Box::new(Cycle { next: 1, n: 3, bogus: false })));
+    assert_ne!(backend_of(&mut e, 40_000, SYN), 2);
+    assert_eq!(e.stats().scheduler_faults.get(), 1);
+    e.set_scheduler(0, None);
+    // Established flows stay (`on_down = "keep"`).
+    assert_eq!(first, (0..300).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect::<Vec<_>>());
+    // Back up, it has its weight again: 3/5 of the new flows.
+    e.set_services(Arc::new(down.with_backends(&[(1, pool[1])]).unwrap())).unwrap();
+    let heavy = (0..500).filter(|&p| backend_of(&mut e, 50_000 + p, SYN) == 2).count();
+    assert!((250..350).contains(&heavy), "weight 3 of 5 got {heavy}/500");
+}
+
+#[test]
+fn a_health_change_rebuilds_only_the_tables_it_touches() {
+    let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
+    let pool: Vec<Backend> = (1..=4).map(|i| backend(i, 1)).collect();
+    let vip = |port, ids: Vec<u16>| Some(VipSpec { addr: ip(VIP), proto: 6, port, mode: Mode::Dsr, backends: ids, persistence_ms: None, reset_on_down: false });
+    let s = Services::new(iface, vec![vip(80, vec![0, 1]), vip(81, vec![2, 3])], pool.iter().copied().map(Some).collect()).unwrap();
+    let t = s.with_backends(&[(3, Backend { up: false, ..pool[3] })]).unwrap();
+    let table = |s: &Services, v| Arc::clone(&s.vip(v).unwrap().maglev);
+    assert!(Arc::ptr_eq(&table(&s, 0), &table(&t, 0)));
+    assert!(!Arc::ptr_eq(&table(&s, 1), &table(&t, 1)));
+    assert!(t.vip(1).unwrap().maglev.table().iter().all(|&i| i == 0));
+    // A weight change of a backend that is down changes no table either.
+    let u = t.with_backends(&[(3, Backend { up: false, weight: 9, ..pool[3] })]).unwrap();
+    assert!(Arc::ptr_eq(&table(&t, 1), &table(&u, 1)));
+    assert!(s.with_backends(&[(9, pool[0])]).is_err());
 }
 
 /// Hands out backends in order; optionally answers out of range.
@@ -151,7 +190,7 @@ fn a_vip_without_usable_backends_drops_new_flows() {
 fn invalid_services_are_refused_with_the_reason() {
     let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
     let v6_backend = Backend { addr: ip("2001:db8::1"), ..backend(1, 1) };
-    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0] };
+    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0], persistence_ms: None, reset_on_down: false };
     let err = Services::new(iface.clone(), vec![Some(vip.clone())], vec![Some(v6_backend)]).unwrap_err();
     assert_eq!(err.to_string(), "vip 198.18.0.100:80/tcp: backend 0 (2001:db8::1): not of the VIP's family");
     let moved = Backend { port: 8080, ..backend(1, 1) };
@@ -167,7 +206,7 @@ fn invalid_services_are_refused_with_the_reason() {
 #[test]
 fn udp_flows_are_balanced_and_sticky() {
     let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
-    let vip = VipSpec { addr: ip(VIP), proto: 17, port: 53, mode: Mode::Dsr, backends: vec![0, 1, 2] };
+    let vip = VipSpec { addr: ip(VIP), proto: 17, port: 53, mode: Mode::Dsr, backends: vec![0, 1, 2], persistence_ms: None, reset_on_down: false };
     let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], pool.into_iter().map(Some).collect()).unwrap();
     let mut e = engine(EngineConfig::default(), Arc::new(s));
     let dns = |port| {

@@ -22,9 +22,9 @@ pub fn ip(s: &str) -> IpAddr {
 /// One TCP VIP (198.18.0.100:80) over 16 backends of weight 1.
 pub fn engine(mode: Mode, capacity: usize) -> Engine {
     let backends: Vec<Option<Backend>> = (0..16u8)
-        .map(|i| Some(Backend { addr: IpAddr::from([198, 18, 1, i + 1]), port: 0, weight: 1, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }))
+        .map(|i| Some(Backend { addr: IpAddr::from([198, 18, 1, i + 1]), port: 0, weight: 1, up: true, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }))
         .collect();
-    let vip = VipSpec { addr: ip("198.18.0.100"), proto: 6, port: 80, mode, backends: (0..16).collect() };
+    let vip = VipSpec { addr: ip("198.18.0.100"), proto: 6, port: 80, mode, backends: (0..16).collect(), persistence_ms: None, reset_on_down: false };
     let services = Services::new(vec![Interface { mac: [2, 0, 0, 0, 0, 0x10], mtu: 1500 }], vec![Some(vip)], backends).unwrap();
     let cfg = EngineConfig { table_capacity: capacity, ..EngineConfig::default() };
     Engine::new(cfg, Arc::new(services)).unwrap()

@@ -61,6 +61,13 @@ pub const SNAT6: &str = "2001:db8::c8";
 /// Writes a configuration balancing VIP4 and VIP6 (TCP 80 and UDP 7) over
 /// the lab's three backends in `mode`, with the given extra TOML per VIP.
 pub fn config(lab: &Lab, mode: LabMode, vip_extra: &str) -> String {
+    config_with(lab, mode, |_, _| vip_extra.to_string())
+}
+
+/// `config` with the extra TOML of each VIP from `vip_extra(address,
+/// protocol)`, protocol "tcp" or "udp". It comes after the VIP's keys and
+/// before its backends, so it may end with a `[vip.health]` table.
+pub fn config_with(lab: &Lab, mode: LabMode, vip_extra: impl Fn(IpAddr, &str) -> String) -> String {
     let mut c = format!("[daemon]\ncontrol_socket = \"{}\"\nxdp_mode = \"auto\"\n\n", control_socket());
     c.push_str(&interfaces(lab));
     for (vip, snat, tunnel) in [(IpAddr::V4(VIP4), SNAT4, "198.18.200.0/24"), (IpAddr::V6(VIP6), SNAT6, "2001:db8:200::/64")] {
@@ -75,7 +82,7 @@ pub fn config(lab: &Lab, mode: LabMode, vip_extra: &str) -> String {
                 }
                 LabMode::Nat | LabMode::Dsr => {}
             }
-            c.push_str(vip_extra);
+            c.push_str(&vip_extra(vip, proto));
             for b in &lab.backends {
                 let addr = if vip.is_ipv4() { IpAddr::V4(b.iface().v4) } else { IpAddr::V6(b.iface().v6) };
                 let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{addr}\"");
@@ -125,7 +132,10 @@ pub fn prepare_hosts(lab: &mut Lab, mode: LabMode) -> Result<Vec<Proc>, LabError
         LabMode::FullNat => {
             let dev = lab.balancer.iface().name.clone();
             lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT4}/24"), "dev", &dev])?;
-            lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT6}/64"), "dev", &dev, "nodad"])?;
+            // Deprecated, so that the kernel never picks it as the source
+            // of the host's own traffic (health checks): replies to it go
+            // to the data path. IPv4 picks the primary address anyway.
+            lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT6}/64"), "dev", &dev, "nodad", "preferred_lft", "0"])?;
         }
         LabMode::Dsr | LabMode::Ipip | LabMode::Gue => {
             for b in lab.backends.clone() {

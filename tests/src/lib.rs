@@ -126,6 +126,9 @@ pub struct Lab {
     pub queues: u32,
     // Dropped in this order: processes, XDP programs, then namespaces.
     procs: Vec<Proc>,
+    /// Per backend (as in `backends`): its lab server, if running, and the
+    /// arguments it was started with, to start it again.
+    servers: Vec<(Vec<String>, Option<Proc>)>,
     xdp: Vec<PassProgram>,
     namespaces: Vec<String>,
 }
@@ -221,6 +224,7 @@ impl Lab {
             bridge_ns: ns("bridge"),
             queues: std::thread::available_parallelism().map_or(1, |n| n.get().min(2) as u32),
             procs: Vec::new(),
+            servers: Vec::new(),
             xdp: Vec::new(),
             namespaces: Vec::new(),
         };
@@ -438,21 +442,27 @@ impl Lab {
         for b in self.backends.clone() {
             let mut args = vec![bin, "--name", &b.name, "--http", "80", "--udp", "7"];
             args.extend_from_slice(extra);
-            let p = self.spawn(&b.ns, &args)?;
-            p.wait_for_line(
-                |l| l.starts_with("ready"),
-                std::time::Duration::from_secs(10),
-            )
-            .ok_or_else(|| {
-                LabError(format!(
-                    "lab-server on {} did not start: {}",
-                    b.name,
-                    p.output()
-                ))
-            })?;
-            self.procs.push(p);
+            self.servers.push((args.iter().map(|a| a.to_string()).collect(), None));
+            self.start_server(self.servers.len() - 1)?;
         }
         Ok(())
+    }
+
+    /// Starts backend `i`'s lab server again, as `start_servers` did.
+    pub fn start_server(&mut self, i: usize) -> Result<(), LabError> {
+        let b = &self.backends[i];
+        let args: Vec<&str> = self.servers[i].0.iter().map(String::as_str).collect();
+        let p = self.spawn(&b.ns, &args)?;
+        p.wait_for_line(|l| l.starts_with("ready"), std::time::Duration::from_secs(10))
+            .ok_or_else(|| LabError(format!("lab-server on {} did not start: {}", b.name, p.output())))?;
+        self.servers[i].1 = Some(p);
+        Ok(())
+    }
+
+    /// Kills backend `i`'s lab server (its ports close) and waits for it.
+    pub fn stop_server(&mut self, i: usize) {
+        // Dropping a `Proc` kills it and reaps it.
+        self.servers[i].1 = None;
     }
 
     /// Attaches an XDP_PASS program to the veth peers of the balancer's
@@ -480,6 +490,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.servers.clear();
         self.procs.clear();
         self.xdp.clear();
         for ns in self.namespaces.drain(..).rev() {

@@ -67,11 +67,17 @@ impl Proc {
     /// The first output line (stdout or stderr) matching `pred`, waiting
     /// up to `timeout` for it.
     pub fn wait_for_line(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        self.wait_for_nth_line(pred, 1, timeout)
+    }
+
+    /// The `n`-th output line matching `pred` (1-based), waiting up to
+    /// `timeout` for it: the next of several alike events.
+    pub fn wait_for_nth_line(&self, pred: impl Fn(&str) -> bool, n: usize, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let (lock, cvar) = &*self.lines;
         let mut lines = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(l) = lines.iter().find(|l| pred(l)) {
+            if let Some(l) = lines.iter().filter(|l| pred(l)).nth(n.saturating_sub(1)) {
                 return Some(l.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;

@@ -61,8 +61,19 @@ const EXAMPLES: &[Example] = &[
     Example {
         file: "health-persistence-plugin.toml",
         modes: &[LabMode::FullNat],
-        replace: &[("\"198.18.0.100\"", VIP4), ("\"198.18.0.2\"", SNAT4), ("\"198.18.0.21\"", "\"198.18.0.11\""), ("\"198.18.0.22\"", "\"198.18.0.12\"")],
-        serve: &["--udp", "53"],
+        // The checks must pass on the lab servers: their pages, their
+        // names for content, TCP on the DNS port for the half-open check.
+        replace: &[
+            ("\"198.18.0.100\"", VIP4),
+            ("\"198.18.0.2\"", SNAT4),
+            ("\"198.18.0.21\"", "\"198.18.0.11\""),
+            ("\"198.18.0.22\"", "\"198.18.0.12\""),
+            ("\"198.18.1.22\"", "\"198.18.0.12\""),
+            ("\"/healthz\"", "\"/\""),
+            ("\"/status\"", "\"/\""),
+            ("expect_content = \"ok\"", "expect_content = \"backend\""),
+        ],
+        serve: &["--udp", "53", "--http", "53", "--http", "8081"],
         probes: &[Probe::Http("198.18.100.1", 80), Probe::Udp("198.18.100.1", 53)],
     },
     Example {

@@ -116,6 +116,10 @@ pub struct StatsReport {
     pub passed: u64,
     /// Plugin scheduler picks that failed (the flow fell back to Maglev).
     pub scheduler_faults: u64,
+    /// Health checks that started more than 10 ms after their time: the
+    /// health thread falling behind.
+    #[serde(default)]
+    pub health_checks_late: u64,
     pub workers: Vec<WorkerReport>,
 }
 
@@ -124,6 +128,14 @@ pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Established flows answered with a RST because their backend went
+    /// down (`on_down = "reset"`).
+    #[serde(default)]
+    pub resets: u64,
+    /// Sticky clients moved to another backend because theirs was down
+    /// (session persistence); under a backend, the clients it lost.
+    #[serde(default)]
+    pub moved_clients: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,9 +151,26 @@ pub struct VipStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStats {
     pub name: String,
+    /// "up", "down" (health checks) or "draining" (weight 0).
+    pub state: String,
+    /// In force: the configured one, or a health policy's.
+    pub weight: u32,
     /// Both directions: return traffic counts under the backend too.
     #[serde(flatten)]
     pub traffic: Traffic,
+    /// Its health checks, when its VIP has them.
+    pub checks: Option<CheckCounters>,
+}
+
+/// A backend's health checks since the checks (re)started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCounters {
+    pub passed: u64,
+    pub failed: u64,
+    pub went_down: u64,
+    pub went_up: u64,
+    /// Smoothed time a passing check takes; 0 before the first.
+    pub rtt_us: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,13 +253,17 @@ impl Status {
 impl StatsReport {
     /// What `fulcrum stats` prints.
     pub fn table(&self) -> String {
-        let mut rows = vec![row(&[&"VIP / BACKEND", &"PACKETS", &"BYTES", &"NEW FLOWS", &"DROPS"])];
+        let mut rows = vec![row(&[&"VIP / BACKEND", &"STATE", &"PACKETS", &"BYTES", &"NEW FLOWS", &"DROPS", &"RESETS", &"MOVED", &"CHECKS OK/FAILED"])];
         for v in &self.vips {
             let t = &v.traffic;
-            rows.push(row(&[&v.name, &t.packets, &t.bytes, &t.new_flows, &v.drops.values().sum::<u64>()]));
-            rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &b.traffic.packets, &b.traffic.bytes, &b.traffic.new_flows, &""])));
+            rows.push(row(&[&v.name, &"", &t.packets, &t.bytes, &t.new_flows, &v.drops.values().sum::<u64>(), &t.resets, &t.moved_clients, &""]));
+            rows.extend(v.backends.iter().map(|b| {
+                let t = &b.traffic;
+                let checks = b.checks.map_or(String::new(), |c| format!("{}/{}", c.passed, c.failed));
+                row(&[&format!("  {}", b.name), &b.state, &t.packets, &t.bytes, &t.new_flows, &"", &t.resets, &t.moved_clients, &checks])
+            }));
         }
-        let mut out = table(&rows, 1);
+        let mut out = table(&rows, 2);
         let drops: Vec<String> = self.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(
             out,
@@ -272,7 +305,7 @@ mod tests {
         assert!(e.contains("unknown variant `explode`"), "{e}");
         assert_eq!(serde_json::to_string(&Response::Error("no".into())).unwrap(), r#"{"error":"no"}"#);
         let stats = Response::Stats(StatsReport {
-            vips: vec![VipStats { name: "198.18.0.100:80/tcp".into(), traffic: Traffic { packets: 3, bytes: 180, new_flows: 1 }, ..VipStats::default() }],
+            vips: vec![VipStats { name: "198.18.0.100:80/tcp".into(), traffic: Traffic { packets: 3, bytes: 180, new_flows: 1, ..Traffic::default() }, ..VipStats::default() }],
             ..StatsReport::default()
         });
         let line = serde_json::to_string(&stats).unwrap();

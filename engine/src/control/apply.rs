@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use fulcrum_config as cfg;
 
@@ -101,7 +102,8 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             if backends.len() <= slot {
                 backends.resize(slot + 1, None);
             }
-            backends[slot] = Some(Backend { addr: b.address, port: b.port, weight: u32::from(b.weight), next_hop, iface: server });
+            // Up until its health checks say otherwise.
+            backends[slot] = Some(Backend { addr: b.address, port: b.port, weight: u32::from(b.weight), up: true, next_hop, iface: server });
             members.push(bid);
             let ret = match v.mode {
                 cfg::Mode::Nat => Some(ReturnTraffic::FromBackend { addr: b.address, proto: proto(v.protocol), port: if b.port == 0 { v.port } else { b.port } }),
@@ -115,9 +117,42 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
         if vips.len() <= vid {
             vips.resize(vid + 1, None);
         }
-        vips[vid] = Some(VipSpec { addr: v.address, proto: proto(v.protocol), port: v.port, mode: mode(v.mode), backends: members });
+        vips[vid] = Some(VipSpec {
+            addr: v.address,
+            proto: proto(v.protocol),
+            port: v.port,
+            mode: mode(v.mode),
+            backends: members,
+            persistence_ms: v.persistence.map(|p| u32::try_from(p.timeout.as_millis()).unwrap_or(u32::MAX)),
+            reset_on_down: v.health.as_ref().is_some_and(|h| h.on_down == cfg::OnDown::Reset),
+        });
     }
     let ifaces = net.ifaces.iter().map(|i| Interface { mac: i.mac, mtu: i.mtu }).collect();
     let services = Services::new(ifaces, vips, backends).map_err(|e| e.to_string())?;
     Ok((services, returns))
+}
+
+/// One VIP's health checks as configured: its policy plugin and, in pool
+/// order, its backends with their configured weights and checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedVip {
+    pub vip: VipId,
+    /// The VIP's name, for messages.
+    pub name: String,
+    pub plugin: Option<PathBuf>,
+    pub members: Vec<(BackendId, u16, cfg::HealthCheck)>,
+}
+
+/// The health checks of `config`'s VIPs, with the ids `build` gave them.
+pub fn health_checks(config: &cfg::Config, ids: &Ids) -> Vec<CheckedVip> {
+    config
+        .vips
+        .iter()
+        .filter_map(|v| {
+            let vkey = (v.address, v.protocol, v.port);
+            let vip = *ids.vips.get(&vkey)?;
+            let members = v.backends.iter().filter_map(|b| Some((*ids.backends.get(&(vkey, b.address, b.port))?, b.weight, b.check.clone()?))).collect();
+            Some(CheckedVip { vip, name: v.name(), plugin: v.health.as_ref()?.plugin.clone(), members })
+        })
+        .collect()
 }

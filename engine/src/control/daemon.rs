@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use fulcrum_config as cfg;
 
 use super::api::{BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
 use super::apply::{self, Ids, Net, NetIface};
+use super::health::{self, HealthControl, HealthUpdate};
 use super::netinfo;
 use super::plugins::{self, Plugins};
 use super::reload;
@@ -38,6 +40,8 @@ pub struct Daemon {
     dataplane: Dataplane,
     /// Detached when dropped, after the workers stopped.
     steering: Steering,
+    /// The health checks, when any VIP has them.
+    health: Option<HealthControl>,
     telemetry: Arc<Telemetry>,
     plugins: Plugins,
     started: Instant,
@@ -55,16 +59,6 @@ fn xdp_mode(m: cfg::XdpMode) -> XdpMode {
 
 fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
-/// Says which configured features this daemon does not apply yet, so that
-/// an operator is not misled by a configuration that validates.
-fn warn_unapplied(config: &cfg::Config) {
-    for v in &config.vips {
-        if v.health.is_some() || v.persistence.is_some() {
-            tracing::warn!(vip = %v.name(), "health checks and persistence are not run by this daemon yet: every backend counts as up");
-        }
-    }
 }
 
 /// A VIP as the steering program matches it: address, protocol, port.
@@ -157,6 +151,9 @@ impl Daemon {
         };
         let mut ids = Ids::default();
         let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
+        let (services, next) = HealthControl::configure(None, &config, &ids, services)?;
+        let mut health = None;
+        HealthControl::commit(&mut health, next);
         let services = Arc::new(services);
 
         let mode = xdp_mode(config.daemon.xdp_mode);
@@ -196,18 +193,44 @@ impl Daemon {
         let t = &config.timeouts;
         let engine = EngineConfig {
             table_capacity: config.limits.connections_per_worker as usize,
+            sticky_clients: config.limits.connections_per_worker as usize,
             timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
             snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
             ..EngineConfig::default()
         };
         let dataplane = Dataplane::start(ios, engine, &services, &cpus)?;
         let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
+        telemetry.set_health(health.as_ref().map(HealthControl::stats));
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
-        warn_unapplied(&config);
         let mut plugins = Plugins::default();
         plugins.apply(None, &config, &services, &dataplane)?;
-        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, telemetry, plugins, started: Instant::now(), workers: queues as usize, xdp_mode })
+        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, health, telemetry, plugins, started: Instant::now(), workers: queues as usize, xdp_mode })
+    }
+
+    /// Readable when health transitions wait for `apply_health`.
+    pub fn health_fd(&self) -> Option<RawFd> {
+        self.health.as_ref().map(HealthControl::wake_fd)
+    }
+
+    /// Applies the health transitions waiting: the workers run the new
+    /// services before each transition is logged, so whoever reads "is
+    /// down" knows that backend gets no new flow any more.
+    pub fn apply_health(&mut self) {
+        let Some(h) = &mut self.health else { return };
+        match h.take(&self.telemetry.services()) {
+            None => {}
+            Some(Err(e)) => tracing::error!("{e}"),
+            Some(Ok(HealthUpdate { services, changes })) => {
+                let services = Arc::new(services);
+                let generation = self.dataplane.publish(&services);
+                if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
+                    tracing::warn!(?behind, "workers have not switched to the new services yet");
+                }
+                self.telemetry.set_services(Arc::clone(&services));
+                health::log(&changes, &services);
+            }
+        }
     }
 
     pub fn telemetry(&self) -> Arc<Telemetry> {
@@ -255,6 +278,7 @@ impl Daemon {
                 self.engine.max_backends
             ));
         }
+        let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services)?;
         let services = Arc::new(services);
         let vips = vip_matches(&new);
         // New VIPs and return traffic are steered before the workers switch,
@@ -267,8 +291,9 @@ impl Daemon {
         }
         self.steering.retain(&vips, &returns);
         self.plugins.apply(Some(&self.config), &new, &services, &self.dataplane)?;
+        HealthControl::commit(&mut self.health, next);
+        self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
         self.telemetry.set_services(services);
-        warn_unapplied(&new);
         self.config = new;
         Ok(report)
     }
@@ -326,9 +351,14 @@ impl Daemon {
         let mut out = String::new();
         for v in &s.vips {
             let t = &v.traffic;
-            let _ = writeln!(out, "vip {}: packets={} bytes={} new_flows={}", v.name, t.packets, t.bytes, t.new_flows);
+            let _ = writeln!(out, "vip {}: packets={} bytes={} new_flows={} resets={} moved_clients={}", v.name, t.packets, t.bytes, t.new_flows, t.resets, t.moved_clients);
             for b in &v.backends {
-                let _ = writeln!(out, "  backend {}: packets={} new_flows={}", b.name, b.traffic.packets, b.traffic.new_flows);
+                let t = &b.traffic;
+                let _ = write!(out, "  backend {}: state={} weight={} packets={} new_flows={} resets={} moved_clients={}", b.name, b.state, b.weight, t.packets, t.new_flows, t.resets, t.moved_clients);
+                if let Some(c) = &b.checks {
+                    let _ = write!(out, " checks_passed={} checks_failed={} went_down={} went_up={}", c.passed, c.failed, c.went_down, c.went_up);
+                }
+                out.push('\n');
             }
         }
         let drops: Vec<String> = s.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
@@ -338,8 +368,9 @@ impl Daemon {
         out
     }
 
-    /// Stops the workers, then detaches the programs.
+    /// Stops the health checks and the workers, then detaches the programs.
     pub fn stop(self) -> Result<(), String> {
+        drop(self.health);
         let r = self.dataplane.stop().map_err(|e| e.to_string());
         drop(self.steering);
         r

@@ -90,10 +90,12 @@ impl Family<'_> {
 pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     let mut out = String::new();
     type Of = fn(&Traffic) -> u64;
-    let traffic: [(&str, &str, Of); 3] = [
+    let traffic: [(&str, &str, Of); 5] = [
         ("packets", "Packets forwarded, both directions", |t| t.packets),
         ("bytes", "Bytes forwarded (frames as received), both directions", |t| t.bytes),
         ("new_flows", "Flows created (connections, UDP flows)", |t| t.new_flows),
+        ("resets", "Established flows answered with a RST because their backend went down", |t| t.resets),
+        ("moved_clients", "Sticky clients moved off a backend that was down (under a backend: the clients it lost)", |t| t.moved_clients),
     ];
     for (what, help, get) in traffic {
         let name = format!("fulcrum_vip_{what}_total");
@@ -109,6 +111,7 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
             }
         }
     }
+    backend_health(&mut out, s);
     let name = "fulcrum_vip_drops_total";
     let mut f = Family::new(&mut out, name, "counter", "Frames for a VIP dropped, per VIP and reason (reasons seen so far).");
     for v in &s.vips {
@@ -123,6 +126,8 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     }
     Family::new(&mut out, "fulcrum_passed_total", "counter", "Frames handed to the kernel (not balanced traffic).").sample("fulcrum_passed_total", "", s.passed);
     Family::new(&mut out, "fulcrum_scheduler_faults_total", "counter", "Plugin scheduler picks that failed; those flows went to Maglev.").sample("fulcrum_scheduler_faults_total", "", s.scheduler_faults);
+    let name = "fulcrum_health_checks_late_total";
+    Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(name, "", s.health_checks_late);
 
     type Get = fn(&super::api::WorkerReport) -> u64;
     let per_worker: [(&str, &str, &str, Get); 10] = [
@@ -167,19 +172,56 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     out
 }
 
+/// Per backend of a VIP: whether it takes new flows, its weight in force,
+/// and its health checks (backends of VIPs with checks only).
+fn backend_health(out: &mut String, s: &StatsReport) {
+    let backends = || s.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (format!("vip=\"{}\",backend=\"{}\"", v.name, b.name), b)));
+    let name = "fulcrum_backend_up";
+    let mut f = Family::new(out, name, "gauge", "1 if the backend is up (draining included), 0 if its health checks took it down.");
+    for (labels, b) in backends() {
+        f.sample(name, &labels, u8::from(b.state != "down"));
+    }
+    let name = "fulcrum_backend_weight";
+    let mut f = Family::new(out, name, "gauge", "The backend's weight in force (0: draining).");
+    for (labels, b) in backends() {
+        f.sample(name, &labels, b.weight);
+    }
+    let name = "fulcrum_health_checks_total";
+    let mut f = Family::new(out, name, "counter", "Health checks completed, by result.");
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks?))) {
+        f.sample(name, &format!("{labels},result=\"passed\""), c.passed).sample(name, &format!("{labels},result=\"failed\""), c.failed);
+    }
+    let name = "fulcrum_health_transitions_total";
+    let mut f = Family::new(out, name, "counter", "Health transitions, by the state reached.");
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks?))) {
+        f.sample(name, &format!("{labels},to=\"down\""), c.went_down).sample(name, &format!("{labels},to=\"up\""), c.went_up);
+    }
+    let name = "fulcrum_health_check_seconds";
+    let mut f = Family::new(out, name, "gauge", "Smoothed duration of the backend's passing health checks (0 before the first).");
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks?))) {
+        f.sample(name, &labels, f64::from(c.rtt_us) / 1e6);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::{BackendStats, VipStats, WorkerReport};
+    use crate::control::api::{BackendStats, CheckCounters, VipStats, WorkerReport};
 
     #[test]
     fn exposition_format() {
         let s = StatsReport {
             vips: vec![VipStats {
                 name: "198.18.0.100:80/tcp".into(),
-                traffic: Traffic { packets: 10, bytes: 600, new_flows: 2 },
+                traffic: Traffic { packets: 10, bytes: 600, new_flows: 2, resets: 1, moved_clients: 0 },
                 drops: [("no_backend".to_string(), 1)].into(),
-                backends: vec![BackendStats { name: "198.18.0.11:8080".into(), traffic: Traffic { packets: 10, bytes: 600, new_flows: 2 } }],
+                backends: vec![BackendStats {
+                    name: "198.18.0.11:8080".into(),
+                    state: "down".into(),
+                    weight: 3,
+                    traffic: Traffic { packets: 10, bytes: 600, new_flows: 2, resets: 1, moved_clients: 0 },
+                    checks: Some(CheckCounters { passed: 7, failed: 3, went_down: 1, went_up: 0, rtt_us: 1500 }),
+                }],
             }],
             drops: [("no_backend".to_string(), 1), ("truncated".to_string(), 0)].into(),
             workers: vec![WorkerReport { polls: 9, busy_polls: 3, frames: 6, batch_sizes: vec![1, 1, 1, 0, 0, 0, 0], connections_capacity: 1024, ..WorkerReport::default() }],
@@ -191,6 +233,12 @@ mod tests {
             "fulcrum_vip_new_flows_total{vip=\"198.18.0.100:80/tcp\"} 2",
             "fulcrum_backend_bytes_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 600",
             "fulcrum_vip_drops_total{vip=\"198.18.0.100:80/tcp\",reason=\"no_backend\"} 1",
+            "fulcrum_vip_resets_total{vip=\"198.18.0.100:80/tcp\"} 1",
+            "fulcrum_backend_up{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0",
+            "fulcrum_backend_weight{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 3",
+            "fulcrum_health_checks_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",result=\"failed\"} 3",
+            "fulcrum_health_transitions_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",to=\"down\"} 1",
+            "fulcrum_health_check_seconds{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0.0015",
             "fulcrum_drops_total{reason=\"truncated\"} 0",
             "fulcrum_worker_busy_polls_total{worker=\"0\"} 3",
             "fulcrum_connections_capacity{worker=\"0\"} 1024",

@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod client;
 pub mod daemon;
+pub mod health;
 pub mod metrics;
 pub mod netinfo;
 pub mod plugins;

@@ -1,12 +1,13 @@
 //! `fulcrum run`: the control thread. It owns the `Daemon` and waits, in
-//! one poll(2), for a signal (SIGINT / SIGTERM stop, SIGHUP reloads) or a
-//! connection on the control socket; so a reload, whether by signal or by
-//! request, runs on this thread and never concurrently with another one.
+//! one poll(2), for a signal (SIGINT / SIGTERM stop, SIGHUP reloads), a
+//! connection on the control socket or health transitions; so a reload,
+//! whether by signal or by request, and the health changes run on this
+//! thread and never concurrently with one another.
 //! Scrapes are served by the metrics thread; the workers run on their own.
 
 use std::fs::DirBuilder;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -40,7 +41,8 @@ pub fn run(path: &Path) -> Result<(), String> {
     tracing::info!(socket = %control.path.display(), metrics = %metrics_listen, "control socket and metrics endpoint ready");
     println!("ready workers={} xdp_mode={}", daemon.workers, daemon.xdp_mode);
     while !signals.stop.load(Ordering::SeqCst) {
-        signals.wait(&control.listener);
+        signals.wait(&control.listener, daemon.health_fd());
+        daemon.apply_health();
         if signals.hup.swap(false, Ordering::SeqCst) {
             tracing::info!("SIGHUP: reloading");
             // Logged and counted by `reload`.
@@ -76,9 +78,11 @@ impl Signals {
         Ok(Signals { stop, hup, wake })
     }
 
-    /// Blocks until a signal arrives or `listener` has a connection.
-    fn wait(&self, listener: &UnixListener) {
-        let mut fds = [listener.as_raw_fd(), self.wake.as_raw_fd()].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    /// Blocks until a signal arrives, `listener` has a connection or
+    /// `health` (health transitions waiting) is readable.
+    fn wait(&self, listener: &UnixListener, health: Option<RawFd>) {
+        // A negative descriptor is ignored by poll.
+        let mut fds = [listener.as_raw_fd(), self.wake.as_raw_fd(), health.unwrap_or(-1)].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         // SAFETY: two valid pollfd entries; EINTR (a signal) just returns.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         let mut buf = [0u8; 64];

@@ -7,15 +7,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::api::{BackendStats, LastReload, Reloads, StatsReport, Traffic, VipStats, WorkerReport};
+use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, Traffic, VipStats, WorkerReport};
 use crate::dataplane::WorkerStats;
 use crate::flow::key::ip_from16;
+use crate::health::HealthStats;
 use crate::packet::DropReason;
 use crate::services::{Services, backend_name, vip_name};
 use crate::stats::{self, Stats};
 
 pub struct Telemetry {
     services: Mutex<Arc<Services>>,
+    /// The health checks' counters, when any VIP has checks.
+    health: Mutex<Option<Arc<HealthStats>>>,
     workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
     table_capacity: u64,
     reloads: Mutex<Reloads>,
@@ -27,16 +30,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn traffic(t: &[&stats::Traffic]) -> Traffic {
-    Traffic { packets: t.iter().map(|t| t.packets.get()).sum(), bytes: t.iter().map(|t| t.bytes.get()).sum(), new_flows: t.iter().map(|t| t.new_flows.get()).sum() }
+    let sum = |f: fn(&stats::Traffic) -> u64| t.iter().map(|t| f(t)).sum();
+    Traffic {
+        packets: sum(|t| t.packets.get()),
+        bytes: sum(|t| t.bytes.get()),
+        new_flows: sum(|t| t.new_flows.get()),
+        resets: sum(|t| t.resets.get()),
+        moved_clients: sum(|t| t.moved_clients.get()),
+    }
 }
 
 impl Telemetry {
     pub fn new(services: Arc<Services>, workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>, table_capacity: u64) -> Telemetry {
-        Telemetry { services: Mutex::new(services), workers, table_capacity, reloads: Mutex::default() }
+        Telemetry { services: Mutex::new(services), health: Mutex::default(), workers, table_capacity, reloads: Mutex::default() }
     }
 
     pub fn set_services(&self, services: Arc<Services>) {
         *lock(&self.services) = services;
+    }
+
+    pub fn set_health(&self, health: Option<Arc<HealthStats>>) {
+        *lock(&self.health) = health;
     }
 
     pub fn services(&self) -> Arc<Services> {
@@ -59,6 +73,7 @@ impl Telemetry {
     /// worker's own.
     pub fn stats(&self) -> StatsReport {
         let services = self.services();
+        let health = lock(&self.health).clone();
         let engines: Vec<&Stats> = self.workers.iter().map(|(s, _)| &**s).collect();
         let vips = services
             .vips()
@@ -76,7 +91,25 @@ impl Telemetry {
                     .filter_map(|&bid| {
                         let b = services.backend(bid)?;
                         let j = usize::from(bid);
-                        Some(BackendStats { name: backend_name(b.spec.addr, b.spec.port), traffic: traffic(&engines.iter().map(|s| &s.backends[j]).collect::<Vec<_>>()) })
+                        let state = match (b.spec.up, b.spec.weight) {
+                            (false, _) => "down",
+                            (true, 0) => "draining",
+                            (true, _) => "up",
+                        };
+                        let checks = health.as_ref().and_then(|h| h.backend(bid)).map(|c| CheckCounters {
+                            passed: c.passed.get(),
+                            failed: c.failed.get(),
+                            went_down: c.went_down.get(),
+                            went_up: c.went_up.get(),
+                            rtt_us: c.rtt_us.load(std::sync::atomic::Ordering::Relaxed),
+                        });
+                        Some(BackendStats {
+                            name: backend_name(b.spec.addr, b.spec.port),
+                            state: state.into(),
+                            weight: b.spec.weight,
+                            traffic: traffic(&engines.iter().map(|s| &s.backends[j]).collect::<Vec<_>>()),
+                            checks,
+                        })
                     })
                     .collect();
                 let name = vip_name(ip_from16(&vip.addr), vip.spec.proto, vip.spec.port);
@@ -107,6 +140,7 @@ impl Telemetry {
             drops,
             passed: engines.iter().map(|s| s.passed.get()).sum(),
             scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
+            health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
             workers,
         }
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, bounded};
 
 use crate::engine::{Engine, EngineConfig};
+use crate::flow::sticky::StickyTable;
 use crate::io::{IoError, PacketIo};
 use crate::sched::Scheduler;
 use crate::services::{Services, VipId};
@@ -62,13 +63,16 @@ impl Dataplane {
             (tx, rx)
         }).unzip();
         let peers: Arc<[Sender<Handoff>]> = inboxes.into();
+        // Session persistence: one sticky table and one clock for all.
+        let sticky = Arc::new(StickyTable::new(cfg.sticky_clients));
+        let clock = Instant::now();
         ios.into_iter()
             .zip(mailboxes)
             .enumerate()
             .map(|(i, (io, inbox))| {
-                let engine = Engine::new(EngineConfig { worker: i as u16, workers: n, ..cfg }, Arc::clone(services))?;
+                let engine = Engine::with_sticky(EngineConfig { worker: i as u16, workers: n, ..cfg }, Arc::clone(services), Arc::clone(&sticky))?;
                 let (ctl_tx, ctl_rx) = bounded(CONTROL_QUEUE);
-                Ok((Worker::new(i as u16, io, engine, inbox, Arc::clone(&peers), ctl_rx), ctl_tx))
+                Ok((Worker::new(i as u16, io, engine, inbox, Arc::clone(&peers), ctl_rx, clock), ctl_tx))
             })
             .collect()
     }

@@ -65,11 +65,13 @@ pub struct Worker<I> {
     hops: Vec<u8>,
     tx: Vec<FrameRef>,
     dropped: Vec<FrameRef>,
+    /// Shared by the workers (the sticky table's times are compared
+    /// across them).
     clock: Instant,
 }
 
 impl<I: PacketIo> Worker<I> {
-    pub(super) fn new(id: u16, io: I, engine: Engine, inbox: Receiver<Handoff>, peers: Arc<[Sender<Handoff>]>, control: Receiver<Control>) -> Self {
+    pub(super) fn new(id: u16, io: I, engine: Engine, inbox: Receiver<Handoff>, peers: Arc<[Sender<Handoff>]>, control: Receiver<Control>, clock: Instant) -> Self {
         Worker {
             id,
             io,
@@ -82,7 +84,7 @@ impl<I: PacketIo> Worker<I> {
             hops: Vec::with_capacity(BATCH),
             tx: Vec::with_capacity(BATCH),
             dropped: Vec::with_capacity(BATCH),
-            clock: Instant::now(),
+            clock,
         }
     }
 

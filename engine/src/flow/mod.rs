@@ -1,6 +1,8 @@
-//! Flow keys and the per-worker connection table.
+//! Flow keys, the per-worker connection table and the sticky table of
+//! session persistence.
 
 pub mod key;
+pub mod sticky;
 pub mod table;
 
 pub use key::FlowKey;

@@ -3,5 +3,6 @@
 //! only `rewrite::set_macs`, tunnel mode `tunnel::encapsulate`.
 
 pub mod icmp;
+pub mod reset;
 pub mod rewrite;
 pub mod tunnel;

@@ -33,6 +33,8 @@ pub struct PacketBuilder {
     pub ttl: u8,
     pub dont_fragment: bool,
     pub l4: L4,
+    /// TCP only.
+    pub tcp_window: u16,
     pub payload: Vec<u8>,
 }
 
@@ -41,7 +43,7 @@ pub const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
 
 impl PacketBuilder {
     pub fn ip(src: IpAddr, dst: IpAddr, l4: L4) -> Self {
-        PacketBuilder { src_mac: CLIENT_MAC, dst_mac: LB_MAC, vlan: None, src, dst, ttl: 64, dont_fragment: true, l4, payload: Vec::new() }
+        PacketBuilder { src_mac: CLIENT_MAC, dst_mac: LB_MAC, vlan: None, src, dst, ttl: 64, dont_fragment: true, l4, tcp_window: 65535, payload: Vec::new() }
     }
 
     pub fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> Self {
@@ -89,14 +91,8 @@ impl PacketBuilder {
     pub fn l4_bytes(&self) -> Vec<u8> {
         let mut b = match self.l4 {
             L4::Tcp { src_port, dst_port, flags, seq, ack } => {
-                let mut h = vec![0u8; 20];
-                put16(&mut h, 0, src_port);
-                put16(&mut h, 2, dst_port);
-                h[4..8].copy_from_slice(&seq.to_be_bytes());
-                h[8..12].copy_from_slice(&ack.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = flags;
-                put16(&mut h, 14, 65535);
+                let mut h = vec![0u8; super::tcp::TCP_MIN_HLEN];
+                super::tcp::write_header(&mut h, src_port, dst_port, seq, ack, flags, self.tcp_window);
                 h
             }
             L4::Udp { src_port, dst_port, .. } => {
@@ -111,10 +107,7 @@ impl PacketBuilder {
         let (src, dst) = (addr_bytes(self.src), addr_bytes(self.dst));
         let pseudo = checksum::pseudo_header(&src, &dst, self.proto(), b.len() as u32);
         match self.l4 {
-            L4::Tcp { .. } => {
-                let c = checksum::checksum(&b, pseudo);
-                put16(&mut b, 16, c);
-            }
+            L4::Tcp { .. } => super::tcp::fill_checksum(&mut b, &src, &dst),
             L4::Udp { checksum: true, .. } => {
                 let c = checksum::checksum(&b, pseudo);
                 put16(&mut b, 6, if c == 0 { 0xffff } else { c });

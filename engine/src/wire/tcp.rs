@@ -1,6 +1,7 @@
 //! TCP header (RFC 9293).
 
-use super::{WireError, be16, put16};
+use super::{WireError, be16, checksum, put16};
+use crate::flow::key::PROTO_TCP;
 
 pub const TCP_MIN_HLEN: usize = 20;
 pub const FIN: u8 = 0x01;
@@ -62,6 +63,28 @@ impl<T: AsMut<[u8]>> Tcp<T> {
     pub fn set_checksum(&mut self, c: u16) {
         put16(self.buf.as_mut(), CHECKSUM_AT, c);
     }
+}
+
+/// Writes a 20-byte header without options into `b[..20]`, checksum
+/// zero (see [`fill_checksum`]).
+pub fn write_header(b: &mut [u8], src_port: u16, dst_port: u16, seq: u32, ack: u32, flags: u8, window: u16) {
+    put16(b, 0, src_port);
+    put16(b, 2, dst_port);
+    b[4..8].copy_from_slice(&seq.to_be_bytes());
+    b[8..12].copy_from_slice(&ack.to_be_bytes());
+    b[12] = ((TCP_MIN_HLEN / 4) as u8) << 4;
+    b[13] = flags;
+    put16(b, 14, window);
+    put16(b, CHECKSUM_AT, 0);
+    put16(b, 18, 0);
+}
+
+/// Computes the checksum of a whole segment (header and payload) between
+/// `src` and `dst` (4 or 16 bytes each) into its checksum field.
+pub fn fill_checksum(segment: &mut [u8], src: &[u8], dst: &[u8]) {
+    put16(segment, CHECKSUM_AT, 0);
+    let c = checksum::checksum(segment, checksum::pseudo_header(src, dst, PROTO_TCP, segment.len() as u32));
+    put16(segment, CHECKSUM_AT, c);
 }
 
 #[cfg(test)]

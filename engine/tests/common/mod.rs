@@ -81,8 +81,10 @@ fn net(v6: bool) -> Net {
 
 /// Two interfaces: 0 faces the clients, 1 the servers. Inline NAT puts
 /// its backends behind 1; the one-arm modes reach them through 0.
-/// Per family: TCP port 80 (all three backends), UDP all ports (the two
-/// weighted ones), TCP port 443 (only the draining one: no new flow fits).
+/// Per family: TCP port 80 (all three backends; flows of a backend that
+/// goes down are reset), UDP all ports (the two weighted ones, with
+/// source-IP persistence), TCP port 443 (only the draining one: no new flow
+/// fits).
 fn services(mode: usize) -> Services {
     let ifaces = vec![Interface { mac: LB_MAC, mtu: 1500 }, Interface { mac: SERVER_SIDE_MAC, mtu: 1500 }];
     let backend_iface = u8::from(mode == 0);
@@ -100,16 +102,30 @@ fn services(mode: usize) -> Services {
         let port = if let Mode::Nat { .. } = mode { BACKEND_PORT } else { 0 };
         let first = backends.len() as u16;
         for (addr, weight) in n.backends.into_iter().zip([1, 2, 0]) {
-            backends.push(Some(Backend { addr, port, weight, next_hop: BACKEND_MAC, iface: backend_iface }));
+            backends.push(Some(Backend { addr, port, weight, up: true, next_hop: BACKEND_MAC, iface: backend_iface }));
         }
-        let vip = |proto, port, backends: &[u16]| VipSpec { addr: n.vip, proto, port, mode, backends: backends.iter().map(|b| first + b).collect() };
-        vips.extend([Some(vip(6, 80, &[0, 1, 2])), Some(vip(17, 0, &[0, 1])), Some(vip(6, 443, &[2]))]);
+        let vip = |proto, port, backends: &[u16]| VipSpec { addr: n.vip, proto, port, mode, backends: backends.iter().map(|b| first + b).collect(), persistence_ms: None, reset_on_down: false };
+        vips.extend([
+            Some(VipSpec { reset_on_down: true, ..vip(6, 80, &[0, 1, 2]) }),
+            Some(VipSpec { persistence_ms: Some(5_000), ..vip(17, 0, &[0, 1]) }),
+            Some(vip(6, 443, &[2])),
+        ]);
     }
     Services::new(ifaces, vips, backends).unwrap()
 }
 
 /// Built once: each holds six Maglev tables, which take a while in debug.
-static SERVICES: LazyLock<Vec<Arc<Services>>> = LazyLock::new(|| (0..MODES.len()).map(|m| Arc::new(services(m))).collect());
+/// Per mode: all up, and the first backend of each family down.
+static SERVICES: LazyLock<Vec<[Arc<Services>; 2]>> = LazyLock::new(|| {
+    (0..MODES.len())
+        .map(|m| {
+            let up = services(m);
+            let down: Vec<_> = [0, 3].iter().filter_map(|&id| Some((id, Backend { up: false, ..up.backend(id)?.spec }))).collect();
+            let down = up.with_backends(&down).unwrap();
+            [Arc::new(up), Arc::new(down)]
+        })
+        .collect()
+});
 
 /// Ids of the TCP port 80 VIPs, which get a [`Wayward`] scheduler.
 const SCHEDULED_VIPS: [u16; 2] = [0, 3];
@@ -128,7 +144,7 @@ impl Scheduler for Wayward {
 /// ports), a 16-entry table so that eviction happens, and short timeouts
 /// so that the fuzzed clock expires flows.
 fn engine(mode: usize) -> (Engine, Arc<Services>) {
-    let services = Arc::clone(&SERVICES[mode]);
+    let services = Arc::clone(&SERVICES[mode][0]);
     let cfg = EngineConfig {
         worker: 1,
         workers: 2,
@@ -138,6 +154,7 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         snat_ports: SNAT_PORTS,
         max_vips: 8,
         max_backends: 8,
+        sticky_clients: 64,
     };
     let mut e = Engine::new(cfg, Arc::clone(&services)).unwrap();
     for vip in SCHEDULED_VIPS {
@@ -375,6 +392,9 @@ pub fn drive(mode: usize, t: &Traffic) -> Arc<Stats> {
     let mut now = t.start_ms;
     for (i, b) in t.batches.iter().enumerate() {
         now = now.wrapping_add(b.advance_ms);
+        // Every other batch the first backends are down: their flows are
+        // reset or moved, then they come back.
+        engine.set_services(Arc::clone(&SERVICES[mode][i % 2])).unwrap();
         process_checked(&mut engine, &services.interfaces, now, &b.frames, &format!("{} batch {i}", MODES[mode]));
     }
     Arc::clone(engine.stats())

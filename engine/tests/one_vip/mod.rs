@@ -17,13 +17,13 @@ pub fn ip(s: &str) -> IpAddr {
 }
 
 pub fn backend(i: u8, weight: u32) -> Backend {
-    Backend { addr: IpAddr::from([198, 18, 1, i]), port: 0, weight, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }
+    Backend { addr: IpAddr::from([198, 18, 1, i]), port: 0, weight, up: true, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }
 }
 
 /// Services with one TCP VIP on port 80 over `backends` (ids in order).
 pub fn services(mode: Mode, backends: &[Backend]) -> Arc<Services> {
     let ids = (0..backends.len() as u16).collect();
-    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode, backends: ids };
+    let vip = VipSpec { addr: ip(VIP), proto: 6, port: 80, mode, backends: ids, persistence_ms: None, reset_on_down: false };
     Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends.iter().copied().map(Some).collect()).unwrap())
 }
 

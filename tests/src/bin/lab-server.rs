@@ -6,10 +6,15 @@
 //! behind DSR must so that its answers leave from the VIP. Prints `ready`
 //! once bound.
 //!
-//! lab-server --name NAME [--http PORT]... [--udp PORT]... [--udp-bind ADDR]...
+//! With `--health-dir DIR`, `GET /health` answers 200 with the contents of
+//! the file DIR/NAME, or 503 while there is no such file: tests change a
+//! backend's health answer while its port stays open.
+//!
+//! lab-server --name NAME [--http PORT]... [--health-dir DIR] [--udp PORT]... [--udp-bind ADDR]...
 
 use std::io::{BufWriter, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::process::exit;
 use std::thread;
 use std::time::Duration;
@@ -22,6 +27,7 @@ struct Args {
     http: Vec<u16>,
     udp: Vec<u16>,
     udp_bind: Vec<IpAddr>,
+    health_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -30,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
         http: Vec::new(),
         udp: Vec::new(),
         udp_bind: Vec::new(),
+        health_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
             "--http" => args.http.push(port()?),
             "--udp" => args.udp.push(port()?),
             "--udp-bind" => args.udp_bind.push(value.parse().map_err(|_| format!("--udp-bind: `{value}` is not an address"))?),
+            "--health-dir" => args.health_dir = Some(PathBuf::from(&value)),
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -55,19 +63,20 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--udp PORT]... [--udp-bind ADDR]...");
+        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--health-dir DIR] [--udp PORT]... [--udp-bind ADDR]...");
         exit(2)
     });
     let mut workers = Vec::new();
     for &port in &args.http {
         let listener = TcpListener::bind(("::", port)).unwrap_or_else(|e| fail("HTTP bind", e));
         let name = args.name.clone();
+        let health = args.health_dir.as_ref().map(|d| d.join(&args.name));
         workers.push(thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let name = name.clone();
+                let (name, health) = (name.clone(), health.clone());
                 thread::spawn(move || {
                     // A client that vanishes mid-request is its own problem.
-                    let _ = serve_http(conn, &name);
+                    let _ = serve_http(conn, &name, health.as_deref());
                 });
             }
         }));
@@ -97,7 +106,7 @@ fn fail(what: &str, e: std::io::Error) -> ! {
     exit(1)
 }
 
-fn serve_http(mut conn: TcpStream, name: &str) -> std::io::Result<()> {
+fn serve_http(mut conn: TcpStream, name: &str, health: Option<&std::path::Path>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = Vec::new();
     let mut buf = [0u8; 1024];
@@ -118,6 +127,13 @@ fn serve_http(mut conn: TcpStream, name: &str) -> std::io::Result<()> {
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
+    } else if let (Some(file), "/health") = (health, path) {
+        let (status, body) = match std::fs::read(file) {
+            Ok(body) => ("200 OK", body),
+            Err(_) => ("503 Service Unavailable", b"no health file\n".to_vec()),
+        };
+        write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+        out.write_all(&body)?;
     } else if let Some(n) = path
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<u64>().ok())

@@ -23,7 +23,8 @@
 //!   quarantine the version (one log line) until a new one is published.
 //! - Hot swap: publishing bumps the slot's generation; a worker compares it
 //!   once per pick (one atomic load) and re-instantiates when it changed.
-//! - [`HealthPolicy`]: `lb_health`, or the native rise/fall rule.
+//! - [`HealthPolicy`]: a `health::Policy` from `lb_health`, or the native
+//!   rise/fall rule.
 //! - [`replay`]: synthetic flows through a plugin, for plugin authors.
 
 mod abi;
@@ -34,7 +35,7 @@ mod runtime;
 mod slot;
 
 pub use abi::ABI_VERSION;
-pub use health::{BackendHealth, CheckResult, HealthPolicy, HealthState, rise_fall};
+pub use health::HealthPolicy;
 pub use instance::Fault;
 pub use runtime::{HostConfig, LoadError, Plugin, PluginRuntime};
 pub use slot::{PluginSlot, PluginStats, WasmScheduler};

@@ -6,7 +6,7 @@
 #     and the cost of copying frames between UMEMs;
 #   - the line rate on the namespace lab: fulcrum (NAT, DSR, IPIP; native
 #     and generic XDP) beside the null AF_XDP forwarder, nftables DNAT and
-#     HAProxy, interleaved (perf/src/bin/linerate.rs);
+#     HAProxy, interleaved (perf/linerate/src/bin/linerate.rs);
 # and appends the tables to perf/RESULTS.md, plots to perf/results/.
 # Root (the lab). About 8-10 minutes on the project's 2-core machines.
 # Not part of scripts/test.sh: too long; the harness's logic has unit tests.
@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-cargo build --release --locked -p fulcrum -p fulcrum-tests -p fulcrum-perf --bins
+cargo build --release --locked -p fulcrum -p fulcrum-tests -p fulcrum-linerate --bins
 cargo bench --locked -q -p fulcrum-perf --bench engine --no-run
 
 out=perf/results

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fulcrum::io::XdpMode;
-use fulcrum_perf::generator::Profile;
-use fulcrum_perf::peers::{Dut, Peer, topology_name};
-use fulcrum_perf::report::{self, Check, PeerResult};
-use fulcrum_perf::search::Search;
-use fulcrum_perf::sink;
+use fulcrum_linerate::generator::Profile;
+use fulcrum_linerate::peers::{Dut, Peer, topology_name};
+use fulcrum_linerate::report::{self, Check, PeerResult};
+use fulcrum_linerate::search::Search;
+use fulcrum_linerate::sink;
 use fulcrum_tests::daemon::LabMode;
 use fulcrum_tests::{LabError, Topology, require_root};
 
@@ -185,7 +185,12 @@ fn search(runs: &mut [Run], label: &str, max: f64, trials: u32, trial: Duration)
         for (r, s) in runs.iter_mut().zip(&mut searches).filter(|(r, _)| r.pps) {
             for (k, search) in s.iter_mut().enumerate() {
                 let Some(rate) = search.next() else { continue };
+                let cpu = r.peer.cpu_secs();
                 let (t, _) = r.peer.trial(rate, trial)?;
+                if let (Some(a), Some(b)) = (cpu, r.peer.cpu_secs()) {
+                    let (secs, frames) = r.result.cpu.unwrap_or_default();
+                    r.result.cpu = Some((secs + b - a, frames + t.received));
+                }
                 search.record(t);
                 r.result.trials.push(t);
                 done += 1;
@@ -224,8 +229,13 @@ fn render(results: &[PeerResult], mix: &[PeerResult], main: &Profile, mix_profil
         name(Dut::Fulcrum(LabMode::Nat, XdpMode::Generic)),
     );
     let (nft, hap) = (name(Dut::Nftables), name(Dut::Haproxy));
+    let cpu = |r: &PeerResult| r.cpu_ns();
     let ratios = vec![
-        ("fulcrum dsr / null fwd (one-arm), zero-loss pps".to_string(), ratio(&f_dsr, &n_one, &zero)),
+        ("fulcrum dsr / null fwd (one-arm), device CPU per frame".to_string(), ratio(&f_dsr, &n_one, &cpu)),
+        ("fulcrum ipip / null fwd (one-arm), device CPU per frame".into(), ratio(&f_ipip, &n_one, &cpu)),
+        ("fulcrum nat / null fwd (inline), device CPU per frame".into(), ratio(&f_nat, &n_in, &cpu)),
+        ("fulcrum nat / null fwd, generic XDP (inline), device CPU per frame".into(), ratio(&f_gen, &n_gen, &cpu)),
+        ("fulcrum dsr / null fwd (one-arm), zero-loss pps".into(), ratio(&f_dsr, &n_one, &zero)),
         ("fulcrum ipip / null fwd (one-arm), zero-loss pps".into(), ratio(&f_ipip, &n_one, &zero)),
         ("fulcrum nat / null fwd (inline), zero-loss pps".into(), ratio(&f_nat, &n_in, &zero)),
         ("fulcrum nat / nftables DNAT (inline), zero-loss pps".into(), ratio(&f_nat, &nft, &zero)),
@@ -252,7 +262,9 @@ fn render(results: &[PeerResult], mix: &[PeerResult], main: &Profile, mix_profil
         "Profile: {} (sent {min_len}-{max_len} B: the smallest frames that hold the headers and the \
          16-byte stamp); trials of {} ms, {} per search, searched between 0 and {:.0} kpps (1.1× the \
          generator's rate with no device). Rates are received frames per second of the best passing \
-         trial; \"gen. limit\" = passed at the top of the range. Latency is one-way, generator to sink \
+         trial; \"gen. limit\" = passed at the top of the range. Device CPU = user + system time of the \
+         device's process over all its trials per frame delivered (AF_XDP devices pay their copy-mode \
+         TX in their own system calls; kernel forwarding is charged to the sender instead). Latency is one-way, generator to sink \
          (the no-device row is the path's own share), from the sink's 3% buckets.\n\n",
         main.describe(),
         args.trial_ms,
@@ -264,7 +276,7 @@ fn render(results: &[PeerResult], mix: &[PeerResult], main: &Profile, mix_profil
         md += &format!("\nMixed profile: {}; every SYN opens a new flow.\n\n", mix_profile.describe());
         md += "| device under test | zero-loss kpps | ≤0.1% loss kpps |\n|---|---|---|\n";
         for r in mix {
-            let cell = |b: Option<(fulcrum_perf::search::Trial, bool)>| b.map_or("none".into(), |(t, _)| format!("{:.1}", t.received_rate() / 1000.0));
+            let cell = |b: Option<(fulcrum_linerate::search::Trial, bool)>| b.map_or("none".into(), |(t, _)| format!("{:.1}", t.received_rate() / 1000.0));
             md += &format!("| {} | {} | {} |\n", r.name, cell(r.zero), cell(r.tenth));
         }
     }

@@ -114,6 +114,20 @@ impl Peer {
         Ok((Trial { offered: rate, sent: sent.frames, received: got.frames, secs: sent.secs }, got))
     }
 
+    /// CPU time the device's process has used so far (user and system,
+    /// all threads), if it is a process: AF_XDP devices pay their kernel
+    /// work (copy-mode TX) in their own system calls, so this is their
+    /// whole cost. Kernel forwarding runs in the sender's context instead.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.proc.as_ref()?.pid())).ok()?;
+        // Fields after the parenthesised command: utime and stime are the
+        // 12th and 13th.
+        let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let ticks = f.next()?.parse::<f64>().ok()? + f.next()?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+    }
+
     /// New TCP connections per second through the device to VIP4:80 (an
     /// HTTP request each, answered by a backend's lab server), from
     /// `clients` threads on the client for `duration`; and the failures.

@@ -23,11 +23,18 @@ pub struct PeerResult {
     pub latency: Option<(f64, Latency, u64)>,
     /// New connections per second and failed connections.
     pub cps: Option<(f64, u64)>,
+    /// The device's CPU time and the frames it delivered over all trials.
+    pub cpu: Option<(f64, u64)>,
 }
 
 impl PeerResult {
     pub fn zero_rate(&self) -> Option<f64> {
         self.zero.map(|(t, _)| t.received_rate())
+    }
+
+    /// The device's CPU ns per delivered frame over all trials.
+    pub fn cpu_ns(&self) -> Option<f64> {
+        self.cpu.filter(|c| c.1 > 0).map(|(secs, frames)| secs * 1e9 / frames as f64)
     }
 }
 
@@ -53,12 +60,13 @@ fn rate_cell(best: Option<(Trial, bool)>) -> String {
 /// The throughput, latency and connection tables, ratios and targets.
 pub fn markdown(results: &[PeerResult], ratios: &[(String, Option<f64>)], checks: &[Check]) -> String {
     let mut m = String::new();
-    m += "| device under test | topology | zero-loss kpps | ≤0.1% loss kpps | latency at half zero-loss rate: p50 / p99 / p99.9 / max µs | reordered |\n";
-    m += "|---|---|---|---|---|---|\n";
+    m += "| device under test | topology | zero-loss kpps | ≤0.1% loss kpps | device CPU ns per frame | latency at half zero-loss rate: p50 / p99 / p99.9 / max µs | reordered |\n";
+    m += "|---|---|---|---|---|---|---|\n";
     for r in results.iter().filter(|r| !r.trials.is_empty()) {
         let lat = r.latency.map_or("".into(), |(rate, l, _)| format!("{:.1} / {:.1} / {:.1} / {:.0} (at {} kpps)", l.p50, l.p99, l.p999, l.max, kpps(rate)));
         let reordered = r.latency.map_or("".into(), |(_, _, n)| n.to_string());
-        let _ = writeln!(m, "| {} | {} | {} | {} | {lat} | {reordered} |", r.name, r.topology, rate_cell(r.zero), rate_cell(r.tenth));
+        let cpu = r.cpu_ns().map_or("".into(), |ns| format!("{ns:.0}"));
+        let _ = writeln!(m, "| {} | {} | {} | {} | {cpu} | {lat} | {reordered} |", r.name, r.topology, rate_cell(r.zero), rate_cell(r.tenth));
     }
     let cps: Vec<&PeerResult> = results.iter().filter(|r| r.cps.is_some()).collect();
     if !cps.is_empty() {

@@ -29,6 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo build --release --locked -p fulcrum -p fulcrum-tests -p fulcrum-linerate --bins
 cargo bench --locked -q -p fulcrum-perf --bench engine --no-run
+built=$(date +%s)
 
 out=perf/results
 mkdir -p "$out"
@@ -45,22 +46,24 @@ mkdir -p "$out"
     echo
     cargo bench --locked -q -p fulcrum-perf --bench engine -- --flows 1000 --rounds 50 | sed -n '1,8p'
     echo
-    echo "#### Instructions per packet (callgrind, 20,000 flows)"
+    echo "#### Instructions per packet (callgrind, 10,000 flows)"
     echo
-    echo '`perf/scripts/callgrind-engine.sh` (includes the ~40-instruction frame copy)'
+    echo '`FLOWS=10000 perf/scripts/callgrind-engine.sh` (includes the ~40-instruction frame copy)'
     echo
-    perf/scripts/callgrind-engine.sh
+    FLOWS=10000 perf/scripts/callgrind-engine.sh
 } > "$out/engine.md"
 cat "$out/engine.md"
 
-target/release/linerate --out "$out" "$@"
+"${CARGO_TARGET_DIR:-target}/release/linerate" --out "$out" "$@"
 
 cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
+end=$(date +%s)
+took() { echo "$(( $1 / 60 )) min $(( $1 % 60 )) s"; }
 {
     echo
     echo "### $(date -u +%Y-%m-%d), $(nproc) vCPU $cpu, Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2)"
     echo
-    echo "\`scripts/bench.sh\` ($(( ($(date +%s) - start) / 60 )) min; load average at the start: $load)."
+    echo "\`scripts/bench.sh\`: $(took $((end - start))) in all, of which $(took $((built - start))) installing and building; load average at the start: $load."
     echo
     echo "#### Line rate on the namespace lab"
     echo

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 flows=${FLOWS:-20000}
 cargo bench -q -p fulcrum-perf --bench engine --no-run
-bin=$(ls -t target/release/deps/engine-* | grep -v '\.d$' | head -1)
+bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/engine-* | grep -v '\.d$' | head -1)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 count() { valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$bin" --flows "$flows" --rounds "$2" --callgrind "$1" ${3:-} 2>&1 | awk '/refs:/ { gsub(",", "", $4); print $4 }'; }

@@ -186,7 +186,11 @@ fn start_dut(lab: &mut Lab, dut: Dut) -> Result<(Option<Proc>, Option<TempConfig
             let config = daemon::config(lab, mode, "");
             let auto = "xdp_mode = \"auto\"";
             assert!(config.contains(auto), "the lab configuration sets the XDP mode");
-            let config = config.replace(auto, &format!("xdp_mode = \"{xdp}\""));
+            // Workers as many as queues but not pinned (`workers = N`), as
+            // the null forwarder's threads are not: on these shared cores
+            // a pinned worker cannot leave a CPU another program's poller
+            // occupies.
+            let config = config.replace(auto, &format!("xdp_mode = \"{xdp}\"\nworkers = {}", lab.queues));
             let (p, file) = daemon::start(lab, &config)?;
             Ok((Some(p), Some(file)))
         }

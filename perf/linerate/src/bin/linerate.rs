@@ -26,7 +26,7 @@ struct Args {
     /// Length of one trial.
     #[arg(long, default_value_t = 700)]
     trial_ms: u64,
-    /// Trials per RFC 2544 search.
+    /// Rates tried per RFC 2544 search (a failing rate takes two trials).
     #[arg(long, default_value_t = 6)]
     trials: u32,
     /// Established TCP flows of the main profile.
@@ -176,15 +176,18 @@ fn run(args: &Args) -> Result<(), LabError> {
 }
 
 /// RFC 2544 searches (zero loss, ≤ 0.1% loss) for every peer, one trial
-/// per search per round, peers interleaved within each round.
+/// per search per round, peers interleaved within each round, until every
+/// search has its answer.
 fn search(runs: &mut [Run], label: &str, max: f64, trials: u32, trial: Duration) -> Result<(), LabError> {
     let mut searches: Vec<[Search; 2]> = runs.iter().map(|_| [Search::new(max, 0.0, trials), Search::new(max, LOSS_TENTH, trials)]).collect();
     let total = runs.iter().filter(|r| r.pps).count() * 2 * trials as usize;
-    let mut done = 0;
-    for round in 0..trials {
+    let (mut done, mut round, mut more) = (0, 0, true);
+    while more {
+        (round, more) = (round + 1, false);
         for (r, s) in runs.iter_mut().zip(&mut searches).filter(|(r, _)| r.pps) {
             for (k, search) in s.iter_mut().enumerate() {
                 let Some(rate) = search.next() else { continue };
+                more = true;
                 let cpu = r.peer.cpu_secs();
                 let (t, _) = r.peer.trial(rate, trial)?;
                 if let (Some(a), Some(b)) = (cpu, r.peer.cpu_secs()) {
@@ -196,8 +199,7 @@ fn search(runs: &mut [Run], label: &str, max: f64, trials: u32, trial: Duration)
                 done += 1;
                 let what = if k == 0 { "zero loss" } else { "≤0.1% loss" };
                 eprintln!(
-                    "[{label} {done:>3}/~{total}] round {}: {} ({what}): offered {:.0} kpps, sent {:.0}, received {:.0}, loss {:.3}%",
-                    round + 1,
+                    "[{label} {done:>3}/~{total}] round {round}: {} ({what}): offered {:.0} kpps, sent {:.0}, received {:.0}, loss {:.3}%",
                     r.result.name,
                     rate / 1000.0,
                     t.sent_rate() / 1000.0,

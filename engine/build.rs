@@ -5,7 +5,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
-const PROGRAMS: &[&str] = &["steer", "decap", "pass"];
+const PROGRAMS: &[&str] = &["steer", "decap", "pass", "sink"];
 
 fn main() {
     let src = Path::new("bpf");

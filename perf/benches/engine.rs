@@ -4,19 +4,29 @@
 //!
 //! `cargo bench -p fulcrum-perf --bench engine` prints a markdown table.
 //! `-- --flows N --rounds R` change the flow count and repetitions;
-//! `-- --callgrind MODE` runs only that mode's established-flow passes, for
-//! instruction counting: the difference between two runs with different
-//! `--rounds`, divided by the extra packets, is instructions per packet
-//! with the set-up cancelled out.
+//! `-- --callgrind MODE` runs only that mode's established-flow passes (with
+//! `--new`, its new-flow passes), for instruction counting: the difference
+//! between two runs with different `--rounds` (at most 3 with `--new`),
+//! divided by the extra packets, is instructions per packet with the
+//! set-up cancelled out.
 //!
 //! Each batch first copies the pristine frames into the buffers (the NIC's
 //! DMA, in effect): the `copy only` row measures that alone, and the
 //! per-mode rows subtract it.
+//!
+//! A last table prices the alternative to one UMEM shared by a worker's
+//! sockets (inline topology): a copy of every forwarded frame into a
+//! chunk of the egress socket's own UMEM.
+
+use std::hint::black_box;
+use std::time::Instant;
 
 use fulcrum::Mode;
 use fulcrum::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
+use fulcrum::io::{FRAME_SIZE, HEADROOM as UMEM_HEADROOM};
 use fulcrum::wire::tcp::{ACK, SYN};
-use fulcrum_perf::{BATCH, SLOT, arg, engine, frames, ip, median, pass, shuffled};
+use fulcrum_perf::{BATCH, FRAME, SLOT, arg, engine, frames, ip, median, pass, shuffled};
+
 
 fn modes() -> Vec<(&'static str, Mode)> {
     let tunnel = |encap| Mode::Tunnel { encap, source: ip("198.18.200.0"), source_prefix: 24 };
@@ -29,15 +39,26 @@ fn modes() -> Vec<(&'static str, Mode)> {
     ]
 }
 
+
+
+
+
+
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flows: usize = arg(&args, "--flows").map_or(1_000_000, |s| s.parse().expect("--flows N"));
     let rounds: usize = arg(&args, "--rounds").map_or(5, |s| s.parse().expect("--rounds R"));
     let callgrind = arg(&args, "--callgrind");
+    let new_only = args.iter().any(|a| a == "--new");
     let mut bufs = vec![0u8; SLOT * BATCH];
     let syns = frames(flows, 0, SYN);
     let acks = frames(flows, 0, ACK);
     let order = shuffled(flows);
+    if let Some(mode) = callgrind.as_deref().filter(|_| new_only) {
+        callgrind_new(mode, flows, rounds, &syns, &order, &mut bufs);
+        return;
+    }
 
     println!("| mode | established ns/pkt | new flow ns (Maglev) |");
     println!("|---|---|---|");
@@ -64,4 +85,47 @@ fn main() {
         let est: Vec<f64> = (0..rounds).map(|r| pass(&mut e, &acks, &order, &mut bufs, true, 2 + r as u32) - copy_ns).collect();
         println!("| {name} | {:.1} | {new_ns:.1} |", median(est));
     }
+    if callgrind.is_none() {
+        println!();
+        println!("| shared UMEM, or a copy per forwarded frame between UMEMs | ns per frame |");
+        println!("|---|---|");
+        println!("| shared UMEM (the descriptor moves) | 0 |");
+        for len in [64, 1500] {
+            let ns = median((0..rounds).map(|_| umem_copy(len, 1 << 22)).collect());
+            println!("| copy of a {len}-byte frame | {ns:.1} |");
+        }
+    }
+}
+
+/// New-flow passes only, for callgrind: the table filled with `syns`, then
+/// `rounds` (at most 3) passes of flows it has never seen. The frames of
+/// all 3 passes are built whatever `rounds` is, so two runs differ only in
+/// the passes processed.
+fn callgrind_new(mode: &str, flows: usize, rounds: usize, syns: &[[u8; FRAME]], order: &[u32], bufs: &mut [u8]) {
+    const SETS: usize = 3;
+    assert!(rounds <= SETS, "--new takes at most {SETS} rounds");
+    let (_, m) = modes().into_iter().find(|(n, _)| *n == mode).unwrap_or_else(|| panic!("unknown mode {mode}"));
+    let fresh: Vec<Vec<[u8; FRAME]>> = (1..=SETS).map(|k| frames(flows, k * flows, SYN)).collect();
+    let mut e = engine(m, flows);
+    pass(&mut e, syns, order, bufs, true, 0);
+    for (r, set) in fresh.iter().take(rounds).enumerate() {
+        pass(&mut e, set, order, bufs, true, 1 + r as u32);
+    }
+}
+
+/// ns per frame to copy `len` bytes from a received chunk of one UMEM to a
+/// free chunk of another, over `frames` frames. Both UMEMs have the
+/// 4096 chunks of 2 KiB an `XskIo` port has, visited in ring order, so
+/// they do not fit the cache (as under load).
+fn umem_copy(len: usize, frames: usize) -> f64 {
+    const CHUNKS: usize = 4096;
+    let rx = vec![1u8; CHUNKS * FRAME_SIZE];
+    let mut tx = vec![0u8; CHUNKS * FRAME_SIZE];
+    let start = Instant::now();
+    for i in 0..frames {
+        let (from, to) = ((i % CHUNKS) * FRAME_SIZE + UMEM_HEADROOM, ((i + CHUNKS / 2) % CHUNKS) * FRAME_SIZE + UMEM_HEADROOM);
+        tx[to..to + len].copy_from_slice(&rx[from..from + len]);
+        black_box(&mut tx);
+    }
+    start.elapsed().as_nanos() as f64 / frames as f64
 }

@@ -1,6 +1,7 @@
 //! Shared by the micro-benchmarks (perf/README.md): an engine with one TCP
 //! VIP over 16 backends, 64-byte frames of distinct flows, and timed passes
-//! of them through `Engine::process` in batches.
+//! of them through `Engine::process` in batches. The line-rate harness is
+//! the `fulcrum-linerate` crate in `linerate/` (see README.md).
 
 use std::hint::black_box;
 use std::net::IpAddr;

@@ -13,13 +13,18 @@ use fulcrum::control::api::{Request, Response};
 
 use crate::{Lab, LabError, Proc, Topology, VIP4, VIP6, http_get, in_netns};
 
-/// The `fulcrum` binary cargo built beside this program: in the same
-/// directory (a binary) or the one above (a test, built in deps/).
+/// The `fulcrum` binary cargo built beside this program.
 pub fn fulcrum_bin() -> PathBuf {
+    sibling_bin("fulcrum")
+}
+
+/// A binary of the workspace cargo built beside this program: in the same
+/// directory (a binary) or the one above (a test, built in deps/).
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("this program's path");
     let dirs = exe.ancestors().skip(1).take(2);
-    let found = dirs.map(|d| d.join("fulcrum")).find(|b| b.is_file());
-    found.unwrap_or_else(|| panic!("no fulcrum binary beside {}: build it first (cargo build -p fulcrum)", exe.display()))
+    let found = dirs.map(|d| d.join(name)).find(|b| b.is_file());
+    found.unwrap_or_else(|| panic!("no {name} binary beside {}: build it first (cargo build --bins)", exe.display()))
 }
 
 /// The forwarding modes as the configuration names them.
@@ -248,7 +253,7 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 pub struct TempConfig(PathBuf, Option<PathBuf>);
 
 impl TempConfig {
-    fn new(text: &str) -> Result<TempConfig, LabError> {
+    pub fn new(text: &str) -> Result<TempConfig, LabError> {
         static N: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!("fulcrum-lab-{}-{}.toml", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         std::fs::write(&path, text).map_err(|e| LabError(format!("writing {}: {e}", path.display())))?;
@@ -256,7 +261,7 @@ impl TempConfig {
         Ok(TempConfig(path, socket))
     }
 
-    fn path_str(&self) -> &str {
+    pub fn path_str(&self) -> &str {
         self.0.to_str().unwrap_or_default()
     }
 

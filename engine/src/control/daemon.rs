@@ -151,7 +151,8 @@ impl Daemon {
         };
         let mut ids = Ids::default();
         let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
-        let (services, next) = HealthControl::configure(None, &config, &ids, services)?;
+        let mut plugins = Plugins::default();
+        let (services, next) = HealthControl::configure(None, &config, &ids, services, &mut plugins)?;
         let mut health = None;
         HealthControl::commit(&mut health, next);
         let services = Arc::new(services);
@@ -203,7 +204,6 @@ impl Daemon {
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
-        let mut plugins = Plugins::default();
         plugins.apply(None, &config, &services, &dataplane)?;
         Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, health, telemetry, plugins, started: Instant::now(), workers: queues as usize, xdp_mode })
     }
@@ -278,7 +278,7 @@ impl Daemon {
                 self.engine.max_backends
             ));
         }
-        let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services)?;
+        let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services, &mut self.plugins)?;
         let services = Arc::new(services);
         let vips = vip_matches(&new);
         // New VIPs and return traffic are steered before the workers switch,

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use fulcrum_config as cfg;
 
 use super::apply::{self, CheckedVip, Ids};
+use super::plugins::Plugins;
 use crate::flow::key::ip_from16;
 use crate::health::{HealthMonitor, HealthState, HealthStats, Member, Policy, Pool, RiseFall, Transition, route_source};
 use crate::sched::BackendState;
-use crate::sched::wasm::{HealthPolicy, HostConfig, PluginRuntime, PluginSlot};
+use crate::sched::wasm::{HealthPolicy, PluginSlot};
 use crate::services::{Backend, BackendId, Services, backend_name, vip_name};
 
 pub struct HealthControl {
@@ -50,7 +51,7 @@ impl HealthControl {
     /// backends' states applied, and what to `commit` once those services
     /// are in force. A monitor is started only if the checks changed; an
     /// error leaves everything as it was.
-    pub fn configure(current: Option<&HealthControl>, config: &cfg::Config, ids: &Ids, services: Services) -> Result<(Services, Next), String> {
+    pub fn configure(current: Option<&HealthControl>, config: &cfg::Config, ids: &Ids, services: Services, plugins: &mut Plugins) -> Result<(Services, Next), String> {
         let checks = apply::health_checks(config, ids);
         let keep = current.filter(|h| h.checks == checks);
         // Unchanged checks keep their states as applied (a policy plugin
@@ -70,7 +71,7 @@ impl HealthControl {
             _ if states.is_empty() => Next::Off,
             Some(_) => Next::Keep(states),
             None => {
-                let pools = pools(&checks, &states, &services)?;
+                let pools = pools(&checks, &states, &services, plugins)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
                 Next::Start(HealthControl { monitor: HealthMonitor::start(pools)?, checks, states })
@@ -122,9 +123,9 @@ impl HealthControl {
 
 /// The monitor's pools: each VIP's members as scheduler rows see them, in
 /// the state they start in, and its policy: the native one, or its
-/// health-policy plugin (loaded and smoke-tested here).
-fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services) -> Result<Vec<Pool>, String> {
-    let mut runtime: Option<Arc<PluginRuntime>> = None;
+/// health-policy plugin (loaded and smoke-tested here, in the runtime of
+/// the daemon's plugins).
+fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, plugins: &mut Plugins) -> Result<Vec<Pool>, String> {
     checks
         .iter()
         .map(|c| {
@@ -136,10 +137,7 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
             let policy: Box<dyn Policy> = match &c.plugin {
                 None => Box::new(RiseFall),
                 Some(path) => {
-                    let rt = match &runtime {
-                        Some(rt) => Arc::clone(rt),
-                        None => Arc::clone(runtime.insert(PluginRuntime::new(HostConfig::default()).map_err(|e| format!("health-policy plugins: {e}"))?)),
-                    };
+                    let rt = plugins.runtime().map_err(|e| format!("health-policy plugins: {e}"))?;
                     let rows: Vec<BackendState> = members.iter().map(|m| BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() }).collect();
                     let plugin = rt.load_file(path, &rows).map_err(|e| format!("vip {}: health policy {}: {e}", c.name, path.display()))?;
                     let slot = PluginSlot::new(format!("vip {} health policy", c.name));

@@ -48,17 +48,20 @@ impl Plugins {
         Ok(())
     }
 
+    /// The runtime every plugin of the daemon runs in (health-policy
+    /// plugins too), made on first use.
+    pub fn runtime(&mut self) -> Result<Arc<PluginRuntime>, String> {
+        if let Some(r) = &self.runtime {
+            return Ok(Arc::clone(r));
+        }
+        let r = PluginRuntime::new(HostConfig::default()).map_err(|e| e.to_string())?;
+        Ok(Arc::clone(self.runtime.insert(r)))
+    }
+
     /// Loads `path` for the VIP and publishes it: the name of the plugin
     /// and its generation.
     pub fn load(&mut self, vip: VipId, path: &Path, services: &Services, dataplane: &Dataplane) -> Result<(String, u64), String> {
-        let runtime = match &self.runtime {
-            Some(r) => Arc::clone(r),
-            None => {
-                let r = PluginRuntime::new(HostConfig::default()).map_err(|e| e.to_string())?;
-                self.runtime = Some(Arc::clone(&r));
-                r
-            }
-        };
+        let runtime = self.runtime()?;
         let pool = pool(services, vip);
         let plugin = runtime.load_file(path, &pool).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = plugin.name().to_string();

@@ -4,11 +4,12 @@
 //!
 //! `cargo bench -p fulcrum-perf --bench engine` prints a markdown table.
 //! `-- --flows N --rounds R` change the flow count and repetitions;
-//! `-- --callgrind MODE` runs only that mode's established-flow passes (with
-//! `--new`, its new-flow passes), for instruction counting: the difference
-//! between two runs with different `--rounds` (at most 3 with `--new`),
-//! divided by the extra packets, is instructions per packet with the
-//! set-up cancelled out.
+//! `-- --callgrind MODE` fills the table, then runs `--rounds` passes of
+//! that mode's established flows (with `--new`, of flows never seen)
+//! through `counted`, for instruction counting by
+//! `valgrind --tool=callgrind --toggle-collect='*counted*'`: the set-up is
+//! not counted, so the total divided by the packets passed is the cost of
+//! one (perf/scripts/callgrind-engine.sh).
 //!
 //! Each batch first copies the pristine frames into the buffers (the NIC's
 //! DMA, in effect): the `copy only` row measures that alone, and the
@@ -21,7 +22,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use fulcrum::Mode;
+use fulcrum::{Engine, Mode};
 use fulcrum::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum::io::{FRAME_SIZE, HEADROOM as UMEM_HEADROOM};
 use fulcrum::wire::tcp::{ACK, SYN};
@@ -39,12 +40,6 @@ fn modes() -> Vec<(&'static str, Mode)> {
     ]
 }
 
-
-
-
-
-
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flows: usize = arg(&args, "--flows").map_or(1_000_000, |s| s.parse().expect("--flows N"));
@@ -55,8 +50,15 @@ fn main() {
     let syns = frames(flows, 0, SYN);
     let acks = frames(flows, 0, ACK);
     let order = shuffled(flows);
-    if let Some(mode) = callgrind.as_deref().filter(|_| new_only) {
-        callgrind_new(mode, flows, rounds, &syns, &order, &mut bufs);
+    if let Some(mode) = callgrind.as_deref() {
+        let (_, m) = modes().into_iter().find(|(n, _)| *n == mode).unwrap_or_else(|| panic!("unknown mode {mode}"));
+        let mut e = engine(m, if new_only { flows } else { flows * 2 });
+        pass(&mut e, &syns, &order, &mut bufs, true, 0);
+        for r in 0..rounds {
+            // New flows: a table already full, so each insert also evicts.
+            let set = if new_only { frames(flows, (r + 1) * flows, SYN) } else { acks.clone() };
+            counted(&mut e, &set, &order, &mut bufs, 1 + r as u32);
+        }
         return;
     }
 
@@ -66,51 +68,32 @@ fn main() {
     let copy_ns = median((0..rounds).map(|_| pass(&mut copy, &acks, &order, &mut bufs, false, 0)).collect());
     println!("| copy only | {copy_ns:.1} | |");
     for (name, mode) in modes() {
-        if callgrind.as_deref().is_some_and(|m| m != name) {
-            continue;
-        }
         // New flows: a table already full, so each insert also evicts —
         // the steady state of a busy balancer.
-        let new_ns = if callgrind.is_some() {
-            0.0
-        } else {
-            let mut e = engine(mode, flows);
-            pass(&mut e, &syns, &order, &mut bufs, true, 0);
-            let fresh = frames(flows, flows, SYN);
-            pass(&mut e, &fresh, &order, &mut bufs, true, 1) - copy_ns
-        };
+        let mut e = engine(mode, flows);
+        pass(&mut e, &syns, &order, &mut bufs, true, 0);
+        let new_ns = pass(&mut e, &frames(flows, flows, SYN), &order, &mut bufs, true, 1) - copy_ns;
         // Established: every flow has an entry; visit them all, repeatedly.
         let mut e = engine(mode, flows * 2);
         pass(&mut e, &syns, &order, &mut bufs, true, 0);
         let est: Vec<f64> = (0..rounds).map(|r| pass(&mut e, &acks, &order, &mut bufs, true, 2 + r as u32) - copy_ns).collect();
         println!("| {name} | {:.1} | {new_ns:.1} |", median(est));
     }
-    if callgrind.is_none() {
-        println!();
-        println!("| shared UMEM, or a copy per forwarded frame between UMEMs | ns per frame |");
-        println!("|---|---|");
-        println!("| shared UMEM (the descriptor moves) | 0 |");
-        for len in [64, 1500] {
-            let ns = median((0..rounds).map(|_| umem_copy(len, 1 << 22)).collect());
-            println!("| copy of a {len}-byte frame | {ns:.1} |");
-        }
+    println!();
+    println!("| shared UMEM, or a copy per forwarded frame between UMEMs | ns per frame |");
+    println!("|---|---|");
+    println!("| shared UMEM (the descriptor moves) | 0 |");
+    for len in [64, 1500] {
+        let ns = median((0..rounds).map(|_| umem_copy(len, 1 << 22)).collect());
+        println!("| copy of a {len}-byte frame | {ns:.1} |");
     }
 }
 
-/// New-flow passes only, for callgrind: the table filled with `syns`, then
-/// `rounds` (at most 3) passes of flows it has never seen. The frames of
-/// all 3 passes are built whatever `rounds` is, so two runs differ only in
-/// the passes processed.
-fn callgrind_new(mode: &str, flows: usize, rounds: usize, syns: &[[u8; FRAME]], order: &[u32], bufs: &mut [u8]) {
-    const SETS: usize = 3;
-    assert!(rounds <= SETS, "--new takes at most {SETS} rounds");
-    let (_, m) = modes().into_iter().find(|(n, _)| *n == mode).unwrap_or_else(|| panic!("unknown mode {mode}"));
-    let fresh: Vec<Vec<[u8; FRAME]>> = (1..=SETS).map(|k| frames(flows, k * flows, SYN)).collect();
-    let mut e = engine(m, flows);
-    pass(&mut e, syns, order, bufs, true, 0);
-    for (r, set) in fresh.iter().take(rounds).enumerate() {
-        pass(&mut e, set, order, bufs, true, 1 + r as u32);
-    }
+/// The passes callgrind counts (`--callgrind`): a function of its own so
+/// `--toggle-collect` can find it.
+#[inline(never)]
+fn counted(e: &mut Engine, frames: &[[u8; FRAME]], order: &[u32], bufs: &mut [u8], now: u32) {
+    pass(e, frames, order, bufs, true, now);
 }
 
 /// ns per frame to copy `len` bytes from a received chunk of one UMEM to a

@@ -56,8 +56,14 @@ fn main() {
         pass(&mut e, &syns, &order, &mut bufs, true, 0);
         for r in 0..rounds {
             // New flows: a table already full, so each insert also evicts.
-            let set = if new_only { frames(flows, (r + 1) * flows, SYN) } else { acks.clone() };
-            counted(&mut e, &set, &order, &mut bufs, 1 + r as u32);
+            let fresh;
+            let set = if new_only {
+                fresh = frames(flows, (r + 1) * flows, SYN);
+                &fresh
+            } else {
+                &acks
+            };
+            counted(&mut e, set, &order, &mut bufs, 1 + r as u32);
         }
         return;
     }

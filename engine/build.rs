@@ -22,24 +22,16 @@ fn main() {
     for name in PROGRAMS {
         let obj = out.join(format!("{name}.o"));
         let result = Command::new(&clang)
-            .args([
-                "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &multiarch, "-c",
-            ])
+            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", &multiarch, "-c"])
             .arg(src.join(format!("{name}.c")))
             .arg("-o")
             .arg(&obj)
             .output();
         match result {
-            Err(e) => fail(&format!(
-                "cannot run `{clang}` to compile bpf/{name}.c ({e}): install clang (scripts/setup.sh)"
-            )),
+            Err(e) => fail(&format!("cannot run `{clang}` to compile bpf/{name}.c ({e}): install clang (scripts/setup.sh)")),
             Ok(o) if !o.status.success() => {
                 let stderr = String::from_utf8_lossy(&o.stderr);
-                let hint = if stderr.contains("file not found") {
-                    "\nmissing headers: install libbpf-dev and linux-libc-dev (scripts/setup.sh)"
-                } else {
-                    ""
-                };
+                let hint = if stderr.contains("file not found") { "\nmissing headers: install libbpf-dev and linux-libc-dev (scripts/setup.sh)" } else { "" };
                 fail(&format!("clang failed on bpf/{name}.c:\n{stderr}{hint}"));
             }
             Ok(_) => {}

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
+use crate::flow::FlowKey;
 use crate::flow::key::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
-use crate::flow::FlowKey;
-use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::forward::rewrite::End;
+use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::packet::{DropReason, IfIndex, Packet, Verdict};
 use crate::sched::{BackendState, Scheduler};
 use crate::services::{BackendEntry, BackendId, Mode, Services, Vip, VipId};
@@ -280,11 +280,7 @@ impl Flows {
             return Verdict::Drop(DropReason::NoState);
         }
         let (lo, _) = self.cfg.snat_ports;
-        let owner = s
-            .is_to_snat(key)
-            .then(|| key.dst_port.checked_sub(lo).map(|off| off / self.snat_span))
-            .flatten()
-            .filter(|&w| w < self.cfg.workers);
+        let owner = s.is_to_snat(key).then(|| key.dst_port.checked_sub(lo).map(|off| off / self.snat_span)).flatten().filter(|&w| w < self.cfg.workers);
         match owner {
             Some(w) if w == self.cfg.worker => Verdict::Drop(DropReason::NoState),
             owner => Verdict::Handoff(owner),

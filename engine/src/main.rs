@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fulcrum::control::api::{Request, Response};
 use fulcrum::control::{client, load_config, netinfo, server};
+use fulcrum::forward::tunnel::GUE_DEFAULT_PORT;
 use fulcrum::io::XdpMode;
 use fulcrum::io::xdp::DecapProgram;
-use fulcrum::forward::tunnel::GUE_DEFAULT_PORT;
 use fulcrum::sched::wasm::replay::{self, ReplayOptions};
 
 #[derive(Parser)]
@@ -112,7 +112,11 @@ fn parse_mode(s: &str) -> Result<XdpMode, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let result = match Cli::parse().cmd {
         Cmd::Run { config } => server::run(&config),
         Cmd::CheckConfig { file } => load_config(&file).map(|c| println!("{}: ok ({} VIPs)", file.display(), c.vips.len())),

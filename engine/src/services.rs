@@ -210,7 +210,12 @@ impl Services {
         self.rebuild(self.interfaces.clone(), vips, backends)
     }
 
-    fn build(interfaces: Vec<Interface>, vips: Vec<Option<VipSpec>>, backends: Vec<Option<Backend>>, previous: Option<&Services>) -> Result<Services, ServiceError> {
+    fn build(
+        interfaces: Vec<Interface>,
+        vips: Vec<Option<VipSpec>>,
+        backends: Vec<Option<Backend>>,
+        previous: Option<&Services>,
+    ) -> Result<Services, ServiceError> {
         let err = |msg: String| Err(ServiceError(msg));
         if vips.len() > usize::from(VipId::MAX) || backends.len() > usize::from(BackendId::MAX) {
             return err(format!("too many VIPs ({}) or backends ({}): at most {} each", vips.len(), backends.len(), u16::MAX));

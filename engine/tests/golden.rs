@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fulcrum::flow::FlowKey;
 use fulcrum::flow::table::FlowState;
 use fulcrum::forward::tunnel::{self, Encap, GUE_DEFAULT_PORT};
-use fulcrum::wire::build::{CLIENT_MAC, LB_MAC, L4, PacketBuilder, ethernet, ip_packet};
+use fulcrum::wire::build::{CLIENT_MAC, L4, LB_MAC, PacketBuilder, ethernet, ip_packet};
 use fulcrum::wire::tcp::{ACK, FIN, RST, SYN};
 use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
 
@@ -245,9 +245,8 @@ fn too_big(v6: bool) {
     let quote = input.ip_packet();
     // The advertised MTU leaves room for the outer header: 1460 / 1480.
     let (rest, quote_len) = if v6 { (1460u32.to_be_bytes(), 1232) } else { ([0, 0, 0x05, 0xc8], 548) };
-    let mut want = PacketBuilder::icmp(n.vip, n.client, if v6 { 2 } else { 3 }, if v6 { 0 } else { 4 }, rest)
-        .macs(LB_MAC, CLIENT_MAC)
-        .payload(&quote[..quote_len]);
+    let mut want =
+        PacketBuilder::icmp(n.vip, n.client, if v6 { 2 } else { 3 }, if v6 { 0 } else { 4 }, rest).macs(LB_MAC, CLIENT_MAC).payload(&quote[..quote_len]);
     want.dont_fragment = false;
     assert_frame(&run(&mut e, &input.frame(), 0), Verdict::Tx(0), &want.frame());
     // One byte less fits after encapsulation.
@@ -302,8 +301,22 @@ fn truncated_and_garbled_frames_are_counted_drops() {
         (good[..10].to_vec(), DropReason::Truncated),
         (good[..14 + 19].to_vec(), DropReason::Truncated),
         (good[..14 + 20 + 10].to_vec(), DropReason::Truncated), // IP total length beyond the frame
-        ({ let mut g = good.clone(); g[14] = 0x43; g }, DropReason::Malformed),
-        ({ let mut g = good.clone(); g[14 + 20 + 12] = 0x20; g }, DropReason::Malformed), // TCP data offset 2
+        (
+            {
+                let mut g = good.clone();
+                g[14] = 0x43;
+                g
+            },
+            DropReason::Malformed,
+        ),
+        (
+            {
+                let mut g = good.clone();
+                g[14 + 20 + 12] = 0x20;
+                g
+            },
+            DropReason::Malformed,
+        ), // TCP data offset 2
         (PacketBuilder::udp(n.client, 1, n.vip, 80).frame()[..14 + 20 + 6].to_vec(), DropReason::Truncated),
     ];
     for (i, (frame, reason)) in cases.iter().enumerate() {

@@ -57,13 +57,8 @@ fn next(m: &HealthMonitor) -> Transition {
 #[test]
 fn connect_and_http_checks_report_down_and_up_with_the_reason() {
     let (port, status) = http_server();
-    let probes = vec![
-        Probe::TcpConnect { port },
-        Probe::TcpConnect { port: closed_port() },
-        http(port, None),
-        http(port, Some("ok")),
-        http(port, Some("missing")),
-    ];
+    let probes =
+        vec![Probe::TcpConnect { port }, Probe::TcpConnect { port: closed_port() }, http(port, None), http(port, Some("ok")), http(port, Some("missing"))];
     let m = monitor(Box::new(RiseFall), probes);
     let mut down: Vec<(u16, Option<Failure>)> = (0..2).map(|_| next(&m)).map(|t| (t.backend, t.failure)).collect();
     down.sort_by_key(|d| d.0);

@@ -130,7 +130,10 @@ fn build((start_ms, batches): &(u32, Vec<(u32, Vec<FrameGen>)>)) -> Traffic {
         .iter()
         .map(|(advance_ms, frames)| Batch {
             advance_ms: *advance_ms,
-            frames: frames.iter().map(|(s, ingress, headroom, tailroom)| Frame { bytes: s.bytes(), ingress: *ingress, headroom: *headroom, tailroom: *tailroom }).collect(),
+            frames: frames
+                .iter()
+                .map(|(s, ingress, headroom, tailroom)| Frame { bytes: s.bytes(), ingress: *ingress, headroom: *headroom, tailroom: *tailroom })
+                .collect(),
         })
         .collect();
     Traffic { start_ms: *start_ms, batches }
@@ -261,7 +264,12 @@ fn seed_traffic() -> Vec<(&'static str, Traffic)> {
     };
     let udp = |v6| {
         let u = with(tcp(v6, 5000, 0), &|r| (r.tcp, r.vip_port, r.payload) = (false, 53, 20));
-        vec![u.clone(), with(u.clone(), &|r| r.vip_port = 9999), with(u.clone(), &|r| r.kind = Kind::Reply), with(u, &|r| (r.kind, r.snat_port) = (Kind::ReplyToSnat, OWN_SNAT_PORTS.start + 1))]
+        vec![
+            u.clone(),
+            with(u.clone(), &|r| r.vip_port = 9999),
+            with(u.clone(), &|r| r.kind = Kind::Reply),
+            with(u, &|r| (r.kind, r.snat_port) = (Kind::ReplyToSnat, OWN_SNAT_PORTS.start + 1)),
+        ]
     };
     let all = |v6: bool, f: &dyn Fn(bool) -> Vec<Recipe>| [f(v6), f(!v6)].concat();
     let mut s = vec![
@@ -290,11 +298,13 @@ fn seed_traffic() -> Vec<(&'static str, Traffic)> {
                 start_ms: 1000,
                 batches: vec![batch(
                     0,
-                    [(false, 0), (false, 10), (false, 14), (false, 20), (false, 33), (false, 40), (false, 53), (true, 54), (true, 60), (true, 73)].map(|(v6, len)| {
-                        let mut f = with(tcp(v6, 40000, SYN), &|r| r.payload = 8).frame();
-                        f.truncate(len);
-                        f
-                    }),
+                    [(false, 0), (false, 10), (false, 14), (false, 20), (false, 33), (false, 40), (false, 53), (true, 54), (true, 60), (true, 73)].map(
+                        |(v6, len)| {
+                            let mut f = with(tcp(v6, 40000, SYN), &|r| r.payload = 8).frame();
+                            f.truncate(len);
+                            f
+                        },
+                    ),
                 )],
             },
         ),
@@ -307,7 +317,12 @@ fn seed_traffic() -> Vec<(&'static str, Traffic)> {
                     // IP packets of the MTU and just under what fits after
                     // encapsulation; then one without headroom.
                     frames: [(false, 1460, 64), (false, 1440, 64), (true, 1440, 64), (true, 1400, 64), (false, 100, 0)]
-                        .map(|(v6, payload, headroom)| Frame { bytes: with(tcp(v6, 40003, SYN), &|r| r.payload = payload).frame(), ingress: 0, headroom, tailroom: 0 })
+                        .map(|(v6, payload, headroom)| Frame {
+                            bytes: with(tcp(v6, 40003, SYN), &|r| r.payload = payload).frame(),
+                            ingress: 0,
+                            headroom,
+                            tailroom: 0,
+                        })
                         .to_vec(),
                 }],
             },
@@ -319,7 +334,10 @@ fn seed_traffic() -> Vec<(&'static str, Traffic)> {
                 let u = with(tcp(false, 5000, 0), &|r| r.tcp = false);
                 let frames = || [tcp(false, 40000, SYN).frame(), u.frame()];
                 let ack = tcp(false, 40000, ACK).frame();
-                Traffic { start_ms: u32::MAX - 3000, batches: vec![batch(0, frames()), batch(2500, [ack.clone(), u.frame()]), batch(6000, frames()), batch(100, [ack])] }
+                Traffic {
+                    start_ms: u32::MAX - 3000,
+                    batches: vec![batch(0, frames()), batch(2500, [ack.clone(), u.frame()]), batch(6000, frames()), batch(100, [ack])],
+                }
             },
         ),
         (
@@ -328,18 +346,18 @@ fn seed_traffic() -> Vec<(&'static str, Traffic)> {
             // more than the worker's 4 source ports to one backend.
             one_batch(&(0..40).map(|i| with(tcp(i % 2 == 1, 41000 + i, SYN), &|r| r.host = (i % 2) as u8)).collect::<Vec<_>>()),
         ),
-        (
-            "not-balanced",
-            {
-                let mut frames: Vec<Vec<u8>> = [Kind::Stray, Kind::ToAlienVip, Kind::Echo].iter().flat_map(|&k| [false, true].map(|v6| with(tcp(v6, 40000, SYN), &|r| r.kind = k).frame())).collect();
-                frames.push(with(tcp(false, 40000, SYN), &|r| r.vip_port = 443).frame()); // only a draining backend
-                frames.push(with(tcp(true, 40000, SYN), &|r| r.ttl = 1).frame());
-                let mut arp = tcp(false, 0, 0).frame();
-                arp[12..14].copy_from_slice(&[0x08, 0x06]);
-                frames.push(arp);
-                Traffic { start_ms: 1000, batches: vec![batch(0, frames)] }
-            },
-        ),
+        ("not-balanced", {
+            let mut frames: Vec<Vec<u8>> = [Kind::Stray, Kind::ToAlienVip, Kind::Echo]
+                .iter()
+                .flat_map(|&k| [false, true].map(|v6| with(tcp(v6, 40000, SYN), &|r| r.kind = k).frame()))
+                .collect();
+            frames.push(with(tcp(false, 40000, SYN), &|r| r.vip_port = 443).frame()); // only a draining backend
+            frames.push(with(tcp(true, 40000, SYN), &|r| r.ttl = 1).frame());
+            let mut arp = tcp(false, 0, 0).frame();
+            arp[12..14].copy_from_slice(&[0x08, 0x06]);
+            frames.push(arp);
+            Traffic { start_ms: 1000, batches: vec![batch(0, frames)] }
+        }),
     ];
     // A flow opened from the server side (interface 1). No seed uses an
     // ingress without an interface while that panics the engine: a seed

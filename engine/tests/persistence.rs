@@ -18,7 +18,15 @@ fn backend(i: u8) -> Backend {
 
 /// One DSR VIP with source-IP persistence over backends 1..=4.
 fn services() -> Services {
-    let vip = VipSpec { addr: IpAddr::from(VIP), proto: 6, port: 80, mode: Mode::Dsr, backends: vec![0, 1, 2, 3], persistence_ms: Some(TIMEOUT_MS), reset_on_down: false };
+    let vip = VipSpec {
+        addr: IpAddr::from(VIP),
+        proto: 6,
+        port: 80,
+        mode: Mode::Dsr,
+        backends: vec![0, 1, 2, 3],
+        persistence_ms: Some(TIMEOUT_MS),
+        reset_on_down: false,
+    };
     Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], (1..=4).map(|i| Some(backend(i))).collect()).unwrap()
 }
 

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 use fulcrum::flow::FlowKey;
-use fulcrum::sched::wasm::replay::{self, ReplayOptions};
 use fulcrum::health::{BackendHealth, CheckResult, HealthState, Observation, Policy};
+use fulcrum::sched::wasm::replay::{self, ReplayOptions};
 use fulcrum::sched::wasm::{HealthPolicy, HostConfig, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler};
 use fulcrum::sched::{BackendState, Scheduler};
 use fulcrum::wire::tcp::{ACK, RST, SYN};
 use fulcrum::{Backend, Engine, EngineConfig, Mode, Verdict};
+use one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 
 const PLUGINS: [&str; 11] = [
     "round-robin",
@@ -447,7 +447,11 @@ fn name(s: &str) -> Vec<u8> {
 /// optionally a start function.
 fn module(funcs: &[Func], data: &[u8], start: Option<u32>) -> Vec<u8> {
     let mut m = b"\0asm\x01\0\0\0".to_vec();
-    section(1, funcs.iter().map(|f| [vec![0x60, f.params as u8], vec![0x7f; f.params], vec![f.results as u8], vec![0x7f; f.results]].concat()).collect(), &mut m);
+    section(
+        1,
+        funcs.iter().map(|f| [vec![0x60, f.params as u8], vec![0x7f; f.params], vec![f.results as u8], vec![0x7f; f.results]].concat()).collect(),
+        &mut m,
+    );
     section(3, (0..funcs.len() as u8).map(|i| vec![i]).collect(), &mut m);
     section(5, vec![vec![0, 1]], &mut m);
     let mut exports = vec![[name("memory"), vec![2, 0]].concat()];

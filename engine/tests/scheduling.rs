@@ -5,12 +5,12 @@ mod one_vip;
 
 use std::sync::Arc;
 
-use one_vip::{VIP, backend, backend_of, engine, frame, ip, send, services};
 use fulcrum::flow::FlowKey;
 use fulcrum::sched::{BackendState, Scheduler};
-use fulcrum::wire::build::{LB_MAC, L4, PacketBuilder};
+use fulcrum::wire::build::{L4, LB_MAC, PacketBuilder};
 use fulcrum::wire::tcp::{ACK, SYN};
 use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use one_vip::{VIP, backend, backend_of, engine, frame, ip, send, services};
 
 #[test]
 fn established_flows_keep_their_backend_across_a_reload() {

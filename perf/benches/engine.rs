@@ -22,12 +22,11 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use fulcrum::{Engine, Mode};
 use fulcrum::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum::io::{FRAME_SIZE, HEADROOM as UMEM_HEADROOM};
 use fulcrum::wire::tcp::{ACK, SYN};
+use fulcrum::{Engine, Mode};
 use fulcrum_perf::{BATCH, FRAME, SLOT, arg, engine, frames, ip, median, pass, shuffled};
-
 
 fn modes() -> Vec<(&'static str, Mode)> {
     let tunnel = |encap| Mode::Tunnel { encap, source: ip("198.18.200.0"), source_prefix: 24 };

@@ -108,16 +108,20 @@ fn main() {
         let (mut pool, flow) = (pool(), Default::default());
         let mut per_pick = |churn: bool| {
             let picks = 200_000;
-            median((0..rounds).map(|_| {
-                let start = Instant::now();
-                for i in 0..picks {
-                    if churn {
-                        pool[i % 16].active = i as u32;
-                    }
-                    std::hint::black_box(sched.pick(&flow, i as u64, &pool));
-                }
-                start.elapsed().as_nanos() as f64 / picks as f64
-            }).collect())
+            median(
+                (0..rounds)
+                    .map(|_| {
+                        let start = Instant::now();
+                        for i in 0..picks {
+                            if churn {
+                                pool[i % 16].active = i as u32;
+                            }
+                            std::hint::black_box(sched.pick(&flow, i as u64, &pool));
+                        }
+                        start.elapsed().as_nanos() as f64 / picks as f64
+                    })
+                    .collect(),
+            )
         };
         let (still, churn) = (per_pick(false), per_pick(true));
         println!("| {name} | {still:.1} | {churn:.1} |");

@@ -28,12 +28,7 @@ pub struct Header {
 }
 
 impl Header {
-    pub const V1: Header = Header {
-        magic: MAGIC,
-        abi_version: ABI_VERSION,
-        cap: CAPACITY as u32,
-        row_size: size_of::<Backend>() as u32,
-    };
+    pub const V1: Header = Header { magic: MAGIC, abi_version: ABI_VERSION, cap: CAPACITY as u32, row_size: size_of::<Backend>() as u32 };
 }
 
 /// The new flow to place, written by the host before each `lb_pick`.

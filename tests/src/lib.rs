@@ -82,10 +82,7 @@ pub struct Iface {
 impl Iface {
     pub fn mac_string(&self) -> String {
         let m = self.mac;
-        format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -144,11 +141,7 @@ struct End<'a> {
 impl<'a> End<'a> {
     fn host(h: &'a Host, ifidx: usize) -> End<'a> {
         let ifc = &h.ifaces[ifidx];
-        End {
-            ns: &h.ns,
-            dev: &ifc.name,
-            mac: Some(ifc),
-        }
+        End { ns: &h.ns, dev: &ifc.name, mac: Some(ifc) }
     }
 }
 
@@ -163,18 +156,9 @@ fn v6(net: u16, host: u16) -> Ipv6Addr {
 impl Lab {
     pub fn new(topology: Topology) -> Result<Lab, LabError> {
         remove_stale_labs();
-        let id = format!(
-            "{PREFIX}{}-{}-",
-            std::process::id(),
-            LAB_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = format!("{PREFIX}{}-{}-", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::Relaxed));
         let ns = |role: &str| format!("{id}{role}");
-        let iface = |name: &str, m: [u8; 6], v4: [u8; 4], v6a: Ipv6Addr| Iface {
-            name: name.into(),
-            mac: m,
-            v4: Ipv4Addr::from(v4),
-            v6: v6a,
-        };
+        let iface = |name: &str, m: [u8; 6], v4: [u8; 4], v6a: Ipv6Addr| Iface { name: name.into(), mac: m, v4: Ipv4Addr::from(v4), v6: v6a };
         // one-arm: 198.18.0.0/24, 2001:db8:0::/64 for everyone.
         // inline: client net 198.18.1.0/24 + 2001:db8:1::/64,
         //         server net 198.18.2.0/24 + 2001:db8:2::/64.
@@ -182,38 +166,17 @@ impl Lab {
             Topology::OneArm => (0u8, 0u8),
             Topology::Inline => (1, 2),
         };
-        let client = Host {
-            name: "client".into(),
-            ns: ns("client"),
-            ifaces: vec![iface(
-                "eth0",
-                mac(1, 0),
-                [198, 18, cnet, 1],
-                v6(cnet.into(), 1),
-            )],
-        };
+        let client = Host { name: "client".into(), ns: ns("client"), ifaces: vec![iface("eth0", mac(1, 0), [198, 18, cnet, 1], v6(cnet.into(), 1))] };
         let balancer_ifaces = match topology {
             Topology::OneArm => vec![iface("eth0", mac(2, 0), [198, 18, 0, 2], v6(0, 2))],
-            Topology::Inline => vec![
-                iface("eth0", mac(2, 0), [198, 18, 1, 2], v6(1, 2)),
-                iface("eth1", mac(2, 1), [198, 18, 2, 1], v6(2, 1)),
-            ],
+            Topology::Inline => vec![iface("eth0", mac(2, 0), [198, 18, 1, 2], v6(1, 2)), iface("eth1", mac(2, 1), [198, 18, 2, 1], v6(2, 1))],
         };
-        let balancer = Host {
-            name: "balancer".into(),
-            ns: ns("balancer"),
-            ifaces: balancer_ifaces,
-        };
+        let balancer = Host { name: "balancer".into(), ns: ns("balancer"), ifaces: balancer_ifaces };
         let backends = (1..=3u8)
             .map(|i| Host {
                 name: format!("backend{i}"),
                 ns: ns(&format!("backend{i}")),
-                ifaces: vec![iface(
-                    "eth0",
-                    mac(10 + i, 0),
-                    [198, 18, snet, 10 + i],
-                    v6(snet.into(), 0x10 + u16::from(i)),
-                )],
+                ifaces: vec![iface("eth0", mac(10 + i, 0), [198, 18, snet, 10 + i], v6(snet.into(), 0x10 + u16::from(i)))],
             })
             .collect();
         let mut lab = Lab {
@@ -235,24 +198,13 @@ impl Lab {
 
     fn build(&mut self) -> Result<(), LabError> {
         let hosts: Vec<Host> = self.hosts().cloned().collect();
-        for ns in std::iter::once(self.bridge_ns.clone()).chain(hosts.iter().map(|h| h.ns.clone()))
-        {
+        for ns in std::iter::once(self.bridge_ns.clone()).chain(hosts.iter().map(|h| h.ns.clone())) {
             ip(&["netns", "add", &ns])?;
             self.namespaces.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         let br = self.bridge_ns.clone();
-        ip(&[
-            "-n",
-            &br,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
         ip(&["-n", &br, "link", "set", "br0", "up"])?;
 
         let bridged: Vec<(Host, usize)> = match self.topology {
@@ -262,45 +214,19 @@ impl Lab {
                 let (c, b) = (&self.client, &self.balancer);
                 self.veth(End::host(c, 0), End::host(b, 0))?;
                 let b = &self.balancer;
-                std::iter::once((b.clone(), 1))
-                    .chain(self.backends.iter().map(|h| (h.clone(), 0)))
-                    .collect()
+                std::iter::once((b.clone(), 1)).chain(self.backends.iter().map(|h| (h.clone(), 0))).collect()
             }
         };
         for (i, (host, ifidx)) in bridged.iter().enumerate() {
             let port = format!("p{i}");
-            self.veth(
-                End::host(host, *ifidx),
-                End {
-                    ns: &br,
-                    dev: &port,
-                    mac: None,
-                },
-            )?;
+            self.veth(End::host(host, *ifidx), End { ns: &br, dev: &port, mac: None })?;
             ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
         }
         for host in &hosts {
             for ifc in &host.ifaces {
                 let prefix = 24;
-                ip(&[
-                    "-n",
-                    &host.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/{prefix}", ifc.v4),
-                    "dev",
-                    &ifc.name,
-                ])?;
-                ip(&[
-                    "-n",
-                    &host.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/64", ifc.v6),
-                    "dev",
-                    &ifc.name,
-                    "nodad",
-                ])?;
+                ip(&["-n", &host.ns, "addr", "add", &format!("{}/{prefix}", ifc.v4), "dev", &ifc.name])?;
+                ip(&["-n", &host.ns, "addr", "add", &format!("{}/64", ifc.v6), "dev", &ifc.name, "nodad"])?;
             }
         }
         self.routes()
@@ -309,31 +235,12 @@ impl Lab {
     /// A veth pair between two namespaces; both ends up, offloads off,
     /// MACs set where the lab defines them.
     fn veth(&self, a: End<'_>, b: End<'_>) -> Result<(), LabError> {
-        ip(&[
-            "-n", a.ns, "link", "add", a.dev, "type", "veth", "peer", "name", b.dev, "netns", b.ns,
-        ])?;
+        ip(&["-n", a.ns, "link", "add", a.dev, "type", "veth", "peer", "name", b.dev, "netns", b.ns])?;
         for end in [a, b] {
             if let Some(m) = end.mac {
-                ip(&[
-                    "-n",
-                    end.ns,
-                    "link",
-                    "set",
-                    end.dev,
-                    "address",
-                    &m.mac_string(),
-                ])?;
+                ip(&["-n", end.ns, "link", "set", end.dev, "address", &m.mac_string()])?;
             }
-            ip(&[
-                "-n",
-                end.ns,
-                "link",
-                "set",
-                end.dev,
-                "gso_max_segs",
-                "1",
-                "up",
-            ])?;
+            ip(&["-n", end.ns, "link", "set", end.dev, "gso_max_segs", "1", "up"])?;
             let q = self.queues.to_string();
             let ethtool = |args: &[&str]| {
                 let mut full = vec!["ip", "netns", "exec", end.ns, "ethtool"];
@@ -349,57 +256,18 @@ impl Lab {
     fn routes(&self) -> Result<(), LabError> {
         let bal_client_side = self.balancer.ifaces[0].clone();
         let vip_routes = |ns: &str, via: &Iface| -> Result<(), LabError> {
-            ip(&[
-                "-n",
-                ns,
-                "route",
-                "add",
-                &format!("{VIP4}/32"),
-                "via",
-                &via.v4.to_string(),
-            ])?;
-            ip(&[
-                "-n",
-                ns,
-                "-6",
-                "route",
-                "add",
-                &format!("{VIP6}/128"),
-                "via",
-                &via.v6.to_string(),
-            ])?;
+            ip(&["-n", ns, "route", "add", &format!("{VIP4}/32"), "via", &via.v4.to_string()])?;
+            ip(&["-n", ns, "-6", "route", "add", &format!("{VIP6}/128"), "via", &via.v6.to_string()])?;
             Ok(())
         };
         vip_routes(&self.client.ns, &bal_client_side)?;
-        let bal_server_side = self
-            .balancer
-            .ifaces
-            .last()
-            .cloned()
-            .unwrap_or(bal_client_side);
+        let bal_server_side = self.balancer.ifaces.last().cloned().unwrap_or(bal_client_side);
         for b in &self.backends {
             vip_routes(&b.ns, &bal_server_side)?;
             if self.topology == Topology::Inline {
                 // DNAT return traffic goes back through the balancer.
-                ip(&[
-                    "-n",
-                    &b.ns,
-                    "route",
-                    "add",
-                    "198.18.1.0/24",
-                    "via",
-                    &bal_server_side.v4.to_string(),
-                ])?;
-                ip(&[
-                    "-n",
-                    &b.ns,
-                    "-6",
-                    "route",
-                    "add",
-                    "2001:db8:1::/64",
-                    "via",
-                    &bal_server_side.v6.to_string(),
-                ])?;
+                ip(&["-n", &b.ns, "route", "add", "198.18.1.0/24", "via", &bal_server_side.v4.to_string()])?;
+                ip(&["-n", &b.ns, "-6", "route", "add", "2001:db8:1::/64", "via", &bal_server_side.v6.to_string()])?;
             }
         }
         Ok(())
@@ -407,9 +275,7 @@ impl Lab {
 
     /// Client, balancer, backends.
     pub fn hosts(&self) -> impl Iterator<Item = &Host> {
-        [&self.client, &self.balancer]
-            .into_iter()
-            .chain(self.backends.iter())
+        [&self.client, &self.balancer].into_iter().chain(self.backends.iter())
     }
 
     /// Runs `args` in namespace `ns`; its stdout, or an error with stderr.
@@ -436,9 +302,7 @@ impl Lab {
 
     /// `start_servers` with more arguments for every server.
     pub fn start_servers_with(&mut self, server: &Path, extra: &[&str]) -> Result<(), LabError> {
-        let bin = server
-            .to_str()
-            .ok_or_else(|| LabError("non-UTF-8 server path".into()))?;
+        let bin = server.to_str().ok_or_else(|| LabError("non-UTF-8 server path".into()))?;
         for b in self.backends.clone() {
             let mut args = vec![bin, "--name", &b.name, "--http", "80", "--udp", "7"];
             args.extend_from_slice(extra);
@@ -472,10 +336,7 @@ impl Lab {
         let peers: Vec<(String, String)> = match self.topology {
             Topology::OneArm => vec![(self.bridge_ns.clone(), "p1".into())],
             Topology::Inline => {
-                vec![
-                    (self.client.ns.clone(), "eth0".into()),
-                    (self.bridge_ns.clone(), "p0".into()),
-                ]
+                vec![(self.client.ns.clone(), "eth0".into()), (self.bridge_ns.clone(), "p0".into())]
             }
         };
         for (ns, dev) in peers {
@@ -524,22 +385,9 @@ fn ip(args: &[&str]) -> Result<String, LabError> {
 
 /// Runs a command; its stdout, or an error naming it with its stderr.
 fn run(args: &[&str]) -> Result<String, LabError> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| {
-            LabError(format!(
-                "cannot run `{}`: {e} (scripts/setup.sh installs it)",
-                args[0]
-            ))
-        })?;
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| LabError(format!("cannot run `{}`: {e} (scripts/setup.sh installs it)", args[0])))?;
     if !out.status.success() {
-        return Err(LabError(format!(
-            "`{}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(LabError(format!("`{}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

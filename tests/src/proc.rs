@@ -33,11 +33,7 @@ impl Proc {
         if let Some(err) = child.stderr.take() {
             collect(err, lines.clone());
         }
-        Ok(Proc {
-            child,
-            lines,
-            name: args.join(" "),
-        })
+        Ok(Proc { child, lines, name: args.join(" ") })
     }
 
     pub fn pid(&self) -> u32 {
@@ -81,10 +77,7 @@ impl Proc {
                 return Some(l.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            lines = cvar
-                .wait_timeout(lines, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            lines = cvar.wait_timeout(lines, left).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 

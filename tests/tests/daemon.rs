@@ -136,7 +136,8 @@ fn a_backend_calls_its_own_vip() {
         let by_name = in_netns(&caller, || {
             (0..30)
                 .map(|i| {
-                    let (status, body) = http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T).unwrap_or_else(|e| panic!("{mode:?}: backend request {i}: {e}"));
+                    let (status, body) =
+                        http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T).unwrap_or_else(|e| panic!("{mode:?}: backend request {i}: {e}"));
                     assert_eq!(status, 200);
                     String::from_utf8_lossy(&body).trim().to_string()
                 })

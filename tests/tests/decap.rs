@@ -22,9 +22,7 @@ fn fold(mut sum: u32) -> u16 {
 }
 
 fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum()
+    data.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum()
 }
 
 /// An IP packet carrying a UDP datagram, checksums computed.
@@ -71,11 +69,7 @@ fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
 fn raw_send(dst: IpAddr, proto: i32, payload: &[u8]) {
     // SAFETY: socket(2)/sendto(2) with valid buffers and address sizes.
     unsafe {
-        let family = if dst.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
+        let family = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         let fd = libc::socket(family, libc::SOCK_RAW, proto);
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         let fd = OwnedFd::from_raw_fd(fd);
@@ -85,36 +79,17 @@ fn raw_send(dst: IpAddr, proto: i32, payload: &[u8]) {
                 sin.sin_family = libc::AF_INET as u16;
                 sin.sin_addr.s_addr = u32::from(a).to_be();
                 let len = size_of::<libc::sockaddr_in>() as u32;
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    len,
-                )
+                libc::sendto(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, (&sin as *const libc::sockaddr_in).cast(), len)
             }
             IpAddr::V6(a) => {
                 let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
                 sin6.sin6_family = libc::AF_INET6 as u16;
                 sin6.sin6_addr.s6_addr = a.octets();
                 let len = size_of::<libc::sockaddr_in6>() as u32;
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    len,
-                )
+                libc::sendto(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, (&sin6 as *const libc::sockaddr_in6).cast(), len)
             }
         };
-        assert_eq!(
-            n,
-            payload.len() as isize,
-            "{}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(n, payload.len() as isize, "{}", std::io::Error::last_os_error());
     }
 }
 
@@ -128,32 +103,20 @@ enum Tunnel {
 /// Tunnels a datagram from the client to `backend`'s echo server; the echo
 /// if one comes back to the client within T.
 fn tunnel_echo(lab: &Lab, backend: IpAddr, tunnel: Tunnel, payload: &str) -> Option<Vec<u8>> {
-    let client = if backend.is_ipv4() {
-        IpAddr::V4(lab.client.iface().v4)
-    } else {
-        IpAddr::V6(lab.client.iface().v6)
-    };
+    let client = if backend.is_ipv4() { IpAddr::V4(lab.client.iface().v4) } else { IpAddr::V6(lab.client.iface().v6) };
     in_netns(&lab.client.ns, || {
         let sock = UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind");
         sock.set_read_timeout(Some(T)).expect("timeout");
-        let inner = udp_packet(
-            sock.local_addr().expect("addr"),
-            SocketAddr::new(backend, 7),
-            payload.as_bytes(),
-        );
+        let inner = udp_packet(sock.local_addr().expect("addr"), SocketAddr::new(backend, 7), payload.as_bytes());
         match tunnel {
             Tunnel::Ip => raw_send(backend, if backend.is_ipv4() { 4 } else { 41 }, &inner),
             Tunnel::Gue => {
                 let outer = UdpSocket::bind(SocketAddr::new(client, 0)).expect("bind");
-                outer
-                    .send_to(&inner, SocketAddr::new(backend, GUE_PORT))
-                    .expect("send");
+                outer.send_to(&inner, SocketAddr::new(backend, GUE_PORT)).expect("send");
             }
         }
         let mut buf = [0u8; 2048];
-        sock.recv_from(&mut buf)
-            .ok()
-            .map(|(n, _)| buf[..n].to_vec())
+        sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
     })
     .expect("netns")
 }
@@ -162,38 +125,20 @@ fn tunnel_echo(lab: &Lab, backend: IpAddr, tunnel: Tunnel, payload: &str) -> Opt
 fn ipip_ip6ip6_and_gue_are_decapsulated() {
     require_root();
     let mut lab = Lab::new(Topology::OneArm).expect("lab");
-    lab.start_servers(env!("CARGO_BIN_EXE_lab-server").as_ref())
-        .expect("servers");
+    lab.start_servers(env!("CARGO_BIN_EXE_lab-server").as_ref()).expect("servers");
     let b1 = lab.backends[0].clone();
     let (v4, v6) = (IpAddr::V4(b1.iface().v4), IpAddr::V6(b1.iface().v6));
 
-    assert_eq!(
-        tunnel_echo(&lab, v4, Tunnel::Ip, "before"),
-        None,
-        "no kernel ipip: nothing answers"
-    );
+    assert_eq!(tunnel_echo(&lab, v4, Tunnel::Ip, "before"), None, "no kernel ipip: nothing answers");
 
-    let decap = in_netns(&b1.ns, || {
-        DecapProgram::attach("eth0", XdpMode::Native, GUE_PORT)
-    })
-    .expect("netns")
-    .expect("attach decap");
+    let decap = in_netns(&b1.ns, || DecapProgram::attach("eth0", XdpMode::Native, GUE_PORT)).expect("netns").expect("attach decap");
     assert_eq!(decap.mode(), XdpMode::Native);
-    for (addr, tunnel) in [
-        (v4, Tunnel::Ip),
-        (v4, Tunnel::Gue),
-        (v6, Tunnel::Ip),
-        (v6, Tunnel::Gue),
-    ] {
+    for (addr, tunnel) in [(v4, Tunnel::Ip), (v4, Tunnel::Gue), (v6, Tunnel::Ip), (v6, Tunnel::Gue)] {
         let msg = format!("{tunnel:?} to {addr}");
         let echo = (0..3).find_map(|_| tunnel_echo(&lab, addr, tunnel, &msg));
         assert_eq!(echo.as_deref(), Some(msg.as_bytes()), "{msg}");
     }
     // Plain traffic still reaches the backend untouched.
-    let plain = in_netns(&lab.client.ns, || {
-        fulcrum_tests::udp_echo(SocketAddr::new(v4, 7), b"plain", T)
-    })
-    .expect("netns")
-    .expect("plain echo");
+    let plain = in_netns(&lab.client.ns, || fulcrum_tests::udp_echo(SocketAddr::new(v4, 7), b"plain", T)).expect("netns").expect("plain echo");
     assert_eq!(plain.0, b"plain");
 }

@@ -79,7 +79,12 @@ const EXAMPLES: &[Example] = &[
     Example {
         file: "ipip.toml",
         modes: &[LabMode::Ipip],
-        replace: &[("\"198.18.0.100\"", VIP4), ("\"198.19.10.11\"", "\"198.18.0.11\""), ("\"198.19.10.12\"", "\"198.18.0.12\""), ("\"198.19.11.13\"", "\"198.18.0.13\"")],
+        replace: &[
+            ("\"198.18.0.100\"", VIP4),
+            ("\"198.19.10.11\"", "\"198.18.0.11\""),
+            ("\"198.19.10.12\"", "\"198.18.0.12\""),
+            ("\"198.19.11.13\"", "\"198.18.0.13\""),
+        ],
         serve: &[],
         probes: &[Probe::Http("198.18.100.1", 80)],
     },
@@ -97,7 +102,13 @@ const EXAMPLES: &[Example] = &[
         serve: &["--http", "443"],
         probes: &[Probe::Http("2001:db8:100::1", 443), Probe::Http("2001:db8:100::1", 80), Probe::Http("198.18.100.1", 80)],
     },
-    Example { file: "lab.toml", modes: &[LabMode::FullNat], replace: &[], serve: &[], probes: &[Probe::Http("198.18.100.1", 80), Probe::Udp("198.18.100.1", 7)] },
+    Example {
+        file: "lab.toml",
+        modes: &[LabMode::FullNat],
+        replace: &[],
+        serve: &[],
+        probes: &[Probe::Http("198.18.100.1", 80), Probe::Udp("198.18.100.1", 7)],
+    },
     Example {
         file: "nat-inline.toml",
         modes: &[LabMode::Nat],
@@ -155,7 +166,14 @@ fn run(e: &Example) {
                 Probe::Udp(a, port) => udp_echo(SocketAddr::new(a.parse::<IpAddr>().unwrap(), port), b"x", T).map(|(echo, _)| echo == b"x"),
             })
             .expect("netns");
-            assert!(matches!(r, Ok(true)), "{}: probe {i} of {}: {r:?}\n{config}", e.file, match p { Probe::Http(a, port) | Probe::Udp(a, port) => format!("{a} port {port}") });
+            assert!(
+                matches!(r, Ok(true)),
+                "{}: probe {i} of {}: {r:?}\n{config}",
+                e.file,
+                match p {
+                    Probe::Http(a, port) | Probe::Udp(a, port) => format!("{a} port {port}"),
+                }
+            );
         }
     }
     let vips = fulcrum_config::parse(&config, e.file).expect("valid").vips.len();

@@ -35,11 +35,7 @@ fn classify(frame: &[u8]) -> String {
 
 fn send_udp(ns: &str, from_port: u16, to: SocketAddr, marker: &str) {
     in_netns(ns, || {
-        let bind: SocketAddr = if to.is_ipv4() {
-            ([0, 0, 0, 0], from_port).into()
-        } else {
-            (IpAddr::from([0u16; 8]), from_port).into()
-        };
+        let bind: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], from_port).into() } else { (IpAddr::from([0u16; 8]), from_port).into() };
         let s = UdpSocket::bind(bind).expect("bind");
         s.send_to(marker.as_bytes(), to).expect("send");
     })
@@ -75,12 +71,7 @@ fn send_icmp_error_to_vip(lab: &Lab) {
                 (&sin as *const libc::sockaddr_in).cast(),
                 size_of::<libc::sockaddr_in>() as u32,
             );
-            assert_eq!(
-                n,
-                icmp.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
+            assert_eq!(n, icmp.len() as isize, "{}", std::io::Error::last_os_error());
         }
     })
     .expect("netns");
@@ -92,38 +83,15 @@ fn only_vips_and_nat_return_traffic_are_steered() {
     let lab = Lab::new(Topology::OneArm).expect("lab");
     let bal = lab.balancer.iface().clone();
     let b1 = lab.backends[0].iface().clone();
-    lab.exec(
-        &lab.balancer.ns,
-        &["ip", "addr", "add", &format!("{SNAT}/32"), "dev", "eth0"],
-    )
-    .expect("SNAT address");
-    lab.exec(
-        &lab.backends[0].ns,
-        &[
-            "ip",
-            "route",
-            "add",
-            &format!("{FAR}/32"),
-            "via",
-            &bal.v4.to_string(),
-        ],
-    )
-    .expect("route");
+    lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT}/32"), "dev", "eth0"]).expect("SNAT address");
+    lab.exec(&lab.backends[0].ns, &["ip", "route", "add", &format!("{FAR}/32"), "via", &bal.v4.to_string()]).expect("route");
 
     let (steer, mut workers) = in_netns(&lab.balancer.ns, || -> Result<_, IoError> {
         let mut steer = SteerProgram::attach("eth0", XdpMode::Native)?;
         steer.add_vip(IpAddr::V4(VIP4), UDP, 7)?;
         steer.add_vip(IpAddr::V6(VIP6), UDP, 0)?;
-        steer.add_return(ReturnTraffic::ToSnat {
-            addr: IpAddr::V4(SNAT),
-            proto: UDP,
-            port: 5000,
-        })?;
-        steer.add_return(ReturnTraffic::FromBackend {
-            addr: IpAddr::V4(b1.v4),
-            proto: UDP,
-            port: 7,
-        })?;
+        steer.add_return(ReturnTraffic::ToSnat { addr: IpAddr::V4(SNAT), proto: UDP, port: 5000 })?;
+        steer.add_return(ReturnTraffic::FromBackend { addr: IpAddr::V4(b1.v4), proto: UDP, port: 7 })?;
         let mut workers = Vec::new();
         for q in 0..lab.queues {
             let io = XskIo::open(&["eth0"], q, &XskConfig::default())?;
@@ -145,18 +113,11 @@ fn only_vips_and_nat_return_traffic_are_steered() {
     send_udp(c, 0, (SNAT, 5001).into(), "snat:5001 (other port)");
     send_udp(b1ns, 7, (FAR, 9).into(), "backend:7 -> client");
     send_udp(b1ns, 8, (FAR, 9).into(), "backend:8 (other port)");
-    send_udp(
-        b1ns,
-        7,
-        (bal.v4, 9).into(),
-        "backend:7 -> host (health check reply)",
-    );
+    send_udp(b1ns, 7, (bal.v4, 9).into(), "backend:7 -> host (health check reply)");
     send_udp(c, 0, (bal.v4, 7).into(), "host:7");
     send_icmp_error_to_vip(&lab);
     // TCP to a UDP VIP, and ICMP echo to the VIP: not steered.
-    let _ = in_netns(c, || {
-        TcpStream::connect_timeout(&(VIP4, 7).into(), Duration::from_millis(300))
-    });
+    let _ = in_netns(c, || TcpStream::connect_timeout(&(VIP4, 7).into(), Duration::from_millis(300)));
     let _ = lab.exec(c, &["ping", "-c", "1", "-W", "1", &VIP4.to_string()]);
 
     let mut seen = BTreeSet::new();
@@ -174,16 +135,7 @@ fn only_vips_and_nat_return_traffic_are_steered() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let expected: BTreeSet<String> = [
-        "vip4:7",
-        "vip6:any",
-        "snat:5000",
-        "backend:7 -> client",
-        "icmp3",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let expected: BTreeSet<String> = ["vip4:7", "vip6:any", "snat:5000", "backend:7 -> client", "icmp3"].into_iter().map(String::from).collect();
     assert_eq!(seen, expected);
     drop(workers);
     drop(steer);
@@ -222,20 +174,11 @@ fn sockets_rebind_at_once_and_a_busy_queue_is_a_clear_error() {
 fn headers_prepended_in_the_headroom_are_sent() {
     require_root();
     let mut lab = Lab::new(Topology::OneArm).expect("lab");
-    lab.start_servers(env!("CARGO_BIN_EXE_lab-server").as_ref())
-        .expect("servers");
+    lab.start_servers(env!("CARGO_BIN_EXE_lab-server").as_ref()).expect("servers");
     let bal = lab.balancer.iface().clone();
     let b1 = lab.backends[0].clone();
-    lab.exec(
-        &b1.ns,
-        &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"],
-    )
-    .expect("VIP on lo");
-    let _decap = in_netns(&b1.ns, || {
-        DecapProgram::attach("eth0", XdpMode::Native, GUE_PORT)
-    })
-    .expect("netns")
-    .expect("decap");
+    lab.exec(&b1.ns, &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"]).expect("VIP on lo");
+    let _decap = in_netns(&b1.ns, || DecapProgram::attach("eth0", XdpMode::Native, GUE_PORT)).expect("netns").expect("decap");
     let (_steer, workers) = in_netns(&lab.balancer.ns, || -> Result<_, IoError> {
         let mut steer = SteerProgram::attach("eth0", XdpMode::Native)?;
         steer.add_vip(IpAddr::V4(VIP4), UDP, 7)?;
@@ -266,9 +209,7 @@ fn headers_prepended_in_the_headroom_are_sent() {
                         buf[start..start + 6].copy_from_slice(&b1.mac);
                         buf[start + 6..start + 12].copy_from_slice(&bal.mac);
                         buf[start + 12..start + 14].copy_from_slice(&[0x08, 0x00]);
-                        let mut ip = [
-                            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                        ];
+                        let mut ip = [0x45, 0, 0, 0, 0, 0, 0, 0, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
                         ip[2..4].copy_from_slice(&((20 + inner_len) as u16).to_be_bytes());
                         ip[12..16].copy_from_slice(&bal.v4.octets());
                         ip[16..20].copy_from_slice(&b1.v4.octets());
@@ -286,13 +227,8 @@ fn headers_prepended_in_the_headroom_are_sent() {
         }
         for i in 0..20 {
             let msg = format!("tunnelled {i}");
-            let echo = (0..3).find_map(|_| {
-                in_netns(&lab.client.ns, || {
-                    udp_echo((VIP4, 7).into(), msg.as_bytes(), Duration::from_secs(1))
-                })
-                .expect("netns")
-                .ok()
-            });
+            let echo =
+                (0..3).find_map(|_| in_netns(&lab.client.ns, || udp_echo((VIP4, 7).into(), msg.as_bytes(), Duration::from_secs(1))).expect("netns").ok());
             assert_eq!(echo.map(|e| e.0).as_deref(), Some(msg.as_bytes()));
         }
         stop.store(true, Ordering::Relaxed);

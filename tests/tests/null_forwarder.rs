@@ -12,27 +12,18 @@ const NULL_FWD: &str = env!("CARGO_BIN_EXE_null-fwd");
 const T: Duration = Duration::from_secs(2);
 
 fn xdp_attached(lab: &Lab, dev: &str) -> bool {
-    let out = lab
-        .exec(&lab.balancer.ns, &["ip", "link", "show", "dev", dev])
-        .expect("ip link show");
+    let out = lab.exec(&lab.balancer.ns, &["ip", "link", "show", "dev", dev]).expect("ip link show");
     out.contains("xdp")
 }
 
 /// Host traffic to the balancer's own address: TCP (HTTP) and ICMP.
 fn host_traffic_works(lab: &Lab) {
-    for ip in [
-        IpAddr::V4(lab.balancer.iface().v4),
-        IpAddr::V6(lab.balancer.iface().v6),
-    ] {
+    for ip in [IpAddr::V4(lab.balancer.iface().v4), IpAddr::V6(lab.balancer.iface().v6)] {
         let (status, body) = in_netns(&lab.client.ns, || http_get(SocketAddr::new(ip, 80), "/", T))
             .expect("netns")
             .unwrap_or_else(|e| panic!("HTTP to the balancer's own address {ip}: {e}"));
         assert_eq!((status, body.as_slice()), (200, &b"balancer\n"[..]));
-        lab.exec(
-            &lab.client.ns,
-            &["ping", "-c", "1", "-W", "2", &ip.to_string()],
-        )
-        .unwrap_or_else(|e| panic!("ping {ip}: {e}"));
+        lab.exec(&lab.client.ns, &["ping", "-c", "1", "-W", "2", &ip.to_string()]).unwrap_or_else(|e| panic!("ping {ip}: {e}"));
     }
 }
 
@@ -40,20 +31,10 @@ fn host_traffic_works(lab: &Lab) {
 fn echoes_via(lab: &Lab, vip: IpAddr, backend: IpAddr, n: usize) {
     for i in 0..n {
         let payload = format!("datagram {i}");
-        let answer = (0..3).find_map(|_| {
-            in_netns(&lab.client.ns, || {
-                udp_echo(SocketAddr::new(vip, 7), payload.as_bytes(), T)
-            })
-            .expect("netns")
-            .ok()
-        });
+        let answer = (0..3).find_map(|_| in_netns(&lab.client.ns, || udp_echo(SocketAddr::new(vip, 7), payload.as_bytes(), T)).expect("netns").ok());
         let (reply, from) = answer.unwrap_or_else(|| panic!("no echo for datagram {i} to {vip}"));
         assert_eq!(reply, payload.as_bytes());
-        assert_eq!(
-            from,
-            SocketAddr::new(backend, 7),
-            "answered by the backend the forwarder picked"
-        );
+        assert_eq!(from, SocketAddr::new(backend, 7), "answered by the backend the forwarder picked");
     }
 }
 
@@ -61,23 +42,15 @@ fn start_forwarder(lab: &Lab, args: &[&str]) -> Proc {
     let mut full = vec![NULL_FWD];
     full.extend_from_slice(args);
     let fwd = lab.spawn(&lab.balancer.ns, &full).expect("spawn null-fwd");
-    let ready = fwd
-        .wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("null-fwd did not start:\n{}", fwd.output()));
-    assert!(
-        ready.contains(&format!("queues={} ", lab.queues)),
-        "one socket per rx queue: {ready}"
-    );
+    let ready = fwd.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(10)).unwrap_or_else(|| panic!("null-fwd did not start:\n{}", fwd.output()));
+    assert!(ready.contains(&format!("queues={} ", lab.queues)), "one socket per rx queue: {ready}");
     fwd
 }
 
 fn wait_detached(lab: &Lab, dev: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while xdp_attached(lab, dev) {
-        assert!(
-            Instant::now() < deadline,
-            "XDP program still attached to {dev} after the forwarder exited"
-        );
+        assert!(Instant::now() < deadline, "XDP program still attached to {dev} after the forwarder exited");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -86,14 +59,8 @@ fn one_arm(mode: &str, stop: i32) {
     require_root();
     let mut lab = Lab::new(Topology::OneArm).expect("lab");
     lab.start_servers(SERVER.as_ref()).expect("servers");
-    let bal = lab
-        .spawn(
-            &lab.balancer.ns,
-            &[SERVER, "--name", "balancer", "--http", "80"],
-        )
-        .expect("spawn");
-    bal.wait_for_line(|l| l.starts_with("ready"), T)
-        .expect("balancer server ready");
+    let bal = lab.spawn(&lab.balancer.ns, &[SERVER, "--name", "balancer", "--http", "80"]).expect("spawn");
+    bal.wait_for_line(|l| l.starts_with("ready"), T).expect("balancer server ready");
     host_traffic_works(&lab);
 
     let b1 = lab.backends[0].iface().clone();
@@ -121,29 +88,16 @@ fn one_arm(mode: &str, stop: i32) {
     host_traffic_works(&lab);
 
     fwd.signal(stop);
-    let status = fwd
-        .wait_timeout(Duration::from_secs(5))
-        .expect("null-fwd exits");
+    let status = fwd.wait_timeout(Duration::from_secs(5)).expect("null-fwd exits");
     if stop == libc::SIGTERM {
         assert!(status.success(), "clean exit on SIGTERM:\n{}", fwd.output());
-        let summary = fwd
-            .wait_for_line(|l| l.starts_with("null-fwd: rx="), T)
-            .expect("summary");
-        assert!(
-            !summary.contains("rx=0 ") && !summary.contains("tx=0 "),
-            "{summary}"
-        );
+        let summary = fwd.wait_for_line(|l| l.starts_with("null-fwd: rx="), T).expect("summary");
+        assert!(!summary.contains("rx=0 ") && !summary.contains("tx=0 "), "{summary}");
     }
     wait_detached(&lab, "eth0");
     host_traffic_works(&lab);
-    let unsteered = in_netns(&lab.client.ns, || {
-        udp_echo(SocketAddr::new(IpAddr::V4(VIP4), 7), b"x", T)
-    })
-    .expect("netns");
-    assert!(
-        unsteered.is_err(),
-        "without the forwarder nothing answers on the VIP"
-    );
+    let unsteered = in_netns(&lab.client.ns, || udp_echo(SocketAddr::new(IpAddr::V4(VIP4), 7), b"x", T)).expect("netns");
+    assert!(unsteered.is_err(), "without the forwarder nothing answers on the VIP");
 }
 
 #[test]
@@ -164,11 +118,7 @@ fn inline_ipv6_across_two_interfaces() {
     let mut lab = Lab::new(Topology::Inline).expect("lab");
     lab.start_servers(SERVER.as_ref()).expect("servers");
     // Echo replies go back to the client through the balancer's kernel.
-    lab.exec(
-        &lab.balancer.ns,
-        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-    )
-    .expect("sysctl");
+    lab.exec(&lab.balancer.ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]).expect("sysctl");
     let b2 = lab.backends[1].iface().clone();
     let mut fwd = start_forwarder(
         &lab,
@@ -197,21 +147,10 @@ fn inline_ipv6_across_two_interfaces() {
     // the balancer's rx queues: every queue's socket must have forwarded.
     // (Through the one-arm bridge every frame arrives on queue 0.)
     fwd.signal(libc::SIGTERM);
-    assert!(
-        fwd.wait_timeout(Duration::from_secs(5))
-            .is_some_and(|s| s.success()),
-        "{}",
-        fwd.output()
-    );
-    let summary = fwd
-        .wait_for_line(|l| l.starts_with("null-fwd: rx="), T)
-        .expect("summary");
+    assert!(fwd.wait_timeout(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", fwd.output());
+    let summary = fwd.wait_for_line(|l| l.starts_with("null-fwd: rx="), T).expect("summary");
     let per_queue = summary.rsplit("rx_per_queue=").next().unwrap_or_default();
-    assert_eq!(
-        per_queue.split(',').count(),
-        lab.queues as usize,
-        "{summary}"
-    );
+    assert_eq!(per_queue.split(',').count(), lab.queues as usize, "{summary}");
     assert!(per_queue.split(',').all(|n| n != "0"), "{summary}");
 }
 
@@ -248,22 +187,11 @@ fn bad_arguments_and_privileges_give_clear_errors() {
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("no such network interface: nope0"), "{out}");
 
-    let mut unprivileged = vec![
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
+    let mut unprivileged =
+        vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"].into_iter().map(String::from).collect::<Vec<_>>();
     unprivileged.extend(args("eth0"));
     let (status, out) = run(unprivileged);
     assert_eq!(status.code(), Some(1), "{out}");
-    assert!(
-        out.contains("operation not permitted; run as root"),
-        "{out}"
-    );
+    assert!(out.contains("operation not permitted; run as root"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
 }

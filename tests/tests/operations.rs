@@ -164,7 +164,10 @@ fn reload_under_continuous_traffic() {
     file.write(&a.replace("weight = 1", "weight = 70000"));
     let (code, _, err) = daemon::cli(&["reload", "--socket", socket.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("invalid configuration") && err.contains(&format!("{}:", file.path().display())) && err.contains("weight must be 0..=65535, got 70000"), "{err}");
+    assert!(
+        err.contains("invalid configuration") && err.contains(&format!("{}:", file.path().display())) && err.contains("weight must be 0..=65535, got 70000"),
+        "{err}"
+    );
     // Needs a restart: refused, naming the field.
     file.write(&reload_config(&lab, &socket_path, true, "metrics_listen = \"127.0.0.1:9200\"\n"));
     let (code, _, err) = daemon::cli(&["reload", "--config", file.path().to_str().unwrap()]);
@@ -218,7 +221,10 @@ fn metrics_match_the_traffic() {
     assert_eq!(delta("fulcrum_vip_packets_total", &udp_vip), f64::from(2 * udp), "{after}");
     assert!(delta("fulcrum_vip_packets_total", &tcp_vip) >= f64::from(7 * http), "{after}");
     for what in ["packets", "bytes", "new_flows"] {
-        let (v, b) = (daemon::metric(&after, &format!("fulcrum_vip_{what}_total"), &tcp_vip), daemon::metric(&after, &format!("fulcrum_backend_{what}_total"), &tcp_vip));
+        let (v, b) = (
+            daemon::metric(&after, &format!("fulcrum_vip_{what}_total"), &tcp_vip),
+            daemon::metric(&after, &format!("fulcrum_backend_{what}_total"), &tcp_vip),
+        );
         assert_eq!(v, b, "{what}: a VIP's count is its backends' sum");
     }
     assert!(delta("fulcrum_worker_frames_total", &[]) >= delta("fulcrum_vip_packets_total", &[]), "{after}");
@@ -226,7 +232,9 @@ fn metrics_match_the_traffic() {
     assert!(daemon::metric(&after, "fulcrum_connections", &[]) >= f64::from(2 * (http + 1)), "{after}");
     assert_eq!(daemon::metric(&after, "fulcrum_worker_batch_size_count", &[]), daemon::metric(&after, "fulcrum_worker_busy_polls_total", &[]));
     assert_eq!(daemon::metric(&after, "fulcrum_drops_total", &["reason=\"no_backend\""]), 0.0, "{after}");
-    for family in ["fulcrum_drops_total", "fulcrum_scheduler_faults_total", "fulcrum_connection_evictions_total", "fulcrum_connections_capacity", "fulcrum_reloads_total"] {
+    for family in
+        ["fulcrum_drops_total", "fulcrum_scheduler_faults_total", "fulcrum_connection_evictions_total", "fulcrum_connections_capacity", "fulcrum_reloads_total"]
+    {
         assert!(after.contains(&format!("# TYPE {family} ")), "no {family}:\n{after}");
     }
 

@@ -29,7 +29,10 @@ pub enum Request {
     Reload,
     /// Compile, check and smoke-test a scheduler plugin, then swap it in
     /// for the VIP's new flows ("198.18.0.100:80/tcp").
-    PluginLoad { vip: String, path: std::path::PathBuf },
+    PluginLoad {
+        vip: String,
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,7 +214,8 @@ fn table(rows: &[Vec<String>], left: usize) -> String {
     let width: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
-        let cells: Vec<String> = r.iter().enumerate().map(|(c, v)| if c < left { format!("{v:<w$}", w = width[c]) } else { format!("{v:>w$}", w = width[c]) }).collect();
+        let cells: Vec<String> =
+            r.iter().enumerate().map(|(c, v)| if c < left { format!("{v:<w$}", w = width[c]) } else { format!("{v:>w$}", w = width[c]) }).collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
@@ -272,7 +276,20 @@ impl StatsReport {
             self.passed,
             self.scheduler_faults
         );
-        let mut rows = vec![row(&[&"WORKER", &"POLLS", &"BUSY", &"FRAMES", &"BATCH", &"CONNECTIONS", &"EVICTED", &"EXPIRED", &"HANDED OUT", &"HANDED IN", &"LOST", &"UNSTEERABLE"])];
+        let mut rows = vec![row(&[
+            &"WORKER",
+            &"POLLS",
+            &"BUSY",
+            &"FRAMES",
+            &"BATCH",
+            &"CONNECTIONS",
+            &"EVICTED",
+            &"EXPIRED",
+            &"HANDED OUT",
+            &"HANDED IN",
+            &"LOST",
+            &"UNSTEERABLE",
+        ])];
         for (i, w) in self.workers.iter().enumerate() {
             rows.push(row(&[
                 &i,
@@ -305,7 +322,11 @@ mod tests {
         assert!(e.contains("unknown variant `explode`"), "{e}");
         assert_eq!(serde_json::to_string(&Response::Error("no".into())).unwrap(), r#"{"error":"no"}"#);
         let stats = Response::Stats(StatsReport {
-            vips: vec![VipStats { name: "198.18.0.100:80/tcp".into(), traffic: Traffic { packets: 3, bytes: 180, new_flows: 1, ..Traffic::default() }, ..VipStats::default() }],
+            vips: vec![VipStats {
+                name: "198.18.0.100:80/tcp".into(),
+                traffic: Traffic { packets: 3, bytes: 180, new_flows: 1, ..Traffic::default() },
+                ..VipStats::default()
+            }],
             ..StatsReport::default()
         });
         let line = serde_json::to_string(&stats).unwrap();

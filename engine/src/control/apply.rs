@@ -106,7 +106,9 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             backends[slot] = Some(Backend { addr: b.address, port: b.port, weight: u32::from(b.weight), up: true, next_hop, iface: server });
             members.push(bid);
             let ret = match v.mode {
-                cfg::Mode::Nat => Some(ReturnTraffic::FromBackend { addr: b.address, proto: proto(v.protocol), port: if b.port == 0 { v.port } else { b.port } }),
+                cfg::Mode::Nat => {
+                    Some(ReturnTraffic::FromBackend { addr: b.address, proto: proto(v.protocol), port: if b.port == 0 { v.port } else { b.port } })
+                }
                 cfg::Mode::FullNat { snat } => Some(ReturnTraffic::ToSnat { addr: snat, proto: proto(v.protocol), port: 0 }),
                 _ => None,
             };

@@ -16,7 +16,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
     let conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
-            format!("fulcrum is not running: nothing listens on {} (start it with `fulcrum run`; or name its socket with --socket or its config with --config)", socket.display())
+            format!(
+                "fulcrum is not running: nothing listens on {} (start it with `fulcrum run`; or name its socket with --socket or its config with --config)",
+                socket.display()
+            )
         }
         ErrorKind::PermissionDenied => format!("permission denied on {}: the control socket is root's only (run this as root)", socket.display()),
         _ => format!("connecting to {}: {e}", socket.display()),

@@ -179,7 +179,12 @@ impl Daemon {
             cfg::Workers::Auto => (0..queues as usize).map(|i| i % ncpu).collect(),
             cfg::Workers::Count(n) if u32::from(n.get()) == queues => Vec::new(),
             cfg::Workers::Pinned(list) if list.len() as u32 == queues => list.iter().map(|&c| usize::from(c)).collect(),
-            _ => return Err(format!("{} has {queues} rx queues and fulcrum runs one worker per queue: set daemon.workers to {queues} or \"auto\", or change the queue count with `ethtool -L`", names.join(", "))),
+            _ => {
+                return Err(format!(
+                    "{} has {queues} rx queues and fulcrum runs one worker per queue: set daemon.workers to {queues} or \"auto\", or change the queue count with `ethtool -L`",
+                    names.join(", ")
+                ));
+            }
         };
         let mut ios = Vec::with_capacity(queues as usize);
         for q in 0..queues {
@@ -205,7 +210,21 @@ impl Daemon {
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
         plugins.apply(None, &config, &services, &dataplane)?;
-        Ok(Daemon { path: path.to_path_buf(), config, net, ids, engine, dataplane, steering, health, telemetry, plugins, started: Instant::now(), workers: queues as usize, xdp_mode })
+        Ok(Daemon {
+            path: path.to_path_buf(),
+            config,
+            net,
+            ids,
+            engine,
+            dataplane,
+            steering,
+            health,
+            telemetry,
+            plugins,
+            started: Instant::now(),
+            workers: queues as usize,
+            xdp_mode,
+        })
     }
 
     /// Readable when health transitions wait for `apply_health`.
@@ -351,10 +370,18 @@ impl Daemon {
         let mut out = String::new();
         for v in &s.vips {
             let t = &v.traffic;
-            let _ = writeln!(out, "vip {}: packets={} bytes={} new_flows={} resets={} moved_clients={}", v.name, t.packets, t.bytes, t.new_flows, t.resets, t.moved_clients);
+            let _ = writeln!(
+                out,
+                "vip {}: packets={} bytes={} new_flows={} resets={} moved_clients={}",
+                v.name, t.packets, t.bytes, t.new_flows, t.resets, t.moved_clients
+            );
             for b in &v.backends {
                 let t = &b.traffic;
-                let _ = write!(out, "  backend {}: state={} weight={} packets={} new_flows={} resets={} moved_clients={}", b.name, b.state, b.weight, t.packets, t.new_flows, t.resets, t.moved_clients);
+                let _ = write!(
+                    out,
+                    "  backend {}: state={} weight={} packets={} new_flows={} resets={} moved_clients={}",
+                    b.name, b.state, b.weight, t.packets, t.new_flows, t.resets, t.moved_clients
+                );
                 if let Some(c) = &b.checks {
                     let _ = write!(out, " checks_passed={} checks_failed={} went_down={} went_up={}", c.passed, c.failed, c.went_down, c.went_up);
                 }
@@ -364,7 +391,14 @@ impl Daemon {
         let drops: Vec<String> = s.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(out, "drops: {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
         let w = |f: fn(&super::api::WorkerReport) -> u64| s.workers.iter().map(f).sum::<u64>();
-        let _ = writeln!(out, "workers: frames={} handed_out={} handoff_lost={} unsteerable={}", w(|w| w.frames), w(|w| w.handed_out), w(|w| w.handoff_lost), w(|w| w.unsteerable));
+        let _ = writeln!(
+            out,
+            "workers: frames={} handed_out={} handoff_lost={} unsteerable={}",
+            w(|w| w.frames),
+            w(|w| w.handed_out),
+            w(|w| w.handoff_lost),
+            w(|w| w.unsteerable)
+        );
         out
     }
 

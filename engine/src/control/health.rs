@@ -51,7 +51,13 @@ impl HealthControl {
     /// backends' states applied, and what to `commit` once those services
     /// are in force. A monitor is started only if the checks changed; an
     /// error leaves everything as it was.
-    pub fn configure(current: Option<&HealthControl>, config: &cfg::Config, ids: &Ids, services: Services, plugins: &mut Plugins) -> Result<(Services, Next), String> {
+    pub fn configure(
+        current: Option<&HealthControl>,
+        config: &cfg::Config,
+        ids: &Ids,
+        services: Services,
+        plugins: &mut Plugins,
+    ) -> Result<(Services, Next), String> {
         let checks = apply::health_checks(config, ids);
         let keep = current.filter(|h| h.checks == checks);
         // Unchanged checks keep their states as applied (a policy plugin
@@ -62,10 +68,8 @@ impl HealthControl {
             (_, was) => HealthState { up: was.is_none_or(|s| s.up), weight },
         };
         let states: HashMap<BackendId, HealthState> = checks.iter().flat_map(|c| &c.members).map(|&(id, weight, _)| (id, state(id, weight))).collect();
-        let changed: Vec<(BackendId, Backend)> = states
-            .iter()
-            .filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec })))
-            .collect();
+        let changed: Vec<(BackendId, Backend)> =
+            states.iter().filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec }))).collect();
         let services = services.with_backends(&changed).map_err(|e| e.to_string())?;
         let next = match keep {
             _ if states.is_empty() => Next::Off,
@@ -132,13 +136,16 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
             let members: Vec<Member> = c
                 .members
                 .iter()
-                .filter_map(|(id, weight, check)| Some(Member { backend: *id, ident: services.backend(*id)?.ident, weight: *weight, up: states[id].up, check: check.clone() }))
+                .filter_map(|(id, weight, check)| {
+                    Some(Member { backend: *id, ident: services.backend(*id)?.ident, weight: *weight, up: states[id].up, check: check.clone() })
+                })
                 .collect();
             let policy: Box<dyn Policy> = match &c.plugin {
                 None => Box::new(RiseFall),
                 Some(path) => {
                     let rt = plugins.runtime().map_err(|e| format!("health-policy plugins: {e}"))?;
-                    let rows: Vec<BackendState> = members.iter().map(|m| BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() }).collect();
+                    let rows: Vec<BackendState> =
+                        members.iter().map(|m| BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() }).collect();
                     let plugin = rt.load_file(path, &rows).map_err(|e| format!("vip {}: health policy {}: {e}", c.name, path.display()))?;
                     let slot = PluginSlot::new(format!("vip {} health policy", c.name));
                     slot.publish(plugin);
@@ -162,7 +169,9 @@ fn warn_snat_sources(config: &cfg::Config, pools: &[Pool]) {
         if let Ok(src) = route_source(to)
             && snat.contains(&src)
         {
-            tracing::error!("health: checks of {to} would leave from {src}, a full-NAT source address, and their answers go to the data path: make the kernel prefer another source (e.g. IPv6: add {src} with preferred_lft 0)");
+            tracing::error!(
+                "health: checks of {to} would leave from {src}, a full-NAT source address, and their answers go to the data path: make the kernel prefer another source (e.g. IPv6: add {src} with preferred_lft 0)"
+            );
         }
     }
 }

@@ -124,10 +124,22 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     for (reason, n) in &s.drops {
         f.sample(name, &format!("reason=\"{reason}\""), n);
     }
-    Family::new(&mut out, "fulcrum_passed_total", "counter", "Frames handed to the kernel (not balanced traffic).").sample("fulcrum_passed_total", "", s.passed);
-    Family::new(&mut out, "fulcrum_scheduler_faults_total", "counter", "Plugin scheduler picks that failed; those flows went to Maglev.").sample("fulcrum_scheduler_faults_total", "", s.scheduler_faults);
+    Family::new(&mut out, "fulcrum_passed_total", "counter", "Frames handed to the kernel (not balanced traffic).").sample(
+        "fulcrum_passed_total",
+        "",
+        s.passed,
+    );
+    Family::new(&mut out, "fulcrum_scheduler_faults_total", "counter", "Plugin scheduler picks that failed; those flows went to Maglev.").sample(
+        "fulcrum_scheduler_faults_total",
+        "",
+        s.scheduler_faults,
+    );
     let name = "fulcrum_health_checks_late_total";
-    Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(name, "", s.health_checks_late);
+    Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(
+        name,
+        "",
+        s.health_checks_late,
+    );
 
     type Get = fn(&super::api::WorkerReport) -> u64;
     let per_worker: [(&str, &str, &str, Get); 10] = [
@@ -166,9 +178,11 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         f.sample(&format!("{name}_count"), &format!("worker=\"{i}\""), w.busy_polls);
     }
     let name = "fulcrum_reloads_total";
-    Family::new(&mut out, name, "counter", "Configuration reloads, applied or refused.")
-        .sample(name, "result=\"applied\"", reloads.applied)
-        .sample(name, "result=\"refused\"", reloads.refused);
+    Family::new(&mut out, name, "counter", "Configuration reloads, applied or refused.").sample(name, "result=\"applied\"", reloads.applied).sample(
+        name,
+        "result=\"refused\"",
+        reloads.refused,
+    );
     out
 }
 
@@ -224,7 +238,14 @@ mod tests {
                 }],
             }],
             drops: [("no_backend".to_string(), 1), ("truncated".to_string(), 0)].into(),
-            workers: vec![WorkerReport { polls: 9, busy_polls: 3, frames: 6, batch_sizes: vec![1, 1, 1, 0, 0, 0, 0], connections_capacity: 1024, ..WorkerReport::default() }],
+            workers: vec![WorkerReport {
+                polls: 9,
+                busy_polls: 3,
+                frames: 6,
+                batch_sizes: vec![1, 1, 1, 0, 0, 0, 0],
+                connections_capacity: 1024,
+                ..WorkerReport::default()
+            }],
             ..StatsReport::default()
         };
         let text = render(&s, &Reloads { applied: 4, refused: 1, last: None });

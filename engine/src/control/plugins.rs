@@ -29,7 +29,9 @@ impl Plugins {
     /// Maglev whose plugin the configuration dropped.
     pub fn apply(&mut self, before: Option<&cfg::Config>, config: &cfg::Config, services: &Services, dataplane: &Dataplane) -> Result<(), String> {
         for v in &config.vips {
-            let unchanged = before.and_then(|b| b.vips.iter().find(|o| (o.address, o.protocol, o.port) == (v.address, v.protocol, v.port))).is_some_and(|o| o.scheduler == v.scheduler);
+            let unchanged = before
+                .and_then(|b| b.vips.iter().find(|o| (o.address, o.protocol, o.port) == (v.address, v.protocol, v.port)))
+                .is_some_and(|o| o.scheduler == v.scheduler);
             if unchanged {
                 continue;
             }
@@ -89,8 +91,5 @@ pub fn vip_id(services: &Services, v: &cfg::Vip) -> Result<VipId, String> {
 /// The VIP's pool as a freshly loaded plugin is smoke-tested against.
 fn pool(services: &Services, vip: VipId) -> Vec<BackendState> {
     let ids = services.vip(vip).map_or(&[][..], |v| &v.spec.backends[..]);
-    ids.iter()
-        .filter_map(|&b| services.backend(b))
-        .map(|b| BackendState { id: b.ident, weight: b.spec.weight, up: true, ..BackendState::default() })
-        .collect()
+    ids.iter().filter_map(|&b| services.backend(b)).map(|b| BackendState { id: b.ident, weight: b.spec.weight, up: true, ..BackendState::default() }).collect()
 }

@@ -118,9 +118,14 @@ pub fn changes(old: &cfg::Config, new: &cfg::Config) -> Changes {
             (a != b).then(|| format!("{} {n}: {a} -> {b}", v.name()))
         };
         c.vips_changed.extend(
-            [what("mode", &o.mode, &v.mode), what("scheduler", &o.scheduler, &v.scheduler), what("persistence", &o.persistence, &v.persistence), what("health", &o.health, &v.health)]
-                .into_iter()
-                .flatten(),
+            [
+                what("mode", &o.mode, &v.mode),
+                what("scheduler", &o.scheduler, &v.scheduler),
+                what("persistence", &o.persistence, &v.persistence),
+                what("health", &o.health, &v.health),
+            ]
+            .into_iter()
+            .flatten(),
         );
         for b in &v.backends {
             let Some(ob) = o.backends.iter().find(|ob| bkey(ob) == bkey(b)) else {
@@ -206,6 +211,9 @@ address = "198.18.0.12"
         let back = changes(&new, &old);
         assert_eq!(back.vips_removed, ["198.18.0.101:53/udp"]);
         assert_eq!(back.backends_removed, ["198.18.0.100:80/tcp backend 198.18.0.13:8080"]);
-        assert_eq!(back.details()[..2], ["- vip 198.18.0.101:53/udp".to_string(), "~ vip 198.18.0.100:80/tcp mode: Nat -> FullNat { snat: 198.18.0.2 }".into()]);
+        assert_eq!(
+            back.details()[..2],
+            ["- vip 198.18.0.101:53/udp".to_string(), "~ vip 198.18.0.100:80/tcp mode: Nat -> FullNat { snat: 198.18.0.2 }".into()]
+        );
     }
 }

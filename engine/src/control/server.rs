@@ -107,7 +107,10 @@ impl ControlSocket {
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if UnixStream::connect(path).is_ok() {
-                    return Err(format!("another fulcrum is running: it answers on {} (stop it, or give this one another daemon.control_socket)", path.display()));
+                    return Err(format!(
+                        "another fulcrum is running: it answers on {} (stop it, or give this one another daemon.control_socket)",
+                        path.display()
+                    ));
                 }
                 std::fs::remove_file(path).map_err(what)?;
                 tracing::info!(socket = %path.display(), "removed a stale control socket");

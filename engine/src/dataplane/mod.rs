@@ -58,10 +58,12 @@ impl Dataplane {
     /// starting them: the caller decides where they run.
     pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<Wired<I>>, String> {
         let n = u16::try_from(ios.len()).map_err(|_| format!("{} workers: at most {}", ios.len(), u16::MAX))?;
-        let (inboxes, mailboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| {
-            let (tx, rx) = bounded::<Handoff>(HANDOFF_QUEUE);
-            (tx, rx)
-        }).unzip();
+        let (inboxes, mailboxes): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| {
+                let (tx, rx) = bounded::<Handoff>(HANDOFF_QUEUE);
+                (tx, rx)
+            })
+            .unzip();
         let peers: Arc<[Sender<Handoff>]> = inboxes.into();
         // Session persistence: one sticky table and one clock for all.
         let sticky = Arc::new(StickyTable::new(cfg.sticky_clients));

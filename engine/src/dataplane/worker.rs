@@ -71,7 +71,15 @@ pub struct Worker<I> {
 }
 
 impl<I: PacketIo> Worker<I> {
-    pub(super) fn new(id: u16, io: I, engine: Engine, inbox: Receiver<Handoff>, peers: Arc<[Sender<Handoff>]>, control: Receiver<Control>, clock: Instant) -> Self {
+    pub(super) fn new(
+        id: u16,
+        io: I,
+        engine: Engine,
+        inbox: Receiver<Handoff>,
+        peers: Arc<[Sender<Handoff>]>,
+        control: Receiver<Control>,
+        clock: Instant,
+    ) -> Self {
         Worker {
             id,
             io,

@@ -31,13 +31,7 @@ impl FlowKey {
 
     /// The key of the same flow seen in the opposite direction.
     pub fn reversed(&self) -> Self {
-        FlowKey {
-            src: self.dst,
-            dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-            proto: self.proto,
-        }
+        FlowKey { src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port, proto: self.proto }
     }
 
     pub fn is_v4(&self) -> bool {
@@ -93,11 +87,7 @@ pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
 }
 
 pub fn ip_from16(a: &[u8; 16]) -> IpAddr {
-    if is_v4_mapped(a) {
-        IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*a))
-    }
+    if is_v4_mapped(a) { IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15])) } else { IpAddr::V6(Ipv6Addr::from(*a)) }
 }
 
 #[cfg(test)]

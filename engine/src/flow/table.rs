@@ -908,15 +908,7 @@ mod tests {
                 })
                 .collect();
             let mut t = ConnTable::<u64>::new(capacity, T);
-            let mut m = Model {
-                capacity,
-                map: HashMap::new(),
-                lru: Vec::new(),
-                used: 0,
-                hand: 0,
-                evictions: 0,
-                expirations: 0,
-            };
+            let mut m = Model { capacity, map: HashMap::new(), lru: Vec::new(), used: 0, hand: 0, evictions: 0, expirations: 0 };
             // Start close to the wrap so that `now` crosses u32::MAX.
             let mut now = u32::MAX - 20_000;
             for step in 0..15_000 {

@@ -23,13 +23,21 @@ pub fn set_endpoint(frame: &mut [u8], p: &Parsed, end: End, addr: &[u8; 16], por
     if p.v6 {
         let mut h = Ipv6::new_unchecked(ip);
         old_buf = if end == End::Src { h.src() } else { h.dst() };
-        if end == End::Src { h.set_src(*addr) } else { h.set_dst(*addr) }
+        if end == End::Src {
+            h.set_src(*addr)
+        } else {
+            h.set_dst(*addr)
+        }
         (old_addr, new_addr) = (&old_buf[..], &addr[..]);
     } else {
         let mut h = Ipv4::new_unchecked(ip);
         old_buf[..4].copy_from_slice(&if end == End::Src { h.src() } else { h.dst() });
         let a4 = [addr[12], addr[13], addr[14], addr[15]];
-        if end == End::Src { h.set_src(a4) } else { h.set_dst(a4) }
+        if end == End::Src {
+            h.set_src(a4)
+        } else {
+            h.set_dst(a4)
+        }
         (old_addr, new_addr) = (&old_buf[..4], &addr[12..]);
     }
     let port_at = p.l4 + if end == End::Src { 0 } else { 2 };

@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use fulcrum_config::{HealthCheck, Probe};
 
+use super::Failure;
 use super::epoll::Poller;
 use super::half_open::HalfOpen;
 use super::http::HttpCheck;
 use super::icmp::Icmp;
 use super::policy::{BackendHealth, CheckResult, HealthState, Observation, Policy};
 use super::stream::Streams;
-use super::Failure;
 use crate::sched::BackendState;
 use crate::services::{BackendId, VipId};
 use crate::stats::Counter;
@@ -301,11 +301,7 @@ impl Runner {
             backends.resize_with(backends.len().max(id + 1), || None);
             backends[id] = Some(CheckStats::default());
         }
-        let stats = Arc::new(HealthStats {
-            backends: backends.into(),
-            late: Counter::default(),
-            lag_max_us: AtomicU64::new(0),
-        });
+        let stats = Arc::new(HealthStats { backends: backends.into(), late: Counter::default(), lag_max_us: AtomicU64::new(0) });
         let timers = slots.iter().enumerate().map(|(i, s)| Reverse((s.due, i, Timer::Start))).collect();
         Ok(Runner {
             streams: Streams::new(n),

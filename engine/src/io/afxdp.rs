@@ -27,9 +27,7 @@ use std::ptr::NonNull;
 use std::thread;
 use std::time::Duration;
 
-use xsk_rs::config::{
-    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
-};
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::socket::XdpStatistics;
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
@@ -58,12 +56,7 @@ pub struct XskConfig {
 
 impl Default for XskConfig {
     fn default() -> Self {
-        XskConfig {
-            frames_per_port: 4096,
-            ring_size: 2048,
-            batch: 64,
-            zero_copy: true,
-        }
+        XskConfig { frames_per_port: 4096, ring_size: 2048, batch: 64, zero_copy: true }
     }
 }
 
@@ -95,11 +88,7 @@ struct Port {
 
 impl Port {
     fn ring_error(&self, source: std::io::Error) -> IoError {
-        IoError::Ring {
-            ifname: self.ifname.clone(),
-            queue: self.queue,
-            source,
-        }
+        IoError::Ring { ifname: self.ifname.clone(), queue: self.queue, source }
     }
 }
 
@@ -125,22 +114,15 @@ impl XskIo {
     /// the sockets only once they are registered with the steering program
     /// of their interface (`SteerProgram::register_socket`).
     pub fn open(ifnames: &[&str], queue: u32, cfg: &XskConfig) -> Result<XskIo, IoError> {
-        let what = format!(
-            "opening AF_XDP sockets on {} queue {queue}",
-            ifnames.join(",")
-        );
+        let what = format!("opening AF_XDP sockets on {} queue {queue}", ifnames.join(","));
         sys::check_privilege(&what, Privilege::AfXdp)?;
         if ifnames.is_empty() || ifnames.len() > usize::from(PortId::MAX) + 1 {
-            return Err(IoError::InvalidArgument(format!(
-                "{} interfaces: expected 1 to 256",
-                ifnames.len()
-            )));
+            return Err(IoError::InvalidArgument(format!("{} interfaces: expected 1 to 256", ifnames.len())));
         }
         for name in ifnames {
             sys::ifindex(name)?;
         }
-        let ring = QueueSize::new(cfg.ring_size)
-            .map_err(|e| IoError::InvalidArgument(format!("ring size: {e}")))?;
+        let ring = QueueSize::new(cfg.ring_size).map_err(|e| IoError::InvalidArgument(format!("ring size: {e}")))?;
         if cfg.frames_per_port < cfg.ring_size || cfg.batch == 0 {
             return Err(IoError::InvalidArgument(format!(
                 "frames per port ({}) below the ring size ({}), or an empty batch",
@@ -154,37 +136,22 @@ impl XskIo {
             .ok_or_else(|| IoError::InvalidArgument("too many UMEM frames".into()))?;
 
         let umem_cfg = UmemConfig::builder()
-            .frame_size(
-                FrameSize::new(FRAME_SIZE as u32).map_err(|e| IoError::Umem {
-                    detail: e.to_string(),
-                })?,
-            )
+            .frame_size(FrameSize::new(FRAME_SIZE as u32).map_err(|e| IoError::Umem { detail: e.to_string() })?)
             .fill_queue_size(ring)
             .comp_queue_size(ring)
             .frame_headroom(0)
             .build()
-            .map_err(|e| IoError::Umem {
-                detail: e.to_string(),
-            })?;
-        let (umem, mut descs) = Umem::new(umem_cfg, frames, false)
-            .map_err(|e| IoError::wrap(&e, what.clone(), |detail| IoError::Umem { detail }))?;
-        if descs
-            .iter()
-            .enumerate()
-            .any(|(i, d)| d.addr() != i * FRAME_SIZE + HEADROOM)
-        {
-            return Err(IoError::Umem {
-                detail: "unexpected xsk-rs frame layout".into(),
-            });
+            .map_err(|e| IoError::Umem { detail: e.to_string() })?;
+        let (umem, mut descs) = Umem::new(umem_cfg, frames, false).map_err(|e| IoError::wrap(&e, what.clone(), |detail| IoError::Umem { detail }))?;
+        if descs.iter().enumerate().any(|(i, d)| d.addr() != i * FRAME_SIZE + HEADROOM) {
+            return Err(IoError::Umem { detail: "unexpected xsk-rs frame layout".into() });
         }
         // xsk-rs has no accessor for the UMEM's base address. Chunk 0's
         // (empty) frame headroom starts there; the region is one mmap that
         // lives as long as `umem`, which this value owns.
         // SAFETY: descs[0] belongs to `umem`, and nothing else accesses it.
         let base = unsafe { umem.headroom_mut(&mut descs[0]).contents_mut().as_mut_ptr() };
-        let base = NonNull::new(base).ok_or_else(|| IoError::Umem {
-            detail: "null UMEM".into(),
-        })?;
+        let base = NonNull::new(base).ok_or_else(|| IoError::Umem { detail: "null UMEM".into() })?;
         // SAFETY: the region holds `frames` chunks and is only accessed
         // through chunk tokens from now on (descriptors carry no access).
         let mem = unsafe { FrameMem::new(base, frames.get()) };
@@ -193,14 +160,7 @@ impl XskIo {
         for name in ifnames {
             ports.push(bind(&umem, name, queue, cfg, ports.is_empty())?);
         }
-        let pollfds = ports
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.rx.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let pollfds = ports.iter().map(|p| libc::pollfd { fd: p.rx.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         let mut io = XskIo {
             ports,
             descs,
@@ -222,16 +182,12 @@ impl XskIo {
 
     /// The socket of `port`, for `SteerProgram::register_socket`.
     pub fn socket_fd(&self, port: PortId) -> Option<RawFd> {
-        self.ports
-            .get(usize::from(port))
-            .map(|p| p.rx.fd().as_raw_fd())
+        self.ports.get(usize::from(port)).map(|p| p.rx.fd().as_raw_fd())
     }
 
     /// Whether `port`'s socket runs in zero-copy mode.
     pub fn is_zero_copy(&self, port: PortId) -> bool {
-        self.ports
-            .get(usize::from(port))
-            .is_some_and(|p| p.zero_copy)
+        self.ports.get(usize::from(port)).is_some_and(|p| p.zero_copy)
     }
 
     pub fn stats(&self) -> XskStats {
@@ -241,10 +197,7 @@ impl XskIo {
     /// The kernel's counters for `port` (drops for a full rx ring or an
     /// empty fill ring, invalid descriptors).
     pub fn kernel_stats(&self, port: PortId) -> Result<XdpStatistics, IoError> {
-        let p = self
-            .ports
-            .get(usize::from(port))
-            .ok_or_else(|| IoError::InvalidArgument(format!("no port {port}")))?;
+        let p = self.ports.get(usize::from(port)).ok_or_else(|| IoError::InvalidArgument(format!("no port {port}")))?;
         p.rx.fd().xdp_statistics().map_err(|e| p.ring_error(e))
     }
 
@@ -257,12 +210,10 @@ impl XskIo {
         for p in &mut self.ports {
             loop {
                 self.scratch.clear();
-                self.scratch
-                    .resize(self.batch.max(64), FrameDesc::default());
+                self.scratch.resize(self.batch.max(64), FrameDesc::default());
                 // SAFETY: the descriptors only receive addresses of this UMEM.
                 let n = unsafe { p.cq.consume(&mut self.scratch) };
-                self.free
-                    .extend(self.scratch[..n].iter().map(Self::chunk_of));
+                self.free.extend(self.scratch[..n].iter().map(Self::chunk_of));
                 if n < self.scratch.len() {
                     break;
                 }
@@ -277,8 +228,7 @@ impl XskIo {
         if n > 0 {
             self.scratch.clear();
             let start = self.free.len() - n;
-            self.scratch
-                .extend(self.free[start..].iter().map(|&c| self.descs[c as usize]));
+            self.scratch.extend(self.free[start..].iter().map(|&c| self.descs[c as usize]));
             // SAFETY: free chunks belong to this UMEM and to no ring.
             // The reservation is all or nothing, and `n` slots are free.
             let produced = unsafe { p.fq.produce(&self.scratch) };
@@ -324,24 +274,11 @@ impl XskIo {
 }
 
 /// Binds one socket, zero-copy first if asked, retrying on EBUSY.
-fn bind(
-    umem: &Umem,
-    ifname: &str,
-    queue: u32,
-    cfg: &XskConfig,
-    first: bool,
-) -> Result<Port, IoError> {
-    let iface: Interface = ifname.parse().map_err(|_| {
-        IoError::InvalidArgument(format!("`{ifname}` is not a valid interface name"))
-    })?;
-    let ring = QueueSize::new(cfg.ring_size)
-        .map_err(|e| IoError::InvalidArgument(format!("ring size: {e}")))?;
+fn bind(umem: &Umem, ifname: &str, queue: u32, cfg: &XskConfig, first: bool) -> Result<Port, IoError> {
+    let iface: Interface = ifname.parse().map_err(|_| IoError::InvalidArgument(format!("`{ifname}` is not a valid interface name")))?;
+    let ring = QueueSize::new(cfg.ring_size).map_err(|e| IoError::InvalidArgument(format!("ring size: {e}")))?;
     // Later sockets share the first one's UMEM and inherit its mode.
-    let modes: &[BindFlags] = if first && cfg.zero_copy {
-        &[BindFlags::XDP_ZEROCOPY, BindFlags::XDP_COPY]
-    } else {
-        &[BindFlags::XDP_COPY]
-    };
+    let modes: &[BindFlags] = if first && cfg.zero_copy { &[BindFlags::XDP_ZEROCOPY, BindFlags::XDP_COPY] } else { &[BindFlags::XDP_COPY] };
     let mut last = None;
     // Zero-copy refused (EOPNOTSUPP on veth, or another error): copy mode.
     for mode in modes {
@@ -358,29 +295,16 @@ fn bind(
             match unsafe { Socket::new(config, umem, &iface, queue) } {
                 Ok((tx, rx, Some((fq, cq)))) => {
                     let zero_copy = sys::xsk_is_zero_copy(rx.fd().as_raw_fd());
-                    return Ok(Port {
-                        ifname: ifname.to_owned(),
-                        queue,
-                        rx,
-                        tx,
-                        fq,
-                        cq,
-                        zero_copy,
-                    });
+                    return Ok(Port { ifname: ifname.to_owned(), queue, rx, tx, fq, cq, zero_copy });
                 }
                 Ok((_, _, None)) => {
-                    return Err(IoError::InvalidArgument(format!(
-                        "{ifname} queue {queue} is opened twice in one worker"
-                    )));
+                    return Err(IoError::InvalidArgument(format!("{ifname} queue {queue} is opened twice in one worker")));
                 }
                 Err(e) => {
-                    let io = super::error::root_io_error(&e)
-                        .unwrap_or_else(|| std::io::Error::other(e.to_string()));
+                    let io = super::error::root_io_error(&e).unwrap_or_else(|| std::io::Error::other(e.to_string()));
                     let code = io.raw_os_error();
                     if code == Some(libc::EPERM) {
-                        return Err(IoError::NotPermitted {
-                            what: format!("binding AF_XDP to {ifname}"),
-                        });
+                        return Err(IoError::NotPermitted { what: format!("binding AF_XDP to {ifname}") });
                     }
                     last = Some(io);
                     if code == Some(libc::EBUSY) && attempt < BIND_RETRIES {
@@ -393,11 +317,7 @@ fn bind(
             }
         }
     }
-    Err(IoError::Socket {
-        ifname: ifname.to_owned(),
-        queue,
-        source: last.unwrap_or_else(|| std::io::Error::other("bind failed")),
-    })
+    Err(IoError::Socket { ifname: ifname.to_owned(), queue, source: last.unwrap_or_else(|| std::io::Error::other("bind failed")) })
 }
 
 impl PacketIo for XskIo {
@@ -417,12 +337,7 @@ impl PacketIo for XskIo {
             // SAFETY: descriptors of this UMEM's rx ring.
             let n = unsafe { self.ports[p].rx.consume(&mut self.scratch) };
             for d in &self.scratch[..n] {
-                out.push(FrameRef {
-                    chunk: self.mem.token(Self::chunk_of(d)),
-                    start: d.addr() % FRAME_SIZE,
-                    len: d.lengths().data(),
-                    port: p as PortId,
-                });
+                out.push(FrameRef { chunk: self.mem.token(Self::chunk_of(d)), start: d.addr() % FRAME_SIZE, len: d.lengths().data(), port: p as PortId });
             }
             got += n;
         }
@@ -472,8 +387,7 @@ impl PacketIo for XskIo {
             // completion ring.
             let produced = unsafe { p.tx.produce(&self.scratch[..n]) };
             self.stats.tx_ring_full += (self.scratch.len() - produced) as u64;
-            self.free
-                .extend(self.scratch[produced..].iter().map(Self::chunk_of));
+            self.free.extend(self.scratch[produced..].iter().map(Self::chunk_of));
             queued += produced;
             self.kick(port)?;
         }
@@ -505,13 +419,7 @@ impl PacketIo for XskIo {
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `pollfds` is a valid array of its length.
-        let rc = unsafe {
-            libc::poll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
-                ms,
-            )
-        };
+        let rc = unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, ms) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {

@@ -55,11 +55,7 @@ pub enum IoError {
 impl IoError {
     /// Wraps a library error (aya, xsk-rs), turning the kernel's EPERM
     /// anywhere in its chain into `NotPermitted`.
-    pub(crate) fn wrap(
-        e: &(dyn Error + 'static),
-        what: impl Into<String>,
-        make: impl FnOnce(String) -> IoError,
-    ) -> IoError {
+    pub(crate) fn wrap(e: &(dyn Error + 'static), what: impl Into<String>, make: impl FnOnce(String) -> IoError) -> IoError {
         match root_io_error(e).and_then(|io| io.raw_os_error()) {
             Some(libc::EPERM) => IoError::NotPermitted { what: what.into() },
             _ => make(chain(e)),
@@ -80,48 +76,27 @@ impl fmt::Display for IoError {
             IoError::Load { program, detail } => {
                 write!(f, "the kernel refused BPF program `{program}`: {detail}")
             }
-            IoError::XdpAttach {
-                ifname,
-                mode,
-                source,
-            } => {
+            IoError::XdpAttach { ifname, mode, source } => {
                 write!(f, "XDP attach to {ifname} in {mode} mode refused: {source}")?;
                 match source.raw_os_error() {
                     Some(libc::EOPNOTSUPP) => {
-                        write!(
-                            f,
-                            " (the driver has no native XDP: use generic or auto mode)"
-                        )
+                        write!(f, " (the driver has no native XDP: use generic or auto mode)")
                     }
-                    Some(libc::EBUSY) | Some(libc::EEXIST) => write!(
-                        f,
-                        " (another XDP program is attached to {ifname}: `ip link set dev {ifname} xdp off`)"
-                    ),
+                    Some(libc::EBUSY) | Some(libc::EEXIST) => write!(f, " (another XDP program is attached to {ifname}: `ip link set dev {ifname} xdp off`)"),
                     _ => Ok(()),
                 }
             }
             IoError::Map { what, detail } => write!(f, "BPF map {what}: {detail}"),
             IoError::Umem { detail } => write!(f, "cannot create the AF_XDP UMEM: {detail}"),
-            IoError::Socket {
-                ifname,
-                queue,
-                source,
-            } => {
-                write!(
-                    f,
-                    "cannot bind an AF_XDP socket to {ifname} queue {queue}: {source}"
-                )?;
+            IoError::Socket { ifname, queue, source } => {
+                write!(f, "cannot bind an AF_XDP socket to {ifname} queue {queue}: {source}")?;
                 match source.raw_os_error() {
                     Some(libc::EINVAL) => write!(f, " (does {ifname} have rx queue {queue}?)"),
                     Some(libc::EBUSY) => write!(f, " (another socket is bound to that queue)"),
                     _ => Ok(()),
                 }
             }
-            IoError::Ring {
-                ifname,
-                queue,
-                source,
-            } => {
+            IoError::Ring { ifname, queue, source } => {
                 write!(f, "AF_XDP ring on {ifname} queue {queue}: {source}")
             }
         }
@@ -131,9 +106,7 @@ impl fmt::Display for IoError {
 impl Error for IoError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            IoError::XdpAttach { source, .. }
-            | IoError::Socket { source, .. }
-            | IoError::Ring { source, .. } => Some(source),
+            IoError::XdpAttach { source, .. } | IoError::Socket { source, .. } | IoError::Ring { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -41,11 +41,7 @@ pub struct FrameRef {
 impl FrameRef {
     /// Whether `start..start+len` is a non-empty range inside a chunk.
     pub fn in_bounds(&self) -> bool {
-        self.len > 0
-            && self
-                .start
-                .checked_add(self.len)
-                .is_some_and(|end| end <= FRAME_SIZE)
+        self.len > 0 && self.start.checked_add(self.len).is_some_and(|end| end <= FRAME_SIZE)
     }
 }
 
@@ -70,11 +66,7 @@ impl FrameMem {
     /// accessed by no one else except through chunks this `FrameMem` hands
     /// out and takes back.
     pub(crate) unsafe fn new(base: NonNull<u8>, chunks: u32) -> FrameMem {
-        FrameMem {
-            base,
-            chunks,
-            pool: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
-        }
+        FrameMem { base, chunks, pool: NEXT_POOL.fetch_add(1, Ordering::Relaxed) }
     }
 
     pub(crate) fn chunks(&self) -> u32 {
@@ -84,10 +76,7 @@ impl FrameMem {
     /// A token for chunk `index`; the caller guarantees it is the only one.
     pub(crate) fn token(&self, index: u32) -> Chunk {
         debug_assert!(index < self.chunks);
-        Chunk {
-            pool: self.pool,
-            index,
-        }
+        Chunk { pool: self.pool, index }
     }
 
     /// The chunk's index if the token belongs to this memory.
@@ -102,9 +91,7 @@ impl FrameMem {
         // SAFETY: in bounds (checked above); the `&mut Chunk` is the unique
         // token for this chunk, so no other reference to these bytes exists
         // for 'a, and the backend outlives the borrow of `self`.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(self.base.as_ptr().add(index * FRAME_SIZE), FRAME_SIZE)
-        })
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(index * FRAME_SIZE), FRAME_SIZE) })
     }
 }
 
@@ -114,12 +101,7 @@ mod tests {
 
     #[test]
     fn bounds() {
-        let f = |start, len| FrameRef {
-            chunk: Chunk { pool: 0, index: 0 },
-            start,
-            len,
-            port: 0,
-        };
+        let f = |start, len| FrameRef { chunk: Chunk { pool: 0, index: 0 }, start, len, port: 0 };
         assert!(f(HEADROOM, 60).in_bounds());
         assert!(f(0, FRAME_SIZE).in_bounds());
         assert!(!f(0, 0).in_bounds());

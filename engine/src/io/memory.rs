@@ -21,20 +21,11 @@ pub struct MemoryIo {
 impl MemoryIo {
     /// A backend with `frames` buffers; `recv` returns at most `batch` per call.
     pub fn new(frames: u32, batch: usize) -> MemoryIo {
-        let raw = NonNull::from(Box::leak(
-            vec![0u8; frames as usize * FRAME_SIZE].into_boxed_slice(),
-        ));
+        let raw = NonNull::from(Box::leak(vec![0u8; frames as usize * FRAME_SIZE].into_boxed_slice()));
         // SAFETY: `raw` is owned by this value, freed only in Drop, and
         // touched only through `mem`.
         let mem = unsafe { FrameMem::new(raw.cast(), frames) };
-        MemoryIo {
-            mem,
-            raw,
-            free: (0..frames).rev().collect(),
-            rx: VecDeque::new(),
-            sent: Vec::new(),
-            batch,
-        }
+        MemoryIo { mem, raw, free: (0..frames).rev().collect(), rx: VecDeque::new(), sent: Vec::new(), batch }
     }
 
     /// Queues `bytes` as a frame received on `port`, at offset HEADROOM.
@@ -46,12 +37,7 @@ impl MemoryIo {
         let Some(index) = self.free.pop() else {
             return false;
         };
-        let mut frame = FrameRef {
-            chunk: self.mem.token(index),
-            start: HEADROOM,
-            len: bytes.len(),
-            port,
-        };
+        let mut frame = FrameRef { chunk: self.mem.token(index), start: HEADROOM, len: bytes.len(), port };
         if let Some(buf) = self.mem.buffer(&mut frame.chunk) {
             buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
         }
@@ -93,10 +79,7 @@ impl PacketIo for MemoryIo {
             if frame.in_bounds()
                 && let Some(buf) = self.mem.buffer(&mut frame.chunk)
             {
-                self.sent.push((
-                    frame.port,
-                    buf[frame.start..frame.start + frame.len].to_vec(),
-                ));
+                self.sent.push((frame.port, buf[frame.start..frame.start + frame.len].to_vec()));
                 sent += 1;
             }
             self.release(&frame);
@@ -178,10 +161,7 @@ mod tests {
         let mut batch = Vec::new();
         io.recv(&mut batch).unwrap();
         let (x, y) = batch.split_at_mut(1);
-        let (bx, by) = (
-            io.buffer(&mut x[0].chunk).unwrap(),
-            io.buffer(&mut y[0].chunk).unwrap(),
-        );
+        let (bx, by) = (io.buffer(&mut x[0].chunk).unwrap(), io.buffer(&mut y[0].chunk).unwrap());
         std::mem::swap(&mut bx[HEADROOM], &mut by[HEADROOM]);
         io.send(&mut batch).unwrap();
         assert_eq!(io.take_sent(), vec![(0, b"b".to_vec()), (0, b"a".to_vec())]);

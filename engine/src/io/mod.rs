@@ -83,9 +83,7 @@ impl FromStr for XdpMode {
             "native" => Ok(XdpMode::Native),
             "generic" => Ok(XdpMode::Generic),
             "auto" => Ok(XdpMode::Auto),
-            _ => Err(IoError::InvalidArgument(format!(
-                "XDP mode `{s}`: expected native, generic or auto"
-            ))),
+            _ => Err(IoError::InvalidArgument(format!("XDP mode `{s}`: expected native, generic or auto"))),
         }
     }
 }

@@ -27,11 +27,7 @@ pub(crate) fn check_privilege(what: &str, p: Privilege) -> Result<(), IoError> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return Ok(());
     };
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    else {
+    let Some(eff) = status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok()) else {
         return Ok(());
     };
     let has = |cap: u32| eff & (1 << cap) != 0;
@@ -39,34 +35,19 @@ pub(crate) fn check_privilege(what: &str, p: Privilege) -> Result<(), IoError> {
         Privilege::AttachXdp => has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)),
         Privilege::AfXdp => has(CAP_NET_RAW),
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(IoError::NotPermitted {
-            what: what.to_owned(),
-        })
-    }
+    if ok { Ok(()) } else { Err(IoError::NotPermitted { what: what.to_owned() }) }
 }
 
 /// The interface's index, with a clear error for a bad or unknown name.
 pub(crate) fn ifindex(ifname: &str) -> Result<u32, IoError> {
     // IFNAMSIZ is 16 with the NUL; '/' and whitespace are never valid.
-    if ifname.is_empty()
-        || ifname.len() >= 16
-        || ifname.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
-    {
-        return Err(IoError::InvalidArgument(format!(
-            "`{ifname}` is not a valid interface name"
-        )));
+    if ifname.is_empty() || ifname.len() >= 16 || ifname.bytes().any(|b| b == b'/' || b.is_ascii_whitespace()) {
+        return Err(IoError::InvalidArgument(format!("`{ifname}` is not a valid interface name")));
     }
-    let c = CString::new(ifname).map_err(|_| {
-        IoError::InvalidArgument(format!("`{ifname}` is not a valid interface name"))
-    })?;
+    let c = CString::new(ifname).map_err(|_| IoError::InvalidArgument(format!("`{ifname}` is not a valid interface name")))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(IoError::NoSuchInterface {
-            ifname: ifname.to_owned(),
-        }),
+        0 => Err(IoError::NoSuchInterface { ifname: ifname.to_owned() }),
         i => Ok(i),
     }
 }
@@ -75,11 +56,7 @@ pub(crate) fn ifindex(ifname: &str) -> Result<u32, IoError> {
 /// the returned fd: when the process exits, even by SIGKILL, the kernel
 /// closes it and the program is detached. (aya's `Xdp::attach` silently
 /// falls back to a netlink attach, which would survive a crash.)
-pub(crate) fn xdp_link_create(
-    prog: BorrowedFd<'_>,
-    ifindex: u32,
-    flags: u32,
-) -> io::Result<OwnedFd> {
+pub(crate) fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
     const BPF_LINK_CREATE: libc::c_long = 28;
     const BPF_XDP: u32 = 37;
     // The link_create member of union bpf_attr, up to `flags`; the kernel
@@ -91,21 +68,9 @@ pub(crate) fn xdp_link_create(
         attach_type: u32,
         flags: u32,
     }
-    let attr = LinkCreate {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags,
-    };
+    let attr = LinkCreate { prog_fd: prog.as_raw_fd() as u32, target_ifindex: ifindex, attach_type: BPF_XDP, flags };
     // SAFETY: `attr` is a valid bpf_attr prefix of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &attr as *const LinkCreate,
-            size_of::<LinkCreate>(),
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreate, size_of::<LinkCreate>()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -121,15 +86,7 @@ pub(crate) fn xsk_is_zero_copy(fd: i32) -> bool {
     let mut flags = 0u32;
     let mut len = size_of::<u32>() as libc::socklen_t;
     // SAFETY: `flags` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            SOL_XDP,
-            XDP_OPTIONS,
-            (&mut flags as *mut u32).cast(),
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len) };
     rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
 }
 
@@ -159,23 +116,13 @@ pub(crate) fn rx_queue_count(ifname: &str) -> Result<u32, IoError> {
         _pad: [u8; 16],
     }
     ifindex(ifname)?;
-    let mut ch = Channels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Default::default()
-    };
-    let mut req = IfReq {
-        name: [0; 16],
-        data: &mut ch,
-        _pad: [0; 16],
-    };
+    let mut ch = Channels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
+    let mut req = IfReq { name: [0; 16], data: &mut ch, _pad: [0; 16] };
     req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
     // SAFETY: plain socket(2); closed by OwnedFd.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(IoError::InvalidArgument(format!(
-            "socket for ethtool: {}",
-            io::Error::last_os_error()
-        )));
+        return Err(IoError::InvalidArgument(format!("socket for ethtool: {}", io::Error::last_os_error())));
     }
     // SAFETY: `raw` is a new fd owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -205,9 +152,7 @@ pub(crate) fn host_addresses() -> io::Result<Vec<IpAddr>> {
                 match i32::from((*ifa.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
@@ -232,21 +177,12 @@ mod tests {
     fn interface_names_are_checked() {
         assert!(matches!(ifindex(""), Err(IoError::InvalidArgument(_))));
         assert!(matches!(ifindex("a/b"), Err(IoError::InvalidArgument(_))));
-        assert!(matches!(
-            ifindex("0123456789abcdef"),
-            Err(IoError::InvalidArgument(_))
-        ));
+        assert!(matches!(ifindex("0123456789abcdef"), Err(IoError::InvalidArgument(_))));
         assert!(matches!(ifindex("nul\0"), Err(IoError::InvalidArgument(_))));
-        assert!(matches!(
-            ifindex("fulcrum-nope0"),
-            Err(IoError::NoSuchInterface { .. })
-        ));
+        assert!(matches!(ifindex("fulcrum-nope0"), Err(IoError::NoSuchInterface { .. })));
         assert!(ifindex("lo").is_ok());
         assert!(rx_queue_count("lo").unwrap() >= 1);
-        assert!(matches!(
-            rx_queue_count("fulcrum-nope0"),
-            Err(IoError::NoSuchInterface { .. })
-        ));
+        assert!(matches!(rx_queue_count("fulcrum-nope0"), Err(IoError::NoSuchInterface { .. })));
     }
 
     #[test]

@@ -49,16 +49,9 @@ const MATCH_SRC: u8 = 1;
 impl LbKey {
     fn new(addr: IpAddr, proto: u8, dir: u8, port: u16) -> Result<LbKey, IoError> {
         if proto != PROTO_TCP && proto != PROTO_UDP {
-            return Err(IoError::InvalidArgument(format!(
-                "protocol {proto}: only TCP ({PROTO_TCP}) and UDP ({PROTO_UDP}) are balanced"
-            )));
+            return Err(IoError::InvalidArgument(format!("protocol {proto}: only TCP ({PROTO_TCP}) and UDP ({PROTO_UDP}) are balanced")));
         }
-        Ok(LbKey {
-            addr: addr16(addr),
-            proto,
-            dir,
-            port: port.to_be_bytes(),
-        })
+        Ok(LbKey { addr: addr16(addr), proto, dir, port: port.to_be_bytes() })
     }
 }
 
@@ -79,9 +72,7 @@ impl ReturnTraffic {
     fn key(self) -> Result<LbKey, IoError> {
         match self {
             ReturnTraffic::ToSnat { addr, proto, port } => LbKey::new(addr, proto, MATCH_DST, port),
-            ReturnTraffic::FromBackend { addr, proto, port } => {
-                LbKey::new(addr, proto, MATCH_SRC, port)
-            }
+            ReturnTraffic::FromBackend { addr, proto, port } => LbKey::new(addr, proto, MATCH_SRC, port),
         }
     }
 }
@@ -95,13 +86,7 @@ struct Attached {
 }
 
 impl Attached {
-    fn new(
-        program: &'static str,
-        object: &[u8],
-        ifname: &str,
-        mode: XdpMode,
-        gue_port: Option<u16>,
-    ) -> Result<Attached, IoError> {
+    fn new(program: &'static str, object: &[u8], ifname: &str, mode: XdpMode, gue_port: Option<u16>) -> Result<Attached, IoError> {
         let what = format!("attaching XDP program `{program}` to {ifname}");
         sys::check_privilege(&what, Privilege::AttachXdp)?;
         let ifindex = sys::ifindex(ifname)?;
@@ -110,79 +95,41 @@ impl Attached {
         if let Some(port) = gue_port.as_ref() {
             loader.override_global("gue_port", port, true);
         }
-        let load_err = |e: &(dyn std::error::Error + 'static)| {
-            IoError::wrap(e, what.clone(), |detail| IoError::Load { program, detail })
-        };
+        let load_err = |e: &(dyn std::error::Error + 'static)| IoError::wrap(e, what.clone(), |detail| IoError::Load { program, detail });
         let mut ebpf = loader.load(object).map_err(|e| load_err(&e))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(program)
-            .ok_or_else(|| IoError::Load {
-                program,
-                detail: "not in the object".into(),
-            })?
-            .try_into()
-            .map_err(|e| load_err(&e))?;
+        let prog: &mut Xdp =
+            ebpf.program_mut(program).ok_or_else(|| IoError::Load { program, detail: "not in the object".into() })?.try_into().map_err(|e| load_err(&e))?;
         prog.load().map_err(|e| load_err(&e))?;
         let fd = prog.fd().map_err(|e| load_err(&e))?.as_fd();
 
         let attach = |m: XdpMode| {
-            let flags = if m == XdpMode::Native {
-                XDP_FLAGS_DRV_MODE
-            } else {
-                XDP_FLAGS_SKB_MODE
-            };
+            let flags = if m == XdpMode::Native { XDP_FLAGS_DRV_MODE } else { XDP_FLAGS_SKB_MODE };
             sys::xdp_link_create(fd, ifindex, flags).map_err(|source| match source.raw_os_error() {
                 Some(libc::EPERM) => IoError::NotPermitted { what: what.clone() },
-                _ => IoError::XdpAttach {
-                    ifname: ifname.to_owned(),
-                    mode: m,
-                    source,
-                },
+                _ => IoError::XdpAttach { ifname: ifname.to_owned(), mode: m, source },
             })
         };
         let (link, mode) = match mode {
             XdpMode::Auto => match attach(XdpMode::Native) {
                 Ok(link) => (link, XdpMode::Native),
-                Err(IoError::XdpAttach { source, .. })
-                    if !matches!(source.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) =>
-                {
+                Err(IoError::XdpAttach { source, .. }) if !matches!(source.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => {
                     (attach(XdpMode::Generic)?, XdpMode::Generic)
                 }
                 Err(e) => return Err(e),
             },
             m => (attach(m)?, m),
         };
-        Ok(Attached {
-            _link: link,
-            ebpf,
-            mode,
-        })
+        Ok(Attached { _link: link, ebpf, mode })
     }
 
-    fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-        &mut self,
-        name: &str,
-    ) -> Result<T, IoError> {
-        let map = self.ebpf.take_map(name).ok_or_else(|| IoError::Map {
-            what: name.into(),
-            detail: "not in the object".into(),
-        })?;
-        T::try_from(map).map_err(|e| {
-            IoError::wrap(&e, name, |detail| IoError::Map {
-                what: name.into(),
-                detail,
-            })
-        })
+    fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(&mut self, name: &str) -> Result<T, IoError> {
+        let map = self.ebpf.take_map(name).ok_or_else(|| IoError::Map { what: name.into(), detail: "not in the object".into() })?;
+        T::try_from(map).map_err(|e| IoError::wrap(&e, name, |detail| IoError::Map { what: name.into(), detail }))
     }
 }
 
 fn map_err(what: &str) -> impl Fn(aya::maps::MapError) -> IoError + '_ {
-    move |e| {
-        IoError::wrap(&e, what, |detail| IoError::Map {
-            what: what.into(),
-            detail,
-        })
-    }
+    move |e| IoError::wrap(&e, what, |detail| IoError::Map { what: what.into(), detail })
 }
 
 /// The steering program attached to one interface. Dropping it detaches.
@@ -207,10 +154,7 @@ impl SteerProgram {
             xsks: prog.take_map("xsks")?,
             prog,
         };
-        let addrs = sys::host_addresses().map_err(|e| IoError::Map {
-            what: "host_addrs".into(),
-            detail: format!("getifaddrs: {e}"),
-        })?;
+        let addrs = sys::host_addresses().map_err(|e| IoError::Map { what: "host_addrs".into(), detail: format!("getifaddrs: {e}") })?;
         for addr in addrs {
             steer.add_host_addr(addr)?;
         }
@@ -235,9 +179,7 @@ impl SteerProgram {
     }
 
     pub fn add_return(&mut self, ret: ReturnTraffic) -> Result<(), IoError> {
-        self.returns
-            .insert(ret.key()?, 1, 0)
-            .map_err(map_err("returns: insert"))
+        self.returns.insert(ret.key()?, 1, 0).map_err(map_err("returns: insert"))
     }
 
     /// False if it was not there.
@@ -247,9 +189,7 @@ impl SteerProgram {
 
     /// Registers an address added to the host after `attach`.
     pub fn add_host_addr(&mut self, addr: IpAddr) -> Result<(), IoError> {
-        self.host_addrs
-            .insert(addr16(addr), 1, 0)
-            .map_err(map_err("host_addrs: insert"))
+        self.host_addrs.insert(addr16(addr), 1, 0).map_err(map_err("host_addrs: insert"))
     }
 
     /// Makes `socket` (an AF_XDP socket bound to this interface's
@@ -257,14 +197,9 @@ impl SteerProgram {
     /// drops the entry when the socket closes.
     pub fn register_socket(&mut self, queue: u32, socket: impl AsRawFd) -> Result<(), IoError> {
         if queue >= self.xsks.len() {
-            return Err(IoError::InvalidArgument(format!(
-                "rx queue {queue}: the steering program handles queues 0..{}",
-                self.xsks.len()
-            )));
+            return Err(IoError::InvalidArgument(format!("rx queue {queue}: the steering program handles queues 0..{}", self.xsks.len())));
         }
-        self.xsks
-            .set(queue, socket, 0)
-            .map_err(map_err("xsks: set"))
+        self.xsks.set(queue, socket, 0).map_err(map_err("xsks: set"))
     }
 }
 
@@ -291,14 +226,8 @@ impl DecapProgram {
     pub fn attach(ifname: &str, mode: XdpMode, gue_port: u16) -> Result<DecapProgram, IoError> {
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap.o"));
         let mut prog = Attached::new("decap", object, ifname, mode, Some(gue_port))?;
-        let mut decap = DecapProgram {
-            local_addrs: prog.take_map("local_addrs")?,
-            prog,
-        };
-        let addrs = sys::host_addresses().map_err(|e| IoError::Map {
-            what: "local_addrs".into(),
-            detail: format!("getifaddrs: {e}"),
-        })?;
+        let mut decap = DecapProgram { local_addrs: prog.take_map("local_addrs")?, prog };
+        let addrs = sys::host_addresses().map_err(|e| IoError::Map { what: "local_addrs".into(), detail: format!("getifaddrs: {e}") })?;
         for addr in addrs {
             decap.add_local_addr(addr)?;
         }
@@ -311,9 +240,7 @@ impl DecapProgram {
 
     /// Also decapsulates tunnels to `addr` (an address added later).
     pub fn add_local_addr(&mut self, addr: IpAddr) -> Result<(), IoError> {
-        self.local_addrs
-            .insert(addr16(addr), 1, 0)
-            .map_err(map_err("local_addrs: insert"))
+        self.local_addrs.insert(addr16(addr), 1, 0).map_err(map_err("local_addrs: insert"))
     }
 }
 
@@ -325,9 +252,7 @@ pub struct PassProgram {
 impl PassProgram {
     pub fn attach(ifname: &str, mode: XdpMode) -> Result<PassProgram, IoError> {
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass.o"));
-        Ok(PassProgram {
-            prog: Attached::new("pass", object, ifname, mode, None)?,
-        })
+        Ok(PassProgram { prog: Attached::new("pass", object, ifname, mode, None)? })
     }
 
     pub fn mode(&self) -> XdpMode {

@@ -56,14 +56,10 @@ pub enum MaglevError {
 impl fmt::Display for MaglevError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MaglevError::TooManyBackends { count } => write!(
-                f,
-                "maglev: {count} backends in one pool, at most {MAGLEV_MAX_BACKENDS} are supported"
-            ),
-            MaglevError::DuplicateIdent { ident, first, second } => write!(
-                f,
-                "maglev: backends #{first} and #{second} have the same ident {ident:#018x} (same address and port twice?)"
-            ),
+            MaglevError::TooManyBackends { count } => write!(f, "maglev: {count} backends in one pool, at most {MAGLEV_MAX_BACKENDS} are supported"),
+            MaglevError::DuplicateIdent { ident, first, second } => {
+                write!(f, "maglev: backends #{first} and #{second} have the same ident {ident:#018x} (same address and port twice?)")
+            }
         }
     }
 }
@@ -161,8 +157,7 @@ impl Maglev {
         // Round of a walker's next turn; u64 throughout so the table is the
         // same on 32-bit targets (k * max < 2^49, and start < max).
         let due = |w: &Walker| ((w.claimed + 1) * max - w.start).div_ceil(w.weight);
-        let mut turns: BinaryHeap<Reverse<(u64, usize)>> =
-            walkers.iter().enumerate().map(|(rank, w)| Reverse((due(w), rank))).collect();
+        let mut turns: BinaryHeap<Reverse<(u64, usize)>> = walkers.iter().enumerate().map(|(rank, w)| Reverse((due(w), rank))).collect();
         let mut table = vec![FREE; MAGLEV_M];
         let mut filled = 0;
         while filled < MAGLEV_M {

@@ -11,12 +11,26 @@ use crate::flow::key::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 /// The transport part of a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { src_port: u16, dst_port: u16, flags: u8, seq: u32, ack: u32 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
     /// `checksum: false` sends zero (IPv4 only).
-    Udp { src_port: u16, dst_port: u16, checksum: bool },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+        checksum: bool,
+    },
     /// ICMP or ICMPv6 (by the address family): type, code, the 4 bytes
     /// after the checksum.
-    Icmp { msg_type: u8, code: u8, rest: [u8; 4] },
+    Icmp {
+        msg_type: u8,
+        code: u8,
+        rest: [u8; 4],
+    },
     /// Any other protocol: its number; the payload is sent as is.
     Other(u8),
 }

@@ -17,7 +17,7 @@ pub use ethernet::Ethernet;
 pub use icmp::Icmp;
 pub use ipv4::Ipv4;
 pub use ipv6::Ipv6;
-pub use parse::{Parsed, ParseError, parse};
+pub use parse::{ParseError, Parsed, parse};
 pub use tcp::Tcp;
 pub use udp::Udp;
 

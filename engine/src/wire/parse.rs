@@ -101,12 +101,6 @@ pub fn parse_quoted(frame: &[u8], at: usize, end: usize) -> Option<Parsed> {
         return None;
     }
     let ports = &frame[l4..l4 + 4];
-    let key = FlowKey {
-        src,
-        dst,
-        src_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
-        proto,
-    };
+    let key = FlowKey { src, dst, src_port: u16::from_be_bytes([ports[0], ports[1]]), dst_port: u16::from_be_bytes([ports[2], ports[3]]), proto };
     Some(Parsed { l3: at, l4, end, v6, key, tcp_flags: 0, ttl, fragment: false })
 }

@@ -12,9 +12,9 @@ use fulcrum::flow::key::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use fulcrum::flow::table::Timeouts;
 use fulcrum::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum::sched::{BackendState, Scheduler};
+use fulcrum::stats::Stats;
 use fulcrum::wire::build::{L4, LB_MAC, PacketBuilder, ethernet};
 use fulcrum::wire::{checksum, ipv4::Ipv4, parse};
-use fulcrum::stats::Stats;
 use fulcrum::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
 
 /// The engines under test, by index; each has VIPs of both families.
@@ -104,7 +104,15 @@ fn services(mode: usize) -> Services {
         for (addr, weight) in n.backends.into_iter().zip([1, 2, 0]) {
             backends.push(Some(Backend { addr, port, weight, up: true, next_hop: BACKEND_MAC, iface: backend_iface }));
         }
-        let vip = |proto, port, backends: &[u16]| VipSpec { addr: n.vip, proto, port, mode, backends: backends.iter().map(|b| first + b).collect(), persistence_ms: None, reset_on_down: false };
+        let vip = |proto, port, backends: &[u16]| VipSpec {
+            addr: n.vip,
+            proto,
+            port,
+            mode,
+            backends: backends.iter().map(|b| first + b).collect(),
+            persistence_ms: None,
+            reset_on_down: false,
+        };
         vips.extend([
             Some(VipSpec { reset_on_down: true, ..vip(6, 80, &[0, 1, 2]) }),
             Some(VipSpec { persistence_ms: Some(5_000), ..vip(17, 0, &[0, 1]) }),
@@ -191,7 +199,9 @@ pub enum Shape {
     /// (more than the parser's limit of 8 is malformed).
     Ext(u8),
     /// A fragment: the first one (ports present) or a later one.
-    Fragment { first: bool },
+    Fragment {
+        first: bool,
+    },
 }
 
 /// A frame of the test network, described by a few small numbers so that

@@ -144,11 +144,7 @@ fn is_v6(percent: u32, i: u32) -> bool {
 /// Source address of flow i (or of SYN number i, in the upper half).
 fn source(v6: bool, i: u32, syn: bool) -> IpAddr {
     let n = (i & 0x7fff) | if syn { 0x8000 } else { 0 };
-    if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff00, 0, 0, 0, 0, n as u16))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(198, 19, (n >> 8) as u8, n as u8))
-    }
+    if v6 { IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff00, 0, 0, 0, 0, n as u16)) } else { IpAddr::V4(Ipv4Addr::new(198, 19, (n >> 8) as u8, n as u8)) }
 }
 
 /// Source port of SYN number i: with the address, about 2 billion
@@ -239,7 +235,16 @@ impl Generator {
     /// interface's namespace) and builds the frames of `profile`.
     pub fn open(ifname: &str, queues: u32, profile: Profile, target: &Target) -> Result<Generator, IoError> {
         let ios: Vec<XskIo> = (0..queues.max(1)).map(|q| XskIo::open(&[ifname], q, &XskConfig::default())).collect::<Result<_, _>>()?;
-        let mut g = Generator { tx: ios.iter().map(|_| Vec::with_capacity(MAX_BURST)).collect(), ios, templates: Vec::new(), seq: Vec::new(), next: 0, syns: 0, profile: profile.clone(), target: *target };
+        let mut g = Generator {
+            tx: ios.iter().map(|_| Vec::with_capacity(MAX_BURST)).collect(),
+            ios,
+            templates: Vec::new(),
+            seq: Vec::new(),
+            next: 0,
+            syns: 0,
+            profile: profile.clone(),
+            target: *target,
+        };
         g.set_profile(profile)?;
         Ok(g)
     }
@@ -333,7 +338,14 @@ mod tests {
     use fulcrum::wire::parse;
 
     fn target() -> Target {
-        Target { src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2], dst4: Ipv4Addr::new(198, 18, 100, 1), dst6: "2001:db8:100::1".parse().unwrap(), tcp_port: 80, udp_port: 7 }
+        Target {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            dst4: Ipv4Addr::new(198, 18, 100, 1),
+            dst6: "2001:db8:100::1".parse().unwrap(),
+            tcp_port: 80,
+            udp_port: 7,
+        }
     }
 
     /// Recomputing every checksum of a patched frame gives what the

@@ -199,7 +199,12 @@ fn start_dut(lab: &mut Lab, dut: Dut) -> Result<(Option<Proc>, Option<TempConfig
                 lab.exec(&bal, &["sysctl", "-qw", s])?;
             }
             let map = |v6: bool| {
-                let addrs: Vec<String> = lab.backends.iter().enumerate().map(|(i, b)| format!("{i} : {}", if v6 { b.iface().v6.to_string() } else { b.iface().v4.to_string() })).collect();
+                let addrs: Vec<String> = lab
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("{i} : {}", if v6 { b.iface().v6.to_string() } else { b.iface().v4.to_string() }))
+                    .collect();
                 format!("numgen random mod {} map {{ {} }}", addrs.len(), addrs.join(", "))
             };
             let mut rules = String::new();

@@ -90,7 +90,8 @@ pub fn markdown(results: &[PeerResult], ratios: &[(String, Option<f64>)], checks
 /// Loads a TrueType font for the plots' text (ab_glyph has none built in).
 pub fn register_font(path: &Path) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("font {}: {e} (Debian: fonts-dejavu-core)", path.display()))?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice())).map_err(|_| format!("font {}: not a TrueType font", path.display()))
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
+        .map_err(|_| format!("font {}: not a TrueType font", path.display()))
 }
 
 fn color(i: usize) -> RGBColor {
@@ -124,15 +125,27 @@ pub fn plot_throughput(results: &[PeerResult], title: &str, path: &Path) -> Plot
         .y_label_area_size(65)
         .build_cartesian_2d(0.0..top, 0.0..top)?;
     chart.configure_mesh().x_desc("offered (sent) kpps").y_desc("received kpps").label_style(("sans-serif", 15)).draw()?;
-    chart.draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.25)))?.label("no loss").legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.25)));
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.25)))?
+        .label("no loss")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.mix(0.25)));
     for (i, r) in peers.iter().enumerate() {
         let mut pts: Vec<(f64, f64)> = r.trials.iter().map(|t| (t.sent_rate() / 1000.0, t.received_rate() / 1000.0)).collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let c = color(i);
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?.label(&r.name).legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(&r.name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font(("sans-serif", 15)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -163,10 +176,19 @@ pub fn plot_latency(results: &[PeerResult], title: &str, path: &Path) -> PlotRes
     for (i, (name, l)) in peers.iter().enumerate() {
         let c = color(i);
         let pts: Vec<(f64, f64)> = l.values().iter().enumerate().map(|(k, &v)| (k as f64, v.max(low))).collect();
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?.label(*name).legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font(("sans-serif", 15)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -89,10 +89,12 @@ mod tests {
         // 99 frames at 10 µs and one at 1 ms.
         let buckets = 32 + 27 * 32;
         let mut counts = SinkCounts { latency: vec![0; buckets], ..SinkCounts::default() };
-        let bucket = |ns: u64| (0..buckets).find(|&i| {
-            let (low, w) = SinkProgram::bucket_ns(i as u32);
-            (low..low + w).contains(&ns)
-        });
+        let bucket = |ns: u64| {
+            (0..buckets).find(|&i| {
+                let (low, w) = SinkProgram::bucket_ns(i as u32);
+                (low..low + w).contains(&ns)
+            })
+        };
         counts.latency[bucket(10_000).unwrap()] = 99;
         counts.latency[bucket(1_000_000).unwrap()] = 1;
         let l = latency(&counts);

@@ -57,10 +57,7 @@ impl Maglev {
         let entry = self.table.get((flow.hash % M as u64) as usize).copied().unwrap_or(0);
         // A stale table (the host skipped an update) may name a row that is
         // gone or no longer eligible: decline rather than misplace the flow.
-        usize::from(entry)
-            .checked_sub(1)
-            .filter(|&i| backends.get(i).is_some_and(|b| b.is_eligible()))
-            .into()
+        usize::from(entry).checked_sub(1).filter(|&i| backends.get(i).is_some_and(|b| b.is_eligible())).into()
     }
 
     /// Rebuilds the table for the current rows.
@@ -79,12 +76,7 @@ impl Maglev {
         for (&(id, i), p) in order.iter().zip(self.probes.iter_mut()) {
             let weight = backends.get(usize::from(i)).map_or(0, |b| u64::from(b.weight));
             max_weight = max_weight.max(weight);
-            *p = Probe {
-                slot: (mix64(id ^ OFFSET_SEED) % M as u64) as u32,
-                skip: (mix64(id ^ SKIP_SEED) % (M as u64 - 1) + 1) as u32,
-                weight,
-                credit: 0,
-            };
+            *p = Probe { slot: (mix64(id ^ OFFSET_SEED) % M as u64) as u32, skip: (mix64(id ^ SKIP_SEED) % (M as u64 - 1) + 1) as u32, weight, credit: 0 };
         }
         if count == 0 {
             return;

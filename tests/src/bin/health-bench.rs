@@ -55,7 +55,8 @@ fn address(i: usize) -> Ipv4Addr {
 }
 
 fn probe(kind: &str) -> Probe {
-    let http = |content: Option<&str>| Probe::Http { port: 80, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: content.map(Into::into) };
+    let http =
+        |content: Option<&str>| Probe::Http { port: 80, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: content.map(Into::into) };
     match kind {
         "icmp" => Probe::Icmp,
         "tcp-connect" => Probe::TcpConnect { port: 80 },
@@ -93,7 +94,14 @@ fn run(args: &Args, kind: &str) {
                 ident: i as u64,
                 weight: 1,
                 up: true,
-                check: HealthCheck { address: IpAddr::V4(address(i)), probe: probe(kind), interval: args.interval, timeout: args.interval / 2, rise: 2, fall: 3 },
+                check: HealthCheck {
+                    address: IpAddr::V4(address(i)),
+                    probe: probe(kind),
+                    interval: args.interval,
+                    timeout: args.interval / 2,
+                    rise: 2,
+                    fall: 3,
+                },
             })
             .collect(),
     };

@@ -31,21 +31,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        name: String::new(),
-        http: Vec::new(),
-        udp: Vec::new(),
-        udp_bind: Vec::new(),
-        health_dir: None,
-    };
+    let mut args = Args { name: String::new(), http: Vec::new(), udp: Vec::new(), udp_bind: Vec::new(), health_dir: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let port = || {
-            value
-                .parse::<u16>()
-                .map_err(|_| format!("{flag}: `{value}` is not a port"))
-        };
+        let port = || value.parse::<u16>().map_err(|_| format!("{flag}: `{value}` is not a port"));
         match flag.as_str() {
             "--name" => args.name = value.clone(),
             "--http" => args.http.push(port()?),
@@ -122,11 +112,7 @@ fn serve_http(mut conn: TcpStream, name: &str, health: Option<&std::path::Path>)
     let mut out = BufWriter::with_capacity(64 * 1024, conn);
     if path == "/" {
         let body = format!("{name}\n");
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
+        write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     } else if let (Some(file), "/health") = (health, path) {
         let (status, body) = match std::fs::read(file) {
             Ok(body) => ("200 OK", body),
@@ -134,15 +120,8 @@ fn serve_http(mut conn: TcpStream, name: &str, health: Option<&std::path::Path>)
         };
         write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
         out.write_all(&body)?;
-    } else if let Some(n) = path
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|&n| n <= MAX_BYTES)
-    {
-        write!(
-            out,
-            "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
-        )?;
+    } else if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()).filter(|&n| n <= MAX_BYTES) {
+        write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")?;
         let pattern: Vec<u8> = (0..251 * 256).map(|i| (i % 251) as u8).collect();
         let mut left = n;
         while left > 0 {

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use fulcrum::control::netinfo::{iface_mac, parse_mac};
 use fulcrum::io::afxdp::{self, XskConfig, XskIo, XskStats};
 use fulcrum::io::xdp::SteerProgram;
-use fulcrum::control::netinfo::{iface_mac, parse_mac};
 use fulcrum::io::{FrameRef, IoError, PacketIo, PortId, XdpMode};
 use fulcrum::wire::checksum;
 
@@ -44,8 +44,7 @@ const USAGE: &str = "usage: null-fwd --in IF [--out IF] --vip IP --proto udp|tcp
                      --backend-ip IP --backend-mac MAC [--mode native|generic|auto] [--copy]";
 
 fn parse_args() -> Result<Args, String> {
-    let (mut ifin, mut ifout, mut vip, mut proto, mut port, mut backend, mut mac) =
-        (None, None, None, None, None, None, None);
+    let (mut ifin, mut ifout, mut vip, mut proto, mut port, mut backend, mut mac) = (None, None, None, None, None, None, None);
     let (mut mode, mut zero_copy) = (XdpMode::Auto, true);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,9 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--in" => ifin = Some(v.clone()),
             "--out" => ifout = Some(v.clone()),
             "--vip" => vip = Some(v.parse::<IpAddr>().map_err(|_| bad("an IP address"))?),
-            "--backend-ip" => {
-                backend = Some(v.parse::<IpAddr>().map_err(|_| bad("an IP address"))?)
-            }
+            "--backend-ip" => backend = Some(v.parse::<IpAddr>().map_err(|_| bad("an IP address"))?),
             "--backend-mac" => mac = Some(parse_mac(&v).ok_or_else(|| bad("a MAC address"))?),
             "--port" => port = Some(v.parse::<u16>().map_err(|_| bad("a port"))?),
             "--proto" => {
@@ -77,10 +74,7 @@ fn parse_args() -> Result<Args, String> {
     }
     let need = |name: &str| format!("{name} is required");
     let ifin: String = ifin.ok_or_else(|| need("--in"))?;
-    let (vip, backend) = (
-        vip.ok_or_else(|| need("--vip"))?,
-        backend.ok_or_else(|| need("--backend-ip"))?,
-    );
+    let (vip, backend) = (vip.ok_or_else(|| need("--vip"))?, backend.ok_or_else(|| need("--backend-ip"))?);
     if vip.is_ipv4() != backend.is_ipv4() {
         return Err("--vip and --backend-ip must be the same IP version".into());
     }
@@ -127,20 +121,11 @@ fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
     let mut steer = SteerProgram::attach(&args.ifin, args.mode)?;
     steer.add_vip(args.vip, args.proto, args.port)?;
     let one_arm = args.ifin == args.ifout;
-    let ifnames: Vec<&str> = if one_arm {
-        vec![&args.ifin]
-    } else {
-        vec![&args.ifin, &args.ifout]
-    };
+    let ifnames: Vec<&str> = if one_arm { vec![&args.ifin] } else { vec![&args.ifin, &args.ifout] };
     let out_port: PortId = if one_arm { 0 } else { 1 };
-    let src_mac = iface_mac(&args.ifout).map_err(|_| IoError::NoSuchInterface {
-        ifname: args.ifout.clone(),
-    })?;
+    let src_mac = iface_mac(&args.ifout).map_err(|_| IoError::NoSuchInterface { ifname: args.ifout.clone() })?;
 
-    let cfg = XskConfig {
-        zero_copy: args.zero_copy,
-        ..XskConfig::default()
-    };
+    let cfg = XskConfig { zero_copy: args.zero_copy, ..XskConfig::default() };
     let queues = afxdp::rx_queue_count(&args.ifin)?;
     let mut workers = Vec::new();
     for q in 0..queues {
@@ -158,23 +143,9 @@ fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
     }
     println!("ready queues={queues} mode={} zero_copy={zc}", steer.mode());
 
-    let rewrite = Rewrite {
-        backend: args.backend,
-        dst_mac: args.backend_mac,
-        src_mac,
-        out_port,
-    };
-    let handles: Vec<_> = workers
-        .into_iter()
-        .map(|io| thread::spawn(move || forward(io, rewrite)))
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(IoError::InvalidArgument("worker panicked".into())))
-        })
-        .collect()
+    let rewrite = Rewrite { backend: args.backend, dst_mac: args.backend_mac, src_mac, out_port };
+    let handles: Vec<_> = workers.into_iter().map(|io| thread::spawn(move || forward(io, rewrite))).collect();
+    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(IoError::InvalidArgument("worker panicked".into())))).collect()
 }
 
 #[derive(Clone, Copy)]
@@ -186,11 +157,7 @@ struct Rewrite {
 }
 
 fn forward(mut io: XskIo, rw: Rewrite) -> Result<XskStats, IoError> {
-    let (mut rx, mut tx, mut dropped) = (
-        Vec::with_capacity(64),
-        Vec::with_capacity(64),
-        Vec::<FrameRef>::new(),
-    );
+    let (mut rx, mut tx, mut dropped) = (Vec::with_capacity(64), Vec::with_capacity(64), Vec::<FrameRef>::new());
     while !STOP.load(Ordering::Relaxed) {
         if io.recv(&mut rx)? == 0 {
             io.wait(Duration::from_millis(10))?;
@@ -198,9 +165,7 @@ fn forward(mut io: XskIo, rw: Rewrite) -> Result<XskStats, IoError> {
         }
         for mut f in rx.drain(..) {
             let (start, len) = (f.start, f.len);
-            let ok = io
-                .buffer(&mut f.chunk)
-                .is_some_and(|b| rw.apply(&mut b[start..start + len]));
+            let ok = io.buffer(&mut f.chunk).is_some_and(|b| rw.apply(&mut b[start..start + len]));
             if ok {
                 f.port = rw.out_port;
                 tx.push(f);
@@ -292,9 +257,7 @@ mod tests {
 
     #[test]
     fn incremental_update_matches_recomputation() {
-        let mut hdr = [
-            0x45u8, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 100, 1,
-        ];
+        let mut hdr = [0x45u8, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 100, 1];
         let c = checksum::checksum(&hdr, 0);
         hdr[10..12].copy_from_slice(&c.to_be_bytes());
         assert!(rewrite_v4(&mut hdr, &[198, 18, 0, 11]));
@@ -304,12 +267,7 @@ mod tests {
 
     #[test]
     fn short_or_foreign_frames_are_refused() {
-        let rw = Rewrite {
-            backend: "198.18.0.11".parse().unwrap(),
-            dst_mac: [0; 6],
-            src_mac: [0; 6],
-            out_port: 0,
-        };
+        let rw = Rewrite { backend: "198.18.0.11".parse().unwrap(), dst_mac: [0; 6], src_mac: [0; 6], out_port: 0 };
         assert!(!rw.apply(&mut [0u8; 10]));
         let mut arp = [0u8; 60];
         arp[12] = 0x08;
@@ -319,10 +277,7 @@ mod tests {
         v6[12] = 0x86;
         v6[13] = 0xdd;
         assert!(!rw.apply(&mut v6), "IPv6 frame, IPv4 backend");
-        assert_eq!(
-            parse_mac("02:f1:00:00:0b:00"),
-            Some([2, 0xf1, 0, 0, 0xb, 0])
-        );
+        assert_eq!(parse_mac("02:f1:00:00:0b:00"), Some([2, 0xf1, 0, 0, 0xb, 0]));
         assert_eq!(parse_mac("02:f1:00"), None);
     }
 }

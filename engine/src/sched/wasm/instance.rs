@@ -165,10 +165,7 @@ impl Live {
         let memory = self.exports.memory.data(&self.store);
         let end = ptr + abi::region_len(cap);
         if end > memory.len() as u64 {
-            return Err(LoadError::StateRegion(format!(
-                "{ptr:#x}..{end:#x} ({cap} rows) is past the end of memory ({} bytes)",
-                memory.len()
-            )));
+            return Err(LoadError::StateRegion(format!("{ptr:#x}..{end:#x} ({cap} rows) is past the end of memory ({} bytes)", memory.len())));
         }
         let at = ptr as usize;
         let mut bytes = [0u8; abi::HEADER_SIZE];

@@ -105,20 +105,33 @@ impl HostConfig {
 pub enum LoadError {
     /// The wasmtime engine could not be set up with this configuration.
     Runtime(String),
-    Io { path: String, error: std::io::Error },
+    Io {
+        path: String,
+        error: std::io::Error,
+    },
     /// Not a valid WebAssembly core module (or one wasmtime cannot compile).
     Compile(String),
     Precompiled,
-    Import { module: String, name: String },
+    Import {
+        module: String,
+        name: String,
+    },
     StartFunction,
     MissingExport(&'static str),
     UnknownExport(String),
-    Signature { name: &'static str, found: String, expected: String },
+    Signature {
+        name: &'static str,
+        found: String,
+        expected: String,
+    },
     Memory(String),
     AbiVersion(u32),
     StateRegion(String),
     Header(String),
-    Capacity { cap: u32, pool: usize },
+    Capacity {
+        cap: u32,
+        pool: usize,
+    },
     Instantiate(String),
     /// A call while loading or smoke-testing failed.
     Smoke(Fault),
@@ -152,7 +165,6 @@ impl fmt::Display for LoadError {
 }
 
 impl std::error::Error for LoadError {}
-
 
 /// The wasmtime engine shared by every plugin: one compiler configuration,
 /// one pool of instance slots, one epoch ticker.
@@ -192,10 +204,7 @@ impl PluginRuntime {
         // One memory and one table per plugin instance; memories reserve
         // only what the cap allows, so the bounds checks are explicit but
         // the address space stays at max_instances × memory_limit.
-        pool.total_core_instances(cfg.max_instances)
-            .total_memories(cfg.max_instances)
-            .total_tables(cfg.max_instances)
-            .max_memory_size(cfg.memory_limit);
+        pool.total_core_instances(cfg.max_instances).total_memories(cfg.max_instances).total_tables(cfg.max_instances).max_memory_size(cfg.memory_limit);
         let mut c = Config::new();
         c.consume_fuel(true)
             .epoch_interruption(true)
@@ -356,13 +365,7 @@ pub(crate) struct PluginInner {
 
 impl PluginInner {
     pub fn store_limits(&self) -> StoreLimits {
-        StoreLimitsBuilder::new()
-            .memory_size(self.runtime.cfg.memory_limit)
-            .memories(1)
-            .tables(1)
-            .instances(1)
-            .trap_on_grow_failure(true)
-            .build()
+        StoreLimitsBuilder::new().memory_size(self.runtime.cfg.memory_limit).memories(1).tables(1).instances(1).trap_on_grow_failure(true).build()
     }
 }
 

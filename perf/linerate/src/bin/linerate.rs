@@ -138,7 +138,8 @@ fn run(args: &Args) -> Result<(), LabError> {
     // The mixed profile (new flows, UDP, IPv6) through the devices that
     // balance all of it.
     let mix = Profile { frame: args.frame, flows: args.flows, mix: [1, 2, 1], v6_percent: 25 };
-    let mixed: Vec<usize> = (0..runs.len()).filter(|&i| matches!(runs[i].peer.dut, Dut::Fulcrum(LabMode::Nat | LabMode::Dsr, XdpMode::Native) | Dut::Nftables)).collect();
+    let mixed: Vec<usize> =
+        (0..runs.len()).filter(|&i| matches!(runs[i].peer.dut, Dut::Fulcrum(LabMode::Nat | LabMode::Dsr, XdpMode::Native) | Dut::Nftables)).collect();
     let mut mix_results = Vec::new();
     if !mixed.is_empty() {
         let mut mruns: Vec<Run> = Vec::new();
@@ -217,13 +218,27 @@ fn search(runs: &mut [Run], label: &str, max: f64, trials: u32, trial: Duration)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn render(results: &[PeerResult], mix: &[PeerResult], main: &Profile, mix_profile: &Profile, args: &Args, max: f64, min_len: usize, max_len: usize, summaries: &[String]) -> String {
+fn render(
+    results: &[PeerResult],
+    mix: &[PeerResult],
+    main: &Profile,
+    mix_profile: &Profile,
+    args: &Args,
+    max: f64,
+    min_len: usize,
+    max_len: usize,
+    summaries: &[String],
+) -> String {
     let by = |name: &str| results.iter().find(|r| r.name == name);
     let ratio = |a: &str, b: &str, f: &dyn Fn(&PeerResult) -> Option<f64>| Some(f(by(a)?)? / f(by(b)?)?);
     let zero = |r: &PeerResult| r.zero_rate();
     let cps = |r: &PeerResult| r.cps.map(|c| c.0);
     let name = |d: Dut| d.to_string();
-    let (n_one, n_in, n_gen) = (name(Dut::NullFwd(Topology::OneArm, XdpMode::Native)), name(Dut::NullFwd(Topology::Inline, XdpMode::Native)), name(Dut::NullFwd(Topology::Inline, XdpMode::Generic)));
+    let (n_one, n_in, n_gen) = (
+        name(Dut::NullFwd(Topology::OneArm, XdpMode::Native)),
+        name(Dut::NullFwd(Topology::Inline, XdpMode::Native)),
+        name(Dut::NullFwd(Topology::Inline, XdpMode::Generic)),
+    );
     let (f_dsr, f_ipip, f_nat, f_gen) = (
         name(Dut::Fulcrum(LabMode::Dsr, XdpMode::Native)),
         name(Dut::Fulcrum(LabMode::Ipip, XdpMode::Native)),
@@ -257,7 +272,12 @@ fn render(results: &[PeerResult], mix: &[PeerResult], main: &Profile, mix_profil
     }
     for r in results.iter().filter(|r| r.name.starts_with("fulcrum")) {
         if let Some((rate, l, _)) = r.latency {
-            checks.push(Check { what: format!("{}: p99 one-way latency at {:.0} kpps", r.name, rate / 1000.0), target: "≤ 50 µs".into(), measured: format!("{:.1} µs", l.p99), met: l.p99 <= 50.0 });
+            checks.push(Check {
+                what: format!("{}: p99 one-way latency at {:.0} kpps", r.name, rate / 1000.0),
+                target: "≤ 50 µs".into(),
+                measured: format!("{:.1} µs", l.p99),
+                met: l.p99 <= 50.0,
+            });
         }
     }
     let mut md = format!(

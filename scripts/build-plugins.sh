@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every plugin under plugins/ for wasm32-unknown-unknown (release,
 # profile wasm-release) and checks each module against the plugin ABI
-# (scripts/check-wasm.py). Output:
+# (`fulcrum plugin check`: the plugin host's own load-time checks). Output:
 #   target/plugins/NAME.wasm             one per plugins/NAME crate
 #   target/plugins/hostile-FEATURE.wasm  one per feature of plugins/hostile,
 #                                        for the host's containment tests only
@@ -41,5 +41,5 @@ done
 echo "ABI check of $out (hostile modules are broken on purpose and not checked):"
 modules=()
 for name in "${plugins[@]}"; do modules+=("$out/$name.wasm"); done
-python3 scripts/check-wasm.py "${modules[@]}" | sed "s|^$out/||"
+cargo run --quiet --locked -p fulcrum -- plugin check "${modules[@]}" | sed "s|^$out/||"
 echo "hostile:" $(for f in $features; do echo "hostile-$f.wasm"; done)

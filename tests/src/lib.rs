@@ -24,6 +24,7 @@
 pub mod daemon;
 mod net;
 mod proc;
+pub mod xdp;
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -31,8 +32,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use fulcrum::io::XdpMode;
-use fulcrum::io::xdp::PassProgram;
+use fulcrum_io::XdpMode;
+
+use crate::xdp::PassProgram;
 
 pub use net::{http_get, in_netns, udp_echo};
 pub use proc::Proc;

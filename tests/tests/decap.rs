@@ -8,8 +8,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use fulcrum::io::XdpMode;
-use fulcrum::io::xdp::{DecapProgram, GUE_PORT};
+use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT as GUE_PORT;
+use fulcrum_io::XdpMode;
+use fulcrum_io::xdp::DecapProgram;
 use fulcrum_tests::{Lab, Topology, in_netns, require_root};
 
 const T: Duration = Duration::from_millis(700);

@@ -9,12 +9,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fulcrum::io::afxdp::{XskConfig, XskIo};
-use fulcrum::io::xdp::{DecapProgram, GUE_PORT, ReturnTraffic, SteerProgram};
-use fulcrum::io::{IoError, PacketIo, XdpMode};
+use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT as GUE_PORT;
+use fulcrum_dataplane::wire::IpProtocol;
+use fulcrum_io::afxdp::{XskConfig, XskIo};
+use fulcrum_io::xdp::{DecapProgram, ReturnTraffic, SteerProgram};
+use fulcrum_io::{IoError, PacketIo, XdpMode};
 use fulcrum_tests::{Lab, Topology, VIP4, VIP6, in_netns, require_root, udp_echo};
 
-const UDP: u8 = 17;
+const UDP: IpProtocol = IpProtocol::UDP;
 const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 /// A network only reachable through the balancer (from backend1).
 const FAR: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
@@ -52,7 +54,7 @@ fn send_icmp_error_to_vip(lab: &Lab) {
     quoted.extend_from_slice(&[0, 7, 0x9c, 0x40, 0, 8, 0, 0]); // UDP 7 -> 40000
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&quoted);
-    let c = fulcrum::wire::checksum::checksum(&icmp, 0);
+    let c = fulcrum_dataplane::wire::checksum::checksum(&icmp, 0);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     in_netns(&lab.client.ns, || {
         // SAFETY: plain socket(2) and sendto(2) with valid buffers.
@@ -213,7 +215,7 @@ fn headers_prepended_in_the_headroom_are_sent() {
                         ip[2..4].copy_from_slice(&((20 + inner_len) as u16).to_be_bytes());
                         ip[12..16].copy_from_slice(&bal.v4.octets());
                         ip[16..20].copy_from_slice(&b1.v4.octets());
-                        let c = fulcrum::wire::checksum::checksum(&ip, 0);
+                        let c = fulcrum_dataplane::wire::checksum::checksum(&ip, 0);
                         ip[10..12].copy_from_slice(&c.to_be_bytes());
                         buf[start + 14..start + 34].copy_from_slice(&ip);
                         f.start = start;

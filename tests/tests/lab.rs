@@ -86,7 +86,7 @@ fn xdp_pass_programs_attach_to_the_balancers_peers() {
     require_root();
     for topology in [Topology::OneArm, Topology::Inline] {
         let mut lab = Lab::new(topology).expect("lab");
-        lab.xdp_pass_on_peers(fulcrum::io::XdpMode::Native).expect("attach");
+        lab.xdp_pass_on_peers(fulcrum_io::XdpMode::Native).expect("attach");
         let peer = match topology {
             Topology::OneArm => (lab.bridge_ns.clone(), "p1"),
             Topology::Inline => (lab.client.ns.clone(), "eth0"),

@@ -15,12 +15,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use fulcrum::io::afxdp::{XskConfig, XskIo};
-use fulcrum::io::xdp::SinkProgram;
-use fulcrum::io::{FrameRef, HEADROOM, IoError, PacketIo};
-use fulcrum::wire::build::PacketBuilder;
-use fulcrum::wire::checksum;
-use fulcrum::wire::tcp::{ACK, SYN};
+use fulcrum_dataplane::wire::checksum;
+use fulcrum_dataplane::wire::tcp::{ACK, SYN};
+use fulcrum_io::afxdp::{XskConfig, XskIo};
+use fulcrum_io::{FrameRef, HEADROOM, IoError, PacketIo};
+use fulcrum_testing::frame::PacketBuilder;
+use fulcrum_tests::xdp::SinkProgram;
 
 /// Most flows: flow i's source address is 198.19.0.0 + i, and the sink
 /// tracks sequence numbers of 65536 flows.
@@ -334,8 +334,8 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulcrum::flow::key::ip_from16;
-    use fulcrum::wire::parse;
+    use fulcrum_dataplane::flow::key::ip_from16;
+    use fulcrum_dataplane::flow::parse;
 
     fn target() -> Target {
         Target {

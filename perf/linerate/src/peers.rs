@@ -8,9 +8,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fulcrum::io::XdpMode;
-use fulcrum::io::xdp::SinkCounts;
+use fulcrum_io::XdpMode;
 use fulcrum_tests::daemon::{self, LabMode, TempConfig};
+use fulcrum_tests::xdp::SinkCounts;
 use fulcrum_tests::{Lab, LabError, Proc, Topology, VIP4, VIP6, http_get, in_netns};
 
 use crate::generator::{Generator, Profile, Target};
@@ -77,7 +77,7 @@ pub struct Peer {
     pub lab: Lab,
 }
 
-fn lab_err(what: &str) -> impl Fn(fulcrum::io::IoError) -> LabError + '_ {
+fn lab_err(what: &str) -> impl Fn(fulcrum_io::IoError) -> LabError + '_ {
     move |e| LabError(format!("{what}: {e}"))
 }
 

@@ -2,8 +2,8 @@
 //! every backend of a lab, read as one, with latency percentiles from an
 //! hdrhistogram.
 
-use fulcrum::io::XdpMode;
-use fulcrum::io::xdp::{SinkCounts, SinkProgram};
+use fulcrum_io::XdpMode;
+use fulcrum_tests::xdp::{SinkCounts, SinkProgram};
 use fulcrum_tests::{Lab, LabError, in_netns};
 use hdrhistogram::Histogram;
 

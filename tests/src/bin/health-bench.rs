@@ -3,7 +3,7 @@
 //!
 //! One lab backend holds N addresses (198.18.16.0/20 on its loopback, the
 //! balancer routes them to it), with the lab server on port 80 of all of
-//! them; the balancer namespace runs `fulcrum::health::HealthMonitor` over
+//! them; the balancer namespace runs `fulcrum_health::HealthMonitor` over
 //! N checks for `--seconds`. Per kind it prints the checks completed per
 //! second, how many failed, how many started more than 10 ms late and the
 //! worst lag, any transition (none expected), and the CPU time of the
@@ -15,8 +15,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::exit;
 use std::time::{Duration, Instant};
 
-use fulcrum::health::{HealthMonitor, Member, Pool, RiseFall};
 use fulcrum_config::{HealthCheck, Probe, StatusRange};
+use fulcrum_dataplane::health_policy::RiseFall;
+use fulcrum_health::{HealthMonitor, Member, Pool};
 use fulcrum_tests::{Lab, Topology, in_netns, require_root};
 
 const KINDS: [&str; 5] = ["icmp", "tcp-connect", "tcp-half-open", "http-status", "http-content"];

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use fulcrum::control::netinfo::{iface_mac, parse_mac};
-use fulcrum::io::afxdp::{self, XskConfig, XskIo, XskStats};
-use fulcrum::io::xdp::SteerProgram;
-use fulcrum::io::{FrameRef, IoError, PacketIo, PortId, XdpMode};
-use fulcrum::wire::checksum;
+use fulcrum_dataplane::wire::{IpProtocol, checksum};
+use fulcrum_io::afxdp::{self, XskConfig, XskIo, XskStats};
+use fulcrum_io::netinfo::{iface_mac, parse_mac};
+use fulcrum_io::xdp::SteerProgram;
+use fulcrum_io::{FrameRef, IoError, PacketIo, PortId, XdpMode};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -119,7 +119,7 @@ fn main() {
 /// Forwards until SIGINT/SIGTERM; the counters of each queue's worker.
 fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
     let mut steer = SteerProgram::attach(&args.ifin, args.mode)?;
-    steer.add_vip(args.vip, args.proto, args.port)?;
+    steer.add_vip(args.vip, IpProtocol(args.proto), args.port)?;
     let one_arm = args.ifin == args.ifout;
     let ifnames: Vec<&str> = if one_arm { vec![&args.ifin] } else { vec![&args.ifin, &args.ifout] };
     let out_port: PortId = if one_arm { 0 } else { 1 };

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use fulcrum::io::XdpMode;
+use fulcrum_io::XdpMode;
 use fulcrum_linerate::generator::Profile;
 use fulcrum_linerate::peers::{Dut, Peer, topology_name};
 use fulcrum_linerate::report::{self, Check, PeerResult};

@@ -1,0 +1,617 @@
+//! The packet path: `Engine::process` parses each frame of a batch, finds
+//! or creates its flow, rewrites it and sets its verdict. One engine per
+//! worker core; it owns its connection-table shard and counters and takes
+//! no lock.
+
+use std::sync::Arc;
+
+use crate::flow::FlowKey;
+use crate::flow::parse::{ParseError, Parsed, parse, parse_quoted};
+use crate::flow::sticky::{Client, StickyTable};
+use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
+use crate::forward::rewrite::End;
+use crate::forward::{icmp, reset, rewrite, tunnel};
+use crate::packet::{DropReason, Packet, Verdict};
+use crate::sched::{BackendState, Scheduler};
+use crate::services::{BackendEntry, Mode, Services, Vip};
+use crate::stats::Stats;
+use crate::types::{BackendId, IfIndex, Mac, VipId};
+use crate::wire::{IpProtocol, icmp as wicmp, tcp};
+
+/// What a connection-table entry records (8 bytes, so an entry fits one
+/// cache line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowValue {
+    /// Client to VIP: the backend that serves the flow.
+    Forward { vip: VipId, backend: BackendId },
+    /// NAT return traffic, backend to client: where the client is. The
+    /// paired forward entry holds the rest.
+    Reverse { client_mac: Mac, iface: IfIndex },
+}
+
+const _: () = assert!(std::mem::size_of::<crate::flow::table::Entry<FlowValue>>() <= 64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// This worker's index and the number of workers: they split the
+    /// full-NAT source ports so two workers never pick the same one.
+    pub worker: u16,
+    pub workers: u16,
+    pub table_capacity: usize,
+    pub timeouts: Timeouts,
+    /// Connection-table slots examined for expiry after each batch.
+    pub expire_budget: usize,
+    /// Full-NAT source ports (inclusive), shared out among the workers.
+    pub snat_ports: (u16, u16),
+    pub max_vips: usize,
+    pub max_backends: usize,
+    /// Clients the sticky table of session persistence holds (one table
+    /// shared by all workers, see `flow::sticky`).
+    pub sticky_clients: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            worker: 0,
+            workers: 1,
+            table_capacity: 1 << 20,
+            timeouts: Timeouts::default(),
+            expire_budget: 32,
+            snat_ports: (1024, 65535),
+            max_vips: 1024,
+            max_backends: 16384,
+            sticky_clients: 1 << 16,
+        }
+    }
+}
+
+/// Where a flow goes: its VIP and backend, by id and resolved.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    vip_id: VipId,
+    vip: &'a Vip,
+    backend_id: BackendId,
+    b: &'a BackendEntry,
+}
+
+/// A busy flow moves to the head of its table's LRU list at most this often
+/// (see `ConnTable::with_promotion_interval`).
+const PROMOTION_INTERVAL_MS: u32 = 1000;
+
+/// Full-NAT ports probed before a new flow is dropped as exhausted.
+const SNAT_PROBES: u16 = 64;
+
+pub struct Engine {
+    services: Arc<Services>,
+    flows: Flows,
+}
+
+/// The worker's mutable state, apart from the read-only services so that
+/// the packet path borrows both without cloning the `Arc` per packet.
+struct Flows {
+    cfg: EngineConfig,
+    table: ConnTable<FlowValue>,
+    sticky: Arc<StickyTable>,
+    stats: Arc<Stats>,
+    /// Per-VIP scheduler overriding Maglev for new flows (plugins).
+    schedulers: Vec<Option<Box<dyn Scheduler>>>,
+    /// This worker's connections per backend id.
+    load: Vec<Load>,
+    /// The pool as a scheduler sees it, filled per new flow (preallocated).
+    pool: Vec<BackendState>,
+    snat_lo: u16,
+    snat_span: u16,
+    snat_next: u16,
+}
+
+impl Engine {
+    /// An engine with a sticky table of its own (one worker).
+    pub fn new(cfg: EngineConfig, services: Arc<Services>) -> Result<Engine, String> {
+        Self::with_sticky(cfg, services, Arc::new(StickyTable::new(cfg.sticky_clients)))
+    }
+
+    /// An engine sharing `sticky` with the other workers, which must use
+    /// one clock (`now_ms` of `process`) for it.
+    pub fn with_sticky(cfg: EngineConfig, services: Arc<Services>, sticky: Arc<StickyTable>) -> Result<Engine, String> {
+        if cfg.workers == 0 || cfg.worker >= cfg.workers {
+            return Err(format!("worker {} of {}: no such worker", cfg.worker, cfg.workers));
+        }
+        let (lo, hi) = cfg.snat_ports;
+        let span = (u32::from(hi.saturating_sub(lo)) + 1) / u32::from(cfg.workers);
+        if lo == 0 || hi < lo || span == 0 {
+            return Err(format!("snat ports {lo}-{hi}: need a non-empty range above 0 with a port for each of {} workers", cfg.workers));
+        }
+        let span = span as u16;
+        let flows = Flows {
+            table: ConnTable::new(cfg.table_capacity, cfg.timeouts).with_promotion_interval(PROMOTION_INTERVAL_MS),
+            sticky,
+            stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
+            schedulers: Vec::new(),
+            load: vec![Load::default(); cfg.max_backends],
+            pool: Vec::new(),
+            snat_lo: lo + cfg.worker * span,
+            snat_span: span,
+            snat_next: 0,
+            cfg,
+        };
+        let mut engine = Engine { services: Arc::clone(&services), flows };
+        engine.set_services(services)?;
+        Ok(engine)
+    }
+
+    /// Switches to a new service snapshot. Established flows keep their
+    /// backends as long as the ids still exist.
+    pub fn set_services(&mut self, services: Arc<Services>) -> Result<(), String> {
+        let cfg = &self.flows.cfg;
+        if services.vip_slots() > cfg.max_vips || services.backend_slots() > cfg.max_backends {
+            return Err(format!(
+                "{} VIP and {} backend ids exceed this engine's limits ({} and {})",
+                services.vip_slots(),
+                services.backend_slots(),
+                cfg.max_vips,
+                cfg.max_backends
+            ));
+        }
+        self.flows.schedulers.resize_with(services.vip_slots(), || None);
+        self.flows.pool.reserve(services.max_pool());
+        self.services = services;
+        Ok(())
+    }
+
+    /// Installs (or with `None` removes) the scheduler of a VIP's new flows.
+    pub fn set_scheduler(&mut self, vip: VipId, sched: Option<Box<dyn Scheduler>>) {
+        if let Some(slot) = self.flows.schedulers.get_mut(usize::from(vip)) {
+            *slot = sched;
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.flows.stats
+    }
+
+    pub fn table(&self) -> &ConnTable<FlowValue> {
+        &self.flows.table
+    }
+
+    /// This worker's established and half-open connections to a backend.
+    pub fn load(&self, backend: BackendId) -> Load {
+        self.flows.load.get(usize::from(backend)).copied().unwrap_or_default()
+    }
+
+    /// Processes a batch: sets every packet's verdict and rewrites the
+    /// frames to transmit. `now_ms` is a monotonic clock in milliseconds
+    /// (wrapping).
+    pub fn process(&mut self, now_ms: u32, batch: &mut [Packet<'_>]) {
+        let (services, flows) = (&*self.services, &mut self.flows);
+        for pkt in batch.iter_mut() {
+            pkt.verdict = flows.process_one(services, now_ms, pkt);
+            match pkt.verdict {
+                Verdict::Pass => flows.stats.passed.inc(),
+                Verdict::Drop(r) => flows.stats.drops.count(r),
+                Verdict::Tx(_) | Verdict::Handoff(_) => {}
+            }
+            flows.settle_departures();
+        }
+        flows.table.expire(now_ms, flows.cfg.expire_budget);
+        flows.settle_departures();
+        let (table, stats) = (&flows.table, &flows.stats);
+        stats.connections.set(table.len() as u64);
+        stats.evictions.set(table.evictions());
+        stats.expirations.set(table.expirations());
+    }
+}
+
+/// Connections of one backend on one worker, by the state of their entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub active: u32,
+    pub pending: u32,
+}
+
+impl Load {
+    fn count(&mut self, state: FlowState, delta: i32) {
+        let n = match state {
+            FlowState::SynSeen => &mut self.pending,
+            FlowState::Established => &mut self.active,
+            FlowState::Closing | FlowState::Udp => return,
+        };
+        *n = n.saturating_add_signed(delta);
+    }
+}
+
+impl Flows {
+    /// Forgets the connections of entries the table removed.
+    fn settle_departures(&mut self) {
+        for (value, state) in self.table.take_departed() {
+            if let FlowValue::Forward { backend, .. } = value
+                && let Some(l) = self.load.get_mut(usize::from(backend))
+            {
+                l.count(state, -1);
+            }
+        }
+    }
+
+    fn process_one(&mut self, s: &Services, now: u32, pkt: &mut Packet) -> Verdict {
+        // Replies and NAT return traffic leave by the interface a flow came
+        // in on: it must be one the services describe.
+        if usize::from(pkt.ingress) >= s.interfaces.len() {
+            return Verdict::Drop(DropReason::UnknownInterface);
+        }
+        let p = match parse(pkt.frame()) {
+            Ok(p) => p,
+            Err(ParseError::NotIp) => return Verdict::Pass,
+            Err(ParseError::Truncated) => return Verdict::Drop(DropReason::Truncated),
+            Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),
+        };
+        if p.fragment {
+            return self.for_vip_addr(s, &p, DropReason::Fragment);
+        }
+        if is_icmp_error(pkt.frame(), &p) {
+            return self.icmp_error(s, now, pkt, &p);
+        }
+        let hash = p.key.hash64();
+        if let Some(slot) = self.table.lookup(&p.key, hash, now) {
+            match self.table.entry(slot).value {
+                FlowValue::Forward { vip, backend } => {
+                    if let Some(v) = self.established(s, pkt, &p, hash, slot, (vip, backend)) {
+                        return v;
+                    }
+                    // The VIP or backend was removed by a reload: the
+                    // entry is stale, so schedule the flow afresh.
+                    self.table.remove(slot);
+                }
+                FlowValue::Reverse { client_mac, iface } => return self.reverse(s, pkt, &p, slot, client_mac, iface),
+            }
+        }
+        match s.find_vip(&p.key) {
+            Some(vip) => self.new_flow(s, now, pkt, &p, hash, vip),
+            None if s.is_return(&p.key) => self.foreign_return(s, &p.key),
+            None => Verdict::Pass,
+        }
+    }
+
+    /// Return traffic without state here: with one worker there is no one
+    /// else to ask; with several, the owner of a full-NAT source port is
+    /// known by its range, an inline DNAT flow's owner is not.
+    fn foreign_return(&self, s: &Services, key: &FlowKey) -> Verdict {
+        if self.cfg.workers == 1 {
+            return Verdict::Drop(DropReason::NoState);
+        }
+        let (lo, _) = self.cfg.snat_ports;
+        let owner = s.is_to_snat(key).then(|| key.dst_port.checked_sub(lo).map(|off| off / self.snat_span)).flatten().filter(|&w| w < self.cfg.workers);
+        match owner {
+            Some(w) if w == self.cfg.worker => Verdict::Drop(DropReason::NoState),
+            owner => Verdict::Handoff(owner),
+        }
+    }
+
+    /// Drops a frame counted against the VIP whose address it is for, or
+    /// passes it to the kernel if it is for no VIP.
+    fn for_vip_addr(&self, s: &Services, p: &Parsed, reason: DropReason) -> Verdict {
+        match s.vip_for_addr(&p.key.dst) {
+            Some(vip) => self.vip_drop(vip, reason),
+            None => Verdict::Pass,
+        }
+    }
+
+    fn established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip, backend): (VipId, BackendId)) -> Option<Verdict> {
+        let v = s.vip(vip)?;
+        let b = s.backend(backend).filter(|_| v.has_backend(backend))?;
+        if !b.spec.up && v.spec.reset_on_down && p.key.proto == IpProtocol::TCP {
+            return Some(self.reset(s, pkt, p, slot, (vip, backend)));
+        }
+        self.advance_state(slot, p.tcp_flags, true);
+        Some(self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id: vip, vip: v, backend_id: backend, b }))
+    }
+
+    /// A client packet of a flow whose backend is down, on a VIP that
+    /// resets them: the flow goes and the client gets a RST instead.
+    fn reset(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, slot: Slot, (vip, backend): (VipId, BackendId)) -> Verdict {
+        self.table.remove(slot);
+        self.stats.vips[usize::from(vip)].resets.inc();
+        self.stats.backends[usize::from(backend)].resets.inc();
+        if p.tcp_flags & tcp::RST != 0 {
+            return self.vip_drop(vip, DropReason::BackendDown);
+        }
+        reset::tcp_reset(pkt, p, s.interfaces[usize::from(pkt.ingress)].mac);
+        Verdict::Tx(pkt.ingress)
+    }
+
+    fn new_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId) -> Verdict {
+        let Some(vip) = s.vip(vip_id) else { return Verdict::Pass };
+        let syn = p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+        let mid_stream = p.key.proto == IpProtocol::TCP && !syn;
+        let Some(idx) = self.pick(s, now, vip_id, vip, &p.key, hash, mid_stream) else {
+            self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        let backend_id = vip.spec.backends[idx];
+        let Some(b) = s.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
+        let state = initial_state(&p.key, p.tcp_flags);
+        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id }, now);
+        if let Mode::Nat { .. } = vip.spec.mode
+            && let Err(reason) = self.add_reverse(now, pkt, p, slot, vip, b, state)
+        {
+            self.table.remove(slot);
+            self.stats.vip_drops[usize::from(vip_id)].count(reason);
+            return Verdict::Drop(reason);
+        }
+        self.stats.vips[usize::from(vip_id)].new_flows.inc();
+        self.stats.backends[usize::from(backend_id)].new_flows.inc();
+        self.load[usize::from(backend_id)].count(state, 1);
+        self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b })
+    }
+
+    /// The backend index for a new flow.
+    ///
+    /// With source-IP persistence, a client's backend is the one it used
+    /// last, while that one is up (draining or not: a draining backend
+    /// finishes its sessions, as in HAProxy and IPVS) and the client was
+    /// not idle for longer than the timeout. Otherwise the flow is
+    /// scheduled with the client address's hash in place of the flow's,
+    /// so Maglev's first choice is the same on every worker and node, and
+    /// the choice is recorded: a client moved off a failed backend stays
+    /// where it moved, also after that one comes back, until idle for the
+    /// timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn pick(&mut self, s: &Services, now: u32, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
+        let Some(timeout) = vip.spec.persistence_ms else {
+            return self.schedule(s, vip_id, vip, key, hash, mid_stream);
+        };
+        let src_hash = key.src_hash64();
+        let client = Client::new(vip_id, src_hash);
+        let last = self.sticky.lookup(client, now, timeout);
+        if let Some(id) = last
+            && let Some(i) = vip.index_of(id)
+            && s.backend(id).is_some_and(|b| b.spec.up)
+        {
+            return Some(i);
+        }
+        let i = self.schedule(s, vip_id, vip, key, src_hash, mid_stream)?;
+        if let Some(id) = last {
+            self.stats.vips[usize::from(vip_id)].moved_clients.inc();
+            if let Some(b) = self.stats.backends.get(usize::from(id)) {
+                b.moved_clients.inc();
+            }
+        }
+        self.sticky.record(client, vip.spec.backends[i], now);
+        Some(i)
+    }
+
+    /// The VIP's scheduler, falling back to Maglev. A TCP packet that does
+    /// not open a connection belongs to a flow another node (or a lost
+    /// entry) started: only Maglev gives the answer every node agrees on.
+    fn schedule(&mut self, s: &Services, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
+        if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
+            self.pool.clear();
+            for &id in &vip.spec.backends {
+                let (b, load) = (s.backend(id), self.load[usize::from(id)]);
+                self.pool.push(BackendState {
+                    id: b.map_or(0, |b| b.ident),
+                    weight: b.map_or(0, |b| b.spec.weight),
+                    up: b.is_some_and(|b| b.spec.up),
+                    active: load.active,
+                    pending: load.pending,
+                    ..BackendState::default()
+                });
+            }
+            match sched.pick(key, hash, &self.pool) {
+                Some(i) if self.pool.get(i).is_some_and(BackendState::usable) => return Some(i),
+                Some(_) => self.stats.scheduler_faults.inc(),
+                None => {}
+            }
+        }
+        vip.maglev.lookup(hash)
+    }
+
+    /// Creates the reverse entry of a NAT flow: the key return traffic
+    /// will carry, after allocating a source port for full-NAT.
+    #[allow(clippy::too_many_arguments)]
+    fn add_reverse(&mut self, now: u32, pkt: &Packet, p: &Parsed, fwd: Slot, vip: &Vip, b: &BackendEntry, state: FlowState) -> Result<(), DropReason> {
+        let bport = b.port_for(p.key.dst_port);
+        let mut rkey = FlowKey { src: b.addr, dst: p.key.src, src_port: bport, dst_port: p.key.src_port, proto: p.key.proto };
+        if let Some(snat) = vip.snat {
+            rkey.dst = snat;
+            rkey.dst_port = self.alloc_snat_port(&mut rkey, now).ok_or(DropReason::SnatExhausted)?;
+        }
+        let rhash = rkey.hash64();
+        // DNAT cannot tell apart one client port reaching the same backend
+        // through two VIPs; the newer flow wins.
+        if let Some(old) = self.table.lookup(&rkey, rhash, now) {
+            self.table.remove(old);
+        }
+        let frame = pkt.frame();
+        let client_mac: Mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
+        let rev = self.table.insert(rkey, rhash, state, FlowValue::Reverse { client_mac, iface: pkt.ingress }, now);
+        self.table.link_peers(fwd, rev);
+        Ok(())
+    }
+
+    /// A source port in this worker's share whose return key is free.
+    fn alloc_snat_port(&mut self, rkey: &mut FlowKey, now: u32) -> Option<u16> {
+        for _ in 0..SNAT_PROBES.min(self.snat_span) {
+            let port = self.snat_lo + self.snat_next;
+            self.snat_next = (self.snat_next + 1) % self.snat_span;
+            rkey.dst_port = port;
+            if !self.table.contains(rkey, rkey.hash64(), now) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Rewrites a client packet for its backend per the VIP's mode.
+    fn send_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, t: Target) -> Verdict {
+        let Target { vip_id, vip, backend_id, b } = t;
+        let out = s.interfaces[usize::from(b.spec.iface)];
+        let frame_len = pkt.len;
+        match vip.spec.mode {
+            Mode::Nat { .. } => {
+                let frame = pkt.frame_mut();
+                if !rewrite::decrement_ttl(frame, p) {
+                    return self.vip_drop(vip_id, DropReason::TtlExceeded);
+                }
+                if let Some(snat) = &vip.snat {
+                    let peer = self.table.entry(slot).peer();
+                    let sport = self.table.entry(peer).key().dst_port;
+                    rewrite::set_endpoint(frame, p, End::Src, snat, sport);
+                }
+                rewrite::set_endpoint(frame, p, End::Dst, &b.addr, b.port_for(p.key.dst_port));
+            }
+            Mode::Dsr => {}
+            Mode::Tunnel { encap, source, source_prefix } => {
+                let overhead = encap.overhead(p.v6);
+                if p.end - p.l3 + overhead > usize::from(out.mtu) {
+                    let ingress_mac = s.interfaces[usize::from(pkt.ingress)].mac;
+                    let inner_mtu = out.mtu.saturating_sub(overhead as u16);
+                    return match icmp::too_big(pkt, p, inner_mtu, ingress_mac) {
+                        Ok(()) => Verdict::Tx(pkt.ingress),
+                        Err(r) => self.vip_drop(vip_id, r),
+                    };
+                }
+                let src = tunnel::outer_source(&crate::flow::key::addr16(source), source_prefix, p.v6, hash);
+                if let Err(r) = tunnel::encapsulate(pkt, p, encap, &src, &b.addr, hash) {
+                    return self.vip_drop(vip_id, r);
+                }
+            }
+        }
+        rewrite::set_macs(pkt.frame_mut(), out.mac, b.spec.next_hop);
+        self.stats.vips[usize::from(vip_id)].packet(frame_len);
+        self.stats.backends[usize::from(backend_id)].packet(frame_len);
+        Verdict::Tx(b.spec.iface)
+    }
+
+    /// NAT return traffic: restore the VIP as source (and the client as
+    /// destination for full-NAT), send it towards the client.
+    fn reverse(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, slot: Slot, client_mac: Mac, iface: IfIndex) -> Verdict {
+        let fwd = self.table.entry(slot).peer();
+        if fwd == NO_PEER {
+            return Verdict::Drop(DropReason::NoState);
+        }
+        let FlowValue::Forward { vip: vip_id, backend } = self.table.entry(fwd).value else {
+            return Verdict::Drop(DropReason::NoState);
+        };
+        let client = *self.table.entry(fwd).key();
+        self.advance_state(slot, p.tcp_flags, false);
+        let Some(vip) = s.vip(vip_id) else { return Verdict::Drop(DropReason::NoState) };
+        let snat = vip.snat.is_some();
+        let frame_len = pkt.len;
+        let frame = pkt.frame_mut();
+        if !rewrite::decrement_ttl(frame, p) {
+            return self.vip_drop(vip_id, DropReason::TtlExceeded);
+        }
+        rewrite::set_endpoint(frame, p, End::Src, &client.dst, client.dst_port);
+        if snat {
+            rewrite::set_endpoint(frame, p, End::Dst, &client.src, client.src_port);
+        }
+        let Some(out) = s.interfaces.get(usize::from(iface)) else {
+            return self.vip_drop(vip_id, DropReason::UnknownInterface);
+        };
+        rewrite::set_macs(frame, out.mac, client_mac);
+        self.stats.vips[usize::from(vip_id)].packet(frame_len);
+        self.stats.backends[usize::from(backend)].packet(frame_len);
+        Verdict::Tx(iface)
+    }
+
+    /// Moves a flow's TCP state on the flags of one packet; both halves of
+    /// a NAT pair share it.
+    fn advance_state(&mut self, slot: Slot, flags: u8, from_client: bool) {
+        let e = self.table.entry(slot);
+        let (state, peer) = (e.state, e.peer());
+        let next = next_state(state, flags, from_client);
+        if next == state {
+            return;
+        }
+        self.table.entry_mut(slot).state = next;
+        if peer != NO_PEER {
+            self.table.entry_mut(peer).state = next;
+        }
+        let fwd = if let FlowValue::Forward { .. } = self.table.entry(slot).value { slot } else { peer };
+        if fwd != NO_PEER
+            && let FlowValue::Forward { backend, .. } = self.table.entry(fwd).value
+            && let Some(l) = self.load.get_mut(usize::from(backend))
+        {
+            l.count(state, -1);
+            l.count(next, 1);
+        }
+    }
+
+    /// An ICMP error sent to a VIP about a packet the VIP sent (a NAT'd
+    /// reply, or a DSR backend's reply): deliver it to that flow's backend,
+    /// which is the one that needs it (path MTU discovery, unreachables).
+    fn icmp_error(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed) -> Verdict {
+        if s.vip_for_addr(&p.key.dst).is_none() {
+            return Verdict::Pass;
+        }
+        let Some(inner) = parse_quoted(pkt.frame(), p.l4 + wicmp::ICMP_HLEN, p.end) else {
+            return Verdict::Drop(DropReason::IcmpNoFlow);
+        };
+        let flow = inner.key.reversed();
+        let Some(slot) = self.table.lookup(&flow, flow.hash64(), now) else {
+            return Verdict::Drop(DropReason::IcmpNoFlow);
+        };
+        let FlowValue::Forward { vip: vip_id, backend } = self.table.entry(slot).value else {
+            return Verdict::Drop(DropReason::IcmpNoFlow);
+        };
+        let (Some(vip), Some(b)) = (s.vip(vip_id), s.backend(backend)) else {
+            return Verdict::Drop(DropReason::IcmpNoFlow);
+        };
+        if let Mode::Nat { .. } = vip.spec.mode {
+            // The backend sent (backend -> client, or -> SNAT address):
+            // make the quote say so and address the error to it.
+            let peer = self.table.entry(slot).peer();
+            let (dst, dport) = match vip.snat {
+                Some(s) if peer != NO_PEER => (s, self.table.entry(peer).key().dst_port),
+                _ => (flow.src, flow.src_port),
+            };
+            let frame = pkt.frame_mut();
+            if !rewrite::decrement_ttl(frame, p) {
+                return self.vip_drop(vip_id, DropReason::TtlExceeded);
+            }
+            icmp::translate_error(frame, p, &inner, (&b.addr, b.port_for(flow.dst_port)), (&dst, dport));
+            let out = s.interfaces[usize::from(b.spec.iface)];
+            rewrite::set_macs(frame, out.mac, b.spec.next_hop);
+            self.stats.vips[usize::from(vip_id)].packet(pkt.len);
+            return Verdict::Tx(b.spec.iface);
+        }
+        // DSR and tunnel backends own the VIP: the error goes as it is.
+        // It is not itself answered with "too big" when it does not fit.
+        if let Mode::Tunnel { encap, .. } = vip.spec.mode
+            && p.end - p.l3 + encap.overhead(p.v6) > usize::from(s.interfaces[usize::from(b.spec.iface)].mtu)
+        {
+            return self.vip_drop(vip_id, DropReason::NoRoom);
+        }
+        self.send_to_backend(s, pkt, p, flow.hash64(), slot, Target { vip_id, vip, backend_id: backend, b })
+    }
+
+    fn vip_drop(&self, vip: VipId, reason: DropReason) -> Verdict {
+        self.stats.vip_drops[usize::from(vip)].count(reason);
+        Verdict::Drop(reason)
+    }
+}
+
+fn is_icmp_error(frame: &[u8], p: &Parsed) -> bool {
+    matches!(p.key.proto, IpProtocol::ICMP | IpProtocol::ICMPV6) && (p.key.proto == IpProtocol::ICMPV6) == p.v6 && wicmp::is_error(p.v6, frame[p.l4])
+}
+
+fn initial_state(key: &FlowKey, flags: u8) -> FlowState {
+    if key.proto != IpProtocol::TCP {
+        return FlowState::Udp;
+    }
+    let base = if flags & (tcp::SYN | tcp::ACK) == tcp::SYN { FlowState::SynSeen } else { FlowState::Established };
+    next_state(base, flags, true)
+}
+
+/// TCP state as the balancer sees it. In DSR and tunnel modes only the
+/// client's half is seen, so the client's first plain ACK establishes.
+fn next_state(state: FlowState, flags: u8, from_client: bool) -> FlowState {
+    match state {
+        FlowState::Udp => FlowState::Udp,
+        _ if flags & (tcp::FIN | tcp::RST) != 0 => FlowState::Closing,
+        // A new SYN on a closing tuple: the client reuses the port.
+        FlowState::Closing if from_client && flags & (tcp::SYN | tcp::ACK) == tcp::SYN => FlowState::SynSeen,
+        FlowState::SynSeen if from_client && flags & (tcp::SYN | tcp::ACK) == tcp::ACK => FlowState::Established,
+        s => s,
+    }
+}

@@ -1,0 +1,11 @@
+//! Flow keys, parsing a frame into its flow, the per-worker connection table and the sticky table of
+//! session persistence.
+
+pub mod key;
+pub mod parse;
+pub mod sticky;
+pub mod table;
+
+pub use key::FlowKey;
+pub use parse::{ParseError, Parsed, parse};
+pub use table::{ConnTable, Entry, FlowState, NO_PEER, Slot, Timeouts};

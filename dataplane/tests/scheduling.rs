@@ -1,0 +1,262 @@
+//! How new and established flows get their backends: reloads, drain, the
+//! scheduler hook and its fallbacks, and full-NAT source ports.
+
+use std::sync::Arc;
+
+use fulcrum_dataplane::flow::FlowKey;
+use fulcrum_dataplane::sched::{BackendState, Scheduler};
+use fulcrum_dataplane::wire::IpProtocol;
+use fulcrum_dataplane::wire::tcp::{ACK, SYN};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_testing::frame::{L4, LB_MAC, PacketBuilder};
+use fulcrum_testing::one_vip::{VIP, backend, backend_of, engine, frame, ip, send, services};
+
+#[test]
+fn established_flows_keep_their_backend_across_a_reload() {
+    let pool: Vec<Backend> = (1..=4).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    let before: Vec<u8> = (0..200).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    // Reweight heavily and add a backend: established flows stay put.
+    let mut bigger = pool.clone();
+    bigger[0].weight = 50;
+    bigger.push(backend(5, 50));
+    e.set_services(services(Mode::Dsr, &bigger)).unwrap();
+    let after: Vec<u8> = (0..200).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect();
+    assert_eq!(before, after);
+    // New flows see the new weights.
+    let fresh: Vec<u8> = (0..400).map(|p| backend_of(&mut e, 20_000 + p, SYN)).collect();
+    let heavy = fresh.iter().filter(|&&b| b == 1 || b == 5).count();
+    assert!(heavy > 300, "weights 50,1,1,1,50 gave {heavy}/400 to the heavy two");
+}
+
+#[test]
+fn a_removed_backend_s_flows_are_rescheduled() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    let on: Vec<u16> = (0..300).filter(|&p| backend_of(&mut e, 10_000 + p, SYN) == 2).collect();
+    assert!(!on.is_empty());
+    // Backend 2 (id 1) leaves the pool; ids of the others are kept.
+    let ids = vec![Some(pool[0]), None, Some(pool[2])];
+    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port: 80, mode: Mode::Dsr, backends: vec![0, 2], persistence_ms: None, reset_on_down: false };
+    let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], ids).unwrap();
+    e.set_services(Arc::new(s)).unwrap();
+    for p in on {
+        assert_ne!(backend_of(&mut e, 10_000 + p, ACK), 2);
+    }
+}
+
+#[test]
+fn weight_zero_drains() {
+    let mut pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    let first: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    pool[1].weight = 0;
+    e.set_services(services(Mode::Dsr, &pool)).unwrap();
+    let new_before = e.stats().backends[1].new_flows.get();
+    // No new flow lands on the drained backend...
+    assert!((0..300).all(|p| backend_of(&mut e, 30_000 + p, SYN) != 2));
+    assert_eq!(e.stats().backends[1].new_flows.get(), new_before);
+    // ...while its established flows go on.
+    let drained_pkts = e.stats().backends[1].packets.get();
+    let again: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect();
+    assert_eq!(first, again);
+    assert!(e.stats().backends[1].packets.get() > drained_pkts);
+}
+
+#[test]
+fn a_down_backend_takes_no_new_flows_and_rejoins_with_its_weight() {
+    let pool = [backend(1, 1), backend(2, 3), backend(3, 1)];
+    let up = services(Mode::Dsr, &pool);
+    let mut e = engine(EngineConfig::default(), Arc::clone(&up));
+    let first: Vec<u8> = (0..300).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    let down = Arc::new(up.with_backends(&[(1, Backend { up: false, ..pool[1] })]).unwrap());
+    e.set_services(Arc::clone(&down)).unwrap();
+    assert!((0..300).all(|p| backend_of(&mut e, 30_000 + p, SYN) != 2));
+    // Schedulers are told, and their picks of it fall back to Maglev.
+    e.set_scheduler(0, Some(Box::new(Cycle { next: 1, n: 3, bogus: false })));
+    assert_ne!(backend_of(&mut e, 40_000, SYN), 2);
+    assert_eq!(e.stats().scheduler_faults.get(), 1);
+    e.set_scheduler(0, None);
+    // Established flows stay (`on_down = "keep"`).
+    assert_eq!(first, (0..300).map(|p| backend_of(&mut e, 10_000 + p, ACK)).collect::<Vec<_>>());
+    // Back up, it has its weight again: 3/5 of the new flows.
+    e.set_services(Arc::new(down.with_backends(&[(1, pool[1])]).unwrap())).unwrap();
+    let heavy = (0..500).filter(|&p| backend_of(&mut e, 50_000 + p, SYN) == 2).count();
+    assert!((250..350).contains(&heavy), "weight 3 of 5 got {heavy}/500");
+}
+
+#[test]
+fn a_health_change_rebuilds_only_the_tables_it_touches() {
+    let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
+    let pool: Vec<Backend> = (1..=4).map(|i| backend(i, 1)).collect();
+    let vip = |port, ids: Vec<u16>| {
+        Some(VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port, mode: Mode::Dsr, backends: ids, persistence_ms: None, reset_on_down: false })
+    };
+    let s = Services::new(iface, vec![vip(80, vec![0, 1]), vip(81, vec![2, 3])], pool.iter().copied().map(Some).collect()).unwrap();
+    let t = s.with_backends(&[(3, Backend { up: false, ..pool[3] })]).unwrap();
+    let table = |s: &Services, v| Arc::clone(&s.vip(v).unwrap().maglev);
+    assert!(Arc::ptr_eq(&table(&s, 0), &table(&t, 0)));
+    assert!(!Arc::ptr_eq(&table(&s, 1), &table(&t, 1)));
+    assert!(t.vip(1).unwrap().maglev.table().iter().all(|&i| i == 0));
+    // A weight change of a backend that is down changes no table either.
+    let u = t.with_backends(&[(3, Backend { up: false, weight: 9, ..pool[3] })]).unwrap();
+    assert!(Arc::ptr_eq(&table(&t, 1), &table(&u, 1)));
+    assert!(s.with_backends(&[(9, pool[0])]).is_err());
+}
+
+/// Hands out backends in order; optionally answers out of range.
+struct Cycle {
+    next: usize,
+    n: usize,
+    bogus: bool,
+}
+
+impl Scheduler for Cycle {
+    fn pick(&mut self, _: &FlowKey, _: u64, _: &[BackendState]) -> Option<usize> {
+        let i = self.next;
+        self.next = (self.next + 1) % self.n;
+        Some(if self.bogus { i + 100 } else { i })
+    }
+}
+
+#[test]
+fn a_scheduler_decides_new_flows_and_its_faults_fall_back_to_maglev() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let s = services(Mode::Dsr, &pool);
+    let mut e = engine(EngineConfig::default(), Arc::clone(&s));
+    e.set_scheduler(0, Some(Box::new(Cycle { next: 0, n: 3, bogus: false })));
+    let picks: Vec<u8> = (0..6).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+
+    // Out-of-range answers are faults: Maglev decides and a counter rises.
+    let mut reference = engine(EngineConfig::default(), Arc::clone(&s));
+    e.set_scheduler(0, Some(Box::new(Cycle { next: 0, n: 3, bogus: true })));
+    for p in 0..20 {
+        assert_eq!(backend_of(&mut e, 20_000 + p, SYN), backend_of(&mut reference, 20_000 + p, SYN));
+    }
+    assert_eq!(e.stats().scheduler_faults.get(), 20);
+}
+
+#[test]
+fn mid_stream_packets_without_state_use_maglev_on_every_node() {
+    let pool: Vec<Backend> = (1..=8).map(|i| backend(i, 1)).collect();
+    let s = services(Mode::Dsr, &pool);
+    let mut node_a = engine(EngineConfig::default(), Arc::clone(&s));
+    let mut node_b = engine(EngineConfig::default(), Arc::clone(&s));
+    // Node A runs a scheduler for new connections; node B never saw them.
+    node_a.set_scheduler(0, Some(Box::new(Cycle { next: 0, n: 8, bogus: false })));
+    for p in 0..100 {
+        let a = backend_of(&mut node_a, 10_000 + p, ACK);
+        assert_eq!(a, backend_of(&mut node_b, 10_000 + p, ACK), "port {p}");
+    }
+    assert_eq!(node_a.stats().scheduler_faults.get(), 0);
+}
+
+#[test]
+fn full_nat_ports_are_split_between_workers_and_can_run_out() {
+    let pool = [backend(1, 1)];
+    let snat = Mode::Nat { snat: Some(ip("198.18.0.200")) };
+    let src_port = |e: &mut Engine, client_port: u16| {
+        let mut buf = vec![0u8; 2048];
+        let f = frame(client_port, SYN);
+        buf[..f.len()].copy_from_slice(&f);
+        let mut batch = [Packet::new(&mut buf, 0, f.len(), 0)];
+        e.process(0, &mut batch);
+        let out = batch[0].frame();
+        (batch[0].verdict, u16::from_be_bytes([out[34], out[35]]))
+    };
+    let cfg = EngineConfig { worker: 1, workers: 2, snat_ports: (1000, 1999), ..EngineConfig::default() };
+    let mut w1 = engine(cfg, services(snat, &pool));
+    assert_eq!(src_port(&mut w1, 40_000), (Verdict::Tx(0), 1500));
+    assert_eq!(src_port(&mut w1, 40_001), (Verdict::Tx(0), 1501));
+
+    let cfg = EngineConfig { snat_ports: (2000, 2001), ..EngineConfig::default() };
+    let mut tiny = engine(cfg, services(snat, &pool));
+    assert_eq!(src_port(&mut tiny, 40_000).0, Verdict::Tx(0));
+    assert_eq!(src_port(&mut tiny, 40_001).0, Verdict::Tx(0));
+    assert_eq!(src_port(&mut tiny, 40_002).0, Verdict::Drop(DropReason::SnatExhausted));
+    assert_eq!(tiny.stats().vip_drops[0].get(DropReason::SnatExhausted), 1);
+    // A failed flow leaves nothing behind: two flows, two entries each.
+    assert_eq!(tiny.table().len(), 4);
+}
+
+#[test]
+fn a_vip_without_usable_backends_drops_new_flows() {
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &[backend(1, 0)]));
+    assert_eq!(send(&mut e, &frame(1, SYN)).0, Verdict::Drop(DropReason::NoBackend));
+    assert_eq!(e.stats().vip_drops[0].get(DropReason::NoBackend), 1);
+}
+
+#[test]
+fn invalid_services_are_refused_with_the_reason() {
+    let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
+    let v6_backend = Backend { addr: ip("2001:db8::1"), ..backend(1, 1) };
+    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port: 80, mode: Mode::Dsr, backends: vec![0], persistence_ms: None, reset_on_down: false };
+    let err = Services::new(iface.clone(), vec![Some(vip.clone())], vec![Some(v6_backend)]).unwrap_err();
+    assert_eq!(err.to_string(), "vip 198.18.0.100:80/tcp: backend 0 (2001:db8::1): not of the VIP's family");
+    let moved = Backend { port: 8080, ..backend(1, 1) };
+    let err = Services::new(iface.clone(), vec![Some(vip.clone())], vec![Some(moved)]).unwrap_err();
+    assert!(err.to_string().contains("DSR cannot change the port (80 -> 8080)"), "{err}");
+    let err = Services::new(iface.clone(), vec![Some(vip.clone()), Some(vip.clone())], vec![Some(backend(1, 1))]).unwrap_err();
+    assert_eq!(err.to_string(), "vip 198.18.0.100:80/tcp: defined twice");
+    let wrong_if = Backend { iface: 3, ..backend(1, 1) };
+    let err = Services::new(iface, vec![Some(vip)], vec![Some(wrong_if)]).unwrap_err();
+    assert_eq!(err.to_string(), "backend 0 (198.18.1.1): interface 3 does not exist");
+}
+
+#[test]
+fn udp_flows_are_balanced_and_sticky() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::UDP, port: 53, mode: Mode::Dsr, backends: vec![0, 1, 2], persistence_ms: None, reset_on_down: false };
+    let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], pool.into_iter().map(Some).collect()).unwrap();
+    let mut e = engine(EngineConfig::default(), Arc::new(s));
+    let dns = |port| {
+        let mut b = PacketBuilder::udp(ip("198.18.0.1"), port, ip(VIP), 53).payload(b"q");
+        b.l4 = L4::Udp { src_port: port, dst_port: 53, checksum: true };
+        b.frame()
+    };
+    let first: Vec<u8> = (0..100).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
+    let again: Vec<u8> = (0..100).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
+    assert_eq!(first, again);
+    for b in 1..=3 {
+        assert!(first.iter().filter(|&&x| x == b).count() > 15, "backend {b} starved");
+    }
+}
+
+/// Picks the backend with the fewest established plus half-open flows.
+struct Least;
+
+impl Scheduler for Least {
+    fn pick(&mut self, _: &FlowKey, _: u64, backends: &[BackendState]) -> Option<usize> {
+        (0..backends.len()).filter(|&i| backends[i].usable()).min_by_key(|&i| backends[i].active + backends[i].pending)
+    }
+}
+
+#[test]
+fn connection_counts_follow_flow_state_and_reach_schedulers() {
+    let pool: Vec<Backend> = (1..=2).map(|i| backend(i, 1)).collect();
+    let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
+    e.set_scheduler(0, Some(Box::new(Least)));
+    // Four SYNs alternate between the two backends: all half-open.
+    let picks: Vec<u8> = (0..4).map(|p| backend_of(&mut e, 10_000 + p, SYN)).collect();
+    assert_eq!(picks, [1, 2, 1, 2]);
+    assert_eq!((e.load(0), e.load(1)), (fulcrum_dataplane::Load { active: 0, pending: 2 }, fulcrum_dataplane::Load { active: 0, pending: 2 }));
+    // The client's ACKs establish them; a RST closes one.
+    for p in 0..4 {
+        backend_of(&mut e, 10_000 + p, ACK);
+    }
+    assert_eq!(e.load(0), fulcrum_dataplane::Load { active: 2, pending: 0 });
+    backend_of(&mut e, 10_000, fulcrum_dataplane::wire::tcp::RST);
+    assert_eq!(e.load(0), fulcrum_dataplane::Load { active: 1, pending: 0 });
+    // The scheduler sees backend 1 less loaded now.
+    assert_eq!(backend_of(&mut e, 20_000, SYN), 1);
+    // Expiry forgets them all: the closing one after 60 s, the rest after 900 s.
+    let other = PacketBuilder::tcp(ip("198.18.0.1"), 1, ip("198.18.0.2"), 22, SYN).frame();
+    for now in [1_000_000u32, 1_000_001] {
+        let mut buf = vec![0u8; 2048];
+        buf[..other.len()].copy_from_slice(&other);
+        e.process(now, &mut [Packet::new(&mut buf, 0, other.len(), 0)]);
+    }
+    assert_eq!((e.load(0), e.load(1)), (fulcrum_dataplane::Load::default(), fulcrum_dataplane::Load::default()));
+    assert_eq!(e.table().len(), 0);
+}

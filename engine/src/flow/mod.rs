@@ -1,9 +1,0 @@
-//! Flow keys, the per-worker connection table and the sticky table of
-//! session persistence.
-
-pub mod key;
-pub mod sticky;
-pub mod table;
-
-pub use key::FlowKey;
-pub use table::{ConnTable, Entry, FlowState, NO_PEER, Slot, Timeouts};

@@ -1,0 +1,412 @@
+//! The running daemon: steering programs attached, one AF_XDP socket set
+//! and one worker per rx queue, the counters to report, and reload.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fulcrum_config as cfg;
+use fulcrum_dataplane::engine::EngineConfig;
+use fulcrum_dataplane::flow::table::Timeouts;
+use fulcrum_dataplane::services::backend_name;
+use fulcrum_dataplane::wire::IpProtocol;
+use fulcrum_io::afxdp::{self, XskConfig, XskIo};
+use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
+use fulcrum_io::{XdpMode, netinfo};
+
+use super::api::{BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
+use super::apply::{self, Ids, Net, NetIface};
+use super::health::{self, HealthControl, HealthUpdate};
+use super::plugins::{self, Plugins};
+use super::reload;
+use super::telemetry::Telemetry;
+use crate::workers::Dataplane;
+
+/// How long a reload waits for every worker to switch to the new services
+/// (an idle worker wakes every millisecond).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Daemon {
+    /// The configuration file, re-read on reload.
+    path: PathBuf,
+    config: cfg::Config,
+    net: Net,
+    /// Kept for the daemon's lifetime: a reload keeps every id.
+    ids: Ids,
+    engine: EngineConfig,
+    dataplane: Dataplane,
+    /// Detached when dropped, after the workers stopped.
+    steering: Steering,
+    /// The health checks, when any VIP has them.
+    health: Option<HealthControl>,
+    telemetry: Arc<Telemetry>,
+    plugins: Plugins,
+    started: Instant,
+    pub workers: usize,
+    pub xdp_mode: XdpMode,
+}
+
+fn xdp_mode(m: cfg::XdpMode) -> XdpMode {
+    match m {
+        cfg::XdpMode::Native => XdpMode::Native,
+        cfg::XdpMode::Generic => XdpMode::Generic,
+        cfg::XdpMode::Auto => XdpMode::Auto,
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// A VIP as the steering program matches it: address, protocol, port.
+type VipMatch = (IpAddr, IpProtocol, u16);
+
+fn vip_matches(config: &cfg::Config) -> Vec<VipMatch> {
+    config.vips.iter().map(|v| (v.address, apply::proto(v.protocol), v.port)).collect()
+}
+
+/// The steering programs and what they redirect: VIPs on the client-facing
+/// interface, NAT return traffic on the server-facing one.
+struct Steering {
+    programs: Vec<SteerProgram>,
+    server: usize,
+    vips: Vec<VipMatch>,
+    returns: Vec<ReturnTraffic>,
+}
+
+impl Steering {
+    /// Adds what is missing; on a failure removes what it added, so the
+    /// maps are as before.
+    fn add(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) -> Result<(), String> {
+        let new_vips: Vec<VipMatch> = vips.iter().filter(|v| !self.vips.contains(v)).copied().collect();
+        let new_returns: Vec<ReturnTraffic> = returns.iter().filter(|r| !self.returns.contains(r)).copied().collect();
+        let (mut added_vips, mut added_returns) = (Vec::new(), Vec::new());
+        let mut add_all = || -> Result<(), fulcrum_io::IoError> {
+            for &(a, p, port) in &new_vips {
+                self.programs[0].add_vip(a, p, port)?;
+                added_vips.push((a, p, port));
+            }
+            for &r in &new_returns {
+                self.programs[self.server].add_return(r)?;
+                added_returns.push(r);
+            }
+            Ok(())
+        };
+        if let Err(e) = add_all() {
+            self.remove(&added_vips, &added_returns);
+            return Err(format!("updating the steering maps: {e}"));
+        }
+        self.vips.extend(added_vips);
+        self.returns.extend(added_returns);
+        Ok(())
+    }
+
+    /// Stops steering what is not in `vips` and `returns`. A failure only
+    /// leaves a stale entry (its frames are counted as unsteerable).
+    fn retain(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) {
+        let stale_vips: Vec<VipMatch> = self.vips.iter().filter(|v| !vips.contains(v)).copied().collect();
+        let stale_returns: Vec<ReturnTraffic> = self.returns.iter().filter(|r| !returns.contains(r)).copied().collect();
+        self.remove(&stale_vips, &stale_returns);
+        self.vips.retain(|v| vips.contains(v));
+        self.returns.retain(|r| returns.contains(r));
+    }
+
+    fn remove(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) {
+        for &(a, p, port) in vips {
+            if let Err(e) = self.programs[0].remove_vip(a, p, port) {
+                tracing::error!("steering: removing VIP {a} {p}/{port}: {e}");
+            }
+        }
+        for &r in returns {
+            if let Err(e) = self.programs[self.server].remove_return(r) {
+                tracing::error!("steering: removing return traffic {r:?}: {e}");
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts the balancer with `config`, read from `path` (kept for
+    /// reloads).
+    pub fn start(path: &Path, config: cfg::Config) -> Result<Daemon, String> {
+        let ifaces: Vec<&cfg::Interface> = match &config.topology {
+            cfg::Topology::OneArm(i) => vec![i],
+            cfg::Topology::Inline { client, server } => vec![client, server],
+        };
+        let net = Net {
+            ifaces: ifaces
+                .iter()
+                .map(|i| {
+                    Ok(NetIface {
+                        name: i.name.clone(),
+                        mac: netinfo::iface_mac(&i.name)?,
+                        mtu: i.mtu.map_or_else(|| netinfo::iface_mtu(&i.name), Ok)?,
+                        addrs: netinfo::iface_addrs(&i.name)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        };
+        let mut ids = Ids::default();
+        let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
+        let mut plugins = Plugins::default();
+        let (services, next) = HealthControl::configure(None, &config, &ids, services, &mut plugins)?;
+        let mut health = None;
+        HealthControl::commit(&mut health, next);
+        let services = Arc::new(services);
+
+        let mode = xdp_mode(config.daemon.xdp_mode);
+        let mut programs = Vec::new();
+        for i in &net.ifaces {
+            let mut p = SteerProgram::attach(&i.name, mode).map_err(|e| e.to_string())?;
+            for &a in &i.addrs {
+                p.add_host_addr(a).map_err(|e| e.to_string())?;
+            }
+            programs.push(p);
+        }
+        let mut steering = Steering { programs, server: usize::from(net.server()), vips: Vec::new(), returns: Vec::new() };
+        steering.add(&vip_matches(&config), &returns)?;
+
+        let names: Vec<&str> = net.ifaces.iter().map(|i| i.name.as_str()).collect();
+        let queues = names.iter().map(|n| afxdp::rx_queue_count(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let queues = queues.into_iter().min().unwrap_or(1);
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Every rx queue needs its socket, or its frames would bypass the
+        // balancer: one worker per queue.
+        let cpus: Vec<usize> = match &config.daemon.workers {
+            cfg::Workers::Auto => (0..queues as usize).map(|i| i % ncpu).collect(),
+            cfg::Workers::Count(n) if u32::from(n.get()) == queues => Vec::new(),
+            cfg::Workers::Pinned(list) if list.len() as u32 == queues => list.iter().map(|&c| usize::from(c)).collect(),
+            _ => {
+                return Err(format!(
+                    "{} has {queues} rx queues and fulcrum runs one worker per queue: set daemon.workers to {queues} or \"auto\", or change the queue count with `ethtool -L`",
+                    names.join(", ")
+                ));
+            }
+        };
+        let mut ios = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let io = XskIo::open(&names, q, &XskConfig::default()).map_err(|e| e.to_string())?;
+            for (port, p) in steering.programs.iter_mut().enumerate() {
+                if let Some(fd) = io.socket_fd(port as u8) {
+                    p.register_socket(q, fd).map_err(|e| e.to_string())?;
+                }
+            }
+            ios.push(io);
+        }
+        let t = &config.timeouts;
+        let engine = EngineConfig {
+            table_capacity: config.limits.connections_per_worker as usize,
+            sticky_clients: config.limits.connections_per_worker as usize,
+            timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
+            snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
+            ..EngineConfig::default()
+        };
+        let dataplane = Dataplane::start(ios, engine, &services, &cpus)?;
+        let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
+        telemetry.set_health(health.as_ref().map(HealthControl::stats));
+        let xdp_mode = steering.programs[0].mode();
+        tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
+        plugins.apply(None, &config, &services, &dataplane)?;
+        Ok(Daemon {
+            path: path.to_path_buf(),
+            config,
+            net,
+            ids,
+            engine,
+            dataplane,
+            steering,
+            health,
+            telemetry,
+            plugins,
+            started: Instant::now(),
+            workers: queues as usize,
+            xdp_mode,
+        })
+    }
+
+    /// Readable when health transitions wait for `apply_health`.
+    pub fn health_fd(&self) -> Option<RawFd> {
+        self.health.as_ref().map(HealthControl::wake_fd)
+    }
+
+    /// Applies the health transitions waiting: the workers run the new
+    /// services before each transition is logged, so whoever reads "is
+    /// down" knows that backend gets no new flow any more.
+    pub fn apply_health(&mut self) {
+        let Some(h) = &mut self.health else { return };
+        match h.take(&self.telemetry.services()) {
+            None => {}
+            Some(Err(e)) => tracing::error!("{e}"),
+            Some(Ok(HealthUpdate { services, changes })) => {
+                let services = Arc::new(services);
+                let generation = self.dataplane.publish(&services);
+                if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
+                    tracing::warn!(?behind, "workers have not switched to the new services yet");
+                }
+                self.telemetry.set_services(Arc::clone(&services));
+                health::log(&changes, &services);
+            }
+        }
+    }
+
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.telemetry)
+    }
+
+    /// Re-reads the configuration file and applies what changed, or keeps
+    /// the running configuration and says why not. Logged and counted
+    /// either way.
+    pub fn reload(&mut self) -> Result<ReloadReport, String> {
+        let result = self.try_reload();
+        match &result {
+            Ok(r) => {
+                tracing::info!(config = %self.path.display(), "reload applied: {}", r.changes.summary());
+                for line in r.changes.details() {
+                    tracing::info!("  {line}");
+                }
+                self.telemetry.reloaded(true, r.changes.summary());
+            }
+            Err(e) => {
+                tracing::warn!(config = %self.path.display(), "reload refused, the running configuration stays: {e}");
+                self.telemetry.reloaded(false, e.clone());
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, String> {
+        let new = super::load_config(&self.path)?;
+        let restart = reload::needs_restart(&self.config, &new);
+        if !restart.is_empty() {
+            return Err(format!("{}: these changes need a restart (`systemctl restart fulcrum`):\n  {}", self.path.display(), restart.join("\n  ")));
+        }
+        let report = ReloadReport { config: self.path.display().to_string(), changes: reload::changes(&self.config, &new) };
+        if report.changes.is_empty() {
+            return Ok(report);
+        }
+        let (services, returns) = apply::build(&new, &self.net, &mut self.ids, &mut netinfo::next_hop_mac)?;
+        if services.vip_slots() > self.engine.max_vips || services.backend_slots() > self.engine.max_backends {
+            return Err(format!(
+                "{} VIPs and {} backends defined since start exceed the engine's {} and {}: restart the daemon",
+                services.vip_slots(),
+                services.backend_slots(),
+                self.engine.max_vips,
+                self.engine.max_backends
+            ));
+        }
+        let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services, &mut self.plugins)?;
+        let services = Arc::new(services);
+        let vips = vip_matches(&new);
+        // New VIPs and return traffic are steered before the workers switch,
+        // so none of a new flow's frames reach the kernel; stale entries go
+        // once no worker uses the old services.
+        self.steering.add(&vips, &returns)?;
+        let generation = self.dataplane.publish(&services);
+        if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
+            tracing::warn!(?behind, "workers have not switched to the new services yet");
+        }
+        self.steering.retain(&vips, &returns);
+        self.plugins.apply(Some(&self.config), &new, &services, &self.dataplane)?;
+        HealthControl::commit(&mut self.health, next);
+        self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
+        self.telemetry.set_services(services);
+        self.config = new;
+        Ok(report)
+    }
+
+    /// `fulcrum plugin load`: swaps a scheduler plugin in for a VIP's new
+    /// flows (until a reload changes that VIP's configured scheduler).
+    pub fn load_plugin(&mut self, vip: &str, path: &Path) -> Result<PluginLoaded, String> {
+        let v = self.config.vips.iter().find(|v| v.name() == vip).ok_or_else(|| format!("no vip {vip} (VIPs are named like 198.18.0.100:80/tcp)"))?;
+        let services = self.telemetry.services();
+        let id = plugins::vip_id(&services, v)?;
+        let (plugin, generation) = self.plugins.load(id, path, &services, &self.dataplane)?;
+        Ok(PluginLoaded { vip: vip.to_string(), plugin, generation })
+    }
+
+    pub fn status(&self) -> Status {
+        let vips = self
+            .config
+            .vips
+            .iter()
+            .map(|v| VipStatus {
+                name: v.name(),
+                mode: match v.mode {
+                    cfg::Mode::Nat => "nat",
+                    cfg::Mode::FullNat { .. } => "full-nat",
+                    cfg::Mode::Dsr => "dsr",
+                    cfg::Mode::Ipip { .. } => "ipip",
+                    cfg::Mode::Gue { .. } => "gue",
+                }
+                .into(),
+                scheduler: match &v.scheduler {
+                    cfg::Scheduler::Maglev => "maglev".into(),
+                    cfg::Scheduler::Plugin(p) => p.display().to_string(),
+                },
+                backends: v.backends.iter().map(|b| BackendStatus { name: backend_name(b.address, b.port), weight: b.weight }).collect(),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            config: self.path.display().to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            workers: self.workers,
+            xdp_mode: self.xdp_mode.to_string(),
+            interfaces: reload::interfaces(&self.config.topology),
+            metrics_listen: self.config.daemon.metrics_listen.to_string(),
+            reloads: self.telemetry.reloads(),
+            vips,
+        }
+    }
+
+    /// Per VIP and backend: packets, bytes and new flows summed over the
+    /// workers, then drops by reason and the workers' handoffs.
+    pub fn summary(&self) -> String {
+        let s = self.telemetry.stats();
+        let mut out = String::new();
+        for v in &s.vips {
+            let t = &v.traffic;
+            let _ = writeln!(
+                out,
+                "vip {}: packets={} bytes={} new_flows={} resets={} moved_clients={}",
+                v.name, t.packets, t.bytes, t.new_flows, t.resets, t.moved_clients
+            );
+            for b in &v.backends {
+                let t = &b.traffic;
+                let _ = write!(
+                    out,
+                    "  backend {}: state={} weight={} packets={} new_flows={} resets={} moved_clients={}",
+                    b.name, b.state, b.weight, t.packets, t.new_flows, t.resets, t.moved_clients
+                );
+                if let Some(c) = &b.checks {
+                    let _ = write!(out, " checks_passed={} checks_failed={} went_down={} went_up={}", c.passed, c.failed, c.went_down, c.went_up);
+                }
+                out.push('\n');
+            }
+        }
+        let drops: Vec<String> = s.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        let _ = writeln!(out, "drops: {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
+        let w = |f: fn(&super::api::WorkerReport) -> u64| s.workers.iter().map(f).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "workers: frames={} handed_out={} handoff_lost={} unsteerable={}",
+            w(|w| w.frames),
+            w(|w| w.handed_out),
+            w(|w| w.handoff_lost),
+            w(|w| w.unsteerable)
+        );
+        out
+    }
+
+    /// Stops the health checks and the workers, then detaches the programs.
+    pub fn stop(self) -> Result<(), String> {
+        drop(self.health);
+        let r = self.dataplane.stop().map_err(|e| e.to_string());
+        drop(self.steering);
+        r
+    }
+}

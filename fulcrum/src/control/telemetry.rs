@@ -1,0 +1,148 @@
+//! What the control plane reports, shared by the control thread (which
+//! reloads) and the metrics thread (which only reads): the services in
+//! force, every worker's counters, the reload history. The workers never
+//! touch the locks here: they write their own atomics, read from here.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fulcrum_dataplane::flow::key::ip_from16;
+use fulcrum_dataplane::packet::DropReason;
+use fulcrum_dataplane::services::{Services, backend_name, vip_name};
+use fulcrum_dataplane::stats::{self, Stats};
+use fulcrum_health::HealthStats;
+
+use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, Traffic, VipStats, WorkerReport};
+use crate::workers::WorkerStats;
+
+pub struct Telemetry {
+    services: Mutex<Arc<Services>>,
+    /// The health checks' counters, when any VIP has checks.
+    health: Mutex<Option<Arc<HealthStats>>>,
+    workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
+    table_capacity: u64,
+    reloads: Mutex<Reloads>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere cannot leave it half-updated.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn traffic(t: &[&stats::Traffic]) -> Traffic {
+    let sum = |f: fn(&stats::Traffic) -> u64| t.iter().map(|t| f(t)).sum();
+    Traffic {
+        packets: sum(|t| t.packets.get()),
+        bytes: sum(|t| t.bytes.get()),
+        new_flows: sum(|t| t.new_flows.get()),
+        resets: sum(|t| t.resets.get()),
+        moved_clients: sum(|t| t.moved_clients.get()),
+    }
+}
+
+impl Telemetry {
+    pub fn new(services: Arc<Services>, workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>, table_capacity: u64) -> Telemetry {
+        Telemetry { services: Mutex::new(services), health: Mutex::default(), workers, table_capacity, reloads: Mutex::default() }
+    }
+
+    pub fn set_services(&self, services: Arc<Services>) {
+        *lock(&self.services) = services;
+    }
+
+    pub fn set_health(&self, health: Option<Arc<HealthStats>>) {
+        *lock(&self.health) = health;
+    }
+
+    pub fn services(&self) -> Arc<Services> {
+        Arc::clone(&lock(&self.services))
+    }
+
+    pub fn reloaded(&self, applied: bool, message: String) {
+        let mut r = lock(&self.reloads);
+        *if applied { &mut r.applied } else { &mut r.refused } += 1;
+        let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        r.last = Some(LastReload { at, applied, message });
+    }
+
+    pub fn reloads(&self) -> Reloads {
+        lock(&self.reloads).clone()
+    }
+
+    /// The counters of the VIPs and backends in force, summed over the
+    /// workers (ids are stable, so a VIP's counts span reloads), and each
+    /// worker's own.
+    pub fn stats(&self) -> StatsReport {
+        let services = self.services();
+        let health = lock(&self.health).clone();
+        let engines: Vec<&Stats> = self.workers.iter().map(|(s, _)| &**s).collect();
+        let vips = services
+            .vips()
+            .map(|(id, vip)| {
+                let i = usize::from(id);
+                let drops = DropReason::ALL
+                    .iter()
+                    .map(|&r| (r.label().to_string(), engines.iter().map(|s| s.vip_drops[i].get(r)).sum::<u64>()))
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                let backends = vip
+                    .spec
+                    .backends
+                    .iter()
+                    .filter_map(|&bid| {
+                        let b = services.backend(bid)?;
+                        let j = usize::from(bid);
+                        let state = match (b.spec.up, b.spec.weight) {
+                            (false, _) => "down",
+                            (true, 0) => "draining",
+                            (true, _) => "up",
+                        };
+                        let checks = health.as_ref().and_then(|h| h.backend(bid)).map(|c| CheckCounters {
+                            passed: c.passed.get(),
+                            failed: c.failed.get(),
+                            went_down: c.went_down.get(),
+                            went_up: c.went_up.get(),
+                            rtt_us: c.rtt_us.load(std::sync::atomic::Ordering::Relaxed),
+                        });
+                        Some(BackendStats {
+                            name: backend_name(b.spec.addr, b.spec.port),
+                            state: state.into(),
+                            weight: b.spec.weight,
+                            traffic: traffic(&engines.iter().map(|s| &s.backends[j]).collect::<Vec<_>>()),
+                            checks,
+                        })
+                    })
+                    .collect();
+                let name = vip_name(ip_from16(&vip.addr), vip.spec.proto, vip.spec.port);
+                VipStats { name, traffic: traffic(&engines.iter().map(|s| &s.vips[i]).collect::<Vec<_>>()), drops, backends }
+            })
+            .collect();
+        let drops: BTreeMap<String, u64> = DropReason::ALL.iter().map(|&r| (r.label().to_string(), engines.iter().map(|s| s.drops.get(r)).sum())).collect();
+        let workers = self
+            .workers
+            .iter()
+            .map(|(e, w)| WorkerReport {
+                polls: w.polls.get(),
+                busy_polls: w.busy_polls.get(),
+                frames: w.frames.get(),
+                batch_sizes: w.batch_sizes.iter().map(stats::Counter::get).collect(),
+                handed_out: w.handed_out.get(),
+                handed_in: w.handed_in.get(),
+                handoff_lost: w.handoff_lost.get(),
+                unsteerable: w.unsteerable.get(),
+                connections: e.connections.get(),
+                connections_capacity: self.table_capacity,
+                evictions: e.evictions.get(),
+                expirations: e.expirations.get(),
+            })
+            .collect();
+        StatsReport {
+            vips,
+            drops,
+            passed: engines.iter().map(|s| s.passed.get()).sum(),
+            scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
+            health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
+            workers,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The fulcrum daemon, as a library for its binary and the lab tests:
+//! [`workers`] (per-core poll loops that run the data plane's engine over
+//! fulcrum-io's AF_XDP sockets) and [`control`] (from a configuration to
+//! running workers, reload, the control socket and its protocol, the
+//! metrics endpoint). `main.rs` adds the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod workers;

@@ -1,0 +1,210 @@
+//! The `fulcrum` daemon and its command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fulcrum::control::api::{Request, Response};
+use fulcrum::control::{client, load_config, server};
+use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT;
+use fulcrum_io::xdp::DecapProgram;
+use fulcrum_io::{XdpMode, netinfo};
+use fulcrum_plugin_host::replay::{self, ReplayOptions};
+
+#[derive(Parser)]
+#[command(name = "fulcrum", version, about = "Kernel-bypass L4 load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the balancer with a configuration file, until SIGINT or SIGTERM
+    /// (SIGHUP reloads the file).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and report every problem in it
+    /// (plugin files it names must exist too).
+    CheckConfig { file: PathBuf },
+    /// The running daemon: configuration file, workers, reloads, VIPs and
+    /// their backends.
+    Status(Target),
+    /// The running daemon's counters: per VIP and backend, drops, workers.
+    Stats(Target),
+    /// Make the running daemon re-read its configuration file and apply
+    /// what changed; a file that is invalid or needs a restart is refused
+    /// (with the reason) and the running configuration stays.
+    Reload(Target),
+    /// On a tunnel-mode backend: decapsulate IPIP and GUE sent to this
+    /// host's addresses on IFACE (for hosts without the ipip / fou modules).
+    Decap {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, default_value_t = GUE_DEFAULT_PORT)]
+        gue_port: u16,
+        #[arg(long, default_value = "auto", value_parser = parse_mode)]
+        xdp_mode: XdpMode,
+    },
+    /// WebAssembly scheduling plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Load FILE.wasm as a daemon would (ABI checks, smoke test), replay
+    /// synthetic new flows through it, and print how they spread over the
+    /// backends and how many move when backends fail.
+    Test {
+        file: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        backends: usize,
+        #[arg(long, default_value_t = 10_000)]
+        flows: usize,
+        /// Weights in backend order, comma-separated (missing ones are 1).
+        #[arg(long, value_delimiter = ',')]
+        weights: Vec<u32>,
+        /// Established connections per backend before the first flow.
+        #[arg(long, value_delimiter = ',')]
+        loads: Vec<u32>,
+        /// Backends (from 0) that fail in a second replay.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        fail: Vec<usize>,
+    },
+    /// Check each FILE.wasm against the plugin ABI as a daemon would load
+    /// it (imports, exports and signatures, version, state region, a smoke
+    /// test); exits non-zero at the first that fails.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Swap FILE.wasm in as the scheduler of a running daemon's VIP: it is
+    /// compiled, checked and smoke-tested off the data path, then every
+    /// worker uses it for new flows; established flows keep their backend.
+    Load {
+        /// The VIP, as `fulcrum status` names it: 198.18.0.100:80/tcp.
+        #[arg(long)]
+        vip: String,
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which daemon to talk to, and how to print its answer.
+#[derive(Args)]
+struct Target {
+    /// The daemon's control socket [default: /run/fulcrum/control.sock].
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Find the control socket in this configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_mode(s: &str) -> Result<XdpMode, String> {
+    s.parse().map_err(|e: fulcrum_io::IoError| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match Cli::parse().cmd {
+        Cmd::Run { config } => server::run(&config),
+        Cmd::CheckConfig { file } => load_config(&file).map(|c| println!("{}: ok ({} VIPs)", file.display(), c.vips.len())),
+        Cmd::Status(t) => ask(&t, Request::Status),
+        Cmd::Stats(t) => ask(&t, Request::Stats),
+        Cmd::Reload(t) => ask(&t, Request::Reload),
+        Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
+        Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
+            let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
+            replay::run(&file, &opts).map(|report| print!("{report}")).map_err(|e| format!("{}: {e}", file.display()))
+        }
+        Cmd::Plugin { cmd: PluginCmd::Check { files } } => files.iter().try_for_each(|file| {
+            replay::check(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }),
+        // The daemon runs elsewhere: give it the file's absolute path.
+        Cmd::Plugin { cmd: PluginCmd::Load { vip, file, target } } => {
+            file.canonicalize().map_err(|e| format!("{}: {e}", file.display())).and_then(|path| ask(&target, Request::PluginLoad { vip, path }))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fulcrum: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ask(t: &Target, req: Request) -> Result<(), String> {
+    let socket = match (&t.socket, &t.config) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => fulcrum_config::load(c).map_err(|e| format!("invalid configuration:\n{e}"))?.daemon.control_socket,
+        (None, None) => PathBuf::from(fulcrum_config::DEFAULT_CONTROL_SOCKET),
+    };
+    let response = client::request(&socket, &req)?;
+    if let Response::Error(e) = response {
+        return Err(e);
+    }
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&response).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    match response {
+        Response::Status(s) => print!("{}", s.table()),
+        Response::Stats(s) => print!("{}", s.table()),
+        Response::Reloaded(r) => {
+            println!("reloaded {}: {}", r.config, r.changes.summary());
+            for line in r.changes.details() {
+                println!("  {line}");
+            }
+        }
+        Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
+        Response::Error(_) => {}
+    }
+    Ok(())
+}
+
+/// A flag set by SIGINT or SIGTERM.
+fn stop_flag() -> Result<Arc<AtomicBool>, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("installing a signal handler: {e}"))?;
+    }
+    Ok(stop)
+}
+
+fn wait(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn decap(iface: &str, gue_port: u16, mode: XdpMode) -> Result<(), String> {
+    let stop = stop_flag()?;
+    let mut prog = DecapProgram::attach(iface, mode, gue_port).map_err(|e| e.to_string())?;
+    for a in netinfo::iface_addrs(iface)? {
+        prog.add_local_addr(a).map_err(|e| e.to_string())?;
+    }
+    println!("ready iface={iface} gue_port={gue_port} xdp_mode={}", prog.mode());
+    wait(&stop);
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Per-core poll loops. A worker owns the I/O of one rx queue (its sockets
+//! on every interface) and one `Engine` with its connection-table shard. It
+//! polls in batches, takes control messages and frames handed over by other
+//! workers between batches, and hands on NAT return traffic it does not own.
+//! Everything crossing threads goes through bounded crossbeam channels:
+//! preallocated, lock-free, nothing allocated per packet.
+
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded};
+use fulcrum_dataplane::engine::{Engine, EngineConfig};
+use fulcrum_dataplane::flow::sticky::StickyTable;
+use fulcrum_dataplane::sched::Scheduler;
+use fulcrum_dataplane::services::Services;
+use fulcrum_dataplane::stats::Stats;
+use fulcrum_dataplane::types::VipId;
+use fulcrum_io::{IoError, PacketIo};
+
+pub use worker::{BATCH_BUCKETS, Handoff, Worker, WorkerStats};
+
+/// Frames one worker may have waiting from the others.
+const HANDOFF_QUEUE: usize = 1024;
+const CONTROL_QUEUE: usize = 64;
+
+/// A change the control plane sends to every worker.
+pub enum Control {
+    /// A service snapshot and its generation, which the worker reports in
+    /// `WorkerStats::generation` once it runs it.
+    Services(Arc<Services>, u64),
+    /// A VIP's scheduler for new flows (`None`: back to Maglev).
+    Scheduler(VipId, Option<Box<dyn Scheduler>>),
+}
+
+/// Builds a worker's scheduler: each worker needs its own instance.
+pub type SchedulerFactory = dyn Fn(u16) -> Option<Box<dyn Scheduler>> + Send + Sync;
+
+/// A worker and the sender of its control messages.
+pub type Wired<I> = (Worker<I>, Sender<Control>);
+
+/// Running workers and the handles the control plane keeps.
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    control: Vec<Sender<Control>>,
+    /// Of the last publication (the initial services are generation 0).
+    generation: AtomicU64,
+    threads: Vec<JoinHandle<Result<(), IoError>>>,
+    /// Per worker: the engine's counters and the loop's own.
+    pub stats: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
+}
+
+impl Dataplane {
+    /// Wires the workers together (worker i gets `ios[i]`) without
+    /// starting them: the caller decides where they run.
+    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<Wired<I>>, String> {
+        let n = u16::try_from(ios.len()).map_err(|_| format!("{} workers: at most {}", ios.len(), u16::MAX))?;
+        let (inboxes, mailboxes): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| {
+                let (tx, rx) = bounded::<Handoff>(HANDOFF_QUEUE);
+                (tx, rx)
+            })
+            .unzip();
+        let peers: Arc<[Sender<Handoff>]> = inboxes.into();
+        // Session persistence: one sticky table and one clock for all.
+        let sticky = Arc::new(StickyTable::new(cfg.sticky_clients));
+        let clock = Instant::now();
+        ios.into_iter()
+            .zip(mailboxes)
+            .enumerate()
+            .map(|(i, (io, inbox))| {
+                let engine = Engine::with_sticky(EngineConfig { worker: i as u16, workers: n, ..cfg }, Arc::clone(services), Arc::clone(&sticky))?;
+                let (ctl_tx, ctl_rx) = bounded(CONTROL_QUEUE);
+                Ok((Worker::new(i as u16, io, engine, inbox, Arc::clone(&peers), ctl_rx, clock), ctl_tx))
+            })
+            .collect()
+    }
+
+    /// Starts one thread per worker; worker i is pinned to CPU `cpus[i]`
+    /// when given.
+    pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, cpus: &[usize]) -> Result<Dataplane, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), generation: AtomicU64::new(0), threads: Vec::new(), stats: Vec::new() };
+        for (i, (worker, ctl)) in Self::workers(ios, cfg, services)?.into_iter().enumerate() {
+            dp.stats.push((Arc::clone(worker.engine_stats()), Arc::clone(worker.stats())));
+            dp.control.push(ctl);
+            let (stop, core) = (Arc::clone(&stop), cpus.get(i).map(|&id| core_affinity::CoreId { id }));
+            let thread = std::thread::Builder::new()
+                .name(format!("fulcrum-w{i}"))
+                .spawn(move || {
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core)
+                    {
+                        tracing::warn!(worker = i, cpu = core.id, "could not pin the worker");
+                    }
+                    worker.run(&stop)
+                })
+                .map_err(|e| format!("starting worker {i}: {e}"))?;
+            dp.threads.push(thread);
+        }
+        Ok(dp)
+    }
+
+    /// Publishes a new service snapshot to every worker; its generation.
+    pub fn publish(&self, services: &Arc<Services>) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        for c in &self.control {
+            // A full queue means the worker is far behind; the next
+            // publication carries the newest snapshot anyway.
+            let _ = c.try_send(Control::Services(Arc::clone(services), generation));
+        }
+        generation
+    }
+
+    /// Waits up to `timeout` until every worker runs publication
+    /// `generation` or a later one; the workers that do not.
+    pub fn wait_applied(&self, generation: u64, timeout: Duration) -> Result<(), Vec<usize>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind: Vec<usize> = self.stats.iter().enumerate().filter(|(_, (_, w))| w.generation.get() < generation).map(|(i, _)| i).collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(behind);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Gives every worker its own instance of a VIP's scheduler.
+    pub fn set_scheduler(&self, vip: VipId, make: &SchedulerFactory) {
+        for (i, c) in self.control.iter().enumerate() {
+            let _ = c.try_send(Control::Scheduler(vip, make(i as u16)));
+        }
+    }
+
+    /// Stops the workers and waits for them; the first worker error.
+    pub fn stop(self) -> Result<(), IoError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = Ok(());
+        for t in self.threads {
+            let r = t.join().unwrap_or_else(|_| Err(IoError::InvalidArgument("a worker panicked".into())));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}

@@ -1,0 +1,66 @@
+//! Health checks, off the data path.
+//!
+//! One thread (`fulcrum-health`, [`monitor`]) runs every check of every
+//! backend: nonblocking sockets, one epoll set, a timer heap; no check
+//! blocks another. Per backend it keeps the configured interval, timeout
+//! and rise/fall streaks, asks the VIP's health policy
+//! (`fulcrum_dataplane::health_policy::Policy`: the native rise/fall rule
+//! or a plugin) what a result means, and reports transitions to the
+//! control plane, which publishes new services to the workers. Nothing
+//! here runs per packet. The sockets and the epoll set are fulcrum-io's.
+//!
+//! The checks, one module each:
+//! - [`icmp`]: ICMP / ICMPv6 echo over one raw socket per family.
+//! - [`stream`]: TCP connect (three-way handshake, then FIN) and, over the
+//!   same connection driver, the HTTP checks of [`http`] (a status in a
+//!   range; optionally a string in the body).
+//! - [`half_open`]: SYN from a raw socket, SYN-ACK expected, RST sent back
+//!   by the checker; [`rst_guard`] keeps the kernel's own RST (it knows no
+//!   such connection) off the wire with an nftables rule.
+
+#![forbid(unsafe_code)]
+
+pub mod half_open;
+pub mod http;
+pub mod icmp;
+pub mod monitor;
+pub mod rst_guard;
+pub mod stream;
+
+use std::{fmt, io};
+
+pub use fulcrum_io::sock::route_source;
+pub use monitor::{CheckStats, HealthMonitor, HealthStats, Member, Pool, Transition};
+
+/// Why a check failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within the timeout.
+    Timeout,
+    /// A system call failed or the peer refused or reset: the errno.
+    Os(i32),
+    /// The HTTP status was outside the expected range.
+    Status(u16),
+    /// The HTTP body lacked the expected string.
+    ContentMissing,
+    /// The answer was not an HTTP response, or ended before its status.
+    BadResponse,
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Os(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Os(e) => write!(f, "{}", io::Error::from_raw_os_error(*e)),
+            Failure::Status(s) => write!(f, "HTTP status {s}"),
+            Failure::ContentMissing => f.write_str("expected content missing"),
+            Failure::BadResponse => f.write_str("not an HTTP response"),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! One live plugin instance: a store, the typed exports, the state region
+//! and the host's copy of the rows it last wrote there. Every call goes
+//! through [`call`], which sets the fuel and the CPU-time budget first.
+
+use std::fmt;
+use std::time::Duration;
+
+use fulcrum_dataplane::flow::FlowKey;
+use fulcrum_dataplane::sched::BackendState;
+use wasmtime::{Memory, Store, StoreContextMut, StoreLimits, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
+
+use crate::abi::{self, ABI_VERSION, HEALTH_UP, HealthArgs, MAGIC, Row};
+use crate::runtime::{Budget, HostConfig, LoadError, PluginInner};
+
+/// A plugin call that went wrong. The flow falls back to native Maglev
+/// and the fault is counted against the plugin.
+#[derive(Debug)]
+pub enum Fault {
+    /// A trap: out of fuel or CPU time, out-of-bounds access,
+    /// `unreachable`, stack overflow, memory growth past the cap.
+    Trap { call: &'static str, error: wasmtime::Error },
+    /// `lb_pick` answered neither -1 nor a row index below `n`.
+    BadIndex { index: i32, n: usize },
+    /// `lb_pick` chose a row that is down or drained.
+    Ineligible { index: usize },
+    /// `lb_health` set reserved bits.
+    BadHealth(u32),
+    /// No instance could be made (for example every pool slot is taken).
+    Instantiate(String),
+}
+
+impl Fault {
+    /// Whether the instance must be discarded: after a trap its memory may
+    /// be half-written.
+    pub fn discards_instance(&self) -> bool {
+        matches!(self, Fault::Trap { .. } | Fault::Instantiate(_))
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Trap { call, error } => match error.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => write!(f, "`{call}` ran past its CPU-time limit"),
+                Some(trap) => write!(f, "`{call}` trapped: {trap}"),
+                None => write!(f, "`{call}` failed: {error:#}"),
+            },
+            Fault::BadIndex { index, n } => write!(f, "`lb_pick` returned {index} for a pool of {n}"),
+            Fault::Ineligible { index } => write!(f, "`lb_pick` chose row {index}, which is down or drained"),
+            Fault::BadHealth(v) => write!(f, "`lb_health` returned {v:#x}: bits 17..31 must be 0"),
+            Fault::Instantiate(e) => write!(f, "cannot instantiate: {e}"),
+        }
+    }
+}
+
+struct Exports {
+    memory: Memory,
+    pick: TypedFunc<i32, i32>,
+    update: Option<TypedFunc<i32, ()>>,
+    health: Option<TypedFunc<HealthArgs, i32>>,
+}
+
+/// Per-store data: the memory cap and the current call's CPU budget.
+pub(crate) struct Sandbox {
+    limits: StoreLimits,
+    cpu_limit: Duration,
+    /// The thread's CPU time at the first epoch tick inside the call.
+    cpu_mark: Option<Duration>,
+}
+
+/// Runs when the epoch ticks during a call: marks the thread's CPU time at
+/// the first tick, interrupts once the call has used its limit since.
+fn on_epoch_tick(mut ctx: StoreContextMut<'_, Sandbox>) -> wasmtime::Result<UpdateDeadline> {
+    // A system call: read only when the epoch ticks during a call, never
+    // per call.
+    let now = fulcrum_io::thread_cpu_time();
+    let s = ctx.data_mut();
+    match s.cpu_mark {
+        Some(mark) if now.saturating_sub(mark) >= s.cpu_limit => Ok(UpdateDeadline::Interrupt),
+        Some(_) => Ok(UpdateDeadline::Continue(1)),
+        None => {
+            s.cpu_mark = Some(now);
+            Ok(UpdateDeadline::Continue(1))
+        }
+    }
+}
+
+/// Every guest call: fuel and the CPU budget first, so that no call, not
+/// even the first one on a fresh store, runs unbounded.
+fn call<P: WasmParams, R: WasmResults>(store: &mut Store<Sandbox>, f: &TypedFunc<P, R>, args: P, budget: Budget, name: &'static str) -> Result<R, Fault> {
+    let trap = |error| Fault::Trap { call: name, error };
+    store.set_fuel(budget.fuel).map_err(trap)?;
+    let s = store.data_mut();
+    (s.cpu_limit, s.cpu_mark) = (budget.cpu, None);
+    store.set_epoch_deadline(1);
+    f.call(store, args).map_err(trap)
+}
+
+pub(crate) struct Live {
+    store: Store<Sandbox>,
+    exports: Exports,
+    /// Address of the state region (range-checked at instantiation).
+    region: usize,
+    cap: usize,
+    /// What rows `0..rows.len()` of this instance's memory hold.
+    rows: Vec<Row>,
+    /// `lb_update` must run before the next pick.
+    update_owed: bool,
+}
+
+impl Live {
+    /// Instantiates and checks the state region (ABI.md §3 steps 2-4).
+    pub fn new(plugin: &PluginInner) -> Result<Live, LoadError> {
+        let cfg = plugin.runtime.config();
+        let sandbox = Sandbox { limits: plugin.store_limits(), cpu_limit: Duration::ZERO, cpu_mark: None };
+        let mut store = Store::new(plugin.runtime.engine(), sandbox);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(on_epoch_tick);
+        // Instantiation runs no guest code (no start function); every call
+        // sets its own fuel and deadline.
+        store.set_fuel(0).map_err(|e| LoadError::Instantiate(e.to_string()))?;
+        store.set_epoch_deadline(1);
+        let instance = plugin.pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let typed = |store: &mut Store<Sandbox>, name| instance.get_typed_func::<(), i32>(store, name);
+        let bad = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
+        let version = typed(&mut store, "lb_abi_version").map_err(bad)?;
+        let state_ptr = typed(&mut store, "lb_state_ptr").map_err(bad)?;
+        let state_cap = typed(&mut store, "lb_state_cap").map_err(bad)?;
+        let exports = Exports {
+            memory: instance.get_memory(&mut store, "memory").ok_or(LoadError::MissingExport("memory"))?,
+            pick: instance.get_typed_func(&mut store, "lb_pick").map_err(bad)?,
+            update: if plugin.has_update { Some(instance.get_typed_func(&mut store, "lb_update").map_err(bad)?) } else { None },
+            health: if plugin.has_health { Some(instance.get_typed_func(&mut store, "lb_health").map_err(bad)?) } else { None },
+        };
+        let mut live = Live { store, exports, region: 0, cap: 0, rows: Vec::new(), update_owed: true };
+        let small = cfg.small_budget();
+        let version = call(&mut live.store, &version, (), small, "lb_abi_version").map_err(LoadError::Smoke)? as u32;
+        if version != ABI_VERSION {
+            return Err(LoadError::AbiVersion(version));
+        }
+        let ptr = u64::from(call(&mut live.store, &state_ptr, (), small, "lb_state_ptr").map_err(LoadError::Smoke)? as u32);
+        let cap = call(&mut live.store, &state_cap, (), small, "lb_state_cap").map_err(LoadError::Smoke)? as u32;
+        live.check_region(ptr, cap)?;
+        live.region = ptr as usize;
+        live.cap = cap as usize;
+        Ok(live)
+    }
+
+    /// ABI.md §3 step 4, in 64-bit arithmetic. Memory never shrinks and
+    /// the region never moves, so this holds for the instance's life.
+    fn check_region(&self, ptr: u64, cap: u32) -> Result<(), LoadError> {
+        if !ptr.is_multiple_of(8) {
+            return Err(LoadError::StateRegion(format!("address {ptr:#x} is not 8-byte aligned")));
+        }
+        if cap == 0 {
+            return Err(LoadError::StateRegion("lb_state_cap() is 0: no room for a backend".into()));
+        }
+        let memory = self.exports.memory.data(&self.store);
+        let end = ptr + abi::region_len(cap);
+        if end > memory.len() as u64 {
+            return Err(LoadError::StateRegion(format!("{ptr:#x}..{end:#x} ({cap} rows) is past the end of memory ({} bytes)", memory.len())));
+        }
+        let at = ptr as usize;
+        let mut bytes = [0u8; abi::HEADER_SIZE];
+        bytes.copy_from_slice(&memory[at..at + abi::HEADER_SIZE]);
+        let header = abi::Header::read(&bytes);
+        let want = abi::Header { magic: MAGIC, abi_version: ABI_VERSION, cap, row_size: abi::ROW_SIZE as u32 };
+        if header != want {
+            return Err(LoadError::Header(format!(
+                "read magic {:#010x}, version {}, cap {}, row size {}; expected magic {MAGIC:#010x}, version {ABI_VERSION}, cap {cap}, row size {}",
+                header.magic,
+                header.abi_version,
+                header.cap,
+                header.row_size,
+                abi::ROW_SIZE
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Brings rows `0..n` of guest memory up to date with `backends`,
+    /// writing only the rows that changed, and the flow record if given;
+    /// then runs `lb_update` if the set, a weight or a health state changed
+    /// (ABI.md §2, §5). The caller ensures `n <= cap`.
+    fn sync(&mut self, cfg: &HostConfig, backends: &[BackendState], flow: Option<&[u8; abi::FLOW_SIZE]>) -> Result<(), Fault> {
+        let n = backends.len();
+        if n != self.rows.len() {
+            self.update_owed = true;
+            self.rows.resize(n, Row::UNWRITTEN);
+        }
+        let start = self.region;
+        // One borrow of guest memory per pick: looking it up is not free.
+        let memory = self.exports.memory.data_mut(&mut self.store);
+        let Some(region) = memory.get_mut(start..start + abi::ROWS_OFFSET + abi::ROW_SIZE * n) else {
+            return Err(Fault::Instantiate("state region outside memory".into()));
+        };
+        if let Some(record) = flow {
+            region[abi::FLOW_OFFSET..abi::FLOW_OFFSET + abi::FLOW_SIZE].copy_from_slice(record);
+        }
+        let rows = region[abi::ROWS_OFFSET..].chunks_exact_mut(abi::ROW_SIZE);
+        for ((b, old), dst) in backends.iter().zip(self.rows.iter_mut()).zip(rows) {
+            let row = Row::new(b);
+            if row == *old {
+                continue;
+            }
+            self.update_owed |= old.placement_differs(&row);
+            *old = row;
+            row.write(dst);
+        }
+        if self.update_owed {
+            if let Some(update) = &self.exports.update {
+                call(&mut self.store, update, n as i32, cfg.update_budget(), "lb_update")?;
+            }
+            self.update_owed = false;
+        }
+        Ok(())
+    }
+
+    /// One decision (ABI.md §4): `Ok(None)` when the plugin declines or
+    /// the pool is larger than the plugin's capacity (the control plane
+    /// refuses such a pool at load; a reload may still grow it).
+    pub fn pick(&mut self, cfg: &HostConfig, flow: &FlowKey, hash: u64, backends: &[BackendState]) -> Result<Option<usize>, Fault> {
+        let n = backends.len();
+        if n > self.cap {
+            return Ok(None);
+        }
+        self.sync(cfg, backends, Some(&abi::flow_record(flow, hash)))?;
+        match call(&mut self.store, &self.exports.pick, n as i32, cfg.pick_budget(n), "lb_pick")? {
+            -1 => Ok(None),
+            r if r >= 0 && (r as usize) < n => {
+                let i = r as usize;
+                if backends[i].usable() { Ok(Some(i)) } else { Err(Fault::Ineligible { index: i }) }
+            }
+            index => Err(Fault::BadIndex { index, n }),
+        }
+    }
+
+    /// `lb_health` (ABI.md §6), or `None` when the plugin has none. Rows
+    /// are synced first: the policy may read its backend's row.
+    pub fn health(&mut self, cfg: &HostConfig, backends: &[BackendState], args: HealthArgs) -> Result<Option<u32>, Fault> {
+        if self.exports.health.is_none() {
+            return Ok(None);
+        }
+        if backends.len() <= self.cap {
+            self.sync(cfg, backends, None)?;
+        }
+        let Some(health) = &self.exports.health else { return Ok(None) };
+        let v = call(&mut self.store, health, args, cfg.small_budget(), "lb_health")? as u32;
+        if v >> 17 != 0 { Err(Fault::BadHealth(v)) } else { Ok(Some(v & (HEALTH_UP | 0xffff))) }
+    }
+}

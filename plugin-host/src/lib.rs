@@ -1,0 +1,43 @@
+//! The WebAssembly plugin host: scheduling and health-policy plugins that
+//! follow `plugin-sdk/ABI.md` (version 1), run by wasmtime.
+//!
+//! - The control thread loads a plugin ([`PluginRuntime::load`]): compile,
+//!   check imports, exports and signatures, the ABI version, the state
+//!   region and its capacity, then a smoke `lb_update`/`lb_pick` over the
+//!   VIP's pool. Errors are typed ([`LoadError`]) and say what is wrong.
+//! - It publishes the plugin in the VIP's [`PluginSlot`]; each worker runs a
+//!   [`WasmScheduler`] from [`PluginSlot::scheduler`]: its own store and
+//!   instance, typed calls of plain core-module exports, the backend rows
+//!   kept in guest memory and rewritten only when they change, `lb_update`
+//!   only when the set, a weight or a health state changed. `lb_update`
+//!   runs on the worker, at its first pick after such a change: for the
+//!   maglev plugin's table rebuild that is milliseconds, once per worker
+//!   per change, which keeps the design simple; building it on the control
+//!   thread and publishing the instance (ABI.md §5) is the way out if it
+//!   ever matters.
+//! - Sandbox: fuel per call, a CPU-time limit as a backstop (checked at the
+//!   ticks of one shared epoch thread), a memory cap (growing past it
+//!   traps), a native stack cap, no imports. A fault (trap, exhausted fuel
+//!   or CPU time, invalid or ineligible answer) makes that flow fall back to native Maglev and is counted; a
+//!   trap also discards the instance; `K` faults within a window
+//!   quarantine the version (one log line) until a new one is published.
+//! - Hot swap: publishing bumps the slot's generation; a worker compares it
+//!   once per pick (one atomic load) and re-instantiates when it changed.
+//! - [`HealthPolicy`]: a health-policy `Policy` from `lb_health`, or the native
+//!   rise/fall rule.
+//! - [`replay`]: synthetic flows through a plugin, for plugin authors.
+
+#![forbid(unsafe_code)]
+
+mod abi;
+mod health;
+mod instance;
+pub mod replay;
+mod runtime;
+mod slot;
+
+pub use abi::ABI_VERSION;
+pub use health::HealthPolicy;
+pub use instance::Fault;
+pub use runtime::{HostConfig, LoadError, Plugin, PluginRuntime};
+pub use slot::{PluginSlot, PluginStats, WasmScheduler};

@@ -44,7 +44,8 @@
 //! ```
 //!
 //! The exports exist only when compiling for wasm32; natively the same
-//! source is an ordinary library whose functions tests call directly.
+//! source is an ordinary library whose functions tests call directly, most
+//! simply through `testing::choose` (cargo feature `testing`).
 //! `ABI.md` next to this crate is the normative description of the ABI.
 
 #![no_std]
@@ -59,6 +60,10 @@ mod backends;
 mod health;
 #[doc(hidden)]
 pub mod rt;
+// Test helpers for plugin crates (their dev-dependency enables the feature);
+// always built for the SDK's own tests so they cannot rot.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use abi::{ABI_VERSION, Backend, CAPACITY, Flow, Header, MAGIC, StateRegion};
 pub use backends::{Backends, Choice};

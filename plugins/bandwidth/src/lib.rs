@@ -16,30 +16,27 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick);
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
-
-    fn choose(rows: &[Backend]) -> Option<usize> {
-        pick(&Flow::default(), &Backends::new(rows)).index()
-    }
+    use fulcrum_plugin_sdk::testing::choose;
 
     #[test]
     fn prefers_the_least_loaded_per_weight() {
         // 50 MB/s at weight 1 is busier than 120 MB/s at weight 4.
         let rows = [Backend::new(1, 1).with_bytes_per_sec(50_000_000), Backend::new(2, 4).with_bytes_per_sec(120_000_000)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
         let rows = [Backend::new(1, 1).with_bytes_per_sec(20_000_000), Backend::new(2, 4).with_bytes_per_sec(120_000_000)];
-        assert_eq!(choose(&rows), Some(0));
+        assert_eq!(choose(pick, &rows), Some(0));
     }
 
     #[test]
     fn ignores_connection_counts_and_handles_extreme_rates() {
         let rows = [Backend::new(1, 1).with_active(1).with_bytes_per_sec(u64::MAX), Backend::new(2, 1).with_active(900).with_bytes_per_sec(u64::MAX - 1)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 
     #[test]
     fn skips_down_and_drained() {
         let rows = [Backend::new(1, 1).down(), Backend::new(2, 0), Backend::new(3, 1).with_bytes_per_sec(1 << 40)];
-        assert_eq!(choose(&rows), Some(2));
-        assert_eq!(choose(&rows[..2]), None);
+        assert_eq!(choose(pick, &rows), Some(2));
+        assert_eq!(choose(pick, &rows[..2]), None);
     }
 }

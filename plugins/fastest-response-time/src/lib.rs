@@ -17,29 +17,26 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick);
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
-
-    fn choose(rows: &[Backend]) -> Option<usize> {
-        pick(&Flow::default(), &Backends::new(rows)).index()
-    }
+    use fulcrum_plugin_sdk::testing::choose;
 
     #[test]
     fn picks_the_fastest() {
         let rows = [Backend::new(1, 1).with_rtt_us(900), Backend::new(2, 1).with_rtt_us(250).with_active(40), Backend::new(3, 1).with_rtt_us(300)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 
     #[test]
     fn unmeasured_backends_come_last_and_ties_use_load() {
         let rows = [Backend::new(1, 1), Backend::new(2, 1).with_rtt_us(5000).with_active(3), Backend::new(3, 1).with_rtt_us(5000).with_active(1)];
-        assert_eq!(choose(&rows), Some(2));
+        assert_eq!(choose(pick, &rows), Some(2));
         let unmeasured = [Backend::new(1, 1).with_active(2), Backend::new(2, 1).with_active(1)];
-        assert_eq!(choose(&unmeasured), Some(1));
+        assert_eq!(choose(pick, &unmeasured), Some(1));
     }
 
     #[test]
     fn skips_down_and_drained() {
         let rows = [Backend::new(1, 1).with_rtt_us(1).down(), Backend::new(2, 0).with_rtt_us(1), Backend::new(3, 1).with_rtt_us(80_000)];
-        assert_eq!(choose(&rows), Some(2));
-        assert_eq!(choose(&rows[..2]), None);
+        assert_eq!(choose(pick, &rows), Some(2));
+        assert_eq!(choose(pick, &rows[..2]), None);
     }
 }

@@ -17,6 +17,7 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fulcrum_plugin_sdk::testing::choose_for;
     use fulcrum_plugin_sdk::{Backend, mix64};
 
     const FLOWS: u64 = 40_000;
@@ -41,7 +42,7 @@ mod tests {
         let rows = [Backend::new(1, 1), Backend::new(2, 2), Backend::new(3, 1), Backend::new(4, 4)];
         let mut n = [0u64; 4];
         for k in 0..FLOWS {
-            n[pick(&flow(k), &Backends::new(&rows)).index().unwrap()] += 1;
+            n[choose_for(pick, &flow(k), &rows).unwrap()] += 1;
         }
         for (n, want) in n.into_iter().zip([5_000, 10_000, 5_000, 20_000]) {
             assert!(n.abs_diff(want) <= want / 20, "{n} vs {want}");
@@ -52,8 +53,8 @@ mod tests {
     fn skips_down_and_drained() {
         let rows = [Backend::new(1, 1).down(), Backend::new(2, 1), Backend::new(3, 0)];
         for k in 0..1000 {
-            assert_eq!(pick(&flow(k), &Backends::new(&rows)), Choice::Backend(1));
+            assert_eq!(choose_for(pick, &flow(k), &rows), Some(1));
         }
-        assert_eq!(pick(&flow(1), &Backends::new(&[rows[0], rows[2]])), Choice::NoChoice);
+        assert_eq!(choose_for(pick, &flow(1), &[rows[0], rows[2]]), None);
     }
 }

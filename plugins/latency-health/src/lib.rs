@@ -39,6 +39,7 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick, health: health);
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
+    use fulcrum_plugin_sdk::testing::choose;
 
     fn check(ok: bool, latency_us: u32, successes: u32, failures: u32, up: bool, configured_weight: u16) -> HealthVerdict {
         let current = HealthVerdict { up, weight: configured_weight };
@@ -65,6 +66,6 @@ mod tests {
     #[test]
     fn schedules_by_connections_per_weight() {
         let rows = [Backend::new(1, 1).with_active(3), Backend::new(2, 4).with_active(8), Backend::new(3, 9).down()];
-        assert_eq!(pick(&Flow::default(), &Backends::new(&rows)), Choice::Backend(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 }

@@ -16,28 +16,25 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick);
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
-
-    fn choose(rows: &[Backend]) -> Option<usize> {
-        pick(&Flow::default(), &Backends::new(rows)).index()
-    }
+    use fulcrum_plugin_sdk::testing::choose;
 
     #[test]
     fn picks_the_minimum() {
         let rows = [Backend::new(1, 1).with_active(7), Backend::new(2, 1).with_active(3), Backend::new(3, 9).with_active(5)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 
     #[test]
     fn ties_go_to_the_lowest_index() {
         let rows = [Backend::new(1, 1).with_active(4), Backend::new(2, 1).with_active(2), Backend::new(3, 1).with_active(2)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 
     #[test]
     fn skips_down_and_drained() {
         let rows = [Backend::new(1, 1).with_active(0).down(), Backend::new(2, 0).with_active(0), Backend::new(3, 1).with_active(50)];
-        assert_eq!(choose(&rows), Some(2));
-        assert_eq!(choose(&rows[..2]), None);
-        assert_eq!(choose(&[]), None);
+        assert_eq!(choose(pick, &rows), Some(2));
+        assert_eq!(choose(pick, &rows[..2]), None);
+        assert_eq!(choose(pick, &[]), None);
     }
 }

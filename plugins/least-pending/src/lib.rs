@@ -17,29 +17,26 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick);
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
-
-    fn choose(rows: &[Backend]) -> Option<usize> {
-        pick(&Flow::default(), &Backends::new(rows)).index()
-    }
+    use fulcrum_plugin_sdk::testing::choose;
 
     #[test]
     fn counts_half_open_connections() {
         // Fewer established connections but a backlog of handshakes loses.
         let rows = [Backend::new(1, 1).with_active(5).with_pending(20), Backend::new(2, 1).with_active(10).with_pending(1)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 
     #[test]
     fn weighs_load_by_weight() {
         // (8+4)/4 = 3 beats (3+1)/1 = 4.
         let rows = [Backend::new(1, 1).with_active(3).with_pending(1), Backend::new(2, 4).with_active(8).with_pending(4)];
-        assert_eq!(choose(&rows), Some(1));
+        assert_eq!(choose(pick, &rows), Some(1));
     }
 
     #[test]
     fn skips_down_and_drained_and_breaks_ties_by_index() {
         let rows = [Backend::new(1, 1).down(), Backend::new(2, 0), Backend::new(3, 1).with_pending(2), Backend::new(4, 1).with_active(2)];
-        assert_eq!(choose(&rows), Some(2));
-        assert_eq!(choose(&rows[..2]), None);
+        assert_eq!(choose(pick, &rows), Some(2));
+        assert_eq!(choose(pick, &rows[..2]), None);
     }
 }

@@ -40,10 +40,10 @@ fulcrum_plugin_sdk::export_plugin! {
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
+    use fulcrum_plugin_sdk::testing::choose;
 
     fn picks<const K: usize>(rr: &mut RoundRobin, rows: &[Backend]) -> [Option<usize>; K] {
-        let flow = Flow::default();
-        core::array::from_fn(|_| rr.pick(&flow, &Backends::new(rows)).index())
+        core::array::from_fn(|_| choose(|f, b| rr.pick(f, b), rows))
     }
 
     #[test]

@@ -18,6 +18,7 @@ fulcrum_plugin_sdk::export_plugin!(pick: pick);
 mod tests {
     use super::*;
     use fulcrum_plugin_sdk::Backend;
+    use fulcrum_plugin_sdk::testing::choose_for;
 
     const CLIENTS: u32 = 40_000;
 
@@ -29,7 +30,7 @@ mod tests {
     fn counts(rows: &[Backend]) -> [u32; 4] {
         let mut n = [0; 4];
         for c in 0..CLIENTS {
-            n[pick(&client(c, 1000, 0), &Backends::new(rows)).index().unwrap()] += 1;
+            n[choose_for(pick, &client(c, 1000, 0), rows).unwrap()] += 1;
         }
         n
     }
@@ -65,6 +66,6 @@ mod tests {
         let n = counts(&rows);
         assert_eq!((n[1], n[2]), (0, 0));
         assert!(n[0].abs_diff(20_000) <= 1_000 && n[3].abs_diff(20_000) <= 1_000, "{n:?}");
-        assert_eq!(pick(&client(1, 1, 1), &Backends::new(&rows[1..3])), Choice::NoChoice);
+        assert_eq!(choose_for(pick, &client(1, 1, 1), &rows[1..3]), None);
     }
 }

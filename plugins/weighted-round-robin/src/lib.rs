@@ -63,11 +63,12 @@ mod tests {
     extern crate std;
     use super::*;
     use fulcrum_plugin_sdk::Backend;
+    use fulcrum_plugin_sdk::testing::choose;
     use std::boxed::Box;
     use std::vec::Vec;
 
     fn run(wrr: &mut SmoothWrr, rows: &[Backend], k: usize) -> Vec<Option<usize>> {
-        (0..k).map(|_| wrr.pick(&Flow::default(), &Backends::new(rows)).index()).collect()
+        (0..k).map(|_| choose(|f, b| wrr.pick(f, b), rows)).collect()
     }
 
     #[test]

@@ -577,8 +577,8 @@ fn check_files_names_each_plugin_that_cannot_be_opened() {
     assert_eq!(
         bad,
         format!(
-            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/missing.wasm: no such file\n\
-             {origin}: vip 198.18.0.100:80/tcp: health.policy: cannot open plugin {d}/sub.wasm: not a regular file"
+            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/missing.wasm: No such file or directory (os error 2)\n\
+             {origin}: vip 198.18.0.100:80/tcp: health.policy: cannot open plugin {d}/sub.wasm: not a regular file (a directory)"
         )
     );
 }

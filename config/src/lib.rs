@@ -27,9 +27,17 @@ pub const LAB: &str = include_str!("../examples/lab.toml");
 /// file of at most `MAX_CONFIG_BYTES` bytes (`read_regular`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let unreadable = |message: String| ConfigErrors(vec![ConfigError { origin: origin.clone(), line: None, context: String::new(), message }]);
-    let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(|e| unreadable(format!("cannot read: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|_| unreadable("cannot read: not valid UTF-8".to_string()))?;
+    let error = |line, message| ConfigErrors(vec![ConfigError { origin: origin.clone(), line, context: String::new(), message }]);
+    let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(|e| error(None, format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Where the first bad byte is, so an editor can go there; the bytes
+        // themselves are not shown.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        let column = valid.len() - line_start + 1;
+        error(Some(line), format!("not valid UTF-8 (at byte {column} of the line): a config is UTF-8 text"))
+    })?;
     parse(&text, &origin)
 }
 

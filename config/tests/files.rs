@@ -165,3 +165,20 @@ fn check_files_refuses_plugins_that_are_not_regular_files_without_blocking() {
         )
     );
 }
+
+#[test]
+fn invalid_utf8_is_reported_at_the_line_of_the_first_bad_byte() {
+    let dir = Dir::new("utf8");
+    let path = dir.path("fulcrum.toml");
+    // Line 4 is valid UTF-8 (é, two bytes), line 6 holds a lone 0xff after
+    // "SECRET", line 7 another bad byte, not reported.
+    let mut text = format!("{VALID}# caf\u{e9}\n[daemon]\n").into_bytes();
+    text.extend_from_slice(b"xdp_mode = \"SECRET\xff\"\n\xfe\n");
+    std::fs::write(&path, &text).unwrap();
+    let errors = load(&path).unwrap_err();
+    assert_eq!(errors.to_string(), format!("{}:6: not valid UTF-8 (at byte 19 of the line): a config is UTF-8 text", path.display()));
+    assert_eq!(errors.iter().next().unwrap().line, Some(6));
+    // A bad first byte: line 1, byte 1.
+    std::fs::write(&path, b"\x80").unwrap();
+    assert_eq!(load(&path).unwrap_err().to_string(), format!("{}:1: not valid UTF-8 (at byte 1 of the line): a config is UTF-8 text", path.display()));
+}

@@ -19,6 +19,28 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error whose origin, context and message have every control or
+    /// invisible character escaped (`\n`, `\u{1b}`): they echo names and
+    /// paths from the file, and one holding a newline or a terminal escape
+    /// must not be able to forge another `FILE:LINE: ...` line or restyle
+    /// the terminal. Quotes and backslashes are kept as they are.
+    pub fn new(origin: &str, line: Option<usize>, context: &str, message: &str) -> ConfigError {
+        ConfigError { origin: escape_controls(origin), line, context: escape_controls(context), message: escape_controls(message) }
+    }
+}
+
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\'' | '\\' => out.push(c),
+            _ => out.extend(c.escape_debug()),
+        }
+    }
+    out
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;
@@ -104,14 +126,14 @@ impl<'a> Report<'a> {
     }
 
     fn push(&mut self, line: Option<usize>, context: &str, message: String) {
-        self.errors.push(ConfigError { origin: self.origin.to_string(), line, context: context.to_string(), message });
+        self.errors.push(ConfigError::new(self.origin, line, context, &message));
     }
 
     /// Gives the errors from index `from` on the context `context`: for
     /// those found before the name of what they are in was known.
     pub(crate) fn rename(&mut self, from: usize, context: &str) {
         for e in &mut self.errors[from..] {
-            e.context = context.to_string();
+            e.context = escape_controls(context);
         }
     }
 

@@ -27,7 +27,7 @@ pub const LAB: &str = include_str!("../examples/lab.toml");
 /// file of at most `MAX_CONFIG_BYTES` bytes (`read_regular`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let error = |line, message| ConfigErrors(vec![ConfigError { origin: origin.clone(), line, context: String::new(), message }]);
+    let error = |line, message: String| ConfigErrors(vec![ConfigError::new(&origin, line, "", &message)]);
     let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(|e| error(None, format!("cannot read: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         // Where the first bad byte is, so an editor can go there; the bytes
@@ -53,7 +53,7 @@ pub fn check_files(config: &Config, origin: &str) -> Result<(), ConfigErrors> {
             // No size limit: that is for whoever loads the plugin to set.
             let problem = open_regular(path, u64::MAX).err()?;
             let message = format!("{field}: cannot open plugin {}: {problem}", path.display());
-            Some(ConfigError { origin: origin.to_string(), line: None, context: format!("vip {}", vip.name()), message })
+            Some(ConfigError::new(origin, None, &format!("vip {}", vip.name()), &message))
         })
         .collect();
     if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }

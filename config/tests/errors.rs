@@ -111,6 +111,29 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
     );
 }
 
+/// A name echoed from the file cannot forge another `FILE:LINE:` line or
+/// send a terminal escape: control characters are shown escaped.
+#[test]
+fn names_from_the_file_are_escaped() {
+    let text = format!("\"\\u001b[2Jx\\ny\" = 1\n{HEAD}[daemon]\n\"a\\nfulcrum.toml:1: forged\\u001b[31m\" = 1\n");
+    let all = parse(&text, "fulcrum.toml").unwrap_err().to_string();
+    assert_eq!(
+        all,
+        [
+            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`",
+            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
+        ]
+        .join("\n")
+    );
+    assert_eq!(all.lines().count(), 2);
+    assert!(!all.contains('\u{1b}'));
+    // Values were always shown quoted and escaped; that stays as it was.
+    assert_eq!(
+        vip("scheduler = \"a\\u001b[0m\\\\b\"\nbackend = []\n"),
+        [r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: scheduler must be "maglev" or a path to a .wasm plugin, got "a\u{1b}[0m\\b""#]
+    );
+}
+
 #[test]
 fn values_of_the_wrong_type_name_the_field_and_what_it_takes() {
     let e = errors(
@@ -570,6 +593,8 @@ fn check_files_names_each_plugin_that_cannot_be_opened() {
     let origin = dir.join("fulcrum.toml").display().to_string();
     let ok = parse(&text("wlc.wasm", "wlc.wasm"), &origin).unwrap();
     let bad = parse(&text("missing.wasm", "sub.wasm"), &origin).unwrap();
+    let forged = parse(&text("x\\n/etc/fulcrum.toml:1: \\u001b[1mforged.wasm", "wlc.wasm"), &origin).unwrap();
+    let forged = check_files(&forged, &origin).unwrap_err().to_string();
     let (ok, bad) = (check_files(&ok, &origin), check_files(&bad, &origin).unwrap_err().to_string());
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(ok, Ok(()));
@@ -579,6 +604,12 @@ fn check_files_names_each_plugin_that_cannot_be_opened() {
         format!(
             "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/missing.wasm: No such file or directory (os error 2)\n\
              {origin}: vip 198.18.0.100:80/tcp: health.policy: cannot open plugin {d}/sub.wasm: not a regular file (a directory)"
+        )
+    );
+    assert_eq!(
+        forged,
+        format!(
+            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/x\\n/etc/fulcrum.toml:1: \\u{{1b}}[1mforged.wasm: No such file or directory (os error 2)"
         )
     );
 }

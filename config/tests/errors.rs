@@ -75,7 +75,7 @@ weight = -1
             r#"fulcrum.toml:2: daemon: xdp_mode must be one of "native", "generic", "auto", got "fast""#,
             "fulcrum.toml:3: daemon: workers must be 1..=1024, got 0",
             "fulcrum.toml:8: interface lb0: mtu must be 1280..=9216, got 100",
-            r#"fulcrum.toml:11: timeouts: udp must be a duration like "30s", "15m" or "1h 30m", got "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#,
+            r#"fulcrum.toml:11: timeouts: udp must be a duration string such as "30s", "15m" or "1h 30m", got "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#,
             "fulcrum.toml:12: timeouts: tcp_syn must be between 1s and 7days, got 0s",
             "fulcrum.toml:19: vip 198.18.0.100:80/tcp: snat is only for mode full-nat, not dsr",
             "fulcrum.toml:23: vip 198.18.0.100:80/tcp, backend 1: port must be omitted or 80: mode dsr delivers the client's packet unchanged, got 8080",
@@ -146,7 +146,7 @@ fn values_of_the_wrong_type_name_the_field_and_what_it_takes() {
             r#"fulcrum.toml:7: vip 1: port must be an integer 0..=65535, got "80""#,
             r#"fulcrum.toml:8: vip 1: mode must be one of "nat", "full-nat", "dsr", "ipip", "gue", got a boolean"#,
             "fulcrum.toml:11: limits: snat_ports must be a string, got an array",
-            "fulcrum.toml:13: timeouts: udp must be a string, got a date-time",
+            r#"fulcrum.toml:13: timeouts: udp must be a duration string such as "30s", "15m" or "1h 30m", got a date-time"#,
         ]
     );
     assert_eq!(
@@ -156,7 +156,56 @@ fn values_of_the_wrong_type_name_the_field_and_what_it_takes() {
             "fulcrum.toml:6: vip 1, backend 1: invalid type: integer `1`, expected a table ([[vip.backend]])",
         ]
     );
-    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n"), ["fulcrum.toml:4: vip must be an array of tables ([[vip]]), got a table"]);
+    assert_eq!(check(&format!("vip = 1\n{HEAD}")), Err(vec!["fulcrum.toml:1: vip must be an array of tables ([[vip]]), got an integer".to_string()]));
+}
+
+/// `[vip]` for `[[vip]]` is the likely slip; TOML itself only says
+/// "duplicate key" or that a table is not an array.
+#[test]
+fn a_single_table_where_an_array_of_tables_belongs_says_so() {
+    let hint = |line: usize, name: &str| format!("[{name}] at line {line} is a single table: write [[{name}]] (an array of tables) for each one");
+    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n"), ["fulcrum.toml:4: vip must be an array of tables: write [[vip]] for each one, not [vip]"]);
+    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n[vip]\nport = 1\n"), [format!("fulcrum.toml:6: TOML syntax: duplicate key; {}", hint(4, "vip"))]);
+    assert_eq!(
+        errors("[[vip]]\naddress = \"198.18.0.1\"\n[ vip ] # the web\nport = 1\n"),
+        [format!("fulcrum.toml:6: TOML syntax: duplicate key; {}", hint(6, "vip"))]
+    );
+    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n[[vip]]\nport = 1\n"), [format!("fulcrum.toml:6: TOML syntax: duplicate key; {}", hint(4, "vip"))]);
+    assert_eq!(errors("[interface]\nname = \"lb1\"\n"), [format!("fulcrum.toml:4: TOML syntax: duplicate key; {}", hint(4, "interface"))]);
+    // Alone, and nothing else said: not "no interface" besides.
+    assert_eq!(
+        check("[interface]\nname = \"lb0\"\nrole = \"one-arm\"\n"),
+        Err(vec!["fulcrum.toml:1: interface must be an array of tables: write [[interface]] for each one, not [interface]".to_string()])
+    );
+    assert_eq!(
+        vip("[vip.backend]\naddress = \"198.18.0.11\"\n"),
+        ["fulcrum.toml:10: vip 198.18.0.100:80/tcp: vip.backend must be an array of tables: write [[vip.backend]] for each one, not [vip.backend]"]
+    );
+    assert_eq!(
+        vip("[vip.backend]\naddress = \"198.18.0.11\"\n[[vip.backend]]\naddress = \"198.18.0.12\"\n"),
+        [format!("fulcrum.toml:12: TOML syntax: duplicate key; {}", hint(10, "vip.backend"))]
+    );
+    // A genuine duplicate of a single table gets no such hint.
+    assert_eq!(vip("[vip.health]\nkind = \"icmp\"\n[vip.health]\n"), ["fulcrum.toml:12: TOML syntax: duplicate key"]);
+}
+
+/// A bare number has no unit: the message says a duration is a string
+/// with one.
+#[test]
+fn bare_numbers_for_durations_say_what_a_duration_looks_like() {
+    let like = r#"a duration string such as "30s", "15m" or "1h 30m""#;
+    assert_eq!(
+        errors("[timeouts]\ntcp_syn = 30\n"),
+        [format!(r#"fulcrum.toml:5: timeouts: tcp_syn must be {like}, got the number 30 without a unit ("30s" is 30 seconds)"#)]
+    );
+    assert_eq!(
+        vip("health = { kind = \"icmp\", interval = 2 }\nbackend = []\n"),
+        [format!(r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.interval must be {like}, got the number 2 without a unit ("2s" is 2 seconds)"#)]
+    );
+    assert_eq!(
+        vip("persistence = { kind = \"source-ip\", timeout = 1.5 }\nbackend = []\n"),
+        [format!("fulcrum.toml:10: vip 198.18.0.100:80/tcp: persistence.timeout must be {like}, got a float")]
+    );
 }
 
 #[test]
@@ -338,7 +387,7 @@ fn vip_fields() {
             "fulcrum.toml:21: vip 198.18.0.101:*/udp: gue_port must be 1..=65535, got 0",
             r#"fulcrum.toml:22: vip 198.18.0.101:*/udp: scheduler must be "maglev" or a path to a .wasm plugin, got "round-robin""#,
             r#"fulcrum.toml:28: vip 198.18.0.102:*/tcp: persistence.kind must be one of "source-ip", got "cookie""#,
-            r#"fulcrum.toml:28: vip 198.18.0.102:*/tcp: persistence.timeout must be a duration like "30s", "15m" or "1h 30m", got "forever" (expected number at 0)"#,
+            r#"fulcrum.toml:28: vip 198.18.0.102:*/tcp: persistence.timeout must be a duration string such as "30s", "15m" or "1h 30m", got "forever" (expected number at 0)"#,
         ]
     );
     let c = valid(&format!("{VIP}persistence = {{ kind = \"source-ip\" }}\nbackend = []\n"));

@@ -17,13 +17,14 @@ const MTU: RangeInclusive<u16> = 1280..=9216;
 impl Checker<'_> {
     pub(super) fn topology(&mut self, section: Option<Spanned<DeValue<'_>>>) -> Option<Topology> {
         const HOW: &str = "declare one [[interface]] with role = \"one-arm\", or one with role = \"client\" and one with role = \"server\"";
-        let mut ok = true;
         // By role (in the order of `Role`'s variants): the interface and
         // where its role was set.
         let mut slots: [Option<(Interface, usize)>; 3] = Default::default();
         let mut names: HashMap<String, usize> = HashMap::new();
-        let entries = section.map(|s| self.entries(s, "", "interface")).unwrap_or_default();
-        for (i, entry) in entries.into_iter().enumerate() {
+        let entries = section.map_or(Some(Vec::new()), |s| self.entries(s, "", "interface"));
+        // Not an array (reported): then "no interface" would be noise.
+        let mut ok = entries.is_some();
+        for (i, entry) in entries.unwrap_or_default().into_iter().enumerate() {
             let span = entry.span();
             let fallback = format!("interface {}", i + 1);
             let mark = self.r.errors.len();

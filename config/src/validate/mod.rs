@@ -28,9 +28,11 @@ use crate::model::Config;
 pub use daemon::DEFAULT_CONTROL_SOCKET;
 
 const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`";
+/// What is written as arrays of tables (`[[name]]`).
+const ARRAYS: [&str; 3] = ["interface", "vip", "vip.backend"];
 
 pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErrors> {
-    let mut c = Checker { r: Report::new(text, origin), base };
+    let mut c = Checker { r: Report::new(text, origin), text, base };
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         c.syntax(syntax);
@@ -63,6 +65,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
 
 struct Checker<'a> {
     r: Report<'a>,
+    text: &'a str,
     /// Where relative plugin paths start.
     base: &'a Path,
 }
@@ -79,9 +82,28 @@ impl Checker<'_> {
             let line = self.r.line(span.start);
             if last_line != Some(line) {
                 last_line = Some(line);
-                self.r.error(span, "", format!("TOML syntax: {}", e.message()));
+                let message = match self.single_table(line) {
+                    Some(hint) => format!("TOML syntax: {}; {hint}", e.message()),
+                    None => format!("TOML syntax: {}", e.message()),
+                };
+                self.r.error(span, "", message);
             }
         }
+    }
+
+    /// When the syntax error on `line` is at the header of an array of
+    /// tables (`[[vip]]`, `[vip]`) and the file declares that name as a
+    /// single table somewhere (`[vip]`): what to write instead. TOML itself
+    /// only says "duplicate key" of a second `[vip]`, or of a `[vip]` beside
+    /// a `[[vip]]`.
+    fn single_table(&self, line: usize) -> Option<String> {
+        let mut lines = self.text.split('\n');
+        let (name, _) = header(lines.clone().nth(line - 1)?)?;
+        if !ARRAYS.contains(&name.as_str()) {
+            return None;
+        }
+        let first = 1 + lines.position(|l| header(l).is_some_and(|(n, array)| n == name && !array))?;
+        Some(format!("[{name}] at line {first} is a single table: write [[{name}]] (an array of tables) for each one"))
     }
 
     /// Deserializes one table. Every unknown key in it is reported and
@@ -121,16 +143,22 @@ impl Checker<'_> {
         }
     }
 
-    /// The entries of an array of tables (`[[name]]`).
-    fn entries<'i>(&mut self, value: Spanned<DeValue<'i>>, ctx: &str, name: &str) -> Vec<Spanned<DeValue<'i>>> {
+    /// The entries of an array of tables (`[[name]]`); `None` if `value`
+    /// is something else (reported).
+    fn entries<'i>(&mut self, value: Spanned<DeValue<'i>>, ctx: &str, name: &str) -> Option<Vec<Spanned<DeValue<'i>>>> {
         let span = value.span();
         match value.into_inner() {
-            DeValue::Array(a) => a.into_iter().collect(),
+            DeValue::Array(a) => Some(a.into_iter().collect()),
+            // `[vip]` for `[[vip]]`: the likely slip, named as such.
+            DeValue::Table(_) => {
+                self.r.error(span, ctx, format!("{name} must be an array of tables: write [[{name}]] for each one, not [{name}]"));
+                None
+            }
             other => {
                 let kind = other.type_str();
                 let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
                 self.r.error(span, ctx, format!("{name} must be an array of tables ([[{name}]]), got {article} {kind}"));
-                Vec::new()
+                None
             }
         }
     }
@@ -169,4 +197,15 @@ fn remove(value: &mut DeValue<'_>, path: &[String]) -> bool {
         [key] => table.remove(key.as_str()).is_some(),
         [key, rest @ ..] => table.get_mut(key.as_str()).is_some_and(|v| remove(v.get_mut(), rest)),
     }
+}
+
+/// The table header `line` holds, if any: its name (spaces dropped) and
+/// whether it is an array of tables (`[[name]]`).
+fn header(line: &str) -> Option<(String, bool)> {
+    let line = line.trim_start();
+    let (name, array) = match line.strip_prefix("[[") {
+        Some(rest) => (rest.split_once("]]")?.0, true),
+        None => (line.strip_prefix('[')?.split_once(']')?.0, false),
+    };
+    Some((name.chars().filter(|c| !c.is_whitespace()).collect(), array))
 }

@@ -60,12 +60,19 @@ impl Checker<'_> {
         let Some(v) = v else {
             return Some(default);
         };
-        let s = self.text(ctx, field, v)?;
+        const LIKE: &str = "a duration string such as \"30s\", \"15m\" or \"1h 30m\"";
+        let s = match v.get_ref() {
+            Scalar::Text(s) => s,
+            // A bare number has no unit to guess from: say so, rather than
+            // only that a string was expected.
+            Scalar::Int(n) => return self.fail(v.span(), ctx, format!("{field} must be {LIKE}, got the number {n} without a unit (\"{n}s\" is {n} seconds)")),
+            other => return self.fail(v.span(), ctx, format!("{field} must be {LIKE}, got {other}")),
+        };
         let human = humantime::format_duration;
         match humantime::parse_duration(s) {
             Ok(d) if range.contains(&d) => Some(d),
             Ok(d) => self.fail(v.span(), ctx, format!("{field} must be between {} and {}, got {}", human(*range.start()), human(*range.end()), human(d))),
-            Err(e) => self.fail(v.span(), ctx, format!("{field} must be a duration like \"30s\", \"15m\" or \"1h 30m\", got {s:?} ({e})")),
+            Err(e) => self.fail(v.span(), ctx, format!("{field} must be {LIKE}, got {s:?} ({e})")),
         }
     }
 

@@ -47,11 +47,11 @@ struct Seen {
 
 impl Checker<'_> {
     pub(super) fn vips(&mut self, section: Option<Spanned<DeValue<'_>>>) -> Option<Vec<Vip>> {
-        let mut ok = true;
         let mut vips = Vec::new();
         let mut seen = Seen::default();
-        let entries = section.map(|s| self.entries(s, "", "vip")).unwrap_or_default();
-        for (i, entry) in entries.into_iter().enumerate() {
+        let entries = section.map_or(Some(Vec::new()), |s| self.entries(s, "", "vip"));
+        let mut ok = entries.is_some();
+        for (i, entry) in entries.unwrap_or_default().into_iter().enumerate() {
             let span = entry.span();
             let backends = entry.get_ref().as_table().and_then(|t| t.get("backend")).cloned();
             let fallback = format!("vip {}", i + 1);
@@ -59,7 +59,7 @@ impl Checker<'_> {
             let Some(raw) = self.de::<RawVip>(entry, &fallback) else {
                 ok = false;
                 // Still report what is wrong in the shapes of its backends.
-                for (j, entry) in backends.map(|b| self.entries(b, &fallback, "vip.backend")).unwrap_or_default().into_iter().enumerate() {
+                for (j, entry) in backends.and_then(|b| self.entries(b, &fallback, "vip.backend")).unwrap_or_default().into_iter().enumerate() {
                     self.de::<RawBackend>(entry, &format!("{fallback}, backend {}", j + 1));
                 }
                 continue;
@@ -208,7 +208,7 @@ impl Checker<'_> {
         let mut pool = Vec::new();
         // Address and effective port -> backend number and line.
         let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
-        for (j, entry) in self.entries(value, vip.ctx, "vip.backend").into_iter().enumerate() {
+        for (j, entry) in self.entries(value, vip.ctx, "vip.backend")?.into_iter().enumerate() {
             let ctx = format!("{}, backend {}", vip.ctx, j + 1);
             let span = entry.span();
             let Some(b) = self.de::<RawBackend>(entry, &ctx).and_then(|raw| self.backend(vip, &raw, &ctx, span.clone())) else {

@@ -342,6 +342,31 @@ fn duplicates() {
     assert_eq!(c.vips.len(), 2);
 }
 
+/// The third and later duplicates name the first, as the second does.
+#[test]
+fn every_duplicate_names_the_first() {
+    let backend = "[[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    let e = errors(&format!("{VIP}{backend}{backend}{backend}{VIP}backend = []\n{VIP}backend = []\n"));
+    assert_eq!(
+        e,
+        [
+            "fulcrum.toml:12: vip 198.18.0.100:80/tcp, backend 2: 198.18.0.11:80 is already backend 1 (line 10)",
+            "fulcrum.toml:14: vip 198.18.0.100:80/tcp, backend 3: 198.18.0.11:80 is already backend 1 (line 10)",
+            "fulcrum.toml:16: vip 198.18.0.100:80/tcp: defined twice (first at line 4)",
+            "fulcrum.toml:23: vip 198.18.0.100:80/tcp: defined twice (first at line 4)",
+        ]
+    );
+    let lb0 = "[[interface]]\nname = \"lb0\"\nrole = \"one-arm\"\n";
+    assert_eq!(
+        check(&format!("{lb0}{lb0}{lb0}")).unwrap_err(),
+        ["fulcrum.toml:5: interface lb0: declared twice (first at line 2)", "fulcrum.toml:8: interface lb0: declared twice (first at line 2)"]
+    );
+    assert_eq!(
+        errors("[daemon]\ncores = [1, 1, 1]\n"),
+        ["fulcrum.toml:5: daemon: cores[1]: CPU 1 is listed twice (also cores[0])", "fulcrum.toml:5: daemon: cores[2]: CPU 1 is listed twice (also cores[0])"]
+    );
+}
+
 #[test]
 fn an_empty_pool_must_be_explicit() {
     assert_eq!(

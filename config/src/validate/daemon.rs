@@ -9,7 +9,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::Checker;
-use super::values::optional;
+use super::values::{first_seen, optional};
 use crate::model::*;
 use crate::raw::*;
 
@@ -63,7 +63,7 @@ impl Checker<'_> {
             for (i, v) in list.iter().enumerate() {
                 let cpu = self.int(ctx, &format!("cores[{i}]"), v, 0..=MAX_CPU);
                 if let Some(cpu) = cpu
-                    && let Some(first) = seen.insert(cpu, i)
+                    && let Some(first) = first_seen(&mut seen, cpu, i)
                 {
                     self.r.error(v.span(), ctx, format!("cores[{i}]: CPU {cpu} is listed twice (also cores[{first}])"));
                     cores.push(None);

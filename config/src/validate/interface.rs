@@ -7,7 +7,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::Checker;
-use super::values::optional;
+use super::values::{first_seen, optional};
 use crate::model::*;
 use crate::raw::*;
 
@@ -43,7 +43,7 @@ impl Checker<'_> {
             });
             let ctx = name.as_ref().map_or(fallback, |(n, _)| format!("interface {n}"));
             self.r.rename(mark, &ctx);
-            let name = name.and_then(|(name, name_span)| match names.insert(name.clone(), self.r.line(name_span.start)) {
+            let name = name.and_then(|(name, name_span)| match first_seen(&mut names, name.clone(), self.r.line(name_span.start)) {
                 Some(first) => self.fail(name_span, &ctx, format!("declared twice (first at line {first})")),
                 None => Some(name),
             });

@@ -2,7 +2,10 @@
 //! keywords, durations, addresses, prefixes, MACs, plugin paths, statuses.
 //! Each reports its own error and returns `None` on failure.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
@@ -164,6 +167,20 @@ impl Checker<'_> {
                 ctx,
                 format!("health.expect_status must be a code like 200 or a range like \"200-399\" within 100..=599, got {}", v.get_ref()),
             ),
+        }
+    }
+}
+
+/// Records `value` for `key` unless `key` was seen before; then returns
+/// the value recorded first, for a duplicate's message to name the first
+/// occurrence (`HashMap::insert` would replace it, and a third duplicate
+/// would name the second).
+pub(super) fn first_seen<K: Hash + Eq, V: Copy>(seen: &mut HashMap<K, V>, key: K, value: V) -> Option<V> {
+    match seen.entry(key) {
+        Entry::Occupied(first) => Some(*first.get()),
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+            None
         }
     }
 }

@@ -14,7 +14,7 @@ use toml::de::DeValue;
 use super::Checker;
 use super::health::HealthTemplate;
 use super::timeouts::IDLE_TIMEOUT;
-use super::values::optional;
+use super::values::{first_seen, optional};
 use crate::model::*;
 use crate::raw::*;
 
@@ -93,7 +93,7 @@ impl Checker<'_> {
             (Some(a), Some(proto), Some(p)) => {
                 let ctx = format!("vip {}", vip_name(a, proto, p));
                 let line = self.r.line(span.start);
-                let first = seen.vips.insert((a, proto, p), line);
+                let first = first_seen(&mut seen.vips, (a, proto, p), line);
                 if let Some(first) = first {
                     self.r.error(span.clone(), &ctx, format!("defined twice (first at line {first})"));
                 }
@@ -218,7 +218,7 @@ impl Checker<'_> {
             if let Some(vip_port) = vip.port {
                 let end = SocketAddr::new(b.address, if b.port == 0 { vip_port } else { b.port });
                 let line = self.r.line(span.start);
-                if let Some((first, first_line)) = seen.insert(end, (j + 1, line)) {
+                if let Some((first, first_line)) = first_seen(&mut seen, end, (j + 1, line)) {
                     ok = false;
                     self.r.error(span, &ctx, format!("{end} is already backend {first} (line {first_line})"));
                 }

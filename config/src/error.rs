@@ -61,8 +61,18 @@ impl std::error::Error for ConfigError {}
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
+    /// How many errors `Display` lists before it counts the rest: a file
+    /// that is wrong throughout (or no config at all) should fill a screen
+    /// with its first problems, not scroll thousands of lines past.
+    pub const MAX_SHOWN: usize = 20;
+
     pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
         self.0.iter()
+    }
+
+    /// How many problems there are, shown or not.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,16 +81,22 @@ impl ConfigErrors {
 }
 
 /// One error per line, so a terminal or an editor's error list shows them
-/// as a compiler's.
+/// as a compiler's: the first `MAX_SHOWN`, then `... and K more problems`.
+/// The alternate form (`{:#}`) lists every one.
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        let shown = if f.alternate() { self.len() } else { self.len().min(Self::MAX_SHOWN) };
+        for (i, e) in self.0[..shown].iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{e}")?;
         }
-        Ok(())
+        match self.len() - shown {
+            0 => Ok(()),
+            1 => write!(f, "\n... and 1 more problem"),
+            more => write!(f, "\n... and {more} more problems"),
+        }
     }
 }
 

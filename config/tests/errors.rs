@@ -86,6 +86,30 @@ weight = -1
     );
 }
 
+/// A file wrong throughout shows its first problems and counts the rest;
+/// all of them stay available.
+#[test]
+fn long_error_lists_are_cut_after_the_first_twenty() {
+    let backends = |n: usize| -> String { (0..n).map(|i| format!("[[vip.backend]]\naddress = \"198.18.1.{i}\"\nweight = 70000\n")).collect() };
+    let line = |i: usize| format!("fulcrum.toml:{}: vip 198.18.0.100:80/tcp, backend {}: weight must be 0..=65535, got 70000", 12 + 3 * i, i + 1);
+    let all = |n: usize| parse(&format!("{HEAD}{VIP}{}", backends(n)), "fulcrum.toml").unwrap_err();
+
+    assert_eq!(ConfigErrors::MAX_SHOWN, 20);
+    let e = all(25);
+    assert_eq!(e.len(), 25);
+    let mut expected: Vec<String> = (0..20).map(line).collect();
+    expected.push("... and 5 more problems".into());
+    assert_eq!(e.to_string(), expected.join("\n"));
+    assert_eq!(format!("{e:#}"), (0..25).map(line).collect::<Vec<_>>().join("\n"));
+    assert_eq!(e.iter().count(), 25);
+
+    let e = all(21);
+    assert_eq!(e.to_string().lines().last(), Some("... and 1 more problem"));
+    assert_eq!(e.to_string().lines().count(), 21);
+    let e = all(20);
+    assert_eq!(e.to_string(), (0..20).map(line).collect::<Vec<_>>().join("\n"));
+}
+
 #[test]
 fn toml_syntax_errors_have_lines() {
     let errors = check("[daemon]\nworkers = \n\n[[vip]\n").unwrap_err();

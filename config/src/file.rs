@@ -64,11 +64,12 @@ fn describe(t: FileType) -> &'static str {
 }
 
 /// Opens `path` for reading if it is a regular file of at most `max_bytes`
-/// bytes, without ever blocking: FIFOs, devices, sockets and directories are
-/// refused. The checks are made on the opened descriptor (fstat), so what
-/// was checked is what is read, even if the path is replaced meanwhile. The
-/// size can still grow after the check: read at most `max_bytes + 1` bytes
-/// of the file (as `read_regular` does) to notice.
+/// bytes; FIFOs, devices, sockets and directories are refused, and opening
+/// one does not block (a FIFO does not wait for a writer). The checks are
+/// made on the opened descriptor (fstat), so what was checked is what is
+/// read, even if the path is replaced meanwhile. The size can still grow
+/// after the check: read at most `max_bytes + 1` bytes of the file (as
+/// `read_regular` does) to notice.
 pub fn open_regular(path: &Path, max_bytes: u64) -> Result<File, FileError> {
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
     // writer; on a regular file it changes nothing. O_NOCTTY: a daemon

@@ -65,6 +65,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
 
 struct Checker<'a> {
     r: Report<'a>,
+    /// The whole file, for hints that look at its lines.
     text: &'a str,
     /// Where relative plugin paths start.
     base: &'a Path,

@@ -19,6 +19,28 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error whose origin, context and message have every control or
+    /// invisible character escaped (`\n`, `\u{1b}`): they echo names and
+    /// paths from the file, and one holding a newline or a terminal escape
+    /// must not be able to forge another `FILE:LINE: ...` line or restyle
+    /// the terminal. Quotes and backslashes are kept as they are.
+    pub fn new(origin: &str, line: Option<usize>, context: &str, message: &str) -> ConfigError {
+        ConfigError { origin: escape_controls(origin), line, context: escape_controls(context), message: escape_controls(message) }
+    }
+}
+
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\'' | '\\' => out.push(c),
+            _ => out.extend(c.escape_debug()),
+        }
+    }
+    out
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;
@@ -39,8 +61,18 @@ impl std::error::Error for ConfigError {}
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
+    /// How many errors `Display` lists before it counts the rest: a file
+    /// that is wrong throughout (or no config at all) should fill a screen
+    /// with its first problems, not scroll thousands of lines past.
+    pub const MAX_SHOWN: usize = 20;
+
     pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
         self.0.iter()
+    }
+
+    /// How many problems there are, shown or not.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -49,16 +81,22 @@ impl ConfigErrors {
 }
 
 /// One error per line, so a terminal or an editor's error list shows them
-/// as a compiler's.
+/// as a compiler's: the first `MAX_SHOWN`, then `... and K more problems`.
+/// The alternate form (`{:#}`) lists every one.
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        let shown = if f.alternate() { self.len() } else { self.len().min(Self::MAX_SHOWN) };
+        for (i, e) in self.0[..shown].iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{e}")?;
         }
-        Ok(())
+        match self.len() - shown {
+            0 => Ok(()),
+            1 => write!(f, "\n... and 1 more problem"),
+            more => write!(f, "\n... and {more} more problems"),
+        }
     }
 }
 
@@ -104,14 +142,14 @@ impl<'a> Report<'a> {
     }
 
     fn push(&mut self, line: Option<usize>, context: &str, message: String) {
-        self.errors.push(ConfigError { origin: self.origin.to_string(), line, context: context.to_string(), message });
+        self.errors.push(ConfigError::new(self.origin, line, context, &message));
     }
 
     /// Gives the errors from index `from` on the context `context`: for
     /// those found before the name of what they are in was known.
     pub(crate) fn rename(&mut self, from: usize, context: &str) {
         for e in &mut self.errors[from..] {
-            e.context = context.to_string();
+            e.context = escape_controls(context);
         }
     }
 

@@ -7,6 +7,7 @@
 //! them to apply a reload.
 
 mod error;
+mod file;
 mod model;
 mod raw;
 mod validate;
@@ -14,6 +15,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use file::{FileError, MAX_CONFIG_BYTES, open_regular, read_regular};
 pub use model::*;
 pub use validate::DEFAULT_CONTROL_SOCKET;
 
@@ -21,38 +23,40 @@ pub use validate::DEFAULT_CONTROL_SOCKET;
 pub const LAB: &str = include_str!("../examples/lab.toml");
 
 /// Reads and validates the config file at `path`. Relative plugin paths in
-/// it are resolved against the file's directory.
+/// it are resolved against the file's directory. The file must be a regular
+/// file of at most `MAX_CONFIG_BYTES` bytes (`read_regular`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &origin),
-        Err(e) => Err(ConfigErrors(vec![ConfigError { origin, line: None, context: String::new(), message: format!("cannot read: {e}") }])),
-    }
+    let error = |line, message: String| ConfigErrors(vec![ConfigError::new(&origin, line, "", &message)]);
+    let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(|e| error(None, format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Where the first bad byte is, so an editor can go there; the bytes
+        // themselves are not shown.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+        let column = valid.len() - line_start + 1;
+        error(Some(line), format!("not valid UTF-8 (at byte {column} of the line): a config is UTF-8 text"))
+    })?;
+    parse(&text, &origin)
 }
 
-/// Checks that every plugin file `config` names can be opened: `parse`
-/// never touches the filesystem, so whoever is about to run a config (or
-/// `fulcrum check-config`) calls this too. `origin` names the file in
-/// messages; the errors have no line (the typed `Config` keeps none).
+/// Checks that every plugin file `config` names can be opened and is a
+/// regular file (`open_regular`; nothing is read): `parse` never touches
+/// the filesystem, so whoever is about to run a config (or `fulcrum
+/// check-config`) calls this too. `origin` names the file in messages; the
+/// errors have no line (the typed `Config` keeps none).
 pub fn check_files(config: &Config, origin: &str) -> Result<(), ConfigErrors> {
     let errors: Vec<ConfigError> = config
         .plugins()
         .filter_map(|(vip, field, path)| {
-            let problem = open_plugin(path).err()?;
+            // No size limit: that is for whoever loads the plugin to set.
+            let problem = open_regular(path, u64::MAX).err()?;
             let message = format!("{field}: cannot open plugin {}: {problem}", path.display());
-            Some(ConfigError { origin: origin.to_string(), line: None, context: format!("vip {}", vip.name()), message })
+            Some(ConfigError::new(origin, None, &format!("vip {}", vip.name()), &message))
         })
         .collect();
     if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
-}
-
-fn open_plugin(path: &Path) -> Result<(), String> {
-    match std::fs::File::open(path).and_then(|f| f.metadata()) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err("not a regular file".into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("no such file".into()),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Validates config text. `origin` names the file in messages and, taken

@@ -75,7 +75,7 @@ weight = -1
             r#"fulcrum.toml:2: daemon: xdp_mode must be one of "native", "generic", "auto", got "fast""#,
             "fulcrum.toml:3: daemon: workers must be 1..=1024, got 0",
             "fulcrum.toml:8: interface lb0: mtu must be 1280..=9216, got 100",
-            r#"fulcrum.toml:11: timeouts: udp must be a duration like "30s", "15m" or "1h 30m", got "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#,
+            r#"fulcrum.toml:11: timeouts: udp must be a duration string such as "30s", "15m" or "1h 30m", got "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#,
             "fulcrum.toml:12: timeouts: tcp_syn must be between 1s and 7days, got 0s",
             "fulcrum.toml:19: vip 198.18.0.100:80/tcp: snat is only for mode full-nat, not dsr",
             "fulcrum.toml:23: vip 198.18.0.100:80/tcp, backend 1: port must be omitted or 80: mode dsr delivers the client's packet unchanged, got 8080",
@@ -84,6 +84,30 @@ weight = -1
             "fulcrum.toml:28: vip 198.18.0.100:80/tcp, backend 2: weight must be 0..=65535, got -1",
         ]
     );
+}
+
+/// A file wrong throughout shows its first problems and counts the rest;
+/// all of them stay available.
+#[test]
+fn long_error_lists_are_cut_after_the_first_twenty() {
+    let backends = |n: usize| -> String { (0..n).map(|i| format!("[[vip.backend]]\naddress = \"198.18.1.{i}\"\nweight = 70000\n")).collect() };
+    let line = |i: usize| format!("fulcrum.toml:{}: vip 198.18.0.100:80/tcp, backend {}: weight must be 0..=65535, got 70000", 12 + 3 * i, i + 1);
+    let all = |n: usize| parse(&format!("{HEAD}{VIP}{}", backends(n)), "fulcrum.toml").unwrap_err();
+
+    assert_eq!(ConfigErrors::MAX_SHOWN, 20);
+    let e = all(25);
+    assert_eq!(e.len(), 25);
+    let mut expected: Vec<String> = (0..20).map(line).collect();
+    expected.push("... and 5 more problems".into());
+    assert_eq!(e.to_string(), expected.join("\n"));
+    assert_eq!(format!("{e:#}"), (0..25).map(line).collect::<Vec<_>>().join("\n"));
+    assert_eq!(e.iter().count(), 25);
+
+    let e = all(21);
+    assert_eq!(e.to_string().lines().last(), Some("... and 1 more problem"));
+    assert_eq!(e.to_string().lines().count(), 21);
+    let e = all(20);
+    assert_eq!(e.to_string(), (0..20).map(line).collect::<Vec<_>>().join("\n"));
 }
 
 #[test]
@@ -111,6 +135,29 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
     );
 }
 
+/// A name echoed from the file cannot forge another `FILE:LINE:` line or
+/// send a terminal escape: control characters are shown escaped.
+#[test]
+fn names_from_the_file_are_escaped() {
+    let text = format!("\"\\u001b[2Jx\\ny\" = 1\n{HEAD}[daemon]\n\"a\\nfulcrum.toml:1: forged\\u001b[31m\" = 1\n");
+    let all = parse(&text, "fulcrum.toml").unwrap_err().to_string();
+    assert_eq!(
+        all,
+        [
+            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`",
+            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
+        ]
+        .join("\n")
+    );
+    assert_eq!(all.lines().count(), 2);
+    assert!(!all.contains('\u{1b}'));
+    // Values were always shown quoted and escaped; that stays as it was.
+    assert_eq!(
+        vip("scheduler = \"a\\u001b[0m\\\\b\"\nbackend = []\n"),
+        [r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: scheduler must be "maglev" or a path to a .wasm plugin, got "a\u{1b}[0m\\b""#]
+    );
+}
+
 #[test]
 fn values_of_the_wrong_type_name_the_field_and_what_it_takes() {
     let e = errors(
@@ -123,7 +170,7 @@ fn values_of_the_wrong_type_name_the_field_and_what_it_takes() {
             r#"fulcrum.toml:7: vip 1: port must be an integer 0..=65535, got "80""#,
             r#"fulcrum.toml:8: vip 1: mode must be one of "nat", "full-nat", "dsr", "ipip", "gue", got a boolean"#,
             "fulcrum.toml:11: limits: snat_ports must be a string, got an array",
-            "fulcrum.toml:13: timeouts: udp must be a string, got a date-time",
+            r#"fulcrum.toml:13: timeouts: udp must be a duration string such as "30s", "15m" or "1h 30m", got a date-time"#,
         ]
     );
     assert_eq!(
@@ -133,7 +180,56 @@ fn values_of_the_wrong_type_name_the_field_and_what_it_takes() {
             "fulcrum.toml:6: vip 1, backend 1: invalid type: integer `1`, expected a table ([[vip.backend]])",
         ]
     );
-    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n"), ["fulcrum.toml:4: vip must be an array of tables ([[vip]]), got a table"]);
+    assert_eq!(check(&format!("vip = 1\n{HEAD}")), Err(vec!["fulcrum.toml:1: vip must be an array of tables ([[vip]]), got an integer".to_string()]));
+}
+
+/// `[vip]` for `[[vip]]` is the likely slip; TOML itself only says
+/// "duplicate key" or that a table is not an array.
+#[test]
+fn a_single_table_where_an_array_of_tables_belongs_says_so() {
+    let hint = |line: usize, name: &str| format!("[{name}] at line {line} is a single table: write [[{name}]] (an array of tables) for each one");
+    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n"), ["fulcrum.toml:4: vip must be an array of tables: write [[vip]] for each one, not [vip]"]);
+    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n[vip]\nport = 1\n"), [format!("fulcrum.toml:6: TOML syntax: duplicate key; {}", hint(4, "vip"))]);
+    assert_eq!(
+        errors("[[vip]]\naddress = \"198.18.0.1\"\n[ vip ] # the web\nport = 1\n"),
+        [format!("fulcrum.toml:6: TOML syntax: duplicate key; {}", hint(6, "vip"))]
+    );
+    assert_eq!(errors("[vip]\naddress = \"198.18.0.1\"\n[[vip]]\nport = 1\n"), [format!("fulcrum.toml:6: TOML syntax: duplicate key; {}", hint(4, "vip"))]);
+    assert_eq!(errors("[interface]\nname = \"lb1\"\n"), [format!("fulcrum.toml:4: TOML syntax: duplicate key; {}", hint(4, "interface"))]);
+    // Alone, and nothing else said: not "no interface" besides.
+    assert_eq!(
+        check("[interface]\nname = \"lb0\"\nrole = \"one-arm\"\n"),
+        Err(vec!["fulcrum.toml:1: interface must be an array of tables: write [[interface]] for each one, not [interface]".to_string()])
+    );
+    assert_eq!(
+        vip("[vip.backend]\naddress = \"198.18.0.11\"\n"),
+        ["fulcrum.toml:10: vip 198.18.0.100:80/tcp: vip.backend must be an array of tables: write [[vip.backend]] for each one, not [vip.backend]"]
+    );
+    assert_eq!(
+        vip("[vip.backend]\naddress = \"198.18.0.11\"\n[[vip.backend]]\naddress = \"198.18.0.12\"\n"),
+        [format!("fulcrum.toml:12: TOML syntax: duplicate key; {}", hint(10, "vip.backend"))]
+    );
+    // A genuine duplicate of a single table gets no such hint.
+    assert_eq!(vip("[vip.health]\nkind = \"icmp\"\n[vip.health]\n"), ["fulcrum.toml:12: TOML syntax: duplicate key"]);
+}
+
+/// A bare number has no unit: the message says a duration is a string
+/// with one.
+#[test]
+fn bare_numbers_for_durations_say_what_a_duration_looks_like() {
+    let like = r#"a duration string such as "30s", "15m" or "1h 30m""#;
+    assert_eq!(
+        errors("[timeouts]\ntcp_syn = 30\n"),
+        [format!(r#"fulcrum.toml:5: timeouts: tcp_syn must be {like}, got the number 30 without a unit ("30s" is 30 seconds)"#)]
+    );
+    assert_eq!(
+        vip("health = { kind = \"icmp\", interval = 2 }\nbackend = []\n"),
+        [format!(r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.interval must be {like}, got the number 2 without a unit ("2s" is 2 seconds)"#)]
+    );
+    assert_eq!(
+        vip("persistence = { kind = \"source-ip\", timeout = 1.5 }\nbackend = []\n"),
+        [format!("fulcrum.toml:10: vip 198.18.0.100:80/tcp: persistence.timeout must be {like}, got a float")]
+    );
 }
 
 #[test]
@@ -270,6 +366,31 @@ fn duplicates() {
     assert_eq!(c.vips.len(), 2);
 }
 
+/// The third and later duplicates name the first, as the second does.
+#[test]
+fn every_duplicate_names_the_first() {
+    let backend = "[[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    let e = errors(&format!("{VIP}{backend}{backend}{backend}{VIP}backend = []\n{VIP}backend = []\n"));
+    assert_eq!(
+        e,
+        [
+            "fulcrum.toml:12: vip 198.18.0.100:80/tcp, backend 2: 198.18.0.11:80 is already backend 1 (line 10)",
+            "fulcrum.toml:14: vip 198.18.0.100:80/tcp, backend 3: 198.18.0.11:80 is already backend 1 (line 10)",
+            "fulcrum.toml:16: vip 198.18.0.100:80/tcp: defined twice (first at line 4)",
+            "fulcrum.toml:23: vip 198.18.0.100:80/tcp: defined twice (first at line 4)",
+        ]
+    );
+    let lb0 = "[[interface]]\nname = \"lb0\"\nrole = \"one-arm\"\n";
+    assert_eq!(
+        check(&format!("{lb0}{lb0}{lb0}")).unwrap_err(),
+        ["fulcrum.toml:5: interface lb0: declared twice (first at line 2)", "fulcrum.toml:8: interface lb0: declared twice (first at line 2)"]
+    );
+    assert_eq!(
+        errors("[daemon]\ncores = [1, 1, 1]\n"),
+        ["fulcrum.toml:5: daemon: cores[1]: CPU 1 is listed twice (also cores[0])", "fulcrum.toml:5: daemon: cores[2]: CPU 1 is listed twice (also cores[0])"]
+    );
+}
+
 #[test]
 fn an_empty_pool_must_be_explicit() {
     assert_eq!(
@@ -315,7 +436,7 @@ fn vip_fields() {
             "fulcrum.toml:21: vip 198.18.0.101:*/udp: gue_port must be 1..=65535, got 0",
             r#"fulcrum.toml:22: vip 198.18.0.101:*/udp: scheduler must be "maglev" or a path to a .wasm plugin, got "round-robin""#,
             r#"fulcrum.toml:28: vip 198.18.0.102:*/tcp: persistence.kind must be one of "source-ip", got "cookie""#,
-            r#"fulcrum.toml:28: vip 198.18.0.102:*/tcp: persistence.timeout must be a duration like "30s", "15m" or "1h 30m", got "forever" (expected number at 0)"#,
+            r#"fulcrum.toml:28: vip 198.18.0.102:*/tcp: persistence.timeout must be a duration string such as "30s", "15m" or "1h 30m", got "forever" (expected number at 0)"#,
         ]
     );
     let c = valid(&format!("{VIP}persistence = {{ kind = \"source-ip\" }}\nbackend = []\n"));
@@ -570,6 +691,8 @@ fn check_files_names_each_plugin_that_cannot_be_opened() {
     let origin = dir.join("fulcrum.toml").display().to_string();
     let ok = parse(&text("wlc.wasm", "wlc.wasm"), &origin).unwrap();
     let bad = parse(&text("missing.wasm", "sub.wasm"), &origin).unwrap();
+    let forged = parse(&text("x\\n/etc/fulcrum.toml:1: \\u001b[1mforged.wasm", "wlc.wasm"), &origin).unwrap();
+    let forged = check_files(&forged, &origin).unwrap_err().to_string();
     let (ok, bad) = (check_files(&ok, &origin), check_files(&bad, &origin).unwrap_err().to_string());
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(ok, Ok(()));
@@ -577,8 +700,14 @@ fn check_files_names_each_plugin_that_cannot_be_opened() {
     assert_eq!(
         bad,
         format!(
-            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/missing.wasm: no such file\n\
-             {origin}: vip 198.18.0.100:80/tcp: health.policy: cannot open plugin {d}/sub.wasm: not a regular file"
+            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/missing.wasm: No such file or directory (os error 2)\n\
+             {origin}: vip 198.18.0.100:80/tcp: health.policy: cannot open plugin {d}/sub.wasm: not a regular file (a directory)"
+        )
+    );
+    assert_eq!(
+        forged,
+        format!(
+            "{origin}: vip 198.18.0.100:80/tcp: scheduler: cannot open plugin {d}/x\\n/etc/fulcrum.toml:1: \\u{{1b}}[1mforged.wasm: No such file or directory (os error 2)"
         )
     );
 }

@@ -1,0 +1,44 @@
+//! `[limits]`: connection-table capacity and full-NAT source ports.
+
+use std::ops::RangeInclusive;
+
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::Checker;
+use super::values::{optional, parse_range};
+use crate::model::*;
+use crate::raw::*;
+
+const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 1 << 20;
+const DEFAULT_SNAT_PORTS: PortRange = PortRange { first: 1024, last: 65535 };
+/// Small tables only thrash; 2^28 entries of 64 bytes are 16 GiB per worker.
+const CONNECTIONS: RangeInclusive<u32> = 1024..=1 << 28;
+
+impl Checker<'_> {
+    pub(super) fn limits(&mut self, section: Option<Spanned<DeValue<'_>>>, workers: Option<&Workers>) -> Option<Limits> {
+        let ctx = "limits";
+        let raw: RawLimits = self.section(section, ctx)?;
+        let connections_per_worker = optional(&raw.connections_per_worker, |v| self.int(ctx, "connections_per_worker", v, CONNECTIONS.clone()))
+            .map(|c| c.unwrap_or(DEFAULT_CONNECTIONS_PER_WORKER));
+        let snat_ports = optional(&raw.snat_ports, |v| {
+            let s = self.text(ctx, "snat_ports", v)?;
+            let ports = match parse_range(s) {
+                Some((first, last)) if first >= 1 && first <= last => PortRange { first, last },
+                _ => return self.fail(v.span(), ctx, format!("snat_ports must be a range like \"1024-65535\" with 1 <= first <= last, got {s:?}")),
+            };
+            // Each worker allocates from its own share of the range.
+            let workers = match workers {
+                Some(Workers::Count(n)) => u32::from(n.get()),
+                Some(Workers::Pinned(cores)) => cores.len() as u32,
+                _ => 1,
+            };
+            match ports.count() >= workers {
+                true => Some(ports),
+                false => self.fail(v.span(), ctx, format!("snat_ports {ports} has {} ports, fewer than the {workers} workers that share it", ports.count())),
+            }
+        })
+        .map(|p| p.unwrap_or(DEFAULT_SNAT_PORTS));
+        Some(Limits { connections_per_worker: connections_per_worker?, snat_ports: snat_ports? })
+    }
+}

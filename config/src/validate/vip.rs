@@ -1,0 +1,267 @@
+//! `[[vip]]`: each service, its mode, persistence and pool of backends,
+//! and the checks across VIPs (duplicates, full-NAT source addresses, the
+//! engine's id space).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::Checker;
+use super::health::HealthTemplate;
+use super::timeouts::IDLE_TIMEOUT;
+use super::values::{first_seen, optional};
+use crate::model::*;
+use crate::raw::*;
+
+const DEFAULT_GUE_PORT: u16 = 6080;
+const DEFAULT_PERSISTENCE: Duration = Duration::from_secs(300);
+/// The most VIPs, and backends in all, the engine can number (u16 ids).
+const MAX_IDS: usize = u16::MAX as usize;
+
+/// What a backend's checks need to know of its VIP; `None` where the VIP's
+/// own value was wrong (already reported).
+struct VipFacts<'a> {
+    ctx: &'a str,
+    address: Option<IpAddr>,
+    port: Option<u16>,
+    mode: Option<ModeName>,
+    snat: Option<IpAddr>,
+    health: Option<&'a HealthTemplate>,
+}
+
+/// What the checks across VIPs need.
+#[derive(Default)]
+struct Seen {
+    /// Address, protocol and port -> the line of its [[vip]].
+    vips: HashMap<(IpAddr, Protocol, u16), usize>,
+    /// The first VIP on each address.
+    addresses: HashMap<IpAddr, String>,
+    /// Each full-NAT source address, where it was set and its VIP.
+    snats: Vec<(IpAddr, Range<usize>, String)>,
+}
+
+impl Checker<'_> {
+    pub(super) fn vips(&mut self, section: Option<Spanned<DeValue<'_>>>) -> Option<Vec<Vip>> {
+        let mut vips = Vec::new();
+        let mut seen = Seen::default();
+        let entries = section.map_or(Some(Vec::new()), |s| self.entries(s, "", "vip"));
+        let mut ok = entries.is_some();
+        for (i, entry) in entries.unwrap_or_default().into_iter().enumerate() {
+            let span = entry.span();
+            let backends = entry.get_ref().as_table().and_then(|t| t.get("backend")).cloned();
+            let fallback = format!("vip {}", i + 1);
+            let mark = self.r.errors.len();
+            let Some(raw) = self.de::<RawVip>(entry, &fallback) else {
+                ok = false;
+                // Still report what is wrong in the shapes of its backends.
+                for (j, entry) in backends.and_then(|b| self.entries(b, &fallback, "vip.backend")).unwrap_or_default().into_iter().enumerate() {
+                    self.de::<RawBackend>(entry, &format!("{fallback}, backend {}", j + 1));
+                }
+                continue;
+            };
+            match self.vip(raw, span, backends, &fallback, mark, &mut seen) {
+                Some(vip) => vips.push(vip),
+                None => ok = false,
+            }
+        }
+        for (snat, span, ctx) in seen.snats {
+            if let Some(owner) = seen.addresses.get(&snat) {
+                ok = false;
+                self.r.error(span, &ctx, format!("snat {snat} is the address of {owner}: use a balancer address that serves no VIP"));
+            }
+        }
+        let total_backends: usize = vips.iter().map(|v| v.backends.len()).sum();
+        if vips.len() > MAX_IDS || total_backends > MAX_IDS {
+            ok = false;
+            self.r.error_no_line("", format!("{} VIPs and {total_backends} backends in all: at most {MAX_IDS} of each", vips.len()));
+        }
+        ok.then_some(vips)
+    }
+
+    /// `mark`: where the errors of this VIP start, to be named after it
+    /// once its name is known.
+    fn vip(&mut self, raw: RawVip, span: Range<usize>, backends: Option<Spanned<DeValue<'_>>>, fallback: &str, mark: usize, seen: &mut Seen) -> Option<Vip> {
+        let address = self.required(fallback, "address", &raw.address, span.clone()).and_then(|v| self.unicast(fallback, "address", v));
+        let protocol = self.required(fallback, "protocol", &raw.protocol, span.clone()).and_then(|v| self.keyword(fallback, "protocol", v));
+        let port = optional(&raw.port, |v| self.int(fallback, "port", v, 0..=u16::MAX)).map(|p| p.unwrap_or(0));
+        let (ctx, unique) = match (address, protocol, port) {
+            (Some(a), Some(proto), Some(p)) => {
+                let ctx = format!("vip {}", vip_name(a, proto, p));
+                let line = self.r.line(span.start);
+                let first = first_seen(&mut seen.vips, (a, proto, p), line);
+                if let Some(first) = first {
+                    self.r.error(span.clone(), &ctx, format!("defined twice (first at line {first})"));
+                }
+                seen.addresses.entry(a).or_insert_with(|| ctx.clone());
+                (ctx, first.is_none())
+            }
+            _ => (fallback.to_string(), true),
+        };
+        let ctx = ctx.as_str();
+        self.r.rename(mark, ctx);
+        let mode_name = self.required(ctx, "mode", &raw.mode, span.clone()).and_then(|v| Some((self.keyword::<ModeName>(ctx, "mode", v)?, v.span())));
+        let mode = mode_name.clone().and_then(|(m, mode_span)| self.mode(ctx, &raw, m, mode_span, address));
+        if let (Some(Mode::FullNat { snat }), Some(s)) = (mode, &raw.snat) {
+            seen.snats.push((snat, s.span(), ctx.to_string()));
+        }
+        let scheduler = optional(&raw.scheduler, |v| match self.text(ctx, "scheduler", v)? {
+            "maglev" => Some(Scheduler::Maglev),
+            _ => self.plugin(ctx, "scheduler", v, "\"maglev\" or ").map(Scheduler::Plugin),
+        })
+        .map(|s| s.unwrap_or(Scheduler::Maglev));
+        let persistence = optional(&raw.persistence, |p| {
+            let kind = self.required(ctx, "persistence.kind", &p.get_ref().kind, p.span()).and_then(|v| self.keyword(ctx, "persistence.kind", v));
+            let timeout = self.duration(ctx, "persistence.timeout", &p.get_ref().timeout, DEFAULT_PERSISTENCE, IDLE_TIMEOUT);
+            Some(Persistence { kind: kind?, timeout: timeout? })
+        });
+        let health = raw.health.as_ref().map(|h| self.vip_health(ctx, h, protocol, port));
+        let facts = VipFacts {
+            ctx,
+            address,
+            port,
+            mode: mode_name.map(|(m, _)| m),
+            snat: match mode {
+                Some(Mode::FullNat { snat }) => Some(snat),
+                _ => None,
+            },
+            health: health.as_ref().map(|(_, template)| template),
+        };
+        let backends = match backends {
+            None => self.fail(span, ctx, "no backend: add [[vip.backend]] entries, or write `backend = []` for an empty pool on purpose"),
+            Some(b) => self.backends(&facts, b),
+        };
+        let health = match health {
+            None => Some(None),
+            Some((policy, _)) => policy.map(Some),
+        };
+        Some(Vip {
+            address: address?,
+            protocol: protocol?,
+            port: port?,
+            mode: mode?,
+            scheduler: scheduler?,
+            persistence: persistence?,
+            health: health?,
+            backends: backends?,
+        })
+        .filter(|_| unique)
+    }
+
+    /// `mode_span` is where the mode was set, for what it is missing.
+    fn mode(&mut self, ctx: &str, raw: &RawVip, mode: ModeName, mode_span: Range<usize>, vip: Option<IpAddr>) -> Option<Mode> {
+        use ModeName::*;
+        let mut ok = true;
+        // The fields that belong to some modes only.
+        let fields: [(&str, &Field, &[ModeName], &str); 3] = [
+            ("snat", &raw.snat, &[FullNat], "full-nat"),
+            ("tunnel_source", &raw.tunnel_source, &[Ipip, Gue], "ipip and gue"),
+            ("gue_port", &raw.gue_port, &[Gue], "gue"),
+        ];
+        for (name, field, modes, which) in fields {
+            if let Some(field) = field
+                && !modes.contains(&mode)
+            {
+                ok = false;
+                self.r.error(field.span(), ctx, format!("{name} is only for mode {which}, not {mode}"));
+            }
+        }
+        let mut required = |name: &str, field: &Field, what: &str| {
+            if field.is_none() {
+                self.r.error(mode_span.clone(), ctx, format!("mode {mode} needs {name}: {what}"));
+            }
+            field.clone()
+        };
+        let result = match mode {
+            Nat => Some(Mode::Nat),
+            Dsr => Some(Mode::Dsr),
+            FullNat => {
+                let v = required("snat", &raw.snat, "the balancer address that backends reply to")?;
+                let snat = self.unicast(ctx, "snat", &v)?;
+                if Some(snat) == vip {
+                    return self.fail(v.span(), ctx, format!("snat {snat} is the VIP's own address: use a balancer address that serves no VIP"));
+                }
+                self.same_family(ctx, "snat", v.span(), snat, &snat, vip).then_some(Mode::FullNat { snat })
+            }
+            Ipip | Gue => {
+                let v = required("tunnel_source", &raw.tunnel_source, "the prefix outer source addresses are taken from, like \"198.18.200.0/24\"");
+                let source = v.and_then(|v| {
+                    let p = self.prefix(ctx, "tunnel_source", &v)?;
+                    self.same_family(ctx, "tunnel_source", v.span(), p.address, &p, vip).then_some(p)
+                });
+                let port = optional(&raw.gue_port, |v| self.int(ctx, "gue_port", v, 1..=u16::MAX)).map(|p| p.unwrap_or(DEFAULT_GUE_PORT));
+                match mode {
+                    Ipip => source.map(|source| Mode::Ipip { source }),
+                    _ => Some(Mode::Gue { source: source?, port: NonZeroU16::new(port?)? }),
+                }
+            }
+        };
+        result.filter(|_| ok)
+    }
+
+    fn backends(&mut self, vip: &VipFacts<'_>, value: Spanned<DeValue<'_>>) -> Option<Vec<Backend>> {
+        let mut ok = true;
+        let mut pool = Vec::new();
+        // Address and effective port -> backend number and line.
+        let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
+        for (j, entry) in self.entries(value, vip.ctx, "vip.backend")?.into_iter().enumerate() {
+            let ctx = format!("{}, backend {}", vip.ctx, j + 1);
+            let span = entry.span();
+            let Some(b) = self.de::<RawBackend>(entry, &ctx).and_then(|raw| self.backend(vip, &raw, &ctx, span.clone())) else {
+                ok = false;
+                continue;
+            };
+            if let Some(vip_port) = vip.port {
+                let end = SocketAddr::new(b.address, if b.port == 0 { vip_port } else { b.port });
+                let line = self.r.line(span.start);
+                if let Some((first, first_line)) = first_seen(&mut seen, end, (j + 1, line)) {
+                    ok = false;
+                    self.r.error(span, &ctx, format!("{end} is already backend {first} (line {first_line})"));
+                }
+            }
+            pool.push(b);
+        }
+        ok.then_some(pool)
+    }
+
+    fn backend(&mut self, vip: &VipFacts<'_>, raw: &RawBackend, ctx: &str, span: Range<usize>) -> Option<Backend> {
+        let address = self.required(ctx, "address", &raw.address, span).and_then(|v| {
+            let a = self.unicast(ctx, "address", v)?;
+            if Some(a) == vip.address {
+                return self.fail(v.span(), ctx, format!("address {a} is the VIP's own"));
+            }
+            if Some(a) == vip.snat {
+                return self.fail(v.span(), ctx, format!("address {a} is the VIP's snat address"));
+            }
+            self.same_family(ctx, "address", v.span(), a, &a, vip.address).then_some(a)
+        });
+        let port = optional(&raw.port, |v| {
+            let port = self.int(ctx, "port", v, 0..=u16::MAX)?;
+            match (vip.port, vip.mode) {
+                (Some(0), _) if port != 0 => {
+                    self.fail(v.span(), ctx, format!("port must be omitted: the VIP serves every port and each flow keeps its own, got {port}"))
+                }
+                (Some(p), Some(mode @ (ModeName::Dsr | ModeName::Ipip | ModeName::Gue))) if port != 0 && port != p => {
+                    self.fail(v.span(), ctx, format!("port must be omitted or {p}: mode {mode} delivers the client's packet unchanged, got {port}"))
+                }
+                _ => Some(port),
+            }
+        })
+        .map(|p| p.unwrap_or(0));
+        let weight = optional(&raw.weight, |v| self.int(ctx, "weight", v, 0..=u16::MAX)).map(|w| w.unwrap_or(1));
+        let mac = optional(&raw.mac, |v| self.mac(ctx, v));
+        let check = match (vip.health, &raw.health) {
+            (None, None) => Some(None),
+            (None, Some(h)) => self.fail(h.span(), ctx, "health overrides need a health check on the VIP ([vip.health])"),
+            (Some(template), over) => {
+                let serving = port.zip(vip.port).map(|(p, v)| if p == 0 { v } else { p });
+                self.backend_check(ctx, template, over.as_ref(), address, serving).map(Some)
+            }
+        };
+        Some(Backend { address: address?, port: port?, weight: weight?, mac: mac?, check: check? })
+    }
+}

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::flow::key::addr16;
@@ -90,9 +91,6 @@ pub struct ReplayReport {
     pub faults: u64,
 }
 
-/// Loads the plugin at `path` (as `fulcrum plugin load` would, smoke test
-/// included) and replays the flows: once with every backend up, then, if
-/// `failures` is not empty, again from the same start with those down.
 /// `n` backends 198.18.1.i:80 with the weights and loads given per index.
 fn replay_pool(n: usize, weight: impl Fn(usize) -> u32, load: impl Fn(usize) -> u32) -> Vec<BackendState> {
     (0..n)
@@ -103,7 +101,7 @@ fn replay_pool(n: usize, weight: impl Fn(usize) -> u32, load: impl Fn(usize) -> 
         .collect()
 }
 
-fn replay_runtime() -> Result<PluginRuntime, ReplayError> {
+fn replay_runtime() -> Result<Arc<PluginRuntime>, ReplayError> {
     PluginRuntime::new(HostConfig { max_instances: 4, ..HostConfig::default() }).map_err(ReplayError::Load)
 }
 
@@ -115,6 +113,9 @@ pub fn check(path: &Path) -> Result<(), ReplayError> {
     replay_runtime()?.load_file(path, &replay_pool(8, |_| 1, |_| 0)).map(drop).map_err(ReplayError::Load)
 }
 
+/// Loads the plugin at `path` (as `fulcrum plugin load` would, smoke test
+/// included) and replays the flows: once with every backend up, then, if
+/// `failures` is not empty, again from the same start with those down.
 pub fn run(path: &Path, opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let n = opts.backends;
     if n == 0 || n > MAGLEV_MAX_BACKENDS {
@@ -128,7 +129,9 @@ pub fn run(path: &Path, opts: &ReplayOptions) -> Result<ReplayReport, ReplayErro
     if let Some(&b) = opts.failures.iter().find(|&&b| b >= n) {
         return Err(ReplayError::Options(format!("backend {b} cannot fail: there are {n} (0..{})", n - 1)));
     }
-    let pool = replay_pool(n, |i| opts.weights.get(i).copied().unwrap_or(1), |i| opts.loads.get(i).copied().unwrap_or(0));
+    let weights: Vec<u32> = (0..n).map(|i| opts.weights.get(i).copied().unwrap_or(1)).collect();
+    let loads: Vec<u32> = (0..n).map(|i| opts.loads.get(i).copied().unwrap_or(0)).collect();
+    let pool = replay_pool(n, |i| weights[i], |i| loads[i]);
     let plugin = replay_runtime()?.load_file(path, &pool).map_err(ReplayError::Load)?;
     let name = plugin.name().to_string();
     let slot = PluginSlot::new(format!("replay of {name}"));

@@ -9,6 +9,8 @@ use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fulcrum_dataplane::wire::IpProtocol;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub daemon: Daemon,
@@ -143,10 +145,15 @@ impl Vip {
 }
 
 pub(crate) fn vip_name(address: IpAddr, protocol: Protocol, port: u16) -> String {
-    let port = if port == 0 { "*".to_string() } else { port.to_string() };
-    match address {
-        IpAddr::V4(a) => format!("{a}:{port}/{protocol}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}/{protocol}"),
+    fulcrum_dataplane::services::vip_name(address, protocol.into(), port)
+}
+
+impl From<Protocol> for IpProtocol {
+    fn from(p: Protocol) -> IpProtocol {
+        match p {
+            Protocol::Tcp => IpProtocol::TCP,
+            Protocol::Udp => IpProtocol::UDP,
+        }
     }
 }
 

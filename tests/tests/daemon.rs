@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_tests::daemon::{self, LabMode};
 use fulcrum_tests::{Lab, VIP4, VIP6, http_get, in_netns, require_root, udp_echo};
 
@@ -49,11 +50,9 @@ fn udp(lab: &Lab, vip: IpAddr) {
     }
 }
 
+/// The name `fulcrum status` gives the lab's TCP VIP on port 80.
 fn vip_name(vip: IpAddr) -> String {
-    match vip {
-        IpAddr::V4(a) => format!("{a}:80/tcp"),
-        IpAddr::V6(a) => format!("[{a}]:80/tcp"),
-    }
+    fulcrum_dataplane::services::vip_name(vip, IpProtocol::TCP, 80)
 }
 
 /// Runs the daemon in `mode` and checks HTTP spread, a 10 MB transfer and

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fulcrum::control::api::{Request, Response, StatsReport};
+use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_tests::daemon::{self, LabMode};
 use fulcrum_tests::{Lab, Proc, VIP4, VIP6, http_get, in_netns, require_root};
 
@@ -30,11 +31,9 @@ fn health(kind: &str, more: &str) -> String {
 }
 
 /// The VIP's name in the daemon's output.
+/// The name `fulcrum status` gives the lab's TCP VIP on port 80.
 fn vip_name(vip: IpAddr) -> String {
-    match vip {
-        IpAddr::V4(a) => format!("{a}:80/tcp"),
-        IpAddr::V6(a) => format!("[{a}]:80/tcp"),
-    }
+    fulcrum_dataplane::services::vip_name(vip, IpProtocol::TCP, 80)
 }
 
 /// Backend `i`'s address in `vip`'s family.

@@ -8,6 +8,7 @@ use std::num::NonZeroU16;
 use std::ops::Range;
 use std::time::Duration;
 
+use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT;
 use toml::Spanned;
 use toml::de::DeValue;
 
@@ -18,7 +19,6 @@ use super::values::{first_seen, optional};
 use crate::model::*;
 use crate::raw::*;
 
-const DEFAULT_GUE_PORT: u16 = 6080;
 const DEFAULT_PERSISTENCE: Duration = Duration::from_secs(300);
 /// The most VIPs, and backends in all, the engine can number (u16 ids).
 const MAX_IDS: usize = u16::MAX as usize;
@@ -193,7 +193,7 @@ impl Checker<'_> {
                     let p = self.prefix(ctx, "tunnel_source", &v)?;
                     self.same_family(ctx, "tunnel_source", v.span(), p.address, &p, vip).then_some(p)
                 });
-                let port = optional(&raw.gue_port, |v| self.int(ctx, "gue_port", v, 1..=u16::MAX)).map(|p| p.unwrap_or(DEFAULT_GUE_PORT));
+                let port = optional(&raw.gue_port, |v| self.int(ctx, "gue_port", v, 1..=u16::MAX)).map(|p| p.unwrap_or(GUE_DEFAULT_PORT));
                 match mode {
                     Ipip => source.map(|source| Mode::Ipip { source }),
                     _ => Some(Mode::Gue { source: source?, port: NonZeroU16::new(port?)? }),

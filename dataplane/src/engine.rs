@@ -3,6 +3,7 @@
 //! worker core; it owns its connection-table shard and counters and takes
 //! no lock.
 
+use std::fmt;
 use std::sync::Arc;
 
 use crate::flow::FlowKey;
@@ -105,22 +106,50 @@ struct Flows {
     snat_next: u16,
 }
 
+/// Why an engine cannot be built or take a service snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineError {
+    /// `worker` is not below `workers`.
+    NoSuchWorker { worker: u16, workers: u16 },
+    /// The full-NAT source-port range cannot give every worker a port.
+    SnatPorts { lo: u16, hi: u16, workers: u16 },
+    /// The snapshot names more VIP or backend ids than the engine's
+    /// preallocated tables hold.
+    TooManyIds { vips: usize, backends: usize, max_vips: usize, max_backends: usize },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::NoSuchWorker { worker, workers } => write!(f, "worker {worker} of {workers}: no such worker"),
+            EngineError::SnatPorts { lo, hi, workers } => {
+                write!(f, "snat ports {lo}-{hi}: need a non-empty range above 0 with a port for each of {workers} workers")
+            }
+            EngineError::TooManyIds { vips, backends, max_vips, max_backends } => {
+                write!(f, "{vips} VIP and {backends} backend ids exceed this engine's limits ({max_vips} and {max_backends})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
 impl Engine {
     /// An engine with a sticky table of its own (one worker).
-    pub fn new(cfg: EngineConfig, services: Arc<Services>) -> Result<Engine, String> {
+    pub fn new(cfg: EngineConfig, services: Arc<Services>) -> Result<Engine, EngineError> {
         Self::with_sticky(cfg, services, Arc::new(StickyTable::new(cfg.sticky_clients)))
     }
 
     /// An engine sharing `sticky` with the other workers, which must use
     /// one clock (`now_ms` of `process`) for it.
-    pub fn with_sticky(cfg: EngineConfig, services: Arc<Services>, sticky: Arc<StickyTable>) -> Result<Engine, String> {
+    pub fn with_sticky(cfg: EngineConfig, services: Arc<Services>, sticky: Arc<StickyTable>) -> Result<Engine, EngineError> {
         if cfg.workers == 0 || cfg.worker >= cfg.workers {
-            return Err(format!("worker {} of {}: no such worker", cfg.worker, cfg.workers));
+            return Err(EngineError::NoSuchWorker { worker: cfg.worker, workers: cfg.workers });
         }
         let (lo, hi) = cfg.snat_ports;
         let span = (u32::from(hi.saturating_sub(lo)) + 1) / u32::from(cfg.workers);
         if lo == 0 || hi < lo || span == 0 {
-            return Err(format!("snat ports {lo}-{hi}: need a non-empty range above 0 with a port for each of {} workers", cfg.workers));
+            return Err(EngineError::SnatPorts { lo, hi, workers: cfg.workers });
         }
         let span = span as u16;
         let flows = Flows {
@@ -142,16 +171,15 @@ impl Engine {
 
     /// Switches to a new service snapshot. Established flows keep their
     /// backends as long as the ids still exist.
-    pub fn set_services(&mut self, services: Arc<Services>) -> Result<(), String> {
+    pub fn set_services(&mut self, services: Arc<Services>) -> Result<(), EngineError> {
         let cfg = &self.flows.cfg;
         if services.vip_slots() > cfg.max_vips || services.backend_slots() > cfg.max_backends {
-            return Err(format!(
-                "{} VIP and {} backend ids exceed this engine's limits ({} and {})",
-                services.vip_slots(),
-                services.backend_slots(),
-                cfg.max_vips,
-                cfg.max_backends
-            ));
+            return Err(EngineError::TooManyIds {
+                vips: services.vip_slots(),
+                backends: services.backend_slots(),
+                max_vips: cfg.max_vips,
+                max_backends: cfg.max_backends,
+            });
         }
         self.flows.schedulers.resize_with(services.vip_slots(), || None);
         self.flows.pool.reserve(services.max_pool());

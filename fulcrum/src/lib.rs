@@ -7,4 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod error;
 pub mod workers;
+
+pub use error::{Context, Error};

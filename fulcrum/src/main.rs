@@ -1,5 +1,7 @@
 //! The `fulcrum` daemon and its command line.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fulcrum::control::api::{Request, Response};
 use fulcrum::control::{client, load_config, server};
+use fulcrum::{Context, Error};
 use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT;
 use fulcrum_io::xdp::DecapProgram;
 use fulcrum_io::{XdpMode, netinfo};
@@ -133,16 +136,16 @@ fn main() -> ExitCode {
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
             let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
-            replay::run(&file, &opts).map(|report| print!("{report}")).map_err(|e| format!("{}: {e}", file.display()))
+            replay::run(&file, &opts).map(|report| print!("{report}")).context(|| file.display().to_string())
         }
         Cmd::Plugin { cmd: PluginCmd::Check { files } } => files.iter().try_for_each(|file| {
-            replay::check(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            replay::check(file).context(|| file.display().to_string())?;
             println!("{}: ok", file.display());
             Ok(())
         }),
         // The daemon runs elsewhere: give it the file's absolute path.
         Cmd::Plugin { cmd: PluginCmd::Load { vip, file, target } } => {
-            file.canonicalize().map_err(|e| format!("{}: {e}", file.display())).and_then(|path| ask(&target, Request::PluginLoad { vip, path }))
+            file.canonicalize().map_err(Error::system(file.display().to_string())).and_then(|path| ask(&target, Request::PluginLoad { vip, path }))
         }
     };
     match result {
@@ -154,18 +157,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn ask(t: &Target, req: Request) -> Result<(), String> {
+fn ask(t: &Target, req: Request) -> Result<(), Error> {
     let socket = match (&t.socket, &t.config) {
         (Some(s), _) => s.clone(),
-        (None, Some(c)) => fulcrum_config::load(c).map_err(|e| format!("invalid configuration:\n{e}"))?.daemon.control_socket,
+        (None, Some(c)) => fulcrum_config::load(c)?.daemon.control_socket,
         (None, None) => PathBuf::from(fulcrum_config::DEFAULT_CONTROL_SOCKET),
     };
     let response = client::request(&socket, &req)?;
     if let Response::Error(e) = response {
-        return Err(e);
+        return Err(Error::Refused(e));
     }
     if t.json {
-        println!("{}", serde_json::to_string_pretty(&response).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(&response).map_err(|source| Error::Json { what: "printing the answer".into(), source })?);
         return Ok(());
     }
     match response {
@@ -184,10 +187,10 @@ fn ask(t: &Target, req: Request) -> Result<(), String> {
 }
 
 /// A flag set by SIGINT or SIGTERM.
-fn stop_flag() -> Result<Arc<AtomicBool>, String> {
+fn stop_flag() -> Result<Arc<AtomicBool>, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("installing a signal handler: {e}"))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(Error::system("installing a signal handler"))?;
     }
     Ok(stop)
 }
@@ -198,11 +201,11 @@ fn wait(stop: &AtomicBool) {
     }
 }
 
-fn decap(iface: &str, gue_port: u16, mode: XdpMode) -> Result<(), String> {
+fn decap(iface: &str, gue_port: u16, mode: XdpMode) -> Result<(), Error> {
     let stop = stop_flag()?;
-    let mut prog = DecapProgram::attach(iface, mode, gue_port).map_err(|e| e.to_string())?;
+    let mut prog = DecapProgram::attach(iface, mode, gue_port)?;
     for a in netinfo::iface_addrs(iface)? {
-        prog.add_local_addr(a).map_err(|e| e.to_string())?;
+        prog.add_local_addr(a)?;
     }
     println!("ready iface={iface} gue_port={gue_port} xdp_mode={}", prog.mode());
     wait(&stop);

@@ -21,8 +21,8 @@ use fulcrum_dataplane::wire::{IpProtocol, ipv4, tcp};
 use fulcrum_io::epoll::{Interest, Poller};
 use fulcrum_io::sock;
 
-use super::Failure;
 use super::rst_guard::{self, RstGuard};
+use super::{Failure, HealthError};
 
 const FIRST_PORT: u16 = *rst_guard::PORTS.start();
 const PORT_COUNT: usize = (*rst_guard::PORTS.end() - FIRST_PORT) as usize + 1;
@@ -77,7 +77,7 @@ fn port_filter(ip_header: bool) -> Vec<libc::sock_filter> {
 impl HalfOpen {
     /// Installs the RST guard and opens the sockets of the families asked
     /// for, registered with `tokens[family]`.
-    pub fn open(families: [bool; 2], slots: usize, poller: &Poller, tokens: [u64; 2]) -> Result<HalfOpen, String> {
+    pub fn open(families: [bool; 2], slots: usize, poller: &Poller, tokens: [u64; 2]) -> Result<HalfOpen, HealthError> {
         let guard = RstGuard::acquire()?;
         let mut socks = [None, None];
         for (v6, wanted) in [false, true].into_iter().zip(families) {
@@ -96,7 +96,7 @@ impl HalfOpen {
                 poller.add(&fd, tokens[usize::from(v6)], Interest::Read)?;
                 Ok(fd)
             };
-            socks[usize::from(v6)] = Some(open().map_err(|e| format!("half-open checks: raw TCP socket: {e}"))?);
+            socks[usize::from(v6)] = Some(open().map_err(HealthError::system("half-open checks: raw TCP socket"))?);
         }
         let isn_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Ok(HalfOpen { socks, waiting: vec![None; PORT_COUNT], by_slot: vec![None; slots], next_port: 0, isn_seed, _guard: guard })

@@ -32,6 +32,69 @@ use std::{fmt, io};
 pub use fulcrum_io::sock::route_source;
 pub use monitor::{CheckStats, HealthMonitor, HealthStats, Member, Pool, Transition};
 
+/// Why the health checks cannot start.
+#[derive(Debug)]
+pub enum HealthError {
+    /// A socket, epoll set or thread the checks need: what it was for.
+    System {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The nftables rule of half-open checks (`rst_guard`).
+    Nft {
+        what: &'static str,
+        detail: NftFailure,
+    },
+    TooManyBackends {
+        count: usize,
+        max: usize,
+    },
+}
+
+/// How running `nft` failed.
+#[derive(Debug)]
+pub enum NftFailure {
+    /// It could not be run (not installed?).
+    Run(io::Error),
+    /// It ran and refused the script.
+    Refused(String),
+}
+
+impl fmt::Display for NftFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NftFailure::Run(e) => write!(f, "cannot run nft (package nftables): {e}"),
+            NftFailure::Refused(stderr) => write!(f, "nft failed: {stderr}"),
+        }
+    }
+}
+
+impl fmt::Display for HealthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthError::System { what, source } => write!(f, "{what}: {source}"),
+            HealthError::Nft { what, detail } => write!(f, "{what}: {detail}"),
+            HealthError::TooManyBackends { count, max } => write!(f, "{count} health-checked backends: at most {max}"),
+        }
+    }
+}
+
+impl std::error::Error for HealthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HealthError::System { source, .. } | HealthError::Nft { detail: NftFailure::Run(source), .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl HealthError {
+    /// A `map_err` adapter for system calls made for `what`.
+    pub(crate) fn system(what: &'static str) -> impl FnOnce(io::Error) -> HealthError {
+        move |source| HealthError::System { what, source }
+    }
+}
+
 /// Why a check failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {

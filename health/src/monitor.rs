@@ -30,11 +30,11 @@ use fulcrum_dataplane::stats::Counter;
 use fulcrum_dataplane::types::{BackendId, VipId};
 use fulcrum_io::epoll::Poller;
 
-use super::Failure;
 use super::half_open::HalfOpen;
 use super::http::HttpCheck;
 use super::icmp::Icmp;
 use super::stream::Streams;
+use super::{Failure, HealthError};
 
 /// Tokens of the shared raw sockets, by family; stream sockets use their
 /// slot number.
@@ -124,11 +124,11 @@ impl HealthMonitor {
     /// Opens the sockets the checks need (raw ones and the nftables rule
     /// for half-open checks, on this thread, so that failures are reported
     /// here) and starts the thread.
-    pub fn start(pools: Vec<Pool>) -> Result<HealthMonitor, String> {
+    pub fn start(pools: Vec<Pool>) -> Result<HealthMonitor, HealthError> {
         let (tx, transitions) = unbounded();
-        let (wake, notify) = UnixStream::pair().map_err(|e| format!("health checks: socket pair: {e}"))?;
+        let (wake, notify) = UnixStream::pair().map_err(HealthError::system("health checks: socket pair"))?;
         for s in [&wake, &notify] {
-            s.set_nonblocking(true).map_err(|e| format!("health checks: socket pair: {e}"))?;
+            s.set_nonblocking(true).map_err(HealthError::system("health checks: socket pair"))?;
         }
         let runner = Runner::new(pools, tx, notify)?;
         let (stop, stats) = (Arc::new(AtomicBool::new(false)), Arc::clone(&runner.stats));
@@ -136,7 +136,7 @@ impl HealthMonitor {
         let thread = std::thread::Builder::new()
             .name("fulcrum-health".into())
             .spawn(move || runner.run(&flag))
-            .map_err(|e| format!("starting the health thread: {e}"))?;
+            .map_err(HealthError::system("starting the health thread"))?;
         Ok(HealthMonitor { stop, thread: Some(thread), transitions, wake, stats })
     }
 
@@ -243,11 +243,11 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(pools: Vec<Pool>, transitions: Sender<Transition>, notify: UnixStream) -> Result<Runner, String> {
+    fn new(pools: Vec<Pool>, transitions: Sender<Transition>, notify: UnixStream) -> Result<Runner, HealthError> {
         let now = Instant::now();
         let n: usize = pools.iter().map(|p| p.members.len()).sum();
         if n > usize::from(u16::MAX) + 1 {
-            return Err(format!("{n} health-checked backends: at most {}", usize::from(u16::MAX) + 1));
+            return Err(HealthError::TooManyBackends { count: n, max: usize::from(u16::MAX) + 1 });
         }
         let (mut slots, mut states) = (Vec::with_capacity(n), Vec::with_capacity(pools.len()));
         for (p, pool) in pools.into_iter().enumerate() {
@@ -286,10 +286,10 @@ impl Runner {
         };
         let icmp_families = families(|p| if let Prepared::Icmp(a) = p { Some(*a) } else { None });
         let syn_families = families(|p| if let Prepared::HalfOpen(a) = p { Some(a.ip()) } else { None });
-        let poller = Poller::new(EVENTS).map_err(|e| format!("health checks: epoll: {e}"))?;
+        let poller = Poller::new(EVENTS).map_err(HealthError::system("health checks: epoll"))?;
         let icmp = match icmp_families {
             [false, false] => None,
-            f => Some(Icmp::open(f, n, &poller, ICMP_TOKENS).map_err(|e| format!("ICMP checks: raw socket: {e}"))?),
+            f => Some(Icmp::open(f, n, &poller, ICMP_TOKENS).map_err(HealthError::system("ICMP checks: raw socket"))?),
         };
         let half_open = match syn_families {
             [false, false] => None,

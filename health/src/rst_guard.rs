@@ -36,6 +36,8 @@ use std::ops::RangeInclusive;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 
+use super::{HealthError, NftFailure};
+
 /// The checker's source ports.
 pub const PORTS: RangeInclusive<u16> = 61000..=64999;
 /// The mark of the checker's own packets ("flhc").
@@ -48,7 +50,7 @@ pub struct RstGuard(());
 /// The rule while any checker holds it.
 static INSTALLED: Mutex<Weak<RstGuard>> = Mutex::new(Weak::new());
 
-fn nft(script: &str) -> Result<(), String> {
+fn nft(script: &str) -> Result<(), NftFailure> {
     let run = || -> std::io::Result<std::process::Output> {
         let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         child.stdin.take().map(|mut i| i.write_all(script.as_bytes())).transpose()?;
@@ -56,14 +58,14 @@ fn nft(script: &str) -> Result<(), String> {
     };
     match run() {
         Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
-        Err(e) => Err(format!("cannot run nft (package nftables): {e}")),
+        Ok(out) => Err(NftFailure::Refused(String::from_utf8_lossy(&out.stderr).trim().into())),
+        Err(e) => Err(NftFailure::Run(e)),
     }
 }
 
 impl RstGuard {
     /// The rule, installed unless a checker holds it already.
-    pub fn acquire() -> Result<Arc<RstGuard>, String> {
+    pub fn acquire() -> Result<Arc<RstGuard>, HealthError> {
         let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(guard) = installed.upgrade() {
             return Ok(guard);
@@ -73,7 +75,7 @@ impl RstGuard {
         Ok(guard)
     }
 
-    fn install() -> Result<RstGuard, String> {
+    fn install() -> Result<RstGuard, HealthError> {
         // Declaring the table first makes the delete succeed whether or
         // not an old one exists; all in one transaction.
         let script = format!(
@@ -81,7 +83,7 @@ impl RstGuard {
             PORTS.start(),
             PORTS.end()
         );
-        nft(&script).map_err(|e| format!("half-open checks: installing the nftables rule that drops the kernel's RSTs: {e}"))?;
+        nft(&script).map_err(|detail| HealthError::Nft { what: "half-open checks: installing the nftables rule that drops the kernel's RSTs", detail })?;
         Ok(RstGuard(()))
     }
 }

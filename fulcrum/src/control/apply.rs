@@ -10,8 +10,10 @@ use fulcrum_config as cfg;
 use fulcrum_dataplane::forward::tunnel::Encap;
 use fulcrum_dataplane::services::{Backend, Interface, Mode, Services, VipSpec};
 use fulcrum_dataplane::types::{BackendId, IfIndex, Mac, VipId};
-use fulcrum_dataplane::wire::IpProtocol;
+use fulcrum_io::netinfo::NetError;
 use fulcrum_io::xdp::ReturnTraffic;
+
+use crate::error::{Context, Error};
 
 /// An interface as the daemon found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,21 +50,14 @@ pub struct Ids {
 /// A VIP as an operator names it: address, protocol, port.
 type VipKey = (IpAddr, cfg::Protocol, u16);
 
-fn next_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u16>, key: K, what: &str) -> Result<u16, String> {
+fn next_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u16>, key: K, what: &str) -> Result<u16, Error> {
     let n = map.len();
     if let Some(&id) = map.get(&key) {
         return Ok(id);
     }
-    let id = u16::try_from(n).map_err(|_| format!("more than {} {what} defined since start: restart the daemon", u16::MAX))?;
+    let id = u16::try_from(n).map_err(|_| Error::Refused(format!("more than {} {what} defined since start: restart the daemon", u16::MAX)))?;
     map.insert(key, id);
     Ok(id)
-}
-
-pub fn proto(p: cfg::Protocol) -> IpProtocol {
-    match p {
-        cfg::Protocol::Tcp => IpProtocol::TCP,
-        cfg::Protocol::Udp => IpProtocol::UDP,
-    }
 }
 
 fn mode(m: cfg::Mode) -> Mode {
@@ -76,11 +71,11 @@ fn mode(m: cfg::Mode) -> Mode {
 }
 
 /// Resolves a backend's next-hop MAC: (address, interface, must be on-link).
-pub type Resolver<'a> = dyn FnMut(IpAddr, &str, bool) -> Result<Mac, String> + 'a;
+pub type Resolver<'a> = dyn FnMut(IpAddr, &str, bool) -> Result<Mac, NetError> + 'a;
 
 /// The engine's services for `config`, and the return traffic the
 /// steering program must send to the engine.
-pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resolver) -> Result<(Services, Vec<ReturnTraffic>), String> {
+pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resolver) -> Result<(Services, Vec<ReturnTraffic>), Error> {
     let server = net.server();
     let server_name = &net.ifaces[usize::from(server)].name;
     let mut vips: Vec<Option<VipSpec>> = vec![None; ids.vips.len()];
@@ -94,7 +89,7 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             let bid = next_id(&mut ids.backends, (vkey, b.address, b.port), "backends")?;
             let next_hop = match b.mac {
                 Some(mac) => mac,
-                None => resolve(b.address, server_name, v.mode == cfg::Mode::Dsr).map_err(|e| format!("vip {}, backend {}: {e}", v.name(), b.address))?,
+                None => resolve(b.address, server_name, v.mode == cfg::Mode::Dsr).context(|| format!("vip {}, backend {}", v.name(), b.address))?,
             };
             let slot = usize::from(bid);
             if backends.len() <= slot {
@@ -105,9 +100,9 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             members.push(bid);
             let ret = match v.mode {
                 cfg::Mode::Nat => {
-                    Some(ReturnTraffic::FromBackend { addr: b.address, proto: proto(v.protocol), port: if b.port == 0 { v.port } else { b.port } })
+                    Some(ReturnTraffic::FromBackend { addr: b.address, proto: v.protocol.into(), port: if b.port == 0 { v.port } else { b.port } })
                 }
-                cfg::Mode::FullNat { snat } => Some(ReturnTraffic::ToSnat { addr: snat, proto: proto(v.protocol), port: 0 }),
+                cfg::Mode::FullNat { snat } => Some(ReturnTraffic::ToSnat { addr: snat, proto: v.protocol.into(), port: 0 }),
                 _ => None,
             };
             if let Some(r) = ret.filter(|r| !returns.contains(r)) {
@@ -119,7 +114,7 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
         }
         vips[vid] = Some(VipSpec {
             addr: v.address,
-            proto: proto(v.protocol),
+            proto: v.protocol.into(),
             port: v.port,
             mode: mode(v.mode),
             backends: members,
@@ -128,7 +123,7 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
         });
     }
     let ifaces = net.ifaces.iter().map(|i| Interface { mac: i.mac, mtu: i.mtu }).collect();
-    let services = Services::new(ifaces, vips, backends).map_err(|e| e.to_string())?;
+    let services = Services::new(ifaces, vips, backends)?;
     Ok((services, returns))
 }
 

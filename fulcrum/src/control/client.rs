@@ -7,32 +7,35 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::api::{Request, Response};
+use crate::error::Error;
 
 /// A reload resolves new backends' neighbours (seconds each at worst).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Sends one request to the daemon listening on `socket`; its response
 /// (which may be `Response::Error`), or why there is none.
-pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
-    let conn = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
-            format!(
+pub fn request(socket: &Path, req: &Request) -> Result<Response, Error> {
+    let conn = UnixStream::connect(socket).map_err(|e| {
+        let what = match e.kind() {
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => format!(
                 "fulcrum is not running: nothing listens on {} (start it with `fulcrum run`; or name its socket with --socket or its config with --config)",
                 socket.display()
-            )
-        }
-        ErrorKind::PermissionDenied => format!("permission denied on {}: the control socket is root's only (run this as root)", socket.display()),
-        _ => format!("connecting to {}: {e}", socket.display()),
+            ),
+            ErrorKind::PermissionDenied => format!("permission denied on {}: the control socket is root's only (run this as root)", socket.display()),
+            _ => format!("connecting to {}", socket.display()),
+        };
+        Error::System { what, source: e }
     })?;
-    let io = |e: std::io::Error| format!("talking to fulcrum on {}: {e}", socket.display());
-    conn.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(io)?;
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    let io = || format!("talking to fulcrum on {}", socket.display());
+    conn.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(Error::system(io()))?;
+    let mut line = serde_json::to_string(req).map_err(|source| Error::Json { what: "encoding the request".into(), source })?;
     line.push('\n');
-    (&conn).write_all(line.as_bytes()).map_err(io)?;
+    (&conn).write_all(line.as_bytes()).map_err(Error::system(io()))?;
     let mut answer = String::new();
-    BufReader::new(&conn).read_line(&mut answer).map_err(io)?;
+    BufReader::new(&conn).read_line(&mut answer).map_err(Error::system(io()))?;
     if answer.is_empty() {
-        return Err(format!("fulcrum on {} closed the connection without answering (see its log)", socket.display()));
+        return Err(Error::Refused(format!("fulcrum on {} closed the connection without answering (see its log)", socket.display())));
     }
-    serde_json::from_str(&answer).map_err(|e| format!("unreadable answer from fulcrum on {}: {e} (a different version?)", socket.display()))
+    serde_json::from_str(&answer)
+        .map_err(|source| Error::Json { what: format!("unreadable answer from fulcrum on {} (a different version?)", socket.display()), source })
 }

@@ -23,6 +23,7 @@ use super::health::{self, HealthControl, HealthUpdate};
 use super::plugins::{self, Plugins};
 use super::reload;
 use super::telemetry::Telemetry;
+use crate::error::Error;
 use crate::workers::Dataplane;
 
 /// How long a reload waits for every worker to switch to the new services
@@ -65,7 +66,7 @@ fn ms(d: Duration) -> u32 {
 type VipMatch = (IpAddr, IpProtocol, u16);
 
 fn vip_matches(config: &cfg::Config) -> Vec<VipMatch> {
-    config.vips.iter().map(|v| (v.address, apply::proto(v.protocol), v.port)).collect()
+    config.vips.iter().map(|v| (v.address, v.protocol.into(), v.port)).collect()
 }
 
 /// The steering programs and what they redirect: VIPs on the client-facing
@@ -80,7 +81,7 @@ struct Steering {
 impl Steering {
     /// Adds what is missing; on a failure removes what it added, so the
     /// maps are as before.
-    fn add(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) -> Result<(), String> {
+    fn add(&mut self, vips: &[VipMatch], returns: &[ReturnTraffic]) -> Result<(), Error> {
         let new_vips: Vec<VipMatch> = vips.iter().filter(|v| !self.vips.contains(v)).copied().collect();
         let new_returns: Vec<ReturnTraffic> = returns.iter().filter(|r| !self.returns.contains(r)).copied().collect();
         let (mut added_vips, mut added_returns) = (Vec::new(), Vec::new());
@@ -97,7 +98,7 @@ impl Steering {
         };
         if let Err(e) = add_all() {
             self.remove(&added_vips, &added_returns);
-            return Err(format!("updating the steering maps: {e}"));
+            return Err(Error::Refused(format!("updating the steering maps: {e}")));
         }
         self.vips.extend(added_vips);
         self.returns.extend(added_returns);
@@ -131,7 +132,7 @@ impl Steering {
 impl Daemon {
     /// Starts the balancer with `config`, read from `path` (kept for
     /// reloads).
-    pub fn start(path: &Path, config: cfg::Config) -> Result<Daemon, String> {
+    pub fn start(path: &Path, config: cfg::Config) -> Result<Daemon, Error> {
         let ifaces: Vec<&cfg::Interface> = match &config.topology {
             cfg::Topology::OneArm(i) => vec![i],
             cfg::Topology::Inline { client, server } => vec![client, server],
@@ -147,7 +148,7 @@ impl Daemon {
                         addrs: netinfo::iface_addrs(&i.name)?,
                     })
                 })
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, Error>>()?,
         };
         let mut ids = Ids::default();
         let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
@@ -160,9 +161,9 @@ impl Daemon {
         let mode = xdp_mode(config.daemon.xdp_mode);
         let mut programs = Vec::new();
         for i in &net.ifaces {
-            let mut p = SteerProgram::attach(&i.name, mode).map_err(|e| e.to_string())?;
+            let mut p = SteerProgram::attach(&i.name, mode)?;
             for &a in &i.addrs {
-                p.add_host_addr(a).map_err(|e| e.to_string())?;
+                p.add_host_addr(a)?;
             }
             programs.push(p);
         }
@@ -170,7 +171,7 @@ impl Daemon {
         steering.add(&vip_matches(&config), &returns)?;
 
         let names: Vec<&str> = net.ifaces.iter().map(|i| i.name.as_str()).collect();
-        let queues = names.iter().map(|n| afxdp::rx_queue_count(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let queues = names.iter().map(|n| afxdp::rx_queue_count(n)).collect::<Result<Vec<_>, _>>()?;
         let queues = queues.into_iter().min().unwrap_or(1);
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Every rx queue needs its socket, or its frames would bypass the
@@ -180,18 +181,18 @@ impl Daemon {
             cfg::Workers::Count(n) if u32::from(n.get()) == queues => Vec::new(),
             cfg::Workers::Pinned(list) if list.len() as u32 == queues => list.iter().map(|&c| usize::from(c)).collect(),
             _ => {
-                return Err(format!(
+                return Err(Error::Refused(format!(
                     "{} has {queues} rx queues and fulcrum runs one worker per queue: set daemon.workers to {queues} or \"auto\", or change the queue count with `ethtool -L`",
                     names.join(", ")
-                ));
+                )));
             }
         };
         let mut ios = Vec::with_capacity(queues as usize);
         for q in 0..queues {
-            let io = XskIo::open(&names, q, &XskConfig::default()).map_err(|e| e.to_string())?;
+            let io = XskIo::open(&names, q, &XskConfig::default())?;
             for (port, p) in steering.programs.iter_mut().enumerate() {
                 if let Some(fd) = io.socket_fd(port as u8) {
-                    p.register_socket(q, fd).map_err(|e| e.to_string())?;
+                    p.register_socket(q, fd)?;
                 }
             }
             ios.push(io);
@@ -259,7 +260,7 @@ impl Daemon {
     /// Re-reads the configuration file and applies what changed, or keeps
     /// the running configuration and says why not. Logged and counted
     /// either way.
-    pub fn reload(&mut self) -> Result<ReloadReport, String> {
+    pub fn reload(&mut self) -> Result<ReloadReport, Error> {
         let result = self.try_reload();
         match &result {
             Ok(r) => {
@@ -271,17 +272,21 @@ impl Daemon {
             }
             Err(e) => {
                 tracing::warn!(config = %self.path.display(), "reload refused, the running configuration stays: {e}");
-                self.telemetry.reloaded(false, e.clone());
+                self.telemetry.reloaded(false, e.to_string());
             }
         }
         result
     }
 
-    fn try_reload(&mut self) -> Result<ReloadReport, String> {
+    fn try_reload(&mut self) -> Result<ReloadReport, Error> {
         let new = super::load_config(&self.path)?;
         let restart = reload::needs_restart(&self.config, &new);
         if !restart.is_empty() {
-            return Err(format!("{}: these changes need a restart (`systemctl restart fulcrum`):\n  {}", self.path.display(), restart.join("\n  ")));
+            return Err(Error::Refused(format!(
+                "{}: these changes need a restart (`systemctl restart fulcrum`):\n  {}",
+                self.path.display(),
+                restart.join("\n  ")
+            )));
         }
         let report = ReloadReport { config: self.path.display().to_string(), changes: reload::changes(&self.config, &new) };
         if report.changes.is_empty() {
@@ -289,13 +294,13 @@ impl Daemon {
         }
         let (services, returns) = apply::build(&new, &self.net, &mut self.ids, &mut netinfo::next_hop_mac)?;
         if services.vip_slots() > self.engine.max_vips || services.backend_slots() > self.engine.max_backends {
-            return Err(format!(
+            return Err(Error::Refused(format!(
                 "{} VIPs and {} backends defined since start exceed the engine's {} and {}: restart the daemon",
                 services.vip_slots(),
                 services.backend_slots(),
                 self.engine.max_vips,
                 self.engine.max_backends
-            ));
+            )));
         }
         let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services, &mut self.plugins)?;
         let services = Arc::new(services);
@@ -319,8 +324,13 @@ impl Daemon {
 
     /// `fulcrum plugin load`: swaps a scheduler plugin in for a VIP's new
     /// flows (until a reload changes that VIP's configured scheduler).
-    pub fn load_plugin(&mut self, vip: &str, path: &Path) -> Result<PluginLoaded, String> {
-        let v = self.config.vips.iter().find(|v| v.name() == vip).ok_or_else(|| format!("no vip {vip} (VIPs are named like 198.18.0.100:80/tcp)"))?;
+    pub fn load_plugin(&mut self, vip: &str, path: &Path) -> Result<PluginLoaded, Error> {
+        let v = self
+            .config
+            .vips
+            .iter()
+            .find(|v| v.name() == vip)
+            .ok_or_else(|| Error::Refused(format!("no vip {vip} (VIPs are named like 198.18.0.100:80/tcp)")))?;
         let services = self.telemetry.services();
         let id = plugins::vip_id(&services, v)?;
         let (plugin, generation) = self.plugins.load(id, path, &services, &self.dataplane)?;
@@ -403,10 +413,10 @@ impl Daemon {
     }
 
     /// Stops the health checks and the workers, then detaches the programs.
-    pub fn stop(self) -> Result<(), String> {
+    pub fn stop(self) -> Result<(), Error> {
         drop(self.health);
-        let r = self.dataplane.stop().map_err(|e| e.to_string());
+        let r = self.dataplane.stop();
         drop(self.steering);
-        r
+        Ok(r?)
     }
 }

@@ -23,6 +23,7 @@ use fulcrum_plugin_host::{HealthPolicy, PluginSlot};
 
 use super::apply::{self, CheckedVip, Ids};
 use super::plugins::Plugins;
+use crate::error::{Context, Error};
 
 pub struct HealthControl {
     monitor: HealthMonitor,
@@ -59,7 +60,7 @@ impl HealthControl {
         ids: &Ids,
         services: Services,
         plugins: &mut Plugins,
-    ) -> Result<(Services, Next), String> {
+    ) -> Result<(Services, Next), Error> {
         let checks = apply::health_checks(config, ids);
         let keep = current.filter(|h| h.checks == checks);
         // Unchanged checks keep their states as applied (a policy plugin
@@ -72,7 +73,7 @@ impl HealthControl {
         let states: HashMap<BackendId, HealthState> = checks.iter().flat_map(|c| &c.members).map(|&(id, weight, _)| (id, state(id, weight))).collect();
         let changed: Vec<(BackendId, Backend)> =
             states.iter().filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec }))).collect();
-        let services = services.with_backends(&changed).map_err(|e| e.to_string())?;
+        let services = services.with_backends(&changed)?;
         let next = match keep {
             _ if states.is_empty() => Next::Off,
             Some(_) => Next::Keep(states),
@@ -109,7 +110,7 @@ impl HealthControl {
     }
 
     /// The transitions waiting, applied to `services`; `None` if none.
-    pub fn take(&mut self, services: &Services) -> Option<Result<HealthUpdate, String>> {
+    pub fn take(&mut self, services: &Services) -> Option<Result<HealthUpdate, Error>> {
         let changes = self.monitor.take_transitions();
         if changes.is_empty() {
             return None;
@@ -122,7 +123,7 @@ impl HealthControl {
                 Some((t.backend, Backend { up: t.state.up, weight: u32::from(t.state.weight), ..b }))
             })
             .collect();
-        let update = services.with_backends(&backends).map_err(|e| format!("health: cannot apply {} transitions: {e}", changes.len()));
+        let update = services.with_backends(&backends).context(|| format!("health: cannot apply {} transitions", changes.len()));
         Some(update.map(|services| HealthUpdate { services, changes }))
     }
 }
@@ -131,7 +132,7 @@ impl HealthControl {
 /// the state they start in, and its policy: the native one, or its
 /// health-policy plugin (loaded and smoke-tested here, in the runtime of
 /// the daemon's plugins).
-fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, plugins: &mut Plugins) -> Result<Vec<Pool>, String> {
+fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, plugins: &mut Plugins) -> Result<Vec<Pool>, Error> {
     checks
         .iter()
         .map(|c| {
@@ -145,10 +146,10 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
             let policy: Box<dyn Policy> = match &c.plugin {
                 None => Box::new(RiseFall),
                 Some(path) => {
-                    let rt = plugins.runtime().map_err(|e| format!("health-policy plugins: {e}"))?;
+                    let rt = plugins.runtime().context(|| "health-policy plugins".to_string())?;
                     let rows: Vec<BackendState> =
                         members.iter().map(|m| BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() }).collect();
-                    let plugin = rt.load_file(path, &rows).map_err(|e| format!("vip {}: health policy {}: {e}", c.name, path.display()))?;
+                    let plugin = rt.load_file(path, &rows).context(|| format!("vip {}: health policy {}", c.name, path.display()))?;
                     let slot = PluginSlot::new(format!("vip {} health policy", c.name));
                     slot.publish(plugin);
                     Box::new(HealthPolicy::new(&slot))

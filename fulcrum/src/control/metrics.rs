@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::api::{Reloads, StatsReport, Traffic};
 use super::telemetry::Telemetry;
+use crate::error::Error;
 
 /// A scraper that has not sent its request by then is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,12 +22,12 @@ const MAX_REQUEST: usize = 8192;
 
 /// Binds `addr` (before the daemon starts, so a port in use is a clear
 /// start-up error).
-pub fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| format!("metrics endpoint daemon.metrics_listen {addr}: {e}"))
+pub fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).map_err(Error::system(format!("metrics endpoint daemon.metrics_listen {addr}")))
 }
 
 /// Serves scrapes on a thread of its own until the process exits.
-pub fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) -> Result<(), String> {
+pub fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("fulcrum-metrics".into())
         .spawn(move || {
@@ -37,7 +38,7 @@ pub fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) -> Result<(), Str
             }
         })
         .map(drop)
-        .map_err(|e| format!("starting the metrics thread: {e}"))
+        .map_err(Error::system("starting the metrics thread"))
 }
 
 fn answer(mut conn: TcpStream, telemetry: &Telemetry) -> std::io::Result<()> {

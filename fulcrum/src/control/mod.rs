@@ -15,12 +15,14 @@ pub mod telemetry;
 
 use std::path::Path;
 
+use crate::error::Error;
+
 /// Reads and validates a configuration file, and checks that the plugin
 /// files it names can be opened: what `run`, reload and `check-config`
 /// all accept.
-pub fn load_config(path: &Path) -> Result<fulcrum_config::Config, String> {
+pub fn load_config(path: &Path) -> Result<fulcrum_config::Config, Error> {
     let origin = path.display().to_string();
-    let config = fulcrum_config::load(path).map_err(|e| format!("invalid configuration:\n{e}"))?;
-    fulcrum_config::check_files(&config, &origin).map_err(|e| format!("invalid configuration:\n{e}"))?;
+    let config = fulcrum_config::load(path)?;
+    fulcrum_config::check_files(&config, &origin)?;
     Ok(config)
 }

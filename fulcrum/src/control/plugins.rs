@@ -13,7 +13,7 @@ use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
 use fulcrum_plugin_host::{HostConfig, PluginRuntime, PluginSlot};
 
-use super::apply;
+use crate::error::{Context, Error};
 use crate::workers::Dataplane;
 
 #[derive(Default)]
@@ -28,7 +28,7 @@ impl Plugins {
     /// Loads the plugins `config` names for VIPs whose scheduler differs
     /// from `before` (all of them at start) and returns those VIPs to
     /// Maglev whose plugin the configuration dropped.
-    pub fn apply(&mut self, before: Option<&cfg::Config>, config: &cfg::Config, services: &Services, dataplane: &Dataplane) -> Result<(), String> {
+    pub fn apply(&mut self, before: Option<&cfg::Config>, config: &cfg::Config, services: &Services, dataplane: &Dataplane) -> Result<(), Error> {
         for v in &config.vips {
             let unchanged = before
                 .and_then(|b| b.vips.iter().find(|o| (o.address, o.protocol, o.port) == (v.address, v.protocol, v.port)))
@@ -39,7 +39,7 @@ impl Plugins {
             let id = vip_id(services, v)?;
             match &v.scheduler {
                 cfg::Scheduler::Plugin(path) => {
-                    self.load(id, path, services, dataplane).map_err(|e| format!("vip {}: {e}", v.name()))?;
+                    self.load(id, path, services, dataplane).context(|| format!("vip {}", v.name()))?;
                 }
                 cfg::Scheduler::Maglev => {
                     if self.slots.remove(&id).is_some() {
@@ -53,20 +53,20 @@ impl Plugins {
 
     /// The runtime every plugin of the daemon runs in (health-policy
     /// plugins too), made on first use.
-    pub fn runtime(&mut self) -> Result<Arc<PluginRuntime>, String> {
+    pub fn runtime(&mut self) -> Result<Arc<PluginRuntime>, Error> {
         if let Some(r) = &self.runtime {
             return Ok(Arc::clone(r));
         }
-        let r = PluginRuntime::new(HostConfig::default()).map_err(|e| e.to_string())?;
+        let r = PluginRuntime::new(HostConfig::default())?;
         Ok(Arc::clone(self.runtime.insert(r)))
     }
 
     /// Loads `path` for the VIP and publishes it: the name of the plugin
     /// and its generation.
-    pub fn load(&mut self, vip: VipId, path: &Path, services: &Services, dataplane: &Dataplane) -> Result<(String, u64), String> {
+    pub fn load(&mut self, vip: VipId, path: &Path, services: &Services, dataplane: &Dataplane) -> Result<(String, u64), Error> {
         let runtime = self.runtime()?;
         let pool = pool(services, vip);
-        let plugin = runtime.load_file(path, &pool).map_err(|e| format!("{}: {e}", path.display()))?;
+        let plugin = runtime.load_file(path, &pool).context(|| format!("{}", path.display()))?;
         let name = plugin.name().to_string();
         let slot = match self.slots.get(&vip) {
             Some(s) => Arc::clone(s),
@@ -85,8 +85,8 @@ impl Plugins {
 }
 
 /// The VIP's id in the running services.
-pub fn vip_id(services: &Services, v: &cfg::Vip) -> Result<VipId, String> {
-    services.vip_id(v.address, apply::proto(v.protocol), v.port).ok_or_else(|| format!("vip {} is not configured", v.name()))
+pub fn vip_id(services: &Services, v: &cfg::Vip) -> Result<VipId, Error> {
+    services.vip_id(v.address, v.protocol.into(), v.port).ok_or_else(|| Error::Refused(format!("vip {} is not configured", v.name())))
 }
 
 /// The VIP's pool as a freshly loaded plugin is smoke-tested against.

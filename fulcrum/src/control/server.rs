@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use super::api::{Request, Response};
 use super::daemon::Daemon;
 use super::metrics;
+use crate::error::Error;
 
 /// A client must send its request within this time: the control thread
 /// serves one connection at a time.
@@ -28,7 +29,7 @@ const MAX_REQUEST: u64 = 64 * 1024;
 
 /// Runs the balancer with the configuration file at `path` until SIGINT or
 /// SIGTERM; prints its counters on the way out.
-pub fn run(path: &Path) -> Result<(), String> {
+pub fn run(path: &Path) -> Result<(), Error> {
     let config = super::load_config(path)?;
     let signals = Signals::install()?;
     // Both sockets first: a second daemon, or a port in use, is refused
@@ -64,8 +65,8 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> Result<Signals, String> {
-        let err = |e: std::io::Error| format!("installing signal handlers: {e}");
+    fn install() -> Result<Signals, Error> {
+        let err = |e| Error::System { what: "installing signal handlers".into(), source: e };
         let (stop, hup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let (wake, notify) = UnixStream::pair().map_err(err)?;
         wake.set_nonblocking(true).map_err(err)?;
@@ -96,23 +97,23 @@ struct ControlSocket {
 impl ControlSocket {
     /// Creates the directory if needed (0700), refuses if another daemon
     /// answers on `path`, removes a stale socket, and binds with mode 0600.
-    fn bind(path: &Path) -> Result<ControlSocket, String> {
-        let what = |e: std::io::Error| format!("control socket daemon.control_socket {}: {e}", path.display());
+    fn bind(path: &Path) -> Result<ControlSocket, Error> {
+        let what = |e| Error::System { what: format!("control socket daemon.control_socket {}", path.display()), source: e };
         if let Some(dir) = path.parent() {
             DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(what)?;
         }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if UnixStream::connect(path).is_ok() {
-                    return Err(format!(
+                    return Err(Error::Refused(format!(
                         "another fulcrum is running: it answers on {} (stop it, or give this one another daemon.control_socket)",
                         path.display()
-                    ));
+                    )));
                 }
                 std::fs::remove_file(path).map_err(what)?;
                 tracing::info!(socket = %path.display(), "removed a stale control socket");
             }
-            Ok(_) => return Err(format!("{} exists and is not a socket: remove it or choose another daemon.control_socket", path.display())),
+            Ok(_) => return Err(Error::Refused(format!("{} exists and is not a socket: remove it or choose another daemon.control_socket", path.display()))),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(what(e)),
         }
@@ -158,9 +159,9 @@ fn answer(conn: UnixStream, daemon: &mut Daemon) -> std::io::Result<()> {
         Ok(Request::Stats) => Response::Stats(daemon.telemetry().stats()),
         Ok(Request::Reload) => {
             tracing::info!("reload requested on the control socket");
-            daemon.reload().map_or_else(Response::Error, Response::Reloaded)
+            daemon.reload().map_or_else(|e| Response::Error(e.to_string()), Response::Reloaded)
         }
-        Ok(Request::PluginLoad { vip, path }) => daemon.load_plugin(&vip, &path).map_or_else(Response::Error, Response::PluginLoaded),
+        Ok(Request::PluginLoad { vip, path }) => daemon.load_plugin(&vip, &path).map_or_else(|e| Response::Error(e.to_string()), Response::PluginLoaded),
         Err(e) => Response::Error(format!("bad request {:?}: {e}", line.trim_end())),
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;

@@ -21,6 +21,8 @@ use fulcrum_dataplane::stats::Stats;
 use fulcrum_dataplane::types::VipId;
 use fulcrum_io::{IoError, PacketIo};
 
+use crate::error::Error;
+
 pub use worker::{BATCH_BUCKETS, Handoff, Worker, WorkerStats};
 
 /// Frames one worker may have waiting from the others.
@@ -56,8 +58,8 @@ pub struct Dataplane {
 impl Dataplane {
     /// Wires the workers together (worker i gets `ios[i]`) without
     /// starting them: the caller decides where they run.
-    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<Wired<I>>, String> {
-        let n = u16::try_from(ios.len()).map_err(|_| format!("{} workers: at most {}", ios.len(), u16::MAX))?;
+    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<Wired<I>>, Error> {
+        let n = u16::try_from(ios.len()).map_err(|_| Error::Refused(format!("{} workers: at most {}", ios.len(), u16::MAX)))?;
         let (inboxes, mailboxes): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| {
                 let (tx, rx) = bounded::<Handoff>(HANDOFF_QUEUE);
@@ -81,7 +83,7 @@ impl Dataplane {
 
     /// Starts one thread per worker; worker i is pinned to CPU `cpus[i]`
     /// when given.
-    pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, cpus: &[usize]) -> Result<Dataplane, String> {
+    pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, cpus: &[usize]) -> Result<Dataplane, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), generation: AtomicU64::new(0), threads: Vec::new(), stats: Vec::new() };
         for (i, (worker, ctl)) in Self::workers(ios, cfg, services)?.into_iter().enumerate() {
@@ -98,7 +100,7 @@ impl Dataplane {
                     }
                     worker.run(&stop)
                 })
-                .map_err(|e| format!("starting worker {i}: {e}"))?;
+                .map_err(Error::system(format!("starting worker {i}")))?;
             dp.threads.push(thread);
         }
         Ok(dp)

@@ -1,0 +1,122 @@
+//! The daemon's error: what the lower crates report, each kept as the
+//! source, plus the refusals the control plane itself makes. `main` is the
+//! only place that turns it into text for a person.
+
+use std::{fmt, io};
+
+use fulcrum_config::{ConfigErrors, FileError};
+use fulcrum_dataplane::EngineError;
+use fulcrum_dataplane::services::ServiceError;
+use fulcrum_health::HealthError;
+use fulcrum_io::IoError;
+use fulcrum_io::netinfo::NetError;
+use fulcrum_plugin_host::LoadError;
+use fulcrum_plugin_host::replay::ReplayError;
+
+#[derive(Debug)]
+pub enum Error {
+    /// The configuration file is invalid (every problem, with its line).
+    Config(ConfigErrors),
+    /// A file the configuration names cannot be used.
+    File {
+        path: String,
+        source: FileError,
+    },
+    /// XDP, AF_XDP or a BPF map.
+    Io(IoError),
+    /// The kernel's view of an interface or a backend's next hop.
+    Net(NetError),
+    Engine(EngineError),
+    Services(ServiceError),
+    Health(HealthError),
+    Plugin(LoadError),
+    /// `fulcrum plugin test` / `check`.
+    Replay(ReplayError),
+    /// A system call or socket, and what it was for.
+    System {
+        what: String,
+        source: io::Error,
+    },
+    /// A control-socket message that does not encode or decode.
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
+    /// A request or configuration the daemon refuses, with the reason.
+    Refused(String),
+    /// `source`, in the context of `context` (a VIP, a backend, a file).
+    In {
+        context: String,
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// A `map_err` adapter for system calls made for `what`.
+    pub fn system(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::System { what: what.into(), source }
+    }
+}
+
+/// Adds what was being worked on to an error, keeping it as the source.
+pub trait Context<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T, E: Into<Error>> Context<T> for Result<T, E> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|e| Error::In { context: context(), source: Box::new(e.into()) })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(e) => write!(f, "invalid configuration:\n{e}"),
+            Error::File { path, source } => write!(f, "{path}: {source}"),
+            Error::Io(e) => e.fmt(f),
+            Error::Net(e) => e.fmt(f),
+            Error::Engine(e) => e.fmt(f),
+            Error::Services(e) => e.fmt(f),
+            Error::Health(e) => e.fmt(f),
+            Error::Plugin(e) => e.fmt(f),
+            Error::Replay(e) => e.fmt(f),
+            Error::System { what, source } => write!(f, "{what}: {source}"),
+            Error::Json { what, source } => write!(f, "{what}: {source}"),
+            Error::Refused(reason) => f.write_str(reason),
+            Error::In { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::File { source, .. } => Some(source),
+            Error::Io(e) => Some(e),
+            Error::Net(e) => Some(e),
+            Error::Engine(e) => Some(e),
+            Error::Services(e) => Some(e),
+            Error::Health(e) => Some(e),
+            Error::Plugin(e) => Some(e),
+            Error::Replay(e) => Some(e),
+            Error::System { source, .. } => Some(source),
+            Error::Json { source, .. } => Some(source),
+            Error::In { source, .. } => Some(source.as_ref()),
+            Error::Refused(_) => None,
+        }
+    }
+}
+
+macro_rules! from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$ty> for Error {
+            fn from(e: $ty) -> Error {
+                Error::$variant(e)
+            }
+        })*
+    };
+}
+
+from!(ConfigErrors => Config, IoError => Io, NetError => Net, EngineError => Engine, ServiceError => Services, HealthError => Health, LoadError => Plugin, ReplayError => Replay);

@@ -4,7 +4,7 @@
 //! clock, through an engine of every mode.
 //!
 //! Cases default to 64 (two seconds or so in debug); set PROPTEST_CASES for a
-//! longer run. The fuzz target (`engine/fuzz`) runs the same harness; its
+//! longer run. The fuzz target (`dataplane/fuzz`) runs the same harness; its
 //! seed corpus is made by `write_fuzz_corpus` below and replayed here.
 
 mod common;
@@ -216,10 +216,10 @@ fn a_too_big_frame_on_an_unconfigured_ingress_is_dropped() {
 }
 
 /// Regenerates the seed corpus of the fuzz target:
-/// `cargo test -p fulcrum --test no_panic -- --ignored write_fuzz_corpus`.
+/// `cargo test -p fulcrum-dataplane --test no_panic -- --ignored write_fuzz_corpus`.
 /// Every scenario of `seed_traffic` for every mode, one file each.
 #[test]
-#[ignore = "writes engine/fuzz/corpus/process"]
+#[ignore = "writes dataplane/fuzz/corpus/process"]
 fn write_fuzz_corpus() {
     let dir = corpus_dir();
     if dir.exists() {

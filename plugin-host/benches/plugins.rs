@@ -3,7 +3,7 @@
 //! as the engine bench), the time to load a plugin, and the swap latency
 //! from publish to the first decision on the new version.
 //!
-//! `scripts/build-plugins.sh && cargo bench -p fulcrum-perf --bench plugins`
+//! `scripts/build-plugins.sh && cargo bench -p fulcrum-plugin-host --bench plugins`
 //! prints markdown tables. `-- --flows N --rounds R --swaps S` change the
 //! flows per pass, the passes per figure and the swaps per pair.
 

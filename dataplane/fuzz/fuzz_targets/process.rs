@@ -1,5 +1,5 @@
 //! Any input is traffic for one engine (format: `Traffic::decode` in
-//! `engine/tests/common/mod.rs`); processing it must not panic and must
+//! `dataplane/tests/common/mod.rs`); processing it must not panic and must
 //! keep the invariants the property test checks.
 
 #![no_main]

@@ -7,7 +7,7 @@
 #   - the line rate on the namespace lab: fulcrum (NAT, DSR, IPIP; native
 #     and generic XDP) beside the null AF_XDP forwarder, nftables DNAT and
 #     HAProxy, interleaved (perf/linerate/src/bin/linerate.rs);
-# and appends the tables to perf/RESULTS.md, plots to perf/results/.
+# and appends the tables to perf/history/DATE.md, plots to perf/results/.
 # Root (the lab). `make bench` runs it. Under 10 minutes from a fresh
 # machine on the project's 2-core VMs (perf/RESULTS.md has the timings).
 # Not part of scripts/test.sh: too long; the harness's logic has unit tests.
@@ -68,6 +68,9 @@ measured=$(date +%s)
 
 cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 end=$(date +%s)
+# perf/RESULTS.md holds the current figures, one table each; every run
+# goes to the day's file in perf/history/ whole, to be folded in by hand.
+run_log=perf/history/$(date -u +%Y-%m-%d).md
 took() { echo "$(( $1 / 60 )) min $(( $1 % 60 )) s"; }
 {
     echo
@@ -80,5 +83,5 @@ took() { echo "$(( $1 / 60 )) min $(( $1 % 60 )) s"; }
     cat "$out/linerate.md"
     echo
     cat "$out/engine.md"
-} >> perf/RESULTS.md
-echo "bench: appended to perf/RESULTS.md; plots in $out/"
+} >> "$run_log"
+echo "bench: run recorded in $run_log (fold its tables into perf/RESULTS.md, the current figures); plots in $out/"

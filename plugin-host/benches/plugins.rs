@@ -17,20 +17,7 @@ use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::wire::tcp::SYN;
 use fulcrum_perf::{BATCH, SLOT, arg, engine, frames, median, pass, shuffled};
 use fulcrum_plugin_host::{HostConfig, Plugin, PluginRuntime, PluginSlot};
-
-const PLUGINS: [&str; 11] = [
-    "round-robin",
-    "weighted-round-robin",
-    "least-connections",
-    "weighted-least-connections",
-    "fastest-response-time",
-    "least-pending",
-    "source-ip-hash",
-    "five-tuple-hash",
-    "maglev",
-    "bandwidth",
-    "latency-health",
-];
+use fulcrum_testing::plugins::shipped;
 
 fn wasm(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../plugins").join(format!("{name}.wasm"));
@@ -85,7 +72,9 @@ fn main() {
     let declining = new_flow_ns(Some(Box::new(Decline)));
     println!("| a native scheduler that declines (the engine's pool for any scheduler) | {declining:.1} | {:+.1} | |", declining - native);
     let mut loaded = Vec::new();
-    for name in PLUGINS {
+    let names = shipped();
+    for name in &names {
+        let name = name.as_str();
         let bytes = wasm(name);
         let start = Instant::now();
         let plugin = runtime.load(name, &bytes, &pool()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -96,7 +85,7 @@ fn main() {
         println!("| {name} | {ns:.1} | {:+.1} | {load_ms:.1} ms |", ns - native);
         loaded.push(plugin);
     }
-    let by_name = |n: &str| loaded[PLUGINS.iter().position(|&p| p == n).expect("known plugin")].clone();
+    let by_name = |n: &str| loaded[names.iter().position(|p| p == n).expect("known plugin")].clone();
 
     println!("\n### ns per Scheduler::pick alone (16 backends; the host's share without the engine)\n");
     println!("| plugin | rows unchanged | one row's load changed per pick |");

@@ -20,20 +20,7 @@ use fulcrum_dataplane::{Backend, Engine, EngineConfig, Mode, Verdict};
 use fulcrum_plugin_host::replay::{self, ReplayOptions};
 use fulcrum_plugin_host::{HealthPolicy, HostConfig, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler};
 use fulcrum_testing::one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
-
-const PLUGINS: [&str; 11] = [
-    "round-robin",
-    "weighted-round-robin",
-    "least-connections",
-    "weighted-least-connections",
-    "fastest-response-time",
-    "least-pending",
-    "source-ip-hash",
-    "five-tuple-hash",
-    "maglev",
-    "bandwidth",
-    "latency-health",
-];
+use fulcrum_testing::plugins::shipped;
 
 /// Where scripts/build-plugins.sh put a module.
 fn module_path(name: &str) -> PathBuf {
@@ -95,7 +82,11 @@ fn connect(e: &mut Engine, first: u16, count: u16) -> Vec<u8> {
 
 #[test]
 fn every_plugin_loads_and_places_every_new_flow_through_the_engine() {
-    for name in PLUGINS {
+    let names = shipped();
+    // Derived from plugins/: an empty or partial list would test nothing.
+    assert!(names.len() >= 11 && names.iter().any(|n| n == "maglev") && !names.iter().any(|n| n == "hostile"), "{names:?}");
+    for name in &names {
+        let name = name.as_str();
         let (mut e, slot) = engine_with(name, &[1, 2, 3]);
         let placed = new_flows(&mut e, 10_000, 30, SYN);
         assert!(placed.iter().all(|b| (1..=3).contains(b)), "{name}: {placed:?}");

@@ -1,5 +1,5 @@
 //! fulcrum's packet path, pure: `Engine::process` takes a batch of frames
-//! and sets a verdict on each, with no I/O, no threads and no unsafe code.
+//! and sets a verdict on each, with no I/O and no threads, in safe Rust.
 //! The I/O backends (the `fulcrum-io` crate) only move frames.
 //!
 //! Modules, from the bottom up; each uses only those above it in this list:
@@ -16,8 +16,6 @@
 //! services       VIPs, backends and interfaces as the workers see them
 //! engine         process a batch -> verdicts
 //! ```
-
-#![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod flow;

@@ -4,8 +4,6 @@
 //! running workers, reload, the control socket and its protocol, the
 //! metrics endpoint). `main.rs` adds the command line.
 
-#![forbid(unsafe_code)]
-
 pub mod control;
 pub mod error;
 pub mod workers;

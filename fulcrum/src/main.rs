@@ -1,7 +1,5 @@
 //! The `fulcrum` daemon and its command line.
 
-#![forbid(unsafe_code)]
-
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

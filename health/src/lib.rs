@@ -18,8 +18,6 @@
 //!   by the checker; [`rst_guard`] keeps the kernel's own RST (it knows no
 //!   such connection) off the wire with an nftables rule.
 
-#![forbid(unsafe_code)]
-
 pub mod half_open;
 pub mod http;
 pub mod icmp;

@@ -1,7 +1,10 @@
-//! The system calls of the control socket and the daemon's main loop.
+//! Process-level system calls: the control socket's, the daemon's main
+//! loop's, and those the lab and the perf harness make (namespaces,
+//! signals, clocks), so that their `unsafe` blocks live here too.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -27,4 +30,40 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     bound
+}
+
+/// Whether the process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) takes plain integers.
+    if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Moves the calling thread into the network namespace `ns` (an open
+/// /run/netns/NAME or /proc/PID/ns/net).
+pub fn enter_netns(ns: &File) -> io::Result<()> {
+    // SAFETY: setns(2) on a descriptor `ns` keeps open for the call; it
+    // changes only this thread's namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of BPF's `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The kernel's clock ticks per second (the unit of /proc/PID/stat times).
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
 }

@@ -27,8 +27,6 @@
 //!   rise/fall rule.
 //! - [`replay`]: synthetic flows through a plugin, for plugin authors.
 
-#![forbid(unsafe_code)]
-
 mod abi;
 mod health;
 mod instance;

@@ -54,8 +54,7 @@ impl std::error::Error for LabError {}
 /// Panics with a clear message unless the process can build labs: lab
 /// tests must fail, not skip silently, when run without privileges.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !fulcrum_io::unix::is_root() {
         panic!(
             "lab tests create network namespaces and attach XDP programs: they need root \
              (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF). Run them as root, e.g. `sudo -E cargo test -p fulcrum-tests`."

@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::Duration;
 
@@ -14,10 +13,7 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T
     thread::scope(|s| {
         let handle = s.spawn(|| {
             let file = File::open(format!("/run/netns/{ns}"))?;
-            // SAFETY: setns on this thread only, with a valid netns fd.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            fulcrum_io::unix::enter_netns(&file)?;
             Ok(f())
         });
         handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))

@@ -42,8 +42,8 @@ impl Proc {
 
     /// Sends `signal` (e.g. libc::SIGTERM) to the process.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        // The child may have exited already: nothing left to signal.
+        let _ = fulcrum_io::unix::kill(self.child.id(), signal);
     }
 
     /// Waits up to `timeout` for the process to exit.

@@ -5,7 +5,6 @@
 //! Root only.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT as GUE_PORT;
@@ -68,30 +67,8 @@ fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
 /// Sends `payload` in a raw IP packet of protocol `proto` to `dst`: the
 /// kernel adds the outer header.
 fn raw_send(dst: IpAddr, proto: i32, payload: &[u8]) {
-    // SAFETY: socket(2)/sendto(2) with valid buffers and address sizes.
-    unsafe {
-        let family = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-        let fd = libc::socket(family, libc::SOCK_RAW, proto);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let fd = OwnedFd::from_raw_fd(fd);
-        let n = match dst {
-            IpAddr::V4(a) => {
-                let mut sin: libc::sockaddr_in = std::mem::zeroed();
-                sin.sin_family = libc::AF_INET as u16;
-                sin.sin_addr.s_addr = u32::from(a).to_be();
-                let len = size_of::<libc::sockaddr_in>() as u32;
-                libc::sendto(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, (&sin as *const libc::sockaddr_in).cast(), len)
-            }
-            IpAddr::V6(a) => {
-                let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
-                sin6.sin6_family = libc::AF_INET6 as u16;
-                sin6.sin6_addr.s6_addr = a.octets();
-                let len = size_of::<libc::sockaddr_in6>() as u32;
-                libc::sendto(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, (&sin6 as *const libc::sockaddr_in6).cast(), len)
-            }
-        };
-        assert_eq!(n, payload.len() as isize, "{}", std::io::Error::last_os_error());
-    }
+    let fd = fulcrum_io::sock::socket(dst.is_ipv6(), libc::SOCK_RAW, proto).expect("raw socket");
+    fulcrum_io::sock::send_to(&fd, payload, dst).expect("send the raw packet");
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -57,24 +56,8 @@ fn send_icmp_error_to_vip(lab: &Lab) {
     let c = fulcrum_dataplane::wire::checksum::checksum(&icmp, 0);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     in_netns(&lab.client.ns, || {
-        // SAFETY: plain socket(2) and sendto(2) with valid buffers.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            let fd = OwnedFd::from_raw_fd(fd);
-            let mut sin: libc::sockaddr_in = std::mem::zeroed();
-            sin.sin_family = libc::AF_INET as u16;
-            sin.sin_addr.s_addr = u32::from(VIP4).to_be();
-            let n = libc::sendto(
-                fd.as_raw_fd(),
-                icmp.as_ptr().cast(),
-                icmp.len(),
-                0,
-                (&sin as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            );
-            assert_eq!(n, icmp.len() as isize, "{}", std::io::Error::last_os_error());
-        }
+        let fd = fulcrum_io::sock::socket(false, libc::SOCK_RAW, libc::IPPROTO_ICMP).expect("raw socket");
+        fulcrum_io::sock::send_to(&fd, &icmp, IpAddr::V4(VIP4)).expect("send the ICMP error");
     })
     .expect("netns");
 }

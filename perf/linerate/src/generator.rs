@@ -117,12 +117,7 @@ pub struct Generator {
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of the sink's `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use fulcrum_io::unix::monotonic_ns;
 
 /// Flow i's kind: the weights in `mix`, interleaved (slot i % total).
 fn kind_of(mix: [u32; 3], i: u32) -> Kind {

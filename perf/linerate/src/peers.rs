@@ -124,8 +124,7 @@ impl Peer {
         // 12th and 13th.
         let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
         let ticks = f.next()?.parse::<f64>().ok()? + f.next()?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+        Some(ticks / fulcrum_io::unix::clock_ticks_per_sec() as f64)
     }
 
     /// New TCP connections per second through the device to VIP4:80 (an

@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::thread;
 use std::time::Duration;
 
@@ -22,11 +23,8 @@ use fulcrum_io::netinfo::{iface_mac, parse_mac};
 use fulcrum_io::xdp::SteerProgram;
 use fulcrum_io::{FrameRef, IoError, PacketIo, PortId, XdpMode};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+/// Set by SIGINT or SIGTERM; the workers stop at their next poll.
+static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 struct Args {
     ifin: String,
@@ -136,10 +134,8 @@ fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
         workers.push(io);
     }
     let zc = workers.iter().all(|w| w.is_zero_copy(0));
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&STOP)).map_err(|e| IoError::InvalidArgument(format!("installing a signal handler: {e}")))?;
     }
     println!("ready queues={queues} mode={} zero_copy={zc}", steer.mode());
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole performance comparison (issue 7), from a fresh machine: installs
+# The whole performance comparison, from a fresh machine: installs
 # what it needs, builds release, then measures
 #   - the engine in-process: ns per packet (cargo bench) and instructions
 #     per packet (callgrind) for established and new flows in every mode,

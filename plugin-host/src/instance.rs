@@ -2,55 +2,21 @@
 //! and the host's copy of the rows it last wrote there. Every call goes
 //! through [`call`], which sets the fuel and the CPU-time budget first.
 
-use std::fmt;
 use std::time::Duration;
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::BackendState;
-use wasmtime::{Memory, Store, StoreContextMut, StoreLimits, Trap, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
+use wasmtime::{Engine, InstancePre, Memory, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
 use crate::abi::{self, ABI_VERSION, HEALTH_UP, HealthArgs, MAGIC, Row};
-use crate::runtime::{Budget, HostConfig, LoadError, PluginInner};
+use crate::config::{Budget, HostConfig};
+use crate::error::{Fault, LoadError};
 
-/// A plugin call that went wrong. The flow falls back to native Maglev
-/// and the fault is counted against the plugin.
-#[derive(Debug)]
-pub enum Fault {
-    /// A trap: out of fuel or CPU time, out-of-bounds access,
-    /// `unreachable`, stack overflow, memory growth past the cap.
-    Trap { call: &'static str, error: wasmtime::Error },
-    /// `lb_pick` answered neither -1 nor a row index below `n`.
-    BadIndex { index: i32, n: usize },
-    /// `lb_pick` chose a row that is down or drained.
-    Ineligible { index: usize },
-    /// `lb_health` set reserved bits.
-    BadHealth(u32),
-    /// No instance could be made (for example every pool slot is taken).
-    Instantiate(String),
-}
-
-impl Fault {
-    /// Whether the instance must be discarded: after a trap its memory may
-    /// be half-written.
-    pub fn discards_instance(&self) -> bool {
-        matches!(self, Fault::Trap { .. } | Fault::Instantiate(_))
-    }
-}
-
-impl fmt::Display for Fault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Fault::Trap { call, error } => match error.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => write!(f, "`{call}` ran past its CPU-time limit"),
-                Some(trap) => write!(f, "`{call}` trapped: {trap}"),
-                None => write!(f, "`{call}` failed: {error:#}"),
-            },
-            Fault::BadIndex { index, n } => write!(f, "`lb_pick` returned {index} for a pool of {n}"),
-            Fault::Ineligible { index } => write!(f, "`lb_pick` chose row {index}, which is down or drained"),
-            Fault::BadHealth(v) => write!(f, "`lb_health` returned {v:#x}: bits 17..31 must be 0"),
-            Fault::Instantiate(e) => write!(f, "cannot instantiate: {e}"),
-        }
-    }
+/// A compiled module, pre-linked, and which optional exports it has.
+pub(crate) struct Compiled {
+    pub pre: InstancePre<Sandbox>,
+    pub has_update: bool,
+    pub has_health: bool,
 }
 
 struct Exports {
@@ -109,18 +75,19 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    /// Instantiates and checks the state region (ABI.md §3 steps 2-4).
-    pub fn new(plugin: &PluginInner) -> Result<Live, LoadError> {
-        let cfg = plugin.runtime.config();
-        let sandbox = Sandbox { limits: plugin.store_limits(), cpu_limit: Duration::ZERO, cpu_mark: None };
-        let mut store = Store::new(plugin.runtime.engine(), sandbox);
+    /// Instantiates `module` and checks the state region (ABI.md §3 steps
+    /// 2-4).
+    pub fn new(engine: &Engine, cfg: &HostConfig, module: &Compiled) -> Result<Live, LoadError> {
+        let limits = StoreLimitsBuilder::new().memory_size(cfg.memory_limit).memories(1).tables(1).instances(1).trap_on_grow_failure(true).build();
+        let sandbox = Sandbox { limits, cpu_limit: Duration::ZERO, cpu_mark: None };
+        let mut store = Store::new(engine, sandbox);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(on_epoch_tick);
         // Instantiation runs no guest code (no start function); every call
         // sets its own fuel and deadline.
         store.set_fuel(0).map_err(|e| LoadError::Instantiate(e.to_string()))?;
         store.set_epoch_deadline(1);
-        let instance = plugin.pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let instance = module.pre.instantiate(&mut store).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let typed = |store: &mut Store<Sandbox>, name| instance.get_typed_func::<(), i32>(store, name);
         let bad = |e: wasmtime::Error| LoadError::Instantiate(format!("{e:#}"));
         let version = typed(&mut store, "lb_abi_version").map_err(bad)?;
@@ -129,8 +96,8 @@ impl Live {
         let exports = Exports {
             memory: instance.get_memory(&mut store, "memory").ok_or(LoadError::MissingExport("memory"))?,
             pick: instance.get_typed_func(&mut store, "lb_pick").map_err(bad)?,
-            update: if plugin.has_update { Some(instance.get_typed_func(&mut store, "lb_update").map_err(bad)?) } else { None },
-            health: if plugin.has_health { Some(instance.get_typed_func(&mut store, "lb_health").map_err(bad)?) } else { None },
+            update: if module.has_update { Some(instance.get_typed_func(&mut store, "lb_update").map_err(bad)?) } else { None },
+            health: if module.has_health { Some(instance.get_typed_func(&mut store, "lb_health").map_err(bad)?) } else { None },
         };
         let mut live = Live { store, exports, region: 0, cap: 0, rows: Vec::new(), update_owed: true };
         let small = cfg.small_budget();

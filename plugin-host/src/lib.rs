@@ -26,8 +26,16 @@
 //! - [`HealthPolicy`]: a health-policy `Policy` from `lb_health`, or the native
 //!   rise/fall rule.
 //! - [`replay`]: synthetic flows through a plugin, for plugin authors.
+//!
+//! Modules, each using only those before it: `abi` (the ABI's layout),
+//! `config` (limits and budgets), `error` (faults and load errors),
+//! `instance` (one store and its calls), `runtime` (the engine, compiling
+//! and checking modules), `slot` (publication and per-worker schedulers),
+//! `health` (the health-policy adapter), `replay`.
 
 mod abi;
+mod config;
+mod error;
 mod health;
 mod instance;
 pub mod replay;
@@ -35,7 +43,8 @@ mod runtime;
 mod slot;
 
 pub use abi::ABI_VERSION;
+pub use config::HostConfig;
+pub use error::{Fault, LoadError};
 pub use health::HealthPolicy;
-pub use instance::Fault;
-pub use runtime::{HostConfig, LoadError, Plugin, PluginRuntime};
+pub use runtime::{Plugin, PluginRuntime};
 pub use slot::{PluginSlot, PluginStats, WasmScheduler};

@@ -7,165 +7,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::BackendState;
 use fulcrum_dataplane::wire::IpProtocol;
-use wasmtime::{
-    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder, ValType,
-};
+use wasmtime::{Config, Engine, ExternType, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, ValType};
 
-use crate::abi::{self, ABI_VERSION};
-use crate::instance::{Fault, Live, Sandbox};
-
-/// Limits and budgets of the plugin sandbox. The defaults follow ABI.md's
-/// measurements; every figure applies per instance.
-#[derive(Clone, Debug)]
-pub struct HostConfig {
-    /// Instances alive at once across every plugin, worker and load test:
-    /// the pooling allocator's slot count. Each reserves `memory_limit` of
-    /// address space (plus a guard page), so this many times that is what
-    /// the process maps. Size it as workers × VIPs with a plugin × 2 (a swap
-    /// overlaps old and new) plus a few for loading and health policies.
-    pub max_instances: u32,
-    /// Most linear memory an instance may have. Growing past it traps (a
-    /// fault), rather than failing quietly. The SDK's modules start below
-    /// 2 MiB.
-    pub memory_limit: usize,
-    /// Most native stack the guest may use per call.
-    pub max_wasm_stack: usize,
-    /// Fuel per `lb_pick`: `pick_fuel_base + pick_fuel_per_row × n`.
-    pub pick_fuel_base: u64,
-    pub pick_fuel_per_row: u64,
-    /// Fuel per `lb_update` (the maglev plugin's rebuild needs ~27 M at 1024 rows).
-    pub update_fuel: u64,
-    /// Fuel per `lb_health` and per set-up call (`lb_abi_version`, ...).
-    pub small_fuel: u64,
-    /// Period of the epoch ticker, which drives the CPU-time backstop below.
-    pub epoch_tick: Duration,
-    /// Most CPU time a call may use, a backstop behind fuel: fuel bounds
-    /// the instructions a call runs, this also bounds what fuel does not
-    /// count (one `memory.fill` of many MiB is one unit). CPU time of the
-    /// worker thread, not wall-clock time, so that a worker descheduled in
-    /// mid-call (common on a loaded machine) is not taken for a hung plugin.
-    /// Checked at each epoch tick from the first one inside the call, so a
-    /// call ends within `epoch_tick` + this much CPU time.
-    pub pick_cpu_limit: Duration,
-    pub update_cpu_limit: Duration,
-    /// Quarantine after this many faults of one published version within
-    /// `quarantine_window` (a sliding window).
-    pub quarantine_faults: u32,
-    pub quarantine_window: Duration,
-}
-
-impl Default for HostConfig {
-    fn default() -> HostConfig {
-        HostConfig {
-            max_instances: 128,
-            memory_limit: 16 << 20,
-            max_wasm_stack: 256 << 10,
-            pick_fuel_base: 10_000,
-            pick_fuel_per_row: 100,
-            update_fuel: 50_000_000,
-            small_fuel: 10_000,
-            epoch_tick: Duration::from_millis(1),
-            pick_cpu_limit: Duration::from_millis(10),
-            update_cpu_limit: Duration::from_secs(1),
-            quarantine_faults: 8,
-            quarantine_window: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Fuel and CPU time for one call.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Budget {
-    pub fuel: u64,
-    pub cpu: Duration,
-}
-
-impl HostConfig {
-    pub(crate) fn pick_budget(&self, n: usize) -> Budget {
-        let fuel = self.pick_fuel_base.saturating_add(self.pick_fuel_per_row.saturating_mul(n as u64));
-        Budget { fuel, cpu: self.pick_cpu_limit }
-    }
-
-    pub(crate) fn update_budget(&self) -> Budget {
-        Budget { fuel: self.update_fuel, cpu: self.update_cpu_limit }
-    }
-
-    pub(crate) fn small_budget(&self) -> Budget {
-        Budget { fuel: self.small_fuel, cpu: self.pick_cpu_limit }
-    }
-}
-
-/// Why a plugin cannot be loaded. The messages name what is wrong, for
-/// the operator who ran `fulcrum plugin load`.
-#[derive(Debug)]
-pub enum LoadError {
-    /// The wasmtime engine could not be set up with this configuration.
-    Runtime(String),
-    Io {
-        path: String,
-        error: std::io::Error,
-    },
-    /// Not a valid WebAssembly core module (or one wasmtime cannot compile).
-    Compile(String),
-    Precompiled,
-    Import {
-        module: String,
-        name: String,
-    },
-    StartFunction,
-    MissingExport(&'static str),
-    UnknownExport(String),
-    Signature {
-        name: &'static str,
-        found: String,
-        expected: String,
-    },
-    Memory(String),
-    AbiVersion(u32),
-    StateRegion(String),
-    Header(String),
-    Capacity {
-        cap: u32,
-        pool: usize,
-    },
-    Instantiate(String),
-    /// A call while loading or smoke-testing failed.
-    Smoke(Fault),
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoadError::Runtime(e) => write!(f, "cannot set up the plugin runtime: {e}"),
-            LoadError::Io { path, error } => write!(f, "{path}: {error}"),
-            LoadError::Compile(e) => write!(f, "not a valid WebAssembly core module: {e}"),
-            LoadError::Precompiled => f.write_str("precompiled (.cwasm) modules are not accepted: load the .wasm file"),
-            LoadError::Import { module, name } => {
-                write!(f, "plugin imports `{module}.{name}`: plugins may import nothing (no WASI, no host functions)")
-            }
-            LoadError::StartFunction => f.write_str("plugin has a start function, which the ABI forbids"),
-            LoadError::MissingExport(name) => write!(f, "plugin does not export `{name}`"),
-            LoadError::UnknownExport(name) => {
-                write!(f, "plugin exports unknown function `{name}` (ABI v1 functions: {})", abi::EXPORTS.map(|e| e.name).join(", "))
-            }
-            LoadError::Signature { name, found, expected } => write!(f, "plugin export `{name}` has type {found}, the ABI says {expected}"),
-            LoadError::Memory(e) => write!(f, "plugin memory: {e}"),
-            LoadError::AbiVersion(v) => write!(f, "plugin abi version {v}, this host speaks {ABI_VERSION}"),
-            LoadError::StateRegion(e) => write!(f, "plugin state region: {e}"),
-            LoadError::Header(e) => write!(f, "plugin state header: {e}"),
-            LoadError::Capacity { cap, pool } => write!(f, "plugin holds {cap} backend rows, the VIP's pool has {pool}"),
-            LoadError::Instantiate(e) => write!(f, "cannot instantiate the plugin: {e}"),
-            LoadError::Smoke(fault) => write!(f, "plugin failed its smoke test: {fault}"),
-        }
-    }
-}
-
-impl std::error::Error for LoadError {}
+use crate::abi;
+use crate::config::HostConfig;
+use crate::error::LoadError;
+use crate::instance::{Compiled, Live};
 
 /// The wasmtime engine shared by every plugin: one compiler configuration,
 /// one pool of instance slots, one epoch ticker.
@@ -267,9 +118,9 @@ impl PluginRuntime {
         let module = Module::from_binary(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let shape = check_module(&module, wasm, self.cfg.memory_limit)?;
         let pre = Linker::new(&self.engine).instantiate_pre(&module).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
-        let mut plugin = PluginInner { name: name.to_string(), runtime: Arc::clone(self), pre, cap: 0, has_update: shape.update, has_health: shape.health };
-        plugin.cap = Live::new(&plugin)?.cap() as u32;
-        Ok(Plugin(Arc::new(plugin)))
+        let module = Compiled { pre, has_update: shape.update, has_health: shape.health };
+        let cap = Live::new(&self.engine, &self.cfg, &module)?.cap() as u32;
+        Ok(Plugin(Arc::new(PluginInner { name: name.to_string(), runtime: Arc::clone(self), module, cap })))
     }
 }
 
@@ -358,16 +209,8 @@ pub struct Plugin(pub(crate) Arc<PluginInner>);
 pub(crate) struct PluginInner {
     pub name: String,
     pub runtime: Arc<PluginRuntime>,
-    pub pre: InstancePre<Sandbox>,
+    pub module: Compiled,
     pub cap: u32,
-    pub has_update: bool,
-    pub has_health: bool,
-}
-
-impl PluginInner {
-    pub fn store_limits(&self) -> StoreLimits {
-        StoreLimitsBuilder::new().memory_size(self.runtime.cfg.memory_limit).memories(1).tables(1).instances(1).trap_on_grow_failure(true).build()
-    }
 }
 
 impl Plugin {
@@ -382,7 +225,12 @@ impl Plugin {
 
     /// Whether the plugin exports a health policy (`lb_health`).
     pub fn has_health_policy(&self) -> bool {
-        self.0.has_health
+        self.0.module.has_health
+    }
+
+    /// A fresh instance of this plugin, its state region checked.
+    pub(crate) fn instantiate(&self) -> Result<Live, LoadError> {
+        Live::new(self.0.runtime.engine(), self.0.runtime.config(), &self.0.module)
     }
 
     pub fn runtime(&self) -> &Arc<PluginRuntime> {
@@ -397,7 +245,7 @@ impl Plugin {
             return Err(LoadError::Capacity { cap: self.0.cap, pool: pool.len() });
         }
         let flow = FlowKey::new([198, 18, 0, 1].into(), [198, 18, 0, 100].into(), 40_000, 80, IpProtocol::TCP);
-        Live::new(&self.0)?.pick(self.0.runtime.config(), &flow, flow.hash64(), pool).map_err(LoadError::Smoke)?;
+        self.instantiate()?.pick(self.0.runtime.config(), &flow, flow.hash64(), pool).map_err(LoadError::Smoke)?;
         Ok(())
     }
 }

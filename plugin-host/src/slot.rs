@@ -15,8 +15,10 @@ use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::stats::Counter;
 
-use crate::instance::{Fault, Live};
-use crate::runtime::{HostConfig, Plugin};
+use crate::config::HostConfig;
+use crate::error::Fault;
+use crate::instance::Live;
+use crate::runtime::Plugin;
 
 /// The plugin of one VIP (or whatever the control plane attaches it to),
 /// shared by the control thread and every worker.
@@ -216,7 +218,7 @@ impl Follower {
             return None;
         }
         if self.live.is_none() {
-            match Live::new(&version.plugin.0) {
+            match version.plugin.instantiate() {
                 Ok(live) => {
                     self.counters.instantiations.inc();
                     self.live = Some(live);

@@ -1,5 +1,5 @@
 //! Health checks, failover, session persistence and drain, through the
-//! `fulcrum` daemon on the namespace lab (issue 5). The daemon logs one
+//! `fulcrum` daemon on the namespace lab. The daemon logs one
 //! line per health transition once it is in force on every worker; the
 //! tests wait for those lines. Root only.
 

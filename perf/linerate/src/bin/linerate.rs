@@ -1,4 +1,4 @@
-//! The line-rate comparison (issue 7): every peer on its own namespace lab,
+//! The line-rate comparison: every peer on its own namespace lab,
 //! all up at once; RFC 2544 searches interleaved trial by trial across the
 //! peers; latency at half each zero-loss rate; new connections per second;
 //! then markdown tables and PNG plots. Root only. `scripts/bench.sh` runs

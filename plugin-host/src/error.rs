@@ -1,0 +1,116 @@
+//! What goes wrong with a plugin: a call at run time ([`Fault`]) or a
+//! module at load time ([`LoadError`]).
+
+use std::fmt;
+
+use wasmtime::Trap;
+
+use crate::abi::{self, ABI_VERSION};
+
+/// A plugin call that went wrong. The flow falls back to native Maglev
+/// and the fault is counted against the plugin.
+#[derive(Debug)]
+pub enum Fault {
+    /// A trap: out of fuel or CPU time, out-of-bounds access,
+    /// `unreachable`, stack overflow, memory growth past the cap.
+    Trap { call: &'static str, error: wasmtime::Error },
+    /// `lb_pick` answered neither -1 nor a row index below `n`.
+    BadIndex { index: i32, n: usize },
+    /// `lb_pick` chose a row that is down or drained.
+    Ineligible { index: usize },
+    /// `lb_health` set reserved bits.
+    BadHealth(u32),
+    /// No instance could be made (for example every pool slot is taken).
+    Instantiate(String),
+}
+
+impl Fault {
+    /// Whether the instance must be discarded: after a trap its memory may
+    /// be half-written.
+    pub fn discards_instance(&self) -> bool {
+        matches!(self, Fault::Trap { .. } | Fault::Instantiate(_))
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Trap { call, error } => match error.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => write!(f, "`{call}` ran past its CPU-time limit"),
+                Some(trap) => write!(f, "`{call}` trapped: {trap}"),
+                None => write!(f, "`{call}` failed: {error:#}"),
+            },
+            Fault::BadIndex { index, n } => write!(f, "`lb_pick` returned {index} for a pool of {n}"),
+            Fault::Ineligible { index } => write!(f, "`lb_pick` chose row {index}, which is down or drained"),
+            Fault::BadHealth(v) => write!(f, "`lb_health` returned {v:#x}: bits 17..31 must be 0"),
+            Fault::Instantiate(e) => write!(f, "cannot instantiate: {e}"),
+        }
+    }
+}
+
+/// Why a plugin cannot be loaded. The messages name what is wrong, for
+/// the operator who ran `fulcrum plugin load`.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The wasmtime engine could not be set up with this configuration.
+    Runtime(String),
+    Io {
+        path: String,
+        error: std::io::Error,
+    },
+    /// Not a valid WebAssembly core module (or one wasmtime cannot compile).
+    Compile(String),
+    Precompiled,
+    Import {
+        module: String,
+        name: String,
+    },
+    StartFunction,
+    MissingExport(&'static str),
+    UnknownExport(String),
+    Signature {
+        name: &'static str,
+        found: String,
+        expected: String,
+    },
+    Memory(String),
+    AbiVersion(u32),
+    StateRegion(String),
+    Header(String),
+    Capacity {
+        cap: u32,
+        pool: usize,
+    },
+    Instantiate(String),
+    /// A call while loading or smoke-testing failed.
+    Smoke(Fault),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Runtime(e) => write!(f, "cannot set up the plugin runtime: {e}"),
+            LoadError::Io { path, error } => write!(f, "{path}: {error}"),
+            LoadError::Compile(e) => write!(f, "not a valid WebAssembly core module: {e}"),
+            LoadError::Precompiled => f.write_str("precompiled (.cwasm) modules are not accepted: load the .wasm file"),
+            LoadError::Import { module, name } => {
+                write!(f, "plugin imports `{module}.{name}`: plugins may import nothing (no WASI, no host functions)")
+            }
+            LoadError::StartFunction => f.write_str("plugin has a start function, which the ABI forbids"),
+            LoadError::MissingExport(name) => write!(f, "plugin does not export `{name}`"),
+            LoadError::UnknownExport(name) => {
+                write!(f, "plugin exports unknown function `{name}` (ABI v1 functions: {})", abi::EXPORTS.map(|e| e.name).join(", "))
+            }
+            LoadError::Signature { name, found, expected } => write!(f, "plugin export `{name}` has type {found}, the ABI says {expected}"),
+            LoadError::Memory(e) => write!(f, "plugin memory: {e}"),
+            LoadError::AbiVersion(v) => write!(f, "plugin abi version {v}, this host speaks {ABI_VERSION}"),
+            LoadError::StateRegion(e) => write!(f, "plugin state region: {e}"),
+            LoadError::Header(e) => write!(f, "plugin state header: {e}"),
+            LoadError::Capacity { cap, pool } => write!(f, "plugin holds {cap} backend rows, the VIP's pool has {pool}"),
+            LoadError::Instantiate(e) => write!(f, "cannot instantiate the plugin: {e}"),
+            LoadError::Smoke(fault) => write!(f, "plugin failed its smoke test: {fault}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}

@@ -31,12 +31,12 @@
 //! `config` (limits and budgets), `error` (faults and load errors),
 //! `instance` (one store and its calls), `runtime` (the engine, compiling
 //! and checking modules), `slot` (publication and per-worker schedulers),
-//! `health` (the health-policy adapter), `replay`.
+//! `health_policy` (the health-policy adapter), `replay`.
 
 mod abi;
 mod config;
 mod error;
-mod health;
+mod health_policy;
 mod instance;
 pub mod replay;
 mod runtime;
@@ -45,6 +45,6 @@ mod slot;
 pub use abi::ABI_VERSION;
 pub use config::HostConfig;
 pub use error::{Fault, LoadError};
-pub use health::HealthPolicy;
+pub use health_policy::HealthPolicy;
 pub use runtime::{Plugin, PluginRuntime};
 pub use slot::{PluginSlot, PluginStats, WasmScheduler};

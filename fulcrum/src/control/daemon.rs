@@ -19,7 +19,7 @@ use fulcrum_io::{XdpMode, netinfo};
 
 use super::api::{BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
 use super::apply::{self, Ids, Net, NetIface};
-use super::health::{self, HealthControl, HealthUpdate};
+use super::checks::{self, HealthControl, HealthUpdate};
 use super::plugins::{self, Plugins};
 use super::reload;
 use super::telemetry::Telemetry;
@@ -248,7 +248,7 @@ impl Daemon {
                     tracing::warn!(?behind, "workers have not switched to the new services yet");
                 }
                 self.telemetry.set_services(Arc::clone(&services));
-                health::log(&changes, &services);
+                checks::log(&changes, &services);
             }
         }
     }

@@ -4,9 +4,9 @@
 
 pub mod api;
 pub mod apply;
+pub mod checks;
 pub mod client;
 pub mod daemon;
-pub mod health;
 pub mod metrics;
 pub mod plugins;
 pub mod reload;

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::flow::FlowKey;
+use crate::flow::neighbours::Neighbours;
 use crate::flow::parse::{ParseError, Parsed, parse, parse_quoted};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
@@ -49,6 +50,8 @@ pub struct EngineConfig {
     /// Clients the sticky table of session persistence holds (one table
     /// shared by all workers, see `flow::sticky`).
     pub sticky_clients: usize,
+    /// Addresses the neighbour table holds (shared, see `flow::neighbours`).
+    pub neighbours: usize,
 }
 
 impl Default for EngineConfig {
@@ -63,7 +66,23 @@ impl Default for EngineConfig {
             max_vips: 1024,
             max_backends: 16384,
             sticky_clients: 1 << 16,
+            neighbours: 1 << 14,
         }
+    }
+}
+
+/// The tables every worker shares, written by other threads: the sticky
+/// choices of session persistence (any worker), the clients' neighbours
+/// (the control plane).
+#[derive(Clone)]
+pub struct Shared {
+    pub sticky: Arc<StickyTable>,
+    pub neighbours: Arc<Neighbours>,
+}
+
+impl Shared {
+    pub fn new(cfg: &EngineConfig) -> Shared {
+        Shared { sticky: Arc::new(StickyTable::new(cfg.sticky_clients)), neighbours: Arc::new(Neighbours::new(cfg.neighbours)) }
     }
 }
 
@@ -94,6 +113,7 @@ struct Flows {
     cfg: EngineConfig,
     table: ConnTable<FlowValue>,
     sticky: Arc<StickyTable>,
+    neighbours: Arc<Neighbours>,
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
@@ -135,14 +155,14 @@ impl fmt::Display for EngineError {
 impl std::error::Error for EngineError {}
 
 impl Engine {
-    /// An engine with a sticky table of its own (one worker).
+    /// An engine with shared tables of its own (one worker).
     pub fn new(cfg: EngineConfig, services: Arc<Services>) -> Result<Engine, EngineError> {
-        Self::with_sticky(cfg, services, Arc::new(StickyTable::new(cfg.sticky_clients)))
+        Self::with_shared(cfg, services, &Shared::new(&cfg))
     }
 
-    /// An engine sharing `sticky` with the other workers, which must use
-    /// one clock (`now_ms` of `process`) for it.
-    pub fn with_sticky(cfg: EngineConfig, services: Arc<Services>, sticky: Arc<StickyTable>) -> Result<Engine, EngineError> {
+    /// An engine sharing `shared` with the other workers, which must use
+    /// one clock (`now_ms` of `process`) for the sticky table.
+    pub fn with_shared(cfg: EngineConfig, services: Arc<Services>, shared: &Shared) -> Result<Engine, EngineError> {
         if cfg.workers == 0 || cfg.worker >= cfg.workers {
             return Err(EngineError::NoSuchWorker { worker: cfg.worker, workers: cfg.workers });
         }
@@ -154,7 +174,8 @@ impl Engine {
         let span = span as u16;
         let flows = Flows {
             table: ConnTable::new(cfg.table_capacity, cfg.timeouts).with_promotion_interval(PROMOTION_INTERVAL_MS),
-            sticky,
+            sticky: Arc::clone(&shared.sticky),
+            neighbours: Arc::clone(&shared.neighbours),
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
             load: vec![Load::default(); cfg.max_backends],
@@ -281,6 +302,12 @@ impl Flows {
         let hash = p.key.hash64();
         if let Some(slot) = self.table.lookup(&p.key, hash, now) {
             match self.table.entry(slot).value {
+                FlowValue::Forward { backend, .. } if self.opens_afresh(s, &p, slot, backend) => {
+                    // A client reusing its port (or a spoofed SYN before
+                    // it): a new connection, scheduled, NAT'd and with a
+                    // reply path of its own, as IPVS's conn_reuse_mode.
+                    self.table.remove(slot);
+                }
                 FlowValue::Forward { vip, backend } => {
                     if let Some(v) = self.established(s, pkt, &p, hash, slot, (vip, backend)) {
                         return v;
@@ -297,6 +324,15 @@ impl Flows {
             None if s.is_return(&p.key) => self.foreign_return(s, &p.key),
             None => Verdict::Pass,
         }
+    }
+
+    /// Whether a client packet on an existing flow opens a new connection
+    /// instead: a SYN on an entry that is not established (SYN seen,
+    /// closing) or whose backend is down or gone. A SYN on an established
+    /// entry with a live backend is a retransmission and keeps the entry,
+    /// reply path included.
+    fn opens_afresh(&self, s: &Services, p: &Parsed, slot: Slot, backend: BackendId) -> bool {
+        is_syn(p) && (self.table.entry(slot).state != FlowState::Established || !s.backend(backend).is_some_and(|b| b.spec.up))
     }
 
     /// Return traffic without state here: with one worker there is no one
@@ -346,16 +382,37 @@ impl Flows {
         Verdict::Tx(pkt.ingress)
     }
 
+    /// A packet for a VIP without a table entry. Everything that would
+    /// drop it is checked before any state is made (an entry, a full-NAT
+    /// port, a sticky choice), and a drop on the way out removes what was
+    /// made: a dropped frame leaves nothing behind.
     fn new_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId) -> Verdict {
         let Some(vip) = s.vip(vip_id) else { return Verdict::Pass };
-        let syn = p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
-        let mid_stream = p.key.proto == IpProtocol::TCP && !syn;
+        let tcp = p.key.proto == IpProtocol::TCP;
+        if tcp && p.tcp_flags & tcp::SYN != 0 && p.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
+            return self.vip_drop(vip_id, DropReason::InvalidFlags);
+        }
+        let mid_stream = tcp && !is_syn(p);
+        if let Mode::Nat { .. } = vip.spec.mode {
+            // Only this node can carry a NAT flow (its reply path and
+            // source port are here): a segment without state is stray or
+            // forged, never the middle of someone's connection.
+            if mid_stream {
+                return self.vip_drop(vip_id, DropReason::NoState);
+            }
+            if p.ttl <= 1 {
+                return self.vip_drop(vip_id, DropReason::TtlExceeded);
+            }
+        }
         let Some(idx) = self.pick(s, now, vip_id, vip, &p.key, hash, mid_stream) else {
             self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
             return Verdict::Drop(DropReason::NoBackend);
         };
         let backend_id = vip.spec.backends[idx];
         let Some(b) = s.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
+        if let Some(verdict) = self.too_big_for_tunnel(s, pkt, p, vip_id, vip, b) {
+            return verdict;
+        }
         let state = initial_state(&p.key, p.tcp_flags);
         let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id }, now);
         if let Mode::Nat { .. } = vip.spec.mode
@@ -365,10 +422,17 @@ impl Flows {
             self.stats.vip_drops[usize::from(vip_id)].count(reason);
             return Verdict::Drop(reason);
         }
-        self.stats.vips[usize::from(vip_id)].new_flows.inc();
-        self.stats.backends[usize::from(backend_id)].new_flows.inc();
         self.load[usize::from(backend_id)].count(state, 1);
-        self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b })
+        let verdict = self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b });
+        if let Verdict::Tx(_) = verdict {
+            self.stats.vips[usize::from(vip_id)].new_flows.inc();
+            self.stats.backends[usize::from(backend_id)].new_flows.inc();
+        } else {
+            // Dropped on the way out: no flow was opened. The departure
+            // log takes the load back.
+            self.table.remove(slot);
+        }
+        verdict
     }
 
     /// The backend index for a new flow.
@@ -449,8 +513,12 @@ impl Flows {
         if let Some(old) = self.table.lookup(&rkey, rhash, now) {
             self.table.remove(old);
         }
+        // Replies follow the network: the kernel's neighbour entry for the
+        // client. A frame's own source MAC is only the fallback for clients
+        // the kernel does not know (off-link ones arrive from their router,
+        // whose MAC that is).
         let frame = pkt.frame();
-        let client_mac: Mac = [frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]];
+        let client_mac = self.neighbours.get(&p.key.src).unwrap_or([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]]);
         let rev = self.table.insert(rkey, rhash, state, FlowValue::Reverse { client_mac, iface: pkt.ingress }, now);
         self.table.link_peers(fwd, rev);
         Ok(())
@@ -489,14 +557,8 @@ impl Flows {
             }
             Mode::Dsr => {}
             Mode::Tunnel { encap, source, source_prefix } => {
-                let overhead = encap.overhead(p.v6);
-                if p.end - p.l3 + overhead > usize::from(out.mtu) {
-                    let ingress_mac = s.interfaces[usize::from(pkt.ingress)].mac;
-                    let inner_mtu = out.mtu.saturating_sub(overhead as u16);
-                    return match icmp::too_big(pkt, p, inner_mtu, ingress_mac) {
-                        Ok(()) => Verdict::Tx(pkt.ingress),
-                        Err(r) => self.vip_drop(vip_id, r),
-                    };
+                if let Some(verdict) = self.too_big_for_tunnel(s, pkt, p, vip_id, vip, b) {
+                    return verdict;
                 }
                 let src = tunnel::outer_source(&crate::flow::key::addr16(source), source_prefix, p.v6, hash);
                 if let Err(r) = tunnel::encapsulate(pkt, p, encap, &src, &b.addr, hash) {
@@ -508,6 +570,24 @@ impl Flows {
         self.stats.vips[usize::from(vip_id)].packet(frame_len);
         self.stats.backends[usize::from(backend_id)].packet(frame_len);
         Verdict::Tx(b.spec.iface)
+    }
+
+    /// A tunnel-mode packet that would not fit the backend's interface once
+    /// encapsulated is answered with fragmentation-needed / packet-too-big
+    /// in its place; the verdict for that, or None if it fits.
+    fn too_big_for_tunnel(&self, s: &Services, pkt: &mut Packet, p: &Parsed, vip_id: VipId, vip: &Vip, b: &BackendEntry) -> Option<Verdict> {
+        let Mode::Tunnel { encap, .. } = vip.spec.mode else { return None };
+        let out = s.interfaces[usize::from(b.spec.iface)];
+        let overhead = encap.overhead(p.v6);
+        if p.end - p.l3 + overhead <= usize::from(out.mtu) {
+            return None;
+        }
+        let ingress_mac = s.interfaces[usize::from(pkt.ingress)].mac;
+        let inner_mtu = out.mtu.saturating_sub(overhead as u16);
+        Some(match icmp::too_big(pkt, p, inner_mtu, ingress_mac) {
+            Ok(()) => Verdict::Tx(pkt.ingress),
+            Err(r) => self.vip_drop(vip_id, r),
+        })
     }
 
     /// NAT return traffic: restore the VIP as source (and the client as
@@ -619,6 +699,11 @@ impl Flows {
     }
 }
 
+/// A TCP segment that opens a connection: SYN without ACK.
+fn is_syn(p: &Parsed) -> bool {
+    p.key.proto == IpProtocol::TCP && p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+}
+
 fn is_icmp_error(frame: &[u8], p: &Parsed) -> bool {
     matches!(p.key.proto, IpProtocol::ICMP | IpProtocol::ICMPV6) && (p.key.proto == IpProtocol::ICMPV6) == p.v6 && wicmp::is_error(p.v6, frame[p.l4])
 }
@@ -637,8 +722,6 @@ fn next_state(state: FlowState, flags: u8, from_client: bool) -> FlowState {
     match state {
         FlowState::Udp => FlowState::Udp,
         _ if flags & (tcp::FIN | tcp::RST) != 0 => FlowState::Closing,
-        // A new SYN on a closing tuple: the client reuses the port.
-        FlowState::Closing if from_client && flags & (tcp::SYN | tcp::ACK) == tcp::SYN => FlowState::SynSeen,
         FlowState::SynSeen if from_client && flags & (tcp::SYN | tcp::ACK) == tcp::ACK => FlowState::Established,
         s => s,
     }

@@ -28,7 +28,7 @@ pub mod stats;
 pub mod types;
 pub mod wire;
 
-pub use engine::{Engine, EngineConfig, EngineError, FlowValue, Load};
+pub use engine::{Engine, EngineConfig, EngineError, FlowValue, Load, Shared};
 pub use packet::{DropReason, Packet, Verdict};
 pub use services::{Backend, Interface, Mode, Services, VipSpec};
 pub use types::{BackendId, IfIndex, Mac, VipId};

@@ -486,10 +486,18 @@ fn on_down_reset_answers_the_clients_next_packet_with_a_rst() {
         assert_eq!(e.table().len(), 0);
         assert_eq!((e.stats().vips[0].resets.get(), e.stats().backends[0].resets.get()), (1, 1));
 
-        // Without ACK (a retransmitted SYN with 5 bytes): SEQ 0, ACK = its
-        // SEQ + 5 + 1 for the SYN.
+        // A SYN on that tuple opens a new connection instead of being
+        // reset: scheduled afresh, it finds no backend up here, and the old
+        // flow is gone.
         let mut e = backend_goes_down(&n, true);
-        assert_frame(&run(&mut e, &syn(&n).frame(), 0), Verdict::Tx(0), &rst_from_vip(&n, RST | ACK, 0, 7));
+        assert_eq!(run(&mut e, &syn(&n).frame(), 0).0, Verdict::Drop(DropReason::NoBackend));
+        assert_eq!(e.table().len(), 0);
+        assert_eq!(e.stats().vips[0].resets.get(), 0);
+
+        // Without ACK and not a SYN (a FIN): SEQ 0, ACK = its SEQ + 9 + 1
+        // for the FIN.
+        let mut e = backend_goes_down(&n, true);
+        assert_frame(&run(&mut e, &client_segment(&n, FIN, 1001, 0, b"more data"), 0), Verdict::Tx(0), &rst_from_vip(&n, RST | ACK, 0, 1011));
 
         // A RST from the client needs no answer; the flow goes all the same.
         let mut e = backend_goes_down(&n, true);

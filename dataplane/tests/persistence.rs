@@ -4,10 +4,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use fulcrum_dataplane::flow::sticky::StickyTable;
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, SYN};
-use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Shared, Verdict, VipSpec};
 use fulcrum_testing::frame::{LB_MAC, PacketBuilder};
 
 const VIP: [u8; 4] = [198, 18, 0, 100];
@@ -40,10 +39,10 @@ fn with(s: &Services, i: u8, f: impl Fn(&mut Backend)) -> Arc<Services> {
 
 /// Two workers sharing one sticky table, as the dataplane wires them.
 fn workers(s: &Arc<Services>) -> [Engine; 2] {
-    let sticky = Arc::new(StickyTable::new(1024));
+    let shared = Shared::new(&EngineConfig::default());
     [0, 1].map(|w| {
         let cfg = EngineConfig { worker: w, workers: 2, table_capacity: 4096, ..EngineConfig::default() };
-        Engine::with_sticky(cfg, Arc::clone(s), Arc::clone(&sticky)).unwrap()
+        Engine::with_shared(cfg, Arc::clone(s), &shared).unwrap()
     })
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use fulcrum::workers::{Dataplane, Worker};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, SYN};
-use fulcrum_dataplane::{Backend, DropReason, EngineConfig, Interface, Mode, Services, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, EngineConfig, Interface, Mode, Services, Shared, VipSpec};
 use fulcrum_io::memory::MemoryIo;
 use fulcrum_testing::frame::{LB_MAC, PacketBuilder};
 
@@ -23,7 +23,7 @@ fn workers(mode: Mode, n: usize) -> Vec<Worker<MemoryIo>> {
     let s = Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend)]).unwrap());
     let ios = (0..n).map(|_| MemoryIo::new(256, 64)).collect();
     let cfg = EngineConfig { table_capacity: 1024, ..EngineConfig::default() };
-    Dataplane::workers(ios, cfg, &s).unwrap().into_iter().map(|(w, _)| w).collect()
+    Dataplane::workers(ios, cfg, &s, &Shared::new(&cfg)).unwrap().into_iter().map(|(w, _)| w).collect()
 }
 
 /// Injects a frame into a worker and polls it; returns what it sent.

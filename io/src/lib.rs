@@ -8,7 +8,8 @@
 //! - [`sock`] and [`epoll`]: the nonblocking sockets, raw sockets and epoll
 //!   set of the health checks; [`unix`]: process-level calls (the control
 //!   socket's, signals, namespaces, clocks).
-//! - [`netinfo`]: what the kernel knows of interfaces and neighbours.
+//! - [`netinfo`]: what the kernel knows of interfaces and neighbours;
+//!   [`netlink`]: its neighbour table as it changes.
 //! - [`thread_cpu_time`]: the calling thread's CPU clock.
 //!
 //! A frame is a [`FrameRef`]: a token for one 2 KiB buffer with the frame at
@@ -32,6 +33,7 @@ mod error;
 mod frame;
 pub mod memory;
 pub mod netinfo;
+pub mod netlink;
 pub mod sock;
 mod sys;
 pub mod unix;

@@ -110,6 +110,12 @@ fn unreadable(iface: &str, what: &'static str, value: &str) -> NetError {
     NetError::Unreadable { iface: iface.into(), what, value: value.trim().into() }
 }
 
+/// The interface's index (the kernel's, as neighbour events name it), in
+/// the calling thread's network namespace.
+pub fn iface_index(iface: &str) -> Result<u32, NetError> {
+    crate::sys::ifindex(iface).map_err(|e| NetError::NoSuchInterface { iface: iface.into(), source: io::Error::new(io::ErrorKind::NotFound, e.to_string()) })
+}
+
 pub fn iface_mac(iface: &str) -> Result<Mac, NetError> {
     let s = sysfs(iface, "address")?;
     parse_mac(&s).ok_or_else(|| unreadable(iface, "MAC address", &s))

@@ -219,3 +219,35 @@ fn headers_prepended_in_the_headroom_are_sent() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+#[test]
+fn neighbour_events_follow_the_kernels_table() {
+    use fulcrum_io::netlink::{Neighbour, NeighbourWatch};
+    require_root();
+    let lab = Lab::new(Topology::OneArm).expect("lab");
+    let eth0 = lab.balancer.iface().name.clone();
+    let ifindex = in_netns(&lab.balancer.ns, || fulcrum_io::netinfo::iface_index(&eth0)).expect("netns").expect("ifindex");
+    let addr: IpAddr = "198.18.0.99".parse().unwrap();
+    let (known, gone) = in_netns(&lab.balancer.ns, || {
+        let mut watch = NeighbourWatch::open(Duration::from_millis(100)).expect("netlink");
+        let mut events = Vec::new();
+        let mut until = |want: &dyn Fn(&Neighbour) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                watch.recv(&mut events).expect("recv");
+                if let Some(e) = events.iter().find(|e| want(e)) {
+                    return Some(*e);
+                }
+            }
+            None
+        };
+        lab.exec(&lab.balancer.ns, &["ip", "neigh", "replace", "198.18.0.99", "lladdr", "02:00:00:00:00:99", "dev", &eth0]).expect("ip neigh");
+        let known = until(&|e| matches!(e, Neighbour::Known { addr: a, .. } if *a == addr));
+        lab.exec(&lab.balancer.ns, &["ip", "neigh", "del", "198.18.0.99", "dev", &eth0]).expect("ip neigh del");
+        let gone = until(&|e| matches!(e, Neighbour::Gone { addr: a, .. } if *a == addr));
+        (known, gone)
+    })
+    .expect("netns");
+    assert_eq!(known, Some(Neighbour::Known { ifindex, addr, mac: [2, 0, 0, 0, 0, 0x99] }));
+    assert_eq!(gone, Some(Neighbour::Gone { ifindex, addr }));
+}

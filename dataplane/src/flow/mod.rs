@@ -1,7 +1,9 @@
-//! Flow keys, parsing a frame into its flow, the per-worker connection table and the sticky table of
+//! Flow keys, parsing a frame into its flow, the clients' neighbours
+//! (where replies go on the link), the per-worker connection table and the sticky table of
 //! session persistence.
 
 pub mod key;
+pub mod neighbours;
 pub mod parse;
 pub mod sticky;
 pub mod table;

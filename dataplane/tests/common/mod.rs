@@ -162,6 +162,7 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         max_vips: 8,
         max_backends: 8,
         sticky_clients: 64,
+        neighbours: 64,
     };
     let mut e = Engine::new(cfg, Arc::clone(&services)).unwrap();
     for vip in SCHEDULED_VIPS {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum_config as cfg;
-use fulcrum_dataplane::engine::EngineConfig;
+use fulcrum_dataplane::engine::{EngineConfig, Shared};
 use fulcrum_dataplane::flow::table::Timeouts;
 use fulcrum_dataplane::services::backend_name;
 use fulcrum_dataplane::wire::IpProtocol;
@@ -20,6 +20,7 @@ use fulcrum_io::{XdpMode, netinfo};
 use super::api::{BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
 use super::apply::{self, Ids, Net, NetIface};
 use super::checks::{self, HealthControl, HealthUpdate};
+use super::neighbours::NeighbourSync;
 use super::plugins::{self, Plugins};
 use super::reload;
 use super::telemetry::Telemetry;
@@ -43,6 +44,8 @@ pub struct Daemon {
     steering: Steering,
     /// The health checks, when any VIP has them.
     health: Option<HealthControl>,
+    /// Keeps the workers' neighbour table in step with the kernel's.
+    _neighbours: NeighbourSync,
     telemetry: Arc<Telemetry>,
     plugins: Plugins,
     started: Instant,
@@ -205,7 +208,10 @@ impl Daemon {
             snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
             ..EngineConfig::default()
         };
-        let dataplane = Dataplane::start(ios, engine, &services, &cpus)?;
+        let shared = Shared::new(&engine);
+        let ifindexes = names.iter().map(|n| netinfo::iface_index(n)).collect::<Result<_, _>>()?;
+        let neighbours = NeighbourSync::start(ifindexes, Arc::clone(&shared.neighbours))?;
+        let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus)?;
         let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
         let xdp_mode = steering.programs[0].mode();
@@ -220,6 +226,7 @@ impl Daemon {
             dataplane,
             steering,
             health,
+            _neighbours: neighbours,
             telemetry,
             plugins,
             started: Instant::now(),

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod client;
 pub mod daemon;
 pub mod metrics;
+pub mod neighbours;
 pub mod plugins;
 pub mod reload;
 pub mod server;

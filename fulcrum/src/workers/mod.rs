@@ -13,8 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
-use fulcrum_dataplane::engine::{Engine, EngineConfig};
-use fulcrum_dataplane::flow::sticky::StickyTable;
+use fulcrum_dataplane::engine::{Engine, EngineConfig, Shared};
 use fulcrum_dataplane::sched::Scheduler;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::stats::Stats;
@@ -58,7 +57,9 @@ pub struct Dataplane {
 impl Dataplane {
     /// Wires the workers together (worker i gets `ios[i]`) without
     /// starting them: the caller decides where they run.
-    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>) -> Result<Vec<Wired<I>>, Error> {
+    /// `shared`: the tables all workers use (see `Shared`); the control
+    /// plane keeps its own handle on them to write the neighbours.
+    pub fn workers<I: PacketIo>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, shared: &Shared) -> Result<Vec<Wired<I>>, Error> {
         let n = u16::try_from(ios.len()).map_err(|_| Error::Refused(format!("{} workers: at most {}", ios.len(), u16::MAX)))?;
         let (inboxes, mailboxes): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| {
@@ -67,14 +68,13 @@ impl Dataplane {
             })
             .unzip();
         let peers: Arc<[Sender<Handoff>]> = inboxes.into();
-        // Session persistence: one sticky table and one clock for all.
-        let sticky = Arc::new(StickyTable::new(cfg.sticky_clients));
+        // Session persistence needs one clock for all, as one sticky table.
         let clock = Instant::now();
         ios.into_iter()
             .zip(mailboxes)
             .enumerate()
             .map(|(i, (io, inbox))| {
-                let engine = Engine::with_sticky(EngineConfig { worker: i as u16, workers: n, ..cfg }, Arc::clone(services), Arc::clone(&sticky))?;
+                let engine = Engine::with_shared(EngineConfig { worker: i as u16, workers: n, ..cfg }, Arc::clone(services), shared)?;
                 let (ctl_tx, ctl_rx) = bounded(CONTROL_QUEUE);
                 Ok((Worker::new(i as u16, io, engine, inbox, Arc::clone(&peers), ctl_rx, clock), ctl_tx))
             })
@@ -83,10 +83,16 @@ impl Dataplane {
 
     /// Starts one thread per worker; worker i is pinned to CPU `cpus[i]`
     /// when given.
-    pub fn start<I: PacketIo + Send + 'static>(ios: Vec<I>, cfg: EngineConfig, services: &Arc<Services>, cpus: &[usize]) -> Result<Dataplane, Error> {
+    pub fn start<I: PacketIo + Send + 'static>(
+        ios: Vec<I>,
+        cfg: EngineConfig,
+        services: &Arc<Services>,
+        shared: &Shared,
+        cpus: &[usize],
+    ) -> Result<Dataplane, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), generation: AtomicU64::new(0), threads: Vec::new(), stats: Vec::new() };
-        for (i, (worker, ctl)) in Self::workers(ios, cfg, services)?.into_iter().enumerate() {
+        for (i, (worker, ctl)) in Self::workers(ios, cfg, services, shared)?.into_iter().enumerate() {
             dp.stats.push((Arc::clone(worker.engine_stats()), Arc::clone(worker.stats())));
             dp.control.push(ctl);
             let (stop, core) = (Arc::clone(&stop), cpus.get(i).map(|&id| core_affinity::CoreId { id }));

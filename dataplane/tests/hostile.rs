@@ -1,0 +1,168 @@
+//! What a frame may leave behind: state only from frames that open a flow
+//! and are forwarded; a client's new SYN on its old tuple opens a new
+//! connection unless that one is established with a live backend; a
+//! forged frame from another host cannot take over a client's reply path.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use fulcrum_dataplane::flow::key::addr16;
+use fulcrum_dataplane::forward::tunnel::Encap;
+use fulcrum_dataplane::wire::tcp::{ACK, FIN, PSH, RST, SYN, URG};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Mode, Packet, Shared, Verdict};
+use fulcrum_testing::frame::{CLIENT_MAC, LB_MAC, PacketBuilder};
+use fulcrum_testing::one_vip::{CLIENT, VIP, backend, engine, ip, services};
+
+/// Another host on the client's segment, forging the client's address.
+const ATTACKER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
+const SNAT: &str = "198.18.0.200";
+/// The first full-NAT source port of worker 0 of 1.
+const FIRST_PORT: u16 = 1024;
+
+fn full_nat() -> Mode {
+    Mode::Nat { snat: Some(ip(SNAT)) }
+}
+
+fn client(port: u16, flags: u8) -> PacketBuilder {
+    PacketBuilder::tcp(ip(CLIENT), port, ip(VIP), 80, flags)
+}
+
+/// Runs one frame; the verdict and the frame as it leaves.
+fn run(e: &mut Engine, f: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; 2048];
+    buf[256..256 + f.len()].copy_from_slice(f);
+    let mut batch = [Packet::new(&mut buf, 256, f.len(), 0)];
+    e.process(1000, &mut batch);
+    (batch[0].verdict, batch[0].frame().to_vec())
+}
+
+/// The full-NAT source port a forwarded client frame left with.
+fn snat_port(out: &[u8]) -> u16 {
+    u16::from_be_bytes([out[34], out[35]])
+}
+
+/// Backend `i`'s answer to the SNAT address and `port`; where it goes.
+fn reply(e: &mut Engine, i: u8, port: u16, flags: u8) -> (Verdict, [u8; 6]) {
+    let f = PacketBuilder::tcp(IpAddr::from([198, 18, 1, i]), 80, ip(SNAT), port, flags).macs([2, 0, 0, 0, 1, i], LB_MAC).frame();
+    let (v, out) = run(e, &f);
+    (v, out[..6].try_into().unwrap())
+}
+
+#[test]
+fn stray_and_forged_segments_leave_no_state_in_nat_modes() {
+    for mode in [Mode::Nat { snat: None }, full_nat()] {
+        let mut e = engine(EngineConfig::default(), services(mode, &[backend(1, 1), backend(2, 1)]));
+        let cases = [
+            (client(40000, ACK), DropReason::NoState),
+            (client(40001, RST), DropReason::NoState),
+            (client(40002, 0), DropReason::NoState),
+            (client(40003, FIN | PSH | URG), DropReason::NoState),
+            (client(40004, SYN | FIN), DropReason::InvalidFlags),
+            (client(40005, SYN | RST), DropReason::InvalidFlags),
+            (client(40006, SYN).ttl(1), DropReason::TtlExceeded),
+            (client(40007, SYN).ttl(0), DropReason::TtlExceeded),
+        ];
+        for (f, reason) in cases {
+            let f = f.macs(ATTACKER_MAC, LB_MAC);
+            assert_eq!(run(&mut e, &f.frame()).0, Verdict::Drop(reason), "{mode:?} {f:?}");
+            assert_eq!(e.table().len(), 0, "{mode:?} {f:?} left an entry");
+        }
+        assert_eq!(e.stats().vip_drops[0].get(DropReason::NoState), 4);
+        // No full-NAT port was taken: the real client gets the first one.
+        let (v, out) = run(&mut e, &client(40000, SYN).frame());
+        assert_eq!(v, Verdict::Tx(0));
+        if mode == full_nat() {
+            assert_eq!(snat_port(&out), FIRST_PORT);
+        }
+    }
+}
+
+#[test]
+fn dsr_and_tunnel_place_segments_without_state_by_maglev() {
+    // Another node may have started the flow: Maglev gives its backend.
+    let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
+    for mode in [Mode::Dsr, tunnel] {
+        let s = services(mode, &[backend(1, 1), backend(2, 1), backend(3, 1)]);
+        let mut e = engine(EngineConfig::default(), Arc::clone(&s));
+        assert_eq!(run(&mut e, &client(40000, ACK).frame()).0, Verdict::Tx(0), "{mode:?}");
+        assert_eq!(e.table().len(), 1);
+    }
+}
+
+#[test]
+fn a_syn_on_a_flow_not_yet_established_opens_it_afresh() {
+    let mut e = engine(EngineConfig::default(), services(full_nat(), &[backend(1, 1)]));
+    // A forged SYN first: it is forwarded (a SYN is a SYN) and its reply
+    // goes to the forger's MAC.
+    let (v, out) = run(&mut e, &client(40000, SYN).macs(ATTACKER_MAC, LB_MAC).frame());
+    assert_eq!((v, snat_port(&out)), (Verdict::Tx(0), FIRST_PORT));
+    // The real client's SYN on the same tuple: a new connection, with its
+    // own source port and reply path.
+    let (v, out) = run(&mut e, &client(40000, SYN).frame());
+    assert_eq!((v, snat_port(&out)), (Verdict::Tx(0), FIRST_PORT + 1));
+    assert_eq!(e.table().len(), 2, "one NAT pair");
+    assert_eq!(reply(&mut e, 1, FIRST_PORT + 1, SYN | ACK), (Verdict::Tx(0), CLIENT_MAC));
+    assert_eq!(reply(&mut e, 1, FIRST_PORT, SYN | ACK).0, Verdict::Drop(DropReason::NoState));
+}
+
+#[test]
+fn a_syn_on_an_established_flow_keeps_its_backend_and_reply_path() {
+    let mut e = engine(EngineConfig::default(), services(full_nat(), &[backend(1, 1), backend(2, 1)]));
+    let (_, out) = run(&mut e, &client(40000, SYN).frame());
+    let backend = out[5];
+    assert_eq!(reply(&mut e, backend, FIRST_PORT, SYN | ACK), (Verdict::Tx(0), CLIENT_MAC));
+    assert_eq!(run(&mut e, &client(40000, ACK).frame()).0, Verdict::Tx(0));
+    // A forged SYN from another MAC: taken as a retransmission.
+    let (v, out) = run(&mut e, &client(40000, SYN).macs(ATTACKER_MAC, LB_MAC).frame());
+    assert_eq!((v, snat_port(&out), out[5]), (Verdict::Tx(0), FIRST_PORT, backend));
+    assert_eq!(reply(&mut e, backend, FIRST_PORT, ACK), (Verdict::Tx(0), CLIENT_MAC));
+}
+
+#[test]
+fn a_reused_port_whose_backend_is_down_is_scheduled_afresh() {
+    for established in [false, true] {
+        let s = services(Mode::Nat { snat: None }, &[backend(1, 1), backend(2, 1)]);
+        let mut e = engine(EngineConfig::default(), Arc::clone(&s));
+        let (_, out) = run(&mut e, &client(40000, SYN).frame());
+        let first = out[5];
+        if established {
+            assert_eq!(run(&mut e, &client(40000, ACK).frame()).0, Verdict::Tx(0));
+        } else {
+            // The connection closed; the client reuses its port at once.
+            assert_eq!(run(&mut e, &client(40000, FIN | ACK).frame()).0, Verdict::Tx(0));
+        }
+        let down = Backend { up: false, ..backend(first, 1) };
+        let s = s.with_backends(&[(u16::from(first - 1), down)]).unwrap();
+        e.set_services(Arc::new(s)).unwrap();
+        let (v, out) = run(&mut e, &client(40000, SYN).frame());
+        assert_eq!(v, Verdict::Tx(0));
+        assert_ne!(out[5], first, "established: {established}: the SYN went to the backend that is down");
+    }
+}
+
+#[test]
+fn a_new_flow_too_big_for_its_tunnel_is_answered_and_leaves_nothing() {
+    let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
+    let mut e = engine(EngineConfig::default(), services(tunnel, &[backend(1, 1)]));
+    let big = client(40000, SYN).payload(&[0u8; 1480]);
+    let (v, out) = run(&mut e, &big.frame());
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(out[23], 1, "an ICMP answer");
+    assert_eq!(e.table().len(), 0);
+    assert_eq!(e.stats().vips[0].new_flows.get(), 0);
+}
+
+#[test]
+fn replies_go_where_the_neighbour_table_says_not_where_the_frame_came_from() {
+    let cfg = EngineConfig::default();
+    let shared = Shared::new(&cfg);
+    let mut e = Engine::with_shared(EngineConfig { table_capacity: 4096, ..cfg }, services(full_nat(), &[backend(1, 1)]), &shared).unwrap();
+    shared.neighbours.set(&addr16(ip(CLIENT)), CLIENT_MAC);
+    let (v, out) = run(&mut e, &client(40000, SYN).macs(ATTACKER_MAC, LB_MAC).frame());
+    assert_eq!((v, snat_port(&out)), (Verdict::Tx(0), FIRST_PORT));
+    assert_eq!(reply(&mut e, 1, FIRST_PORT, SYN | ACK), (Verdict::Tx(0), CLIENT_MAC));
+    // A client the kernel does not know: its frame's MAC is all there is.
+    let other = PacketBuilder::tcp(ip("198.18.0.7"), 40000, ip(VIP), 80, SYN).macs(ATTACKER_MAC, LB_MAC);
+    let (_, out) = run(&mut e, &other.frame());
+    assert_eq!(reply(&mut e, 1, snat_port(&out), SYN | ACK), (Verdict::Tx(0), ATTACKER_MAC));
+}

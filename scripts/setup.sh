@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
     clang llvm libbpf-dev                                      # io/bpf/*.c, tests/bpf/*.c (bpf_helpers.h)
     libelf-dev m4 libpcap-dev pkg-config zlib1g-dev make       # libxdp/libbpf builds under xsk-rs
-    iproute2 ethtool iputils-ping                              # the namespace lab
+    iproute2 ethtool iputils-ping curl                         # the namespace lab
     nftables                                                   # half-open health checks (health/src/rst_guard.rs)
     valgrind                                                   # instruction counts in perf/
 )

@@ -119,6 +119,9 @@ pub struct Timeouts {
     pub tcp_established: Duration,
     pub tcp_closing: Duration,
     pub udp: Duration,
+    /// How long a full-NAT source port is held back from the backend its
+    /// flow went to after the flow ended (the backend's TIME_WAIT).
+    pub snat_reuse: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

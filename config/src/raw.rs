@@ -48,6 +48,7 @@ pub(crate) struct RawTimeouts {
     pub tcp_established: Field,
     pub tcp_closing: Field,
     pub udp: Field,
+    pub snat_reuse: Field,
 }
 
 #[derive(Deserialize)]

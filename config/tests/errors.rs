@@ -636,6 +636,7 @@ fn defaults() {
                 tcp_established: Duration::from_secs(900),
                 tcp_closing: Duration::from_secs(60),
                 udp: Duration::from_secs(300),
+                snat_reuse: Duration::from_secs(60),
             },
             vips: vec![],
         }

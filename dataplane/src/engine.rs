@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::flow::FlowKey;
 use crate::flow::neighbours::Neighbours;
 use crate::flow::parse::{ParseError, Parsed, parse, parse_quoted};
+use crate::flow::snat::{SnatPorts, backend_tag};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
 use crate::forward::rewrite::End;
@@ -45,6 +46,9 @@ pub struct EngineConfig {
     pub expire_budget: usize,
     /// Full-NAT source ports (inclusive), shared out among the workers.
     pub snat_ports: (u16, u16),
+    /// How long a full-NAT source port is held back from the backend its
+    /// flow went to after the flow ended (see `flow::snat`).
+    pub snat_reuse_ms: u32,
     pub max_vips: usize,
     pub max_backends: usize,
     /// Clients the sticky table of session persistence holds (one table
@@ -63,6 +67,7 @@ impl Default for EngineConfig {
             timeouts: Timeouts::default(),
             expire_budget: 32,
             snat_ports: (1024, 65535),
+            snat_reuse_ms: 60_000,
             max_vips: 1024,
             max_backends: 16384,
             sticky_clients: 1 << 16,
@@ -121,9 +126,7 @@ struct Flows {
     load: Vec<Load>,
     /// The pool as a scheduler sees it, filled per new flow (preallocated).
     pool: Vec<BackendState>,
-    snat_lo: u16,
-    snat_span: u16,
-    snat_next: u16,
+    snat: SnatPorts,
 }
 
 /// Why an engine cannot be built or take a service snapshot.
@@ -180,9 +183,7 @@ impl Engine {
             schedulers: Vec::new(),
             load: vec![Load::default(); cfg.max_backends],
             pool: Vec::new(),
-            snat_lo: lo + cfg.worker * span,
-            snat_span: span,
-            snat_next: 0,
+            snat: SnatPorts::new(lo + cfg.worker * span, span, cfg.snat_reuse_ms),
             cfg,
         };
         let mut engine = Engine { services: Arc::clone(&services), flows };
@@ -240,10 +241,10 @@ impl Engine {
                 Verdict::Drop(r) => flows.stats.drops.count(r),
                 Verdict::Tx(_) | Verdict::Handoff(_) => {}
             }
-            flows.settle_departures();
+            flows.settle_departures(now_ms);
         }
         flows.table.expire(now_ms, flows.cfg.expire_budget);
-        flows.settle_departures();
+        flows.settle_departures(now_ms);
         let (table, stats) = (&flows.table, &flows.stats);
         stats.connections.set(table.len() as u64);
         stats.evictions.set(table.evictions());
@@ -270,13 +271,20 @@ impl Load {
 }
 
 impl Flows {
-    /// Forgets the connections of entries the table removed.
-    fn settle_departures(&mut self) {
-        for (value, state) in self.table.take_departed() {
-            if let FlowValue::Forward { backend, .. } = value
-                && let Some(l) = self.load.get_mut(usize::from(backend))
-            {
-                l.count(state, -1);
+    /// Forgets the connections of entries the table removed, and holds
+    /// back the source ports of the full-NAT flows among them.
+    fn settle_departures(&mut self, now: u32) {
+        for (key, value, state) in self.table.take_departed() {
+            match value {
+                FlowValue::Forward { backend, .. } => {
+                    if let Some(l) = self.load.get_mut(usize::from(backend)) {
+                        l.count(state, -1);
+                    }
+                }
+                // The return key of a full-NAT flow is backend -> SNAT
+                // address and port; an inline DNAT one (client port) in the
+                // range is held back too, which costs nothing but a skip.
+                FlowValue::Reverse { .. } => self.snat.ended(key.dst_port, backend_tag(&key.src, key.src_port), now),
             }
         }
     }
@@ -343,7 +351,7 @@ impl Flows {
             return Verdict::Drop(DropReason::NoState);
         }
         let (lo, _) = self.cfg.snat_ports;
-        let owner = s.is_to_snat(key).then(|| key.dst_port.checked_sub(lo).map(|off| off / self.snat_span)).flatten().filter(|&w| w < self.cfg.workers);
+        let owner = s.is_to_snat(key).then(|| key.dst_port.checked_sub(lo).map(|off| off / self.snat.span())).flatten().filter(|&w| w < self.cfg.workers);
         match owner {
             Some(w) if w == self.cfg.worker => Verdict::Drop(DropReason::NoState),
             owner => Verdict::Handoff(owner),
@@ -524,17 +532,18 @@ impl Flows {
         Ok(())
     }
 
-    /// A source port in this worker's share whose return key is free.
+    /// A source port in this worker's share whose return key is free and
+    /// that is not held back from this backend.
     fn alloc_snat_port(&mut self, rkey: &mut FlowKey, now: u32) -> Option<u16> {
-        for _ in 0..SNAT_PROBES.min(self.snat_span) {
-            let port = self.snat_lo + self.snat_next;
-            self.snat_next = (self.snat_next + 1) % self.snat_span;
-            rkey.dst_port = port;
-            if !self.table.contains(rkey, rkey.hash64(), now) {
-                return Some(port);
-            }
-        }
-        None
+        let backend = backend_tag(&rkey.src, rkey.src_port);
+        let table = &self.table;
+        let mut free = self.snat.next_for(backend, now, SNAT_PROBES).filter(|&port| {
+            let key = FlowKey { dst_port: port, ..*rkey };
+            !table.contains(&key, key.hash64(), now)
+        });
+        let port = free.next()?;
+        rkey.dst_port = port;
+        Some(port)
     }
 
     /// Rewrites a client packet for its backend per the VIP's mode.

@@ -166,3 +166,24 @@ fn replies_go_where_the_neighbour_table_says_not_where_the_frame_came_from() {
     let (_, out) = run(&mut e, &other.frame());
     assert_eq!(reply(&mut e, 1, snat_port(&out), SYN | ACK), (Verdict::Tx(0), ATTACKER_MAC));
 }
+
+#[test]
+fn a_full_nat_port_is_held_back_from_its_backend_after_its_flow_ends() {
+    let cfg = EngineConfig { snat_ports: (FIRST_PORT, FIRST_PORT + 1), ..EngineConfig::default() };
+    let mut e = engine(cfg, services(full_nat(), &[backend(1, 1)]));
+    let at = |e: &mut Engine, f: &[u8], now: u32| {
+        let mut buf = vec![0u8; 2048];
+        buf[256..256 + f.len()].copy_from_slice(f);
+        let mut batch = [Packet::new(&mut buf, 256, f.len(), 0)];
+        e.process(now, &mut batch);
+        (batch[0].verdict, snat_port(batch[0].frame()))
+    };
+    assert_eq!(at(&mut e, &client(40000, SYN).frame(), 1_000), (Verdict::Tx(0), FIRST_PORT));
+    // The client opens the tuple afresh: the old flow ends, its port is
+    // held back from the backend (still in TIME_WAIT there).
+    assert_eq!(at(&mut e, &client(40000, SYN).frame(), 2_000), (Verdict::Tx(0), FIRST_PORT + 1));
+    assert_eq!(at(&mut e, &client(40001, SYN).frame(), 3_000).0, Verdict::Drop(DropReason::SnatExhausted));
+    assert_eq!(e.table().len(), 2);
+    // After the quarantine (60 s from the end) the port serves again.
+    assert_eq!(at(&mut e, &client(40001, SYN).frame(), 62_500), (Verdict::Tx(0), FIRST_PORT));
+}

@@ -25,6 +25,8 @@ impl Checker<'_> {
         let tcp_established = field("tcp_established", &raw.tcp_established, 900);
         let tcp_closing = field("tcp_closing", &raw.tcp_closing, 60);
         let udp = field("udp", &raw.udp, 300);
-        Some(Timeouts { tcp_syn: tcp_syn?, tcp_established: tcp_established?, tcp_closing: tcp_closing?, udp: udp? })
+        // Linux keeps TIME_WAIT 60 s (TCP_TIMEWAIT_LEN).
+        let snat_reuse = field("snat_reuse", &raw.snat_reuse, 60);
+        Some(Timeouts { tcp_syn: tcp_syn?, tcp_established: tcp_established?, tcp_closing: tcp_closing?, udp: udp?, snat_reuse: snat_reuse? })
     }
 }

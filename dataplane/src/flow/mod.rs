@@ -1,10 +1,11 @@
 //! Flow keys, parsing a frame into its flow, the clients' neighbours
-//! (where replies go on the link), the per-worker connection table and the sticky table of
+//! (where replies go on the link), full-NAT source ports, the per-worker connection table and the sticky table of
 //! session persistence.
 
 pub mod key;
 pub mod neighbours;
 pub mod parse;
+pub mod snat;
 pub mod sticky;
 pub mod table;
 

@@ -144,9 +144,10 @@ pub struct ConnTable<V: Copy> {
     timeouts: Timeouts,
     evictions: u64,
     expirations: u64,
-    /// Entries removed since the owner last took them (value and state), so
-    /// it can keep per-backend counts exact. Preallocated and bounded.
-    departed: Vec<(V, FlowState)>,
+    /// Entries removed since the owner last took them (key, value and
+    /// state), so it can keep per-backend counts exact and hold back the
+    /// source ports of ended NAT flows. Preallocated and bounded.
+    departed: Vec<(FlowKey, V, FlowState)>,
     lost_departures: u64,
     /// Lazy promotion: a hit moves an entry to the LRU head only when the
     /// tick (`now >> shift`) changed since its last move. None: every hit
@@ -370,7 +371,7 @@ impl<V: Copy> ConnTable<V> {
     /// their last state. Take them after every `expire` and after each
     /// packet's lookups and inserts: departures beyond the bounded log are
     /// only counted ([`lost_departures`](Self::lost_departures)).
-    pub fn take_departed(&mut self) -> std::vec::Drain<'_, (V, FlowState)> {
+    pub fn take_departed(&mut self) -> std::vec::Drain<'_, (FlowKey, V, FlowState)> {
         self.departed.drain(..)
     }
 
@@ -420,7 +421,7 @@ impl<V: Copy> ConnTable<V> {
         self.unlink(slot);
         let entry = &mut self.slots[slot as usize];
         if self.departed.len() < DEPARTED_CAP {
-            self.departed.push((entry.value, entry.state));
+            self.departed.push((entry.key, entry.value, entry.state));
         } else {
             self.lost_departures += 1;
         }

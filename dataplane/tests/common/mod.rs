@@ -159,6 +159,7 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         timeouts: Timeouts { syn_ms: 2_000, established_ms: 20_000, closing_ms: 1_000, udp_ms: 5_000 },
         expire_budget: 8,
         snat_ports: SNAT_PORTS,
+        snat_reuse_ms: 3_000,
         max_vips: 8,
         max_backends: 8,
         sticky_clients: 64,

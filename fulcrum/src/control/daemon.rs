@@ -206,6 +206,7 @@ impl Daemon {
             sticky_clients: config.limits.connections_per_worker as usize,
             timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
             snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
+            snat_reuse_ms: ms(t.snat_reuse),
             ..EngineConfig::default()
         };
         let shared = Shared::new(&engine);

@@ -34,6 +34,7 @@ pub fn needs_restart(old: &cfg::Config, new: &cfg::Config) -> Vec<String> {
     field("timeouts.tcp_established", dbg(&t.tcp_established), dbg(&u.tcp_established));
     field("timeouts.tcp_closing", dbg(&t.tcp_closing), dbg(&u.tcp_closing));
     field("timeouts.udp", dbg(&t.udp), dbg(&u.udp));
+    field("timeouts.snat_reuse", dbg(&t.snat_reuse), dbg(&u.snat_reuse));
     out
 }
 

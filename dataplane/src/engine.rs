@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::flow::FlowKey;
+use crate::flow::fragments::Fragments;
 use crate::flow::neighbours::Neighbours;
 use crate::flow::parse::{ParseError, Parsed, parse, parse_quoted};
 use crate::flow::snat::{SnatPorts, backend_tag};
@@ -56,6 +57,10 @@ pub struct EngineConfig {
     pub sticky_clients: usize,
     /// Addresses the neighbour table holds (shared, see `flow::neighbours`).
     pub neighbours: usize,
+    /// Datagrams in flight whose later fragments the worker can follow,
+    /// and for how long after their first fragment (`flow::fragments`).
+    pub fragments: usize,
+    pub fragment_ttl_ms: u32,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +77,8 @@ impl Default for EngineConfig {
             max_backends: 16384,
             sticky_clients: 1 << 16,
             neighbours: 1 << 14,
+            fragments: 4096,
+            fragment_ttl_ms: 2_000,
         }
     }
 }
@@ -127,6 +134,7 @@ struct Flows {
     /// The pool as a scheduler sees it, filled per new flow (preallocated).
     pool: Vec<BackendState>,
     snat: SnatPorts,
+    fragments: Fragments,
 }
 
 /// Why an engine cannot be built or take a service snapshot.
@@ -184,6 +192,7 @@ impl Engine {
             load: vec![Load::default(); cfg.max_backends],
             pool: Vec::new(),
             snat: SnatPorts::new(lo + cfg.worker * span, span, cfg.snat_reuse_ms),
+            fragments: Fragments::new(cfg.fragments, cfg.fragment_ttl_ms),
             cfg,
         };
         let mut engine = Engine { services: Arc::clone(&services), flows };
@@ -301,37 +310,86 @@ impl Flows {
             Err(ParseError::Truncated) => return Verdict::Drop(DropReason::Truncated),
             Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),
         };
-        if p.fragment {
-            return self.for_vip_addr(s, &p, DropReason::Fragment);
+        match p.fragment {
+            Some(f) if !f.first => return self.later_fragment(s, now, pkt, &p, f.id),
+            Some(f) => {
+                let verdict = self.flow_packet(s, now, pkt, &p);
+                if let Verdict::Tx(_) = verdict {
+                    self.fragments.record(&p.key, f.id, now);
+                }
+                return verdict;
+            }
+            None => {}
         }
-        if is_icmp_error(pkt.frame(), &p) {
-            return self.icmp_error(s, now, pkt, &p);
+        self.flow_packet(s, now, pkt, &p)
+    }
+
+    /// A packet with ports: its flow's, or a new flow's.
+    fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed) -> Verdict {
+        if is_icmp_error(pkt.frame(), p) {
+            return self.icmp_error(s, now, pkt, p);
         }
         let hash = p.key.hash64();
         if let Some(slot) = self.table.lookup(&p.key, hash, now) {
             match self.table.entry(slot).value {
-                FlowValue::Forward { backend, .. } if self.opens_afresh(s, &p, slot, backend) => {
+                FlowValue::Forward { backend, .. } if self.opens_afresh(s, p, slot, backend) => {
                     // A client reusing its port (or a spoofed SYN before
                     // it): a new connection, scheduled, NAT'd and with a
                     // reply path of its own, as IPVS's conn_reuse_mode.
                     self.table.remove(slot);
                 }
                 FlowValue::Forward { vip, backend } => {
-                    if let Some(v) = self.established(s, pkt, &p, hash, slot, (vip, backend)) {
+                    if let Some(v) = self.established(s, pkt, p, hash, slot, (vip, backend)) {
                         return v;
                     }
                     // The VIP or backend was removed by a reload: the
                     // entry is stale, so schedule the flow afresh.
                     self.table.remove(slot);
                 }
-                FlowValue::Reverse { client_mac, iface } => return self.reverse(s, pkt, &p, slot, client_mac, iface),
+                FlowValue::Reverse { client_mac, iface } => return self.reverse(s, pkt, p, slot, client_mac, iface),
             }
         }
         match s.find_vip(&p.key) {
-            Some(vip) => self.new_flow(s, now, pkt, &p, hash, vip),
+            Some(vip) => self.new_flow(s, now, pkt, p, hash, vip),
             None if s.is_return(&p.key) => self.foreign_return(s, &p.key),
             None => Verdict::Pass,
         }
+    }
+
+    /// A fragment after the first goes where its datagram's first fragment
+    /// went, rewritten the same way (its addresses only: it has no ports).
+    /// One whose first was not seen is dropped: placed by its addresses
+    /// alone it would reach a backend that never gets the first fragment,
+    /// and only burden that backend's reassembly.
+    fn later_fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, id: u32) -> Verdict {
+        let Some(flow) = self.fragments.flow_of(&p.key, id, now) else {
+            return self.orphan_fragment(s, p);
+        };
+        let hash = flow.hash64();
+        let Some(slot) = self.table.lookup(&flow, hash, now) else {
+            return self.orphan_fragment(s, p);
+        };
+        let verdict = match self.table.entry(slot).value {
+            FlowValue::Forward { vip, backend } => match (s.vip(vip), s.backend(backend)) {
+                (Some(v), Some(b)) => self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id: vip, vip: v, backend_id: backend, b }),
+                _ => self.for_vip_addr(s, p, DropReason::Fragment),
+            },
+            FlowValue::Reverse { client_mac, iface } => self.reverse(s, pkt, p, slot, client_mac, iface),
+        };
+        if let Verdict::Tx(_) = verdict {
+            self.stats.fragments_followed.inc();
+        }
+        verdict
+    }
+
+    /// A later fragment this worker cannot place. NAT return traffic may be
+    /// another worker's (its first fragment, with the full-NAT port, went
+    /// to that port's owner): the others are asked in turn.
+    fn orphan_fragment(&self, s: &Services, p: &Parsed) -> Verdict {
+        if self.cfg.workers > 1 && s.may_be_return_fragment(&p.key) {
+            return Verdict::Handoff(None);
+        }
+        self.for_vip_addr(s, p, DropReason::Fragment)
     }
 
     /// Whether a client packet on an existing flow opens a new connection

@@ -75,7 +75,7 @@ macro_rules! drop_reasons {
 drop_reasons! {
     Truncated => "truncated": "A header is cut short.",
     Malformed => "malformed": "A header field holds an impossible value.",
-    Fragment => "fragment": "An IP fragment for a VIP: it cannot be balanced by ports.",
+    Fragment => "fragment": "An IP fragment after the first, for a VIP, whose first fragment (the one with the ports) this worker did not see, or saw too long ago.",
     TtlExceeded => "ttl_exceeded": "TTL or hop limit would reach zero when routed.",
     NoBackend => "no_backend": "The VIP has no backend that can take a new flow.",
     NoState => "no_state": "A packet that needs a flow this worker does not know: NAT return traffic, or a TCP segment other than a SYN opening a NAT flow.",

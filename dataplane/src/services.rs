@@ -141,6 +141,9 @@ pub struct Services {
     /// protocol) or goes to (SNAT addresses, port 0): such traffic without
     /// state is dropped, not leaked un-NAT'd to the kernel.
     return_ends: HashSet<VipKey>,
+    /// The addresses of NAT backends, by protocol: their later IP
+    /// fragments carry no ports to match `return_ends` with.
+    nat_backends: HashSet<([u8; 16], IpProtocol)>,
 }
 
 /// A configuration the packet path cannot run, with what is wrong.
@@ -219,6 +222,7 @@ impl Services {
             by_key: HashMap::new(),
             vip_addrs: HashMap::new(),
             return_ends: HashSet::new(),
+            nat_backends: HashSet::new(),
         };
         for (id, b) in backends.iter().enumerate() {
             if let Some(b) = b
@@ -283,6 +287,7 @@ impl Services {
             if let Mode::Nat { snat } = spec.mode {
                 let port = if b.spec.port == 0 { spec.port } else { b.spec.port };
                 self.return_ends.insert(VipKey { addr: b.addr, proto: spec.proto, port });
+                self.nat_backends.insert((b.addr, spec.proto));
                 if let Some(s) = snat {
                     self.return_ends.insert(VipKey { addr: addr16(s), proto: spec.proto, port: 0 });
                 }
@@ -324,6 +329,12 @@ impl Services {
     /// Whether a packet goes to a full-NAT source address.
     pub fn is_to_snat(&self, key: &FlowKey) -> bool {
         self.return_ends.contains(&VipKey { addr: key.dst, proto: key.proto, port: 0 })
+    }
+
+    /// Whether a later IP fragment (no ports) may be NAT return traffic:
+    /// sent to a full-NAT address, or by a NAT backend.
+    pub fn may_be_return_fragment(&self, key: &FlowKey) -> bool {
+        self.is_to_snat(key) || self.nat_backends.contains(&(key.src, key.proto))
     }
 
     /// Whether a packet is NAT return traffic by its ends alone.

@@ -104,6 +104,9 @@ pub struct Stats {
     pub passed: Counter,
     /// Plugin schedulers that failed a pick (the flow fell back to Maglev).
     pub scheduler_faults: Counter,
+    /// IP fragments after the first, sent where their first went (those
+    /// whose first was not seen are drops, `fragment`).
+    pub fragments_followed: Counter,
     /// The connection table, copied from it once per batch (the table
     /// itself is the worker's alone): live entries, and entries removed
     /// to make room or because they timed out (peers included).
@@ -122,6 +125,7 @@ impl Stats {
             drops: Drops::default(),
             passed: Counter::default(),
             scheduler_faults: Counter::default(),
+            fragments_followed: Counter::default(),
             connections: Gauge::default(),
             evictions: Gauge::default(),
             expirations: Gauge::default(),

@@ -328,11 +328,13 @@ fn truncated_and_garbled_frames_are_counted_drops() {
 }
 
 #[test]
-fn fragments_for_a_vip_are_dropped_others_pass() {
+fn later_fragments_without_their_first_are_dropped_others_pass() {
+    // Fragments that do reach backends: tests/fragments.rs.
     let n = net(false);
     let mut e = engine(&n, Mode::Dsr, 0, false, 1500);
     let mut f = syn(&n).frame();
     f[14 + 6] = 0x20; // more fragments
+    f[14 + 7] = 0x10; // at offset 128: not the first
     f[14 + 10..14 + 12].fill(0); // checksum is not what is checked here
     assert_eq!(run(&mut e, &f, 0).0, Verdict::Drop(DropReason::Fragment));
     assert_eq!(e.stats().vip_drops[0].get(DropReason::Fragment), 1);

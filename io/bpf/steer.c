@@ -32,9 +32,13 @@
  * needed" sent to a VIP) is steered, and the engine routes it to the flow's
  * backend.
  *
- * Parsed: one optional 802.1Q/802.1ad tag, IPv4 with options (IHL; non-first
- * fragments carry no ports, so only port-0 entries match them), IPv6 without
- * extension headers (anything else is passed to the kernel).
+ * IP fragments after the first carry no ports: they match port-0 entries and
+ * the FRAG entries (dir DST_FRAG / SRC_FRAG, port 0) that userspace adds for
+ * every address and protocol with port-specific entries, so that a
+ * datagram's later fragments reach the engine that placed its first.
+ *
+ * Parsed: one optional 802.1Q/802.1ad tag, IPv4 with options (IHL), IPv6
+ * with at most a fragment header (anything else is passed to the kernel).
  * If no socket is bound to the queue, bpf_redirect_map falls back to
  * XDP_PASS.
  */
@@ -55,6 +59,18 @@ struct icmp_hdr {
 
 #define MATCH_DST 0
 #define MATCH_SRC 1
+#define MATCH_DST_FRAG 2
+#define MATCH_SRC_FRAG 3
+
+/* IPv6 fragment header (RFC 8200 4.5). */
+struct frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+#define IPV6_FRAG_OFFSET 0xfff8
 
 struct lb_key {
 	__u8 addr[16];
@@ -69,6 +85,8 @@ struct tuple {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
+	/* A fragment after the first: no ports. */
+	__u8 later_fragment;
 };
 
 struct {
@@ -112,6 +130,11 @@ static __always_inline int is_balanced(const struct tuple *t)
 	k.port = 0;
 	if (bpf_map_lookup_elem(&vips, &k) || bpf_map_lookup_elem(&returns, &k))
 		return 1;
+	if (t->later_fragment) {
+		k.dir = MATCH_DST_FRAG;
+		if (bpf_map_lookup_elem(&vips, &k) || bpf_map_lookup_elem(&returns, &k))
+			return 1;
+	}
 
 	if (bpf_map_lookup_elem(&host_addrs, t->dst))
 		return 0;
@@ -121,7 +144,10 @@ static __always_inline int is_balanced(const struct tuple *t)
 	if (bpf_map_lookup_elem(&returns, &k))
 		return 1;
 	k.port = 0;
-	return bpf_map_lookup_elem(&returns, &k) != NULL;
+	if (bpf_map_lookup_elem(&returns, &k))
+		return 1;
+	k.dir = MATCH_SRC_FRAG;
+	return t->later_fragment && bpf_map_lookup_elem(&returns, &k) != NULL;
 }
 
 /* Reads the two ports at `l4` when the protocol has them. */
@@ -198,6 +224,7 @@ static __always_inline int parse_v4(void *l3, void *end, struct tuple *t)
 	if (ip->frag_off & bpf_htons(IP_OFFSET)) {
 		t->sport = 0;
 		t->dport = 0;
+		t->later_fragment = 1;
 		return 0;
 	}
 	return read_ports(l3 + ihl, end, ip->protocol, &t->sport, &t->dport);
@@ -220,11 +247,24 @@ static __always_inline int parse_v6(void *l3, void *end, struct tuple *t)
 			return -1;
 		return quoted_v6(icmp6 + 1, end, t);
 	}
-	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
-		return -1;
-
 	addr_from_v6(t->src, &ip6->saddr);
 	addr_from_v6(t->dst, &ip6->daddr);
+	if (ip6->nexthdr == IPPROTO_FRAGMENT) {
+		struct frag_hdr *fh = (void *)(ip6 + 1);
+
+		if ((void *)(fh + 1) > end)
+			return -1;
+		if (fh->nexthdr != IPPROTO_TCP && fh->nexthdr != IPPROTO_UDP)
+			return -1;
+		t->proto = fh->nexthdr;
+		if (fh->frag_off & bpf_htons(IPV6_FRAG_OFFSET)) {
+			t->later_fragment = 1;
+			return 0;
+		}
+		return read_ports(fh + 1, end, fh->nexthdr, &t->sport, &t->dport);
+	}
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return -1;
 	t->proto = ip6->nexthdr;
 	return read_ports(ip6 + 1, end, ip6->nexthdr, &t->sport, &t->dport);
 }

@@ -30,7 +30,7 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// Key of the `vips` and `returns` maps; mirrors `struct lb_key` in
 /// bpf/steer.c (20 bytes, no padding).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct LbKey {
     addr: [u8; 16],
     proto: u8,
@@ -44,6 +44,9 @@ unsafe impl Pod for LbKey {}
 
 const MATCH_DST: u8 = 0;
 const MATCH_SRC: u8 = 1;
+/// Added to a direction: the entry that steers later IP fragments (no
+/// ports) of an address and protocol with port-specific entries.
+const FRAG: u8 = 2;
 
 impl LbKey {
     fn new(addr: IpAddr, proto: IpProtocol, dir: u8, port: u16) -> Result<LbKey, IoError> {
@@ -152,7 +155,17 @@ pub struct SteerProgram {
     returns: HashMap<MapData, LbKey, u8>,
     host_addrs: HashMap<MapData, [u8; 16], u8>,
     xsks: XskMap<MapData>,
+    /// Each FRAG entry and the port-specific entries that need it: it goes
+    /// when the last of them does.
+    frag_members: std::collections::HashMap<(Which, LbKey), std::collections::HashSet<u16>>,
     prog: XdpProgram,
+}
+
+/// The two maps of match entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Which {
+    Vips,
+    Returns,
 }
 
 impl SteerProgram {
@@ -166,6 +179,7 @@ impl SteerProgram {
             returns: prog.take_map("returns")?,
             host_addrs: prog.take_map("host_addrs")?,
             xsks: prog.take_map("xsks")?,
+            frag_members: std::collections::HashMap::new(),
             prog,
         };
         let addrs = sys::host_addresses().map_err(|e| IoError::Map { what: "host_addrs".into(), detail: format!("getifaddrs: {e}") })?;
@@ -183,22 +197,64 @@ impl SteerProgram {
     /// Steers traffic to `addr`, `proto` (TCP or UDP), `port` (0 = all).
     pub fn add_vip(&mut self, addr: IpAddr, proto: IpProtocol, port: u16) -> Result<(), IoError> {
         let key = LbKey::new(addr, proto, MATCH_DST, port)?;
-        self.vips.insert(key, 1, 0).map_err(map_err("vips: insert"))
+        self.add(Which::Vips, key)
     }
 
     /// Stops steering a VIP; false if it was not there.
     pub fn remove_vip(&mut self, addr: IpAddr, proto: IpProtocol, port: u16) -> Result<bool, IoError> {
         let key = LbKey::new(addr, proto, MATCH_DST, port)?;
-        remove(&mut self.vips, &key, "vips: remove")
+        self.remove(Which::Vips, key)
     }
 
     pub fn add_return(&mut self, ret: ReturnTraffic) -> Result<(), IoError> {
-        self.returns.insert(ret.key()?, 1, 0).map_err(map_err("returns: insert"))
+        self.add(Which::Returns, ret.key()?)
     }
 
     /// False if it was not there.
     pub fn remove_return(&mut self, ret: ReturnTraffic) -> Result<bool, IoError> {
-        remove(&mut self.returns, &ret.key()?, "returns: remove")
+        self.remove(Which::Returns, ret.key()?)
+    }
+
+    fn map(&mut self, which: Which) -> &mut HashMap<MapData, LbKey, u8> {
+        match which {
+            Which::Vips => &mut self.vips,
+            Which::Returns => &mut self.returns,
+        }
+    }
+
+    /// Inserts `key`, and for a port-specific one the FRAG entry of its
+    /// address and protocol.
+    fn add(&mut self, which: Which, key: LbKey) -> Result<(), IoError> {
+        let what = if which == Which::Vips { "vips: insert" } else { "returns: insert" };
+        self.map(which).insert(key, 1, 0).map_err(map_err(what))?;
+        let port = u16::from_be_bytes(key.port);
+        if port == 0 {
+            return Ok(());
+        }
+        let frag = LbKey { dir: key.dir + FRAG, port: [0; 2], ..key };
+        if self.frag_members.get(&(which, frag)).is_none_or(|m| m.is_empty()) {
+            self.map(which).insert(frag, 1, 0).map_err(map_err(what))?;
+        }
+        self.frag_members.entry((which, frag)).or_default().insert(port);
+        Ok(())
+    }
+
+    /// Removes `key`, and the FRAG entry its port-specific kind needed when
+    /// no other entry needs it; false if `key` was not there.
+    fn remove(&mut self, which: Which, key: LbKey) -> Result<bool, IoError> {
+        let what = if which == Which::Vips { "vips: remove" } else { "returns: remove" };
+        let removed = remove(self.map(which), &key, what)?;
+        let port = u16::from_be_bytes(key.port);
+        let frag = LbKey { dir: key.dir + FRAG, port: [0; 2], ..key };
+        if port != 0
+            && let Some(members) = self.frag_members.get_mut(&(which, frag))
+            && members.remove(&port)
+            && members.is_empty()
+        {
+            self.frag_members.remove(&(which, frag));
+            remove(self.map(which), &frag, what)?;
+        }
+        Ok(removed)
     }
 
     /// Registers an address added to the host after `attach`.

@@ -189,3 +189,45 @@ fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
     a.copy_from_slice(b);
     a
 }
+
+/// Splits the IP packet of an untagged Ethernet frame (no IPv4 options, no
+/// IPv6 extension headers) into fragments of at most `chunk` payload bytes
+/// each (a multiple of 8), with identification `id`, as a sending host
+/// would; returns their frames in order. For IPv6 a fragment header goes
+/// after the fixed header.
+pub fn fragments(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert!(chunk > 0 && chunk % 8 == 0, "fragment payloads are multiples of 8 bytes");
+    let (macs, ip) = (&frame[..12], &frame[14..]);
+    let v6 = ip[0] >> 4 == 6;
+    let (hlen, proto) = if v6 { (ipv6::IPV6_HLEN, ip[6]) } else { (ipv4::IPV4_MIN_HLEN, ip[9]) };
+    let payload = &ip[hlen..];
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let (offset, more) = (i * chunk, i + 1 < pieces.len());
+            let mut h = ip[..hlen].to_vec();
+            if v6 {
+                h[6] = 44; // a fragment header follows
+                let mut fh = [proto, 0, 0, 0, 0, 0, 0, 0];
+                put16(&mut fh, 2, (offset as u16) | u16::from(more));
+                fh[4..].copy_from_slice(&id.to_be_bytes());
+                h.extend_from_slice(&fh);
+                put16(&mut h, 4, (8 + piece.len()) as u16);
+            } else {
+                put16(&mut h, 2, (hlen + piece.len()) as u16);
+                put16(&mut h, 4, id as u16);
+                put16(&mut h, 6, ((offset / 8) as u16) | if more { 0x2000 } else { 0 });
+                put16(&mut h, 10, 0);
+                let c = checksum::checksum(&h, 0);
+                put16(&mut h, 10, c);
+            }
+            h.extend_from_slice(piece);
+            let mut f = macs.to_vec();
+            f.extend_from_slice(&if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 }.to_be_bytes());
+            f.extend_from_slice(&h);
+            f
+        })
+        .collect()
+}

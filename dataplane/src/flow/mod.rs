@@ -1,7 +1,8 @@
-//! Flow keys, parsing a frame into its flow, the clients' neighbours
+//! Flow keys, parsing a frame into its flow, the flows of IP fragments, the clients' neighbours
 //! (where replies go on the link), full-NAT source ports, the per-worker connection table and the sticky table of
 //! session persistence.
 
+pub mod fragments;
 pub mod key;
 pub mod neighbours;
 pub mod parse;

@@ -4,7 +4,7 @@
 use crate::flow::FlowKey;
 use crate::flow::key::v4_mapped;
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, Ethernet};
-use crate::wire::{Icmp, IpProtocol, Ipv4, Ipv6, Tcp, Udp, WireError, ipv4, ipv6};
+use crate::wire::{Icmp, IpProtocol, Ipv4, Ipv6, Tcp, Udp, WireError, be16, ipv4, ipv6, udp};
 
 /// Where the headers of a checked frame are. Offsets are from the start of
 /// the frame; every header they point at has passed its `new_checked`.
@@ -19,9 +19,26 @@ pub struct Parsed {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub ttl: u8,
-    /// An IP fragment: `l4` is where its payload starts and the ports are
-    /// zero, since only the first fragment carries them.
-    pub fragment: bool,
+    /// Set for an IP fragment. The first one carries the transport header,
+    /// so its ports are parsed; in a later one `l4` is where its payload
+    /// starts and the ports are zero.
+    pub fragment: Option<Fragment>,
+}
+
+/// What identifies an IP fragment's datagram beyond its addresses and
+/// protocol, and whether it is the one with the transport header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// IPv4's 16-bit or IPv6's 32-bit identification.
+    pub id: u32,
+    pub first: bool,
+}
+
+impl Parsed {
+    /// A fragment other than the first: no transport header, no ports.
+    pub fn later_fragment(&self) -> bool {
+        self.fragment.is_some_and(|f| !f.first)
+    }
 }
 
 /// Why a frame could not be parsed as a balanceable packet.
@@ -51,20 +68,28 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         ETHERTYPE_IPV4 => {
             let h = Ipv4::new_checked(ip)?;
             let (s, d) = (v4_mapped(h.src()), v4_mapped(h.dst()));
-            (false, s, d, h.protocol(), l3 + h.header_len(), l3 + h.total_len(), h.ttl(), h.is_fragment())
+            let fragment = h.is_fragment().then(|| Fragment { id: u32::from(h.ident()), first: h.fragment_offset() == 0 });
+            (false, s, d, h.protocol(), l3 + h.header_len(), l3 + h.total_len(), h.ttl(), fragment)
         }
         ETHERTYPE_IPV6 => {
             let h = Ipv6::new_checked(ip)?;
-            (true, h.src(), h.dst(), h.upper_proto(), l3 + h.upper_offset(), l3 + h.total_len(), h.hop_limit(), h.is_fragment())
+            let fragment = h.is_fragment().then(|| Fragment { id: h.ident(), first: h.fragment_offset() == 0 });
+            (true, h.src(), h.dst(), h.upper_proto(), l3 + h.upper_offset(), l3 + h.total_len(), h.hop_limit(), fragment)
         }
         _ => return Err(ParseError::NotIp),
     };
     let l4b = &frame[l4..end];
     let (src_port, dst_port, tcp_flags) = match proto {
-        _ if fragment => (0, 0, 0),
+        _ if fragment.is_some_and(|f| !f.first) => (0, 0, 0),
         IpProtocol::TCP => {
             let t = Tcp::new_checked(l4b)?;
             (t.src_port(), t.dst_port(), t.flags())
+        }
+        // A first fragment holds the UDP header but not the whole datagram
+        // its length field counts.
+        IpProtocol::UDP if fragment.is_some() => {
+            let ports = l4b.get(..udp::UDP_HLEN).ok_or(ParseError::Truncated)?;
+            (be16(ports, 0), be16(ports, 2), 0)
         }
         IpProtocol::UDP => {
             let u = Udp::new_checked(l4b)?;
@@ -102,5 +127,5 @@ pub fn parse_quoted(frame: &[u8], at: usize, end: usize) -> Option<Parsed> {
     }
     let ports = &frame[l4..l4 + 4];
     let key = FlowKey { src, dst, src_port: u16::from_be_bytes([ports[0], ports[1]]), dst_port: u16::from_be_bytes([ports[2], ports[3]]), proto };
-    Some(Parsed { l3: at, l4, end, v6, key, tcp_flags: 0, ttl, fragment: false })
+    Some(Parsed { l3: at, l4, end, v6, key, tcp_flags: 0, ttl, fragment: None })
 }

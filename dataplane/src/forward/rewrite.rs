@@ -13,7 +13,9 @@ pub enum End {
 }
 
 /// Sets one end's address (16 bytes, IPv4 v4-mapped) and port, keeping the
-/// IPv4 header checksum and the TCP/UDP/ICMPv6 checksum valid.
+/// IPv4 header checksum and the TCP/UDP/ICMPv6 checksum valid. A fragment
+/// after the first has no transport header: only its address changes (the
+/// first fragment's checksum update covers the whole datagram).
 pub fn set_endpoint(frame: &mut [u8], p: &Parsed, end: End, addr: &[u8; 16], port: u16) {
     let (old_addr, new_addr): (&[u8], &[u8]);
     let mut old_buf = [0u8; 16];
@@ -39,7 +41,7 @@ pub fn set_endpoint(frame: &mut [u8], p: &Parsed, end: End, addr: &[u8; 16], por
         (old_addr, new_addr) = (&old_buf[..4], &addr[12..]);
     }
     let port_at = p.l4 + if end == End::Src { 0 } else { 2 };
-    let ports = matches!(p.key.proto, IpProtocol::TCP | IpProtocol::UDP);
+    let ports = matches!(p.key.proto, IpProtocol::TCP | IpProtocol::UDP) && !p.later_fragment();
     let old_port = if ports { be16(frame, port_at) } else { 0 };
     if let Some(at) = l4_checksum_at(p) {
         let old = be16(frame, at);
@@ -61,6 +63,9 @@ pub fn set_endpoint(frame: &mut [u8], p: &Parsed, end: End, addr: &[u8; 16], por
 /// if it is inside the packet (a packet quoted in an ICMP error may be cut
 /// short after the ports).
 fn l4_checksum_at(p: &Parsed) -> Option<usize> {
+    if p.later_fragment() {
+        return None;
+    }
     let at = match p.key.proto {
         IpProtocol::TCP => p.l4 + tcp::CHECKSUM_AT,
         IpProtocol::UDP => p.l4 + udp::CHECKSUM_AT,

@@ -60,6 +60,18 @@ impl<T: AsRef<[u8]>> Ipv4<T> {
         be16(self.b(), 6) & 0x3fff != 0
     }
 
+    /// Where this fragment's data sits in the datagram, in bytes.
+    #[inline]
+    pub fn fragment_offset(&self) -> usize {
+        usize::from(be16(self.b(), 6) & 0x1fff) * 8
+    }
+
+    /// The datagram's identification, shared by its fragments.
+    #[inline]
+    pub fn ident(&self) -> u16 {
+        be16(self.b(), 4)
+    }
+
     #[inline]
     pub fn ttl(&self) -> u8 {
         self.b()[8]

@@ -15,7 +15,8 @@ pub struct Ipv6<T> {
     buf: T,
     upper: usize,
     upper_proto: IpProtocol,
-    fragment: bool,
+    /// Where the fragment header starts; 0: none.
+    fragment: usize,
 }
 
 impl<T: AsRef<[u8]>> Ipv6<T> {
@@ -34,7 +35,7 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
         if b.len() < end {
             return Err(WireError::Truncated);
         }
-        let (mut next, mut at, mut fragment) = (b[6], IPV6_HLEN, false);
+        let (mut next, mut at, mut fragment) = (b[6], IPV6_HLEN, 0);
         for _ in 0..MAX_EXT_HEADERS {
             let len = match next {
                 NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
@@ -44,7 +45,7 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
                     (usize::from(b[at + 1]) + 1) * 8
                 }
                 NH_FRAGMENT => {
-                    fragment = true;
+                    fragment = at;
                     8
                 }
                 _ => return Ok(Ipv6 { buf, upper: at, upper_proto: IpProtocol(next), fragment }),
@@ -64,7 +65,7 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
     #[inline]
     pub fn new_unchecked(buf: T) -> Self {
         let upper_proto = IpProtocol(buf.as_ref()[6]);
-        Ipv6 { buf, upper: IPV6_HLEN, upper_proto, fragment: false }
+        Ipv6 { buf, upper: IPV6_HLEN, upper_proto, fragment: 0 }
     }
 
     #[inline]
@@ -107,7 +108,26 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
     /// A fragment header was present.
     #[inline]
     pub fn is_fragment(&self) -> bool {
-        self.fragment
+        self.fragment != 0
+    }
+
+    /// Where this fragment's data sits in the datagram, in bytes (0 for a
+    /// packet that is not a fragment).
+    #[inline]
+    pub fn fragment_offset(&self) -> usize {
+        if self.fragment == 0 { 0 } else { usize::from(be16(self.buf.as_ref(), self.fragment + 2) & 0xfff8) }
+    }
+
+    /// The datagram's identification from the fragment header (0 for a
+    /// packet that is not a fragment).
+    #[inline]
+    pub fn ident(&self) -> u32 {
+        if self.fragment == 0 {
+            return 0;
+        }
+        let b = self.buf.as_ref();
+        let at = self.fragment + 4;
+        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
 
     #[inline]

@@ -164,6 +164,8 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         max_backends: 8,
         sticky_clients: 64,
         neighbours: 64,
+        fragments: 16,
+        fragment_ttl_ms: 2_000,
     };
     let mut e = Engine::new(cfg, Arc::clone(&services)).unwrap();
     for vip in SCHEDULED_VIPS {
@@ -470,7 +472,7 @@ fn ip_header_ok(frame: &[u8]) -> bool {
 /// (fragments, other protocols, IPv4 UDP sent without one).
 fn transport_ok(frame: &[u8]) -> bool {
     let Ok(p) = parse(frame) else { return false };
-    if p.fragment {
+    if p.fragment.is_some() {
         return true;
     }
     let (ip, l4) = (&frame[p.l3..p.end], &frame[p.l4..p.end]);

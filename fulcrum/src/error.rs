@@ -2,6 +2,7 @@
 //! source, plus the refusals the control plane itself makes. `main` is the
 //! only place that turns it into text for a person.
 
+use std::time::Duration;
 use std::{fmt, io};
 
 use fulcrum_config::{ConfigErrors, FileError};
@@ -44,6 +45,16 @@ pub enum Error {
     },
     /// A request or configuration the daemon refuses, with the reason.
     Refused(String),
+    /// A request longer than the endpoint takes.
+    TooLarge {
+        what: &'static str,
+        limit: usize,
+    },
+    /// Something that did not happen within its deadline.
+    TimedOut {
+        what: &'static str,
+        after: Duration,
+    },
     /// `source`, in the context of `context` (a VIP, a backend, a file).
     In {
         context: String,
@@ -84,6 +95,8 @@ impl fmt::Display for Error {
             Error::System { what, source } => write!(f, "{what}: {source}"),
             Error::Json { what, source } => write!(f, "{what}: {source}"),
             Error::Refused(reason) => f.write_str(reason),
+            Error::TooLarge { what, limit } => write!(f, "{what} longer than {limit} bytes"),
+            Error::TimedOut { what, after } => write!(f, "{what} within {after:?}"),
             Error::In { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -104,7 +117,7 @@ impl std::error::Error for Error {
             Error::System { source, .. } => Some(source),
             Error::Json { source, .. } => Some(source),
             Error::In { source, .. } => Some(source.as_ref()),
-            Error::Refused(_) => None,
+            Error::Refused(_) | Error::TooLarge { .. } | Error::TimedOut { .. } => None,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fulcrum::control::api::{Request, Response};
+use fulcrum::control::plugins::Module;
 use fulcrum::control::{client, load_config, server};
 use fulcrum::{Context, Error};
 use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT;
@@ -134,10 +135,11 @@ fn main() -> ExitCode {
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
             let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
-            replay::run(&file, &opts).map(|report| print!("{report}")).context(|| file.display().to_string())
+            Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).map(|report| print!("{report}")).context(|| file.display().to_string()))
         }
         Cmd::Plugin { cmd: PluginCmd::Check { files } } => files.iter().try_for_each(|file| {
-            replay::check(file).context(|| file.display().to_string())?;
+            let module = Module::read(file)?;
+            replay::check(&module.name, &module.bytes).context(|| file.display().to_string())?;
             println!("{}: ok", file.display());
             Ok(())
         }),

@@ -54,10 +54,8 @@ impl fmt::Display for Fault {
 pub enum LoadError {
     /// The wasmtime engine could not be set up with this configuration.
     Runtime(String),
-    Io {
-        path: String,
-        error: std::io::Error,
-    },
+    /// The bytes do not start as a WebAssembly binary does.
+    NotWasm,
     /// Not a valid WebAssembly core module (or one wasmtime cannot compile).
     Compile(String),
     Precompiled,
@@ -90,7 +88,7 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoadError::Runtime(e) => write!(f, "cannot set up the plugin runtime: {e}"),
-            LoadError::Io { path, error } => write!(f, "{path}: {error}"),
+            LoadError::NotWasm => f.write_str("not a WebAssembly module (no \\0asm header): give the plugin's .wasm file"),
             LoadError::Compile(e) => write!(f, "not a valid WebAssembly core module: {e}"),
             LoadError::Precompiled => f.write_str("precompiled (.cwasm) modules are not accepted: load the .wasm file"),
             LoadError::Import { module, name } => {

@@ -5,7 +5,6 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use fulcrum_dataplane::flow::FlowKey;
@@ -109,14 +108,16 @@ fn replay_runtime() -> Result<Arc<PluginRuntime>, ReplayError> {
 /// check (imports, start function, exports and their signatures, version,
 /// state region) and the smoke test. The one ABI checker of the project:
 /// `fulcrum plugin check` and `scripts/build-plugins.sh` run it.
-pub fn check(path: &Path) -> Result<(), ReplayError> {
-    replay_runtime()?.load_file(path, &replay_pool(8, |_| 1, |_| 0)).map(drop).map_err(ReplayError::Load)
+/// `name` names the plugin, `wasm` is its module (the caller reads the
+/// file, with its own limits).
+pub fn check(name: &str, wasm: &[u8]) -> Result<(), ReplayError> {
+    replay_runtime()?.load(name, wasm, &replay_pool(8, |_| 1, |_| 0)).map(drop).map_err(ReplayError::Load)
 }
 
-/// Loads the plugin at `path` (as `fulcrum plugin load` would, smoke test
+/// Loads the plugin `wasm` (as `fulcrum plugin load` would, smoke test
 /// included) and replays the flows: once with every backend up, then, if
 /// `failures` is not empty, again from the same start with those down.
-pub fn run(path: &Path, opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let n = opts.backends;
     if n == 0 || n > MAGLEV_MAX_BACKENDS {
         return Err(ReplayError::Options(format!("{n} backends: give 1 to {MAGLEV_MAX_BACKENDS}")));
@@ -132,7 +133,7 @@ pub fn run(path: &Path, opts: &ReplayOptions) -> Result<ReplayReport, ReplayErro
     let weights: Vec<u32> = (0..n).map(|i| opts.weights.get(i).copied().unwrap_or(1)).collect();
     let loads: Vec<u32> = (0..n).map(|i| opts.loads.get(i).copied().unwrap_or(0)).collect();
     let pool = replay_pool(n, |i| weights[i], |i| loads[i]);
-    let plugin = replay_runtime()?.load_file(path, &pool).map_err(ReplayError::Load)?;
+    let plugin = replay_runtime()?.load(name, wasm, &pool).map_err(ReplayError::Load)?;
     let name = plugin.name().to_string();
     let slot = PluginSlot::new(format!("replay of {name}"));
     slot.publish(plugin);

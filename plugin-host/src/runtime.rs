@@ -3,7 +3,6 @@
 //! this happens on the control thread, never on a worker.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -91,13 +90,6 @@ impl PluginRuntime {
         &self.engine
     }
 
-    /// Reads and loads a `.wasm` file (see [`PluginRuntime::load`]).
-    pub fn load_file(self: &Arc<Self>, path: &Path, pool: &[BackendState]) -> Result<Plugin, LoadError> {
-        let wasm = std::fs::read(path).map_err(|error| LoadError::Io { path: path.display().to_string(), error })?;
-        let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        self.load(&name, &wasm, pool)
-    }
-
     /// What the control plane runs before publishing: [`PluginRuntime::compile`]
     /// then [`Plugin::smoke_test`] over the VIP's pool as it is now. Takes
     /// milliseconds: call it off the workers.
@@ -112,6 +104,12 @@ impl PluginRuntime {
     /// 32-bit memory within the cap; then one instance for the ABI version,
     /// the state region's range and its header.
     pub fn compile(self: &Arc<Self>, name: &str, wasm: &[u8]) -> Result<Plugin, LoadError> {
+        // Checked here rather than left to wasmtime, whose message quotes
+        // the first bytes: whatever file an operator names by mistake
+        // (a password file), its contents must not reach a log or a client.
+        if !wasm.starts_with(WASM_MAGIC) {
+            return Err(LoadError::NotWasm);
+        }
         if Engine::detect_precompiled(wasm).is_some() {
             return Err(LoadError::Precompiled);
         }
@@ -123,6 +121,9 @@ impl PluginRuntime {
         Ok(Plugin(Arc::new(PluginInner { name: name.to_string(), runtime: Arc::clone(self), module, cap })))
     }
 }
+
+/// The first four bytes of every WebAssembly binary.
+const WASM_MAGIC: &[u8] = b"\0asm";
 
 /// Which optional exports a module has.
 struct Shape {

@@ -260,6 +260,10 @@ fn load_time_hostiles_are_refused_with_the_reason() {
     let too_big = runtime().load("round-robin", &wasm("round-robin"), &states(&[1; 1025])).unwrap_err();
     assert_eq!(too_big.to_string(), "plugin holds 1024 backend rows, the VIP's pool has 1025");
     assert!(matches!(runtime().load("junk", b"\0asm\x02\0\0\0", &pool), Err(LoadError::Compile(_))));
+    // Not WebAssembly at all: the message never quotes the bytes.
+    let secret = runtime().load("shadow", b"root:$6$secret:19000:0:99999:7:::\n", &pool).unwrap_err();
+    assert!(matches!(secret, LoadError::NotWasm), "{secret}");
+    assert!(!secret.to_string().contains("root") && !secret.to_string().contains("0x72"), "{secret}");
     // The run-time misbehaviours already fail the smoke call.
     for (name, reason) in RUNTIME_HOSTILES {
         let e = err(&format!("hostile-{name}"));
@@ -626,7 +630,7 @@ fn replay_shows_the_spread_and_what_a_failure_remaps() {
     let opts = |failures: Vec<usize>| ReplayOptions { backends: 10, flows: 20_000, failures, ..ReplayOptions::default() };
     // Maglev: minimal disruption. Only the failed backend's flows move
     // (plus a little churn), and the rest stay put.
-    let r = replay::run(&module_path("maglev"), &opts(vec![3])).unwrap();
+    let r = replay::run("maglev", &wasm("maglev"), &opts(vec![3])).unwrap();
     assert_eq!(r.all_up.flows.iter().sum::<usize>(), 20_000);
     assert!(r.all_up.flows.iter().all(|&f| (1_700..2_300).contains(&f)), "{r}");
     let fp = r.failure.as_ref().unwrap();
@@ -636,14 +640,14 @@ fn replay_shows_the_spread_and_what_a_failure_remaps() {
     assert_eq!((r.all_up.fallbacks, fp.pass.fallbacks, r.faults), (0, 0, 0));
 
     // The 5-tuple hash is a plain modulo: a failure moves most flows.
-    let r = replay::run(&module_path("five-tuple-hash"), &opts(vec![3])).unwrap();
+    let r = replay::run("five-tuple-hash", &wasm("five-tuple-hash"), &opts(vec![3])).unwrap();
     let fp = r.failure.as_ref().unwrap();
     assert!(fp.remapped > 10_000, "{r}");
 
     // Weights and initial loads reach the plugin: least connections first
     // fills the idle backends up to the loaded one's level.
     let wlc = ReplayOptions { backends: 3, flows: 300, loads: vec![100], weights: vec![1, 1, 0], ..ReplayOptions::default() };
-    let r = replay::run(&module_path("least-connections"), &wlc).unwrap();
+    let r = replay::run("least-connections", &wasm("least-connections"), &wlc).unwrap();
     assert_eq!(r.all_up.flows, [100, 200, 0]);
     assert!(r.failure.is_none());
     let table = r.to_string();
@@ -653,7 +657,7 @@ fn replay_shows_the_spread_and_what_a_failure_remaps() {
 
 #[test]
 fn replay_refuses_bad_options_and_reports_load_errors() {
-    let err = |opts: ReplayOptions, name: &str| replay::run(&module_path(name), &opts).unwrap_err().to_string();
+    let err = |opts: ReplayOptions, name: &str| replay::run(name, &wasm(name), &opts).unwrap_err().to_string();
     assert_eq!(err(ReplayOptions { backends: 0, ..ReplayOptions::default() }, "maglev"), "0 backends: give 1 to 65535");
     assert_eq!(err(ReplayOptions { backends: 2, failures: vec![2], ..ReplayOptions::default() }, "maglev"), "backend 2 cannot fail: there are 2 (0..1)");
     assert_eq!(err(ReplayOptions { backends: 2, weights: vec![1; 3], ..ReplayOptions::default() }, "maglev"), "3 weights for 2 backends");

@@ -196,7 +196,7 @@ fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
 /// would; returns their frames in order. For IPv6 a fragment header goes
 /// after the fixed header.
 pub fn fragments(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
-    assert!(chunk > 0 && chunk % 8 == 0, "fragment payloads are multiples of 8 bytes");
+    assert!(chunk > 0 && chunk.is_multiple_of(8), "fragment payloads are multiples of 8 bytes");
     let (macs, ip) = (&frame[..12], &frame[14..]);
     let v6 = ip[0] >> 4 == 6;
     let (hlen, proto) = if v6 { (ipv6::IPV6_HLEN, ip[6]) } else { (ipv4::IPV4_MIN_HLEN, ip[9]) };

@@ -91,8 +91,14 @@ pub struct VipStatus {
     pub name: String,
     /// "full-nat", "dsr", ... as in the configuration.
     pub mode: String,
-    /// "maglev" or the plugin's path.
+    /// The scheduler the workers run for new flows: "maglev", or the
+    /// name of the plugin in force (from the configuration or `fulcrum
+    /// plugin load`).
     pub scheduler: String,
+    /// The plugin's generation (plugins published for this VIP so far);
+    /// none for Maglev.
+    #[serde(default)]
+    pub scheduler_generation: Option<u64>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -207,6 +213,36 @@ impl WorkerReport {
     }
 }
 
+/// Error and reload messages as the daemon keeps and sends them: the
+/// first `MAX_LINES` lines, each cut at `MAX_LINE` characters, then how
+/// many lines were left out. A refusal can list thousands of problems (or
+/// quote a long value): `status` repeats the last one every time.
+pub fn brief(message: &str) -> String {
+    const MAX_LINES: usize = 20;
+    const MAX_LINE: usize = 300;
+    let mut out = String::new();
+    for line in message.lines().take(MAX_LINES) {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        match line.char_indices().nth(MAX_LINE) {
+            Some((cut, _)) => {
+                out.push_str(&line[..cut]);
+                out.push_str(" ...");
+            }
+            None => out.push_str(line),
+        }
+    }
+    match message.lines().count().saturating_sub(MAX_LINES) {
+        0 => {}
+        1 => out.push_str("\n... and 1 more line"),
+        more => {
+            let _ = write!(out, "\n... and {more} more lines");
+        }
+    }
+    out
+}
+
 /// Columns two spaces apart; the first `left` left-aligned (names), the
 /// others right-aligned (numbers).
 fn table(rows: &[Vec<String>], left: usize) -> String {
@@ -247,7 +283,11 @@ impl Status {
         out.push_str("\n\n");
         let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT"])];
         for v in &self.vips {
-            rows.push(row(&[&v.name, &v.mode, &v.scheduler, &""]));
+            let scheduler = match v.scheduler_generation {
+                Some(g) => format!("{} (generation {g})", v.scheduler),
+                None => v.scheduler.clone(),
+            };
+            rows.push(row(&[&v.name, &v.mode, &scheduler, &""]));
             rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &b.weight])));
         }
         out + &table(&rows, 3)
@@ -332,6 +372,17 @@ mod tests {
         let line = serde_json::to_string(&stats).unwrap();
         assert!(line.starts_with(r#"{"stats":{"vips":[{"name":"198.18.0.100:80/tcp","packets":3,"bytes":180,"new_flows":1,"#), "{line}");
         assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), stats);
+    }
+
+    #[test]
+    fn messages_are_kept_brief() {
+        assert_eq!(brief("one\ntwo"), "one\ntwo");
+        let many: String = (0..25).map(|i| format!("line {i}\n")).collect();
+        let b = brief(&many);
+        assert_eq!(b.lines().count(), 21, "{b}");
+        assert!(b.starts_with("line 0\n") && b.ends_with("line 19\n... and 5 more lines"), "{b}");
+        let long = "é".repeat(100_000);
+        assert_eq!(brief(&long).chars().count(), 304);
     }
 
     #[test]

@@ -40,11 +40,18 @@ impl Net {
 /// Ids handed out so far. Never reused while the daemon runs, so a
 /// connection-table entry naming an id never finds a different VIP or
 /// backend behind it after a reload.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Ids {
     vips: HashMap<VipKey, VipId>,
     /// A backend is its VIP's: the same server in two pools has two ids.
     backends: HashMap<(VipKey, IpAddr, u16), BackendId>,
+}
+
+impl Ids {
+    /// The id a VIP of the configuration got, if it was ever built.
+    pub fn vip(&self, v: &cfg::Vip) -> Option<VipId> {
+        self.vips.get(&(v.address, v.protocol, v.port)).copied()
+    }
 }
 
 /// A VIP as an operator names it: address, protocol, port.

@@ -22,11 +22,18 @@ use fulcrum_health::{HealthMonitor, HealthStats, Member, Pool, Transition, route
 use fulcrum_plugin_host::{HealthPolicy, PluginSlot};
 
 use super::apply::{self, CheckedVip, Ids};
-use super::plugins::Plugins;
+use super::plugins::{Module, Runtime};
 use crate::error::{Context, Error};
 
 pub struct HealthControl {
     monitor: HealthMonitor,
+    view: HealthView,
+}
+
+/// What the running checks are and where they stand: what a reload is
+/// prepared against, on another thread.
+#[derive(Clone, Debug, Default)]
+pub struct HealthView {
     /// What the monitor checks.
     checks: Vec<CheckedVip>,
     /// Every checked backend's state, as last applied.
@@ -37,8 +44,9 @@ pub struct HealthControl {
 pub enum Next {
     /// No VIP has checks.
     Off,
-    /// The same checks: the monitor runs on.
-    Keep(HashMap<BackendId, HealthState>),
+    /// The same checks: the monitor runs on, and the states it reached
+    /// meanwhile are applied at commit (`HealthControl::reapply`).
+    Keep,
     Start(HealthControl),
 }
 
@@ -52,15 +60,10 @@ impl HealthControl {
     /// The checks of `config` (`services` and `ids` as `apply::build` made
     /// them), given the running ones: `services` with the checked
     /// backends' states applied, and what to `commit` once those services
-    /// are in force. A monitor is started only if the checks changed; an
-    /// error leaves everything as it was.
-    pub fn configure(
-        current: Option<&HealthControl>,
-        config: &cfg::Config,
-        ids: &Ids,
-        services: Services,
-        plugins: &mut Plugins,
-    ) -> Result<(Services, Next), Error> {
+    /// are in force. A monitor is started only if the checks changed
+    /// (after its health-policy plugins loaded); an error leaves
+    /// everything as it was.
+    pub fn configure(current: Option<&HealthView>, config: &cfg::Config, ids: &Ids, services: Services, runtime: &Runtime) -> Result<(Services, Next), Error> {
         let checks = apply::health_checks(config, ids);
         let keep = current.filter(|h| h.checks == checks);
         // Unchanged checks keep their states as applied (a policy plugin
@@ -71,17 +74,15 @@ impl HealthControl {
             (_, was) => HealthState { up: was.is_none_or(|s| s.up), weight },
         };
         let states: HashMap<BackendId, HealthState> = checks.iter().flat_map(|c| &c.members).map(|&(id, weight, _)| (id, state(id, weight))).collect();
-        let changed: Vec<(BackendId, Backend)> =
-            states.iter().filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec }))).collect();
-        let services = services.with_backends(&changed)?;
+        let services = with_states(services, &states)?;
         let next = match keep {
             _ if states.is_empty() => Next::Off,
-            Some(_) => Next::Keep(states),
+            Some(_) => Next::Keep,
             None => {
-                let pools = pools(&checks, &states, &services, plugins)?;
+                let pools = pools(&checks, &states, &services, runtime)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
-                Next::Start(HealthControl { monitor: HealthMonitor::start(pools)?, checks, states })
+                Next::Start(HealthControl { monitor: HealthMonitor::start(pools)?, view: HealthView { checks, states } })
             }
         };
         Ok((services, next))
@@ -91,13 +92,19 @@ impl HealthControl {
     pub fn commit(current: &mut Option<HealthControl>, next: Next) {
         match next {
             Next::Off => *current = None,
-            Next::Keep(states) => {
-                if let Some(h) = current {
-                    h.states = states;
-                }
-            }
+            Next::Keep => {}
             Next::Start(h) => *current = Some(h),
         }
+    }
+
+    pub fn view(&self) -> &HealthView {
+        &self.view
+    }
+
+    /// `services` (prepared on another thread from an older view) with the
+    /// states the running checks have reached since.
+    pub fn reapply(&self, services: Services) -> Result<Services, Error> {
+        with_states(services, &self.view.states)
     }
 
     /// Readable when transitions wait.
@@ -118,7 +125,7 @@ impl HealthControl {
         let backends: Vec<_> = changes
             .iter()
             .filter_map(|t| {
-                self.states.insert(t.backend, t.state);
+                self.view.states.insert(t.backend, t.state);
                 let b = services.backend(t.backend)?.spec;
                 Some((t.backend, Backend { up: t.state.up, weight: u32::from(t.state.weight), ..b }))
             })
@@ -128,11 +135,18 @@ impl HealthControl {
     }
 }
 
+/// `services` with the checked backends in `states`.
+fn with_states(services: Services, states: &HashMap<BackendId, HealthState>) -> Result<Services, Error> {
+    let changed: Vec<(BackendId, Backend)> =
+        states.iter().filter_map(|(&id, s)| Some((id, Backend { up: s.up, weight: u32::from(s.weight), ..services.backend(id)?.spec }))).collect();
+    Ok(services.with_backends(&changed)?)
+}
+
 /// The monitor's pools: each VIP's members as scheduler rows see them, in
 /// the state they start in, and its policy: the native one, or its
-/// health-policy plugin (loaded and smoke-tested here, in the runtime of
-/// the daemon's plugins).
-fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, plugins: &mut Plugins) -> Result<Vec<Pool>, Error> {
+/// health-policy plugin (read, loaded and smoke-tested here, in the
+/// runtime of the daemon's plugins).
+fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, runtime: &Runtime) -> Result<Vec<Pool>, Error> {
     checks
         .iter()
         .map(|c| {
@@ -146,10 +160,9 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
             let policy: Box<dyn Policy> = match &c.plugin {
                 None => Box::new(RiseFall),
                 Some(path) => {
-                    let rt = plugins.runtime().context(|| "health-policy plugins".to_string())?;
                     let rows: Vec<BackendState> =
                         members.iter().map(|m| BackendState { id: m.ident, weight: u32::from(m.weight), up: m.up, ..BackendState::default() }).collect();
-                    let plugin = rt.load_file(path, &rows).context(|| format!("vip {}: health policy {}", c.name, path.display()))?;
+                    let plugin = Module::read(path).and_then(|m| m.load(runtime, &rows)).context(|| format!("vip {}: health policy", c.name))?;
                     let slot = PluginSlot::new(format!("vip {} health policy", c.name));
                     slot.publish(plugin);
                     Box::new(HealthPolicy::new(&slot))

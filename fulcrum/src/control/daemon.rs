@@ -17,12 +17,13 @@ use fulcrum_io::afxdp::{self, XskConfig, XskIo};
 use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
 use fulcrum_io::{XdpMode, netinfo};
 
-use super::api::{BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
-use super::apply::{self, Ids, Net, NetIface};
-use super::checks::{self, HealthControl, HealthUpdate};
+use super::api::{self, BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
+use super::apply::{Ids, Net, NetIface};
+use super::checks::{self, HealthControl, HealthUpdate, Next};
 use super::neighbours::NeighbourSync;
-use super::plugins::{self, Plugins};
-use super::reload;
+use super::plugins::Plugins;
+use super::prepare::{self, Base, Prepared, PreparedPlugin, Reload};
+use super::reload::{self, Changes};
 use super::telemetry::Telemetry;
 use crate::error::Error;
 use crate::workers::Dataplane;
@@ -35,7 +36,7 @@ pub struct Daemon {
     /// The configuration file, re-read on reload.
     path: PathBuf,
     config: cfg::Config,
-    net: Net,
+    net: Arc<Net>,
     /// Kept for the daemon's lifetime: a reload keeps every id.
     ids: Ids,
     engine: EngineConfig,
@@ -63,6 +64,18 @@ fn xdp_mode(m: cfg::XdpMode) -> XdpMode {
 
 fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn engine_config(config: &cfg::Config) -> EngineConfig {
+    let t = &config.timeouts;
+    EngineConfig {
+        table_capacity: config.limits.connections_per_worker as usize,
+        sticky_clients: config.limits.connections_per_worker as usize,
+        timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
+        snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
+        snat_reuse_ms: ms(t.snat_reuse),
+        ..EngineConfig::default()
+    }
 }
 
 /// A VIP as the steering program matches it: address, protocol, port.
@@ -140,7 +153,7 @@ impl Daemon {
             cfg::Topology::OneArm(i) => vec![i],
             cfg::Topology::Inline { client, server } => vec![client, server],
         };
-        let net = Net {
+        let net = Arc::new(Net {
             ifaces: ifaces
                 .iter()
                 .map(|i| {
@@ -152,11 +165,24 @@ impl Daemon {
                     })
                 })
                 .collect::<Result<_, Error>>()?,
-        };
-        let mut ids = Ids::default();
-        let (services, returns) = apply::build(&config, &net, &mut ids, &mut netinfo::next_hop_mac)?;
+        });
+        let engine = engine_config(&config);
         let mut plugins = Plugins::default();
-        let (services, next) = HealthControl::configure(None, &config, &ids, services, &mut plugins)?;
+        // The same preparation as a reload's, from nothing.
+        let base = Base {
+            path: path.to_path_buf(),
+            config: None,
+            net: Arc::clone(&net),
+            ids: Ids::default(),
+            max_vips: engine.max_vips,
+            max_backends: engine.max_backends,
+            services: None,
+            health: None,
+            runtime: plugins.runtime(),
+            configured: Default::default(),
+        };
+        let modules = prepare::read_modules(&config)?;
+        let Prepared { config, ids, services, returns, health: next, schedulers, .. } = prepare::configuration(&base, config, modules, Changes::default())?;
         let mut health = None;
         HealthControl::commit(&mut health, next);
         let services = Arc::new(services);
@@ -200,15 +226,6 @@ impl Daemon {
             }
             ios.push(io);
         }
-        let t = &config.timeouts;
-        let engine = EngineConfig {
-            table_capacity: config.limits.connections_per_worker as usize,
-            sticky_clients: config.limits.connections_per_worker as usize,
-            timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
-            snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
-            snat_reuse_ms: ms(t.snat_reuse),
-            ..EngineConfig::default()
-        };
         let shared = Shared::new(&engine);
         let ifindexes = names.iter().map(|n| netinfo::iface_index(n)).collect::<Result<_, _>>()?;
         let neighbours = NeighbourSync::start(ifindexes, Arc::clone(&shared.neighbours))?;
@@ -217,7 +234,7 @@ impl Daemon {
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
-        plugins.apply(None, &config, &services, &dataplane)?;
+        plugins.commit(schedulers, &dataplane);
         Ok(Daemon {
             path: path.to_path_buf(),
             config,
@@ -265,87 +282,92 @@ impl Daemon {
         Arc::clone(&self.telemetry)
     }
 
-    /// Re-reads the configuration file and applies what changed, or keeps
-    /// the running configuration and says why not. Logged and counted
-    /// either way.
-    pub fn reload(&mut self) -> Result<ReloadReport, Error> {
-        let result = self.try_reload();
-        match &result {
-            Ok(r) => {
-                tracing::info!(config = %self.path.display(), "reload applied: {}", r.changes.summary());
-                for line in r.changes.details() {
-                    tracing::info!("  {line}");
-                }
-                self.telemetry.reloaded(true, r.changes.summary());
-            }
-            Err(e) => {
-                tracing::warn!(config = %self.path.display(), "reload refused, the running configuration stays: {e}");
-                self.telemetry.reloaded(false, e.to_string());
-            }
+    /// A copy of the running state, for a preparation on another thread.
+    pub fn base(&self) -> Base {
+        Base {
+            path: self.path.clone(),
+            config: Some(self.config.clone()),
+            net: Arc::clone(&self.net),
+            ids: self.ids.clone(),
+            max_vips: self.engine.max_vips,
+            max_backends: self.engine.max_backends,
+            services: Some(self.telemetry.services()),
+            health: self.health.as_ref().map(|h| h.view().clone()),
+            runtime: self.plugins.runtime(),
+            configured: self.plugins.configured(),
         }
-        result
     }
 
-    fn try_reload(&mut self) -> Result<ReloadReport, Error> {
-        let new = super::load_config(&self.path)?;
-        let restart = reload::needs_restart(&self.config, &new);
-        if !restart.is_empty() {
-            return Err(Error::Refused(format!(
-                "{}: these changes need a restart (`systemctl restart fulcrum`):\n  {}",
-                self.path.display(),
-                restart.join("\n  ")
-            )));
+    /// Applies a prepared reload (`prepare::reload`), or keeps the running
+    /// configuration and says why not. Logged and counted either way.
+    pub fn finish_reload(&mut self, prepared: Result<Reload, Error>) -> Result<ReloadReport, Error> {
+        let result = prepared.and_then(|r| match r {
+            Reload::NoChange => Ok(Changes::default()),
+            Reload::Apply(p) => {
+                let changes = p.changes.clone();
+                self.commit(*p).map(|()| changes)
+            }
+        });
+        let config = self.path.display().to_string();
+        match result {
+            Ok(changes) => {
+                tracing::info!(%config, "reload applied: {}", changes.summary());
+                for line in changes.details() {
+                    tracing::info!("  {line}");
+                }
+                self.telemetry.reloaded(true, &changes.summary());
+                Ok(ReloadReport { config, changes })
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(%config, "reload refused, the running configuration stays: {}", api::brief(&message));
+                self.telemetry.reloaded(false, &message);
+                Err(e)
+            }
         }
-        let report = ReloadReport { config: self.path.display().to_string(), changes: reload::changes(&self.config, &new) };
-        if report.changes.is_empty() {
-            return Ok(report);
-        }
-        let (services, returns) = apply::build(&new, &self.net, &mut self.ids, &mut netinfo::next_hop_mac)?;
-        if services.vip_slots() > self.engine.max_vips || services.backend_slots() > self.engine.max_backends {
-            return Err(Error::Refused(format!(
-                "{} VIPs and {} backends defined since start exceed the engine's {} and {}: restart the daemon",
-                services.vip_slots(),
-                services.backend_slots(),
-                self.engine.max_vips,
-                self.engine.max_backends
-            )));
-        }
-        let (services, next) = HealthControl::configure(self.health.as_ref(), &new, &self.ids, services, &mut self.plugins)?;
+    }
+
+    /// Puts a prepared configuration in force. Only the steering maps'
+    /// update can fail, and it undoes itself: then nothing changed.
+    fn commit(&mut self, p: Prepared) -> Result<(), Error> {
+        let services = match (&p.health, &self.health) {
+            // Transitions applied since the preparation started.
+            (Next::Keep, Some(h)) => h.reapply(p.services)?,
+            _ => p.services,
+        };
         let services = Arc::new(services);
-        let vips = vip_matches(&new);
+        let vips = vip_matches(&p.config);
         // New VIPs and return traffic are steered before the workers switch,
         // so none of a new flow's frames reach the kernel; stale entries go
         // once no worker uses the old services.
-        self.steering.add(&vips, &returns)?;
+        self.steering.add(&vips, &p.returns)?;
         let generation = self.dataplane.publish(&services);
         if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
             tracing::warn!(?behind, "workers have not switched to the new services yet");
         }
-        self.steering.retain(&vips, &returns);
-        self.plugins.apply(Some(&self.config), &new, &services, &self.dataplane)?;
-        HealthControl::commit(&mut self.health, next);
+        self.steering.retain(&vips, &p.returns);
+        self.plugins.commit(p.schedulers, &self.dataplane);
+        HealthControl::commit(&mut self.health, p.health);
         self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
         self.telemetry.set_services(services);
-        self.config = new;
-        Ok(report)
+        self.config = p.config;
+        self.ids = p.ids;
+        Ok(())
     }
 
-    /// `fulcrum plugin load`: swaps a scheduler plugin in for a VIP's new
-    /// flows (until a reload changes that VIP's configured scheduler).
-    pub fn load_plugin(&mut self, vip: &str, path: &Path) -> Result<PluginLoaded, Error> {
-        let v = self
-            .config
-            .vips
-            .iter()
-            .find(|v| v.name() == vip)
-            .ok_or_else(|| Error::Refused(format!("no vip {vip} (VIPs are named like 198.18.0.100:80/tcp)")))?;
-        let services = self.telemetry.services();
-        let id = plugins::vip_id(&services, v)?;
-        let (plugin, generation) = self.plugins.load(id, path, &services, &self.dataplane)?;
-        Ok(PluginLoaded { vip: vip.to_string(), plugin, generation })
+    /// `fulcrum plugin load`: publishes a prepared plugin for the VIP's
+    /// new flows (until a reload changes that VIP's configured scheduler).
+    pub fn finish_plugin(&mut self, prepared: Result<PreparedPlugin, Error>) -> Result<PluginLoaded, Error> {
+        let p = prepared?;
+        let plugin = p.plugin.name().to_string();
+        let generation = self.plugins.publish(p.id, p.plugin, &self.dataplane);
+        Ok(PluginLoaded { vip: p.vip, plugin, generation })
     }
 
+    /// What runs: the configuration committed last, with the scheduler
+    /// each VIP's new flows go through.
     pub fn status(&self) -> Status {
+        let in_force = |v: &cfg::Vip| self.ids.vip(v).and_then(|id| self.plugins.in_force(id));
         let vips = self
             .config
             .vips
@@ -360,10 +382,8 @@ impl Daemon {
                     cfg::Mode::Gue { .. } => "gue",
                 }
                 .into(),
-                scheduler: match &v.scheduler {
-                    cfg::Scheduler::Maglev => "maglev".into(),
-                    cfg::Scheduler::Plugin(p) => p.display().to_string(),
-                },
+                scheduler: in_force(v).map_or_else(|| "maglev".into(), |(name, _)| name),
+                scheduler_generation: in_force(v).map(|(_, generation)| generation),
                 backends: v.backends.iter().map(|b| BackendStatus { name: backend_name(b.address, b.port), weight: b.weight }).collect(),
             })
             .collect();

@@ -1,24 +1,28 @@
 //! Prometheus text exposition (format 0.0.4) on `daemon.metrics_listen`.
 //!
-//! A minimal HTTP/1.1 responder on a std `TcpListener` thread: Prometheus
-//! sends one `GET /metrics` per scrape, so one connection at a time, a
-//! bounded request read and `Connection: close` are all it needs, without
-//! bringing in an HTTP stack. The counters are read from the workers'
-//! atomics (see `Telemetry`); a scrape costs the packet path nothing.
+//! A minimal HTTP/1.1 responder: Prometheus sends one `GET /metrics` per
+//! scrape, so a bounded request read and `Connection: close` are all it
+//! needs, without bringing in an HTTP stack. Connections are served
+//! concurrently (`conn`), so a client that connects and says nothing
+//! delays no scrape. The counters are read from the workers' atomics (see
+//! `Telemetry`); a scrape costs the packet path nothing.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::api::{Reloads, StatsReport, Traffic};
+use super::conn::{self, Limits, Received};
 use super::telemetry::Telemetry;
 use crate::error::Error;
 
-/// A scraper that has not sent its request by then is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_REQUEST: usize = 8192;
+/// A scraper sends one short request: the whole of it within 2 s, at most
+/// 8 KiB; 64 scrapes at once are far more than any Prometheus set-up.
+pub const LIMITS: Limits =
+    Limits { name: "fulcrum-metrics", max_connections: 64, request_timeout: Duration::from_secs(2), max_request: 8192, write_timeout: Duration::from_secs(5) };
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
 
 /// Binds `addr` (before the daemon starts, so a port in use is a clear
 /// start-up error).
@@ -26,33 +30,21 @@ pub fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).map_err(Error::system(format!("metrics endpoint daemon.metrics_listen {addr}")))
 }
 
-/// Serves scrapes on a thread of its own until the process exits.
+/// Serves scrapes until the process exits.
 pub fn serve(listener: TcpListener, telemetry: Arc<Telemetry>) -> Result<(), Error> {
-    std::thread::Builder::new()
-        .name("fulcrum-metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Err(e) = answer(conn, &telemetry) {
-                    tracing::debug!("metrics scrape: {e}");
-                }
-            }
-        })
-        .map(drop)
-        .map_err(Error::system("starting the metrics thread"))
+    conn::serve(listener, LIMITS, BUSY, move |conn, deadline| {
+        if let Err(e) = answer(conn, deadline, &telemetry) {
+            tracing::debug!("metrics scrape: {e}");
+        }
+    })
 }
 
-fn answer(mut conn: TcpStream, telemetry: &Telemetry) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    conn.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        req.extend_from_slice(&buf[..n]);
-    }
+fn answer(mut conn: TcpStream, deadline: Instant, telemetry: &Telemetry) -> std::io::Result<()> {
+    let req = match conn::read_request(&mut conn, deadline, LIMITS.max_request, |r| r.windows(4).any(|w| w == b"\r\n\r\n"))? {
+        Received::Request(r) => r,
+        Received::TooLarge => return respond(conn, "431 Request Header Fields Too Large", "text/plain; charset=utf-8", "request too large\n"),
+        Received::TimedOut => return respond(conn, "408 Request Timeout", "text/plain; charset=utf-8", "request not complete in time\n"),
+    };
     let line = String::from_utf8_lossy(&req);
     let mut words = line.split_whitespace();
     let (status, kind, body) = match (words.next(), words.next().map(|p| p.split('?').next().unwrap_or(p))) {
@@ -61,8 +53,13 @@ fn answer(mut conn: TcpStream, telemetry: &Telemetry) -> std::io::Result<()> {
         (Some("GET"), _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".into()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET /metrics only\n".into()),
     };
-    write!(conn, "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    conn.flush()
+    respond(conn, status, kind, &body)
+}
+
+fn respond(mut conn: TcpStream, status: &str, kind: &str, body: &str) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let deadline = Instant::now() + LIMITS.write_timeout;
+    conn::write_answer(&mut conn, &[head.as_bytes(), body.as_bytes()].concat(), deadline)
 }
 
 /// One metric family: its HELP and TYPE lines, then its samples.

@@ -1,86 +1,146 @@
-//! The daemon's scheduler plugins: one slot per VIP that has a plugin (from
-//! the configuration or `fulcrum plugin load`), one scheduler instance per
-//! worker following it. Loading compiles, checks and smoke-tests on the
-//! control thread; publishing swaps it in for new flows on every worker.
+//! The daemon's plugins: reading a module (bounded, from a regular file
+//! only), compiling and smoke-testing it off the control thread, and the
+//! scheduler slots: one per VIP that has a plugin (from the configuration
+//! or `fulcrum plugin load`), one scheduler instance per worker following
+//! it. Publishing swaps a plugin in for new flows on every worker.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fulcrum_config as cfg;
 use fulcrum_dataplane::sched::BackendState;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
-use fulcrum_plugin_host::{HostConfig, PluginRuntime, PluginSlot};
+use fulcrum_plugin_host::{HostConfig, Plugin, PluginRuntime, PluginSlot};
 
 use crate::error::{Context, Error};
 use crate::workers::Dataplane;
 
+/// The largest module read (64 MiB): real plugins are kilobytes to a few
+/// megabytes; this only stops a wrong path (a disk image, `/dev/zero` is
+/// refused anyway) from filling memory.
+pub const MAX_MODULE_BYTES: u64 = 64 << 20;
+
+/// A module as read from its file.
+pub struct Module {
+    /// The file's stem: "round-robin" for round-robin.wasm.
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub from: Fingerprint,
+}
+
+/// Which file, with which contents, a VIP's plugin was loaded from: a
+/// reload that names the same file with new contents loads it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub path: PathBuf,
+    pub hash: u64,
+}
+
+impl Module {
+    /// Reads the module at `path`: a regular file (checked on the opened
+    /// descriptor, opened without blocking, so a FIFO cannot hang the
+    /// daemon) of at most `MAX_MODULE_BYTES`.
+    pub fn read(path: &Path) -> Result<Module, Error> {
+        let bytes = fulcrum_config::read_regular(path, MAX_MODULE_BYTES).map_err(|source| Error::File { path: path.display().to_string(), source })?;
+        let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+        // Not cryptographic: it only tells an operator's new build from the
+        // running one.
+        let mut h = std::hash::DefaultHasher::new();
+        bytes.hash(&mut h);
+        Ok(Module { name, from: Fingerprint { path: path.to_path_buf(), hash: h.finish() }, bytes })
+    }
+
+    /// Compiles, checks and smoke-tests the module against `pool`: what
+    /// happens before anything is published. Milliseconds to seconds: never
+    /// on the control thread.
+    pub fn load(&self, runtime: &Runtime, pool: &[BackendState]) -> Result<Plugin, Error> {
+        runtime.get()?.load(&self.name, &self.bytes, pool).context(|| self.from.path.display().to_string())
+    }
+}
+
+/// The runtime every plugin of the daemon runs in (health-policy plugins
+/// too), made on first use, so wasmtime reserves its address space only
+/// in daemons that use plugins. Shared with the threads that prepare.
+#[derive(Clone, Default)]
+pub struct Runtime(Arc<Mutex<Option<Arc<PluginRuntime>>>>);
+
+impl Runtime {
+    pub fn get(&self) -> Result<Arc<PluginRuntime>, Error> {
+        let mut r = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = &*r {
+            return Ok(Arc::clone(r));
+        }
+        Ok(Arc::clone(r.insert(PluginRuntime::new(HostConfig::default())?)))
+    }
+}
+
+/// What a prepared configuration does to one VIP's scheduler.
+pub enum SchedulerChange {
+    /// Publish this plugin, loaded from the configuration's file.
+    Plugin { vip: VipId, plugin: Plugin, from: Fingerprint },
+    /// Back to native Maglev (the configuration dropped the plugin, or the
+    /// VIP).
+    Maglev(VipId),
+}
+
 #[derive(Default)]
 pub struct Plugins {
-    /// Created with the first plugin: wasmtime reserves its address space
-    /// only for daemons that use plugins.
-    runtime: Option<Arc<PluginRuntime>>,
+    runtime: Runtime,
     slots: HashMap<VipId, Arc<PluginSlot>>,
+    /// The file each VIP's configured plugin came from.
+    configured: HashMap<VipId, Fingerprint>,
 }
 
 impl Plugins {
-    /// Loads the plugins `config` names for VIPs whose scheduler differs
-    /// from `before` (all of them at start) and returns those VIPs to
-    /// Maglev whose plugin the configuration dropped.
-    pub fn apply(&mut self, before: Option<&cfg::Config>, config: &cfg::Config, services: &Services, dataplane: &Dataplane) -> Result<(), Error> {
-        for v in &config.vips {
-            let unchanged = before
-                .and_then(|b| b.vips.iter().find(|o| (o.address, o.protocol, o.port) == (v.address, v.protocol, v.port)))
-                .is_some_and(|o| o.scheduler == v.scheduler);
-            if unchanged {
-                continue;
-            }
-            let id = vip_id(services, v)?;
-            match &v.scheduler {
-                cfg::Scheduler::Plugin(path) => {
-                    self.load(id, path, services, dataplane).context(|| format!("vip {}", v.name()))?;
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.clone()
+    }
+
+    pub fn configured(&self) -> HashMap<VipId, Fingerprint> {
+        self.configured.clone()
+    }
+
+    /// Applies what a prepared configuration changes; cannot fail.
+    pub fn commit(&mut self, changes: Vec<SchedulerChange>, dataplane: &Dataplane) {
+        for c in changes {
+            match c {
+                SchedulerChange::Plugin { vip, plugin, from } => {
+                    self.publish(vip, plugin, dataplane);
+                    self.configured.insert(vip, from);
                 }
-                cfg::Scheduler::Maglev => {
-                    if self.slots.remove(&id).is_some() {
-                        dataplane.set_scheduler(id, &|_| None);
+                SchedulerChange::Maglev(vip) => {
+                    self.configured.remove(&vip);
+                    if self.slots.remove(&vip).is_some() {
+                        dataplane.set_scheduler(vip, &|_| None);
+                        tracing::info!(vip, "scheduler back to maglev");
                     }
                 }
             }
         }
-        Ok(())
     }
 
-    /// The runtime every plugin of the daemon runs in (health-policy
-    /// plugins too), made on first use.
-    pub fn runtime(&mut self) -> Result<Arc<PluginRuntime>, Error> {
-        if let Some(r) = &self.runtime {
-            return Ok(Arc::clone(r));
-        }
-        let r = PluginRuntime::new(HostConfig::default())?;
-        Ok(Arc::clone(self.runtime.insert(r)))
-    }
-
-    /// Loads `path` for the VIP and publishes it: the name of the plugin
-    /// and its generation.
-    pub fn load(&mut self, vip: VipId, path: &Path, services: &Services, dataplane: &Dataplane) -> Result<(String, u64), Error> {
-        let runtime = self.runtime()?;
-        let pool = pool(services, vip);
-        let plugin = runtime.load_file(path, &pool).context(|| format!("{}", path.display()))?;
+    /// Publishes a loaded plugin for the VIP's new flows: its generation.
+    pub fn publish(&mut self, vip: VipId, plugin: Plugin, dataplane: &Dataplane) -> u64 {
         let name = plugin.name().to_string();
-        let slot = match self.slots.get(&vip) {
-            Some(s) => Arc::clone(s),
-            None => {
-                let s = PluginSlot::new(format!("vip {vip}"));
-                let follow = Arc::clone(&s);
-                dataplane.set_scheduler(vip, &move |_| Some(Box::new(follow.scheduler())));
-                self.slots.insert(vip, Arc::clone(&s));
-                s
-            }
-        };
+        let slot = self.slots.entry(vip).or_insert_with(|| {
+            let s = PluginSlot::new(format!("vip {vip}"));
+            let follow = Arc::clone(&s);
+            dataplane.set_scheduler(vip, &move |_| Some(Box::new(follow.scheduler())));
+            s
+        });
         let generation = slot.publish(plugin);
         tracing::info!(vip, plugin = %name, generation, "scheduler plugin published");
-        Ok((name, generation))
+        generation
+    }
+
+    /// The plugin the VIP's new flows go through, and its generation;
+    /// `None`: native Maglev.
+    pub fn in_force(&self, vip: VipId) -> Option<(String, u64)> {
+        let stats = self.slots.get(&vip)?.stats();
+        Some((stats.plugin?, stats.generation))
     }
 }
 
@@ -90,7 +150,7 @@ pub fn vip_id(services: &Services, v: &cfg::Vip) -> Result<VipId, Error> {
 }
 
 /// The VIP's pool as a freshly loaded plugin is smoke-tested against.
-fn pool(services: &Services, vip: VipId) -> Vec<BackendState> {
+pub fn pool(services: &Services, vip: VipId) -> Vec<BackendState> {
     let ids = services.vip(vip).map_or(&[][..], |v| &v.spec.backends[..]);
     ids.iter().filter_map(|&b| services.backend(b)).map(|b| BackendState { id: b.ident, weight: b.spec.weight, up: true, ..BackendState::default() }).collect()
 }

@@ -13,7 +13,7 @@ use fulcrum_dataplane::services::{Services, backend_name, vip_name};
 use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
 
-use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, Traffic, VipStats, WorkerReport};
+use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, Traffic, VipStats, WorkerReport, brief};
 use crate::workers::WorkerStats;
 
 pub struct Telemetry {
@@ -58,11 +58,13 @@ impl Telemetry {
         Arc::clone(&lock(&self.services))
     }
 
-    pub fn reloaded(&self, applied: bool, message: String) {
+    /// Counts a reload; `status` shows the message of the last one, kept
+    /// brief (`api::brief`).
+    pub fn reloaded(&self, applied: bool, message: &str) {
         let mut r = lock(&self.reloads);
         *if applied { &mut r.applied } else { &mut r.refused } += 1;
         let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        r.last = Some(LastReload { at, applied, message });
+        r.last = Some(LastReload { at, applied, message: brief(message) });
     }
 
     pub fn reloads(&self) -> Reloads {

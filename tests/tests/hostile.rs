@@ -117,8 +117,12 @@ fn fragmented_udp_arrives_whole(mode: LabMode, vips: &[IpAddr]) {
             }
         }
     }
+    // At MTU 1500 each 4008-byte datagram (UDP header included) is three
+    // fragments: two follow the first (the answers too, in nat modes).
+    let followed = daemon::metric(&daemon::scrape(&lab), "fulcrum_fragments_followed_total", &[]);
     let summary = daemon::stop(d).expect("daemon stop");
     assert!(failed.is_empty(), "{mode:?}: fragmented datagrams lost:\n{}\n{summary}", failed.join("\n"));
+    assert!(followed >= (2 * 5 * vips.len()) as f64, "{mode:?}: {followed} fragments followed\n{summary}");
 }
 
 #[test]

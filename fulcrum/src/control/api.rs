@@ -125,6 +125,9 @@ pub struct StatsReport {
     pub passed: u64,
     /// Plugin scheduler picks that failed (the flow fell back to Maglev).
     pub scheduler_faults: u64,
+    /// IP fragments after the first that followed their first fragment.
+    #[serde(default)]
+    pub fragments_followed: u64,
     /// Health checks that started more than 10 ms after their time: the
     /// health thread falling behind.
     #[serde(default)]
@@ -311,10 +314,11 @@ impl StatsReport {
         let drops: Vec<String> = self.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(
             out,
-            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}\n",
+            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}\n",
             if drops.is_empty() { "none".into() } else { drops.join(" ") },
             self.passed,
-            self.scheduler_faults
+            self.scheduler_faults,
+            self.fragments_followed
         );
         let mut rows = vec![row(&[
             &"WORKER",

@@ -132,6 +132,12 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         "",
         s.scheduler_faults,
     );
+    let name = "fulcrum_fragments_followed_total";
+    Family::new(&mut out, name, "counter", "IP fragments after the first, sent where their datagram's first fragment went.").sample(
+        name,
+        "",
+        s.fragments_followed,
+    );
     let name = "fulcrum_health_checks_late_total";
     Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(
         name,

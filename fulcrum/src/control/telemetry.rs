@@ -143,6 +143,7 @@ impl Telemetry {
             drops,
             passed: engines.iter().map(|s| s.passed.get()).sum(),
             scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
+            fragments_followed: engines.iter().map(|s| s.fragments_followed.get()).sum(),
             health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
             workers,
         }

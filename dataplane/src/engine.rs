@@ -332,7 +332,7 @@ impl Flows {
         let hash = p.key.hash64();
         if let Some(slot) = self.table.lookup(&p.key, hash, now) {
             match self.table.entry(slot).value {
-                FlowValue::Forward { backend, .. } if self.opens_afresh(s, p, slot, backend) => {
+                FlowValue::Forward { vip, backend } if self.opens_afresh(s, p, slot, (vip, backend)) => {
                     // A client reusing its port (or a spoofed SYN before
                     // it): a new connection, scheduled, NAT'd and with a
                     // reply path of its own, as IPVS's conn_reuse_mode.
@@ -393,12 +393,23 @@ impl Flows {
     }
 
     /// Whether a client packet on an existing flow opens a new connection
-    /// instead: a SYN on an entry that is not established (SYN seen,
-    /// closing) or whose backend is down or gone. A SYN on an established
-    /// entry with a live backend is a retransmission and keeps the entry,
-    /// reply path included.
-    fn opens_afresh(&self, s: &Services, p: &Parsed, slot: Slot, backend: BackendId) -> bool {
-        is_syn(p) && (self.table.entry(slot).state != FlowState::Established || !s.backend(backend).is_some_and(|b| b.spec.up))
+    /// instead: a SYN on a closing entry (the client reuses its port), on
+    /// an entry whose backend is down or gone, or, in nat modes, on one not
+    /// yet established: there the entry holds a reply path and a source
+    /// port that a forged SYN may have set up. Otherwise a SYN is a
+    /// retransmission and keeps the entry: in dsr and tunnel modes a
+    /// retransmitted SYN must reach the backend that may have answered the
+    /// first (the balancer never sees its SYN-ACK).
+    fn opens_afresh(&self, s: &Services, p: &Parsed, slot: Slot, (vip, backend): (VipId, BackendId)) -> bool {
+        if !is_syn(p) {
+            return false;
+        }
+        let nat = s.vip(vip).is_some_and(|v| matches!(v.spec.mode, Mode::Nat { .. }));
+        match self.table.entry(slot).state {
+            FlowState::Closing => true,
+            FlowState::SynSeen if nat => true,
+            _ => !s.backend(backend).is_some_and(|b| b.spec.up),
+        }
     }
 
     /// Return traffic without state here: with one worker there is no one

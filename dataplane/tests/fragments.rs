@@ -9,9 +9,9 @@ use std::sync::Arc;
 use fulcrum_dataplane::flow::parse;
 use fulcrum_dataplane::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum_dataplane::wire::{IpProtocol, checksum};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Services, Verdict, VipSpec};
 use fulcrum_testing::frame::{L4, LB_MAC, PacketBuilder, fragments};
-use fulcrum_testing::one_vip::{backend, ip};
+use fulcrum_testing::one_vip::{backend, ip, process};
 
 const VIP4: &str = "198.18.0.100";
 const VIP6: &str = "2001:db8:100::64";
@@ -41,11 +41,7 @@ fn engine(mode: Mode, v6: bool) -> Engine {
 }
 
 fn run(e: &mut Engine, f: &[u8]) -> (Verdict, Vec<u8>) {
-    let mut buf = vec![0u8; 4096];
-    buf[256..256 + f.len()].copy_from_slice(f);
-    let mut batch = [Packet::new(&mut buf, 256, f.len(), 0)];
-    e.process(1000, &mut batch);
-    (batch[0].verdict, batch[0].frame().to_vec())
+    process(e, f, 1000)
 }
 
 /// A UDP datagram of `len` payload bytes (byte i is i % 251), with its

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use fulcrum_dataplane::flow::key::addr16;
 use fulcrum_dataplane::forward::tunnel::Encap;
 use fulcrum_dataplane::wire::tcp::{ACK, FIN, PSH, RST, SYN, URG};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Mode, Packet, Shared, Verdict};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Mode, Shared, Verdict};
 use fulcrum_testing::frame::{CLIENT_MAC, LB_MAC, PacketBuilder};
-use fulcrum_testing::one_vip::{CLIENT, VIP, backend, engine, ip, services};
+use fulcrum_testing::one_vip::{CLIENT, VIP, backend, engine, ip, process, services};
 
 /// Another host on the client's segment, forging the client's address.
 const ATTACKER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
@@ -27,13 +27,8 @@ fn client(port: u16, flags: u8) -> PacketBuilder {
     PacketBuilder::tcp(ip(CLIENT), port, ip(VIP), 80, flags)
 }
 
-/// Runs one frame; the verdict and the frame as it leaves.
 fn run(e: &mut Engine, f: &[u8]) -> (Verdict, Vec<u8>) {
-    let mut buf = vec![0u8; 2048];
-    buf[256..256 + f.len()].copy_from_slice(f);
-    let mut batch = [Packet::new(&mut buf, 256, f.len(), 0)];
-    e.process(1000, &mut batch);
-    (batch[0].verdict, batch[0].frame().to_vec())
+    process(e, f, 1000)
 }
 
 /// The full-NAT source port a forwarded client frame left with.
@@ -172,11 +167,8 @@ fn a_full_nat_port_is_held_back_from_its_backend_after_its_flow_ends() {
     let cfg = EngineConfig { snat_ports: (FIRST_PORT, FIRST_PORT + 1), ..EngineConfig::default() };
     let mut e = engine(cfg, services(full_nat(), &[backend(1, 1)]));
     let at = |e: &mut Engine, f: &[u8], now: u32| {
-        let mut buf = vec![0u8; 2048];
-        buf[256..256 + f.len()].copy_from_slice(f);
-        let mut batch = [Packet::new(&mut buf, 256, f.len(), 0)];
-        e.process(now, &mut batch);
-        (batch[0].verdict, snat_port(batch[0].frame()))
+        let (v, out) = process(e, f, now);
+        (v, snat_port(&out))
     };
     assert_eq!(at(&mut e, &client(40000, SYN).frame(), 1_000), (Verdict::Tx(0), FIRST_PORT));
     // The client opens the tuple afresh: the old flow ends, its port is
@@ -186,4 +178,27 @@ fn a_full_nat_port_is_held_back_from_its_backend_after_its_flow_ends() {
     assert_eq!(e.table().len(), 2);
     // After the quarantine (60 s from the end) the port serves again.
     assert_eq!(at(&mut e, &client(40001, SYN).frame(), 62_500), (Verdict::Tx(0), FIRST_PORT));
+}
+
+/// Picks the backends in turn, whatever the flow: as round-robin does.
+struct InTurn(usize);
+
+impl fulcrum_dataplane::sched::Scheduler for InTurn {
+    fn pick(&mut self, _: &fulcrum_dataplane::flow::FlowKey, _: u64, backends: &[fulcrum_dataplane::sched::BackendState]) -> Option<usize> {
+        self.0 += 1;
+        Some(self.0 % backends.len())
+    }
+}
+
+#[test]
+fn a_retransmitted_syn_in_dsr_reaches_the_backend_that_may_have_answered() {
+    let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
+    for mode in [Mode::Dsr, tunnel] {
+        let mut e = engine(EngineConfig::default(), services(mode, &[backend(1, 1), backend(2, 1), backend(3, 1)]));
+        e.set_scheduler(0, Some(Box::new(InTurn(0))));
+        let (_, first) = run(&mut e, &client(40000, SYN).frame());
+        let (_, again) = run(&mut e, &client(40000, SYN).frame());
+        assert_eq!((first[5], again[5]), (first[5], first[5]), "{mode:?}");
+        assert_eq!(e.stats().vips[0].new_flows.get(), 1, "{mode:?}: a retransmission is no new flow");
+    }
 }

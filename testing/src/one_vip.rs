@@ -39,6 +39,17 @@ pub fn frame_from(client: IpAddr, client_port: u16, flags: u8) -> Vec<u8> {
     PacketBuilder::tcp(client, client_port, ip(VIP), 80, flags).frame()
 }
 
+/// Runs one frame through the engine at `now_ms` (on interface 0, with
+/// 256 bytes of headroom for encapsulation); the verdict and the frame as
+/// it leaves.
+pub fn process(e: &mut Engine, f: &[u8], now_ms: u32) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; 256 + f.len().max(2048) + 256];
+    buf[256..256 + f.len()].copy_from_slice(f);
+    let mut batch = [Packet::new(&mut buf, 256, f.len(), 0)];
+    e.process(now_ms, &mut batch);
+    (batch[0].verdict, batch[0].frame().to_vec())
+}
+
 /// Sends one frame; returns the verdict and the backend it went to (by the
 /// last byte of the destination MAC).
 pub fn send(e: &mut Engine, f: &[u8]) -> (Verdict, u8) {

@@ -14,6 +14,7 @@ use crate::flow::snat::{SnatPorts, backend_tag};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
 use crate::forward::rewrite::End;
+use crate::forward::tunnel::Encap;
 use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::packet::{DropReason, Packet, Verdict};
 use crate::sched::{BackendState, Scheduler};
@@ -487,8 +488,10 @@ impl Flows {
         };
         let backend_id = vip.spec.backends[idx];
         let Some(b) = s.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
-        if let Some(verdict) = self.too_big_for_tunnel(s, pkt, p, vip_id, vip, b) {
-            return verdict;
+        if let Mode::Tunnel { encap, .. } = vip.spec.mode
+            && let Some(inner_mtu) = tunnel_overflow(encap, p, s.interfaces[usize::from(b.spec.iface)].mtu)
+        {
+            return self.answer_too_big(s, pkt, p, vip_id, inner_mtu);
         }
         let state = initial_state(&p.key, p.tcp_flags);
         let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id }, now);
@@ -635,8 +638,8 @@ impl Flows {
             }
             Mode::Dsr => {}
             Mode::Tunnel { encap, source, source_prefix } => {
-                if let Some(verdict) = self.too_big_for_tunnel(s, pkt, p, vip_id, vip, b) {
-                    return verdict;
+                if let Some(inner_mtu) = tunnel_overflow(encap, p, out.mtu) {
+                    return self.answer_too_big(s, pkt, p, vip_id, inner_mtu);
                 }
                 let src = tunnel::outer_source(&crate::flow::key::addr16(source), source_prefix, p.v6, hash);
                 if let Err(r) = tunnel::encapsulate(pkt, p, encap, &src, &b.addr, hash) {
@@ -650,22 +653,15 @@ impl Flows {
         Verdict::Tx(b.spec.iface)
     }
 
-    /// A tunnel-mode packet that would not fit the backend's interface once
-    /// encapsulated is answered with fragmentation-needed / packet-too-big
-    /// in its place; the verdict for that, or None if it fits.
-    fn too_big_for_tunnel(&self, s: &Services, pkt: &mut Packet, p: &Parsed, vip_id: VipId, vip: &Vip, b: &BackendEntry) -> Option<Verdict> {
-        let Mode::Tunnel { encap, .. } = vip.spec.mode else { return None };
-        let out = s.interfaces[usize::from(b.spec.iface)];
-        let overhead = encap.overhead(p.v6);
-        if p.end - p.l3 + overhead <= usize::from(out.mtu) {
-            return None;
-        }
+    /// A tunnel-mode packet too big once encapsulated is answered with
+    /// fragmentation-needed / packet-too-big in its place.
+    #[cold]
+    fn answer_too_big(&self, s: &Services, pkt: &mut Packet, p: &Parsed, vip_id: VipId, inner_mtu: u16) -> Verdict {
         let ingress_mac = s.interfaces[usize::from(pkt.ingress)].mac;
-        let inner_mtu = out.mtu.saturating_sub(overhead as u16);
-        Some(match icmp::too_big(pkt, p, inner_mtu, ingress_mac) {
+        match icmp::too_big(pkt, p, inner_mtu, ingress_mac) {
             Ok(()) => Verdict::Tx(pkt.ingress),
             Err(r) => self.vip_drop(vip_id, r),
-        })
+        }
     }
 
     /// NAT return traffic: restore the VIP as source (and the client as
@@ -775,6 +771,14 @@ impl Flows {
         self.stats.vip_drops[usize::from(vip)].count(reason);
         Verdict::Drop(reason)
     }
+}
+
+/// The largest inner packet a tunnel to an interface of `mtu` carries, if
+/// this packet is bigger once encapsulated.
+#[inline]
+fn tunnel_overflow(encap: Encap, p: &Parsed, mtu: u16) -> Option<u16> {
+    let overhead = encap.overhead(p.v6);
+    (p.end - p.l3 + overhead > usize::from(mtu)).then(|| mtu.saturating_sub(overhead as u16))
 }
 
 /// A TCP segment that opens a connection: SYN without ACK.

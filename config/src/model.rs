@@ -88,6 +88,9 @@ pub struct Interface {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub connections_per_worker: u32,
+    /// Half-open (SYN seen) entries one worker keeps per dsr or tunnel
+    /// VIP; beyond it SYNs are forwarded by Maglev without an entry.
+    pub half_open_per_vip: u32,
     pub snat_ports: PortRange,
 }
 

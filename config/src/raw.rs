@@ -39,6 +39,7 @@ pub(crate) struct RawInterface {
 pub(crate) struct RawLimits {
     pub connections_per_worker: Field,
     pub snat_ports: Field,
+    pub half_open_per_vip: Field,
 }
 
 #[derive(Default, Deserialize)]

@@ -630,7 +630,7 @@ fn defaults() {
                 workers: Workers::Auto,
             },
             topology: Topology::OneArm(Interface { name: "lb0".into(), mtu: None }),
-            limits: Limits { connections_per_worker: 1 << 20, snat_ports: PortRange { first: 1024, last: 65535 } },
+            limits: Limits { connections_per_worker: 1 << 20, snat_ports: PortRange { first: 1024, last: 65535 }, half_open_per_vip: 1 << 18 },
             timeouts: Timeouts {
                 tcp_syn: Duration::from_secs(30),
                 tcp_established: Duration::from_secs(900),

@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub expire_budget: usize,
     /// Full-NAT source ports (inclusive), shared out among the workers.
     pub snat_ports: (u16, u16),
+    /// Half-open entries kept per dsr or tunnel VIP; beyond it a SYN is
+    /// forwarded by Maglev without one.
+    pub half_open_per_vip: u32,
     /// How long a full-NAT source port is held back from the backend its
     /// flow went to after the flow ended (see `flow::snat`).
     pub snat_reuse_ms: u32,
@@ -74,6 +77,7 @@ impl Default for EngineConfig {
             expire_budget: 32,
             snat_ports: (1024, 65535),
             snat_reuse_ms: 60_000,
+            half_open_per_vip: 1 << 18,
             max_vips: 1024,
             max_backends: 16384,
             sticky_clients: 1 << 16,
@@ -130,8 +134,7 @@ struct Flows {
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
-    /// This worker's connections per backend id.
-    load: Vec<Load>,
+    counts: Counts,
     /// The pool as a scheduler sees it, filled per new flow (preallocated).
     pool: Vec<BackendState>,
     snat: SnatPorts,
@@ -190,7 +193,7 @@ impl Engine {
             neighbours: Arc::clone(&shared.neighbours),
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
-            load: vec![Load::default(); cfg.max_backends],
+            counts: Counts { load: vec![Load::default(); cfg.max_backends], half_open: vec![0; cfg.max_vips] },
             pool: Vec::new(),
             snat: SnatPorts::new(lo + cfg.worker * span, span, cfg.snat_reuse_ms),
             fragments: Fragments::new(cfg.fragments, cfg.fragment_ttl_ms),
@@ -236,7 +239,7 @@ impl Engine {
 
     /// This worker's established and half-open connections to a backend.
     pub fn load(&self, backend: BackendId) -> Load {
-        self.flows.load.get(usize::from(backend)).copied().unwrap_or_default()
+        self.flows.counts.load.get(usize::from(backend)).copied().unwrap_or_default()
     }
 
     /// Processes a batch: sets every packet's verdict and rewrites the
@@ -280,17 +283,37 @@ impl Load {
     }
 }
 
+/// A worker's flows by backend and by VIP, as their entries come, change
+/// state and go.
+struct Counts {
+    /// Connections per backend id.
+    load: Vec<Load>,
+    /// Half-open entries per VIP id.
+    half_open: Vec<u32>,
+}
+
+impl Counts {
+    /// Counts a flow of `vip` and `backend` in `state` in (`delta` 1) or
+    /// out (-1).
+    fn flow(&mut self, (vip, backend): (VipId, BackendId), state: FlowState, delta: i32) {
+        if let Some(l) = self.load.get_mut(usize::from(backend)) {
+            l.count(state, delta);
+        }
+        if state == FlowState::SynSeen
+            && let Some(n) = self.half_open.get_mut(usize::from(vip))
+        {
+            *n = n.saturating_add_signed(delta);
+        }
+    }
+}
+
 impl Flows {
     /// Forgets the connections of entries the table removed, and holds
     /// back the source ports of the full-NAT flows among them.
     fn settle_departures(&mut self, now: u32) {
         for (key, value, state) in self.table.take_departed() {
             match value {
-                FlowValue::Forward { backend, .. } => {
-                    if let Some(l) = self.load.get_mut(usize::from(backend)) {
-                        l.count(state, -1);
-                    }
-                }
+                FlowValue::Forward { vip, backend } => self.counts.flow((vip, backend), state, -1),
                 // The return key of a full-NAT flow is backend -> SNAT
                 // address and port; an inline DNAT one (client port) in the
                 // range is held back too, which costs nothing but a skip.
@@ -372,7 +395,7 @@ impl Flows {
         };
         let verdict = match self.table.entry(slot).value {
             FlowValue::Forward { vip, backend } => match (s.vip(vip), s.backend(backend)) {
-                (Some(v), Some(b)) => self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id: vip, vip: v, backend_id: backend, b }),
+                (Some(v), Some(b)) => self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id: vip, vip: v, backend_id: backend, b }),
                 _ => self.for_vip_addr(s, p, DropReason::Fragment),
             },
             FlowValue::Reverse { client_mac, iface } => self.reverse(s, pkt, p, slot, client_mac, iface),
@@ -444,7 +467,7 @@ impl Flows {
             return Some(self.reset(s, pkt, p, slot, (vip, backend)));
         }
         self.advance_state(slot, p.tcp_flags, true);
-        Some(self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id: vip, vip: v, backend_id: backend, b }))
+        Some(self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id: vip, vip: v, backend_id: backend, b }))
     }
 
     /// A client packet of a flow whose backend is down, on a VIP that
@@ -482,6 +505,17 @@ impl Flows {
                 return self.vip_drop(vip_id, DropReason::TtlExceeded);
             }
         }
+        if is_syn(p)
+            && !matches!(vip.spec.mode, Mode::Nat { .. })
+            && self.counts.half_open.get(usize::from(vip_id)).is_some_and(|&n| n >= self.cfg.half_open_per_vip)
+        {
+            // A SYN flood, or a crowd: past the cap, SYNs of a dsr or
+            // tunnel VIP go where the client's next segment, without an
+            // entry, will go too, and make none, so the flood neither
+            // fills the table nor evicts established flows.
+            self.stats.syns_without_state.inc();
+            return self.forward_without_state(s, now, pkt, p, hash, vip_id, vip);
+        }
         let Some(idx) = self.pick(s, now, vip_id, vip, &p.key, hash, mid_stream) else {
             self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
             return Verdict::Drop(DropReason::NoBackend);
@@ -502,8 +536,8 @@ impl Flows {
             self.stats.vip_drops[usize::from(vip_id)].count(reason);
             return Verdict::Drop(reason);
         }
-        self.load[usize::from(backend_id)].count(state, 1);
-        let verdict = self.send_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b });
+        self.counts.flow((vip_id, backend_id), state, 1);
+        let verdict = self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id, vip, backend_id, b });
         if let Verdict::Tx(_) = verdict {
             self.stats.vips[usize::from(vip_id)].new_flows.inc();
             self.stats.backends[usize::from(backend_id)].new_flows.inc();
@@ -513,6 +547,20 @@ impl Flows {
             self.table.remove(slot);
         }
         verdict
+    }
+
+    /// A segment of a dsr or tunnel VIP forwarded without an entry, to
+    /// the backend a segment without state goes to (Maglev, not the
+    /// scheduler), so that the rest of its flow follows.
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_without_state(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId, vip: &Vip) -> Verdict {
+        let Some(idx) = self.pick(s, now, vip_id, vip, &p.key, hash, true) else {
+            return self.vip_drop(vip_id, DropReason::NoBackend);
+        };
+        let backend_id = vip.spec.backends[idx];
+        let Some(b) = s.backend(backend_id) else { return self.vip_drop(vip_id, DropReason::NoBackend) };
+        self.send_to_backend(s, pkt, p, hash, None, Target { vip_id, vip, backend_id, b })
     }
 
     /// The backend index for a new flow.
@@ -558,7 +606,7 @@ impl Flows {
         if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
             self.pool.clear();
             for &id in &vip.spec.backends {
-                let (b, load) = (s.backend(id), self.load[usize::from(id)]);
+                let (b, load) = (s.backend(id), self.counts.load[usize::from(id)]);
                 self.pool.push(BackendState {
                     id: b.map_or(0, |b| b.ident),
                     weight: b.map_or(0, |b| b.spec.weight),
@@ -619,7 +667,9 @@ impl Flows {
     }
 
     /// Rewrites a client packet for its backend per the VIP's mode.
-    fn send_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, t: Target) -> Verdict {
+    /// `slot`: the flow's entry, which a full-NAT flow must have (its
+    /// source port is its peer's); dsr and tunnel may forward without one.
+    fn send_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Option<Slot>, t: Target) -> Verdict {
         let Target { vip_id, vip, backend_id, b } = t;
         let out = s.interfaces[usize::from(b.spec.iface)];
         let frame_len = pkt.len;
@@ -630,6 +680,7 @@ impl Flows {
                     return self.vip_drop(vip_id, DropReason::TtlExceeded);
                 }
                 if let Some(snat) = &vip.snat {
+                    let Some(slot) = slot else { return self.vip_drop(vip_id, DropReason::NoState) };
                     let peer = self.table.entry(slot).peer();
                     let sport = self.table.entry(peer).key().dst_port;
                     rewrite::set_endpoint(frame, p, End::Src, snat, sport);
@@ -711,11 +762,10 @@ impl Flows {
         }
         let fwd = if let FlowValue::Forward { .. } = self.table.entry(slot).value { slot } else { peer };
         if fwd != NO_PEER
-            && let FlowValue::Forward { backend, .. } = self.table.entry(fwd).value
-            && let Some(l) = self.load.get_mut(usize::from(backend))
+            && let FlowValue::Forward { vip, backend } = self.table.entry(fwd).value
         {
-            l.count(state, -1);
-            l.count(next, 1);
+            self.counts.flow((vip, backend), state, -1);
+            self.counts.flow((vip, backend), next, 1);
         }
     }
 
@@ -764,7 +814,7 @@ impl Flows {
         {
             return self.vip_drop(vip_id, DropReason::NoRoom);
         }
-        self.send_to_backend(s, pkt, p, flow.hash64(), slot, Target { vip_id, vip, backend_id: backend, b })
+        self.send_to_backend(s, pkt, p, flow.hash64(), Some(slot), Target { vip_id, vip, backend_id: backend, b })
     }
 
     fn vip_drop(&self, vip: VipId, reason: DropReason) -> Verdict {

@@ -107,6 +107,9 @@ pub struct Stats {
     /// IP fragments after the first, sent where their first went (those
     /// whose first was not seen are drops, `fragment`).
     pub fragments_followed: Counter,
+    /// SYNs of dsr or tunnel VIPs at their half-open cap, forwarded by
+    /// Maglev without an entry.
+    pub syns_without_state: Counter,
     /// The connection table, copied from it once per batch (the table
     /// itself is the worker's alone): live entries, and entries removed
     /// to make room or because they timed out (peers included).
@@ -126,6 +129,7 @@ impl Stats {
             passed: Counter::default(),
             scheduler_faults: Counter::default(),
             fragments_followed: Counter::default(),
+            syns_without_state: Counter::default(),
             connections: Gauge::default(),
             evictions: Gauge::default(),
             expirations: Gauge::default(),

@@ -202,3 +202,37 @@ fn a_retransmitted_syn_in_dsr_reaches_the_backend_that_may_have_answered() {
         assert_eq!(e.stats().vips[0].new_flows.get(), 1, "{mode:?}: a retransmission is no new flow");
     }
 }
+
+#[test]
+fn a_syn_flood_neither_fills_the_table_nor_evicts_established_flows() {
+    let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
+    for mode in [Mode::Dsr, tunnel] {
+        let cfg = EngineConfig { half_open_per_vip: 100, ..EngineConfig::default() };
+        let mut e = engine(cfg, services(mode, &[backend(1, 1), backend(2, 1), backend(3, 1)]));
+        // 50 clients with established connections.
+        let mut established = Vec::new();
+        for port in 40000..40050 {
+            let (_, out) = run(&mut e, &client(port, SYN).frame());
+            assert_eq!(run(&mut e, &client(port, ACK).frame()).0, Verdict::Tx(0));
+            established.push((port, out[5]));
+        }
+        // 10,000 SYNs from forged sources (the table holds 4096).
+        for i in 0..10_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            let forged = PacketBuilder::tcp(IpAddr::from([198, 19, a, b]), 1024 + (i % 50_000) as u16, ip(VIP), 80, SYN);
+            assert_eq!(run(&mut e, &forged.frame()).0, Verdict::Tx(0), "{mode:?}: every SYN is still forwarded");
+        }
+        assert_eq!(e.table().len(), 50 + 100, "{mode:?}: the established flows and the cap");
+        assert_eq!(e.table().evictions(), 0, "{mode:?}");
+        assert_eq!(e.stats().syns_without_state.get(), 10_000 - 100);
+        for (port, backend) in established {
+            let (v, out) = run(&mut e, &client(port, ACK | PSH).frame());
+            assert_eq!((v, out[5]), (Verdict::Tx(0), backend), "{mode:?}: an established flow moved");
+        }
+        // A real client during the flood: its SYN and then its ACK go to
+        // one backend, without an entry for the SYN.
+        let (_, syn) = run(&mut e, &client(41000, SYN).frame());
+        let (v, ack) = run(&mut e, &client(41000, ACK).frame());
+        assert_eq!((v, ack[5]), (Verdict::Tx(0), syn[5]), "{mode:?}");
+    }
+}

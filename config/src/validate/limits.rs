@@ -39,6 +39,11 @@ impl Checker<'_> {
             }
         })
         .map(|p| p.unwrap_or(DEFAULT_SNAT_PORTS));
-        Some(Limits { connections_per_worker: connections_per_worker?, snat_ports: snat_ports? })
+        let half_open_per_vip = optional(&raw.half_open_per_vip, |v| self.int(ctx, "half_open_per_vip", v, 1..=1 << 28));
+        let connections_per_worker = connections_per_worker?;
+        // A quarter of the table by default: a flood of one VIP leaves the
+        // rest to established flows.
+        let half_open_per_vip = half_open_per_vip?.unwrap_or(connections_per_worker / 4);
+        Some(Limits { connections_per_worker, snat_ports: snat_ports?, half_open_per_vip })
     }
 }

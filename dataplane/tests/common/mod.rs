@@ -160,6 +160,8 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         expire_budget: 8,
         snat_ports: SNAT_PORTS,
         snat_reuse_ms: 3_000,
+        // Low, so that the fuzzed SYNs reach it too.
+        half_open_per_vip: 4,
         max_vips: 8,
         max_backends: 8,
         sticky_clients: 64,

@@ -128,6 +128,10 @@ pub struct StatsReport {
     /// IP fragments after the first that followed their first fragment.
     #[serde(default)]
     pub fragments_followed: u64,
+    /// SYNs of dsr / tunnel VIPs at their half-open cap, forwarded
+    /// without an entry.
+    #[serde(default)]
+    pub syns_without_state: u64,
     /// Health checks that started more than 10 ms after their time: the
     /// health thread falling behind.
     #[serde(default)]
@@ -314,11 +318,12 @@ impl StatsReport {
         let drops: Vec<String> = self.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(
             out,
-            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}\n",
+            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}, SYNs past the half-open cap: {}\n",
             if drops.is_empty() { "none".into() } else { drops.join(" ") },
             self.passed,
             self.scheduler_faults,
-            self.fragments_followed
+            self.fragments_followed,
+            self.syns_without_state
         );
         let mut rows = vec![row(&[
             &"WORKER",

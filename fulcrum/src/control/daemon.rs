@@ -74,6 +74,7 @@ fn engine_config(config: &cfg::Config) -> EngineConfig {
         timeouts: Timeouts { syn_ms: ms(t.tcp_syn), established_ms: ms(t.tcp_established), closing_ms: ms(t.tcp_closing), udp_ms: ms(t.udp) },
         snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
         snat_reuse_ms: ms(t.snat_reuse),
+        half_open_per_vip: config.limits.half_open_per_vip,
         ..EngineConfig::default()
     }
 }

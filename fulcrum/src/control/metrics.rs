@@ -138,6 +138,12 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         "",
         s.fragments_followed,
     );
+    let name = "fulcrum_syns_without_state_total";
+    Family::new(&mut out, name, "counter", "SYNs of dsr and tunnel VIPs at their half-open cap, forwarded by Maglev without an entry.").sample(
+        name,
+        "",
+        s.syns_without_state,
+    );
     let name = "fulcrum_health_checks_late_total";
     Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(
         name,

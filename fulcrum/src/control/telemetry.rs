@@ -144,6 +144,7 @@ impl Telemetry {
             passed: engines.iter().map(|s| s.passed.get()).sum(),
             scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
             fragments_followed: engines.iter().map(|s| s.fragments_followed.get()).sum(),
+            syns_without_state: engines.iter().map(|s| s.syns_without_state.get()).sum(),
             health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
             workers,
         }

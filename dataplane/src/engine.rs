@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::flow::FlowKey;
 use crate::flow::fragments::Fragments;
 use crate::flow::neighbours::Neighbours;
-use crate::flow::parse::{ParseError, Parsed, parse, parse_quoted};
+use crate::flow::parse::{Fragment, ParseError, Parsed, parse, parse_quoted};
 use crate::flow::snat::{SnatPorts, backend_tag};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
@@ -335,20 +335,27 @@ impl Flows {
             Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),
         };
         match p.fragment {
-            Some(f) if !f.first => return self.later_fragment(s, now, pkt, &p, f.id),
-            Some(f) => {
-                let verdict = self.flow_packet(s, now, pkt, &p);
-                if let Verdict::Tx(_) = verdict {
-                    self.fragments.record(&p.key, f.id, now);
-                }
-                return verdict;
-            }
-            None => {}
+            None => self.flow_packet(s, now, pkt, &p),
+            Some(f) => self.fragment(s, now, pkt, &p, f),
         }
-        self.flow_packet(s, now, pkt, &p)
+    }
+
+    /// An IP fragment: the first is placed like any packet and recorded
+    /// for the later ones, which follow it.
+    #[cold]
+    fn fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, f: Fragment) -> Verdict {
+        if !f.first {
+            return self.later_fragment(s, now, pkt, p, f.id);
+        }
+        let verdict = self.flow_packet(s, now, pkt, p);
+        if let Verdict::Tx(_) = verdict {
+            self.fragments.record(&p.key, f.id, now);
+        }
+        verdict
     }
 
     /// A packet with ports: its flow's, or a new flow's.
+    #[inline(always)]
     fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed) -> Verdict {
         if is_icmp_error(pkt.frame(), p) {
             return self.icmp_error(s, now, pkt, p);
@@ -424,6 +431,7 @@ impl Flows {
     /// retransmission and keeps the entry: in dsr and tunnel modes a
     /// retransmitted SYN must reach the backend that may have answered the
     /// first (the balancer never sees its SYN-ACK).
+    #[inline(always)]
     fn opens_afresh(&self, s: &Services, p: &Parsed, slot: Slot, (vip, backend): (VipId, BackendId)) -> bool {
         if !is_syn(p) {
             return false;

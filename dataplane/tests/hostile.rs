@@ -236,3 +236,24 @@ fn a_syn_flood_neither_fills_the_table_nor_evicts_established_flows() {
         assert_eq!((v, ack[5]), (Verdict::Tx(0), syn[5]), "{mode:?}");
     }
 }
+
+#[test]
+fn ack_and_rst_floods_take_no_port_and_make_no_entry_in_nat_modes() {
+    for mode in [Mode::Nat { snat: None }, full_nat()] {
+        let mut e = engine(EngineConfig::default(), services(mode, &[backend(1, 1), backend(2, 1)]));
+        for i in 0..100_000u32 {
+            let [_, a, b, c] = i.to_be_bytes();
+            let flags = if i % 2 == 0 { ACK } else { RST };
+            let forged = PacketBuilder::tcp(IpAddr::from([198, 19, a ^ b, c]), 1024 + (i % 60_000) as u16, ip(VIP), 80, flags);
+            assert_eq!(run(&mut e, &forged.frame()).0, Verdict::Drop(DropReason::NoState));
+        }
+        assert_eq!((e.table().len(), e.table().evictions()), (0, 0), "{mode:?}");
+        assert_eq!(e.stats().drops.get(DropReason::NoState), 100_000);
+        // The first full-NAT port is still the first one given.
+        let (v, out) = run(&mut e, &client(40000, SYN).frame());
+        assert_eq!(v, Verdict::Tx(0));
+        if mode == full_nat() {
+            assert_eq!(snat_port(&out), FIRST_PORT);
+        }
+    }
+}

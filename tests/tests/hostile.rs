@@ -149,3 +149,43 @@ fn fragmented_udp_arrives_whole_ipip() {
 fn fragmented_udp_arrives_whole_gue() {
     fragmented_udp_arrives_whole(LabMode::Gue, &[IpAddr::V4(VIP4)]);
 }
+
+/// Requests from the client through the VIP: how many each backend (by
+/// the name it answers with) served, and how many failed.
+fn requests(lab: &Lab, n: usize) -> (std::collections::HashMap<String, usize>, usize) {
+    in_netns(&lab.client.ns, || {
+        let mut by_name = std::collections::HashMap::new();
+        let mut failed = 0;
+        for _ in 0..n {
+            match fulcrum_tests::http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", Duration::from_secs(2)) {
+                Ok((200, body)) => *by_name.entry(String::from_utf8_lossy(&body).trim().to_string()).or_insert(0) += 1,
+                _ => failed += 1,
+            }
+        }
+        (by_name, failed)
+    })
+    .expect("netns")
+}
+
+#[test]
+fn a_backend_whose_mac_changes_keeps_getting_its_flows() {
+    require_root();
+    let mode = LabMode::Dsr;
+    let mut lab = Lab::new(mode.topology()).expect("lab");
+    let _decap = daemon::prepare(&mut lab, mode, SERVER.as_ref()).expect("backend set-up");
+    let (d, _config) = daemon::start(&lab, &daemon::config(&lab, mode, "")).expect("daemon");
+    let (before, failed) = requests(&lab, 60);
+    assert_eq!(failed, 0, "{before:?}");
+    // The server behind backend1's address is replaced (a new NIC): it
+    // announces its new MAC (gratuitous ARP), as Linux does with
+    // arp_notify.
+    let b1 = lab.backends[0].clone();
+    let eth0 = b1.iface().name.clone();
+    lab.exec(&b1.ns, &["sysctl", "-qw", &format!("net.ipv4.conf.{eth0}.arp_notify=1")]).expect("arp_notify");
+    lab.exec(&b1.ns, &["ip", "link", "set", "dev", &eth0, "address", "02:aa:bb:cc:dd:01"]).expect("new MAC");
+    std::thread::sleep(Duration::from_millis(500));
+    let (after, failed) = requests(&lab, 90);
+    let summary = daemon::stop(d).expect("daemon stop");
+    assert_eq!(failed, 0, "requests failed after backend1's MAC changed: {after:?}\n{summary}");
+    assert!(after.get(&b1.name).copied().unwrap_or(0) >= 10, "backend1 gets no flows any more: {after:?}\n{summary}");
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fulcrum_config as cfg;
 use fulcrum_dataplane::engine::{EngineConfig, Shared};
 use fulcrum_dataplane::flow::table::Timeouts;
-use fulcrum_dataplane::services::backend_name;
+use fulcrum_dataplane::services::{Backend, Services, backend_name};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_io::afxdp::{self, XskConfig, XskIo};
 use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
@@ -46,7 +46,7 @@ pub struct Daemon {
     /// The health checks, when any VIP has them.
     health: Option<HealthControl>,
     /// Keeps the workers' neighbour table in step with the kernel's.
-    _neighbours: NeighbourSync,
+    neighbours: NeighbourSync,
     telemetry: Arc<Telemetry>,
     plugins: Plugins,
     started: Instant,
@@ -245,7 +245,7 @@ impl Daemon {
             dataplane,
             steering,
             health,
-            _neighbours: neighbours,
+            neighbours,
             telemetry,
             plugins,
             started: Instant::now(),
@@ -268,15 +268,61 @@ impl Daemon {
             None => {}
             Some(Err(e)) => tracing::error!("{e}"),
             Some(Ok(HealthUpdate { services, changes })) => {
-                let services = Arc::new(services);
-                let generation = self.dataplane.publish(&services);
-                if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
-                    tracing::warn!(?behind, "workers have not switched to the new services yet");
-                }
-                self.telemetry.set_services(Arc::clone(&services));
+                let services = self.publish(services);
                 checks::log(&changes, &services);
             }
         }
+    }
+
+    /// Readable when the kernel learnt MACs that may be backends'.
+    pub fn neighbours_fd(&self) -> RawFd {
+        self.neighbours.wake_fd()
+    }
+
+    /// Moves backends whose MAC the kernel now knows differently (a
+    /// replaced server, a changed NIC): new flows go to the new MAC. Only
+    /// on-link backends (their own address is the next hop) and those
+    /// without a configured `mac`; routed ones keep their gateway's MAC
+    /// until a reload resolves it again.
+    pub fn apply_neighbours(&mut self) {
+        let known = self.neighbours.take_known();
+        if known.is_empty() {
+            return;
+        }
+        let services = self.telemetry.services();
+        let pinned = |addr: IpAddr| self.config.vips.iter().flat_map(|v| &v.backends).any(|b| b.address == addr && b.mac.is_some());
+        let moved: Vec<_> = (0..services.backend_slots())
+            .filter_map(|i| {
+                let id = u16::try_from(i).ok()?;
+                let spec = services.backend(id)?.spec;
+                let &(_, mac) = known.iter().rev().find(|(addr, _)| *addr == spec.addr)?;
+                (mac != spec.next_hop && !pinned(spec.addr)).then_some((id, Backend { next_hop: mac, ..spec }))
+            })
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        match services.with_backends(&moved) {
+            Ok(next) => {
+                let services = self.publish(next);
+                for (id, b) in &moved {
+                    let name = services.backend(*id).map_or_else(|| format!("#{id}"), |e| backend_name(e.spec.addr, e.spec.port));
+                    tracing::info!("backend {name} is now at {} (the kernel's neighbour table)", netinfo::format_mac(&b.next_hop));
+                }
+            }
+            Err(e) => tracing::error!("moving backends to their new MACs: {e}"),
+        }
+    }
+
+    /// Publishes `services` to the workers and waits until they run them.
+    fn publish(&mut self, services: Services) -> Arc<Services> {
+        let services = Arc::new(services);
+        let generation = self.dataplane.publish(&services);
+        if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
+            tracing::warn!(?behind, "workers have not switched to the new services yet");
+        }
+        self.telemetry.set_services(Arc::clone(&services));
+        services
     }
 
     pub fn telemetry(&self) -> Arc<Telemetry> {

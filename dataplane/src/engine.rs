@@ -273,11 +273,13 @@ pub struct Load {
 }
 
 impl Load {
+    /// A UDP flow is active until its entry expires: load-aware
+    /// schedulers see UDP backends' load as TCP ones'.
     fn count(&mut self, state: FlowState, delta: i32) {
         let n = match state {
             FlowState::SynSeen => &mut self.pending,
-            FlowState::Established => &mut self.active,
-            FlowState::Closing | FlowState::Udp => return,
+            FlowState::Established | FlowState::Udp => &mut self.active,
+            FlowState::Closing => return,
         };
         *n = n.saturating_add_signed(delta);
     }

@@ -204,17 +204,23 @@ fn invalid_services_are_refused_with_the_reason() {
     assert_eq!(err.to_string(), "backend 0 (198.18.1.1): interface 3 does not exist");
 }
 
-#[test]
-fn udp_flows_are_balanced_and_sticky() {
+/// Services with one UDP VIP on port 53 over backends 1..=3, in dsr.
+fn dns_services() -> Arc<Services> {
     let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
     let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::UDP, port: 53, mode: Mode::Dsr, backends: vec![0, 1, 2], persistence_ms: None, reset_on_down: false };
-    let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], pool.into_iter().map(Some).collect()).unwrap();
-    let mut e = engine(EngineConfig::default(), Arc::new(s));
-    let dns = |port| {
-        let mut b = PacketBuilder::udp(ip("198.18.0.1"), port, ip(VIP), 53).payload(b"q");
-        b.l4 = L4::Udp { src_port: port, dst_port: 53, checksum: true };
-        b.frame()
-    };
+    Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], pool.into_iter().map(Some).collect()).unwrap())
+}
+
+/// A DNS query from `port`.
+fn dns(port: u16) -> Vec<u8> {
+    let mut b = PacketBuilder::udp(ip("198.18.0.1"), port, ip(VIP), 53).payload(b"q");
+    b.l4 = L4::Udp { src_port: port, dst_port: 53, checksum: true };
+    b.frame()
+}
+
+#[test]
+fn udp_flows_are_balanced_and_sticky() {
+    let mut e = engine(EngineConfig::default(), dns_services());
     let first: Vec<u8> = (0..100).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
     let again: Vec<u8> = (0..100).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
     assert_eq!(first, again);
@@ -230,6 +236,19 @@ impl Scheduler for Least {
     fn pick(&mut self, _: &FlowKey, _: u64, backends: &[BackendState]) -> Option<usize> {
         (0..backends.len()).filter(|&i| backends[i].usable()).min_by_key(|&i| backends[i].active + backends[i].pending)
     }
+}
+
+#[test]
+fn udp_flows_count_as_load_for_schedulers() {
+    // Without the UDP flows counted, every backend ties at 0 and the
+    // least-loaded pick is always the first.
+    let mut e = engine(EngineConfig::default(), dns_services());
+    e.set_scheduler(0, Some(Box::new(Least)));
+    let placed: Vec<u8> = (0..90).map(|p| send(&mut e, &dns(5000 + p)).1).collect();
+    for b in 1..=3 {
+        assert_eq!(placed.iter().filter(|&&x| x == b).count(), 30, "backend {b}: {placed:?}");
+    }
+    assert_eq!((1..=3).map(|i| e.load(i - 1).active).sum::<u32>(), 90);
 }
 
 #[test]

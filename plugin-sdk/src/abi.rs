@@ -89,7 +89,8 @@ pub struct Backend {
     pub weight: u16,
     /// Bit 0 [`Backend::UP`]; the other bits are reserved (written 0, ignored).
     pub flags: u16,
-    /// Established connections.
+    /// Established TCP connections and live UDP flows, as the calling
+    /// worker counts them (about 1/N of the load with N workers).
     pub active: u32,
     /// Half-open connections (SYN forwarded, handshake not completed).
     pub pending: u32,

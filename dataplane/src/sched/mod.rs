@@ -13,7 +13,8 @@ pub struct BackendState {
     /// 0 drains: the backend must not be picked.
     pub weight: u32,
     pub up: bool,
-    /// Established connections this worker sent to the backend.
+    /// Established TCP connections and live UDP flows this worker sent to
+    /// the backend.
     pub active: u32,
     /// Half-open connections (SYN seen, not yet established).
     pub pending: u32,

@@ -135,10 +135,6 @@ fn idle_and_trickling_clients_hold_neither_the_control_plane_nor_the_health_chec
                 if !matches!(http_get(vip, "/", SECOND), Ok((200, _))) {
                     last = Some(killed.elapsed());
                 }
-                // Paced: every connection refused by the dead backend leaves
-                // a flow entry for its 5-tuple, and a later connection the
-                // kernel gives the same source port continues that flow.
-                std::thread::sleep(Duration::from_millis(20));
             }
             last
         })

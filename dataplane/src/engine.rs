@@ -17,7 +17,7 @@ use crate::forward::rewrite::End;
 use crate::forward::tunnel::Encap;
 use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::packet::{DropReason, Packet, Verdict};
-use crate::sched::{BackendState, Scheduler};
+use crate::sched::{BackendState, Latencies, Scheduler};
 use crate::services::{BackendEntry, Mode, Services, Vip};
 use crate::stats::Stats;
 use crate::types::{BackendId, IfIndex, Mac, VipId};
@@ -90,16 +90,22 @@ impl Default for EngineConfig {
 
 /// The tables every worker shares, written by other threads: the sticky
 /// choices of session persistence (any worker), the clients' neighbours
-/// (the control plane).
+/// (the control plane), the backends' response times (the health checks).
 #[derive(Clone)]
 pub struct Shared {
     pub sticky: Arc<StickyTable>,
     pub neighbours: Arc<Neighbours>,
+    /// Backends' response times (the health checks').
+    pub latencies: Arc<Latencies>,
 }
 
 impl Shared {
     pub fn new(cfg: &EngineConfig) -> Shared {
-        Shared { sticky: Arc::new(StickyTable::new(cfg.sticky_clients)), neighbours: Arc::new(Neighbours::new(cfg.neighbours)) }
+        Shared {
+            sticky: Arc::new(StickyTable::new(cfg.sticky_clients)),
+            neighbours: Arc::new(Neighbours::new(cfg.neighbours)),
+            latencies: Arc::new(Latencies::new(cfg.max_backends)),
+        }
     }
 }
 
@@ -131,6 +137,7 @@ struct Flows {
     table: ConnTable<FlowValue>,
     sticky: Arc<StickyTable>,
     neighbours: Arc<Neighbours>,
+    latencies: Arc<Latencies>,
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
@@ -191,6 +198,7 @@ impl Engine {
             table: ConnTable::new(cfg.table_capacity, cfg.timeouts).with_promotion_interval(PROMOTION_INTERVAL_MS),
             sticky: Arc::clone(&shared.sticky),
             neighbours: Arc::clone(&shared.neighbours),
+            latencies: Arc::clone(&shared.latencies),
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
             counts: Counts { load: vec![Load::default(); cfg.max_backends], half_open: vec![0; cfg.max_vips] },
@@ -623,6 +631,7 @@ impl Flows {
                     up: b.is_some_and(|b| b.spec.up),
                     active: load.active,
                     pending: load.pending,
+                    rtt_us: self.latencies.get(id),
                     ..BackendState::default()
                 });
             }

@@ -7,7 +7,7 @@ use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, SYN};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Shared, Verdict, VipSpec};
 use fulcrum_testing::frame::{L4, LB_MAC, PacketBuilder};
 use fulcrum_testing::one_vip::{VIP, backend, backend_of, engine, frame, ip, send, services};
 
@@ -278,4 +278,29 @@ fn connection_counts_follow_flow_state_and_reach_schedulers() {
     }
     assert_eq!((e.load(0), e.load(1)), (fulcrum_dataplane::Load::default(), fulcrum_dataplane::Load::default()));
     assert_eq!(e.table().len(), 0);
+}
+
+/// Picks the backend with the smallest known response time.
+struct Fastest;
+
+impl Scheduler for Fastest {
+    fn pick(&mut self, _: &FlowKey, _: u64, backends: &[BackendState]) -> Option<usize> {
+        (0..backends.len()).filter(|&i| backends[i].usable() && backends[i].rtt_us > 0).min_by_key(|&i| backends[i].rtt_us)
+    }
+}
+
+#[test]
+fn schedulers_see_the_backends_response_times() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let cfg = EngineConfig { table_capacity: 4096, ..EngineConfig::default() };
+    let shared = Shared::new(&cfg);
+    let mut e = Engine::with_shared(cfg, services(Mode::Dsr, &pool), &shared).unwrap();
+    e.set_scheduler(0, Some(Box::new(Fastest)));
+    // As the health checks write them: backend 2 (id 1) answers fastest.
+    for (id, us) in [(0, 900), (1, 150), (2, 40_000)] {
+        shared.latencies.set(id, us);
+    }
+    assert!((0..20).all(|p| backend_of(&mut e, 30_000 + p, SYN) == 2));
+    shared.latencies.set(2, 10);
+    assert_eq!(backend_of(&mut e, 31_000, SYN), 3, "a newer response time is seen at the next new flow");
 }

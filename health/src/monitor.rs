@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use fulcrum_config::{HealthCheck, Probe};
 use fulcrum_dataplane::health_policy::{BackendHealth, CheckResult, HealthState, Observation, Policy};
-use fulcrum_dataplane::sched::BackendState;
+use fulcrum_dataplane::sched::{BackendState, Latencies};
 use fulcrum_dataplane::stats::Counter;
 use fulcrum_dataplane::types::{BackendId, VipId};
 use fulcrum_io::epoll::Poller;
@@ -124,13 +124,15 @@ impl HealthMonitor {
     /// Opens the sockets the checks need (raw ones and the nftables rule
     /// for half-open checks, on this thread, so that failures are reported
     /// here) and starts the thread.
-    pub fn start(pools: Vec<Pool>) -> Result<HealthMonitor, HealthError> {
+    /// Each passed check's smoothed time also goes to `latencies`, where
+    /// the workers hand it to schedulers.
+    pub fn start(pools: Vec<Pool>, latencies: Arc<Latencies>) -> Result<HealthMonitor, HealthError> {
         let (tx, transitions) = unbounded();
         let (wake, notify) = UnixStream::pair().map_err(HealthError::system("health checks: socket pair"))?;
         for s in [&wake, &notify] {
             s.set_nonblocking(true).map_err(HealthError::system("health checks: socket pair"))?;
         }
-        let runner = Runner::new(pools, tx, notify)?;
+        let runner = Runner::new(pools, tx, notify, latencies)?;
         let (stop, stats) = (Arc::new(AtomicBool::new(false)), Arc::clone(&runner.stats));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -237,13 +239,14 @@ struct Runner {
     transitions: Sender<Transition>,
     notify: UnixStream,
     stats: Arc<HealthStats>,
+    latencies: Arc<Latencies>,
     /// Scratch: ready tokens, finished checks.
     ready: Vec<u64>,
     done: Vec<(usize, Result<(), Failure>)>,
 }
 
 impl Runner {
-    fn new(pools: Vec<Pool>, transitions: Sender<Transition>, notify: UnixStream) -> Result<Runner, HealthError> {
+    fn new(pools: Vec<Pool>, transitions: Sender<Transition>, notify: UnixStream, latencies: Arc<Latencies>) -> Result<Runner, HealthError> {
         let now = Instant::now();
         let n: usize = pools.iter().map(|p| p.members.len()).sum();
         if n > usize::from(u16::MAX) + 1 {
@@ -314,6 +317,7 @@ impl Runner {
             transitions,
             notify,
             stats,
+            latencies,
             ready: Vec::with_capacity(EVENTS),
             done: Vec::new(),
         })
@@ -433,6 +437,7 @@ impl Runner {
                 let rtt = &mut pool.rows[s.index].rtt_us;
                 *rtt = if *rtt == 0 { check.latency_us.max(1) } else { ((u64::from(*rtt) * 7 + u64::from(check.latency_us)) / 8) as u32 };
                 stats.rtt_us.store(*rtt, Relaxed);
+                self.latencies.set(s.backend, *rtt);
             }
             Err(f) => {
                 stats.failed.inc();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fulcrum_config::{HealthCheck, Probe, StatusRange};
 use fulcrum_dataplane::health_policy::{HealthState, Observation, Policy, RiseFall};
 use fulcrum_dataplane::sched::BackendState;
+use fulcrum_dataplane::sched::Latencies;
 use fulcrum_health::{Failure, HealthMonitor, Member, Pool, Transition};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -47,8 +48,27 @@ fn http(port: u16, content: Option<&str>) -> Probe {
 }
 
 fn monitor(policy: Box<dyn Policy>, probes: Vec<Probe>) -> HealthMonitor {
+    monitor_into(policy, probes, Arc::new(Latencies::new(16)))
+}
+
+/// A monitor whose checks' response times go to `latencies`.
+fn monitor_into(policy: Box<dyn Policy>, probes: Vec<Probe>, latencies: Arc<Latencies>) -> HealthMonitor {
     let members = probes.into_iter().enumerate().map(|(i, p)| Member { backend: i as u16, ident: i as u64, weight: 4, up: true, check: check(p) }).collect();
-    HealthMonitor::start(vec![Pool { vip: 0, policy, members }]).unwrap()
+    HealthMonitor::start(vec![Pool { vip: 0, policy, members }], latencies).unwrap()
+}
+
+#[test]
+fn passed_checks_give_the_workers_each_backends_response_time() {
+    let (port, _) = http_server();
+    let latencies = Arc::new(Latencies::new(16));
+    let _m = monitor_into(Box::new(RiseFall), vec![http(port, None), Probe::TcpConnect { port: closed_port() }], Arc::clone(&latencies));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while latencies.get(0) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rtt = latencies.get(0);
+    assert!(rtt > 0 && rtt < 50_000, "backend 0's smoothed check time: {rtt} us");
+    assert_eq!(latencies.get(1), 0, "a backend whose checks fail has no response time");
 }
 
 fn next(m: &HealthMonitor) -> Transition {

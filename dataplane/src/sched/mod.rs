@@ -3,7 +3,10 @@
 
 pub mod maglev;
 
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
 use crate::flow::FlowKey;
+use crate::types::BackendId;
 
 /// What a scheduler knows of one backend of the VIP, in the VIP's order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,7 +21,8 @@ pub struct BackendState {
     pub active: u32,
     /// Half-open connections (SYN seen, not yet established).
     pub pending: u32,
-    /// Smoothed health-check response time; 0 = no sample yet.
+    /// Smoothed health-check response time (`Latencies`); 0 = no sample
+    /// yet.
     pub rtt_us: u32,
     pub bytes_per_sec: u64,
 }
@@ -35,4 +39,28 @@ impl BackendState {
 /// or an unusable backend makes the flow fall back to Maglev.
 pub trait Scheduler: Send {
     fn pick(&mut self, flow: &FlowKey, flow_hash: u64, backends: &[BackendState]) -> Option<usize>;
+}
+
+/// Each backend's smoothed response time in µs, by backend id (0: no
+/// sample yet): written by the health checks at each passed check, read by
+/// the workers when they hand a scheduler its rows. Relaxed atomics: a row
+/// may be one check behind.
+pub struct Latencies(Box<[AtomicU32]>);
+
+impl Latencies {
+    /// Room for backend ids `0..backends`.
+    pub fn new(backends: usize) -> Latencies {
+        Latencies((0..backends).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    #[inline]
+    pub fn get(&self, backend: BackendId) -> u32 {
+        self.0.get(usize::from(backend)).map_or(0, |a| a.load(Relaxed))
+    }
+
+    pub fn set(&self, backend: BackendId, us: u32) {
+        if let Some(a) = self.0.get(usize::from(backend)) {
+            a.store(us, Relaxed);
+        }
+    }
 }

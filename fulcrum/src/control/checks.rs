@@ -15,7 +15,7 @@ use std::sync::Arc;
 use fulcrum_config as cfg;
 use fulcrum_dataplane::flow::key::ip_from16;
 use fulcrum_dataplane::health_policy::{HealthState, Policy, RiseFall};
-use fulcrum_dataplane::sched::BackendState;
+use fulcrum_dataplane::sched::{BackendState, Latencies};
 use fulcrum_dataplane::services::{Backend, Services, backend_name, vip_name};
 use fulcrum_dataplane::types::BackendId;
 use fulcrum_health::{HealthMonitor, HealthStats, Member, Pool, Transition, route_source};
@@ -63,7 +63,16 @@ impl HealthControl {
     /// are in force. A monitor is started only if the checks changed
     /// (after its health-policy plugins loaded); an error leaves
     /// everything as it was.
-    pub fn configure(current: Option<&HealthView>, config: &cfg::Config, ids: &Ids, services: Services, runtime: &Runtime) -> Result<(Services, Next), Error> {
+    /// `latencies`: where the new checks' response times go (the
+    /// workers' scheduler rows).
+    pub fn configure(
+        current: Option<&HealthView>,
+        config: &cfg::Config,
+        ids: &Ids,
+        services: Services,
+        runtime: &Runtime,
+        latencies: &Arc<Latencies>,
+    ) -> Result<(Services, Next), Error> {
         let checks = apply::health_checks(config, ids);
         let keep = current.filter(|h| h.checks == checks);
         // Unchanged checks keep their states as applied (a policy plugin
@@ -82,7 +91,7 @@ impl HealthControl {
                 let pools = pools(&checks, &states, &services, runtime)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
-                Next::Start(HealthControl { monitor: HealthMonitor::start(pools)?, view: HealthView { checks, states } })
+                Next::Start(HealthControl { monitor: HealthMonitor::start(pools, Arc::clone(latencies))?, view: HealthView { checks, states } })
             }
         };
         Ok((services, next))

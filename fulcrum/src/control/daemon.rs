@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use fulcrum_config as cfg;
 use fulcrum_dataplane::engine::{EngineConfig, Shared};
 use fulcrum_dataplane::flow::table::Timeouts;
+use fulcrum_dataplane::sched::Latencies;
 use fulcrum_dataplane::services::{Backend, Services, backend_name};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_io::afxdp::{self, XskConfig, XskIo};
@@ -47,6 +48,9 @@ pub struct Daemon {
     health: Option<HealthControl>,
     /// Keeps the workers' neighbour table in step with the kernel's.
     neighbours: NeighbourSync,
+    /// Where health checks put the backends' response times, which the
+    /// workers hand to schedulers.
+    latencies: Arc<Latencies>,
     telemetry: Arc<Telemetry>,
     plugins: Plugins,
     started: Instant,
@@ -170,6 +174,7 @@ impl Daemon {
         let engine = engine_config(&config);
         let mut plugins = Plugins::default();
         // The same preparation as a reload's, from nothing.
+        let shared = Shared::new(&engine);
         let base = Base {
             path: path.to_path_buf(),
             config: None,
@@ -180,6 +185,7 @@ impl Daemon {
             services: None,
             health: None,
             runtime: plugins.runtime(),
+            latencies: Arc::clone(&shared.latencies),
             configured: Default::default(),
         };
         let modules = prepare::read_modules(&config)?;
@@ -227,7 +233,6 @@ impl Daemon {
             }
             ios.push(io);
         }
-        let shared = Shared::new(&engine);
         let ifindexes = names.iter().map(|n| netinfo::iface_index(n)).collect::<Result<_, _>>()?;
         let neighbours = NeighbourSync::start(ifindexes, Arc::clone(&shared.neighbours))?;
         let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus)?;
@@ -246,6 +251,7 @@ impl Daemon {
             steering,
             health,
             neighbours,
+            latencies: Arc::clone(&shared.latencies),
             telemetry,
             plugins,
             started: Instant::now(),
@@ -341,6 +347,7 @@ impl Daemon {
             services: Some(self.telemetry.services()),
             health: self.health.as_ref().map(|h| h.view().clone()),
             runtime: self.plugins.runtime(),
+            latencies: Arc::clone(&self.latencies),
             configured: self.plugins.configured(),
         }
     }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fulcrum_config as cfg;
+use fulcrum_dataplane::sched::Latencies;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
 use fulcrum_io::netinfo;
@@ -42,6 +43,8 @@ pub struct Base {
     pub services: Option<Arc<Services>>,
     pub health: Option<HealthView>,
     pub runtime: Runtime,
+    /// Where health checks put the backends' response times.
+    pub latencies: Arc<Latencies>,
     /// The files the configured scheduler plugins were loaded from.
     pub configured: HashMap<VipId, Fingerprint>,
 }
@@ -132,7 +135,7 @@ pub fn configuration(base: &Base, new: cfg::Config, modules: Vec<Option<Module>>
         )));
     }
     let schedulers = schedulers(base, &new, modules, &services)?;
-    let (services, health) = HealthControl::configure(base.health.as_ref(), &new, &ids, services, &base.runtime)?;
+    let (services, health) = HealthControl::configure(base.health.as_ref(), &new, &ids, services, &base.runtime, &base.latencies)?;
     Ok(Prepared { config: new, changes, ids, services, returns, health, schedulers })
 }
 

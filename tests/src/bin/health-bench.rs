@@ -13,10 +13,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::exit;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum_config::{HealthCheck, Probe, StatusRange};
 use fulcrum_dataplane::health_policy::RiseFall;
+use fulcrum_dataplane::sched::Latencies;
 use fulcrum_health::{HealthMonitor, Member, Pool};
 use fulcrum_tests::{Lab, Topology, in_netns, require_root};
 
@@ -106,7 +108,7 @@ fn run(args: &Args, kind: &str) {
             })
             .collect(),
     };
-    let monitor = HealthMonitor::start(vec![pool]).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    let monitor = HealthMonitor::start(vec![pool], Arc::new(Latencies::new(args.backends))).unwrap_or_else(|e| panic!("{kind}: {e}"));
     // The first round spreads over one interval: measure whole rounds after it.
     std::thread::sleep(args.interval);
     let stats = monitor.stats();

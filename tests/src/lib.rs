@@ -324,6 +324,13 @@ impl Lab {
         Ok(())
     }
 
+    /// Restarts backend `i`'s lab server with `extra` arguments added.
+    pub fn restart_server_with(&mut self, i: usize, extra: &[&str]) -> Result<(), LabError> {
+        self.stop_server(i);
+        self.servers[i].0.extend(extra.iter().map(|a| a.to_string()));
+        self.start_server(i)
+    }
+
     /// Kills backend `i`'s lab server (its ports close) and waits for it.
     pub fn stop_server(&mut self, i: usize) {
         // Dropping a `Proc` kills it and reaps it.

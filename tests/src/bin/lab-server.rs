@@ -10,7 +10,9 @@
 //! the file DIR/NAME, or 503 while there is no such file: tests change a
 //! backend's health answer while its port stays open.
 //!
-//! lab-server --name NAME [--http PORT]... [--health-dir DIR] [--udp PORT]... [--udp-bind ADDR]...
+//! With `--delay-ms N`, every HTTP answer waits N ms first: a slow server.
+//!
+//! lab-server --name NAME [--http PORT]... [--health-dir DIR] [--delay-ms N] [--udp PORT]... [--udp-bind ADDR]...
 
 use std::io::{BufWriter, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
@@ -28,10 +30,11 @@ struct Args {
     udp: Vec<u16>,
     udp_bind: Vec<IpAddr>,
     health_dir: Option<PathBuf>,
+    delay: Duration,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { name: String::new(), http: Vec::new(), udp: Vec::new(), udp_bind: Vec::new(), health_dir: None };
+    let mut args = Args { name: String::new(), http: Vec::new(), udp: Vec::new(), udp_bind: Vec::new(), health_dir: None, delay: Duration::ZERO };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -42,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
             "--udp" => args.udp.push(port()?),
             "--udp-bind" => args.udp_bind.push(value.parse().map_err(|_| format!("--udp-bind: `{value}` is not an address"))?),
             "--health-dir" => args.health_dir = Some(PathBuf::from(&value)),
+            "--delay-ms" => args.delay = Duration::from_millis(value.parse().map_err(|_| format!("--delay-ms: `{value}` is not a number"))?),
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -53,7 +57,7 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--health-dir DIR] [--udp PORT]... [--udp-bind ADDR]...");
+        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--health-dir DIR] [--delay-ms N] [--udp PORT]... [--udp-bind ADDR]...");
         exit(2)
     });
     let mut workers = Vec::new();
@@ -61,12 +65,13 @@ fn main() {
         let listener = TcpListener::bind(("::", port)).unwrap_or_else(|e| fail("HTTP bind", e));
         let name = args.name.clone();
         let health = args.health_dir.as_ref().map(|d| d.join(&args.name));
+        let delay = args.delay;
         workers.push(thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let (name, health) = (name.clone(), health.clone());
                 thread::spawn(move || {
                     // A client that vanishes mid-request is its own problem.
-                    let _ = serve_http(conn, &name, health.as_deref());
+                    let _ = serve_http(conn, &name, health.as_deref(), delay);
                 });
             }
         }));
@@ -96,7 +101,7 @@ fn fail(what: &str, e: std::io::Error) -> ! {
     exit(1)
 }
 
-fn serve_http(mut conn: TcpStream, name: &str, health: Option<&std::path::Path>) -> std::io::Result<()> {
+fn serve_http(mut conn: TcpStream, name: &str, health: Option<&std::path::Path>, delay: Duration) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = Vec::new();
     let mut buf = [0u8; 1024];
@@ -107,6 +112,7 @@ fn serve_http(mut conn: TcpStream, name: &str, health: Option<&std::path::Path>)
         }
         req.extend_from_slice(&buf[..n]);
     }
+    thread::sleep(delay);
     let line = String::from_utf8_lossy(&req);
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let mut out = BufWriter::with_capacity(64 * 1024, conn);

@@ -122,34 +122,20 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     for (reason, n) in &s.drops {
         f.sample(name, &format!("reason=\"{reason}\""), n);
     }
-    Family::new(&mut out, "fulcrum_passed_total", "counter", "Frames handed to the kernel (not balanced traffic).").sample(
-        "fulcrum_passed_total",
-        "",
-        s.passed,
-    );
-    Family::new(&mut out, "fulcrum_scheduler_faults_total", "counter", "Plugin scheduler picks that failed; those flows went to Maglev.").sample(
-        "fulcrum_scheduler_faults_total",
-        "",
-        s.scheduler_faults,
-    );
-    let name = "fulcrum_fragments_followed_total";
-    Family::new(&mut out, name, "counter", "IP fragments after the first, sent where their datagram's first fragment went.").sample(
-        name,
-        "",
-        s.fragments_followed,
-    );
-    let name = "fulcrum_syns_without_state_total";
-    Family::new(&mut out, name, "counter", "SYNs of dsr and tunnel VIPs at their half-open cap, forwarded by Maglev without an entry.").sample(
-        name,
-        "",
-        s.syns_without_state,
-    );
-    let name = "fulcrum_health_checks_late_total";
-    Family::new(&mut out, name, "counter", "Health checks started more than 10 ms after their time (the health thread falling behind).").sample(
-        name,
-        "",
-        s.health_checks_late,
-    );
+    // The daemon-wide counters without labels.
+    for (name, help, value) in [
+        ("fulcrum_passed_total", "Frames handed to the kernel (not balanced traffic).", s.passed),
+        ("fulcrum_scheduler_faults_total", "Plugin scheduler picks that failed; those flows went to Maglev.", s.scheduler_faults),
+        ("fulcrum_fragments_followed_total", "IP fragments after the first, sent where their datagram's first fragment went.", s.fragments_followed),
+        ("fulcrum_syns_without_state_total", "SYNs of dsr and tunnel VIPs at their half-open cap, forwarded by Maglev without an entry.", s.syns_without_state),
+        (
+            "fulcrum_health_checks_late_total",
+            "Health checks started more than 10 ms after their time (the health thread falling behind).",
+            s.health_checks_late,
+        ),
+    ] {
+        Family::new(&mut out, name, "counter", help).sample(name, "", value);
+    }
 
     type Get = fn(&super::api::WorkerReport) -> u64;
     let per_worker: [(&str, &str, &str, Get); 10] = [

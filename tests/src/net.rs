@@ -1,5 +1,6 @@
 //! Running code inside a lab namespace, and the tiny clients tests use there.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -49,4 +50,20 @@ pub fn udp_echo(addr: SocketAddr, payload: &[u8], timeout: Duration) -> io::Resu
     let (n, from) = sock.recv_from(&mut buf)?;
     buf.truncate(n);
     Ok((buf, from))
+}
+
+/// `n` HTTP requests for `/` to `addr` from namespace `ns`, each on a new
+/// connection: how many each lab server (by the name it answers with)
+/// served, and how many failed (no answer in `timeout`, or not 200).
+pub fn http_answers(ns: &str, addr: SocketAddr, n: usize, timeout: Duration) -> io::Result<(HashMap<String, usize>, usize)> {
+    in_netns(ns, || {
+        let (mut by_name, mut failed) = (HashMap::new(), 0);
+        for _ in 0..n {
+            match http_get(addr, "/", timeout) {
+                Ok((200, body)) => *by_name.entry(String::from_utf8_lossy(&body).trim().to_string()).or_insert(0) += 1,
+                _ => failed += 1,
+            }
+        }
+        (by_name, failed)
+    })
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fulcrum_tests::daemon::{self, LabMode};
-use fulcrum_tests::{Lab, VIP4, http_get, in_netns, require_root};
+use fulcrum_tests::{Lab, VIP4, http_answers, require_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 
@@ -20,16 +20,9 @@ fn plugin(name: &str) -> String {
 /// `n` requests from the client, each on a new connection: how many each
 /// backend (by the name it answers with) served. Every one must succeed.
 fn shares(lab: &Lab, n: usize) -> HashMap<String, usize> {
-    in_netns(&lab.client.ns, || {
-        let mut by_name = HashMap::new();
-        for i in 0..n {
-            let (status, body) = http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", Duration::from_secs(3)).unwrap_or_else(|e| panic!("request {i}: {e}"));
-            assert_eq!(status, 200, "request {i}");
-            *by_name.entry(String::from_utf8_lossy(&body).trim().to_string()).or_insert(0) += 1;
-        }
-        by_name
-    })
-    .expect("netns")
+    let (by_name, failed) = http_answers(&lab.client.ns, SocketAddr::new(IpAddr::V4(VIP4), 80), n, Duration::from_secs(3)).expect("netns");
+    assert_eq!(failed, 0, "requests failed: {by_name:?}");
+    by_name
 }
 
 #[test]

@@ -150,21 +150,10 @@ fn fragmented_udp_arrives_whole_gue() {
     fragmented_udp_arrives_whole(LabMode::Gue, &[IpAddr::V4(VIP4)]);
 }
 
-/// Requests from the client through the VIP: how many each backend (by
-/// the name it answers with) served, and how many failed.
+/// Requests from the client through the VIP: how many each backend
+/// served, and how many failed.
 fn requests(lab: &Lab, n: usize) -> (std::collections::HashMap<String, usize>, usize) {
-    in_netns(&lab.client.ns, || {
-        let mut by_name = std::collections::HashMap::new();
-        let mut failed = 0;
-        for _ in 0..n {
-            match fulcrum_tests::http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", Duration::from_secs(2)) {
-                Ok((200, body)) => *by_name.entry(String::from_utf8_lossy(&body).trim().to_string()).or_insert(0) += 1,
-                _ => failed += 1,
-            }
-        }
-        (by_name, failed)
-    })
-    .expect("netns")
+    fulcrum_tests::http_answers(&lab.client.ns, SocketAddr::new(IpAddr::V4(VIP4), 80), n, Duration::from_secs(2)).expect("netns")
 }
 
 #[test]

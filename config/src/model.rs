@@ -91,6 +91,9 @@ pub struct Limits {
     /// Half-open (SYN seen) entries one worker keeps per dsr or tunnel
     /// VIP; beyond it SYNs are forwarded by Maglev without an entry.
     pub half_open_per_vip: u32,
+    /// Half-open entries one worker holds for a nat or full-nat VIP with
+    /// `syn_proxy = "auto"` from which on its SYN proxy engages.
+    pub syn_proxy_above: u32,
     pub snat_ports: PortRange,
 }
 
@@ -135,6 +138,9 @@ pub struct Vip {
     pub port: u16,
     pub mode: Mode,
     pub scheduler: Scheduler,
+    /// Off for every VIP but TCP ones in nat and full-nat modes, where it
+    /// is `Auto` unless set.
+    pub syn_proxy: SynProxy,
     pub persistence: Option<Persistence>,
     /// `Some` exactly when backends are health checked; then every
     /// backend's `check` is `Some`.
@@ -234,6 +240,17 @@ pub struct HealthPolicy {
     pub plugin: Option<PathBuf>,
 }
 
+/// When a VIP answers SYNs with SYN cookies itself (nat and full-nat TCP
+/// VIPs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynProxy {
+    Off,
+    /// While its half-open flows reach `limits.syn_proxy_above` on a
+    /// worker and as long as most cookies then go unanswered.
+    Auto,
+    Always,
+}
+
 /// What happens to the established flows of a backend that goes down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnDown {
@@ -322,6 +339,10 @@ impl Keyword for Protocol {
 
 impl Keyword for PersistenceKind {
     const ALL: &[(&str, Self)] = &[("source-ip", PersistenceKind::SourceIp)];
+}
+
+impl Keyword for SynProxy {
+    const ALL: &[(&str, Self)] = &[("off", SynProxy::Off), ("auto", SynProxy::Auto), ("always", SynProxy::Always)];
 }
 
 impl Keyword for OnDown {

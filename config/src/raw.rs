@@ -40,6 +40,7 @@ pub(crate) struct RawLimits {
     pub connections_per_worker: Field,
     pub snat_ports: Field,
     pub half_open_per_vip: Field,
+    pub syn_proxy_above: Field,
 }
 
 #[derive(Default, Deserialize)]
@@ -63,6 +64,7 @@ pub(crate) struct RawVip {
     pub tunnel_source: Field,
     pub gue_port: Field,
     pub scheduler: Field,
+    pub syn_proxy: Field,
     pub persistence: Option<Spanned<RawPersistence>>,
     pub health: Option<Spanned<RawHealth>>,
     /// Declared so that the schema here is whole (and serde's list of

@@ -128,7 +128,7 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
         [
             "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`",
             "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
-            "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `persistence`, `health`, `backend`",
+            "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
             "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
         ]
@@ -630,7 +630,12 @@ fn defaults() {
                 workers: Workers::Auto,
             },
             topology: Topology::OneArm(Interface { name: "lb0".into(), mtu: None }),
-            limits: Limits { connections_per_worker: 1 << 20, snat_ports: PortRange { first: 1024, last: 65535 }, half_open_per_vip: 1 << 18 },
+            limits: Limits {
+                connections_per_worker: 1 << 20,
+                snat_ports: PortRange { first: 1024, last: 65535 },
+                half_open_per_vip: 1 << 18,
+                syn_proxy_above: 1024
+            },
             timeouts: Timeouts {
                 tcp_syn: Duration::from_secs(30),
                 tcp_established: Duration::from_secs(900),
@@ -727,4 +732,25 @@ fn configs_compare_for_reload() {
     let text = format!("{VIP}[[vip.backend]]\naddress = \"198.18.0.11\"\n");
     assert_eq!(valid(&text), valid(&format!("# a comment\n{text}")));
     assert_ne!(valid(&text), valid(&format!("{text}weight = 2\n")));
+}
+
+#[test]
+fn syn_proxy_defaults_to_auto_for_nat_tcp_and_is_refused_elsewhere() {
+    let backend = "[[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    let c = valid(&format!("{VIP}{backend}[limits]\nsyn_proxy_above = 64\n"));
+    assert_eq!((c.vips[0].syn_proxy, c.limits.syn_proxy_above), (SynProxy::Auto, 64));
+    let c = valid(&format!("{VIP}syn_proxy = \"always\"\n{backend}"));
+    assert_eq!(c.vips[0].syn_proxy, SynProxy::Always);
+    let dsr = "[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\nport = 80\nmode = \"dsr\"\n";
+    assert_eq!(valid(&format!("{dsr}{backend}")).vips[0].syn_proxy, SynProxy::Off);
+    assert_eq!(valid(&format!("{dsr}syn_proxy = \"off\"\n{backend}")).vips[0].syn_proxy, SynProxy::Off);
+    assert_eq!(
+        errors(&format!("{dsr}syn_proxy = \"always\"\n{backend}")),
+        ["fulcrum.toml:9: vip 198.18.0.100:80/tcp: syn_proxy answers TCP SYNs for NAT flows: only for tcp VIPs in mode nat or full-nat"]
+    );
+    assert_eq!(
+        vip(&format!("syn_proxy = \"sometimes\"\n{backend}")),
+        [r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: syn_proxy must be one of "off", "auto", "always", got "sometimes""#]
+    );
+    assert_eq!(vip(&format!("{backend}[limits]\nsyn_proxy_above = 0\n")), ["fulcrum.toml:13: limits: syn_proxy_above must be 1..=268435456, got 0"]);
 }

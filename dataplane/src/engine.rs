@@ -14,11 +14,12 @@ use crate::flow::snat::{SnatPorts, backend_tag};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
 use crate::forward::rewrite::End;
+use crate::forward::synproxy::{Cookies, EarlyData, Splice};
 use crate::forward::tunnel::Encap;
 use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::packet::{DropReason, Packet, Verdict};
 use crate::sched::{BackendState, Latencies, Scheduler};
-use crate::services::{BackendEntry, Mode, Services, Vip};
+use crate::services::{BackendEntry, Mode, Services, SynProxy, Vip};
 use crate::stats::Stats;
 use crate::types::{BackendId, IfIndex, Mac, VipId};
 use crate::wire::{IpProtocol, icmp as wicmp, tcp};
@@ -27,8 +28,9 @@ use crate::wire::{IpProtocol, icmp as wicmp, tcp};
 /// cache line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowValue {
-    /// Client to VIP: the backend that serves the flow.
-    Forward { vip: VipId, backend: BackendId },
+    /// Client to VIP: the backend that serves the flow. `spliced`: the
+    /// SYN proxy opened it, and its `Splice` (by slot) translates it.
+    Forward { vip: VipId, backend: BackendId, spliced: bool },
     /// NAT return traffic, backend to client: where the client is. The
     /// paired forward entry holds the rest.
     Reverse { client_mac: Mac, iface: IfIndex },
@@ -51,6 +53,9 @@ pub struct EngineConfig {
     /// Half-open entries kept per dsr or tunnel VIP; beyond it a SYN is
     /// forwarded by Maglev without one.
     pub half_open_per_vip: u32,
+    /// Half-open entries of a nat VIP with `SynProxy::Auto` from which on
+    /// its SYNs are answered with cookies.
+    pub syn_proxy_above: u32,
     /// How long a full-NAT source port is held back from the backend its
     /// flow went to after the flow ended (see `flow::snat`).
     pub snat_reuse_ms: u32,
@@ -78,6 +83,7 @@ impl Default for EngineConfig {
             snat_ports: (1024, 65535),
             snat_reuse_ms: 60_000,
             half_open_per_vip: 1 << 18,
+            syn_proxy_above: 1024,
             max_vips: 1024,
             max_backends: 16384,
             sticky_clients: 1 << 16,
@@ -88,15 +94,17 @@ impl Default for EngineConfig {
     }
 }
 
-/// The tables every worker shares, written by other threads: the sticky
-/// choices of session persistence (any worker), the clients' neighbours
-/// (the control plane), the backends' response times (the health checks).
+/// What every worker shares: tables written by other threads (the sticky
+/// choices of session persistence by any worker, the clients' neighbours
+/// by the control plane, the backends' response times by the health
+/// checks) and the SYN cookies' key.
 #[derive(Clone)]
 pub struct Shared {
     pub sticky: Arc<StickyTable>,
     pub neighbours: Arc<Neighbours>,
     /// Backends' response times (the health checks').
     pub latencies: Arc<Latencies>,
+    pub cookies: Cookies,
 }
 
 impl Shared {
@@ -105,6 +113,7 @@ impl Shared {
             sticky: Arc::new(StickyTable::new(cfg.sticky_clients)),
             neighbours: Arc::new(Neighbours::new(cfg.neighbours)),
             latencies: Arc::new(Latencies::new(cfg.max_backends)),
+            cookies: Cookies::new(),
         }
     }
 }
@@ -146,6 +155,45 @@ struct Flows {
     pool: Vec<BackendState>,
     snat: SnatPorts,
     fragments: Fragments,
+    cookies: Cookies,
+    /// Per forward-entry slot, the splice of a flow the SYN proxy opened
+    /// (allocated once a nat VIP may proxy; see `FlowValue::Forward`).
+    splices: Vec<Splice>,
+    early: EarlyData,
+    /// Per VIP id, whether its SYN proxy is engaged (`SynProxy::Auto`).
+    guards: Vec<Guard>,
+}
+
+/// How long an automatic SYN proxy stays engaged before it looks again
+/// whether the flood goes on.
+const GUARD_HOLD_MS: u32 = 10_000;
+
+/// The state of one VIP's automatic SYN proxy on one worker.
+#[derive(Clone, Copy, Debug, Default)]
+struct Guard {
+    /// When it was engaged or last confirmed.
+    since: Option<u32>,
+    /// Cookies sent since then that no ACK returned.
+    unanswered: u32,
+}
+
+impl Guard {
+    /// Engaged from `threshold` half-open flows on; it stays engaged (its
+    /// own cookies make no half-open flows) while at least `threshold`
+    /// cookies per hold go unanswered.
+    fn engaged(&mut self, now: u32, half_open: u32, threshold: u32) -> bool {
+        if let Some(since) = self.since
+            && now.wrapping_sub(since) >= GUARD_HOLD_MS
+        {
+            self.since = (self.unanswered >= threshold).then_some(now);
+            self.unanswered = 0;
+        }
+        if self.since.is_none() && half_open >= threshold {
+            self.since = Some(now);
+            self.unanswered = 0;
+        }
+        self.since.is_some()
+    }
 }
 
 /// Why an engine cannot be built or take a service snapshot.
@@ -205,6 +253,10 @@ impl Engine {
             pool: Vec::new(),
             snat: SnatPorts::new(lo + cfg.worker * span, span, cfg.snat_reuse_ms),
             fragments: Fragments::new(cfg.fragments, cfg.fragment_ttl_ms),
+            cookies: shared.cookies.clone(),
+            splices: Vec::new(),
+            early: EarlyData::default(),
+            guards: vec![Guard::default(); cfg.max_vips],
             cfg,
         };
         let mut engine = Engine { services: Arc::clone(&services), flows };
@@ -226,6 +278,10 @@ impl Engine {
         }
         self.flows.schedulers.resize_with(services.vip_slots(), || None);
         self.flows.pool.reserve(services.max_pool());
+        let proxies = services.vips().any(|(_, v)| matches!(v.spec.mode, Mode::Nat { .. }) && v.spec.syn_proxy != SynProxy::Off);
+        if proxies && self.flows.splices.is_empty() {
+            self.flows.splices = vec![Splice::default(); self.flows.cfg.table_capacity];
+        }
         self.services = services;
         Ok(())
     }
@@ -323,7 +379,7 @@ impl Flows {
     fn settle_departures(&mut self, now: u32) {
         for (key, value, state) in self.table.take_departed() {
             match value {
-                FlowValue::Forward { vip, backend } => self.counts.flow((vip, backend), state, -1),
+                FlowValue::Forward { vip, backend, .. } => self.counts.flow((vip, backend), state, -1),
                 // The return key of a full-NAT flow is backend -> SNAT
                 // address and port; an inline DNAT one (client port) in the
                 // range is held back too, which costs nothing but a skip.
@@ -373,13 +429,13 @@ impl Flows {
         let hash = p.key.hash64();
         if let Some(slot) = self.table.lookup(&p.key, hash, now) {
             match self.table.entry(slot).value {
-                FlowValue::Forward { vip, backend } if self.opens_afresh(s, p, slot, (vip, backend)) => {
+                FlowValue::Forward { vip, backend, .. } if self.opens_afresh(s, p, slot, (vip, backend)) => {
                     // A client reusing its port (or a spoofed SYN before
                     // it): a new connection, scheduled, NAT'd and with a
                     // reply path of its own, as IPVS's conn_reuse_mode.
                     self.table.remove(slot);
                 }
-                FlowValue::Forward { vip, backend } => {
+                FlowValue::Forward { vip, backend, .. } => {
                     if let Some(v) = self.established(s, pkt, p, hash, slot, (vip, backend)) {
                         return v;
                     }
@@ -411,7 +467,7 @@ impl Flows {
             return self.orphan_fragment(s, p);
         };
         let verdict = match self.table.entry(slot).value {
-            FlowValue::Forward { vip, backend } => match (s.vip(vip), s.backend(backend)) {
+            FlowValue::Forward { vip, backend, .. } => match (s.vip(vip), s.backend(backend)) {
                 (Some(v), Some(b)) => self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id: vip, vip: v, backend_id: backend, b }),
                 _ => self.for_vip_addr(s, p, DropReason::Fragment),
             },
@@ -484,8 +540,22 @@ impl Flows {
         if !b.spec.up && v.spec.reset_on_down && p.key.proto == IpProtocol::TCP {
             return Some(self.reset(s, pkt, p, slot, (vip, backend)));
         }
+        let target = Target { vip_id: vip, vip: v, backend_id: backend, b };
+        let spliced = matches!(self.table.entry(slot).value, FlowValue::Forward { spliced: true, .. });
+        if spliced && self.splices[slot as usize].pending {
+            if p.tcp_flags & tcp::RST != 0 {
+                self.table.remove(slot);
+                return Some(self.vip_drop(vip, DropReason::NoState));
+            }
+            self.early.keep(&mut self.splices[slot as usize], slot, pkt.frame(), p);
+            return Some(self.syn_to_backend(s, pkt, p, hash, slot, target));
+        }
         self.advance_state(slot, p.tcp_flags, true);
-        Some(self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id: vip, vip: v, backend_id: backend, b }))
+        let verdict = self.send_to_backend(s, pkt, p, hash, Some(slot), target);
+        if spliced && let Verdict::Tx(_) = verdict {
+            self.splices[slot as usize].to_backend(pkt.frame_mut(), p);
+        }
+        Some(verdict)
     }
 
     /// A client packet of a flow whose backend is down, on a VIP that
@@ -497,8 +567,10 @@ impl Flows {
         if p.tcp_flags & tcp::RST != 0 {
             return self.vip_drop(vip, DropReason::BackendDown);
         }
-        reset::tcp_reset(pkt, p, s.interfaces[usize::from(pkt.ingress)].mac);
-        Verdict::Tx(pkt.ingress)
+        match reset::tcp_reset(pkt, p, s.interfaces[usize::from(pkt.ingress)].mac) {
+            Ok(()) => Verdict::Tx(pkt.ingress),
+            Err(r) => self.vip_drop(vip, r),
+        }
     }
 
     /// A packet for a VIP without a table entry. Everything that would
@@ -515,9 +587,19 @@ impl Flows {
         if let Mode::Nat { .. } = vip.spec.mode {
             // Only this node can carry a NAT flow (its reply path and
             // source port are here): a segment without state is stray or
-            // forged, never the middle of someone's connection.
+            // forged, never the middle of someone's connection, unless it
+            // returns a SYN cookie.
             if mid_stream {
+                if vip.spec.syn_proxy != SynProxy::Off
+                    && p.tcp_flags & (tcp::ACK | tcp::RST | tcp::FIN) == tcp::ACK
+                    && let Some(splice) = self.cookies.accept(pkt.frame(), p, now)
+                {
+                    return self.proxied_flow(s, now, pkt, p, hash, vip_id, vip, splice);
+                }
                 return self.vip_drop(vip_id, DropReason::NoState);
+            }
+            if tcp && self.proxy_engaged(vip_id, vip, now) {
+                return self.answer_syn(s, now, pkt, p, vip_id);
             }
             if p.ttl <= 1 {
                 return self.vip_drop(vip_id, DropReason::TtlExceeded);
@@ -546,7 +628,7 @@ impl Flows {
             return self.answer_too_big(s, pkt, p, vip_id, inner_mtu);
         }
         let state = initial_state(&p.key, p.tcp_flags);
-        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id }, now);
+        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: false }, now);
         if let Mode::Nat { .. } = vip.spec.mode
             && let Err(reason) = self.add_reverse(now, pkt, p, slot, vip, b, state)
         {
@@ -565,6 +647,85 @@ impl Flows {
             self.table.remove(slot);
         }
         verdict
+    }
+
+    /// Whether a nat VIP's SYNs are answered with cookies now.
+    fn proxy_engaged(&mut self, vip_id: VipId, vip: &Vip, now: u32) -> bool {
+        match vip.spec.syn_proxy {
+            SynProxy::Off => false,
+            SynProxy::Always => true,
+            SynProxy::Auto => {
+                let half_open = self.counts.half_open.get(usize::from(vip_id)).copied().unwrap_or(0);
+                self.guards.get_mut(usize::from(vip_id)).is_some_and(|g| g.engaged(now, half_open, self.cfg.syn_proxy_above))
+            }
+        }
+    }
+
+    /// A client's SYN answered with a SYN cookie: no state, no backend.
+    fn answer_syn(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, vip_id: VipId) -> Verdict {
+        let iface = s.interfaces[usize::from(pkt.ingress)];
+        let client_mac = self.client_mac(pkt, p);
+        if let Err(r) = self.cookies.answer_syn(pkt, p, now, iface.mtu, (iface.mac, client_mac)) {
+            return self.vip_drop(vip_id, r);
+        }
+        self.stats.syn_cookies_sent.inc();
+        if let Some(g) = self.guards.get_mut(usize::from(vip_id)) {
+            g.unanswered = g.unanswered.saturating_add(1);
+        }
+        Verdict::Tx(pkt.ingress)
+    }
+
+    /// A client that returned its SYN cookie: its flow is scheduled and
+    /// made as any new NAT flow, and its ACK becomes the SYN that opens the
+    /// backend connection.
+    #[allow(clippy::too_many_arguments)]
+    fn proxied_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, vip_id: VipId, vip: &Vip, splice: Splice) -> Verdict {
+        self.stats.syn_cookies_accepted.inc();
+        if let Some(g) = self.guards.get_mut(usize::from(vip_id)) {
+            g.unanswered = g.unanswered.saturating_sub(1);
+        }
+        let Some(idx) = self.pick(s, now, vip_id, vip, &p.key, hash, false) else {
+            return self.vip_drop(vip_id, DropReason::NoBackend);
+        };
+        let backend_id = vip.spec.backends[idx];
+        let Some(b) = s.backend(backend_id) else { return self.vip_drop(vip_id, DropReason::NoBackend) };
+        let state = FlowState::SynSeen;
+        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: true }, now);
+        if let Err(reason) = self.add_reverse(now, pkt, p, slot, vip, b, state) {
+            self.table.remove(slot);
+            return self.vip_drop(vip_id, reason);
+        }
+        self.counts.flow((vip_id, backend_id), state, 1);
+        self.splices[slot as usize] = splice;
+        self.early.keep(&mut self.splices[slot as usize], slot, pkt.frame(), p);
+        let verdict = self.syn_to_backend(s, pkt, p, hash, slot, Target { vip_id, vip, backend_id, b });
+        if let Verdict::Tx(_) = verdict {
+            self.stats.vips[usize::from(vip_id)].new_flows.inc();
+            self.stats.backends[usize::from(backend_id)].new_flows.inc();
+        } else {
+            self.table.remove(slot);
+        }
+        verdict
+    }
+
+    /// A client segment of a proxied flow whose backend has not answered
+    /// yet becomes (again) the SYN that opens the backend connection.
+    fn syn_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, t: Target) -> Verdict {
+        if let Err(r) = self.splices[slot as usize].backend_syn(pkt, p) {
+            return self.vip_drop(t.vip_id, r);
+        }
+        match parse(pkt.frame()) {
+            Ok(syn) => self.send_to_backend(s, pkt, &syn, hash, Some(slot), t),
+            Err(_) => self.vip_drop(t.vip_id, DropReason::Malformed),
+        }
+    }
+
+    /// Where replies to a client go: the kernel's neighbour entry for it,
+    /// else the frame's own source MAC (off-link clients arrive from their
+    /// router, whose MAC that is).
+    fn client_mac(&self, pkt: &Packet, p: &Parsed) -> Mac {
+        let frame = pkt.frame();
+        self.neighbours.get(&p.key.src).unwrap_or([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]])
     }
 
     /// A segment of a dsr or tunnel VIP forwarded without an entry, to
@@ -660,12 +821,7 @@ impl Flows {
         if let Some(old) = self.table.lookup(&rkey, rhash, now) {
             self.table.remove(old);
         }
-        // Replies follow the network: the kernel's neighbour entry for the
-        // client. A frame's own source MAC is only the fallback for clients
-        // the kernel does not know (off-link ones arrive from their router,
-        // whose MAC that is).
-        let frame = pkt.frame();
-        let client_mac = self.neighbours.get(&p.key.src).unwrap_or([frame[6], frame[7], frame[8], frame[9], frame[10], frame[11]]);
+        let client_mac = self.client_mac(pkt, p);
         let rev = self.table.insert(rkey, rhash, state, FlowValue::Reverse { client_mac, iface: pkt.ingress }, now);
         self.table.link_peers(fwd, rev);
         Ok(())
@@ -741,9 +897,12 @@ impl Flows {
         if fwd == NO_PEER {
             return Verdict::Drop(DropReason::NoState);
         }
-        let FlowValue::Forward { vip: vip_id, backend } = self.table.entry(fwd).value else {
+        let FlowValue::Forward { vip: vip_id, backend, spliced } = self.table.entry(fwd).value else {
             return Verdict::Drop(DropReason::NoState);
         };
+        if spliced && let Some(v) = self.spliced_reply(s, pkt, p, fwd, (vip_id, backend)) {
+            return v;
+        }
         let client = *self.table.entry(fwd).key();
         self.advance_state(slot, p.tcp_flags, false);
         let Some(vip) = s.vip(vip_id) else { return Verdict::Drop(DropReason::NoState) };
@@ -761,9 +920,45 @@ impl Flows {
             return self.vip_drop(vip_id, DropReason::UnknownInterface);
         };
         rewrite::set_macs(frame, out.mac, client_mac);
+        if spliced {
+            self.splices[fwd as usize].to_client(frame, p);
+        }
         self.stats.vips[usize::from(vip_id)].packet(frame_len);
         self.stats.backends[usize::from(backend)].packet(frame_len);
         Verdict::Tx(iface)
+    }
+
+    /// A backend's segment of a proxied flow that is not simply relayed:
+    /// its SYN-ACK, answered by the balancer (the client has had its own),
+    /// and anything before it. `None`: relay it, translated.
+    #[cold]
+    fn spliced_reply(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, fwd: Slot, (vip_id, backend): (VipId, BackendId)) -> Option<Verdict> {
+        let splice = &mut self.splices[fwd as usize];
+        if p.tcp_flags & tcp::SYN != 0 {
+            let Some(b) = s.backend(backend) else { return Some(self.vip_drop(vip_id, DropReason::NoState)) };
+            let early = self.early.take(splice, fwd);
+            return Some(match splice.complete(pkt, p, early) {
+                None => self.vip_drop(vip_id, DropReason::NoState),
+                Some(Err(r)) => self.vip_drop(vip_id, r),
+                Some(Ok(())) => {
+                    self.advance_state(fwd, tcp::ACK, true);
+                    let out = s.interfaces[usize::from(b.spec.iface)];
+                    rewrite::set_macs(pkt.frame_mut(), out.mac, b.spec.next_hop);
+                    Verdict::Tx(b.spec.iface)
+                }
+            });
+        }
+        if !splice.pending {
+            return None;
+        }
+        if p.tcp_flags & tcp::RST == 0 {
+            return Some(self.vip_drop(vip_id, DropReason::NoState));
+        }
+        // Refused: the client learns it by a RST it accepts, which then
+        // closes the flow as any RST.
+        splice.refused(pkt.frame_mut(), p);
+        splice.pending = false;
+        None
     }
 
     /// Moves a flow's TCP state on the flags of one packet; both halves of
@@ -781,7 +976,7 @@ impl Flows {
         }
         let fwd = if let FlowValue::Forward { .. } = self.table.entry(slot).value { slot } else { peer };
         if fwd != NO_PEER
-            && let FlowValue::Forward { vip, backend } = self.table.entry(fwd).value
+            && let FlowValue::Forward { vip, backend, .. } = self.table.entry(fwd).value
         {
             self.counts.flow((vip, backend), state, -1);
             self.counts.flow((vip, backend), next, 1);
@@ -802,7 +997,7 @@ impl Flows {
         let Some(slot) = self.table.lookup(&flow, flow.hash64(), now) else {
             return Verdict::Drop(DropReason::IcmpNoFlow);
         };
-        let FlowValue::Forward { vip: vip_id, backend } = self.table.entry(slot).value else {
+        let FlowValue::Forward { vip: vip_id, backend, .. } = self.table.entry(slot).value else {
             return Verdict::Drop(DropReason::IcmpNoFlow);
         };
         let (Some(vip), Some(b)) = (s.vip(vip_id), s.backend(backend)) else {

@@ -12,7 +12,7 @@
 //! stats          counters per VIP, backend and drop reason
 //! sched          the Scheduler trait, backend rows, native Maglev
 //! health_policy  how check results become up/down and a weight
-//! forward        NAT, DSR, tunnel, ICMP and RST rewrites
+//! forward        NAT, DSR, tunnel, ICMP and RST rewrites, the SYN proxy
 //! services       VIPs, backends and interfaces as the workers see them
 //! engine         process a batch -> verdicts
 //! ```
@@ -30,5 +30,5 @@ pub mod wire;
 
 pub use engine::{Engine, EngineConfig, EngineError, FlowValue, Load, Shared};
 pub use packet::{DropReason, Packet, Verdict};
-pub use services::{Backend, Interface, Mode, Services, VipSpec};
+pub use services::{Backend, Interface, Mode, Services, SynProxy, VipSpec};
 pub use types::{BackendId, IfIndex, Mac, VipId};

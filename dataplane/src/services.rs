@@ -33,6 +33,20 @@ pub enum Mode {
     Tunnel { encap: Encap, source: IpAddr, source_prefix: u8 },
 }
 
+/// When a nat or full-NAT VIP answers SYNs itself with SYN cookies (see
+/// `forward::synproxy`), opening the backend connection only for clients
+/// that complete the handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SynProxy {
+    Off,
+    /// While the VIP's half-open flows on a worker reach the engine's
+    /// `syn_proxy_above`, and as long as the SYNs it answers then mostly
+    /// go unanswered (a flood).
+    #[default]
+    Auto,
+    Always,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interface {
     pub mac: Mac,
@@ -69,6 +83,8 @@ pub struct VipSpec {
     /// The established TCP flows of a backend that is down are answered
     /// with a RST at the client's next packet (else they stay on it).
     pub reset_on_down: bool,
+    /// Only for TCP VIPs in nat modes (ignored otherwise).
+    pub syn_proxy: SynProxy,
 }
 
 /// A VIP ready for the packet path: addresses pre-converted, the Maglev

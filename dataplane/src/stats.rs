@@ -110,6 +110,11 @@ pub struct Stats {
     /// SYNs of dsr or tunnel VIPs at their half-open cap, forwarded by
     /// Maglev without an entry.
     pub syns_without_state: Counter,
+    /// SYNs of nat VIPs answered with a SYN cookie, and ACKs that returned
+    /// a valid one and opened a flow (those that did not are `no_state`
+    /// drops).
+    pub syn_cookies_sent: Counter,
+    pub syn_cookies_accepted: Counter,
     /// The connection table, copied from it once per batch (the table
     /// itself is the worker's alone): live entries, and entries removed
     /// to make room or because they timed out (peers included).
@@ -130,6 +135,8 @@ impl Stats {
             scheduler_faults: Counter::default(),
             fragments_followed: Counter::default(),
             syns_without_state: Counter::default(),
+            syn_cookies_sent: Counter::default(),
+            syn_cookies_accepted: Counter::default(),
             connections: Gauge::default(),
             evictions: Gauge::default(),
             expirations: Gauge::default(),

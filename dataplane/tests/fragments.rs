@@ -9,7 +9,7 @@ use std::sync::Arc;
 use fulcrum_dataplane::flow::parse;
 use fulcrum_dataplane::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum_dataplane::wire::{IpProtocol, checksum};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Services, SynProxy, Verdict, VipSpec};
 use fulcrum_testing::frame::{L4, LB_MAC, PacketBuilder, fragments};
 use fulcrum_testing::one_vip::{backend, ip, process};
 
@@ -34,7 +34,16 @@ fn backend_in(i: u8, v6: bool) -> Backend {
 
 /// An engine with a UDP VIP on port 7 over three backends.
 fn engine(mode: Mode, v6: bool) -> Engine {
-    let spec = VipSpec { addr: vip(v6), proto: IpProtocol::UDP, port: 7, mode, backends: vec![0, 1, 2], persistence_ms: None, reset_on_down: false };
+    let spec = VipSpec {
+        addr: vip(v6),
+        proto: IpProtocol::UDP,
+        port: 7,
+        mode,
+        backends: vec![0, 1, 2],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let backends = (1..=3).map(|i| Some(backend_in(i, v6))).collect();
     let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 9000 }], vec![Some(spec)], backends).unwrap();
     Engine::new(EngineConfig { table_capacity: 1024, ..EngineConfig::default() }, Arc::new(s)).unwrap()

@@ -10,7 +10,7 @@ use fulcrum_dataplane::flow::table::FlowState;
 use fulcrum_dataplane::forward::tunnel::{self, Encap, GUE_DEFAULT_PORT};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, FIN, RST, SYN};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, SynProxy, Verdict, VipSpec};
 use fulcrum_testing::frame::{CLIENT_MAC, L4, LB_MAC, PacketBuilder, ethernet, ip_packet};
 
 const SERVER_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
@@ -61,7 +61,16 @@ fn engine(n: &Net, mode: Mode, backend_port: u16, inline: bool, mtu: u16) -> Eng
         ifaces.push(Interface { mac: SERVER_SIDE_MAC, mtu });
     }
     let backend = Backend { addr: n.backend, port: backend_port, weight: 1, up: true, next_hop: BACKEND_MAC, iface: inline as u8 };
-    let vip = VipSpec { addr: n.vip, proto: IpProtocol::TCP, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: n.vip,
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode,
+        backends: vec![0],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let udp_vip = VipSpec { proto: IpProtocol::UDP, ..vip.clone() };
     let services = Services::new(ifaces, vec![Some(vip), Some(udp_vip)], vec![Some(backend)]).unwrap();
     let cfg = EngineConfig { table_capacity: 1024, ..EngineConfig::default() };
@@ -453,7 +462,16 @@ fn idle_flows_expire_by_state() {
 fn backend_goes_down(n: &Net, reset: bool) -> Engine {
     let backend = Backend { addr: n.backend, port: 8080, weight: 1, up: true, next_hop: BACKEND_MAC, iface: 0 };
     let mode = Mode::Nat { snat: Some(n.snat) };
-    let vip = VipSpec { addr: n.vip, proto: IpProtocol::TCP, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: reset };
+    let vip = VipSpec {
+        addr: n.vip,
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode,
+        backends: vec![0],
+        persistence_ms: None,
+        reset_on_down: reset,
+        syn_proxy: SynProxy::Off,
+    };
     let up = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend)]).unwrap();
     let down = up.with_backends(&[(0, Backend { up: false, ..backend })]).unwrap();
     let mut e = Engine::new(EngineConfig { table_capacity: 1024, ..EngineConfig::default() }, Arc::new(up)).unwrap();

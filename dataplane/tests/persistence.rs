@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, SYN};
-use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Shared, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Shared, SynProxy, Verdict, VipSpec};
 use fulcrum_testing::frame::{LB_MAC, PacketBuilder};
 
 const VIP: [u8; 4] = [198, 18, 0, 100];
@@ -26,6 +26,7 @@ fn services() -> Services {
         backends: vec![0, 1, 2, 3],
         persistence_ms: Some(TIMEOUT_MS),
         reset_on_down: false,
+        syn_proxy: SynProxy::Off,
     };
     Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], (1..=4).map(|i| Some(backend(i))).collect()).unwrap()
 }

@@ -7,7 +7,7 @@ use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, SYN};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Shared, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Shared, SynProxy, Verdict, VipSpec};
 use fulcrum_testing::frame::{L4, LB_MAC, PacketBuilder};
 use fulcrum_testing::one_vip::{VIP, backend, backend_of, engine, frame, ip, send, services};
 
@@ -37,7 +37,16 @@ fn a_removed_backend_s_flows_are_rescheduled() {
     assert!(!on.is_empty());
     // Backend 2 (id 1) leaves the pool; ids of the others are kept.
     let ids = vec![Some(pool[0]), None, Some(pool[2])];
-    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port: 80, mode: Mode::Dsr, backends: vec![0, 2], persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: ip(VIP),
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode: Mode::Dsr,
+        backends: vec![0, 2],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], ids).unwrap();
     e.set_services(Arc::new(s)).unwrap();
     for p in on {
@@ -90,7 +99,16 @@ fn a_health_change_rebuilds_only_the_tables_it_touches() {
     let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
     let pool: Vec<Backend> = (1..=4).map(|i| backend(i, 1)).collect();
     let vip = |port, ids: Vec<u16>| {
-        Some(VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port, mode: Mode::Dsr, backends: ids, persistence_ms: None, reset_on_down: false })
+        Some(VipSpec {
+            addr: ip(VIP),
+            proto: IpProtocol::TCP,
+            port,
+            mode: Mode::Dsr,
+            backends: ids,
+            persistence_ms: None,
+            reset_on_down: false,
+            syn_proxy: SynProxy::Off,
+        })
     };
     let s = Services::new(iface, vec![vip(80, vec![0, 1]), vip(81, vec![2, 3])], pool.iter().copied().map(Some).collect()).unwrap();
     let t = s.with_backends(&[(3, Backend { up: false, ..pool[3] })]).unwrap();
@@ -191,7 +209,16 @@ fn a_vip_without_usable_backends_drops_new_flows() {
 fn invalid_services_are_refused_with_the_reason() {
     let iface = vec![Interface { mac: LB_MAC, mtu: 1500 }];
     let v6_backend = Backend { addr: ip("2001:db8::1"), ..backend(1, 1) };
-    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port: 80, mode: Mode::Dsr, backends: vec![0], persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: ip(VIP),
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode: Mode::Dsr,
+        backends: vec![0],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let err = Services::new(iface.clone(), vec![Some(vip.clone())], vec![Some(v6_backend)]).unwrap_err();
     assert_eq!(err.to_string(), "vip 198.18.0.100:80/tcp: backend 0 (2001:db8::1): not of the VIP's family");
     let moved = Backend { port: 8080, ..backend(1, 1) };
@@ -207,7 +234,16 @@ fn invalid_services_are_refused_with_the_reason() {
 /// Services with one UDP VIP on port 53 over backends 1..=3, in dsr.
 fn dns_services() -> Arc<Services> {
     let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
-    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::UDP, port: 53, mode: Mode::Dsr, backends: vec![0, 1, 2], persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: ip(VIP),
+        proto: IpProtocol::UDP,
+        port: 53,
+        mode: Mode::Dsr,
+        backends: vec![0, 1, 2],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], pool.into_iter().map(Some).collect()).unwrap())
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use fulcrum::workers::{Dataplane, Worker};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, SYN};
-use fulcrum_dataplane::{Backend, DropReason, EngineConfig, Interface, Mode, Services, Shared, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, EngineConfig, Interface, Mode, Services, Shared, SynProxy, VipSpec};
 use fulcrum_io::memory::MemoryIo;
 use fulcrum_testing::frame::{LB_MAC, PacketBuilder};
 
@@ -19,7 +19,16 @@ const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 1, 10];
 
 fn workers(mode: Mode, n: usize) -> Vec<Worker<MemoryIo>> {
     let backend = Backend { addr: ip("198.18.1.10"), port: 8080, weight: 1, up: true, next_hop: BACKEND_MAC, iface: 0 };
-    let vip = VipSpec { addr: ip("198.18.0.100"), proto: IpProtocol::TCP, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: ip("198.18.0.100"),
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode,
+        backends: vec![0],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let s = Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend)]).unwrap());
     let ios = (0..n).map(|_| MemoryIo::new(256, 64)).collect();
     let cfg = EngineConfig { table_capacity: 1024, ..EngineConfig::default() };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fulcrum_dataplane::wire::IpProtocol;
-use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, VipSpec};
+use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, SynProxy, VipSpec};
 use fulcrum_testing::frame::PacketBuilder;
 
 pub const BATCH: usize = 64;
@@ -26,8 +26,16 @@ pub fn engine(mode: Mode, capacity: usize) -> Engine {
     let backends: Vec<Option<Backend>> = (0..16u8)
         .map(|i| Some(Backend { addr: IpAddr::from([198, 18, 1, i + 1]), port: 0, weight: 1, up: true, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }))
         .collect();
-    let vip =
-        VipSpec { addr: ip("198.18.0.100"), proto: IpProtocol::TCP, port: 80, mode, backends: (0..16).collect(), persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: ip("198.18.0.100"),
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode,
+        backends: (0..16).collect(),
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let services = Services::new(vec![Interface { mac: [2, 0, 0, 0, 0, 0x10], mtu: 1500 }], vec![Some(vip)], backends).unwrap();
     let cfg = EngineConfig { table_capacity: capacity, ..EngineConfig::default() };
     Engine::new(cfg, Arc::new(services)).unwrap()

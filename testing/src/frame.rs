@@ -49,6 +49,7 @@ pub struct PacketBuilder {
     pub l4: L4,
     /// TCP only.
     pub tcp_window: u16,
+    pub tcp_options: tcp::Options,
     pub payload: Vec<u8>,
 }
 
@@ -57,7 +58,19 @@ pub const LB_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
 
 impl PacketBuilder {
     pub fn ip(src: IpAddr, dst: IpAddr, l4: L4) -> Self {
-        PacketBuilder { src_mac: CLIENT_MAC, dst_mac: LB_MAC, vlan: None, src, dst, ttl: 64, dont_fragment: true, l4, tcp_window: 65535, payload: Vec::new() }
+        PacketBuilder {
+            src_mac: CLIENT_MAC,
+            dst_mac: LB_MAC,
+            vlan: None,
+            src,
+            dst,
+            ttl: 64,
+            dont_fragment: true,
+            l4,
+            tcp_window: 65535,
+            tcp_options: tcp::Options::default(),
+            payload: Vec::new(),
+        }
     }
 
     pub fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> Self {
@@ -105,8 +118,11 @@ impl PacketBuilder {
     pub fn l4_bytes(&self) -> Vec<u8> {
         let mut b = match self.l4 {
             L4::Tcp { src_port, dst_port, flags, seq, ack } => {
+                let mut opts = [0u8; tcp::MAX_WRITTEN_OPTIONS];
+                let n = tcp::write_options(&mut opts, &self.tcp_options);
                 let mut h = vec![0u8; tcp::TCP_MIN_HLEN];
-                tcp::write_header(&mut h, src_port, dst_port, seq, ack, flags, self.tcp_window);
+                tcp::write_header_with_options(&mut h, src_port, dst_port, (seq, ack), flags, self.tcp_window, n);
+                h.extend_from_slice(&opts[..n]);
                 h
             }
             L4::Udp { src_port, dst_port, .. } => {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use fulcrum_dataplane::wire::IpProtocol;
-use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, SynProxy, Verdict, VipSpec};
 
 use crate::frame::{LB_MAC, PacketBuilder};
 
@@ -23,7 +23,8 @@ pub fn backend(i: u8, weight: u32) -> Backend {
 /// Services with one TCP VIP on port 80 over `backends` (ids in order).
 pub fn services(mode: Mode, backends: &[Backend]) -> Arc<Services> {
     let ids = (0..backends.len() as u16).collect();
-    let vip = VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port: 80, mode, backends: ids, persistence_ms: None, reset_on_down: false };
+    let vip =
+        VipSpec { addr: ip(VIP), proto: IpProtocol::TCP, port: 80, mode, backends: ids, persistence_ms: None, reset_on_down: false, syn_proxy: SynProxy::Off };
     Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends.iter().copied().map(Some).collect()).unwrap())
 }
 

@@ -12,6 +12,10 @@ use crate::raw::*;
 
 const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 1 << 20;
 const DEFAULT_SNAT_PORTS: PortRange = PortRange { first: 1024, last: 65535 };
+/// Far above the handshakes a worker has in flight for one VIP in normal
+/// traffic (1000 new connections a second at 1 s round trip), so that only
+/// a flood engages an automatic SYN proxy.
+const DEFAULT_SYN_PROXY_ABOVE: u32 = 1024;
 /// Small tables only thrash; 2^28 entries of 64 bytes are 16 GiB per worker.
 const CONNECTIONS: RangeInclusive<u32> = 1024..=1 << 28;
 
@@ -40,10 +44,12 @@ impl Checker<'_> {
         })
         .map(|p| p.unwrap_or(DEFAULT_SNAT_PORTS));
         let half_open_per_vip = optional(&raw.half_open_per_vip, |v| self.int(ctx, "half_open_per_vip", v, 1..=1 << 28));
+        let syn_proxy_above =
+            optional(&raw.syn_proxy_above, |v| self.int(ctx, "syn_proxy_above", v, 1..=1 << 28)).map(|n| n.unwrap_or(DEFAULT_SYN_PROXY_ABOVE));
         let connections_per_worker = connections_per_worker?;
         // A quarter of the table by default: a flood of one VIP leaves the
         // rest to established flows.
         let half_open_per_vip = half_open_per_vip?.unwrap_or(connections_per_worker / 4);
-        Some(Limits { connections_per_worker, snat_ports: snat_ports?, half_open_per_vip })
+        Some(Limits { connections_per_worker, snat_ports: snat_ports?, half_open_per_vip, syn_proxy_above: syn_proxy_above? })
     }
 }

@@ -114,6 +114,7 @@ impl Checker<'_> {
             _ => self.plugin(ctx, "scheduler", v, "\"maglev\" or ").map(Scheduler::Plugin),
         })
         .map(|s| s.unwrap_or(Scheduler::Maglev));
+        let syn_proxy = self.syn_proxy(ctx, &raw, protocol, mode_name.as_ref().map(|(m, _)| *m));
         let persistence = optional(&raw.persistence, |p| {
             let kind = self.required(ctx, "persistence.kind", &p.get_ref().kind, p.span()).and_then(|v| self.keyword(ctx, "persistence.kind", v));
             let timeout = self.duration(ctx, "persistence.timeout", &p.get_ref().timeout, DEFAULT_PERSISTENCE, IDLE_TIMEOUT);
@@ -145,11 +146,28 @@ impl Checker<'_> {
             port: port?,
             mode: mode?,
             scheduler: scheduler?,
+            syn_proxy: syn_proxy?,
             persistence: persistence?,
             health: health?,
             backends: backends?,
         })
         .filter(|_| unique)
+    }
+
+    /// Only TCP VIPs in nat modes can answer SYNs themselves; they do when
+    /// flooded unless told otherwise.
+    fn syn_proxy(&mut self, ctx: &str, raw: &RawVip, protocol: Option<Protocol>, mode: Option<ModeName>) -> Option<SynProxy> {
+        let nat_tcp = protocol == Some(Protocol::Tcp) && matches!(mode, Some(ModeName::Nat | ModeName::FullNat));
+        match &raw.syn_proxy {
+            None => Some(if nat_tcp { SynProxy::Auto } else { SynProxy::Off }),
+            Some(v) => match self.keyword(ctx, "syn_proxy", v)? {
+                SynProxy::Off => Some(SynProxy::Off),
+                _ if protocol.is_some() && mode.is_some() && !nat_tcp => {
+                    self.fail(v.span(), ctx, "syn_proxy answers TCP SYNs for NAT flows: only for tcp VIPs in mode nat or full-nat")
+                }
+                on => Some(on),
+            },
+        }
     }
 
     /// `mode_span` is where the mode was set, for what it is missing.

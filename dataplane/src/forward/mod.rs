@@ -5,4 +5,6 @@
 pub mod icmp;
 pub mod reset;
 pub mod rewrite;
+pub mod segment;
+pub mod synproxy;
 pub mod tunnel;

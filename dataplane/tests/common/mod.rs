@@ -13,7 +13,7 @@ use fulcrum_dataplane::forward::tunnel::{Encap, GUE_DEFAULT_PORT};
 use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::stats::Stats;
 use fulcrum_dataplane::wire::{IpProtocol, checksum, ipv4::Ipv4};
-use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, SynProxy, Verdict, VipSpec};
 use fulcrum_testing::frame::{L4, LB_MAC, PacketBuilder, ethernet};
 
 /// The engines under test, by index; each has VIPs of both families.
@@ -83,7 +83,8 @@ fn net(v6: bool) -> Net {
 /// Per family: TCP port 80 (all three backends; flows of a backend that
 /// goes down are reset), UDP all ports (the two weighted ones, with
 /// source-IP persistence), TCP port 443 (only the draining one: no new flow
-/// fits).
+/// fits). In nat modes the TCP VIPs have a SYN proxy: automatic on 80,
+/// always on 443.
 fn services(mode: usize) -> Services {
     let ifaces = vec![Interface { mac: LB_MAC, mtu: 1500 }, Interface { mac: SERVER_SIDE_MAC, mtu: 1500 }];
     let backend_iface = u8::from(mode == 0);
@@ -111,11 +112,12 @@ fn services(mode: usize) -> Services {
             backends: backends.iter().map(|b| first + b).collect(),
             persistence_ms: None,
             reset_on_down: false,
+            syn_proxy: SynProxy::Auto,
         };
         vips.extend([
             Some(VipSpec { reset_on_down: true, ..vip(IpProtocol::TCP, 80, &[0, 1, 2]) }),
             Some(VipSpec { persistence_ms: Some(5_000), ..vip(IpProtocol::UDP, 0, &[0, 1]) }),
-            Some(vip(IpProtocol::TCP, 443, &[2])),
+            Some(VipSpec { syn_proxy: SynProxy::Always, ..vip(IpProtocol::TCP, 443, &[2]) }),
         ]);
     }
     Services::new(ifaces, vips, backends).unwrap()
@@ -160,8 +162,9 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         expire_budget: 8,
         snat_ports: SNAT_PORTS,
         snat_reuse_ms: 3_000,
-        // Low, so that the fuzzed SYNs reach it too.
+        // Low, so that the fuzzed SYNs reach them too.
         half_open_per_vip: 4,
+        syn_proxy_above: 4,
         max_vips: 8,
         max_backends: 8,
         sticky_clients: 64,

@@ -132,6 +132,12 @@ pub struct StatsReport {
     /// without an entry.
     #[serde(default)]
     pub syns_without_state: u64,
+    /// SYNs of nat VIPs answered with a SYN cookie; client ACKs that
+    /// returned a valid one.
+    #[serde(default)]
+    pub syn_cookies_sent: u64,
+    #[serde(default)]
+    pub syn_cookies_accepted: u64,
     /// Health checks that started more than 10 ms after their time: the
     /// health thread falling behind.
     #[serde(default)]
@@ -318,12 +324,14 @@ impl StatsReport {
         let drops: Vec<String> = self.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(
             out,
-            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}, SYNs past the half-open cap: {}\n",
+            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}, SYNs past the half-open cap: {}, SYN cookies sent/accepted: {}/{}\n",
             if drops.is_empty() { "none".into() } else { drops.join(" ") },
             self.passed,
             self.scheduler_faults,
             self.fragments_followed,
-            self.syns_without_state
+            self.syns_without_state,
+            self.syn_cookies_sent,
+            self.syn_cookies_accepted
         );
         let mut rows = vec![row(&[
             &"WORKER",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use fulcrum_config as cfg;
 use fulcrum_dataplane::forward::tunnel::Encap;
-use fulcrum_dataplane::services::{Backend, Interface, Mode, Services, VipSpec};
+use fulcrum_dataplane::services::{Backend, Interface, Mode, Services, SynProxy, VipSpec};
 use fulcrum_dataplane::types::{BackendId, IfIndex, Mac, VipId};
 use fulcrum_io::netinfo::NetError;
 use fulcrum_io::xdp::ReturnTraffic;
@@ -127,6 +127,11 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             backends: members,
             persistence_ms: v.persistence.map(|p| u32::try_from(p.timeout.as_millis()).unwrap_or(u32::MAX)),
             reset_on_down: v.health.as_ref().is_some_and(|h| h.on_down == cfg::OnDown::Reset),
+            syn_proxy: match v.syn_proxy {
+                cfg::SynProxy::Off => SynProxy::Off,
+                cfg::SynProxy::Auto => SynProxy::Auto,
+                cfg::SynProxy::Always => SynProxy::Always,
+            },
         });
     }
     let ifaces = net.ifaces.iter().map(|i| Interface { mac: i.mac, mtu: i.mtu }).collect();

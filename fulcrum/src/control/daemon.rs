@@ -79,6 +79,7 @@ fn engine_config(config: &cfg::Config) -> EngineConfig {
         snat_ports: (config.limits.snat_ports.first, config.limits.snat_ports.last),
         snat_reuse_ms: ms(t.snat_reuse),
         half_open_per_vip: config.limits.half_open_per_vip,
+        syn_proxy_above: config.limits.syn_proxy_above,
         ..EngineConfig::default()
     }
 }
@@ -456,7 +457,8 @@ impl Daemon {
     }
 
     /// Per VIP and backend: packets, bytes and new flows summed over the
-    /// workers, then drops by reason and the workers' handoffs.
+    /// workers, then drops by reason, the flood defences' counters and the
+    /// workers' handoffs.
     pub fn summary(&self) -> String {
         let s = self.telemetry.stats();
         let mut out = String::new();
@@ -482,6 +484,11 @@ impl Daemon {
         }
         let drops: Vec<String> = s.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         let _ = writeln!(out, "drops: {}", if drops.is_empty() { "none".into() } else { drops.join(" ") });
+        let _ = writeln!(
+            out,
+            "floods: syns_without_state={} syn_cookies_sent={} syn_cookies_accepted={}",
+            s.syns_without_state, s.syn_cookies_sent, s.syn_cookies_accepted
+        );
         let w = |f: fn(&super::api::WorkerReport) -> u64| s.workers.iter().map(f).sum::<u64>();
         let _ = writeln!(
             out,

@@ -30,6 +30,7 @@ pub fn needs_restart(old: &cfg::Config, new: &cfg::Config) -> Vec<String> {
     field("limits.connections_per_worker", old.limits.connections_per_worker.to_string(), new.limits.connections_per_worker.to_string());
     field("limits.snat_ports", old.limits.snat_ports.to_string(), new.limits.snat_ports.to_string());
     field("limits.half_open_per_vip", old.limits.half_open_per_vip.to_string(), new.limits.half_open_per_vip.to_string());
+    field("limits.syn_proxy_above", old.limits.syn_proxy_above.to_string(), new.limits.syn_proxy_above.to_string());
     let (t, u) = (&old.timeouts, &new.timeouts);
     field("timeouts.tcp_syn", dbg(&t.tcp_syn), dbg(&u.tcp_syn));
     field("timeouts.tcp_established", dbg(&t.tcp_established), dbg(&u.tcp_established));

@@ -145,6 +145,8 @@ impl Telemetry {
             scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
             fragments_followed: engines.iter().map(|s| s.fragments_followed.get()).sum(),
             syns_without_state: engines.iter().map(|s| s.syns_without_state.get()).sum(),
+            syn_cookies_sent: engines.iter().map(|s| s.syn_cookies_sent.get()).sum(),
+            syn_cookies_accepted: engines.iter().map(|s| s.syn_cookies_accepted.get()).sum(),
             health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
             workers,
         }

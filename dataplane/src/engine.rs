@@ -435,8 +435,8 @@ impl Flows {
                     // reply path of its own, as IPVS's conn_reuse_mode.
                     self.table.remove(slot);
                 }
-                FlowValue::Forward { vip, backend, .. } => {
-                    if let Some(v) = self.established(s, pkt, p, hash, slot, (vip, backend)) {
+                FlowValue::Forward { vip, backend, spliced } => {
+                    if let Some(v) = self.established(s, pkt, p, hash, slot, (vip, backend), spliced) {
                         return v;
                     }
                     // The VIP or backend was removed by a reload: the
@@ -534,28 +534,49 @@ impl Flows {
         }
     }
 
-    fn established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, (vip, backend): (VipId, BackendId)) -> Option<Verdict> {
+    #[allow(clippy::too_many_arguments)]
+    fn established(
+        &mut self,
+        s: &Services,
+        pkt: &mut Packet,
+        p: &Parsed,
+        hash: u64,
+        slot: Slot,
+        (vip, backend): (VipId, BackendId),
+        spliced: bool,
+    ) -> Option<Verdict> {
         let v = s.vip(vip)?;
         let b = s.backend(backend).filter(|_| v.has_backend(backend))?;
         if !b.spec.up && v.spec.reset_on_down && p.key.proto == IpProtocol::TCP {
             return Some(self.reset(s, pkt, p, slot, (vip, backend)));
         }
         let target = Target { vip_id: vip, vip: v, backend_id: backend, b };
-        let spliced = matches!(self.table.entry(slot).value, FlowValue::Forward { spliced: true, .. });
-        if spliced && self.splices[slot as usize].pending {
+        if spliced {
+            return Some(self.spliced_established(s, pkt, p, hash, slot, target));
+        }
+        self.advance_state(slot, p.tcp_flags, true);
+        Some(self.send_to_backend(s, pkt, p, hash, Some(slot), target))
+    }
+
+    /// A client segment of a flow the SYN proxy opened: translated, or,
+    /// before the backend has answered, the SYN again.
+    #[cold]
+    #[inline(never)]
+    fn spliced_established(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, target: Target) -> Verdict {
+        if self.splices[slot as usize].pending {
             if p.tcp_flags & tcp::RST != 0 {
                 self.table.remove(slot);
-                return Some(self.vip_drop(vip, DropReason::NoState));
+                return self.vip_drop(target.vip_id, DropReason::NoState);
             }
             self.early.keep(&mut self.splices[slot as usize], slot, pkt.frame(), p);
-            return Some(self.syn_to_backend(s, pkt, p, hash, slot, target));
+            return self.syn_to_backend(s, pkt, p, hash, slot, target);
         }
         self.advance_state(slot, p.tcp_flags, true);
         let verdict = self.send_to_backend(s, pkt, p, hash, Some(slot), target);
-        if spliced && let Verdict::Tx(_) = verdict {
+        if let Verdict::Tx(_) = verdict {
             self.splices[slot as usize].to_backend(pkt.frame_mut(), p);
         }
-        Some(verdict)
+        verdict
     }
 
     /// A client packet of a flow whose backend is down, on a VIP that
@@ -711,12 +732,9 @@ impl Flows {
     /// A client segment of a proxied flow whose backend has not answered
     /// yet becomes (again) the SYN that opens the backend connection.
     fn syn_to_backend(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, hash: u64, slot: Slot, t: Target) -> Verdict {
-        if let Err(r) = self.splices[slot as usize].backend_syn(pkt, p) {
-            return self.vip_drop(t.vip_id, r);
-        }
-        match parse(pkt.frame()) {
+        match self.splices[slot as usize].backend_syn(pkt, p) {
             Ok(syn) => self.send_to_backend(s, pkt, &syn, hash, Some(slot), t),
-            Err(_) => self.vip_drop(t.vip_id, DropReason::Malformed),
+            Err(r) => self.vip_drop(t.vip_id, r),
         }
     }
 
@@ -932,6 +950,7 @@ impl Flows {
     /// its SYN-ACK, answered by the balancer (the client has had its own),
     /// and anything before it. `None`: relay it, translated.
     #[cold]
+    #[inline(never)]
     fn spliced_reply(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, fwd: Slot, (vip_id, backend): (VipId, BackendId)) -> Option<Verdict> {
         let splice = &mut self.splices[fwd as usize];
         if p.tcp_flags & tcp::SYN != 0 {

@@ -231,7 +231,7 @@ fn a_proxied_connection_is_translated_both_ways() {
             assert_eq!(out.ends().2, n.backend);
             assert_eq!(out.ack(), BACKEND_ISN + 6);
             assert_eq!(out.options().timestamp, Some((CLIENT_TS + 2, BACKEND_TS + 5)));
-            let edges: Vec<u32> = tcp::sack_edges(out.seg()).map(|at| be32(out.seg(), at)).collect();
+            let edges: Vec<u32> = tcp::Stamps::find(out.seg()).sack_edges().map(|at| be32(out.seg(), at)).collect();
             assert_eq!(edges, vec![BACKEND_ISN + 20, BACKEND_ISN + 30]);
             assert_eq!(e.stats().syn_cookies_sent.get(), 1);
             assert_eq!(e.stats().syn_cookies_accepted.get(), 1);

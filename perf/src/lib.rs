@@ -23,6 +23,11 @@ pub fn ip(s: &str) -> IpAddr {
 
 /// One TCP VIP (198.18.0.100:80) over 16 backends of weight 1.
 pub fn engine(mode: Mode, capacity: usize) -> Engine {
+    engine_with_proxy(mode, capacity, SynProxy::Off)
+}
+
+/// `engine` with the VIP's SYN proxy set.
+pub fn engine_with_proxy(mode: Mode, capacity: usize, syn_proxy: SynProxy) -> Engine {
     let backends: Vec<Option<Backend>> = (0..16u8)
         .map(|i| Some(Backend { addr: IpAddr::from([198, 18, 1, i + 1]), port: 0, weight: 1, up: true, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }))
         .collect();
@@ -34,7 +39,7 @@ pub fn engine(mode: Mode, capacity: usize) -> Engine {
         backends: (0..16).collect(),
         persistence_ms: None,
         reset_on_down: false,
-        syn_proxy: SynProxy::Off,
+        syn_proxy,
     };
     let services = Services::new(vec![Interface { mac: [2, 0, 0, 0, 0, 0x10], mtu: 1500 }], vec![Some(vip)], backends).unwrap();
     let cfg = EngineConfig { table_capacity: capacity, ..EngineConfig::default() };

@@ -2,6 +2,7 @@
 //! made it answer: a RST, the SYN proxy's SYN-ACK to a client and its SYN
 //! and ACK to a backend.
 
+use crate::flow::FlowKey;
 use crate::flow::parse::Parsed;
 use crate::packet::{DropReason, Packet};
 use crate::wire::tcp::{self, Options};
@@ -27,8 +28,8 @@ pub struct Segment<'a> {
 /// Replaces the IP packet of a frame `parse` accepted (`p`) with `s`, in
 /// the frame's IP version, with a plain IP header (no options, extension
 /// headers or fragmentation) and a valid checksum. The Ethernet header
-/// stays; the caller sets the MACs.
-pub fn write(pkt: &mut Packet, p: &Parsed, s: &Segment) -> Result<(), DropReason> {
+/// stays; the caller sets the MACs. Returns where the new headers are.
+pub fn write(pkt: &mut Packet, p: &Parsed, s: &Segment) -> Result<Parsed, DropReason> {
     let mut opts = [0u8; tcp::MAX_WRITTEN_OPTIONS];
     let opts_len = tcp::write_options(&mut opts, s.options);
     let ip_len = if p.v6 { ipv6::IPV6_HLEN } else { ipv4::IPV4_MIN_HLEN };
@@ -53,5 +54,7 @@ pub fn write(pkt: &mut Packet, p: &Parsed, s: &Segment) -> Result<(), DropReason
         ipv4::write_header(ip, (ip_len + seg_len) as u16, OWN_TTL, IpProtocol::TCP, a4(s.src), a4(s.dst), true);
         tcp::fill_checksum(seg, &s.src[12..], &s.dst[12..]);
     }
-    Ok(())
+    let l4 = p.l3 + ip_len;
+    let key = FlowKey { src: *s.src, dst: *s.dst, src_port: s.src_port, dst_port: s.dst_port, proto: IpProtocol::TCP };
+    Ok(Parsed { l3: p.l3, l4, end: len, v6: p.v6, key, tcp_flags: s.flags, ttl: OWN_TTL, fragment: None })
 }

@@ -22,8 +22,9 @@ use crate::flow::FlowKey;
 use crate::flow::parse::Parsed;
 use crate::packet::{DropReason, Packet};
 use crate::types::Mac;
-use crate::wire::tcp::{self, Options};
-use crate::wire::{be16, be32, checksum, put16, put32};
+use crate::wire::checksum::Incremental;
+use crate::wire::tcp::{self, Options, Stamps};
+use crate::wire::{be16, be32, put16, put32};
 
 /// The MSS a cookie can carry, as Linux's tables: the largest entry not
 /// above the client's MSS is offered to the backend for it.
@@ -231,8 +232,8 @@ impl Splice {
     /// Rewrites a client segment of a pending flow, in place, into the SYN
     /// that opens its backend connection (the client's ISN and options),
     /// still addressed client to VIP: the caller NATs it as any segment,
-    /// after parsing it again. Any payload goes (the client sends it again).
-    pub fn backend_syn(&self, pkt: &mut Packet, p: &Parsed) -> Result<(), DropReason> {
+    /// at the offsets returned. Any payload goes (see [`EarlyData`]).
+    pub fn backend_syn(&self, pkt: &mut Packet, p: &Parsed) -> Result<Parsed, DropReason> {
         let options = Options {
             mss: Some(self.mss),
             wscale: self.client_wscale,
@@ -296,7 +297,7 @@ impl Splice {
             options: &options,
             payload: early,
         };
-        Some(segment::write(pkt, p, &ack))
+        Some(segment::write(pkt, p, &ack).map(drop))
     }
 
     /// A client segment on its way to the backend: its acknowledgment and
@@ -304,33 +305,32 @@ impl Splice {
     /// timestamp onto the backend's clock.
     pub fn to_backend(&self, frame: &mut [u8], p: &Parsed) {
         let seg = &mut frame[p.l4..p.end];
-        let mut csum = be16(seg, tcp::CHECKSUM_AT);
+        let mut csum = Incremental::new(be16(seg, tcp::CHECKSUM_AT));
         if p.tcp_flags & tcp::ACK != 0 {
-            csum = add32(seg, 8, self.seq_delta, csum);
+            add32(seg, 8, self.seq_delta, &mut csum);
         }
-        if self.timestamps
-            && let Some(at) = tcp::timestamp_at(seg)
-        {
-            csum = add32(seg, at + 4, self.ts_delta, csum);
+        if seg.len() > tcp::TCP_MIN_HLEN && seg[12] >> 4 > 5 {
+            let stamps = Stamps::find(seg);
+            if let Some(at) = stamps.timestamp.filter(|_| self.timestamps) {
+                add32(seg, at + 4, self.ts_delta, &mut csum);
+            }
+            for at in stamps.sack_edges() {
+                add32(seg, at, self.seq_delta, &mut csum);
+            }
         }
-        let mut edges = [0usize; 8];
-        let n = tcp::sack_edges(seg).zip(edges.iter_mut()).map(|(at, slot)| *slot = at).count();
-        for &at in &edges[..n] {
-            csum = add32(seg, at, self.seq_delta, csum);
-        }
-        put16(seg, tcp::CHECKSUM_AT, csum);
+        put16(seg, tcp::CHECKSUM_AT, csum.finish());
     }
 
     /// A backend segment on its way to the client: its sequence number and
     /// timestamp onto what the client was given, its window rescaled.
     pub fn to_client(&self, frame: &mut [u8], p: &Parsed) {
         let seg = &mut frame[p.l4..p.end];
-        let mut csum = be16(seg, tcp::CHECKSUM_AT);
-        csum = add32(seg, 4, self.seq_delta.wrapping_neg(), csum);
+        let mut csum = Incremental::new(be16(seg, tcp::CHECKSUM_AT));
+        add32(seg, 4, self.seq_delta.wrapping_neg(), &mut csum);
         if self.timestamps
-            && let Some(at) = tcp::timestamp_at(seg)
+            && let Some(at) = Stamps::find(seg).timestamp
         {
-            csum = add32(seg, at, self.ts_delta.wrapping_neg(), csum);
+            add32(seg, at, self.ts_delta.wrapping_neg(), &mut csum);
         }
         if self.window_shift != 0 {
             let old = be16(seg, 14);
@@ -338,9 +338,9 @@ impl Splice {
             let wide = if self.window_shift > 0 { u32::from(old) << shift } else { u32::from(old) >> shift };
             let new = wide.min(u32::from(u16::MAX)) as u16;
             put16(seg, 14, new);
-            csum = checksum::update16(csum, old, new);
+            csum.replace16(old, new);
         }
-        put16(seg, tcp::CHECKSUM_AT, csum);
+        put16(seg, tcp::CHECKSUM_AT, csum.finish());
     }
 
     /// The backend refused the balancer's SYN (a RST, `p`, to the client):
@@ -348,18 +348,18 @@ impl Splice {
     /// only at exactly the sequence number it expects next.
     pub fn refused(&self, frame: &mut [u8], p: &Parsed) {
         let seg = &mut frame[p.l4..p.end];
-        let csum = be16(seg, tcp::CHECKSUM_AT);
+        let mut csum = Incremental::new(be16(seg, tcp::CHECKSUM_AT));
         let old = be32(seg, 4);
-        let csum = add32(seg, 4, self.cookie.wrapping_add(1).wrapping_sub(old), csum);
-        put16(seg, tcp::CHECKSUM_AT, csum);
+        add32(seg, 4, self.cookie.wrapping_add(1).wrapping_sub(old), &mut csum);
+        put16(seg, tcp::CHECKSUM_AT, csum.finish());
     }
 }
 
-/// Adds `delta` to the 32-bit field at `at`; returns the checksum updated
-/// for it.
-fn add32(seg: &mut [u8], at: usize, delta: u32, csum: u16) -> u16 {
+/// Adds `delta` to the 32-bit field at `at`, and to the checksum.
+#[inline]
+fn add32(seg: &mut [u8], at: usize, delta: u32, csum: &mut Incremental) {
     let old = be32(seg, at);
     let new = old.wrapping_add(delta);
     put32(seg, at, new);
-    checksum::update(csum, &old.to_be_bytes(), &new.to_be_bytes())
+    csum.replace32(old, new);
 }

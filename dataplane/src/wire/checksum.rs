@@ -65,6 +65,32 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
     update(csum, &old.to_be_bytes(), &new.to_be_bytes())
 }
 
+/// [`update`] over several fields of one packet: the sum is kept open
+/// until `finish`, so each field costs a few additions.
+#[derive(Clone, Copy, Debug)]
+pub struct Incremental(u64);
+
+impl Incremental {
+    pub fn new(csum: u16) -> Incremental {
+        Incremental(u64::from(!csum))
+    }
+
+    #[inline]
+    pub fn replace16(&mut self, old: u16, new: u16) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    #[inline]
+    pub fn replace32(&mut self, old: u32, new: u32) {
+        self.replace16((old >> 16) as u16, (new >> 16) as u16);
+        self.replace16(old as u16, new as u16);
+    }
+
+    pub fn finish(self) -> u16 {
+        !fold(self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +121,14 @@ mod tests {
         let before = checksum(&data, 0);
         data[2..4].copy_from_slice(&0xbeefu16.to_be_bytes());
         assert_eq!(update16(before, w_old, 0xbeef), checksum(&data, 0));
+        let before = checksum(&data, 0);
+        let (a, b) = (u32::from_be_bytes([data[4], data[5], data[6], data[7]]), u16::from_be_bytes([data[40], data[41]]));
+        data[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+        data[40..42].copy_from_slice(&7u16.to_be_bytes());
+        let mut inc = Incremental::new(before);
+        inc.replace32(a, 0xdead_beef);
+        inc.replace16(b, 7);
+        assert_eq!(inc.finish(), checksum(&data, 0));
     }
 
     #[test]

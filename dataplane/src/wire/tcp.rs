@@ -190,15 +190,40 @@ pub fn write_options(b: &mut [u8], o: &Options) -> usize {
     at
 }
 
-/// The SACK blocks' edges of a checked segment: offsets in `seg` of each
-/// 32-bit sequence number they hold.
-pub fn sack_edges(seg: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    walk_options(seg).filter(|&(kind, _, len)| kind == OPT_SACK && len % 8 == 0).flat_map(|(_, at, len)| (at..at + len).step_by(4))
+/// Where the options that carry sequence numbers and timestamps are in a
+/// checked segment: offsets in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamps {
+    /// The timestamp option's TSval (TSecr follows).
+    pub timestamp: Option<usize>,
+    /// The SACK blocks: where their edges (32-bit sequence numbers)
+    /// start, and how many bytes of them.
+    pub sack: Option<(usize, usize)>,
 }
 
-/// Offset in `seg` of the timestamp option's TSval (TSecr follows).
-pub fn timestamp_at(seg: &[u8]) -> Option<usize> {
-    walk_options(seg).find(|&(kind, _, len)| kind == OPT_TIMESTAMP && len == 8).map(|(_, at, _)| at)
+impl Stamps {
+    /// One walk over the options of a checked segment.
+    pub fn find(seg: &[u8]) -> Stamps {
+        // Nearly every segment of a flow with timestamps carries them
+        // alone, as Linux lays them out: NOP, NOP, TS.
+        if seg[12] >> 4 == 8 && seg.get(20..24) == Some(&[OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10]) {
+            return Stamps { timestamp: Some(24), sack: None };
+        }
+        let mut s = Stamps::default();
+        for (kind, at, len) in walk_options(seg) {
+            match kind {
+                OPT_TIMESTAMP if len == 8 => s.timestamp = Some(at),
+                OPT_SACK if len > 0 && len.is_multiple_of(8) => s.sack = Some((at, len)),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Offsets of each SACK edge.
+    pub fn sack_edges(&self) -> impl Iterator<Item = usize> + use<> {
+        self.sack.into_iter().flat_map(|(at, len)| (at..at + len).step_by(4))
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +283,7 @@ mod tests {
         let mut seg = segment(&[OPT_NOP, OPT_NOP, OPT_WSCALE, 3]);
         seg[12] = 15 << 4;
         assert_eq!(options(&seg).wscale, None);
-        assert_eq!(sack_edges(&seg).count(), 0);
+        assert_eq!(Stamps::find(&seg), Stamps::default());
     }
 
     #[test]
@@ -266,8 +291,9 @@ mod tests {
         let mut opts = vec![OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, 0, 0, 0, 1, 0, 0, 0, 2, OPT_NOP, OPT_NOP, OPT_SACK, 18];
         opts.extend_from_slice(&[0; 16]);
         let seg = segment(&opts);
-        assert_eq!(timestamp_at(&seg), Some(24));
+        let stamps = Stamps::find(&seg);
+        assert_eq!(stamps.timestamp, Some(24));
         assert_eq!((be32(&seg, 24), be32(&seg, 28)), (1, 2));
-        assert_eq!(sack_edges(&seg).collect::<Vec<_>>(), vec![36, 40, 44, 48]);
+        assert_eq!(stamps.sack_edges().collect::<Vec<_>>(), vec![36, 40, 44, 48]);
     }
 }

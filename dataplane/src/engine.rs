@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::flow::FlowKey;
-use crate::flow::fragments::Fragments;
+use crate::flow::fragments::{Fragments, Placement};
 use crate::flow::neighbours::Neighbours;
 use crate::flow::parse::{Fragment, ParseError, Parsed, parse, parse_quoted};
 use crate::flow::snat::{SnatPorts, backend_tag};
@@ -407,15 +407,24 @@ impl Flows {
     }
 
     /// An IP fragment: the first is placed like any packet and recorded
-    /// for the later ones, which follow it.
+    /// for the later ones, which follow it, unless a later one came first
+    /// and was placed: then the first follows that one, and opens its flow
+    /// there.
     #[cold]
     fn fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, f: Fragment) -> Verdict {
         if !f.first {
             return self.later_fragment(s, now, pkt, p, f.id);
         }
-        let verdict = self.flow_packet(s, now, pkt, p);
+        let hash = p.key.hash64();
+        let verdict = match self.fragments.placement(&p.key, f.id, now) {
+            Some(Placement::Backend(vip_id, backend)) if s.find_vip(&p.key) == Some(vip_id) && !self.table.contains(&p.key, hash, now) => match s.vip(vip_id) {
+                Some(vip) => self.open_flow(s, now, pkt, p, hash, (vip_id, vip), backend),
+                None => self.vip_drop(vip_id, DropReason::Fragment),
+            },
+            _ => self.flow_packet(s, now, pkt, p),
+        };
         if let Verdict::Tx(_) = verdict {
-            self.fragments.record(&p.key, f.id, now);
+            self.fragments.record(&p.key, f.id, Placement::Flow(p.key), now);
         }
         verdict
     }
@@ -454,13 +463,13 @@ impl Flows {
     }
 
     /// A fragment after the first goes where its datagram's first fragment
-    /// went, rewritten the same way (its addresses only: it has no ports).
-    /// One whose first was not seen is dropped: placed by its addresses
-    /// alone it would reach a backend that never gets the first fragment,
-    /// and only burden that backend's reassembly.
+    /// went, rewritten the same way (its addresses only: it has no ports),
+    /// or where an earlier one of its later fragments was placed.
     fn later_fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, id: u32) -> Verdict {
-        let Some(flow) = self.fragments.flow_of(&p.key, id, now) else {
-            return self.orphan_fragment(s, p);
+        let flow = match self.fragments.placement(&p.key, id, now) {
+            Some(Placement::Flow(flow)) => flow,
+            Some(Placement::Backend(vip, backend)) => return self.placed_fragment(s, pkt, p, (vip, backend)),
+            None => return self.unplaced_fragment(s, now, pkt, p, id),
         };
         let hash = flow.hash64();
         let Some(slot) = self.table.lookup(&flow, hash, now) else {
@@ -475,6 +484,35 @@ impl Flows {
         };
         if let Verdict::Tx(_) = verdict {
             self.stats.fragments_followed.inc();
+        }
+        verdict
+    }
+
+    /// A later fragment seen before its datagram's first: placed by its
+    /// addresses alone, by the VIP's Maglev over its 3-tuple hash, and
+    /// recorded so that the rest of the datagram, the first fragment
+    /// included, follows. Not for full-NAT VIPs: their source address and
+    /// port are chosen for the first fragment's flow, so such a fragment
+    /// is dropped (the sender's datagram is lost, as with any loss).
+    fn unplaced_fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, id: u32) -> Verdict {
+        let Some((vip_id, vip)) = s.vip_for_portless(&p.key).and_then(|id| Some((id, s.vip(id)?))) else {
+            return self.orphan_fragment(s, p);
+        };
+        if vip.snat.is_some() {
+            return self.vip_drop(vip_id, DropReason::Fragment);
+        }
+        let Some(idx) = vip.maglev.lookup(p.key.hash64()) else { return self.vip_drop(vip_id, DropReason::NoBackend) };
+        let backend = vip.spec.backends[idx];
+        self.fragments.record(&p.key, id, Placement::Backend(vip_id, backend), now);
+        self.placed_fragment(s, pkt, p, (vip_id, backend))
+    }
+
+    /// A later fragment sent to the backend its datagram was placed on.
+    fn placed_fragment(&mut self, s: &Services, pkt: &mut Packet, p: &Parsed, (vip_id, backend_id): (VipId, BackendId)) -> Verdict {
+        let (Some(vip), Some(b)) = (s.vip(vip_id), s.backend(backend_id)) else { return self.vip_drop(vip_id, DropReason::Fragment) };
+        let verdict = self.send_to_backend(s, pkt, p, p.key.hash64(), None, Target { vip_id, vip, backend_id, b });
+        if let Verdict::Tx(_) = verdict {
+            self.stats.fragments_placed.inc();
         }
         verdict
     }
@@ -641,7 +679,12 @@ impl Flows {
             self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
             return Verdict::Drop(DropReason::NoBackend);
         };
-        let backend_id = vip.spec.backends[idx];
+        self.open_flow(s, now, pkt, p, hash, (vip_id, vip), vip.spec.backends[idx])
+    }
+
+    /// Opens a flow of `vip` to `backend_id` and forwards its first packet.
+    #[allow(clippy::too_many_arguments)]
+    fn open_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, (vip_id, vip): (VipId, &Vip), backend_id: BackendId) -> Verdict {
         let Some(b) = s.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
         if let Mode::Tunnel { encap, .. } = vip.spec.mode
             && let Some(inner_mtu) = tunnel_overflow(encap, p, s.interfaces[usize::from(b.spec.iface)].mtu)

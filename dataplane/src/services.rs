@@ -153,6 +153,9 @@ pub struct Services {
     /// The first VIP defined on each address, to count drops of traffic
     /// that has an address but no port (fragments).
     vip_addrs: HashMap<[u8; 16], VipId>,
+    /// Per address and protocol, the VIP of one port there, if there is
+    /// only one: where a fragment without ports can be for.
+    port_vips: HashMap<([u8; 16], IpProtocol), Option<VipId>>,
     /// Where NAT return traffic comes from (backend address, port,
     /// protocol) or goes to (SNAT addresses, port 0): such traffic without
     /// state is dropped, not leaked un-NAT'd to the kernel.
@@ -237,6 +240,7 @@ impl Services {
             backends: Vec::with_capacity(backends.len()),
             by_key: HashMap::new(),
             vip_addrs: HashMap::new(),
+            port_vips: HashMap::new(),
             return_ends: HashSet::new(),
             nat_backends: HashSet::new(),
         };
@@ -320,6 +324,9 @@ impl Services {
             }
         };
         self.vip_addrs.entry(key.addr).or_insert(id);
+        if key.port != 0 {
+            self.port_vips.entry((key.addr, key.proto)).and_modify(|v| *v = None).or_insert(Some(id));
+        }
         let mut members: Box<[(BackendId, u16)]> = spec.backends.iter().enumerate().map(|(i, &b)| (b, i as u16)).collect();
         members.sort_unstable();
         Ok(Vip { addr: key.addr, snat, maglev, maglev_inputs, spec, members })
@@ -330,6 +337,13 @@ impl Services {
     pub fn find_vip(&self, key: &FlowKey) -> Option<VipId> {
         let exact = VipKey { addr: key.dst, proto: key.proto, port: key.dst_port };
         self.by_key.get(&exact).or_else(|| self.by_key.get(&VipKey { port: 0, ..exact })).copied()
+    }
+
+    /// The VIP a packet without ports (a later IP fragment) is for: the
+    /// all-ports VIP of its address and protocol, else the only VIP there.
+    pub fn vip_for_portless(&self, key: &FlowKey) -> Option<VipId> {
+        let all = VipKey { addr: key.dst, proto: key.proto, port: 0 };
+        self.by_key.get(&all).copied().or_else(|| self.port_vips.get(&(key.dst, key.proto)).copied().flatten())
     }
 
     /// The VIP with exactly this address, protocol and port.

@@ -107,6 +107,9 @@ pub struct Stats {
     /// IP fragments after the first, sent where their first went (those
     /// whose first was not seen are drops, `fragment`).
     pub fragments_followed: Counter,
+    /// IP fragments after the first that came before it, placed by their
+    /// addresses alone (the first then follows them).
+    pub fragments_placed: Counter,
     /// SYNs of dsr or tunnel VIPs at their half-open cap, forwarded by
     /// Maglev without an entry.
     pub syns_without_state: Counter,
@@ -134,6 +137,7 @@ impl Stats {
             passed: Counter::default(),
             scheduler_faults: Counter::default(),
             fragments_followed: Counter::default(),
+            fragments_placed: Counter::default(),
             syns_without_state: Counter::default(),
             syn_cookies_sent: Counter::default(),
             syn_cookies_accepted: Counter::default(),

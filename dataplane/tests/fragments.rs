@@ -1,7 +1,8 @@
 //! IP fragments of a datagram to a VIP: the first carries the ports and is
 //! placed like any packet; the later ones follow it to the same backend,
 //! rewritten the same way, in every mode and both IP versions; NAT return
-//! traffic too. A later fragment whose first was never seen is dropped.
+//! traffic too. A later fragment that comes before its first is placed by
+//! its addresses, and the first follows it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -153,16 +154,52 @@ fn fragmented_nat_replies_reach_the_client() {
 }
 
 #[test]
-fn a_later_fragment_without_its_first_is_dropped_and_leaves_nothing() {
+fn later_fragments_that_come_first_are_placed_and_the_first_follows_them() {
+    for v6 in [false, true] {
+        for mode in modes(v6) {
+            let mut e = engine(mode, v6);
+            let frags = datagram(client(v6), 5000, vip(v6), 7, 4000, 9);
+            // The last fragment first (some stacks send them so), then the
+            // others in order.
+            let order = [3, 0, 1, 2];
+            let outs: Vec<(Verdict, Vec<u8>)> = order.iter().map(|&i| run(&mut e, &frags[i])).collect();
+            if mode == (Mode::Nat { snat: Some(ip(if v6 { SNAT6 } else { SNAT4 })) }) {
+                // Full-NAT chooses the source with the first fragment's
+                // flow: what came before it cannot be rewritten yet.
+                assert_eq!(outs[0].0, Verdict::Drop(DropReason::Fragment), "v6={v6}");
+                assert_eq!(e.stats().vip_drops[0].get(DropReason::Fragment), 1);
+                assert!(outs[1..].iter().all(|(v, _)| *v == Verdict::Tx(0)), "v6={v6}: the rest goes with the first");
+                continue;
+            }
+            assert!(outs.iter().all(|(v, _)| *v == Verdict::Tx(0)), "{mode:?} v6={v6}: {:?}", outs.iter().map(|o| o.0).collect::<Vec<_>>());
+            let macs: Vec<&[u8]> = outs.iter().map(|(_, f)| &f[..6]).collect();
+            assert!(macs.iter().all(|&m| m == macs[0]), "{mode:?} v6={v6}: fragments went to backends {macs:?}");
+            assert_eq!(e.stats().fragments_placed.get(), 1, "{mode:?} v6={v6}");
+            assert_eq!(e.stats().fragments_followed.get(), 2, "{mode:?} v6={v6}");
+            let mut ips: Vec<&[u8]> = outs.iter().map(|(_, f)| inner_ip(f, mode)).collect();
+            ips.rotate_left(1);
+            assert!(reassembled_checksum_ok(&ips), "{mode:?} v6={v6}: the datagram reassembles with a valid checksum");
+        }
+    }
+}
+
+#[test]
+fn a_later_fragment_for_no_vip_leaves_nothing() {
     for v6 in [false, true] {
         let mut e = engine(Mode::Dsr, v6);
+        let stray = datagram(client(v6), 5000, ip(if v6 { "2001:db8:100::65" } else { "198.18.0.101" }), 7, 4000, 9);
+        assert_eq!(run(&mut e, &stray[2]).0, Verdict::Pass, "not for a VIP: the kernel's");
         let frags = datagram(client(v6), 5000, vip(v6), 7, 4000, 9);
-        assert_eq!(run(&mut e, &frags[2]).0, Verdict::Drop(DropReason::Fragment));
-        assert_eq!(e.table().len(), 0);
-        assert_eq!(e.stats().vip_drops[0].get(DropReason::Fragment), 1);
-        // The first, then the rest (the orphan again too) go through.
-        for f in &frags {
-            assert_eq!(run(&mut e, f).0, Verdict::Tx(0), "v6={v6}");
+        let mut tcp_frag = frags[2].clone();
+        // The same fragment claiming TCP: no TCP VIP there.
+        let proto_at = if v6 { 14 + 40 } else { 14 + 9 };
+        tcp_frag[proto_at] = 6;
+        if !v6 {
+            tcp_frag[24..26].fill(0);
+            let c = checksum::checksum(&tcp_frag[14..34], 0);
+            tcp_frag[24..26].copy_from_slice(&c.to_be_bytes());
         }
+        assert_eq!(run(&mut e, &tcp_frag).0, Verdict::Drop(DropReason::Fragment), "v6={v6}");
+        assert_eq!(e.table().len(), 0);
     }
 }

@@ -337,10 +337,10 @@ fn truncated_and_garbled_frames_are_counted_drops() {
 }
 
 #[test]
-fn later_fragments_without_their_first_are_dropped_others_pass() {
+fn full_nat_drops_later_fragments_without_their_first_others_pass() {
     // Fragments that do reach backends: tests/fragments.rs.
     let n = net(false);
-    let mut e = engine(&n, Mode::Dsr, 0, false, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: Some(n.snat) }, 8080, false, 1500);
     let mut f = syn(&n).frame();
     f[14 + 6] = 0x20; // more fragments
     f[14 + 7] = 0x10; // at offset 128: not the first

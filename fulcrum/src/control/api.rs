@@ -128,6 +128,10 @@ pub struct StatsReport {
     /// IP fragments after the first that followed their first fragment.
     #[serde(default)]
     pub fragments_followed: u64,
+    /// IP fragments after the first that came before it, placed by their
+    /// addresses (the first then followed them).
+    #[serde(default)]
+    pub fragments_placed: u64,
     /// SYNs of dsr / tunnel VIPs at their half-open cap, forwarded
     /// without an entry.
     #[serde(default)]

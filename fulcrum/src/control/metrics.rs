@@ -127,6 +127,11 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         ("fulcrum_passed_total", "Frames handed to the kernel (not balanced traffic).", s.passed),
         ("fulcrum_scheduler_faults_total", "Plugin scheduler picks that failed; those flows went to Maglev.", s.scheduler_faults),
         ("fulcrum_fragments_followed_total", "IP fragments after the first, sent where their datagram's first fragment went.", s.fragments_followed),
+        (
+            "fulcrum_fragments_placed_total",
+            "IP fragments after the first that came before it, placed by their addresses; the rest of the datagram followed.",
+            s.fragments_placed,
+        ),
         ("fulcrum_syns_without_state_total", "SYNs of dsr and tunnel VIPs at their half-open cap, forwarded by Maglev without an entry.", s.syns_without_state),
         ("fulcrum_syn_cookies_sent_total", "SYNs of nat and full-nat VIPs answered with a SYN cookie by the SYN proxy.", s.syn_cookies_sent),
         ("fulcrum_syn_cookies_accepted_total", "Client ACKs that returned a valid SYN cookie and opened a flow.", s.syn_cookies_accepted),

@@ -144,6 +144,7 @@ impl Telemetry {
             passed: engines.iter().map(|s| s.passed.get()).sum(),
             scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
             fragments_followed: engines.iter().map(|s| s.fragments_followed.get()).sum(),
+            fragments_placed: engines.iter().map(|s| s.fragments_placed.get()).sum(),
             syns_without_state: engines.iter().map(|s| s.syns_without_state.get()).sum(),
             syn_cookies_sent: engines.iter().map(|s| s.syn_cookies_sent.get()).sum(),
             syn_cookies_accepted: engines.iter().map(|s| s.syn_cookies_accepted.get()).sum(),

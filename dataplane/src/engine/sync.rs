@@ -112,11 +112,12 @@ impl Engine {
         if active {
             for (i, &(slot, key)) in log.iter().enumerate() {
                 let fresh = self.flows.table.live(slot).is_some_and(|e| *e.key() == key);
-                if fresh && let Some(e) = self.sync_entry(slot, now) {
-                    if !send(e) {
-                        self.flows.sync.lost += (log.len() - i) as u64;
-                        break;
-                    }
+                if fresh
+                    && let Some(e) = self.sync_entry(slot, now)
+                    && !send(e)
+                {
+                    self.flows.sync.lost += (log.len() - i) as u64;
+                    break;
                 }
             }
             self.refresh(now, &mut send);
@@ -160,11 +161,12 @@ impl Engine {
             }
             self.flows.sync.hand += 1;
             let seen = self.flows.table.live(slot as Slot).is_some_and(|e| now.wrapping_sub(e.last_seen()) < since);
-            if seen && let Some(e) = self.sync_entry(slot as Slot, now) {
-                if !send(e) {
-                    self.flows.sync.lost += 1;
-                    return;
-                }
+            if seen
+                && let Some(e) = self.sync_entry(slot as Slot, now)
+                && !send(e)
+            {
+                self.flows.sync.lost += 1;
+                return;
             }
         }
     }

@@ -244,7 +244,8 @@ impl Thread {
         let now = self.ha.now_ms();
         for w in 0..self.ha.lanes.len() {
             while let Some((e, stamp)) = self.ha.lanes[w].out.pop() {
-                let lag = u64::from(now.wrapping_sub(stamp));
+                // Pushed after `now` was read: no lag (a wrapping clock).
+                let lag = (now.wrapping_sub(stamp) as i32).max(0) as u64;
                 let bucket = LAG_BUCKETS_MS.iter().position(|&b| lag <= b).unwrap_or(LAG_BUCKETS_MS.len());
                 self.counters.lag_buckets[bucket].fetch_add(1, Relaxed);
                 self.counters.lag_sum_ms.fetch_add(lag, Relaxed);

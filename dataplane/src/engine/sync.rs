@@ -108,6 +108,9 @@ impl Engine {
     /// of the log is dropped (and counted), a bulk resync resumes at the
     /// next call. Call it after each `process`, with the same clock.
     pub fn export_sync(&mut self, now: u32, active: bool, mut send: impl FnMut(SyncEntry) -> bool) {
+        if !self.flows.sync.on {
+            return;
+        }
         let mut log = std::mem::take(&mut self.flows.sync.changed);
         if active {
             for (i, &(slot, key)) in log.iter().enumerate() {

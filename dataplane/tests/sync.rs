@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use fulcrum_dataplane::flow::sync::{self, Header, Kind, SyncEntry};
 use fulcrum_dataplane::flow::table::FlowState;
+use fulcrum_dataplane::services::SynProxy;
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, FIN, SYN};
 use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
@@ -23,7 +24,16 @@ fn backend(i: u8, port: u16) -> Backend {
 /// One VIP in `mode` over three backends; `order` lists the backends in
 /// the order this node numbered them (ids differ between nodes).
 fn services(mode: Mode, order: [u8; 3]) -> Arc<Services> {
-    let vip = VipSpec { addr: IpAddr::from(VIP), proto: IpProtocol::TCP, port: 80, mode, backends: vec![0, 1, 2], persistence_ms: None, reset_on_down: false };
+    let vip = VipSpec {
+        addr: IpAddr::from(VIP),
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode,
+        backends: vec![0, 1, 2],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
     let port = if mode == Mode::Dsr { 0 } else { 8080 };
     let backends = order.iter().map(|&i| Some(backend(i, port))).collect();
     Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends).unwrap())

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use fulcrum::control::api::{Request, Response};
 use fulcrum_tests::daemon::{self, LabMode};
 use fulcrum_tests::ha::{self, Clients, GATEWAY, Node, Outcome, wait_until};
 use fulcrum_tests::{Lab, Topology, require_root};
@@ -93,17 +94,17 @@ fn scenario(lab: &Lab, mode: &str, sync: bool, failure: Failure) -> (Outcome, Du
     (outcome, took_over)
 }
 
-/// Sync figures of the balancer that took over.
+/// Sync figures of both balancers.
 fn report_sync(p: &Pair) {
-    if let Ok(fulcrum::control::api::Response::Status(s)) = fulcrum::control::client::request(&p.b.socket, &fulcrum::control::api::Request::Status)
-        && let Some(h) = s.ha
-    {
-        eprintln!("  b: role {}, entries received {}, sent {}, peers {:?}", h.role, h.entries_received, h.entries_sent, h.peers);
-    }
-    if let Ok(fulcrum::control::api::Response::Status(s)) = fulcrum::control::client::request(&p.a.socket, &fulcrum::control::api::Request::Status)
-        && let Some(h) = s.ha
-    {
-        eprintln!("  a: role {}, entries sent {}, lag p99 {:?} ms", h.role, h.entries_sent, h.lag_p99_ms);
+    for (name, node) in [("a", &p.a), ("b", &p.b)] {
+        if let Ok(Response::Status(s)) = fulcrum::control::client::request(&node.socket, &Request::Status)
+            && let Some(h) = s.ha
+        {
+            eprintln!(
+                "  {name}: role {}, entries sent {}, received {}, lag p99 {:?} ms, peers {:?}",
+                h.role, h.entries_sent, h.entries_received, h.lag_p99_ms, h.peers
+            );
+        }
     }
 }
 

@@ -70,6 +70,14 @@ fn role_byte(r: HaRole) -> u8 {
     }
 }
 
+fn role_of(b: u8) -> HaRole {
+    match b {
+        0 => HaRole::Master,
+        1 => HaRole::Backup,
+        _ => HaRole::Fault,
+    }
+}
+
 impl Ha {
     pub fn new(workers: usize, role: HaRole) -> Arc<Ha> {
         let lanes = (0..workers)
@@ -79,11 +87,7 @@ impl Ha {
     }
 
     pub fn role(&self) -> HaRole {
-        match self.role.load(Relaxed) {
-            0 => HaRole::Master,
-            1 => HaRole::Backup,
-            _ => HaRole::Fault,
-        }
+        role_of(self.role.load(Relaxed))
     }
 
     /// Sets the role; the previous one.
@@ -92,11 +96,7 @@ impl Ha {
         if old != role_byte(role) {
             self.role_changes.fetch_add(1, Relaxed);
         }
-        match old {
-            0 => HaRole::Master,
-            1 => HaRole::Backup,
-            _ => HaRole::Fault,
-        }
+        role_of(old)
     }
 
     /// Asks every worker for a bulk resync.

@@ -9,6 +9,7 @@ packages=(
     iproute2 ethtool iputils-ping curl                         # the namespace lab
     nftables                                                   # half-open health checks (health/src/rst_guard.rs)
     valgrind                                                   # instruction counts in perf/
+    keepalived                                                 # the HA pair lab (tests/tests/ha.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

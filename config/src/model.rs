@@ -19,6 +19,37 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// In file order.
     pub vips: Vec<Vip>,
+    /// Flow sync with the other balancer of a pair; `None`: standalone.
+    pub sync: Option<Sync>,
+}
+
+/// `[sync]`: where this balancer sends its flows and hears its peer's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sync {
+    /// Local address and port the sync socket binds (and sends from).
+    pub listen: SocketAddr,
+    /// Peers sent to by unicast, each an address and port.
+    pub peers: Vec<SocketAddr>,
+    /// Or one IPv4 multicast group (sent to on `listen`'s port, joined on
+    /// the interface holding `listen`'s address).
+    pub group: Option<std::net::Ipv4Addr>,
+    /// Shared by the pair: authenticates every datagram (HMAC-SHA256).
+    pub key: Vec<u8>,
+    /// The role the daemon starts in, until `fulcrum ha role` says
+    /// otherwise.
+    pub role: HaRole,
+}
+
+/// What a balancer of a pair does with VIP traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HaRole {
+    /// Forwards the VIPs' traffic and sends its flows to the peer.
+    Master,
+    /// Keeps the peer's flows warm and forwards nothing for the VIPs.
+    #[default]
+    Backup,
+    /// Like backup: keepalived saw a fault (a tracked script or process).
+    Fault,
 }
 
 impl Config {
@@ -343,6 +374,22 @@ impl Keyword for PersistenceKind {
 
 impl Keyword for SynProxy {
     const ALL: &[(&str, Self)] = &[("off", SynProxy::Off), ("auto", SynProxy::Auto), ("always", SynProxy::Always)];
+}
+
+impl Keyword for HaRole {
+    const ALL: &[(&str, Self)] = &[("master", HaRole::Master), ("backup", HaRole::Backup), ("fault", HaRole::Fault)];
+}
+
+impl HaRole {
+    /// "master", "backup", "fault".
+    pub fn as_str(self) -> &'static str {
+        self.name()
+    }
+
+    /// Parses "master", "backup" or "fault".
+    pub fn parse(word: &str) -> Option<HaRole> {
+        HaRole::from_name(word)
+    }
 }
 
 impl Keyword for OnDown {

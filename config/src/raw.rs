@@ -44,6 +44,16 @@ pub(crate) struct RawLimits {
 }
 
 #[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([sync])")]
+pub(crate) struct RawSync {
+    pub listen: Field,
+    pub peers: Field,
+    pub group: Field,
+    pub key: Field,
+    pub role: Field,
+}
+
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([timeouts])")]
 pub(crate) struct RawTimeouts {
     pub tcp_syn: Field,

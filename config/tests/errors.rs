@@ -126,7 +126,7 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
     assert_eq!(
         e,
         [
-            "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`",
+            "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`",
             "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
@@ -144,7 +144,7 @@ fn names_from_the_file_are_escaped() {
     assert_eq!(
         all,
         [
-            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`",
+            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`",
             "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
         ]
         .join("\n")
@@ -644,6 +644,7 @@ fn defaults() {
                 snat_reuse: Duration::from_secs(60),
             },
             vips: vec![],
+            sync: None,
         }
     );
     let vip = valid(&format!("{VIP}[[vip.backend]]\naddress = \"198.18.0.11\"\n")).vips.remove(0);
@@ -753,4 +754,31 @@ fn syn_proxy_defaults_to_auto_for_nat_tcp_and_is_refused_elsewhere() {
         [r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: syn_proxy must be one of "off", "auto", "always", got "sometimes""#]
     );
     assert_eq!(vip(&format!("{backend}[limits]\nsyn_proxy_above = 0\n")), ["fulcrum.toml:13: limits: syn_proxy_above must be 1..=268435456, got 0"]);
+}
+
+#[test]
+fn sync_names_the_field_and_needs_the_workers_set() {
+    let d = "[daemon]\nworkers = 2\n";
+    let ok = valid(&format!("{d}[sync]\nlisten = \"198.18.0.2:7788\"\npeers = [\"198.18.0.3:7788\"]\nkey = \"0123456789abcdef\"\n"));
+    let s = ok.sync.unwrap();
+    assert_eq!((s.listen.to_string(), s.peers.len(), s.role), ("198.18.0.2:7788".into(), 1, HaRole::Backup));
+    assert_eq!(
+        errors("[sync]\nlisten = \"198.18.0.2:7788\"\npeers = [\"198.18.0.3:7788\"]\nkey = \"0123456789abcdef\"\n"),
+        [
+            "fulcrum.toml:4: sync: sync needs daemon.workers (or daemon.cores) set, the same on both balancers: flows go to the peer's worker of the same index, and limits.snat_ports is shared out among the workers"
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{d}[sync]\nlisten = \"198.18.0.2\"\npeers = [\"198.18.0.3:7788\", \"198.18.0.3:7788\"]\nkey = \"short\"\nrole = \"boss\"\n")),
+        [
+            "fulcrum.toml:7: sync: listen must be this balancer's address and a port (not 0) like \"198.18.0.2:7788\", got \"198.18.0.2\"",
+            "fulcrum.toml:8: sync: peers[1]: 198.18.0.3:7788 is listed twice (also peers[0])",
+            "fulcrum.toml:9: sync: key must be at least 16 bytes (a shared secret, the same on both balancers), got 5",
+            "fulcrum.toml:10: sync: role must be one of \"master\", \"backup\", \"fault\", got \"boss\"",
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{d}[sync]\nlisten = \"198.18.0.2:7788\"\nkey = \"0123456789abcdef\"\n")),
+        ["fulcrum.toml:6: sync: set peers (unicast) or group (multicast): the balancers sync with no one"]
+    );
 }

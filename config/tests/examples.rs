@@ -107,3 +107,14 @@ fn lab_default() {
     }
     assert_eq!(lab.vips[1].protocol, Protocol::Udp);
 }
+
+/// The HA pair's two files validate and differ only in who is who.
+#[test]
+fn the_ha_pair_examples_mirror_each_other() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ha");
+    let [a, b] = ["fulcrum-a.toml", "fulcrum-b.toml"].map(|f| load(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}")));
+    let (sa, sb) = (a.sync.clone().expect("a: [sync]"), b.sync.clone().expect("b: [sync]"));
+    assert_eq!((sa.peers.as_slice(), sb.peers.as_slice()), (&[sb.listen][..], &[sa.listen][..]));
+    assert_eq!(sa.key, sb.key);
+    assert_eq!(Config { sync: None, ..a }, Config { sync: None, ..b });
+}

@@ -3,6 +3,8 @@
 //! worker core; it owns its connection-table shard and counters and takes
 //! no lock.
 
+mod sync;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ use crate::services::{BackendEntry, Mode, Services, SynProxy, Vip};
 use crate::stats::Stats;
 use crate::types::{BackendId, IfIndex, Mac, VipId};
 use crate::wire::{IpProtocol, icmp as wicmp, tcp};
+
+pub use self::sync::ImportError;
+use self::sync::SyncLog;
 
 /// What a connection-table entry records (8 bytes, so an entry fits one
 /// cache line).
@@ -70,6 +75,9 @@ pub struct EngineConfig {
     /// and for how long after their first fragment (`flow::fragments`).
     pub fragments: usize,
     pub fragment_ttl_ms: u32,
+    /// Flow sync with a peer balancer: the engine logs the flows it
+    /// creates and changes, and refreshes, for `export_sync`.
+    pub sync: bool,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +98,7 @@ impl Default for EngineConfig {
             neighbours: 1 << 14,
             fragments: 4096,
             fragment_ttl_ms: 2_000,
+            sync: false,
         }
     }
 }
@@ -162,6 +171,7 @@ struct Flows {
     early: EarlyData,
     /// Per VIP id, whether its SYN proxy is engaged (`SynProxy::Auto`).
     guards: Vec<Guard>,
+    sync: SyncLog,
 }
 
 /// How long an automatic SYN proxy stays engaged before it looks again
@@ -257,6 +267,7 @@ impl Engine {
             splices: Vec::new(),
             early: EarlyData::default(),
             guards: vec![Guard::default(); cfg.max_vips],
+            sync: SyncLog::new(&cfg),
             cfg,
         };
         let mut engine = Engine { services: Arc::clone(&services), flows };
@@ -703,6 +714,7 @@ impl Flows {
         self.counts.flow((vip_id, backend_id), state, 1);
         let verdict = self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id, vip, backend_id, b });
         if let Verdict::Tx(_) = verdict {
+            self.sync.changed(slot, &p.key);
             self.stats.vips[usize::from(vip_id)].new_flows.inc();
             self.stats.backends[usize::from(backend_id)].new_flows.inc();
         } else {
@@ -1042,6 +1054,7 @@ impl Flows {
         {
             self.counts.flow((vip, backend), state, -1);
             self.counts.flow((vip, backend), next, 1);
+            self.sync.changed(fwd, self.table.entry(fwd).key());
         }
     }
 

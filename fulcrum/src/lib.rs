@@ -2,10 +2,12 @@
 //! [`workers`] (per-core poll loops that run the data plane's engine over
 //! fulcrum-io's AF_XDP sockets) and [`control`] (from a configuration to
 //! running workers, reload, the control socket and its protocol, the
-//! metrics endpoint). `main.rs` adds the command line.
+//! metrics endpoint) and [`ha`] (roles and flow sync of a balancer pair).
+//! `main.rs` adds the command line.
 
 pub mod control;
 pub mod error;
+pub mod ha;
 pub mod workers;
 
 pub use error::{Context, Error};

@@ -54,10 +54,28 @@ enum Cmd {
         #[arg(long, default_value = "auto", value_parser = parse_mode)]
         xdp_mode: XdpMode,
     },
+    /// High availability: this balancer's part in a pair.
+    Ha {
+        #[command(subcommand)]
+        cmd: HaCmd,
+    },
     /// WebAssembly scheduling plugins.
     Plugin {
         #[command(subcommand)]
         cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaCmd {
+    /// Set the role (keepalived's notify scripts call this): a master
+    /// forwards the VIPs and sends its flows to the peer; a backup or
+    /// fault forwards nothing for the VIPs and keeps the peer's flows.
+    Role {
+        #[arg(value_parser = ["master", "backup", "fault"])]
+        role: String,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -132,6 +150,7 @@ fn main() -> ExitCode {
         Cmd::Status(t) => ask(&t, Request::Status),
         Cmd::Stats(t) => ask(&t, Request::Stats),
         Cmd::Reload(t) => ask(&t, Request::Reload),
+        Cmd::Ha { cmd: HaCmd::Role { role, target } } => ask(&target, Request::HaRole { role }),
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
             let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
@@ -180,6 +199,7 @@ fn ask(t: &Target, req: Request) -> Result<(), Error> {
                 println!("  {line}");
             }
         }
+        Response::HaRole(r) => println!("role {} (was {})", r.role, r.previous),
         Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
         Response::Error(_) => {}
     }

@@ -42,7 +42,8 @@ pub fn engine_with_proxy(mode: Mode, capacity: usize, syn_proxy: SynProxy) -> En
         syn_proxy,
     };
     let services = Services::new(vec![Interface { mac: [2, 0, 0, 0, 0, 0x10], mtu: 1500 }], vec![Some(vip)], backends).unwrap();
-    let cfg = EngineConfig { table_capacity: capacity, ..EngineConfig::default() };
+    // SYNC=1: with flow sync on, what it costs per packet and new flow.
+    let cfg = EngineConfig { table_capacity: capacity, sync: std::env::var_os("SYNC").is_some(), ..EngineConfig::default() };
     Engine::new(cfg, Arc::new(services)).unwrap()
 }
 
@@ -87,6 +88,11 @@ pub fn pass(e: &mut Engine, frames: &[[u8; FRAME]], order: &[u32], bufs: &mut [u
         }
         if process {
             e.process(now, &mut batch[..chunk.len()]);
+            // As a worker does after each batch (nothing without sync).
+            e.export_sync(now, true, |entry| {
+                black_box(entry);
+                true
+            });
         }
         black_box(&batch);
     }

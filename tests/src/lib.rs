@@ -22,6 +22,7 @@
 //! `Lab::queues` rx/tx queues.
 
 pub mod daemon;
+pub mod ha;
 mod net;
 mod proc;
 pub mod xdp;
@@ -124,6 +125,8 @@ pub struct Lab {
     pub queues: u32,
     // Dropped in this order: processes, XDP programs, then namespaces.
     procs: Vec<Proc>,
+    /// Balancers added to the one-arm bridge (`add_balancer`), for HA pairs.
+    pub standbys: Vec<Host>,
     /// Per backend (as in `backends`): its lab server, if running, and the
     /// arguments it was started with, to start it again.
     servers: Vec<(Vec<String>, Option<Proc>)>,
@@ -188,6 +191,7 @@ impl Lab {
             bridge_ns: ns("bridge"),
             queues: std::thread::available_parallelism().map_or(1, |n| n.get().min(2) as u32),
             procs: Vec::new(),
+            standbys: Vec::new(),
             servers: Vec::new(),
             xdp: Vec::new(),
             namespaces: Vec::new(),
@@ -270,6 +274,39 @@ impl Lab {
                 ip(&["-n", &b.ns, "route", "add", "198.18.1.0/24", "via", &bal_server_side.v4.to_string()])?;
                 ip(&["-n", &b.ns, "-6", "route", "add", "2001:db8:1::/64", "via", &bal_server_side.v6.to_string()])?;
             }
+        }
+        Ok(())
+    }
+
+    /// Adds another balancer to a one-arm lab's bridge (198.18.0.5, .6,
+    /// ...): the standby of an HA pair. Everything else still routes the
+    /// VIPs to the first balancer until `route_vips_via`.
+    pub fn add_balancer(&mut self) -> Result<Host, LabError> {
+        if self.topology != Topology::OneArm {
+            return Err(LabError("add_balancer: one-arm labs only".into()));
+        }
+        let n = self.standbys.len() as u8;
+        let ns = format!("{}standby{n}", self.bridge_ns.trim_end_matches("bridge"));
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let ifc = Iface { name: "eth0".into(), mac: mac(3 + n, 0), v4: Ipv4Addr::new(198, 18, 0, 5 + n), v6: v6(0, 5 + u16::from(n)) };
+        let host = Host { name: format!("standby{n}"), ns, ifaces: vec![ifc.clone()] };
+        let port = format!("s{n}");
+        let br = self.bridge_ns.clone();
+        self.veth(End::host(&host, 0), End { ns: &br, dev: &port, mac: None })?;
+        ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+        ip(&["-n", &host.ns, "addr", "add", &format!("{}/24", ifc.v4), "dev", "eth0"])?;
+        ip(&["-n", &host.ns, "addr", "add", &format!("{}/64", ifc.v6), "dev", "eth0", "nodad"])?;
+        self.standbys.push(host.clone());
+        Ok(host)
+    }
+
+    /// Routes VIP4 on the client and the backends via `gateway` (an
+    /// address the HA pair moves between its balancers).
+    pub fn route_vips_via(&self, gateway: Ipv4Addr) -> Result<(), LabError> {
+        for ns in std::iter::once(&self.client.ns).chain(self.backends.iter().map(|b| &b.ns)) {
+            ip(&["-n", ns, "route", "replace", &format!("{VIP4}/32"), "via", &gateway.to_string()])?;
         }
         Ok(())
     }

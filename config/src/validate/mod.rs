@@ -12,6 +12,7 @@ mod daemon;
 mod health;
 mod interface;
 mod limits;
+mod sync;
 mod timeouts;
 mod values;
 mod vip;
@@ -27,7 +28,7 @@ use crate::model::Config;
 
 pub use daemon::DEFAULT_CONTROL_SOCKET;
 
-const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`";
+const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`";
 /// What is written as arrays of tables (`[[name]]`).
 const ARRAYS: [&str; 3] = ["interface", "vip", "vip.backend"];
 
@@ -38,7 +39,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
         c.syntax(syntax);
         return c.r.finish(None);
     }
-    let mut sections: [Option<Spanned<DeValue<'_>>>; 5] = Default::default();
+    let mut sections: [Option<Spanned<DeValue<'_>>>; 6] = Default::default();
     for (key, value) in doc.into_inner() {
         let slot = match key.get_ref().as_ref() {
             "daemon" => 0,
@@ -46,6 +47,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
             "limits" => 2,
             "timeouts" => 3,
             "vip" => 4,
+            "sync" => 5,
             other => {
                 c.r.error(key.span(), "", format!("unknown section `{other}`, expected one of {SECTIONS}"));
                 continue;
@@ -53,13 +55,14 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
         };
         sections[slot] = Some(value);
     }
-    let [daemon, interfaces, limits, timeouts, vips] = sections;
+    let [daemon, interfaces, limits, timeouts, vips, sync] = sections;
     let daemon = c.daemon(daemon);
     let topology = c.topology(interfaces);
     let limits = c.limits(limits, daemon.as_ref().map(|d| &d.workers));
     let timeouts = c.timeouts(timeouts);
     let vips = c.vips(vips);
-    let config = (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips? }))();
+    let sync = c.sync(sync, daemon.as_ref().map(|d| &d.workers));
+    let config = (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips?, sync: sync? }))();
     c.r.finish(config)
 }
 

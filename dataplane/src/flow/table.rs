@@ -238,7 +238,12 @@ impl<V: Copy> ConnTable<V> {
     /// Whether `key` has a live entry, without refreshing, reordering or
     /// reaping anything: probing candidate SNAT ports must not keep them alive.
     pub fn contains(&self, key: &FlowKey, hash: u64, now: u32) -> bool {
-        self.find(key, hash).is_some_and(|slot| !self.pair_expired(slot, now))
+        self.peek(key, hash, now).is_some()
+    }
+
+    /// The live entry for `key`, like `contains` touching nothing.
+    pub fn peek(&self, key: &FlowKey, hash: u64, now: u32) -> Option<Slot> {
+        self.find(key, hash).filter(|&slot| !self.pair_expired(slot, now))
     }
 
     /// Inserts `key` as the most recently used entry and returns its slot.
@@ -292,6 +297,24 @@ impl<V: Copy> ConnTable<V> {
         let entry = &mut self.slots[slot as usize];
         debug_assert!(entry.is_live(), "slot {slot} is free");
         entry
+    }
+
+    /// The entry in `slot` if the slot was handed out and is live: for
+    /// walking the table by slot (the sync's refresh and bulk resync).
+    pub fn live(&self, slot: Slot) -> Option<&Entry<V>> {
+        self.slots.get(slot as usize).filter(|e| e.is_live())
+    }
+
+    /// Slots handed out so far (live or free): the range a walk covers.
+    pub fn slots_used(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Ages `slot` as if last seen at `at` (a flow imported from a peer
+    /// keeps the time it has left there). Its LRU place is unchanged.
+    pub fn set_last_seen(&mut self, slot: Slot, at: u32) {
+        debug_assert!(self.slots[slot as usize].is_live(), "set_last_seen of free slot {slot}");
+        self.slots[slot as usize].last_seen = at;
     }
 
     /// Marks `slot` and its peer as seen at `now` and makes `slot` the most

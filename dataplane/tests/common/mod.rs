@@ -171,6 +171,7 @@ fn engine(mode: usize) -> (Engine, Arc<Services>) {
         neighbours: 64,
         fragments: 16,
         fragment_ttl_ms: 2_000,
+        sync: true,
     };
     let mut e = Engine::new(cfg, Arc::clone(&services)).unwrap();
     for vip in SCHEDULED_VIPS {
@@ -406,6 +407,7 @@ impl Traffic {
 
 /// Runs traffic through a fresh engine of `mode`, checking every batch.
 pub fn drive(mode: usize, t: &Traffic) -> Arc<Stats> {
+    let (mut peer, _) = engine(mode);
     let (mut engine, services) = engine(mode);
     let mut now = t.start_ms;
     for (i, b) in t.batches.iter().enumerate() {
@@ -414,6 +416,21 @@ pub fn drive(mode: usize, t: &Traffic) -> Arc<Stats> {
         // reset or moved, then they come back.
         engine.set_services(Arc::clone(&SERVICES[mode][i % 2])).unwrap();
         process_checked(&mut engine, &services.interfaces, now, &b.frames, &format!("{} batch {i}", MODES[mode]));
+        // What the flows tell a peer, and the peer taking it in (and the
+        // engine its own entries, as after a failback), never break.
+        peer.set_services(Arc::clone(&SERVICES[mode][(i + 1) % 2])).unwrap();
+        if i % 5 == 4 {
+            engine.start_bulk_sync();
+        }
+        let mut exported = Vec::new();
+        engine.export_sync(now, true, |e| {
+            exported.push(e);
+            true
+        });
+        for e in &exported {
+            let _ = peer.import(now, e);
+            let _ = engine.import(now, e);
+        }
     }
     Arc::clone(engine.stats())
 }

@@ -33,6 +33,11 @@ pub enum Request {
         vip: String,
         path: std::path::PathBuf,
     },
+    /// Set the role of this balancer of an HA pair ("master", "backup",
+    /// "fault"), as keepalived's notify scripts do.
+    HaRole {
+        role: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,7 +47,38 @@ pub enum Response {
     Stats(StatsReport),
     Reloaded(ReloadReport),
     PluginLoaded(PluginLoaded),
+    HaRole(RoleChange),
     Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChange {
+    pub previous: String,
+    pub role: String,
+}
+
+/// The balancer's part in an HA pair (with `[sync]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// "master", "backup" or "fault".
+    pub role: String,
+    pub listen: String,
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    /// Time flows waited between a worker and the wire, 99th percentile
+    /// (upper bound of its histogram bucket); none before the first.
+    pub lag_p99_ms: Option<u64>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub addr: String,
+    /// Since its last datagram; none if never heard.
+    pub last_heard_ms: Option<u64>,
+    pub entries_received: u64,
+    /// Why its flows are refused (workers or SNAT ports differ).
+    pub problem: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +103,9 @@ pub struct Status {
     pub metrics_listen: String,
     pub reloads: Reloads,
     pub vips: Vec<VipStatus>,
+    /// With `[sync]`.
+    #[serde(default)]
+    pub ha: Option<HaStatus>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +186,29 @@ pub struct StatsReport {
     #[serde(default)]
     pub health_checks_late: u64,
     pub workers: Vec<WorkerReport>,
+    /// Flow sync of a balancer pair, with `[sync]`.
+    #[serde(default)]
+    pub sync: Option<SyncReport>,
+}
+
+/// The flow sync's counters, summed over the workers and the sync thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// "master", "backup" or "fault".
+    pub role: String,
+    /// Flows by direction ("out", "in") and result: out sent / lost (a
+    /// full ring), in received / imported / refused (unknown VIP,
+    /// backend or SNAT address) / lost (a full ring).
+    pub entries: Vec<(String, String, u64)>,
+    /// Datagrams dropped by reason: unauthenticated, unknown_peer,
+    /// malformed, mismatched (other workers or SNAT ports).
+    pub datagrams_dropped: Vec<(String, u64)>,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    /// Flows by time from a worker to the wire: counts per bucket
+    /// (`LAG_BUCKETS_MS`, then +Inf), not cumulative.
+    pub lag_buckets: Vec<u64>,
+    pub lag_sum_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,7 +359,23 @@ impl Status {
         if let Some(l) = &r.last {
             let _ = write!(out, "; last {} at {}: {}", if l.applied { "applied" } else { "refused" }, l.at, l.message.lines().next().unwrap_or(""));
         }
-        out.push_str("\n\n");
+        out.push('\n');
+        if let Some(ha) = &self.ha {
+            let lag = ha.lag_p99_ms.map_or_else(|| "-".into(), |l| format!("<={l}ms"));
+            let _ =
+                writeln!(out, "ha: role {}, sync on {}, entries sent {}, received {}, lag p99 {lag}", ha.role, ha.listen, ha.entries_sent, ha.entries_received);
+            for p in &ha.peers {
+                let heard = p.last_heard_ms.map_or_else(|| "never heard".into(), |ms| format!("last heard {ms} ms ago"));
+                let _ = writeln!(
+                    out,
+                    "  peer {}: {heard}, entries received {}{}",
+                    p.addr,
+                    p.entries_received,
+                    p.problem.as_ref().map_or_else(String::new, |e| format!("; {e}"))
+                );
+            }
+        }
+        out.push('\n');
         let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT"])];
         for v in &self.vips {
             let scheduler = match v.scheduler_generation {

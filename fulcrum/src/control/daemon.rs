@@ -18,7 +18,7 @@ use fulcrum_io::afxdp::{self, XskConfig, XskIo};
 use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
 use fulcrum_io::{XdpMode, netinfo};
 
-use super::api::{self, BackendStatus, PluginLoaded, ReloadReport, Status, VipStatus};
+use super::api::{self, BackendStatus, PluginLoaded, ReloadReport, RoleChange, Status, VipStatus};
 use super::apply::{Ids, Net, NetIface};
 use super::checks::{self, HealthControl, HealthUpdate, Next};
 use super::neighbours::NeighbourSync;
@@ -27,6 +27,8 @@ use super::prepare::{self, Base, Prepared, PreparedPlugin, Reload};
 use super::reload::{self, Changes};
 use super::telemetry::Telemetry;
 use crate::error::Error;
+use crate::ha::Ha;
+use crate::ha::sync::{Shape, Sync};
 use crate::workers::Dataplane;
 
 /// How long a reload waits for every worker to switch to the new services
@@ -53,6 +55,11 @@ pub struct Daemon {
     latencies: Arc<Latencies>,
     telemetry: Arc<Telemetry>,
     plugins: Plugins,
+    /// NAT return traffic of the configuration in force, steered while
+    /// this balancer forwards.
+    returns: Vec<ReturnTraffic>,
+    /// The role and flow sync of a balancer pair (`[sync]`).
+    ha: Option<(Arc<Ha>, Sync)>,
     started: Instant,
     pub workers: usize,
     pub xdp_mode: XdpMode,
@@ -80,6 +87,7 @@ fn engine_config(config: &cfg::Config) -> EngineConfig {
         snat_reuse_ms: ms(t.snat_reuse),
         half_open_per_vip: config.limits.half_open_per_vip,
         syn_proxy_above: config.limits.syn_proxy_above,
+        sync: config.sync.is_some(),
         ..EngineConfig::default()
     }
 }
@@ -205,7 +213,12 @@ impl Daemon {
             programs.push(p);
         }
         let mut steering = Steering { programs, server: usize::from(net.server()), vips: Vec::new(), returns: Vec::new() };
-        steering.add(&vip_matches(&config), &returns)?;
+        // A backup forwards nothing for the VIPs: their frames go to the
+        // kernel until `fulcrum ha role master`.
+        let role = config.sync.as_ref().map_or(cfg::HaRole::Master, |s| s.role);
+        if role == cfg::HaRole::Master {
+            steering.add(&vip_matches(&config), &returns)?;
+        }
 
         let names: Vec<&str> = net.ifaces.iter().map(|i| i.name.as_str()).collect();
         let queues = names.iter().map(|n| afxdp::rx_queue_count(n)).collect::<Result<Vec<_>, _>>()?;
@@ -236,9 +249,21 @@ impl Daemon {
         }
         let ifindexes = names.iter().map(|n| netinfo::iface_index(n)).collect::<Result<_, _>>()?;
         let neighbours = NeighbourSync::start(ifindexes, Arc::clone(&shared.neighbours))?;
-        let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus)?;
+        let ha = config.sync.as_ref().map(|_| Ha::new(queues as usize, role));
+        let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus, ha.as_ref())?;
+        let ha = match (ha, &config.sync) {
+            (Some(ha), Some(c)) => {
+                let shape = Shape { workers: queues as u16, snat_ports: engine.snat_ports };
+                let sync = Sync::start(c, shape, Arc::clone(&ha))?;
+                Some((ha, sync))
+            }
+            _ => None,
+        };
         let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
+        if let Some((ha, sync)) = &ha {
+            telemetry.set_sync(Arc::clone(ha), Arc::clone(&sync.counters));
+        }
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
         plugins.commit(schedulers, &dataplane);
@@ -255,6 +280,8 @@ impl Daemon {
             latencies: Arc::clone(&shared.latencies),
             telemetry,
             plugins,
+            returns,
+            ha,
             started: Instant::now(),
             workers: queues as usize,
             xdp_mode,
@@ -395,12 +422,18 @@ impl Daemon {
         // New VIPs and return traffic are steered before the workers switch,
         // so none of a new flow's frames reach the kernel; stale entries go
         // once no worker uses the old services.
-        self.steering.add(&vips, &p.returns)?;
+        let forwarding = self.forwarding();
+        if forwarding {
+            self.steering.add(&vips, &p.returns)?;
+        }
         let generation = self.dataplane.publish(&services);
         if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
             tracing::warn!(?behind, "workers have not switched to the new services yet");
         }
-        self.steering.retain(&vips, &p.returns);
+        if forwarding {
+            self.steering.retain(&vips, &p.returns);
+        }
+        self.returns = p.returns;
         self.plugins.commit(p.schedulers, &self.dataplane);
         HealthControl::commit(&mut self.health, p.health);
         self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
@@ -408,6 +441,41 @@ impl Daemon {
         self.config = p.config;
         self.ids = p.ids;
         Ok(())
+    }
+
+    /// Whether this balancer forwards the VIPs' traffic: standalone, or
+    /// the master of its pair.
+    fn forwarding(&self) -> bool {
+        self.ha.as_ref().is_none_or(|(ha, _)| ha.role() == cfg::HaRole::Master)
+    }
+
+    /// `fulcrum ha role`: a master steers the VIPs' traffic (and NAT
+    /// return traffic) to the workers and sends its flows to the peer; a
+    /// backup or faulty one hands that traffic to the kernel and keeps the
+    /// peer's flows warm.
+    pub fn set_role(&mut self, word: &str) -> Result<RoleChange, Error> {
+        let role = cfg::HaRole::parse(word).ok_or_else(|| Error::Refused(format!("role must be master, backup or fault, got {word:?}")))?;
+        let Some((ha, _)) = &self.ha else {
+            return Err(Error::Refused("no [sync] in the configuration: this balancer is not part of a pair".into()));
+        };
+        let ha = Arc::clone(ha);
+        // A new master's workers export before its first frame arrives; a
+        // backup stops forwarding before it stops exporting.
+        let previous = if role == cfg::HaRole::Master {
+            let previous = ha.set_role(role);
+            if let Err(e) = self.steering.add(&vip_matches(&self.config), &self.returns) {
+                ha.set_role(previous);
+                return Err(e);
+            }
+            previous
+        } else {
+            self.steering.retain(&[], &[]);
+            ha.set_role(role)
+        };
+        if previous != role {
+            tracing::info!(from = previous.as_str(), to = role.as_str(), "HA role changed");
+        }
+        Ok(RoleChange { previous: previous.as_str().into(), role: role.as_str().into() })
     }
 
     /// `fulcrum plugin load`: publishes a prepared plugin for the VIP's
@@ -453,6 +521,7 @@ impl Daemon {
             metrics_listen: self.config.daemon.metrics_listen.to_string(),
             reloads: self.telemetry.reloads(),
             vips,
+            ha: self.ha.as_ref().map(|(_, sync)| sync.status()),
         }
     }
 
@@ -503,6 +572,7 @@ impl Daemon {
 
     /// Stops the health checks and the workers, then detaches the programs.
     pub fn stop(self) -> Result<(), Error> {
+        drop(self.ha);
         drop(self.health);
         let r = self.dataplane.stop();
         drop(self.steering);

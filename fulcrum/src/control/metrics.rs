@@ -12,10 +12,11 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::api::{Reloads, StatsReport, Traffic};
+use super::api::{Reloads, StatsReport, SyncReport, Traffic};
 use super::conn::{self, Limits, Received};
 use super::telemetry::Telemetry;
 use crate::error::Error;
+use crate::ha::sync::LAG_BUCKETS_MS;
 
 /// A scraper sends one short request: the whole of it within 2 s, at most
 /// 8 KiB; 64 scrapes at once are far more than any Prometheus set-up.
@@ -180,6 +181,9 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         f.sample(&format!("{name}_sum"), &format!("worker=\"{i}\""), w.frames);
         f.sample(&format!("{name}_count"), &format!("worker=\"{i}\""), w.busy_polls);
     }
+    if let Some(sync) = &s.sync {
+        render_sync(&mut out, sync);
+    }
     let name = "fulcrum_reloads_total";
     Family::new(&mut out, name, "counter", "Configuration reloads, applied or refused.").sample(name, "result=\"applied\"", reloads.applied).sample(
         name,
@@ -187,6 +191,37 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         reloads.refused,
     );
     out
+}
+
+/// The role of a balancer pair and its flow sync.
+fn render_sync(out: &mut String, s: &SyncReport) {
+    let name = "fulcrum_ha_role";
+    let mut f = Family::new(out, name, "gauge", "1 for the role this balancer of an HA pair has (master forwards the VIPs), 0 for the others.");
+    for role in ["master", "backup", "fault"] {
+        f.sample(name, &format!("role=\"{role}\""), u8::from(s.role == role));
+    }
+    let name = "fulcrum_sync_entries_total";
+    let mut f = Family::new(out, name, "counter", "Flow entries synced with the peer, by direction and result.");
+    for (direction, result, n) in &s.entries {
+        f.sample(name, &format!("direction=\"{direction}\",result=\"{result}\""), n);
+    }
+    let name = "fulcrum_sync_datagrams_dropped_total";
+    let mut f = Family::new(out, name, "counter", "Sync datagrams dropped, by reason.");
+    for (reason, n) in &s.datagrams_dropped {
+        f.sample(name, &format!("reason=\"{reason}\""), n);
+    }
+    let name = "fulcrum_sync_bytes_sent_total";
+    Family::new(out, name, "counter", "Sync bytes sent (UDP payloads, per destination).").sample(name, "", s.bytes_sent);
+    let name = "fulcrum_sync_lag_seconds";
+    let mut f = Family::new(out, name, "histogram", "Time from a worker's flow change to its datagram leaving.");
+    let mut cumulative = 0;
+    for (i, n) in s.lag_buckets.iter().enumerate() {
+        cumulative += n;
+        let le = LAG_BUCKETS_MS.get(i).map_or_else(|| "+Inf".to_string(), |ms| (*ms as f64 / 1000.0).to_string());
+        f.sample(&format!("{name}_bucket"), &format!("le=\"{le}\""), cumulative);
+    }
+    f.sample(&format!("{name}_sum"), "", s.lag_sum_ms as f64 / 1000.0);
+    f.sample(&format!("{name}_count"), "", cumulative);
 }
 
 /// Per backend of a VIP: whether it takes new flows, its weight in force,

@@ -179,6 +179,9 @@ impl Control {
                 self.queue(Job::Reload, Some(reply));
             }
             Event::Request(Request::PluginLoad { vip, path }, reply) => self.queue(Job::Plugin { vip, path }, Some(reply)),
+            Event::Request(Request::HaRole { role }, reply) => {
+                let _ = reply.send(self.daemon.set_role(&role).map_or_else(|e| error(&e), Response::HaRole));
+            }
             Event::Prepared(outcome, reply) => {
                 self.preparing = false;
                 let response = match outcome {

@@ -4,6 +4,7 @@
 //! touch the locks here: they write their own atomics, read from here.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,9 @@ use fulcrum_dataplane::services::{Services, backend_name, vip_name};
 use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
 
-use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, Traffic, VipStats, WorkerReport, brief};
+use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
+use crate::ha::sync::SyncCounters;
+use crate::ha::{Ha, WorkerSync};
 use crate::workers::WorkerStats;
 
 pub struct Telemetry {
@@ -23,6 +26,8 @@ pub struct Telemetry {
     workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
     table_capacity: u64,
     reloads: Mutex<Reloads>,
+    /// The pair's role and the sync thread's counters, with `[sync]`.
+    sync: Mutex<Option<(Arc<Ha>, Arc<SyncCounters>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -43,7 +48,34 @@ fn traffic(t: &[&stats::Traffic]) -> Traffic {
 
 impl Telemetry {
     pub fn new(services: Arc<Services>, workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>, table_capacity: u64) -> Telemetry {
-        Telemetry { services: Mutex::new(services), health: Mutex::default(), workers, table_capacity, reloads: Mutex::default() }
+        Telemetry { services: Mutex::new(services), health: Mutex::default(), workers, table_capacity, reloads: Mutex::default(), sync: Mutex::default() }
+    }
+
+    pub fn set_sync(&self, ha: Arc<Ha>, counters: Arc<SyncCounters>) {
+        *lock(&self.sync) = Some((ha, counters));
+    }
+
+    fn sync_report(&self) -> Option<SyncReport> {
+        let (ha, c) = lock(&self.sync).clone()?;
+        let workers = |f: fn(&WorkerSync) -> u64| ha.lanes.iter().map(|l| f(&l.counts)).sum::<u64>();
+        let entries = [
+            ("out", "sent", c.entries_sent.load(Relaxed)),
+            ("out", "lost", workers(|w| w.export_lost.get())),
+            ("in", "received", c.entries_received.load(Relaxed)),
+            ("in", "imported", workers(|w| w.imported.get())),
+            ("in", "refused", workers(|w| w.import_refused.get())),
+            ("in", "lost", c.inbound_lost.load(Relaxed)),
+        ];
+        let dropped = [("unauthenticated", &c.unauthenticated), ("unknown_peer", &c.unknown_peer), ("malformed", &c.malformed), ("mismatched", &c.mismatched)];
+        Some(SyncReport {
+            role: ha.role().as_str().into(),
+            entries: entries.iter().map(|&(d, r, n)| (d.into(), r.into(), n)).collect(),
+            datagrams_dropped: dropped.iter().map(|(r, n)| (r.to_string(), n.load(Relaxed))).collect(),
+            datagrams_sent: c.datagrams_sent.load(Relaxed),
+            bytes_sent: c.bytes_sent.load(Relaxed),
+            lag_buckets: c.lag_buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            lag_sum_ms: c.lag_sum_ms.load(Relaxed),
+        })
     }
 
     pub fn set_services(&self, services: Arc<Services>) {
@@ -150,6 +182,7 @@ impl Telemetry {
             syn_cookies_accepted: engines.iter().map(|s| s.syn_cookies_accepted.get()).sum(),
             health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
             workers,
+            sync: self.sync_report(),
         }
     }
 }

@@ -21,6 +21,7 @@ use fulcrum_dataplane::types::VipId;
 use fulcrum_io::{IoError, PacketIo};
 
 use crate::error::Error;
+use crate::ha::Ha;
 
 pub use worker::{BATCH_BUCKETS, Handoff, Worker, WorkerStats};
 
@@ -82,17 +83,21 @@ impl Dataplane {
     }
 
     /// Starts one thread per worker; worker i is pinned to CPU `cpus[i]`
-    /// when given.
+    /// when given. With `ha`, the workers sync their flows through it.
     pub fn start<I: PacketIo + Send + 'static>(
         ios: Vec<I>,
         cfg: EngineConfig,
         services: &Arc<Services>,
         shared: &Shared,
         cpus: &[usize],
+        ha: Option<&Arc<Ha>>,
     ) -> Result<Dataplane, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), generation: AtomicU64::new(0), threads: Vec::new(), stats: Vec::new() };
-        for (i, (worker, ctl)) in Self::workers(ios, cfg, services, shared)?.into_iter().enumerate() {
+        for (i, (mut worker, ctl)) in Self::workers(ios, cfg, services, shared)?.into_iter().enumerate() {
+            if let Some(ha) = ha {
+                worker.set_ha(Arc::clone(ha));
+            }
             dp.stats.push((Arc::clone(worker.engine_stats()), Arc::clone(worker.stats())));
             dp.control.push(ctl);
             let (stop, core) = (Arc::clone(&stop), cpus.get(i).map(|&id| core_affinity::CoreId { id }));

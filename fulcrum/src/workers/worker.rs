@@ -11,6 +11,7 @@ use fulcrum_dataplane::stats::{Counter, Gauge, Stats};
 use fulcrum_io::{FRAME_SIZE, FrameRef, HEADROOM, IoError, PacketIo, PortId};
 
 use super::Control;
+use crate::ha::Ha;
 
 /// Frames processed together: one `recv` batch plus handed-over frames.
 const BATCH: usize = 64;
@@ -68,6 +69,8 @@ pub struct Worker<I> {
     /// Shared by the workers (the sticky table's times are compared
     /// across them).
     clock: Instant,
+    /// Flow sync with the other balancer of a pair, if configured.
+    ha: Option<Arc<Ha>>,
 }
 
 impl<I: PacketIo> Worker<I> {
@@ -93,7 +96,13 @@ impl<I: PacketIo> Worker<I> {
             tx: Vec::with_capacity(BATCH),
             dropped: Vec::with_capacity(BATCH),
             clock,
+            ha: None,
         }
+    }
+
+    /// Syncs this worker's flows through `ha` (its lane is the worker's id).
+    pub fn set_ha(&mut self, ha: Arc<Ha>) {
+        self.ha = Some(ha);
     }
 
     pub fn engine_stats(&self) -> &Arc<Stats> {
@@ -140,6 +149,9 @@ impl<I: PacketIo> Worker<I> {
         }
         // With nothing received the engine still runs its expiry step.
         let verdicts = self.run_engine(now);
+        if let Some(ha) = &self.ha {
+            ha.poll_worker(usize::from(self.id), &mut self.engine, now);
+        }
         for ((mut f, hops), (verdict, start, len)) in self.rx.drain(..).zip(self.hops.drain(..)).zip(verdicts) {
             match verdict {
                 Verdict::Tx(port) => {

@@ -12,7 +12,11 @@
 //!
 //! With `--delay-ms N`, every HTTP answer waits N ms first: a slow server.
 //!
-//! lab-server --name NAME [--http PORT]... [--health-dir DIR] [--delay-ms N] [--udp PORT]... [--udp-bind ADDR]...
+//! `--echo PORT` (repeatable) echoes every TCP connection's bytes back for
+//! as long as it stays open: long-lived connections that a failover test
+//! watches.
+//!
+//! lab-server --name NAME [--http PORT]... [--echo PORT]... [--health-dir DIR] [--delay-ms N] [--udp PORT]... [--udp-bind ADDR]...
 
 use std::io::{BufWriter, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
@@ -27,6 +31,7 @@ const MAX_BYTES: u64 = 1 << 30;
 struct Args {
     name: String,
     http: Vec<u16>,
+    echo: Vec<u16>,
     udp: Vec<u16>,
     udp_bind: Vec<IpAddr>,
     health_dir: Option<PathBuf>,
@@ -34,7 +39,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { name: String::new(), http: Vec::new(), udp: Vec::new(), udp_bind: Vec::new(), health_dir: None, delay: Duration::ZERO };
+    let mut args =
+        Args { name: String::new(), http: Vec::new(), echo: Vec::new(), udp: Vec::new(), udp_bind: Vec::new(), health_dir: None, delay: Duration::ZERO };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -42,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--name" => args.name = value.clone(),
             "--http" => args.http.push(port()?),
+            "--echo" => args.echo.push(port()?),
             "--udp" => args.udp.push(port()?),
             "--udp-bind" => args.udp_bind.push(value.parse().map_err(|_| format!("--udp-bind: `{value}` is not an address"))?),
             "--health-dir" => args.health_dir = Some(PathBuf::from(&value)),
@@ -57,7 +64,7 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--health-dir DIR] [--delay-ms N] [--udp PORT]... [--udp-bind ADDR]...");
+        eprintln!("lab-server: {e}\nusage: lab-server --name NAME [--http PORT]... [--echo PORT]... [--health-dir DIR] [--delay-ms N] [--udp PORT]... [--udp-bind ADDR]...");
         exit(2)
     });
     let mut workers = Vec::new();
@@ -73,6 +80,14 @@ fn main() {
                     // A client that vanishes mid-request is its own problem.
                     let _ = serve_http(conn, &name, health.as_deref(), delay);
                 });
+            }
+        }));
+    }
+    for &port in &args.echo {
+        let listener = TcpListener::bind(("::", port)).unwrap_or_else(|e| fail("echo bind", e));
+        workers.push(thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                thread::spawn(move || echo(conn));
             }
         }));
     }
@@ -93,6 +108,17 @@ fn main() {
     println!("ready {}", args.name);
     for w in workers {
         let _ = w.join();
+    }
+}
+
+/// Until the peer closes or the connection breaks.
+fn echo(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
+        if conn.write_all(&buf[..n]).is_err() {
+            return;
+        }
     }
 }
 

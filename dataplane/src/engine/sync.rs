@@ -1,0 +1,291 @@
+//! The engine's side of flow sync: which flows to tell a peer about, and
+//! taking in the flows a peer tells about.
+//!
+//! The packet path only appends (slot, key) to a preallocated log when a
+//! flow is created or changes state: no lookup, no allocation. Once per
+//! batch `export_sync` turns the log into `SyncEntry`s by stable
+//! identities and walks a few slots of the table: a flow that traffic kept
+//! alive since the walk last passed is sent again, so the peer's copy,
+//! which expires on the time it was given, never runs out before ours.
+//! The walk starts a lap at most every `refresh_ms`, so an established
+//! flow costs its packets nothing and the peer a refresh now and then.
+
+use std::fmt;
+
+use crate::flow::FlowKey;
+use crate::flow::key::ip_from16;
+use crate::flow::sync::SyncEntry;
+use crate::flow::table::{NO_PEER, Slot};
+use crate::services::Mode;
+
+use super::{Engine, EngineConfig, FlowValue};
+
+/// Changes logged per batch before the excess is only counted; a batch
+/// has at most one change per packet, a few per TCP connection.
+const LOG_CAPACITY: usize = 4096;
+/// Table slots the refresh walk visits per `export_sync`.
+const REFRESH_BUDGET: usize = 64;
+/// Table slots a bulk resync visits per `export_sync`.
+const BULK_BUDGET: usize = 1024;
+/// The shortest interval between refresh laps.
+const MIN_REFRESH_MS: u32 = 100;
+
+pub(super) struct SyncLog {
+    on: bool,
+    /// Forward entries created or changed since the last export, with
+    /// their key to tell a slot since reused by another flow.
+    changed: Vec<(Slot, FlowKey)>,
+    lost: u64,
+    /// The refresh walk: next slot, when this lap and the previous began.
+    hand: usize,
+    lap_start: u32,
+    prev_lap_start: u32,
+    refresh_ms: u32,
+    /// Next slot of a bulk resync under way.
+    bulk: Option<usize>,
+}
+
+impl SyncLog {
+    pub(super) fn new(cfg: &EngineConfig) -> SyncLog {
+        let t = cfg.timeouts;
+        // A quarter of the shortest timeout: a refreshed entry is sent
+        // again well before the peer's copy would expire.
+        let shortest = t.syn_ms.min(t.established_ms).min(t.closing_ms).min(t.udp_ms);
+        SyncLog {
+            on: cfg.sync,
+            changed: Vec::with_capacity(if cfg.sync { LOG_CAPACITY } else { 0 }),
+            lost: 0,
+            hand: 0,
+            lap_start: 0,
+            prev_lap_start: 0,
+            refresh_ms: (shortest / 4).max(MIN_REFRESH_MS),
+            bulk: None,
+        }
+    }
+
+    /// A forward entry was created or changed state.
+    #[inline]
+    pub(super) fn changed(&mut self, slot: Slot, key: &FlowKey) {
+        if !self.on {
+            return;
+        }
+        if self.changed.len() < self.changed.capacity() {
+            self.changed.push((slot, *key));
+        } else {
+            self.lost += 1;
+        }
+    }
+}
+
+/// Why a peer's entry was not taken in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportError {
+    /// No VIP here with that address, protocol and port.
+    UnknownVip,
+    /// The VIP has no backend with that address and port here.
+    UnknownBackend,
+    /// Full-NAT on one side and not the other, or another SNAT address.
+    SnatMismatch,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImportError::UnknownVip => "unknown VIP",
+            ImportError::UnknownBackend => "unknown backend",
+            ImportError::SnatMismatch => "SNAT address differs",
+        })
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+impl Engine {
+    /// Hands `send` the flows a peer should hear about: with `active`
+    /// (this node forwards) the flows created or changed since the last
+    /// call and a few refreshed ones; and a slice of a bulk resync under
+    /// way either way. `send` returns false when it has no room: the rest
+    /// of the log is dropped (and counted), a bulk resync resumes at the
+    /// next call. Call it after each `process`, with the same clock.
+    pub fn export_sync(&mut self, now: u32, active: bool, mut send: impl FnMut(SyncEntry) -> bool) {
+        if !self.flows.sync.on {
+            return;
+        }
+        let mut log = std::mem::take(&mut self.flows.sync.changed);
+        if active {
+            for (i, &(slot, key)) in log.iter().enumerate() {
+                let fresh = self.flows.table.live(slot).is_some_and(|e| *e.key() == key);
+                if fresh
+                    && let Some(e) = self.sync_entry(slot, now)
+                    && !send(e)
+                {
+                    self.flows.sync.lost += (log.len() - i) as u64;
+                    break;
+                }
+            }
+            self.refresh(now, &mut send);
+        }
+        log.clear();
+        self.flows.sync.changed = log;
+        self.bulk(now, &mut send);
+    }
+
+    /// Starts sending every live flow (a peer started or restarted).
+    pub fn start_bulk_sync(&mut self) {
+        self.flows.sync.bulk = Some(0);
+    }
+
+    /// Whether a bulk resync is under way.
+    pub fn bulk_sync_pending(&self) -> bool {
+        self.flows.sync.bulk.is_some()
+    }
+
+    /// Changes not sent because the log or the sender had no room.
+    pub fn sync_lost(&self) -> u64 {
+        self.flows.sync.lost
+    }
+
+    /// The refresh walk's share of this call.
+    fn refresh(&mut self, now: u32, send: &mut impl FnMut(SyncEntry) -> bool) {
+        let sync = &mut self.flows.sync;
+        if sync.hand == 0 {
+            if now.wrapping_sub(sync.lap_start) < sync.refresh_ms {
+                return;
+            }
+            sync.prev_lap_start = sync.lap_start;
+            sync.lap_start = now;
+        }
+        let since = now.wrapping_sub(sync.prev_lap_start);
+        for _ in 0..REFRESH_BUDGET {
+            let slot = self.flows.sync.hand;
+            if slot >= self.flows.table.slots_used() {
+                self.flows.sync.hand = 0;
+                return;
+            }
+            self.flows.sync.hand += 1;
+            let seen = self.flows.table.live(slot as Slot).is_some_and(|e| now.wrapping_sub(e.last_seen()) < since);
+            if seen
+                && let Some(e) = self.sync_entry(slot as Slot, now)
+                && !send(e)
+            {
+                self.flows.sync.lost += 1;
+                return;
+            }
+        }
+    }
+
+    /// The bulk resync's share of this call.
+    fn bulk(&mut self, now: u32, send: &mut impl FnMut(SyncEntry) -> bool) {
+        let Some(mut at) = self.flows.sync.bulk else { return };
+        let end = self.flows.table.slots_used().min(at + BULK_BUDGET);
+        while at < end {
+            if let Some(e) = self.sync_entry(at as Slot, now)
+                && !send(e)
+            {
+                break;
+            }
+            at += 1;
+        }
+        self.flows.sync.bulk = (at < self.flows.table.slots_used()).then_some(at);
+    }
+
+    /// The flow whose forward entry is `slot`, by stable identities.
+    fn sync_entry(&self, slot: Slot, now: u32) -> Option<SyncEntry> {
+        let (f, s) = (&self.flows, &*self.services);
+        let e = f.table.live(slot)?;
+        // A flow the SYN proxy spliced needs its sequence offsets on the
+        // peer too, which the entry does not carry yet: it is not synced.
+        let FlowValue::Forward { vip, backend, spliced: false } = e.value else { return None };
+        let (v, b) = (s.vip(vip)?, s.backend(backend)?);
+        let remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(e.last_seen()));
+        let mut out = SyncEntry {
+            key: *e.key(),
+            vip_port: v.spec.port,
+            backend: b.addr,
+            backend_port: b.spec.port,
+            snat: [0; 16],
+            snat_port: 0,
+            client_mac: [0; 6],
+            iface: 0,
+            state: e.state,
+            remaining_ms,
+            worker: f.cfg.worker,
+        };
+        if e.peer() != NO_PEER
+            && let Some(r) = f.table.live(e.peer())
+            && let FlowValue::Reverse { client_mac, iface } = r.value
+        {
+            (out.client_mac, out.iface) = (client_mac, iface);
+            if let Some(snat) = v.snat {
+                (out.snat, out.snat_port) = (snat, r.key().dst_port);
+            }
+        }
+        Some(out)
+    }
+
+    /// Takes in a flow a peer sent: its entry (and for NAT the reverse
+    /// one) as the peer has it, with the time it has left there. A local
+    /// entry of the same flow is replaced unless it goes to the same
+    /// backend, when only its state and age follow the peer's.
+    pub fn import(&mut self, now: u32, e: &SyncEntry) -> Result<(), ImportError> {
+        let s = &*self.services;
+        let vip_id = s.vip_id(ip_from16(&e.key.dst), e.key.proto, e.vip_port).ok_or(ImportError::UnknownVip)?;
+        let vip = s.vip(vip_id).ok_or(ImportError::UnknownVip)?;
+        let (backend_id, b) = vip
+            .spec
+            .backends
+            .iter()
+            .filter_map(|&id| Some((id, s.backend(id)?)))
+            .find(|(_, b)| b.addr == e.backend && b.spec.port == e.backend_port)
+            .ok_or(ImportError::UnknownBackend)?;
+        let nat = matches!(vip.spec.mode, Mode::Nat { .. });
+        if vip.snat.is_some() != (e.snat_port != 0) || vip.snat.is_some_and(|a| a != e.snat) {
+            return Err(ImportError::SnatMismatch);
+        }
+        let f = &mut self.flows;
+        let seen = now.wrapping_sub(f.cfg.timeouts.for_state(e.state).saturating_sub(e.remaining_ms));
+        let hash = e.key.hash64();
+        if let Some(slot) = f.table.peek(&e.key, hash, now) {
+            let entry = f.table.entry(slot);
+            if let FlowValue::Forward { spliced: true, .. } = entry.value {
+                // Spliced here by the SYN proxy: the local entry knows more.
+                return Ok(());
+            }
+            if entry.value == (FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: false }) {
+                let (old, peer) = (entry.state, entry.peer());
+                f.counts.flow((vip_id, backend_id), old, -1);
+                f.counts.flow((vip_id, backend_id), e.state, 1);
+                for at in [slot, peer].into_iter().filter(|&at| at != NO_PEER) {
+                    f.table.entry_mut(at).state = e.state;
+                    f.table.set_last_seen(at, seen);
+                }
+                return Ok(());
+            }
+            f.table.remove(slot);
+        }
+        // The return key the backend's replies carry; whatever holds it
+        // (a flow ended here but not yet there) gives way.
+        let rkey = nat.then(|| {
+            let mut rkey = FlowKey { src: b.addr, dst: e.key.src, src_port: b.port_for(e.key.dst_port), dst_port: e.key.src_port, proto: e.key.proto };
+            if vip.snat.is_some() {
+                (rkey.dst, rkey.dst_port) = (e.snat, e.snat_port);
+            }
+            rkey
+        });
+        if let Some(rkey) = &rkey
+            && let Some(old) = f.table.peek(rkey, rkey.hash64(), now)
+        {
+            f.table.remove(old);
+        }
+        let slot = f.table.insert(e.key, hash, e.state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: false }, now);
+        if let Some(rkey) = rkey {
+            let rev = f.table.insert(rkey, rkey.hash64(), e.state, FlowValue::Reverse { client_mac: e.client_mac, iface: e.iface }, now);
+            f.table.link_peers(slot, rev);
+            f.table.set_last_seen(rev, seen);
+        }
+        f.table.set_last_seen(slot, seen);
+        f.counts.flow((vip_id, backend_id), e.state, 1);
+        f.settle_departures(now);
+        Ok(())
+    }
+}

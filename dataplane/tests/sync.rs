@@ -1,0 +1,192 @@
+//! Flow sync between two engines standing for two balancers: what one
+//! exports, the other imports, and then carries the flow on as the first
+//! would have (same backend, same full-NAT source port, replies NAT'd back).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use fulcrum_dataplane::flow::sync::{self, Header, Kind, SyncEntry};
+use fulcrum_dataplane::flow::table::FlowState;
+use fulcrum_dataplane::services::SynProxy;
+use fulcrum_dataplane::wire::IpProtocol;
+use fulcrum_dataplane::wire::tcp::{ACK, FIN, SYN};
+use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_testing::frame::{LB_MAC, PacketBuilder};
+
+const VIP: [u8; 4] = [198, 18, 0, 100];
+const SNAT: [u8; 4] = [198, 18, 0, 4];
+const CLIENT: [u8; 4] = [198, 18, 5, 1];
+
+fn backend(i: u8, port: u16) -> Backend {
+    Backend { addr: IpAddr::from([198, 18, 1, i]), port, weight: 1, up: true, next_hop: [2, 0, 0, 0, 1, i], iface: 0 }
+}
+
+/// One VIP in `mode` over three backends; `order` lists the backends in
+/// the order this node numbered them (ids differ between nodes).
+fn services(mode: Mode, order: [u8; 3]) -> Arc<Services> {
+    let vip = VipSpec {
+        addr: IpAddr::from(VIP),
+        proto: IpProtocol::TCP,
+        port: 80,
+        mode,
+        backends: vec![0, 1, 2],
+        persistence_ms: None,
+        reset_on_down: false,
+        syn_proxy: SynProxy::Off,
+    };
+    let port = if mode == Mode::Dsr { 0 } else { 8080 };
+    let backends = order.iter().map(|&i| Some(backend(i, port))).collect();
+    Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends).unwrap())
+}
+
+fn engine(s: &Arc<Services>) -> Engine {
+    let cfg = EngineConfig { table_capacity: 4096, snat_ports: (1024, 2047), sync: true, ..EngineConfig::default() };
+    Engine::new(cfg, Arc::clone(s)).unwrap()
+}
+
+/// Sends one frame; its verdict and the frame as it left.
+fn send(e: &mut Engine, now: u32, b: PacketBuilder) -> (Verdict, Vec<u8>) {
+    let f = b.frame();
+    let mut buf = vec![0u8; 2048];
+    buf[..f.len()].copy_from_slice(&f);
+    let mut batch = [Packet::new(&mut buf, 0, f.len(), 0)];
+    e.process(now, &mut batch);
+    (batch[0].verdict, batch[0].frame().to_vec())
+}
+
+fn client(port: u16, flags: u8) -> PacketBuilder {
+    PacketBuilder::tcp(IpAddr::from(CLIENT), port, IpAddr::from(VIP), 80, flags)
+}
+
+fn export(e: &mut Engine, now: u32, active: bool) -> Vec<SyncEntry> {
+    let mut out = Vec::new();
+    e.export_sync(now, active, |x| {
+        out.push(x);
+        true
+    });
+    out
+}
+
+/// Destination address and port of an IPv4 TCP frame (no VLAN).
+fn dst(frame: &[u8]) -> ([u8; 4], u16) {
+    (frame[30..34].try_into().unwrap(), u16::from_be_bytes([frame[36], frame[37]]))
+}
+
+/// Source address and port of an IPv4 TCP frame.
+fn src(frame: &[u8]) -> ([u8; 4], u16) {
+    (frame[26..30].try_into().unwrap(), u16::from_be_bytes([frame[34], frame[35]]))
+}
+
+#[test]
+fn a_full_nat_flow_moves_to_the_peer_with_its_backend_and_source_port() {
+    let mode = Mode::Nat { snat: Some(IpAddr::from(SNAT)) };
+    let (sa, sb) = (services(mode, [1, 2, 3]), services(mode, [3, 1, 2]));
+    let (mut a, mut b) = (engine(&sa), engine(&sb));
+    let (v, out) = send(&mut a, 0, client(40000, SYN));
+    assert_eq!(v, Verdict::Tx(0));
+    let (to_backend, snat_end) = (dst(&out), src(&out));
+    assert_eq!(snat_end.0, SNAT);
+    let created = export(&mut a, 0, true);
+    assert_eq!(created.len(), 1);
+    assert_eq!((created[0].state, created[0].snat_port), (FlowState::SynSeen, snat_end.1));
+    // A standby hears of it through the wire format, by addresses.
+    let mut wire = vec![0u8; sync::HEADER_LEN + sync::ENTRY_LEN];
+    let header = Header { kind: Kind::Entries, boot_id: 1, seq: 0, workers: 1, snat_ports: (1024, 2047), count: 0 };
+    sync::encode(header, &created, &mut wire);
+    for e in sync::decode(&wire).unwrap().1 {
+        b.import(10, &e).unwrap();
+    }
+    // The handshake completes on the first node; the change is exported.
+    let (v, _) = send(&mut a, 20, client(40000, ACK));
+    assert_eq!(v, Verdict::Tx(0));
+    let established = export(&mut a, 20, true);
+    assert_eq!(established.iter().map(|e| e.state).collect::<Vec<_>>(), [FlowState::Established]);
+    b.import(30, &established[0]).unwrap();
+    assert_eq!(b.table().len(), 2, "forward and reverse entries, once");
+    // Failover: the peer carries the flow on, same backend, same port.
+    let (v, out) = send(&mut b, 40, client(40000, ACK).payload(b"hi"));
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!((dst(&out), src(&out)), (to_backend, snat_end));
+    // And NATs the backend's replies back to the client.
+    let reply = PacketBuilder::tcp(IpAddr::from(to_backend.0), to_backend.1, IpAddr::from(SNAT), snat_end.1, ACK);
+    let (v, out) = send(&mut b, 50, reply);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!((src(&out), dst(&out)), ((VIP, 80), (CLIENT, 40000)));
+    // A standby does not echo what it imported.
+    assert!(export(&mut b, 60, false).is_empty());
+}
+
+#[test]
+fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
+    let (sa, sb) = (services(Mode::Dsr, [1, 2, 3]), services(Mode::Dsr, [2, 3, 1]));
+    let (mut a, mut b) = (engine(&sa), engine(&sb));
+    // Each batch's export says the state the flow is in by then.
+    let mut all = Vec::new();
+    for (t, flags) in [SYN, ACK, FIN | ACK].into_iter().enumerate() {
+        send(&mut a, t as u32, client(40001, flags));
+        all.extend(export(&mut a, t as u32, true));
+    }
+    assert_eq!(all.iter().map(|e| e.state).collect::<Vec<_>>(), [FlowState::SynSeen, FlowState::Established, FlowState::Closing]);
+    for e in &all {
+        b.import(3, e).unwrap();
+    }
+    assert_eq!(b.table().len(), 1);
+    let closing_ms = EngineConfig::default().timeouts.closing_ms;
+    assert!(all[2].remaining_ms > closing_ms - 10 && all[2].remaining_ms <= closing_ms);
+    // Expired on the peer when it would have on the first node.
+    b.process(closing_ms + 10, &mut []);
+    let mut budget = 0;
+    while !b.table().is_empty() && budget < 1000 {
+        b.process(closing_ms + 10, &mut []);
+        budget += 1;
+    }
+    assert!(b.table().is_empty());
+}
+
+#[test]
+fn busy_flows_are_refreshed_and_a_bulk_resync_sends_everything() {
+    let s = services(Mode::Dsr, [1, 2, 3]);
+    let mut a = engine(&s);
+    for port in 0..100 {
+        send(&mut a, 0, client(41000 + port, SYN));
+        send(&mut a, 0, client(41000 + port, ACK));
+    }
+    assert_eq!(export(&mut a, 0, true).len(), 200);
+    // Half the flows carry traffic later on; the walk sends those again
+    // (at most the shortest timeout / 4 after its previous lap).
+    let later = 10_000;
+    for port in 0..50 {
+        send(&mut a, later, client(41000 + port, ACK));
+    }
+    let mut refreshed = std::collections::HashSet::new();
+    for t in 0..100 {
+        for e in export(&mut a, later + t, true) {
+            refreshed.insert(e.key.src_port);
+        }
+    }
+    assert_eq!(refreshed.len(), 50, "the busy half only");
+    assert!(refreshed.iter().all(|p| *p < 41050));
+    // Someone restarted: everything live goes, whatever the role.
+    a.start_bulk_sync();
+    let mut bulk = Vec::new();
+    while a.bulk_sync_pending() {
+        bulk.extend(export(&mut a, later + 200, false));
+    }
+    assert_eq!(bulk.len(), 100);
+}
+
+#[test]
+fn entries_for_unknown_services_are_refused_by_name() {
+    let s = services(Mode::Nat { snat: Some(IpAddr::from(SNAT)) }, [1, 2, 3]);
+    let mut a = engine(&s);
+    send(&mut a, 0, client(40000, SYN));
+    let e = export(&mut a, 0, true)[0];
+    let other = services(Mode::Nat { snat: Some(IpAddr::from([198, 18, 0, 5])) }, [1, 2, 3]);
+    assert_eq!(engine(&other).import(0, &e), Err(fulcrum_dataplane::engine::ImportError::SnatMismatch));
+    let mut unknown_backend = e;
+    unknown_backend.backend_port = 9;
+    assert_eq!(engine(&s).import(0, &unknown_backend), Err(fulcrum_dataplane::engine::ImportError::UnknownBackend));
+    let mut unknown_vip = e;
+    unknown_vip.vip_port = 443;
+    assert_eq!(engine(&s).import(0, &unknown_vip), Err(fulcrum_dataplane::engine::ImportError::UnknownVip));
+}

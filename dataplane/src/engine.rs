@@ -7,6 +7,7 @@ mod sync;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::flow::FlowKey;
 use crate::flow::fragments::{Fragments, Placement};
@@ -20,6 +21,7 @@ use crate::forward::synproxy::{Cookies, EarlyData, Splice};
 use crate::forward::tunnel::Encap;
 use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::packet::{DropReason, Packet, Verdict};
+use crate::sched::readings::{Load, Readings};
 use crate::sched::{BackendState, Latencies, Scheduler};
 use crate::services::{BackendEntry, Mode, Services, SynProxy, Vip};
 use crate::stats::Stats;
@@ -113,7 +115,13 @@ pub struct Shared {
     pub neighbours: Arc<Neighbours>,
     /// Backends' response times (the health checks').
     pub latencies: Arc<Latencies>,
+    /// Backends' load, byte rates and handshake times, by worker.
+    pub readings: Arc<Readings>,
     pub cookies: Cookies,
+    /// Where the workers' clock (`now` of `process`) starts: the sticky
+    /// table and the readings' times need one clock, and their readers
+    /// the same.
+    pub epoch: Instant,
 }
 
 impl Shared {
@@ -122,7 +130,9 @@ impl Shared {
             sticky: Arc::new(StickyTable::new(cfg.sticky_clients)),
             neighbours: Arc::new(Neighbours::new(cfg.neighbours)),
             latencies: Arc::new(Latencies::new(cfg.max_backends)),
+            readings: Arc::new(Readings::new(usize::from(cfg.workers), cfg.max_backends)),
             cookies: Cookies::new(),
+            epoch: Instant::now(),
         }
     }
 }
@@ -156,6 +166,17 @@ struct Flows {
     sticky: Arc<StickyTable>,
     neighbours: Arc<Neighbours>,
     latencies: Arc<Latencies>,
+    readings: Arc<Readings>,
+    /// Byte counts and smoothed rates per backend id at the last
+    /// `RATE_INTERVAL_MS` tick, and when that was.
+    rates: Vec<(u64, u64)>,
+    rates_at: u32,
+    /// Handshakes of NAT flows being timed, and this worker's smoothed
+    /// handshake time per backend id.
+    handshakes: Handshakes,
+    handshake_us: Vec<u32>,
+    /// The batch's clock.
+    now_us: u64,
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
@@ -172,6 +193,50 @@ struct Flows {
     /// Per VIP id, whether its SYN proxy is engaged (`SynProxy::Auto`).
     guards: Vec<Guard>,
     sync: SyncLog,
+}
+
+/// How often a worker measures its byte rate per backend, and the weight
+/// of each measure in the smoothed rate (1/8 at 100 ms: the last second or
+/// so).
+const RATE_INTERVAL_MS: u32 = 100;
+const RATE_SMOOTHING: u64 = 8;
+
+/// Handshakes a worker times at once (the rest go untimed), and the
+/// weight of each in the smoothed time.
+const HANDSHAKE_SLOTS: usize = 1024;
+const HANDSHAKE_SMOOTHING: u32 = 8;
+
+/// NAT flows whose SYN went to the backend and whose SYN-ACK has not come
+/// back yet, by flow hash: direct-mapped, so a SYN may push out another's
+/// sample (that one is then not timed).
+struct Handshakes(Box<[(u64, u64, BackendId)]>);
+
+impl Handshakes {
+    fn new(slots: usize) -> Handshakes {
+        Handshakes(vec![(0, 0, 0); slots.next_power_of_two()].into_boxed_slice())
+    }
+
+    fn slot(&mut self, hash: u64) -> &mut (u64, u64, BackendId) {
+        let mask = self.0.len() as u64 - 1;
+        &mut self.0[(hash & mask) as usize]
+    }
+
+    /// The flow of `hash` sent its SYN to `backend` at `now_us`.
+    fn start(&mut self, hash: u64, backend: BackendId, now_us: u64) {
+        *self.slot(hash | 1) = (hash | 1, now_us, backend);
+    }
+
+    /// The SYN-ACK of the flow of `hash` came at `now_us`: its backend and
+    /// handshake time, if it was being timed.
+    fn finish(&mut self, hash: u64, now_us: u64) -> Option<(BackendId, u32)> {
+        let s = self.slot(hash | 1);
+        if s.0 != hash | 1 {
+            return None;
+        }
+        let (started, backend) = (s.1, s.2);
+        s.0 = 0;
+        u32::try_from(now_us.checked_sub(started)?).ok().map(|us| (backend, us))
+    }
 }
 
 /// How long an automatic SYN proxy stays engaged before it looks again
@@ -257,9 +322,20 @@ impl Engine {
             sticky: Arc::clone(&shared.sticky),
             neighbours: Arc::clone(&shared.neighbours),
             latencies: Arc::clone(&shared.latencies),
+            readings: Arc::clone(&shared.readings),
+            rates: vec![(0, 0); cfg.max_backends],
+            rates_at: 0,
+            handshakes: Handshakes::new(HANDSHAKE_SLOTS),
+            handshake_us: vec![0; cfg.max_backends],
+            now_us: 0,
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
-            counts: Counts { load: vec![Load::default(); cfg.max_backends], half_open: vec![0; cfg.max_vips] },
+            counts: Counts {
+                load: vec![Load::default(); cfg.max_backends],
+                readings: Arc::clone(&shared.readings),
+                worker: cfg.worker,
+                half_open: vec![0; cfg.max_vips],
+            },
             pool: Vec::new(),
             snat: SnatPorts::new(lo + cfg.worker * span, span, cfg.snat_reuse_ms),
             fragments: Fragments::new(cfg.fragments, cfg.fragment_ttl_ms),
@@ -319,9 +395,16 @@ impl Engine {
 
     /// Processes a batch: sets every packet's verdict and rewrites the
     /// frames to transmit. `now_ms` is a monotonic clock in milliseconds
-    /// (wrapping).
+    /// (wrapping); handshakes are timed at its resolution.
     pub fn process(&mut self, now_ms: u32, batch: &mut [Packet<'_>]) {
+        self.process_us(u64::from(now_ms) * 1000, batch);
+    }
+
+    /// `process` with a monotonic clock in microseconds.
+    pub fn process_us(&mut self, now_us: u64, batch: &mut [Packet<'_>]) {
+        let now_ms = (now_us / 1000) as u32;
         let (services, flows) = (&*self.services, &mut self.flows);
+        flows.now_us = now_us;
         for pkt in batch.iter_mut() {
             pkt.verdict = flows.process_one(services, now_ms, pkt);
             match pkt.verdict {
@@ -333,6 +416,9 @@ impl Engine {
         }
         flows.table.expire(now_ms, flows.cfg.expire_budget);
         flows.settle_departures(now_ms);
+        if now_ms.wrapping_sub(flows.rates_at) >= RATE_INTERVAL_MS {
+            flows.measure_rates(services.backend_slots(), now_ms);
+        }
         let (table, stats) = (&flows.table, &flows.stats);
         stats.connections.set(table.len() as u64);
         stats.evictions.set(table.evictions());
@@ -340,31 +426,14 @@ impl Engine {
     }
 }
 
-/// Connections of one backend on one worker, by the state of their entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Load {
-    pub active: u32,
-    pub pending: u32,
-}
-
-impl Load {
-    /// A UDP flow is active until its entry expires: load-aware
-    /// schedulers see UDP backends' load as TCP ones'.
-    fn count(&mut self, state: FlowState, delta: i32) {
-        let n = match state {
-            FlowState::SynSeen => &mut self.pending,
-            FlowState::Established | FlowState::Udp => &mut self.active,
-            FlowState::Closing => return,
-        };
-        *n = n.saturating_add_signed(delta);
-    }
-}
-
 /// A worker's flows by backend and by VIP, as their entries come, change
 /// state and go.
 struct Counts {
-    /// Connections per backend id.
+    /// Connections per backend id, also published in the worker's row of
+    /// the readings for every worker's schedulers.
     load: Vec<Load>,
+    readings: Arc<Readings>,
+    worker: u16,
     /// Half-open entries per VIP id.
     half_open: Vec<u32>,
 }
@@ -375,6 +444,7 @@ impl Counts {
     fn flow(&mut self, (vip, backend): (VipId, BackendId), state: FlowState, delta: i32) {
         if let Some(l) = self.load.get_mut(usize::from(backend)) {
             l.count(state, delta);
+            self.readings.set_load(self.worker, backend, *l);
         }
         if state == FlowState::SynSeen
             && let Some(n) = self.half_open.get_mut(usize::from(vip))
@@ -385,6 +455,31 @@ impl Counts {
 }
 
 impl Flows {
+    /// Ends the timing of a NAT flow's handshake at its SYN-ACK, into its
+    /// backend's smoothed handshake time.
+    #[cold]
+    fn time_handshake(&mut self, client: &FlowKey) {
+        let Some((backend, us)) = self.handshakes.finish(client.hash64(), self.now_us) else { return };
+        let Some(avg) = self.handshake_us.get_mut(usize::from(backend)) else { return };
+        let us = us.max(1);
+        *avg = if *avg == 0 { us } else { ((u64::from(*avg) * u64::from(HANDSHAKE_SMOOTHING - 1) + u64::from(us)) / u64::from(HANDSHAKE_SMOOTHING)) as u32 };
+        self.readings.set_handshake(backend, (*avg).max(1), (self.now_us / 1000) as u32);
+    }
+
+    /// This worker's byte rate per backend since the last measure, into
+    /// its smoothed rates in the readings.
+    fn measure_rates(&mut self, backends: usize, now_ms: u32) {
+        let elapsed = u64::from(now_ms.wrapping_sub(self.rates_at).max(1));
+        self.rates_at = now_ms;
+        for (b, (last, rate)) in self.rates.iter_mut().enumerate().take(backends) {
+            let bytes = self.stats.backends[b].bytes.get();
+            let sample = bytes.wrapping_sub(*last).saturating_mul(1000) / elapsed;
+            *last = bytes;
+            *rate = (*rate * (RATE_SMOOTHING - 1) + sample) / RATE_SMOOTHING;
+            self.readings.set_rate(self.cfg.worker, b as BackendId, *rate);
+        }
+    }
+
     /// Forgets the connections of entries the table removed, and holds
     /// back the source ports of the full-NAT flows among them.
     fn settle_departures(&mut self, now: u32) {
@@ -717,6 +812,9 @@ impl Flows {
             self.sync.changed(slot, &p.key);
             self.stats.vips[usize::from(vip_id)].new_flows.inc();
             self.stats.backends[usize::from(backend_id)].new_flows.inc();
+            if state == FlowState::SynSeen && matches!(vip.spec.mode, Mode::Nat { .. }) {
+                self.handshakes.start(hash, backend_id, self.now_us);
+            }
         } else {
             // Dropped on the way out: no flow was opened. The departure
             // log takes the load back.
@@ -778,6 +876,7 @@ impl Flows {
         if let Verdict::Tx(_) = verdict {
             self.stats.vips[usize::from(vip_id)].new_flows.inc();
             self.stats.backends[usize::from(backend_id)].new_flows.inc();
+            self.handshakes.start(hash, backend_id, self.now_us);
         } else {
             self.table.remove(slot);
         }
@@ -829,7 +928,7 @@ impl Flows {
     #[allow(clippy::too_many_arguments)]
     fn pick(&mut self, s: &Services, now: u32, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
         let Some(timeout) = vip.spec.persistence_ms else {
-            return self.schedule(s, vip_id, vip, key, hash, mid_stream);
+            return self.schedule(s, now, (vip_id, vip), key, hash, mid_stream);
         };
         let src_hash = key.src_hash64();
         let client = Client::new(vip_id, src_hash);
@@ -840,7 +939,7 @@ impl Flows {
         {
             return Some(i);
         }
-        let i = self.schedule(s, vip_id, vip, key, src_hash, mid_stream)?;
+        let i = self.schedule(s, now, (vip_id, vip), key, src_hash, mid_stream)?;
         if let Some(id) = last {
             self.stats.vips[usize::from(vip_id)].moved_clients.inc();
             if let Some(b) = self.stats.backends.get(usize::from(id)) {
@@ -854,19 +953,23 @@ impl Flows {
     /// The VIP's scheduler, falling back to Maglev. A TCP packet that does
     /// not open a connection belongs to a flow another node (or a lost
     /// entry) started: only Maglev gives the answer every node agrees on.
-    fn schedule(&mut self, s: &Services, vip_id: VipId, vip: &Vip, key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
+    fn schedule(&mut self, s: &Services, now: u32, (vip_id, vip): (VipId, &Vip), key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
         if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
             self.pool.clear();
+            // Where return traffic passes the balancer, the handshakes it
+            // times are the freshest response times.
+            let nat = matches!(vip.spec.mode, Mode::Nat { .. });
             for &id in &vip.spec.backends {
-                let (b, load) = (s.backend(id), self.counts.load[usize::from(id)]);
+                let (b, load) = (s.backend(id), self.readings.load(id));
+                let handshake = if nat { self.readings.handshake(id, now) } else { None };
                 self.pool.push(BackendState {
                     id: b.map_or(0, |b| b.ident),
                     weight: b.map_or(0, |b| b.spec.weight),
                     up: b.is_some_and(|b| b.spec.up),
                     active: load.active,
                     pending: load.pending,
-                    rtt_us: self.latencies.get(id),
-                    ..BackendState::default()
+                    rtt_us: handshake.unwrap_or_else(|| self.latencies.get(id)),
+                    bytes_per_sec: self.readings.rate(id),
                 });
             }
             match sched.pick(key, hash, &self.pool) {
@@ -977,6 +1080,9 @@ impl Flows {
             return v;
         }
         let client = *self.table.entry(fwd).key();
+        if p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
+            self.time_handshake(&client);
+        }
         self.advance_state(slot, p.tcp_flags, false);
         let Some(vip) = s.vip(vip_id) else { return Verdict::Drop(DropReason::NoState) };
         let snat = vip.snat.is_some();
@@ -1015,6 +1121,8 @@ impl Flows {
                 None => self.vip_drop(vip_id, DropReason::NoState),
                 Some(Err(r)) => self.vip_drop(vip_id, r),
                 Some(Ok(())) => {
+                    let client = *self.table.entry(fwd).key();
+                    self.time_handshake(&client);
                     self.advance_state(fwd, tcp::ACK, true);
                     let out = s.interfaces[usize::from(b.spec.iface)];
                     rewrite::set_macs(pkt.frame_mut(), out.mac, b.spec.next_hop);

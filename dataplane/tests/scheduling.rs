@@ -1,6 +1,7 @@
 //! How new and established flows get their backends: reloads, drain, the
 //! scheduler hook and its fallbacks, and full-NAT source ports.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use fulcrum_dataplane::flow::FlowKey;
@@ -339,4 +340,110 @@ fn schedulers_see_the_backends_response_times() {
     assert!((0..20).all(|p| backend_of(&mut e, 30_000 + p, SYN) == 2));
     shared.latencies.set(2, 10);
     assert_eq!(backend_of(&mut e, 31_000, SYN), 3, "a newer response time is seen at the next new flow");
+}
+
+/// One frame through `e` at `now_us`; where it went (the last byte of its
+/// destination MAC).
+fn send_at(e: &mut Engine, f: &[u8], now_us: u64) -> (Verdict, u8) {
+    let mut buf = vec![0u8; 2048];
+    buf[128..128 + f.len()].copy_from_slice(f);
+    let mut batch = [Packet::new(&mut buf, 128, f.len(), 0)];
+    e.process_us(now_us, &mut batch);
+    (batch[0].verdict, batch[0].frame()[5])
+}
+
+#[test]
+fn every_worker_s_scheduler_sees_the_whole_daemon_s_connections() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let cfg = |worker| EngineConfig { worker, workers: 2, table_capacity: 4096, ..EngineConfig::default() };
+    let shared = Shared::new(&cfg(0));
+    let mut w0 = Engine::with_shared(cfg(0), services(Mode::Dsr, &pool), &shared).unwrap();
+    let mut w1 = Engine::with_shared(cfg(1), services(Mode::Dsr, &pool), &shared).unwrap();
+    w0.set_scheduler(0, Some(Box::new(Least)));
+    w1.set_scheduler(0, Some(Box::new(Least)));
+    // Worker 0 holds 20 connections, spread 7/7/6, then 10 more that a
+    // plugin-less VIP would not spread: placed by hand on backend 3.
+    for p in 0..20 {
+        backend_of(&mut w0, 10_000 + p, SYN);
+        backend_of(&mut w0, 10_000 + p, ACK);
+    }
+    assert_eq!((0..3).map(|b| w0.load(b).active).sum::<u32>(), 20);
+    // Worker 1 alone would see three idle backends; it sees worker 0's.
+    let seen = shared.readings.load(0);
+    assert_eq!(seen, w0.load(0), "worker 1 has none yet");
+    let picks: Vec<u8> = (0..9).map(|p| backend_of(&mut w1, 20_000 + p, SYN)).collect();
+    let total = |b: u16| shared.readings.load(b);
+    let sums: Vec<u32> = (0..3).map(|b| total(b).active + total(b).pending).collect();
+    assert!(sums.iter().max().unwrap() - sums.iter().min().unwrap() <= 1, "the daemon-wide load stays even: {sums:?} after {picks:?}");
+}
+
+/// Picks the usable backend with the least traffic.
+struct Quietest;
+
+impl Scheduler for Quietest {
+    fn pick(&mut self, _: &FlowKey, _: u64, backends: &[BackendState]) -> Option<usize> {
+        (0..backends.len()).filter(|&i| backends[i].usable()).min_by_key(|&i| backends[i].bytes_per_sec)
+    }
+}
+
+#[test]
+fn schedulers_see_byte_rates_over_about_a_second() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let cfg = EngineConfig { table_capacity: 4096, ..EngineConfig::default() };
+    let shared = Shared::new(&cfg);
+    let mut e = Engine::with_shared(cfg, services(Mode::Dsr, &pool), &shared).unwrap();
+    e.set_scheduler(0, Some(Box::new(Quietest)));
+    // A download-sized stream on the first flow for a second of clock.
+    let first = backend_of(&mut e, 10_000, SYN);
+    let data = PacketBuilder::tcp(ip("198.18.0.1"), 10_000, ip(VIP), 80, ACK).payload(&[0; 1400]).frame();
+    for ms in 0..1000u64 {
+        assert_eq!(send_at(&mut e, &data, ms * 1000).1, first);
+    }
+    let busy = u16::from(first - 1);
+    let rate = shared.readings.rate(busy);
+    // 1,454-byte frames at 1,000 a second, smoothed over about a second.
+    assert!((1_000_000..=1_460_000).contains(&rate), "rate {rate} B/s");
+    assert!((0..3).filter(|&b| b != busy).all(|b| shared.readings.rate(b) == 0));
+    let picks: Vec<u8> = (0..10).map(|p| send_at(&mut e, &frame(20_000 + p, SYN), 1_000_000).1).collect();
+    assert!(!picks.contains(&first), "new flows avoid the busy backend: {picks:?}");
+    // Quiet for two seconds (only traffic for no VIP): the rate decays.
+    let other = PacketBuilder::tcp(ip("198.18.0.1"), 1, ip("198.18.0.2"), 22, SYN).frame();
+    for ms in 1000..3000u64 {
+        assert_eq!(send_at(&mut e, &other, ms * 1000).0, Verdict::Pass);
+    }
+    // (7/8 per 100 ms: 7 % after two seconds.)
+    assert!(shared.readings.rate(busy) < rate / 10, "rate after 2 s idle: {}", shared.readings.rate(busy));
+}
+
+#[test]
+fn nat_schedulers_see_handshake_times_before_health_checks() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let cfg = EngineConfig { table_capacity: 4096, ..EngineConfig::default() };
+    let shared = Shared::new(&cfg);
+    let mut e = Engine::with_shared(cfg, services(Mode::Nat { snat: None }, &pool), &shared).unwrap();
+    // The health checks say backend 1 is fastest...
+    for (id, us) in [(0, 100), (1, 5_000), (2, 5_000)] {
+        shared.latencies.set(id, us);
+    }
+    // ...but its handshakes take 30 ms, backend 2's 200 µs, backend 3's 2 ms.
+    let handshake = [30_000u64, 200, 2_000];
+    let mut t = 1_000_000u64;
+    for p in 0..30 {
+        let (v, b) = send_at(&mut e, &frame(10_000 + p, SYN), t);
+        assert_eq!(v, Verdict::Tx(0));
+        let synack = PacketBuilder::tcp(IpAddr::from([198, 18, 1, b]), 80, ip("198.18.0.1"), 10_000 + p, SYN | ACK).macs([2, 0, 0, 0, 1, b], LB_MAC).frame();
+        t += handshake[usize::from(b - 1)];
+        assert_eq!(send_at(&mut e, &synack, t).0, Verdict::Tx(0));
+        t += 1000;
+    }
+    let now_ms = (t / 1000) as u32;
+    for (id, want) in [(0u16, 30_000u32), (1, 200), (2, 2_000)] {
+        let got = shared.readings.handshake(id, now_ms).expect("timed");
+        assert!(got.abs_diff(want) <= want / 10 + 1, "backend {id}: {got} µs, want about {want}");
+    }
+    e.set_scheduler(0, Some(Box::new(Fastest)));
+    assert!((0..10).all(|p| send_at(&mut e, &frame(20_000 + p, SYN), t).1 == 2), "the handshakes win over the checks");
+    // Ten seconds without a handshake: the checks' times apply again.
+    let later = t + 10_000_001;
+    assert_eq!(send_at(&mut e, &frame(30_000, SYN), later).1, 1);
 }

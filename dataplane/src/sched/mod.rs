@@ -2,6 +2,7 @@
 //! Maglev, the built-in scheduler every other one falls back to.
 
 pub mod maglev;
+pub mod readings;
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
@@ -16,14 +17,17 @@ pub struct BackendState {
     /// 0 drains: the backend must not be picked.
     pub weight: u32,
     pub up: bool,
-    /// Established TCP connections and live UDP flows this worker sent to
-    /// the backend.
+    /// Established TCP connections and live UDP flows the daemon (every
+    /// worker) sent to the backend (`readings::Readings`).
     pub active: u32,
     /// Half-open connections (SYN seen, not yet established).
     pub pending: u32,
-    /// Smoothed health-check response time (`Latencies`); 0 = no sample
-    /// yet.
+    /// Smoothed response time: in nat modes the TCP handshake time the
+    /// workers measure, while fresh; else the health checks'
+    /// (`Latencies`); 0 = no sample yet.
     pub rtt_us: u32,
+    /// Bytes per second to and from the backend, both directions, over
+    /// about the last second (every worker's).
     pub bytes_per_sec: u64,
 }
 

@@ -246,6 +246,19 @@ pub struct BackendStats {
     /// Both directions: return traffic counts under the backend too.
     #[serde(flatten)]
     pub traffic: Traffic,
+    /// Connections the daemon holds to it: established TCP and live UDP,
+    /// and half-open TCP (SYN seen).
+    #[serde(default)]
+    pub active: u32,
+    #[serde(default)]
+    pub pending: u32,
+    /// Both directions, smoothed over about a second.
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    /// The smoothed TCP handshake time the workers measure (nat modes),
+    /// while fresh.
+    #[serde(default)]
+    pub handshake_rtt_us: Option<u32>,
     /// Its health checks, when its VIP has them.
     pub checks: Option<CheckCounters>,
 }
@@ -392,14 +405,31 @@ impl Status {
 impl StatsReport {
     /// What `fulcrum stats` prints.
     pub fn table(&self) -> String {
-        let mut rows = vec![row(&[&"VIP / BACKEND", &"STATE", &"PACKETS", &"BYTES", &"NEW FLOWS", &"DROPS", &"RESETS", &"MOVED", &"CHECKS OK/FAILED"])];
+        let mut rows = vec![row(&[
+            &"VIP / BACKEND",
+            &"STATE",
+            &"ACTIVE",
+            &"PENDING",
+            &"BYTES/S",
+            &"PACKETS",
+            &"BYTES",
+            &"NEW FLOWS",
+            &"DROPS",
+            &"RESETS",
+            &"MOVED",
+            &"CHECKS OK/FAILED",
+        ])];
         for v in &self.vips {
             let t = &v.traffic;
-            rows.push(row(&[&v.name, &"", &t.packets, &t.bytes, &t.new_flows, &v.drops.values().sum::<u64>(), &t.resets, &t.moved_clients, &""]));
+            let sum = |f: fn(&BackendStats) -> u64| v.backends.iter().map(f).sum::<u64>();
+            let (active, pending, rate) = (sum(|b| u64::from(b.active)), sum(|b| u64::from(b.pending)), sum(|b| b.bytes_per_sec));
+            let drops = v.drops.values().sum::<u64>();
+            rows.push(row(&[&v.name, &"", &active, &pending, &rate, &t.packets, &t.bytes, &t.new_flows, &drops, &t.resets, &t.moved_clients, &""]));
             rows.extend(v.backends.iter().map(|b| {
                 let t = &b.traffic;
                 let checks = b.checks.map_or(String::new(), |c| format!("{}/{}", c.passed, c.failed));
-                row(&[&format!("  {}", b.name), &b.state, &t.packets, &t.bytes, &t.new_flows, &"", &t.resets, &t.moved_clients, &checks])
+                let name = format!("  {}", b.name);
+                row(&[&name, &b.state, &b.active, &b.pending, &b.bytes_per_sec, &t.packets, &t.bytes, &t.new_flows, &"", &t.resets, &t.moved_clients, &checks])
             }));
         }
         let mut out = table(&rows, 2);

@@ -12,6 +12,7 @@ use fulcrum_config as cfg;
 use fulcrum_dataplane::engine::{EngineConfig, Shared};
 use fulcrum_dataplane::flow::table::Timeouts;
 use fulcrum_dataplane::sched::Latencies;
+use fulcrum_dataplane::sched::readings::Readings;
 use fulcrum_dataplane::services::{Backend, Services, backend_name};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_io::afxdp::{self, XskConfig, XskIo};
@@ -183,7 +184,7 @@ impl Daemon {
         let engine = engine_config(&config);
         let mut plugins = Plugins::default();
         // The same preparation as a reload's, from nothing.
-        let shared = Shared::new(&engine);
+        let mut shared = Shared::new(&engine);
         let base = Base {
             path: path.to_path_buf(),
             config: None,
@@ -250,6 +251,8 @@ impl Daemon {
         let ifindexes = names.iter().map(|n| netinfo::iface_index(n)).collect::<Result<_, _>>()?;
         let neighbours = NeighbourSync::start(ifindexes, Arc::clone(&shared.neighbours))?;
         let ha = config.sync.as_ref().map(|_| Ha::new(queues as usize, role));
+        // A row of readings per worker, now that their number is known.
+        shared.readings = Arc::new(Readings::new(queues as usize, engine.max_backends));
         let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus, ha.as_ref())?;
         let ha = match (ha, &config.sync) {
             (Some(ha), Some(c)) => {
@@ -259,7 +262,7 @@ impl Daemon {
             }
             _ => None,
         };
-        let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), u64::from(config.limits.connections_per_worker)));
+        let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), &shared, u64::from(config.limits.connections_per_worker)));
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
         if let Some((ha, sync)) = &ha {
             telemetry.set_sync(Arc::clone(ha), Arc::clone(&sync.counters));

@@ -225,7 +225,8 @@ fn render_sync(out: &mut String, s: &SyncReport) {
 }
 
 /// Per backend of a VIP: whether it takes new flows, its weight in force,
-/// and its health checks (backends of VIPs with checks only).
+/// its connections, byte rate and handshake time, and its health checks
+/// (backends of VIPs with checks only).
 fn backend_health(out: &mut String, s: &StatsReport) {
     let backends = || s.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (format!("vip=\"{}\",backend=\"{}\"", v.name, b.name), b)));
     let name = "fulcrum_backend_up";
@@ -237,6 +238,21 @@ fn backend_health(out: &mut String, s: &StatsReport) {
     let mut f = Family::new(out, name, "gauge", "The backend's weight in force (0: draining).");
     for (labels, b) in backends() {
         f.sample(name, &labels, b.weight);
+    }
+    let name = "fulcrum_backend_connections";
+    let mut f = Family::new(out, name, "gauge", "Connections the daemon holds to the backend: active (established TCP, live UDP) and pending (half-open TCP).");
+    for (labels, b) in backends() {
+        f.sample(name, &format!("{labels},state=\"active\""), b.active).sample(name, &format!("{labels},state=\"pending\""), b.pending);
+    }
+    let name = "fulcrum_backend_bytes_per_second";
+    let mut f = Family::new(out, name, "gauge", "Bytes per second to and from the backend, smoothed over about a second.");
+    for (labels, b) in backends() {
+        f.sample(name, &labels, b.bytes_per_sec);
+    }
+    let name = "fulcrum_backend_handshake_seconds";
+    let mut f = Family::new(out, name, "gauge", "Smoothed TCP handshake time the balancer measures (nat and full-nat VIPs; while measured in the last 10 s).");
+    for (labels, us) in backends().filter_map(|(l, b)| Some((l, b.handshake_rtt_us?))) {
+        f.sample(name, &labels, f64::from(us) / 1e6);
     }
     let name = "fulcrum_health_checks_total";
     let mut f = Family::new(out, name, "counter", "Health checks completed, by result.");
@@ -272,6 +288,10 @@ mod tests {
                     state: "down".into(),
                     weight: 3,
                     traffic: Traffic { packets: 10, bytes: 600, new_flows: 2, resets: 1, moved_clients: 0 },
+                    active: 4,
+                    pending: 1,
+                    bytes_per_sec: 2500,
+                    handshake_rtt_us: Some(250),
                     checks: Some(CheckCounters { passed: 7, failed: 3, went_down: 1, went_up: 0, rtt_us: 1500 }),
                 }],
             }],
@@ -295,6 +315,10 @@ mod tests {
             "fulcrum_vip_resets_total{vip=\"198.18.0.100:80/tcp\"} 1",
             "fulcrum_backend_up{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0",
             "fulcrum_backend_weight{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 3",
+            "fulcrum_backend_connections{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",state=\"active\"} 4",
+            "fulcrum_backend_connections{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",state=\"pending\"} 1",
+            "fulcrum_backend_bytes_per_second{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 2500",
+            "fulcrum_backend_handshake_seconds{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0.00025",
             "fulcrum_health_checks_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",result=\"failed\"} 3",
             "fulcrum_health_transitions_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",to=\"down\"} 1",
             "fulcrum_health_check_seconds{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0.0015",

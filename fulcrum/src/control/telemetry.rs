@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use fulcrum_dataplane::Shared;
 use fulcrum_dataplane::flow::key::ip_from16;
 use fulcrum_dataplane::packet::DropReason;
+use fulcrum_dataplane::sched::readings::Readings;
 use fulcrum_dataplane::services::{Services, backend_name, vip_name};
 use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
@@ -24,6 +26,10 @@ pub struct Telemetry {
     /// The health checks' counters, when any VIP has checks.
     health: Mutex<Option<Arc<HealthStats>>>,
     workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
+    /// The workers' connections, byte rates and handshake times per
+    /// backend, and the workers' clock they are timed by.
+    readings: Arc<Readings>,
+    clock: Instant,
     table_capacity: u64,
     reloads: Mutex<Reloads>,
     /// The pair's role and the sync thread's counters, with `[sync]`.
@@ -47,8 +53,17 @@ fn traffic(t: &[&stats::Traffic]) -> Traffic {
 }
 
 impl Telemetry {
-    pub fn new(services: Arc<Services>, workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>, table_capacity: u64) -> Telemetry {
-        Telemetry { services: Mutex::new(services), health: Mutex::default(), workers, table_capacity, reloads: Mutex::default(), sync: Mutex::default() }
+    pub fn new(services: Arc<Services>, workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>, shared: &Shared, table_capacity: u64) -> Telemetry {
+        Telemetry {
+            services: Mutex::new(services),
+            health: Mutex::default(),
+            workers,
+            readings: Arc::clone(&shared.readings),
+            clock: shared.epoch,
+            table_capacity,
+            reloads: Mutex::default(),
+            sync: Mutex::default(),
+        }
     }
 
     pub fn set_sync(&self, ha: Arc<Ha>, counters: Arc<SyncCounters>) {
@@ -138,11 +153,17 @@ impl Telemetry {
                             went_up: c.went_up.get(),
                             rtt_us: c.rtt_us.load(std::sync::atomic::Ordering::Relaxed),
                         });
+                        let load = self.readings.load(bid);
+                        let now_ms = (self.clock.elapsed().as_millis()) as u32;
                         Some(BackendStats {
                             name: backend_name(b.spec.addr, b.spec.port),
                             state: state.into(),
                             weight: b.spec.weight,
                             traffic: traffic(&engines.iter().map(|s| &s.backends[j]).collect::<Vec<_>>()),
+                            active: load.active,
+                            pending: load.pending,
+                            bytes_per_sec: self.readings.rate(bid),
+                            handshake_rtt_us: self.readings.handshake(bid, now_ms),
                             checks,
                         })
                     })

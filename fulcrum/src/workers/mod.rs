@@ -69,15 +69,13 @@ impl Dataplane {
             })
             .unzip();
         let peers: Arc<[Sender<Handoff>]> = inboxes.into();
-        // Session persistence needs one clock for all, as one sticky table.
-        let clock = Instant::now();
         ios.into_iter()
             .zip(mailboxes)
             .enumerate()
             .map(|(i, (io, inbox))| {
                 let engine = Engine::with_shared(EngineConfig { worker: i as u16, workers: n, ..cfg }, Arc::clone(services), shared)?;
                 let (ctl_tx, ctl_rx) = bounded(CONTROL_QUEUE);
-                Ok((Worker::new(i as u16, io, engine, inbox, Arc::clone(&peers), ctl_rx, clock), ctl_tx))
+                Ok((Worker::new(i as u16, io, engine, inbox, Arc::clone(&peers), ctl_rx, shared.epoch), ctl_tx))
             })
             .collect()
     }

@@ -136,7 +136,9 @@ impl<I: PacketIo> Worker<I> {
     pub fn poll(&mut self) -> Result<bool, IoError> {
         self.apply_control();
         self.stats.polls.inc();
-        let now = self.clock.elapsed().as_millis() as u32;
+        // Microseconds, for the handshake times the engine measures.
+        let now_us = self.clock.elapsed().as_micros() as u64;
+        let now = (now_us / 1000) as u32;
         self.io.recv(&mut self.rx)?;
         self.hops.resize(self.rx.len(), 0);
         self.take_handoffs();
@@ -148,7 +150,7 @@ impl<I: PacketIo> Worker<I> {
             self.stats.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].inc();
         }
         // With nothing received the engine still runs its expiry step.
-        let verdicts = self.run_engine(now);
+        let verdicts = self.run_engine(now_us);
         if let Some(ha) = &self.ha {
             ha.poll_worker(usize::from(self.id), &mut self.engine, now);
         }
@@ -206,7 +208,7 @@ impl<I: PacketIo> Worker<I> {
 
     /// Runs the batch through the engine; per frame the verdict and the
     /// frame's new bounds.
-    fn run_engine(&mut self, now: u32) -> [(Verdict, usize, usize); BATCH] {
+    fn run_engine(&mut self, now_us: u64) -> [(Verdict, usize, usize); BATCH] {
         let mut out = [(Verdict::Pass, 0, 0); BATCH];
         let io = &self.io;
         let mut batch: [Packet; BATCH] = std::array::from_fn(|_| Packet::default());
@@ -217,7 +219,7 @@ impl<I: PacketIo> Worker<I> {
                 *pkt = Packet::new(buf, start, len, port);
             }
         }
-        self.engine.process(now, &mut batch[..n]);
+        self.engine.process_us(now_us, &mut batch[..n]);
         for (o, p) in out.iter_mut().zip(&batch[..n]) {
             *o = (p.verdict, p.start, p.len);
         }

@@ -413,12 +413,7 @@ impl StatsReport {
         let _ = writeln!(
             out,
             "\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}, SYNs past the half-open cap: {}, SYN cookies sent/accepted: {}/{}\n",
-            self.passed,
-            self.scheduler_faults,
-            self.fragments_followed,
-            self.syns_without_state,
-            self.syn_cookies_sent,
-            self.syn_cookies_accepted
+            self.passed, self.scheduler_faults, self.fragments_followed, self.syns_without_state, self.syn_cookies_sent, self.syn_cookies_accepted
         );
         let mut rows = vec![row(&[
             &"WORKER",

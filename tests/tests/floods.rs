@@ -122,8 +122,13 @@ fn ack_and_rst_floods_leave_no_entry_and_take_no_source_in_nat_modes() {
     daemon::add_snat_addrs(&lab, &snat).expect("SNAT addresses");
     daemon::start_servers(&mut lab, SERVER.as_ref(), false, &[]).expect("servers");
     let all = [0, 1, 2];
-    let config = head(&lab, "") + &vip(&lab, 80, "nat", "", &all) + &vip(&lab, 8080, "full-nat", "snat = \"198.18.2.200/30\"", &all);
+    // And a VIP whose SNAT address the host does not have: the daemon
+    // must say so (its flows would never see a reply).
+    let foreign = format!("[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"udp\"\nport = 9000\nmode = \"full-nat\"\nsnat = \"198.18.2.250\"\nbackend = []\n");
+    let config = head(&lab, "") + &vip(&lab, 80, "nat", "", &all) + &vip(&lab, 8080, "full-nat", "snat = \"198.18.2.200/30\"", &all) + &foreign;
     let (d, _file) = daemon::start(&lab, &config).expect("daemon");
+    let warned = |a: &str| d.output().contains(&format!("snat {a} is not an address of this host"));
+    assert!(warned("198.18.2.250") && !snat.iter().any(|a| warned(&a.to_string())), "{}", d.output());
     let socket = daemon::socket_of(&config);
     ack_and_rst_floods(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 80), "nat");
     ack_and_rst_floods(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 8080), "full-nat");

@@ -144,9 +144,11 @@ fn ack_and_rst_floods_leave_no_entry_and_take_no_source_in_nat_modes() {
 /// clients connect in a loop and `established` connections opened before
 /// wait to send their request: no client fails, every established one is
 /// answered, and the table holds no more than the half-open cap of the
-/// flood. Written for any VIP the SYN goes through without state past a
-/// cap (dsr and tunnel today).
-fn syn_flood(lab: &Lab, socket: &Path, target: SocketAddr, frames: u32, half_open_cap: u64) {
+/// flood. For any VIP whose SYNs go on without state past a cap (dsr and
+/// tunnel); a VIP behind the SYN proxy makes no entry at all and counts
+/// cookies instead: its test floods and connects the same way (`Flood`,
+/// `with_clients`) and checks those counters.
+fn syn_flood_past_the_half_open_cap(lab: &Lab, socket: &Path, target: SocketAddr, frames: u32, half_open_cap: u64) {
     const ESTABLISHED: usize = 8;
     let name = format!("{target}/tcp");
     let mut established: Vec<TcpStream> = in_netns(&lab.client.ns, || {
@@ -284,7 +286,7 @@ fn a_syn_flood_on_dsr_then_a_connection_storm_through_one_full_nat_backend() {
         + &vip(&lab, 8080, "full-nat", "snat = \"198.18.0.208/29\"", &[0]);
     let (d, _file) = daemon::start(&lab, &config).expect("daemon");
     let socket = daemon::socket_of(&config);
-    syn_flood(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 80), 100_000, HALF_OPEN);
+    syn_flood_past_the_half_open_cap(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 80), 100_000, HALF_OPEN);
     let workers = stats(&socket).workers.len() as u64;
     port_reuse(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 8080), &snat, 64_512 / workers);
     daemon::stop(d).expect("daemon stop");

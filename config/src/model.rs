@@ -213,12 +213,13 @@ impl fmt::Display for Protocol {
 }
 
 /// How a VIP forwards. Every address in it is of the VIP's family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// DNAT; backends route replies back through the balancer.
     Nat,
-    /// DNAT plus SNAT to `snat`, a balancer address that is no VIP's.
-    FullNat { snat: IpAddr },
+    /// DNAT plus SNAT to one of `snat` (1 to 64 addresses, each once):
+    /// balancer addresses that are no VIP's.
+    FullNat { snat: Vec<IpAddr> },
     /// L2 direct server return: only the MACs change.
     Dsr,
     /// IP-in-IP to the backend; outer sources taken from `source`.

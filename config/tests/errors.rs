@@ -263,7 +263,7 @@ fn addresses_must_be_unicast_and_of_the_vips_family() {
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp, backend 3: address must be a unicast address, got 127.0.0.1 (loopback)",
             r#"fulcrum.toml:17: vip 198.18.0.100:80/tcp, backend 4: address must be an IPv4 or IPv6 address, got "198.18.0.256""#,
             "fulcrum.toml:19: vip 198.18.0.100:80/tcp, backend 5: address 198.18.0.100 is the VIP's own",
-            "fulcrum.toml:21: vip 198.18.0.100:80/tcp, backend 6: address 198.18.0.2 is the VIP's snat address",
+            "fulcrum.toml:21: vip 198.18.0.100:80/tcp, backend 6: address 198.18.0.2 is a snat address of the VIP",
         ]
     );
     let families = errors(concat!(
@@ -292,7 +292,7 @@ fn mode_fields_are_required_by_their_mode_and_forbidden_elsewhere() {
     assert_eq!(
         e,
         [
-            "fulcrum.toml:7: vip 198.18.0.100:*/tcp: mode full-nat needs snat: the balancer address that backends reply to",
+            "fulcrum.toml:7: vip 198.18.0.100:*/tcp: mode full-nat needs snat: the balancer addresses that backends reply to (one, a list, or a prefix)",
             "fulcrum.toml:13: vip 198.18.0.101:*/tcp: snat is only for mode full-nat, not nat",
             "fulcrum.toml:14: vip 198.18.0.101:*/tcp: tunnel_source is only for mode ipip and gue, not nat",
             "fulcrum.toml:15: vip 198.18.0.101:*/tcp: gue_port is only for mode gue, not nat",
@@ -308,6 +308,79 @@ fn snat_may_not_be_another_vips_address() {
     assert_eq!(
         e,
         ["fulcrum.toml:9: vip 198.18.0.100:80/tcp: snat 198.18.0.2 is the address of vip 198.18.0.2:*/udp: use a balancer address that serves no VIP"]
+    );
+}
+
+#[test]
+fn snat_is_an_address_a_list_or_a_prefix() {
+    let full_nat =
+        |vip: &str, snat: &str| valid(&format!("[[vip]]\naddress = \"{vip}\"\nprotocol = \"tcp\"\nmode = \"full-nat\"\nsnat = {snat}\nbackend = []\n"));
+    let snat = |c: Config| match &c.vips[0].mode {
+        Mode::FullNat { snat } => snat.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(snat(full_nat("198.18.0.100", r#""198.18.0.2""#)), ["198.18.0.2"]);
+    assert_eq!(snat(full_nat("198.18.0.100", r#"["198.18.0.2", "198.18.9.1"]"#)), ["198.18.0.2", "198.18.9.1"]);
+    assert_eq!(snat(full_nat("198.18.0.100", r#""198.18.9.0/30""#)), ["198.18.9.0", "198.18.9.1", "198.18.9.2", "198.18.9.3"]);
+    assert_eq!(snat(full_nat("2001:db8::100", r#""2001:db8:9::/127""#)), ["2001:db8:9::", "2001:db8:9::1"]);
+    assert_eq!(snat(full_nat("198.18.0.100", r#""198.18.9.0/26""#)).len(), 64);
+    assert_eq!(snat(full_nat("2001:db8::100", r#""2001:db8:9::/122""#)).len(), 64);
+}
+
+#[test]
+fn snat_lists_and_prefixes_are_checked_address_by_address() {
+    let full_nat = |n: u8, vip: &str, snat: &str| {
+        format!("[[vip]]\naddress = \"{vip}\"\nprotocol = \"tcp\"\nport = {n}\nmode = \"full-nat\"\nsnat = {snat}\nbackend = []\n")
+    };
+    let many: Vec<String> = (0..65).map(|i| format!("\"198.18.9.{i}\"")).collect();
+    let e = errors(
+        &[
+            full_nat(1, "198.18.0.100", r#""198.18.9.0/25""#),
+            full_nat(2, "2001:db8::100", r#""2001:db8:9::/64""#),
+            full_nat(3, "198.18.0.100", "[]"),
+            full_nat(4, "198.18.0.100", &format!("[{}]", many.join(", "))),
+            full_nat(5, "198.18.0.100", r#"["198.18.9.1", "2001:db8::1"]"#),
+            full_nat(6, "198.18.0.100", r#"["198.18.9.1", "198.18.0.100"]"#),
+            full_nat(7, "198.18.0.100", r#"["198.18.9.1", "198.18.9.1"]"#),
+            full_nat(8, "198.18.0.100", r#"["198.18.9.1", "224.0.0.1", 5]"#),
+            full_nat(9, "198.18.0.100", r#""198.18.9.1/29""#),
+            full_nat(10, "198.18.0.100", "true"),
+            full_nat(11, "198.18.0.100", r#""198.18.0.96/29""#),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        e,
+        [
+            r#"fulcrum.toml:9: vip 198.18.0.100:1/tcp: snat 198.18.9.0/25 is too wide: at most 64 addresses (a /26, or a /122 in IPv6)"#,
+            r#"fulcrum.toml:16: vip [2001:db8::100]:2/tcp: snat 2001:db8:9::/64 is too wide: at most 64 addresses (a /26, or a /122 in IPv6)"#,
+            "fulcrum.toml:23: vip 198.18.0.100:3/tcp: snat must list 1 to 64 addresses, got 0",
+            "fulcrum.toml:30: vip 198.18.0.100:4/tcp: snat must list 1 to 64 addresses, got 65",
+            "fulcrum.toml:37: vip 198.18.0.100:5/tcp: snat 2001:db8::1 is IPv6 but the VIP is IPv4: all addresses of a VIP are of one family",
+            "fulcrum.toml:44: vip 198.18.0.100:6/tcp: snat 198.18.0.100 is the VIP's own address: use a balancer address that serves no VIP",
+            "fulcrum.toml:51: vip 198.18.0.100:7/tcp: snat 198.18.9.1 is listed twice (first at line 51)",
+            "fulcrum.toml:58: vip 198.18.0.100:8/tcp: snat must be a unicast address, got 224.0.0.1 (multicast)",
+            "fulcrum.toml:58: vip 198.18.0.100:8/tcp: snat must be a string, got 5",
+            "fulcrum.toml:65: vip 198.18.0.100:9/tcp: snat 198.18.9.1/29 has bits set after the first 29: did you mean 198.18.9.0/29?",
+            r#"fulcrum.toml:72: vip 198.18.0.100:10/tcp: snat must be an address, a list of addresses or a prefix like "198.18.9.0/29", got a boolean"#,
+            "fulcrum.toml:79: vip 198.18.0.100:11/tcp: snat 198.18.0.100 is the VIP's own address: use a balancer address that serves no VIP",
+        ]
+    );
+    // Every address of a list or prefix is checked against the other
+    // VIPs' addresses and the VIP's backends.
+    let e = errors(concat!(
+        "[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\nmode = \"full-nat\"\nsnat = \"198.18.9.0/29\"\n",
+        "[[vip.backend]]\naddress = \"198.18.9.2\"\n",
+        "[[vip]]\naddress = \"198.18.9.5\"\nprotocol = \"udp\"\nmode = \"full-nat\"\nsnat = [\"198.18.8.1\", \"198.18.9.5\"]\nbackend = []\n",
+        "[[vip]]\naddress = \"198.18.8.1\"\nprotocol = \"udp\"\nmode = \"nat\"\nbackend = []\n",
+    ));
+    assert_eq!(
+        e,
+        [
+            "fulcrum.toml:8: vip 198.18.0.100:*/tcp: snat 198.18.9.5 is the address of vip 198.18.9.5:*/udp: use a balancer address that serves no VIP",
+            "fulcrum.toml:10: vip 198.18.0.100:*/tcp, backend 1: address 198.18.9.2 is a snat address of the VIP",
+            "fulcrum.toml:15: vip 198.18.9.5:*/udp: snat 198.18.9.5 is the VIP's own address: use a balancer address that serves no VIP",
+        ]
     );
 }
 

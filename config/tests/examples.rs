@@ -38,8 +38,8 @@ fn examples_use_only_test_addresses() {
         let c = load(&file).expect("valid");
         for vip in &c.vips {
             let mut addrs = vec![vip.address];
-            match vip.mode {
-                Mode::FullNat { snat } => addrs.push(snat),
+            match &vip.mode {
+                Mode::FullNat { snat } => addrs.extend(snat),
                 Mode::Ipip { source } | Mode::Gue { source, .. } => addrs.push(source.address),
                 Mode::Nat | Mode::Dsr => {}
             }
@@ -56,7 +56,7 @@ fn examples_use_only_test_addresses() {
 
 #[test]
 fn each_example_shows_its_mode() {
-    let modes = |c: &Config| c.vips.iter().map(|v| v.mode).collect::<Vec<_>>();
+    let modes = |c: &Config| c.vips.iter().map(|v| v.mode.clone()).collect::<Vec<_>>();
     let nat = example("nat-inline.toml");
     assert!(matches!(nat.topology, Topology::Inline { .. }));
     assert!(modes(&nat).iter().all(|m| *m == Mode::Nat));

@@ -369,6 +369,7 @@ impl Engine {
         if proxies && self.flows.splices.is_empty() {
             self.flows.splices = vec![Splice::default(); self.flows.cfg.table_capacity];
         }
+        self.flows.snat.set_addrs(services.snat_addrs());
         self.services = services;
         Ok(())
     }
@@ -487,9 +488,9 @@ impl Flows {
             match value {
                 FlowValue::Forward { vip, backend, .. } => self.counts.flow((vip, backend), state, -1),
                 // The return key of a full-NAT flow is backend -> SNAT
-                // address and port; an inline DNAT one (client port) in the
-                // range is held back too, which costs nothing but a skip.
-                FlowValue::Reverse { .. } => self.snat.ended(key.dst_port, backend_tag(&key.src, key.src_port), now),
+                // address and port; an inline DNAT one (to the client) is
+                // no SNAT address's, and ignored.
+                FlowValue::Reverse { .. } => self.snat.ended(&key.dst, key.dst_port, backend_tag(&key.src, key.src_port), now),
             }
         }
     }
@@ -604,7 +605,7 @@ impl Flows {
         let Some((vip_id, vip)) = s.vip_for_portless(&p.key).and_then(|id| Some((id, s.vip(id)?))) else {
             return self.orphan_fragment(s, p);
         };
-        if vip.snat.is_some() {
+        if !vip.snat.is_empty() {
             return self.vip_drop(vip_id, DropReason::Fragment);
         }
         let Some(idx) = vip.maglev.lookup(p.key.hash64()) else { return self.vip_drop(vip_id, DropReason::NoBackend) };
@@ -987,9 +988,8 @@ impl Flows {
     fn add_reverse(&mut self, now: u32, pkt: &Packet, p: &Parsed, fwd: Slot, vip: &Vip, b: &BackendEntry, state: FlowState) -> Result<(), DropReason> {
         let bport = b.port_for(p.key.dst_port);
         let mut rkey = FlowKey { src: b.addr, dst: p.key.src, src_port: bport, dst_port: p.key.src_port, proto: p.key.proto };
-        if let Some(snat) = vip.snat {
-            rkey.dst = snat;
-            rkey.dst_port = self.alloc_snat_port(&mut rkey, now).ok_or(DropReason::SnatExhausted)?;
+        if !vip.snat.is_empty() {
+            (rkey.dst, rkey.dst_port) = self.alloc_snat(&vip.snat, &rkey, now).ok_or(DropReason::SnatExhausted)?;
         }
         let rhash = rkey.hash64();
         // DNAT cannot tell apart one client port reaching the same backend
@@ -1003,18 +1003,19 @@ impl Flows {
         Ok(())
     }
 
-    /// A source port in this worker's share whose return key is free and
-    /// that is not held back from this backend.
-    fn alloc_snat_port(&mut self, rkey: &mut FlowKey, now: u32) -> Option<u16> {
+    /// A source (one of the VIP's SNAT addresses, a port of this
+    /// worker's share) whose return key is free and that is not held back
+    /// from this backend.
+    fn alloc_snat(&mut self, addrs: &[u16], rkey: &FlowKey, now: u32) -> Option<([u8; 16], u16)> {
+        // A flow this very packet ended (its SYN opened the tuple afresh)
+        // holds its source back too.
+        self.settle_departures(now);
         let backend = backend_tag(&rkey.src, rkey.src_port);
         let table = &self.table;
-        let mut free = self.snat.next_for(backend, now, SNAT_PROBES).filter(|&port| {
-            let key = FlowKey { dst_port: port, ..*rkey };
+        self.snat.next_for(addrs, backend, now, SNAT_PROBES).find(|&(dst, dst_port)| {
+            let key = FlowKey { dst, dst_port, ..*rkey };
             !table.contains(&key, key.hash64(), now)
-        });
-        let port = free.next()?;
-        rkey.dst_port = port;
-        Some(port)
+        })
     }
 
     /// Rewrites a client packet for its backend per the VIP's mode.
@@ -1030,11 +1031,12 @@ impl Flows {
                 if !rewrite::decrement_ttl(frame, p) {
                     return self.vip_drop(vip_id, DropReason::TtlExceeded);
                 }
-                if let Some(snat) = &vip.snat {
+                if !vip.snat.is_empty() {
+                    // The flow's source is its return key's destination.
                     let Some(slot) = slot else { return self.vip_drop(vip_id, DropReason::NoState) };
                     let peer = self.table.entry(slot).peer();
-                    let sport = self.table.entry(peer).key().dst_port;
-                    rewrite::set_endpoint(frame, p, End::Src, snat, sport);
+                    let source = self.table.entry(peer).key();
+                    rewrite::set_endpoint(frame, p, End::Src, &source.dst, source.dst_port);
                 }
                 rewrite::set_endpoint(frame, p, End::Dst, &b.addr, b.port_for(p.key.dst_port));
             }
@@ -1085,7 +1087,7 @@ impl Flows {
         }
         self.advance_state(slot, p.tcp_flags, false);
         let Some(vip) = s.vip(vip_id) else { return Verdict::Drop(DropReason::NoState) };
-        let snat = vip.snat.is_some();
+        let snat = !vip.snat.is_empty();
         let frame_len = pkt.len;
         let frame = pkt.frame_mut();
         if !rewrite::decrement_ttl(frame, p) {
@@ -1190,9 +1192,11 @@ impl Flows {
             // The backend sent (backend -> client, or -> SNAT address):
             // make the quote say so and address the error to it.
             let peer = self.table.entry(slot).peer();
-            let (dst, dport) = match vip.snat {
-                Some(s) if peer != NO_PEER => (s, self.table.entry(peer).key().dst_port),
-                _ => (flow.src, flow.src_port),
+            let (dst, dport) = if !vip.snat.is_empty() && peer != NO_PEER {
+                let source = self.table.entry(peer).key();
+                (source.dst, source.dst_port)
+            } else {
+                (flow.src, flow.src_port)
             };
             let frame = pkt.frame_mut();
             if !rewrite::decrement_ttl(frame, p) {

@@ -19,12 +19,12 @@ use crate::types::{BackendId, IfIndex, Mac, VipId};
 use crate::wire::IpProtocol;
 
 /// How a VIP forwards (per VIP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// DNAT to the backend. With `snat`, also SNAT to that balancer address
-    /// (full-NAT, for one-arm topologies where replies would otherwise
-    /// bypass the balancer).
-    Nat { snat: Option<IpAddr> },
+    /// DNAT to the backend. With `snat` addresses, also SNAT to one of
+    /// those balancer addresses (full-NAT, for one-arm topologies where
+    /// replies would otherwise bypass the balancer); none: inline DNAT.
+    Nat { snat: Vec<IpAddr> },
     /// L2 direct server return: only the MACs change; the backend holds the
     /// VIP on its loopback and answers the client itself.
     Dsr,
@@ -92,7 +92,9 @@ pub struct VipSpec {
 pub struct Vip {
     pub spec: VipSpec,
     pub addr: [u8; 16],
-    pub snat: Option<[u8; 16]>,
+    /// Full-NAT source addresses, as positions in `Services::snat_addrs`;
+    /// empty unless full-NAT.
+    pub snat: Box<[u16]>,
     /// Over the usable backends. Shared with the snapshot this one was
     /// derived from when the pool's idents and effective weights are equal
     /// (health changes of other VIPs rebuild nothing here).
@@ -163,6 +165,10 @@ pub struct Services {
     /// The addresses of NAT backends, by protocol: their later IP
     /// fragments carry no ports to match `return_ends` with.
     nat_backends: HashSet<([u8; 16], IpProtocol)>,
+    /// Every VIP's full-NAT source addresses, each once, in the order
+    /// first named.
+    snat_addrs: Vec<[u8; 16]>,
+    snat_positions: HashMap<[u8; 16], u16>,
 }
 
 /// A configuration the packet path cannot run, with what is wrong.
@@ -243,6 +249,8 @@ impl Services {
             port_vips: HashMap::new(),
             return_ends: HashSet::new(),
             nat_backends: HashSet::new(),
+            snat_addrs: Vec::new(),
+            snat_positions: HashMap::new(),
         };
         for (id, b) in backends.iter().enumerate() {
             if let Some(b) = b
@@ -279,19 +287,23 @@ impl Services {
             return err("defined twice".into());
         }
         let v4 = spec.addr.is_ipv4();
-        let snat = match spec.mode {
-            Mode::Nat { snat: Some(s) } if s.is_ipv4() != v4 => return err(format!("snat address {s} is not of the VIP's family")),
-            Mode::Nat { snat } => snat.map(addr16),
-            Mode::Tunnel { source, source_prefix, .. } => {
+        let snat = match &spec.mode {
+            Mode::Nat { snat } => {
+                if let Some(s) = snat.iter().find(|s| s.is_ipv4() != v4) {
+                    return err(format!("snat address {s} is not of the VIP's family"));
+                }
+                snat.iter().map(|&s| self.snat_index(addr16(s))).collect::<Result<_, _>>().map_err(|e| ServiceError(format!("vip {name}: {e}")))?
+            }
+            &Mode::Tunnel { source, source_prefix, .. } => {
                 if source.is_ipv4() != v4 {
                     return err(format!("tunnel source {source} is not of the VIP's family"));
                 }
                 if source_prefix > if v4 { 32 } else { 128 } {
                     return err(format!("tunnel source prefix /{source_prefix} is too long"));
                 }
-                None
+                Box::default()
             }
-            Mode::Dsr => None,
+            Mode::Dsr => Box::default(),
         };
         let mut inputs = Vec::with_capacity(spec.backends.len());
         for (i, &bid) in spec.backends.iter().enumerate() {
@@ -304,11 +316,11 @@ impl Services {
             if spec.mode == Mode::Dsr && b.spec.port != 0 && b.spec.port != spec.port {
                 return err(format!("backend {i} ({}): DSR cannot change the port ({} -> {})", b.spec.addr, spec.port, b.spec.port));
             }
-            if let Mode::Nat { snat } = spec.mode {
+            if let Mode::Nat { snat } = &spec.mode {
                 let port = if b.spec.port == 0 { spec.port } else { b.spec.port };
                 self.return_ends.insert(VipKey { addr: b.addr, proto: spec.proto, port });
                 self.nat_backends.insert((b.addr, spec.proto));
-                if let Some(s) = snat {
+                for &s in snat {
                     self.return_ends.insert(VipKey { addr: addr16(s), proto: spec.proto, port: 0 });
                 }
             }
@@ -354,6 +366,32 @@ impl Services {
     /// The first VIP on `addr`, if `addr` is the address of any VIP.
     pub fn vip_for_addr(&self, addr: &[u8; 16]) -> Option<VipId> {
         self.vip_addrs.get(addr).copied()
+    }
+
+    /// Every VIP's full-NAT source addresses, each once: a VIP's `snat`
+    /// names positions in it.
+    pub fn snat_addrs(&self) -> &[[u8; 16]] {
+        &self.snat_addrs
+    }
+
+    /// A VIP's full-NAT source addresses.
+    pub fn snat_addrs_of<'a>(&'a self, vip: &'a Vip) -> impl Iterator<Item = &'a [u8; 16]> {
+        vip.snat.iter().filter_map(|&i| self.snat_addrs.get(usize::from(i)))
+    }
+
+    /// The position of a full-NAT source address in `snat_addrs`, added
+    /// if new.
+    fn snat_index(&mut self, addr: [u8; 16]) -> Result<u16, String> {
+        let next = self.snat_addrs.len();
+        match self.snat_positions.entry(addr) {
+            hashbrown::hash_map::Entry::Occupied(e) => Ok(*e.get()),
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                let i = u16::try_from(next).map_err(|_| format!("more than {} full-NAT source addresses in all", u16::MAX))?;
+                e.insert(i);
+                self.snat_addrs.push(addr);
+                Ok(i)
+            }
+        }
     }
 
     /// Whether a packet goes to a full-NAT source address.

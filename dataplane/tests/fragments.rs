@@ -63,7 +63,7 @@ fn datagram(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, len: usize, id: u3
 }
 
 /// The IP packet of a frame, past any tunnel header the engine added.
-fn inner_ip(out: &[u8], mode: Mode) -> &[u8] {
+fn inner_ip<'a>(out: &'a [u8], mode: &Mode) -> &'a [u8] {
     let ip = &out[14..];
     let hlen = |p: &[u8]| if p[0] >> 4 == 6 { 40 } else { usize::from(p[0] & 0xf) * 4 };
     match mode {
@@ -87,8 +87,8 @@ fn modes(v6: bool) -> Vec<Mode> {
     let tunnel_src = if v6 { ip("2001:db8:ff::") } else { ip("198.18.200.0") };
     let prefix = if v6 { 96 } else { 24 };
     vec![
-        Mode::Nat { snat: None },
-        Mode::Nat { snat: Some(ip(if v6 { SNAT6 } else { SNAT4 })) },
+        Mode::Nat { snat: vec![] },
+        Mode::Nat { snat: vec![ip(if v6 { SNAT6 } else { SNAT4 })] },
         Mode::Dsr,
         Mode::Tunnel { encap: Encap::Ipip, source: tunnel_src, source_prefix: prefix },
         Mode::Tunnel { encap: Encap::Gue { port: GUE_DEFAULT_PORT }, source: tunnel_src, source_prefix: prefix },
@@ -99,19 +99,19 @@ fn modes(v6: bool) -> Vec<Mode> {
 fn every_fragment_of_a_datagram_reaches_the_backend_of_its_first() {
     for v6 in [false, true] {
         for mode in modes(v6) {
-            let mut e = engine(mode, v6);
+            let mut e = engine(mode.clone(), v6);
             let frags = datagram(client(v6), 5000, vip(v6), 7, 4000, 0x1234);
             assert_eq!(frags.len(), 4, "4000 bytes in pieces of 1232");
             let outs: Vec<(Verdict, Vec<u8>)> = frags.iter().map(|f| run(&mut e, f)).collect();
             assert!(outs.iter().all(|(v, _)| *v == Verdict::Tx(0)), "{mode:?} v6={v6}: {:?}", outs.iter().map(|o| o.0).collect::<Vec<_>>());
             let macs: Vec<u8> = outs.iter().map(|(_, f)| f[5]).collect();
             assert!(macs.iter().all(|&m| m == macs[0]), "{mode:?} v6={v6}: fragments went to backends {macs:?}");
-            let ips: Vec<&[u8]> = outs.iter().map(|(_, f)| inner_ip(f, mode)).collect();
+            let ips: Vec<&[u8]> = outs.iter().map(|(_, f)| inner_ip(f, &mode)).collect();
             assert!(reassembled_checksum_ok(&ips), "{mode:?} v6={v6}: the datagram's checksum no longer verifies");
             if !v6 {
                 assert!(ips.iter().all(|p| checksum::checksum(&p[..20], 0) == 0), "{mode:?}: an IPv4 header checksum is wrong");
             }
-            if let Mode::Nat { snat } = mode {
+            if let Mode::Nat { snat } = &mode {
                 let b = backend_in(macs[0], v6).addr;
                 for p in &ips {
                     let (src, dst) = if v6 { (&p[8..24], &p[24..40]) } else { (&p[12..16], &p[16..20]) };
@@ -120,7 +120,7 @@ fn every_fragment_of_a_datagram_reaches_the_backend_of_its_first() {
                         IpAddr::V6(a) => a.octets().to_vec(),
                     };
                     assert_eq!(dst, octets(b), "{mode:?} v6={v6}: a fragment's destination");
-                    assert_eq!(src, octets(snat.unwrap_or(client(v6))), "{mode:?} v6={v6}: a fragment's source");
+                    assert_eq!(src, octets(snat.first().copied().unwrap_or(client(v6))), "{mode:?} v6={v6}: a fragment's source");
                 }
             }
             assert_eq!(e.stats().fragments_followed.get(), 3, "{mode:?} v6={v6}");
@@ -132,7 +132,7 @@ fn every_fragment_of_a_datagram_reaches_the_backend_of_its_first() {
 fn fragmented_nat_replies_reach_the_client() {
     for v6 in [false, true] {
         let snat = ip(if v6 { SNAT6 } else { SNAT4 });
-        let mut e = engine(Mode::Nat { snat: Some(snat) }, v6);
+        let mut e = engine(Mode::Nat { snat: vec![snat] }, v6);
         let (v, out) = run(&mut e, &PacketBuilder::udp(client(v6), 5000, vip(v6), 7).payload(b"ping").frame());
         assert_eq!(v, Verdict::Tx(0));
         let p = parse(&out).unwrap();
@@ -157,13 +157,13 @@ fn fragmented_nat_replies_reach_the_client() {
 fn later_fragments_that_come_first_are_placed_and_the_first_follows_them() {
     for v6 in [false, true] {
         for mode in modes(v6) {
-            let mut e = engine(mode, v6);
+            let mut e = engine(mode.clone(), v6);
             let frags = datagram(client(v6), 5000, vip(v6), 7, 4000, 9);
             // The last fragment first (some stacks send them so), then the
             // others in order.
             let order = [3, 0, 1, 2];
             let outs: Vec<(Verdict, Vec<u8>)> = order.iter().map(|&i| run(&mut e, &frags[i])).collect();
-            if mode == (Mode::Nat { snat: Some(ip(if v6 { SNAT6 } else { SNAT4 })) }) {
+            if mode == (Mode::Nat { snat: vec![ip(if v6 { SNAT6 } else { SNAT4 })] }) {
                 // Full-NAT chooses the source with the first fragment's
                 // flow: what came before it cannot be rewritten yet.
                 assert_eq!(outs[0].0, Verdict::Drop(DropReason::Fragment), "v6={v6}");
@@ -176,7 +176,7 @@ fn later_fragments_that_come_first_are_placed_and_the_first_follows_them() {
             assert!(macs.iter().all(|&m| m == macs[0]), "{mode:?} v6={v6}: fragments went to backends {macs:?}");
             assert_eq!(e.stats().fragments_placed.get(), 1, "{mode:?} v6={v6}");
             assert_eq!(e.stats().fragments_followed.get(), 2, "{mode:?} v6={v6}");
-            let mut ips: Vec<&[u8]> = outs.iter().map(|(_, f)| inner_ip(f, mode)).collect();
+            let mut ips: Vec<&[u8]> = outs.iter().map(|(_, f)| inner_ip(f, &mode)).collect();
             ips.rotate_left(1);
             assert!(reassembled_checksum_ok(&ips), "{mode:?} v6={v6}: the datagram reassembles with a valid checksum");
         }

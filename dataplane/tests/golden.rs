@@ -105,7 +105,7 @@ fn hex(b: &[u8]) -> String {
 
 fn dnat_inline(v6: bool) {
     let n = net(v6);
-    let mut e = engine(&n, Mode::Nat { snat: None }, 8080, true, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![] }, 8080, true, 1500);
     let input = syn(&n);
     let mut want = input.clone().macs(SERVER_SIDE_MAC, BACKEND_MAC).ttl(63);
     want.dst = n.backend;
@@ -132,7 +132,7 @@ fn nat_inline_v6() {
 
 fn full_nat_one_arm(v6: bool) {
     let n = net(v6);
-    let mut e = engine(&n, Mode::Nat { snat: Some(n.snat) }, 8080, false, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![n.snat] }, 8080, false, 1500);
     let input = syn(&n);
     let mut want = input.clone().macs(LB_MAC, BACKEND_MAC).ttl(63);
     (want.src, want.dst) = (n.snat, n.backend);
@@ -168,7 +168,7 @@ fn full_nat_one_arm_v6() {
 #[test]
 fn nat_udp_zero_checksum_stays_zero_and_port_zero_keeps_client_port() {
     let n = net(false);
-    let mut e = engine(&n, Mode::Nat { snat: None }, 0, true, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![] }, 0, true, 1500);
     let mut input = PacketBuilder::udp(n.client, 5000, n.vip, 80).payload(b"ping");
     input.l4 = L4::Udp { src_port: 5000, dst_port: 80, checksum: false };
     let mut want = input.clone().macs(SERVER_SIDE_MAC, BACKEND_MAC).ttl(63);
@@ -287,7 +287,7 @@ fn vlan_tag_is_kept() {
 #[test]
 fn traffic_not_for_a_vip_goes_to_the_kernel_unchanged() {
     let n = net(false);
-    let mut e = engine(&n, Mode::Nat { snat: Some(n.snat) }, 8080, false, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![n.snat] }, 8080, false, 1500);
     let ssh = PacketBuilder::tcp(n.client, 40000, ip("198.18.0.2"), 22, SYN).frame();
     assert_frame(&run(&mut e, &ssh, 0), Verdict::Pass, &ssh);
     let other_port = PacketBuilder::tcp(n.client, 40000, n.vip, 443, SYN).frame();
@@ -340,7 +340,7 @@ fn truncated_and_garbled_frames_are_counted_drops() {
 fn full_nat_drops_later_fragments_without_their_first_others_pass() {
     // Fragments that do reach backends: tests/fragments.rs.
     let n = net(false);
-    let mut e = engine(&n, Mode::Nat { snat: Some(n.snat) }, 8080, false, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![n.snat] }, 8080, false, 1500);
     let mut f = syn(&n).frame();
     f[14 + 6] = 0x20; // more fragments
     f[14 + 7] = 0x10; // at offset 128: not the first
@@ -356,7 +356,7 @@ fn full_nat_drops_later_fragments_without_their_first_others_pass() {
 fn nat_drops_ttl_expiring_packets() {
     for v6 in [false, true] {
         let n = net(v6);
-        let mut e = engine(&n, Mode::Nat { snat: None }, 8080, true, 1500);
+        let mut e = engine(&n, Mode::Nat { snat: vec![] }, 8080, true, 1500);
         assert_eq!(run(&mut e, &syn(&n).ttl(1).frame(), 0).0, Verdict::Drop(DropReason::TtlExceeded));
         assert_eq!(run(&mut e, &syn(&n).ttl(2).frame(), 0).0, Verdict::Tx(1));
     }
@@ -387,7 +387,7 @@ fn rst_and_fin_move_the_entry_to_closing() {
 #[test]
 fn return_traffic_without_state_is_dropped_not_leaked() {
     let n = net(false);
-    let mut e = engine(&n, Mode::Nat { snat: Some(n.snat) }, 8080, false, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![n.snat] }, 8080, false, 1500);
     let stray = PacketBuilder::tcp(n.backend, 8080, n.snat, 3000, ACK).frame();
     assert_eq!(run(&mut e, &stray, 0).0, Verdict::Drop(DropReason::NoState));
 }
@@ -409,7 +409,7 @@ fn icmp_errors_quoting_a_flow_reach_its_backend() {
         assert_frame(&run(&mut e, &error.frame(), 0), Verdict::Tx(0), &error.clone().macs(LB_MAC, BACKEND_MAC).frame());
 
         // NAT: the quote is turned back into what the backend sent.
-        let mut e = engine(&n, Mode::Nat { snat: None }, 8080, true, 1500);
+        let mut e = engine(&n, Mode::Nat { snat: vec![] }, 8080, true, 1500);
         run(&mut e, &syn(&n).frame(), 0);
         let backend_sent = PacketBuilder::tcp(n.backend, 8080, n.client, 40000, ACK).payload(&[7; 16]).ip_packet();
         let mut want = PacketBuilder::icmp(router, n.backend, t, c, rest).macs(SERVER_SIDE_MAC, BACKEND_MAC).ttl(63);
@@ -427,7 +427,7 @@ fn icmp_errors_quoting_a_flow_reach_its_backend() {
 #[test]
 fn counters_follow_traffic() {
     let n = net(false);
-    let mut e = engine(&n, Mode::Nat { snat: None }, 8080, true, 1500);
+    let mut e = engine(&n, Mode::Nat { snat: vec![] }, 8080, true, 1500);
     let f = syn(&n).frame();
     run(&mut e, &f, 0);
     let mut ack = syn(&n);
@@ -461,7 +461,7 @@ fn idle_flows_expire_by_state() {
 /// `on_down` reset (`reset`) or keep: the engine and the client's first SYN.
 fn backend_goes_down(n: &Net, reset: bool) -> Engine {
     let backend = Backend { addr: n.backend, port: 8080, weight: 1, up: true, next_hop: BACKEND_MAC, iface: 0 };
-    let mode = Mode::Nat { snat: Some(n.snat) };
+    let mode = Mode::Nat { snat: vec![n.snat] };
     let vip = VipSpec {
         addr: n.vip,
         proto: IpProtocol::TCP,

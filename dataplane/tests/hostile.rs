@@ -20,7 +20,7 @@ const SNAT: &str = "198.18.0.200";
 const FIRST_PORT: u16 = 1024;
 
 fn full_nat() -> Mode {
-    Mode::Nat { snat: Some(ip(SNAT)) }
+    Mode::Nat { snat: vec![ip(SNAT)] }
 }
 
 fn client(port: u16, flags: u8) -> PacketBuilder {
@@ -45,8 +45,8 @@ fn reply(e: &mut Engine, i: u8, port: u16, flags: u8) -> (Verdict, [u8; 6]) {
 
 #[test]
 fn stray_and_forged_segments_leave_no_state_in_nat_modes() {
-    for mode in [Mode::Nat { snat: None }, full_nat()] {
-        let mut e = engine(EngineConfig::default(), services(mode, &[backend(1, 1), backend(2, 1)]));
+    for mode in [Mode::Nat { snat: vec![] }, full_nat()] {
+        let mut e = engine(EngineConfig::default(), services(mode.clone(), &[backend(1, 1), backend(2, 1)]));
         let cases = [
             (client(40000, ACK), DropReason::NoState),
             (client(40001, RST), DropReason::NoState),
@@ -77,7 +77,7 @@ fn dsr_and_tunnel_place_segments_without_state_by_maglev() {
     // Another node may have started the flow: Maglev gives its backend.
     let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
     for mode in [Mode::Dsr, tunnel] {
-        let s = services(mode, &[backend(1, 1), backend(2, 1), backend(3, 1)]);
+        let s = services(mode.clone(), &[backend(1, 1), backend(2, 1), backend(3, 1)]);
         let mut e = engine(EngineConfig::default(), Arc::clone(&s));
         assert_eq!(run(&mut e, &client(40000, ACK).frame()).0, Verdict::Tx(0), "{mode:?}");
         assert_eq!(e.table().len(), 1);
@@ -116,7 +116,7 @@ fn a_syn_on_an_established_flow_keeps_its_backend_and_reply_path() {
 #[test]
 fn a_reused_port_whose_backend_is_down_is_scheduled_afresh() {
     for established in [false, true] {
-        let s = services(Mode::Nat { snat: None }, &[backend(1, 1), backend(2, 1)]);
+        let s = services(Mode::Nat { snat: vec![] }, &[backend(1, 1), backend(2, 1)]);
         let mut e = engine(EngineConfig::default(), Arc::clone(&s));
         let (_, out) = run(&mut e, &client(40000, SYN).frame());
         let first = out[5];
@@ -180,6 +180,63 @@ fn a_full_nat_port_is_held_back_from_its_backend_after_its_flow_ends() {
     assert_eq!(at(&mut e, &client(40001, SYN).frame(), 62_500), (Verdict::Tx(0), FIRST_PORT));
 }
 
+/// The full-NAT source (address, port) a forwarded IPv4 client frame
+/// left with.
+fn snat_source(out: &[u8]) -> (IpAddr, u16) {
+    (IpAddr::from([out[26], out[27], out[28], out[29]]), snat_port(out))
+}
+
+#[test]
+fn several_snat_addresses_multiply_the_sources_towards_one_backend() {
+    let addrs = ["198.18.9.1", "198.18.9.2", "198.18.9.3"].map(ip);
+    // 2 ports × 3 addresses: 6 sources towards the one backend.
+    let cfg = EngineConfig { snat_ports: (FIRST_PORT, FIRST_PORT + 1), ..EngineConfig::default() };
+    let mut e = engine(cfg, services(Mode::Nat { snat: addrs.to_vec() }, &[backend(1, 1)]));
+    let mut used = Vec::new();
+    for n in 0..6u32 {
+        // The client opens one tuple afresh each time: the flow before
+        // ends, and its source is held back from the backend.
+        let (v, out) = process(&mut e, &client(40000, SYN).frame(), 1_000 + n);
+        assert_eq!(v, Verdict::Tx(0), "connection {n}");
+        let source = snat_source(&out);
+        assert!(addrs.contains(&source.0) && !used.contains(&source), "connection {n}: {source:?} after {used:?}");
+        used.push(source);
+        // The backend's answer to that source reaches the client.
+        let answer = PacketBuilder::tcp(IpAddr::from([198, 18, 1, 1]), 80, source.0, source.1, SYN | ACK).frame();
+        let (v, back) = process(&mut e, &answer, 1_000 + n);
+        assert_eq!(v, Verdict::Tx(0), "connection {n}: the answer to {source:?}");
+        assert_eq!((&back[30..34], u16::from_be_bytes([back[36], back[37]])), (&[198, 18, 0, 1][..], 40000));
+    }
+    // Every address served, each with both ports.
+    for a in addrs {
+        assert_eq!(used.iter().filter(|(u, _)| *u == a).count(), 2, "{a}: {used:?}");
+    }
+    // All six held back (five ended, one in use): the next is refused and
+    // counted against the VIP.
+    assert_eq!(process(&mut e, &client(40000, SYN).frame(), 2_000).0, Verdict::Drop(DropReason::SnatExhausted));
+    assert_eq!(e.stats().vip_drops[0].get(DropReason::SnatExhausted), 1);
+    // A quarantine after the first ended, its source serves again.
+    let (v, out) = process(&mut e, &client(40001, SYN).frame(), 61_001);
+    assert_eq!((v, snat_source(&out)), (Verdict::Tx(0), used[0]));
+}
+
+#[test]
+fn return_traffic_to_any_snat_address_goes_to_the_worker_owning_the_port() {
+    let addrs = ["198.18.9.1", "198.18.9.2"].map(ip);
+    let s = services(Mode::Nat { snat: addrs.to_vec() }, &[backend(1, 1)]);
+    // Worker 0 of 2 owns ports 1024..=33279, worker 1 the rest.
+    let mut w0 = engine(EngineConfig { worker: 0, workers: 2, ..EngineConfig::default() }, s);
+    for a in addrs {
+        let answer = |port: u16| PacketBuilder::tcp(IpAddr::from([198, 18, 1, 1]), 80, a, port, ACK).frame();
+        assert_eq!(process(&mut w0, &answer(40000), 0).0, Verdict::Handoff(Some(1)), "{a}");
+        assert_eq!(process(&mut w0, &answer(2000), 0).0, Verdict::Drop(DropReason::NoState), "{a}");
+    }
+    // To another address, a backend's segment has no owner by its port:
+    // every worker is asked.
+    let other = PacketBuilder::tcp(IpAddr::from([198, 18, 1, 1]), 80, ip("198.18.9.3"), 40000, ACK).frame();
+    assert_eq!(process(&mut w0, &other, 0).0, Verdict::Handoff(None));
+}
+
 /// Picks the backends in turn, whatever the flow: as round-robin does.
 struct InTurn(usize);
 
@@ -194,7 +251,7 @@ impl fulcrum_dataplane::sched::Scheduler for InTurn {
 fn a_retransmitted_syn_in_dsr_reaches_the_backend_that_may_have_answered() {
     let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
     for mode in [Mode::Dsr, tunnel] {
-        let mut e = engine(EngineConfig::default(), services(mode, &[backend(1, 1), backend(2, 1), backend(3, 1)]));
+        let mut e = engine(EngineConfig::default(), services(mode.clone(), &[backend(1, 1), backend(2, 1), backend(3, 1)]));
         e.set_scheduler(0, Some(Box::new(InTurn(0))));
         let (_, first) = run(&mut e, &client(40000, SYN).frame());
         let (_, again) = run(&mut e, &client(40000, SYN).frame());
@@ -208,7 +265,7 @@ fn a_syn_flood_neither_fills_the_table_nor_evicts_established_flows() {
     let tunnel = Mode::Tunnel { encap: Encap::Ipip, source: ip("198.18.200.0"), source_prefix: 24 };
     for mode in [Mode::Dsr, tunnel] {
         let cfg = EngineConfig { half_open_per_vip: 100, ..EngineConfig::default() };
-        let mut e = engine(cfg, services(mode, &[backend(1, 1), backend(2, 1), backend(3, 1)]));
+        let mut e = engine(cfg, services(mode.clone(), &[backend(1, 1), backend(2, 1), backend(3, 1)]));
         // 50 clients with established connections.
         let mut established = Vec::new();
         for port in 40000..40050 {
@@ -239,8 +296,8 @@ fn a_syn_flood_neither_fills_the_table_nor_evicts_established_flows() {
 
 #[test]
 fn ack_and_rst_floods_take_no_port_and_make_no_entry_in_nat_modes() {
-    for mode in [Mode::Nat { snat: None }, full_nat()] {
-        let mut e = engine(EngineConfig::default(), services(mode, &[backend(1, 1), backend(2, 1)]));
+    for mode in [Mode::Nat { snat: vec![] }, full_nat()] {
+        let mut e = engine(EngineConfig::default(), services(mode.clone(), &[backend(1, 1), backend(2, 1)]));
         for i in 0..100_000u32 {
             let [_, a, b, c] = i.to_be_bytes();
             let flags = if i % 2 == 0 { ACK } else { RST };

@@ -174,7 +174,7 @@ fn mid_stream_packets_without_state_use_maglev_on_every_node() {
 #[test]
 fn full_nat_ports_are_split_between_workers_and_can_run_out() {
     let pool = [backend(1, 1)];
-    let snat = Mode::Nat { snat: Some(ip("198.18.0.200")) };
+    let snat = Mode::Nat { snat: vec![ip("198.18.0.200")] };
     let src_port = |e: &mut Engine, client_port: u16| {
         let mut buf = vec![0u8; 2048];
         let f = frame(client_port, SYN);
@@ -185,7 +185,7 @@ fn full_nat_ports_are_split_between_workers_and_can_run_out() {
         (batch[0].verdict, u16::from_be_bytes([out[34], out[35]]))
     };
     let cfg = EngineConfig { worker: 1, workers: 2, snat_ports: (1000, 1999), ..EngineConfig::default() };
-    let mut w1 = engine(cfg, services(snat, &pool));
+    let mut w1 = engine(cfg, services(snat.clone(), &pool));
     assert_eq!(src_port(&mut w1, 40_000), (Verdict::Tx(0), 1500));
     assert_eq!(src_port(&mut w1, 40_001), (Verdict::Tx(0), 1501));
 

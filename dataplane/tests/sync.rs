@@ -24,6 +24,7 @@ fn backend(i: u8, port: u16) -> Backend {
 /// One VIP in `mode` over three backends; `order` lists the backends in
 /// the order this node numbered them (ids differ between nodes).
 fn services(mode: Mode, order: [u8; 3]) -> Arc<Services> {
+    let port = if mode == Mode::Dsr { 0 } else { 8080 };
     let vip = VipSpec {
         addr: IpAddr::from(VIP),
         proto: IpProtocol::TCP,
@@ -34,7 +35,6 @@ fn services(mode: Mode, order: [u8; 3]) -> Arc<Services> {
         reset_on_down: false,
         syn_proxy: SynProxy::Off,
     };
-    let port = if mode == Mode::Dsr { 0 } else { 8080 };
     let backends = order.iter().map(|&i| Some(backend(i, port))).collect();
     Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends).unwrap())
 }
@@ -79,8 +79,8 @@ fn src(frame: &[u8]) -> ([u8; 4], u16) {
 
 #[test]
 fn a_full_nat_flow_moves_to_the_peer_with_its_backend_and_source_port() {
-    let mode = Mode::Nat { snat: Some(IpAddr::from(SNAT)) };
-    let (sa, sb) = (services(mode, [1, 2, 3]), services(mode, [3, 1, 2]));
+    let mode = Mode::Nat { snat: vec![IpAddr::from(SNAT)] };
+    let (sa, sb) = (services(mode.clone(), [1, 2, 3]), services(mode, [3, 1, 2]));
     let (mut a, mut b) = (engine(&sa), engine(&sb));
     let (v, out) = send(&mut a, 0, client(40000, SYN));
     assert_eq!(v, Verdict::Tx(0));
@@ -177,12 +177,15 @@ fn busy_flows_are_refreshed_and_a_bulk_resync_sends_everything() {
 
 #[test]
 fn entries_for_unknown_services_are_refused_by_name() {
-    let s = services(Mode::Nat { snat: Some(IpAddr::from(SNAT)) }, [1, 2, 3]);
+    let s = services(Mode::Nat { snat: vec![IpAddr::from(SNAT)] }, [1, 2, 3]);
     let mut a = engine(&s);
     send(&mut a, 0, client(40000, SYN));
     let e = export(&mut a, 0, true)[0];
-    let other = services(Mode::Nat { snat: Some(IpAddr::from([198, 18, 0, 5])) }, [1, 2, 3]);
+    let other = services(Mode::Nat { snat: vec![IpAddr::from([198, 18, 0, 5])] }, [1, 2, 3]);
     assert_eq!(engine(&other).import(0, &e), Err(fulcrum_dataplane::engine::ImportError::SnatMismatch));
+    // A peer whose VIP has that address among others takes it.
+    let among = services(Mode::Nat { snat: vec![IpAddr::from([198, 18, 0, 5]), IpAddr::from(SNAT)] }, [1, 2, 3]);
+    assert_eq!(engine(&among).import(0, &e), Ok(()));
     let mut unknown_backend = e;
     unknown_backend.backend_port = 9;
     assert_eq!(engine(&s).import(0, &unknown_backend), Err(fulcrum_dataplane::engine::ImportError::UnknownBackend));

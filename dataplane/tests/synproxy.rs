@@ -40,7 +40,7 @@ fn net(v6: bool) -> Net {
 const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 1, 10];
 
 fn engine(n: &Net, full_nat: bool, syn_proxy: SynProxy, cfg: EngineConfig) -> Engine {
-    let mode = Mode::Nat { snat: full_nat.then_some(n.snat) };
+    let mode = Mode::Nat { snat: full_nat.then_some(n.snat).into_iter().collect() };
     let vip = VipSpec { addr: n.vip, proto: IpProtocol::TCP, port: 80, mode, backends: vec![0], persistence_ms: None, reset_on_down: false, syn_proxy };
     let backend = Backend { addr: n.backend, port: 8080, weight: 1, up: true, next_hop: BACKEND_MAC, iface: 0 };
     let s = Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend)]).unwrap();

@@ -50,7 +50,7 @@ fn dst_port(frame: &[u8]) -> u16 {
 
 #[test]
 fn full_nat_return_traffic_reaches_the_port_owner() {
-    let mut ws = workers(Mode::Nat { snat: Some(ip("198.18.0.200")) }, 2);
+    let mut ws = workers(Mode::Nat { snat: vec![ip("198.18.0.200")] }, 2);
     let syn = PacketBuilder::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.100"), 80, SYN).frame();
     // Worker 1 gets the client's SYN: its source port is from its half.
     let out = step(&mut ws[1], Some(&syn));
@@ -70,7 +70,7 @@ fn full_nat_return_traffic_reaches_the_port_owner() {
 
 #[test]
 fn inline_return_traffic_goes_round_the_workers_until_found_or_dropped() {
-    let mut ws = workers(Mode::Nat { snat: None }, 3);
+    let mut ws = workers(Mode::Nat { snat: vec![] }, 3);
     let syn = PacketBuilder::tcp(ip("198.18.0.1"), 40000, ip("198.18.0.100"), 80, SYN).frame();
     assert_eq!(step(&mut ws[2], Some(&syn)).len(), 1);
     // The answer lands on worker 0: 0 -> 1 -> 2, which has the flow.
@@ -91,7 +91,7 @@ fn inline_return_traffic_goes_round_the_workers_until_found_or_dropped() {
 
 #[test]
 fn a_single_worker_drops_stateless_return_traffic_itself() {
-    let mut ws = workers(Mode::Nat { snat: None }, 1);
+    let mut ws = workers(Mode::Nat { snat: vec![] }, 1);
     let stray = PacketBuilder::tcp(ip("198.18.1.10"), 8080, ip("198.18.0.1"), 40001, ACK).frame();
     assert!(step(&mut ws[0], Some(&stray)).is_empty());
     assert_eq!(ws[0].engine_stats().drops.get(DropReason::NoState), 1);

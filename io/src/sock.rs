@@ -151,24 +151,36 @@ pub fn route_source(to: IpAddr) -> io::Result<IpAddr> {
     Ok(local_addr(&fd)?.ip())
 }
 
-/// Sends one whole Ethernet frame, as given, out of interface `ifname`
-/// (an AF_PACKET socket: the kernel adds nothing). For injecting crafted
-/// frames on a lab link; the caller needs CAP_NET_RAW.
-pub fn send_frame(ifname: &str, frame: &[u8]) -> io::Result<()> {
-    let ifindex = crate::sys::ifindex(ifname).map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); the descriptor is owned from here on.
-    let fd = check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::c_int::from(proto)) })?;
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut ll: libc::sockaddr_ll = unsafe { zeroed() };
-    ll.sll_family = libc::AF_PACKET as libc::sa_family_t;
-    ll.sll_protocol = proto;
-    ll.sll_ifindex = ifindex as libc::c_int;
-    ll.sll_halen = 6;
-    ll.sll_addr[..6].copy_from_slice(frame.get(..6).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?);
-    let len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: `frame` and `ll` are live for the call and `len` is ll's size.
-    check_len(unsafe { libc::sendto(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, (&raw const ll).cast(), len) }).map(drop)
+/// Sends whole Ethernet frames, as given, out of one interface (an
+/// AF_PACKET socket: the kernel adds nothing). For injecting crafted
+/// frames on a lab link, one or a flood of them; opening it needs
+/// CAP_NET_RAW.
+pub struct FrameSender {
+    fd: OwnedFd,
+    ifindex: libc::c_int,
+}
+
+impl FrameSender {
+    pub fn open(ifname: &str) -> io::Result<FrameSender> {
+        let ifindex = crate::sys::ifindex(ifname).map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
+        // Protocol 0: the socket sends only, and receives nothing.
+        // SAFETY: plain socket(2); the descriptor is owned from here on.
+        let fd = check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(FrameSender { fd: unsafe { OwnedFd::from_raw_fd(fd) }, ifindex: ifindex as libc::c_int })
+    }
+
+    /// Sends one frame (its first 6 bytes are the destination MAC).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut ll: libc::sockaddr_ll = unsafe { zeroed() };
+        ll.sll_family = libc::AF_PACKET as libc::sa_family_t;
+        ll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        ll.sll_ifindex = self.ifindex;
+        ll.sll_halen = 6;
+        ll.sll_addr[..6].copy_from_slice(frame.get(..6).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?);
+        let len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `frame` and `ll` are live for the call and `len` is ll's size.
+        check_len(unsafe { libc::sendto(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, (&raw const ll).cast(), len) }).map(drop)
+    }
 }

@@ -58,7 +58,7 @@ impl LbKey {
 }
 
 /// NAT return traffic the steering program must redirect to the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReturnTraffic {
     /// Full-NAT (one-arm): backends answer the balancer's SNAT address and
     /// port; matched on the destination. Port 0 = every port of that

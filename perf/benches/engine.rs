@@ -35,8 +35,8 @@ const UMEM_HEADROOM: usize = 256;
 fn modes() -> Vec<(&'static str, Mode)> {
     let tunnel = |encap| Mode::Tunnel { encap, source: ip("198.18.200.0"), source_prefix: 24 };
     vec![
-        ("nat", Mode::Nat { snat: None }),
-        ("full-nat", Mode::Nat { snat: Some(ip("198.18.0.200")) }),
+        ("nat", Mode::Nat { snat: vec![] }),
+        ("full-nat", Mode::Nat { snat: vec![ip("198.18.0.200")] }),
         ("dsr", Mode::Dsr),
         ("ipip", tunnel(Encap::Ipip)),
         ("gue", tunnel(Encap::Gue { port: GUE_DEFAULT_PORT })),
@@ -84,7 +84,7 @@ fn main() {
     for (name, mode) in modes() {
         // New flows: a table already full, so each insert also evicts —
         // the steady state of a busy balancer.
-        let mut e = engine(mode, flows);
+        let mut e = engine(mode.clone(), flows);
         pass(&mut e, &syns, &order, &mut bufs, true, 0);
         let new_ns = pass(&mut e, &frames(flows, flows, SYN), &order, &mut bufs, true, 1) - copy_ns;
         // Established: every flow has an entry; visit them all, repeatedly.

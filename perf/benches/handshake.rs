@@ -33,7 +33,7 @@ const HEADROOM: usize = 256;
 const CHUNK: usize = 2048;
 
 fn modes() -> [(&'static str, Mode); 2] {
-    [("nat", Mode::Nat { snat: None }), ("full-nat", Mode::Nat { snat: Some(ip("198.18.0.200")) })]
+    [("nat", Mode::Nat { snat: vec![] }), ("full-nat", Mode::Nat { snat: vec![ip("198.18.0.200")] })]
 }
 
 fn segment(src: (IpAddr, u16), dst: (IpAddr, u16), (seq, ack): (u32, u32), flags: u8, options: Options) -> Vec<u8> {
@@ -160,7 +160,7 @@ fn main() {
     println!("|---|---|---|---|");
     for (name, mode) in modes() {
         for proxy in [false, true] {
-            let (open, est) = measure(mode, proxy, flows, rounds);
+            let (open, est) = measure(mode.clone(), proxy, flows, rounds);
             println!("| {name} | {} | {open:.1} | {est:.1} |", if proxy { "always" } else { "off" });
         }
     }

@@ -134,14 +134,7 @@ pub fn prepare(lab: &mut Lab, mode: LabMode, server: &Path) -> Result<Vec<Proc>,
 pub fn prepare_hosts(lab: &mut Lab, mode: LabMode) -> Result<Vec<Proc>, LabError> {
     let mut procs = Vec::new();
     match mode {
-        LabMode::FullNat => {
-            let dev = lab.balancer.iface().name.clone();
-            lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT4}/24"), "dev", &dev])?;
-            // Deprecated, so that the kernel never picks it as the source
-            // of the host's own traffic (health checks): replies to it go
-            // to the data path. IPv4 picks the primary address anyway.
-            lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{SNAT6}/64"), "dev", &dev, "nodad", "preferred_lft", "0"])?;
-        }
+        LabMode::FullNat => add_snat_addrs(lab, &[SNAT4, SNAT6].map(|a| a.parse().expect("a literal address")))?,
         LabMode::Dsr | LabMode::Ipip | LabMode::Gue => {
             for b in lab.backends.clone() {
                 for s in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2", "net.ipv4.conf.all.rp_filter=0"] {
@@ -161,6 +154,23 @@ pub fn prepare_hosts(lab: &mut Lab, mode: LabMode) -> Result<Vec<Proc>, LabError
         LabMode::Nat => {}
     }
     Ok(procs)
+}
+
+/// Gives the balancer full-NAT source addresses on its server-side
+/// interface, so that its kernel answers ARP / NDP for them: backends send
+/// their replies there. IPv6 ones deprecated, so that the kernel never
+/// picks one as the source of the host's own traffic (health checks):
+/// replies to it go to the data path. IPv4 picks the primary address
+/// anyway.
+pub fn add_snat_addrs(lab: &Lab, addrs: &[IpAddr]) -> Result<(), LabError> {
+    let dev = &lab.balancer.ifaces.last().unwrap_or(lab.balancer.iface()).name;
+    for a in addrs {
+        match a {
+            IpAddr::V4(_) => lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{a}/32"), "dev", dev])?,
+            IpAddr::V6(_) => lab.exec(&lab.balancer.ns, &["ip", "addr", "add", &format!("{a}/128"), "dev", dev, "nodad", "preferred_lft", "0"])?,
+        };
+    }
+    Ok(())
 }
 
 /// Starts the backends' servers (`lab-server` at `server`), with `extra`

@@ -23,6 +23,7 @@
 
 pub mod daemon;
 pub mod ha;
+pub mod load;
 mod net;
 mod proc;
 pub mod xdp;

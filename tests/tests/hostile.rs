@@ -52,9 +52,10 @@ fn forged_frames_do_not_take_over_client_ports(mode: LabMode) {
     let url = format!("http://{VIP4}/");
     lab.exec(&lab.client.ns, &["curl", "-sS", "-o", "/dev/null", "-m", "3", &url]).expect("a first request");
     in_netns(&lab.client.ns, || {
+        let sender = fulcrum_io::sock::FrameSender::open(&client.name).expect("a packet socket");
         for (i, kind) in FORGED.into_iter().enumerate() {
             let port = FIRST_PORT + i as u16;
-            fulcrum_io::sock::send_frame(&client.name, &forged_frame(client.v4, port, lb_mac, kind)).expect("inject a forged frame");
+            sender.send(&forged_frame(client.v4, port, lb_mac, kind)).expect("inject a forged frame");
         }
     })
     .expect("netns");

@@ -20,6 +20,10 @@ use crate::model::*;
 use crate::raw::*;
 
 const DEFAULT_PERSISTENCE: Duration = Duration::from_secs(300);
+/// The most full-NAT source addresses of one VIP (a /26, or a /122 in
+/// IPv6): each costs every worker 16 bytes per port of its share (about
+/// 1 MiB in all with the full port range), for the quarantine's records.
+pub(crate) const MAX_SNAT_ADDRS: usize = 64;
 /// The most VIPs, and backends in all, the engine can number (u16 ids).
 const MAX_IDS: usize = u16::MAX as usize;
 
@@ -30,7 +34,7 @@ struct VipFacts<'a> {
     address: Option<IpAddr>,
     port: Option<u16>,
     mode: Option<ModeName>,
-    snat: Option<IpAddr>,
+    snat: &'a [IpAddr],
     health: Option<&'a HealthTemplate>,
 }
 
@@ -105,10 +109,7 @@ impl Checker<'_> {
         let ctx = ctx.as_str();
         self.r.rename(mark, ctx);
         let mode_name = self.required(ctx, "mode", &raw.mode, span.clone()).and_then(|v| Some((self.keyword::<ModeName>(ctx, "mode", v)?, v.span())));
-        let mode = mode_name.clone().and_then(|(m, mode_span)| self.mode(ctx, &raw, m, mode_span, address));
-        if let (Some(Mode::FullNat { snat }), Some(s)) = (mode, &raw.snat) {
-            seen.snats.push((snat, s.span(), ctx.to_string()));
-        }
+        let mode = mode_name.clone().and_then(|(m, mode_span)| self.mode(ctx, &raw, m, mode_span, address, seen));
         let scheduler = optional(&raw.scheduler, |v| match self.text(ctx, "scheduler", v)? {
             "maglev" => Some(Scheduler::Maglev),
             _ => self.plugin(ctx, "scheduler", v, "\"maglev\" or ").map(Scheduler::Plugin),
@@ -126,9 +127,9 @@ impl Checker<'_> {
             address,
             port,
             mode: mode_name.map(|(m, _)| m),
-            snat: match mode {
-                Some(Mode::FullNat { snat }) => Some(snat),
-                _ => None,
+            snat: match &mode {
+                Some(Mode::FullNat { snat }) => snat,
+                _ => &[],
             },
             health: health.as_ref().map(|(_, template)| template),
         };
@@ -171,7 +172,7 @@ impl Checker<'_> {
     }
 
     /// `mode_span` is where the mode was set, for what it is missing.
-    fn mode(&mut self, ctx: &str, raw: &RawVip, mode: ModeName, mode_span: Range<usize>, vip: Option<IpAddr>) -> Option<Mode> {
+    fn mode(&mut self, ctx: &str, raw: &RawVip, mode: ModeName, mode_span: Range<usize>, vip: Option<IpAddr>, seen: &mut Seen) -> Option<Mode> {
         use ModeName::*;
         let mut ok = true;
         // The fields that belong to some modes only.
@@ -198,12 +199,10 @@ impl Checker<'_> {
             Nat => Some(Mode::Nat),
             Dsr => Some(Mode::Dsr),
             FullNat => {
-                let v = required("snat", &raw.snat, "the balancer address that backends reply to")?;
-                let snat = self.unicast(ctx, "snat", &v)?;
-                if Some(snat) == vip {
-                    return self.fail(v.span(), ctx, format!("snat {snat} is the VIP's own address: use a balancer address that serves no VIP"));
-                }
-                self.same_family(ctx, "snat", v.span(), snat, &snat, vip).then_some(Mode::FullNat { snat })
+                let v = required("snat", &raw.snat, "the balancer addresses that backends reply to (one, a list, or a prefix)")?;
+                let snat = self.snat(ctx, &v, vip)?;
+                seen.snats.extend(snat.iter().map(|(a, span)| (*a, span.clone(), ctx.to_string())));
+                Some(Mode::FullNat { snat: snat.into_iter().map(|(a, _)| a).collect() })
             }
             Ipip | Gue => {
                 let v = required("tunnel_source", &raw.tunnel_source, "the prefix outer source addresses are taken from, like \"198.18.200.0/24\"");
@@ -219,6 +218,55 @@ impl Checker<'_> {
             }
         };
         result.filter(|_| ok)
+    }
+
+    /// `snat`: one address, a list of them, or a prefix (each of its
+    /// addresses), of the VIP's family and none the VIP's own; each with
+    /// where it was written.
+    fn snat(&mut self, ctx: &str, v: &Spanned<Scalar>, vip: Option<IpAddr>) -> Option<Vec<(IpAddr, Range<usize>)>> {
+        let addrs: Vec<(IpAddr, Range<usize>)> = match v.get_ref() {
+            Scalar::Text(s) if s.contains('/') => {
+                let p = self.prefix(ctx, "snat", v)?;
+                let host_bits = u32::from(if p.address.is_ipv4() { 32 } else { 128 } - p.len);
+                if host_bits > MAX_SNAT_ADDRS.ilog2() {
+                    return self.fail(v.span(), ctx, format!("snat {p} is too wide: at most {MAX_SNAT_ADDRS} addresses (a /26, or a /122 in IPv6)"));
+                }
+                prefix_addresses(p).map(|a| (a, v.span())).collect()
+            }
+            Scalar::Text(_) => vec![(self.unicast(ctx, "snat", v)?, v.span())],
+            Scalar::List(items) if (1..=MAX_SNAT_ADDRS).contains(&items.len()) => {
+                let mut ok = true;
+                let mut addrs = Vec::with_capacity(items.len());
+                let mut lines = HashMap::new();
+                for item in items {
+                    let Some(a) = self.unicast(ctx, "snat", item) else {
+                        ok = false;
+                        continue;
+                    };
+                    if let Some(first) = first_seen(&mut lines, a, self.r.line(item.span().start)) {
+                        ok = false;
+                        self.r.error(item.span(), ctx, format!("snat {a} is listed twice (first at line {first})"));
+                    }
+                    addrs.push((a, item.span()));
+                }
+                ok.then_some(addrs)?
+            }
+            Scalar::List(items) => {
+                return self.fail(v.span(), ctx, format!("snat must list 1 to {MAX_SNAT_ADDRS} addresses, got {}", items.len()));
+            }
+            other => return self.fail(v.span(), ctx, format!("snat must be an address, a list of addresses or a prefix like \"198.18.9.0/29\", got {other}")),
+        };
+        if let Some((a, span)) = addrs.iter().find(|(a, _)| Some(*a) == vip) {
+            return self.fail(span.clone(), ctx, format!("snat {a} is the VIP's own address: use a balancer address that serves no VIP"));
+        }
+        // The first address of the wrong family says it for all.
+        match addrs.iter().find(|(a, _)| vip.is_some_and(|v| v.is_ipv4() != a.is_ipv4())) {
+            Some((a, span)) => {
+                self.same_family(ctx, "snat", span.clone(), *a, a, vip);
+                None
+            }
+            None => Some(addrs),
+        }
     }
 
     fn backends(&mut self, vip: &VipFacts<'_>, value: Spanned<DeValue<'_>>) -> Option<Vec<Backend>> {
@@ -252,8 +300,8 @@ impl Checker<'_> {
             if Some(a) == vip.address {
                 return self.fail(v.span(), ctx, format!("address {a} is the VIP's own"));
             }
-            if Some(a) == vip.snat {
-                return self.fail(v.span(), ctx, format!("address {a} is the VIP's snat address"));
+            if vip.snat.contains(&a) {
+                return self.fail(v.span(), ctx, format!("address {a} is a snat address of the VIP"));
             }
             self.same_family(ctx, "address", v.span(), a, &a, vip.address).then_some(a)
         });
@@ -282,4 +330,13 @@ impl Checker<'_> {
         };
         Some(Backend { address: address?, port: port?, weight: weight?, mac: mac?, check: check? })
     }
+}
+
+/// Every address of `p`, in order (its length is checked to be short).
+fn prefix_addresses(p: Prefix) -> impl Iterator<Item = IpAddr> {
+    let count = 1u128 << (if p.address.is_ipv4() { 32 } else { 128 } - u32::from(p.len));
+    (0..count).map(move |i| match p.address {
+        IpAddr::V4(a) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a) + i as u32)),
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) + i)),
+    })
 }

@@ -84,7 +84,8 @@ pub enum ImportError {
     UnknownVip,
     /// The VIP has no backend with that address and port here.
     UnknownBackend,
-    /// Full-NAT on one side and not the other, or another SNAT address.
+    /// Full-NAT on one side and not the other, or an address that is none
+    /// of the VIP's SNAT addresses here.
     SnatMismatch,
 }
 
@@ -216,8 +217,9 @@ impl Engine {
             && let FlowValue::Reverse { client_mac, iface } = r.value
         {
             (out.client_mac, out.iface) = (client_mac, iface);
-            if let Some(snat) = v.snat {
-                (out.snat, out.snat_port) = (snat, r.key().dst_port);
+            // Full-NAT: the flow's source, the return key's destination.
+            if !v.snat.is_empty() {
+                (out.snat, out.snat_port) = (r.key().dst, r.key().dst_port);
             }
         }
         Some(out)
@@ -239,7 +241,8 @@ impl Engine {
             .find(|(_, b)| b.addr == e.backend && b.spec.port == e.backend_port)
             .ok_or(ImportError::UnknownBackend)?;
         let nat = matches!(vip.spec.mode, Mode::Nat { .. });
-        if vip.snat.is_some() != (e.snat_port != 0) || vip.snat.is_some_and(|a| a != e.snat) {
+        let full_nat = !vip.snat.is_empty();
+        if full_nat != (e.snat_port != 0) || (full_nat && !s.snat_addrs_of(vip).any(|a| *a == e.snat)) {
             return Err(ImportError::SnatMismatch);
         }
         let f = &mut self.flows;
@@ -267,7 +270,7 @@ impl Engine {
         // (a flow ended here but not yet there) gives way.
         let rkey = nat.then(|| {
             let mut rkey = FlowKey { src: b.addr, dst: e.key.src, src_port: b.port_for(e.key.dst_port), dst_port: e.key.src_port, proto: e.key.proto };
-            if vip.snat.is_some() {
+            if full_nat {
                 (rkey.dst, rkey.dst_port) = (e.snat, e.snat_port);
             }
             rkey

@@ -92,8 +92,8 @@ fn services(mode: usize) -> Services {
     for v6 in [false, true] {
         let n = net(v6);
         let mode = match mode {
-            0 => Mode::Nat { snat: None },
-            1 => Mode::Nat { snat: Some(n.snat) },
+            0 => Mode::Nat { snat: vec![] },
+            1 => Mode::Nat { snat: vec![n.snat] },
             2 => Mode::Dsr,
             3 => Mode::Tunnel { encap: Encap::Ipip, source: n.tunnel_src, source_prefix: n.tunnel_prefix },
             _ => Mode::Tunnel { encap: Encap::Gue { port: GUE_DEFAULT_PORT }, source: n.tunnel_src, source_prefix: n.tunnel_prefix },
@@ -108,7 +108,7 @@ fn services(mode: usize) -> Services {
             addr: n.vip,
             proto,
             port,
-            mode,
+            mode: mode.clone(),
             backends: backends.iter().map(|b| first + b).collect(),
             persistence_ms: None,
             reset_on_down: false,

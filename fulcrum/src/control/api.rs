@@ -433,17 +433,17 @@ impl StatsReport {
             }));
         }
         let mut out = table(&rows, 2);
-        let drops: Vec<String> = self.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+        let reasons = |drops: &BTreeMap<String, u64>| drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" ");
+        let drops = reasons(&self.drops);
+        let _ = write!(out, "\ndrops: {}", if drops.is_empty() { "none" } else { &drops });
+        // Which VIP they hit, e.g. one out of full-NAT sources.
+        for v in self.vips.iter().filter(|v| v.drops.values().any(|&n| n > 0)) {
+            let _ = write!(out, "\n  vip {}: {}", v.name, reasons(&v.drops));
+        }
         let _ = writeln!(
             out,
-            "\ndrops: {}\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}, SYNs past the half-open cap: {}, SYN cookies sent/accepted: {}/{}\n",
-            if drops.is_empty() { "none".into() } else { drops.join(" ") },
-            self.passed,
-            self.scheduler_faults,
-            self.fragments_followed,
-            self.syns_without_state,
-            self.syn_cookies_sent,
-            self.syn_cookies_accepted
+            "\npassed to the kernel: {}, scheduler faults: {}, fragments followed: {}, SYNs past the half-open cap: {}, SYN cookies sent/accepted: {}/{}\n",
+            self.passed, self.scheduler_faults, self.fragments_followed, self.syns_without_state, self.syn_cookies_sent, self.syn_cookies_accepted
         );
         let mut rows = vec![row(&[
             &"WORKER",
@@ -501,6 +501,23 @@ mod tests {
         let line = serde_json::to_string(&stats).unwrap();
         assert!(line.starts_with(r#"{"stats":{"vips":[{"name":"198.18.0.100:80/tcp","packets":3,"bytes":180,"new_flows":1,"#), "{line}");
         assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), stats);
+    }
+
+    #[test]
+    fn stats_name_the_vips_drops_by_reason() {
+        let vip = |name: &str, drops: &[(&str, u64)]| VipStats {
+            name: name.into(),
+            drops: drops.iter().map(|&(r, n)| (r.to_string(), n)).collect(),
+            ..VipStats::default()
+        };
+        let stats = StatsReport {
+            vips: vec![vip("198.18.0.100:80/tcp", &[("snat_exhausted", 7), ("no_state", 0)]), vip("198.18.0.101:80/tcp", &[("no_state", 0)])],
+            drops: [("snat_exhausted".to_string(), 7), ("truncated".to_string(), 2)].into(),
+            ..StatsReport::default()
+        };
+        let text = stats.table();
+        assert!(text.contains("\ndrops: snat_exhausted=7 truncated=2\n  vip 198.18.0.100:80/tcp: snat_exhausted=7\npassed to the kernel"), "{text}");
+        assert!(!text.contains("vip 198.18.0.101"), "{text}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! programs need: the engine's `Services`, with ids that stay stable for
 //! the daemon's lifetime, and the traffic to steer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -67,10 +67,10 @@ fn next_id<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u16>, key: K, what: &st
     Ok(id)
 }
 
-fn mode(m: cfg::Mode) -> Mode {
-    match m {
-        cfg::Mode::Nat => Mode::Nat { snat: None },
-        cfg::Mode::FullNat { snat } => Mode::Nat { snat: Some(snat) },
+fn mode(m: &cfg::Mode) -> Mode {
+    match *m {
+        cfg::Mode::Nat => Mode::Nat { snat: Vec::new() },
+        cfg::Mode::FullNat { ref snat } => Mode::Nat { snat: snat.clone() },
         cfg::Mode::Dsr => Mode::Dsr,
         cfg::Mode::Ipip { source } => Mode::Tunnel { encap: Encap::Ipip, source: source.address, source_prefix: source.len },
         cfg::Mode::Gue { source, port } => Mode::Tunnel { encap: Encap::Gue { port: port.get() }, source: source.address, source_prefix: source.len },
@@ -88,6 +88,7 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
     let mut vips: Vec<Option<VipSpec>> = vec![None; ids.vips.len()];
     let mut backends: Vec<Option<Backend>> = vec![None; ids.backends.len()];
     let mut returns = Vec::new();
+    let mut returns_seen = HashSet::new();
     for v in &config.vips {
         let vkey = (v.address, v.protocol, v.port);
         let vid = usize::from(next_id(&mut ids.vips, vkey, "VIPs")?);
@@ -105,15 +106,22 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             // Up until its health checks say otherwise.
             backends[slot] = Some(Backend { addr: b.address, port: b.port, weight: u32::from(b.weight), up: true, next_hop, iface: server });
             members.push(bid);
-            let ret = match v.mode {
-                cfg::Mode::Nat => {
-                    Some(ReturnTraffic::FromBackend { addr: b.address, proto: v.protocol.into(), port: if b.port == 0 { v.port } else { b.port } })
+            if v.mode == cfg::Mode::Nat {
+                let r = ReturnTraffic::FromBackend { addr: b.address, proto: v.protocol.into(), port: if b.port == 0 { v.port } else { b.port } };
+                if returns_seen.insert(r) {
+                    returns.push(r);
                 }
-                cfg::Mode::FullNat { snat } => Some(ReturnTraffic::ToSnat { addr: snat, proto: v.protocol.into(), port: 0 }),
-                _ => None,
-            };
-            if let Some(r) = ret.filter(|r| !returns.contains(r)) {
-                returns.push(r);
+            }
+        }
+        // Backends answer every SNAT address of a VIP with a pool.
+        if let cfg::Mode::FullNat { snat } = &v.mode
+            && !v.backends.is_empty()
+        {
+            for &addr in snat {
+                let r = ReturnTraffic::ToSnat { addr, proto: v.protocol.into(), port: 0 };
+                if returns_seen.insert(r) {
+                    returns.push(r);
+                }
             }
         }
         if vips.len() <= vid {
@@ -123,7 +131,7 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
             addr: v.address,
             proto: v.protocol.into(),
             port: v.port,
-            mode: mode(v.mode),
+            mode: mode(&v.mode),
             backends: members,
             persistence_ms: v.persistence.map(|p| u32::try_from(p.timeout.as_millis()).unwrap_or(u32::MAX)),
             reset_on_down: v.health.as_ref().is_some_and(|h| h.on_down == cfg::OnDown::Reset),

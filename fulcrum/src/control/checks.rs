@@ -186,7 +186,7 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
 /// from one would never see theirs. Says so for every check address the
 /// kernel would send from one.
 fn warn_snat_sources(config: &cfg::Config, pools: &[Pool]) {
-    let snat: Vec<IpAddr> = config.vips.iter().filter_map(|v| if let cfg::Mode::FullNat { snat } = v.mode { Some(snat) } else { None }).collect();
+    let snat: Vec<IpAddr> = config.vips.iter().flat_map(|v| if let cfg::Mode::FullNat { snat } = &v.mode { snat.as_slice() } else { &[] }).copied().collect();
     let mut targets: Vec<IpAddr> = pools.iter().flat_map(|p| p.members.iter().map(|m| m.check.address)).collect();
     targets.sort_unstable();
     targets.dedup();

@@ -11,6 +11,7 @@
 //! changes nothing anywhere.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use fulcrum_dataplane::sched::Latencies;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
 use fulcrum_io::netinfo;
+use fulcrum_io::sock::route_source;
 use fulcrum_io::xdp::ReturnTraffic;
 
 use super::apply::{self, Ids, Net};
@@ -106,6 +108,23 @@ pub fn reload(base: &Base) -> Result<Reload, Error> {
     configuration(base, new, modules, changes).map(|p| Reload::Apply(Box::new(p)))
 }
 
+/// Backends reply to every full-NAT source address: one the host does not
+/// have (the kernel answers no ARP / NDP for it) loses every flow that
+/// gets it. Says so for each; a local route (`ip route add local`) counts
+/// as the host's, as the kernel sees it.
+fn warn_foreign_snat(config: &cfg::Config) {
+    let mut addrs: Vec<IpAddr> =
+        config.vips.iter().flat_map(|v| if let cfg::Mode::FullNat { snat } = &v.mode { snat.as_slice() } else { &[] }).copied().collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    for a in addrs {
+        // Towards one of its own addresses, the kernel sends from it.
+        if !matches!(route_source(a), Ok(src) if src == a) {
+            tracing::warn!("snat {a} is not an address of this host: backends' replies to it will not reach the balancer; add it to an interface");
+        }
+    }
+}
+
 /// The scheduler modules `config` names, per VIP in order (`None`:
 /// Maglev): read now, so that what is compiled is what was checked.
 pub fn read_modules(config: &cfg::Config) -> Result<Vec<Option<Module>>, Error> {
@@ -125,6 +144,7 @@ pub fn read_modules(config: &cfg::Config) -> Result<Vec<Option<Module>>, Error> 
 pub fn configuration(base: &Base, new: cfg::Config, modules: Vec<Option<Module>>, changes: Changes) -> Result<Prepared, Error> {
     let mut ids = base.ids.clone();
     let (services, returns) = apply::build(&new, &base.net, &mut ids, &mut netinfo::next_hop_mac)?;
+    warn_foreign_snat(&new);
     if services.vip_slots() > base.max_vips || services.backend_slots() > base.max_backends {
         return Err(Error::Refused(format!(
             "{} VIPs and {} backends defined since start exceed the engine's {} and {}: restart the daemon",

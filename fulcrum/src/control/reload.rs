@@ -206,7 +206,7 @@ address = "198.18.0.12"
         ));
         let c = changes(&old, &new);
         assert_eq!(c.vips_added, ["198.18.0.101:53/udp"]);
-        assert_eq!(c.vips_changed, ["198.18.0.100:80/tcp mode: FullNat { snat: 198.18.0.2 } -> Nat"]);
+        assert_eq!(c.vips_changed, ["198.18.0.100:80/tcp mode: FullNat { snat: [198.18.0.2] } -> Nat"]);
         assert_eq!(c.backends_added, ["198.18.0.100:80/tcp backend 198.18.0.13:8080"]);
         assert_eq!(c.backends_changed, ["198.18.0.100:80/tcp backend 198.18.0.12 weight 1 -> 0"]);
         assert_eq!(c.summary(), "1 VIP added, 1 VIP changed, 1 backend added, 1 backend changed");
@@ -215,7 +215,7 @@ address = "198.18.0.12"
         assert_eq!(back.backends_removed, ["198.18.0.100:80/tcp backend 198.18.0.13:8080"]);
         assert_eq!(
             back.details()[..2],
-            ["- vip 198.18.0.101:53/udp".to_string(), "~ vip 198.18.0.100:80/tcp mode: Nat -> FullNat { snat: 198.18.0.2 }".into()]
+            ["- vip 198.18.0.101:53/udp".to_string(), "~ vip 198.18.0.100:80/tcp mode: Nat -> FullNat { snat: [198.18.0.2] }".into()]
         );
     }
 }

@@ -420,7 +420,7 @@ fn nat_schedulers_see_handshake_times_before_health_checks() {
     let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
     let cfg = EngineConfig { table_capacity: 4096, ..EngineConfig::default() };
     let shared = Shared::new(&cfg);
-    let mut e = Engine::with_shared(cfg, services(Mode::Nat { snat: None }, &pool), &shared).unwrap();
+    let mut e = Engine::with_shared(cfg, services(Mode::Nat { snat: Vec::new() }, &pool), &shared).unwrap();
     // The health checks say backend 1 is fastest...
     for (id, us) in [(0, 100), (1, 5_000), (2, 5_000)] {
         shared.latencies.set(id, us);

@@ -1,4 +1,4 @@
-//! Compiles the lab's XDP programs in `bpf/` (pass, sink) to BPF objects in
+//! Compiles the lab's BPF programs in `bpf/` (XDP pass and sink, tc txq) to objects in
 //! OUT_DIR, which `src/xdp.rs` embeds. The sink shares fulcrum-io's
 //! `common.h`.
 
@@ -8,5 +8,5 @@ use std::path::Path;
 mod compile;
 
 fn main() {
-    compile::compile(Path::new("bpf"), &["pass", "sink"], &[Path::new("../io/bpf")]);
+    compile::compile(Path::new("bpf"), &["pass", "sink", "txq"], &[Path::new("../io/bpf")]);
 }

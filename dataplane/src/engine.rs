@@ -1120,6 +1120,11 @@ impl Flows {
             let Some(b) = s.backend(backend) else { return Some(self.vip_drop(vip_id, DropReason::NoState)) };
             let early = self.early.take(splice, fwd);
             return Some(match splice.complete(pkt, p, early) {
+                // Not this flow's: a client that reused its port may have
+                // opened the new flow on another worker (queues that do
+                // not hash by the 5-tuple), while this one still holds the
+                // old, closing entry.
+                None if self.cfg.workers > 1 => Verdict::Handoff(None),
                 None => self.vip_drop(vip_id, DropReason::NoState),
                 Some(Err(r)) => self.vip_drop(vip_id, r),
                 Some(Ok(())) => {

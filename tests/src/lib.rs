@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use fulcrum_io::XdpMode;
 
-use crate::xdp::PassProgram;
+use crate::xdp::{PassProgram, TxQueueProgram};
 
 pub use net::{http_answers, http_get, in_netns, udp_echo};
 pub use proc::Proc;
@@ -132,6 +132,8 @@ pub struct Lab {
     /// arguments it was started with, to start it again.
     servers: Vec<(Vec<String>, Option<Proc>)>,
     xdp: Vec<PassProgram>,
+    /// The client's queue-by-flow program (inline).
+    tc: Vec<TxQueueProgram>,
     namespaces: Vec<String>,
 }
 
@@ -195,6 +197,7 @@ impl Lab {
             standbys: Vec::new(),
             servers: Vec::new(),
             xdp: Vec::new(),
+            tc: Vec::new(),
             namespaces: Vec::new(),
         };
         // On error `lab` is dropped here, removing what was built so far.
@@ -219,6 +222,16 @@ impl Lab {
                 // The client's only link is a veth straight to the balancer.
                 let (c, b) = (&self.client, &self.balancer);
                 self.veth(End::host(c, 0), End::host(b, 0))?;
+                // Left alone, a veth queues by the sending socket's random
+                // hash, which differs between two connections of one
+                // 5-tuple (a client reusing its port) and changes on a
+                // retransmission timeout: flows would reach workers a NIC's
+                // RSS never sends them to.
+                let (ns, dev) = (c.ns.clone(), c.ifaces[0].name.clone());
+                let prog = in_netns(&ns, || TxQueueProgram::attach(&dev))
+                    .map_err(|e| LabError(format!("entering {ns}: {e}")))?
+                    .map_err(|e| LabError(format!("{ns}/{dev}: {e}")))?;
+                self.tc.push(prog);
                 let b = &self.balancer;
                 std::iter::once((b.clone(), 1)).chain(self.backends.iter().map(|h| (h.clone(), 0))).collect()
             }
@@ -400,6 +413,7 @@ impl Drop for Lab {
         self.servers.clear();
         self.procs.clear();
         self.xdp.clear();
+        self.tc.clear();
         for ns in self.namespaces.drain(..).rev() {
             let _ = ip(&["netns", "del", &ns]);
         }

@@ -1,10 +1,13 @@
-//! The lab's own XDP programs (C in `tests/bpf/`, built by `build.rs`),
-//! loaded through fulcrum-io's `XdpProgram`: test support, not shipped.
+//! The lab's own BPF programs (C in `tests/bpf/`, built by `build.rs`),
+//! XDP ones loaded through fulcrum-io's `XdpProgram`: test support, not
+//! shipped.
 //!
 //! - [`PassProgram`]: XDP_PASS, for veth peers that must accept XDP_TX or
 //!   redirected frames.
 //! - [`SinkProgram`]: the perf harness's receiver: counts and drops the
 //!   generator's frames with their latency.
+//! - [`TxQueueProgram`]: tc egress, makes a veth queue by the flow as a
+//!   NIC's RSS does.
 
 use aya::maps::{MapData, PerCpuArray};
 use fulcrum_io::xdp::{XdpProgram, map_err};
@@ -23,6 +26,24 @@ impl PassProgram {
 
     pub fn mode(&self) -> XdpMode {
         self.prog.mode()
+    }
+}
+
+/// tc egress on a veth end (bpf/txq.c): its packets' hash, and so the tx
+/// queue the kernel picks, the peer's rx queue, comes from their ports.
+pub struct TxQueueProgram {
+    _bpf: aya::Ebpf,
+}
+
+impl TxQueueProgram {
+    pub fn attach(ifname: &str) -> Result<TxQueueProgram, String> {
+        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/txq.o"));
+        let mut bpf = aya::Ebpf::load(object).map_err(|e| format!("loading txq: {e}"))?;
+        let prog: &mut aya::programs::SchedClassifier =
+            bpf.program_mut("txq").ok_or("no program txq")?.try_into().map_err(|e| format!("txq is no tc program: {e}"))?;
+        prog.load().map_err(|e| format!("loading txq: {e}"))?;
+        prog.attach(ifname, aya::programs::TcAttachType::Egress).map_err(|e| format!("attaching txq to {ifname}: {e}"))?;
+        Ok(TxQueueProgram { _bpf: bpf })
     }
 }
 

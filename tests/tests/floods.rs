@@ -1,7 +1,9 @@
 //! Floods from random sources and a storm of short connections, against
 //! the daemon on the lab, while real clients connect: forged ACKs and
 //! RSTs leave nat and full-NAT VIPs without a table entry or a source
-//! port; a SYN flood on a dsr VIP keeps to the half-open cap and costs
+//! port; a SYN flood on a nat or full-NAT VIP is answered by the SYN proxy
+//! and reaches neither the table nor the backends; a SYN flood on a dsr
+//! VIP keeps to the half-open cap and costs
 //! real and established clients nothing; connections through one
 //! full-NAT backend never meet a source (SNAT address and port) the
 //! backend still holds in TIME_WAIT. Root only.
@@ -111,10 +113,86 @@ fn ack_and_rst_floods(lab: &Lab, socket: &Path, target: SocketAddr, mode: &str) 
     eprintln!("{mode}: {refused} forged segments refused, {} client connections, {} entries", clients.ok, n1 - n0);
 }
 
+/// `n` connections from the client to `target`, opened before a flood.
+fn open_established(lab: &Lab, target: SocketAddr, n: usize) -> Vec<TcpStream> {
+    in_netns(&lab.client.ns, || (0..n).map(|_| TcpStream::connect_timeout(&target, CLIENT_TIMEOUT).expect("an established connection")).collect())
+        .expect("netns")
+}
+
+/// Each connection opened before a flood asks for `/` and is answered.
+fn ask_established(established: &mut [TcpStream], target: SocketAddr, summary: &str) {
+    for (i, s) in established.iter_mut().enumerate() {
+        let mut answer = String::new();
+        let asked = write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").and_then(|()| s.read_to_string(&mut answer));
+        assert!(asked.is_ok() && answer.starts_with("HTTP/1.1 200"), "established connection {i}: {asked:?} {answer:?}\n{summary}");
+    }
+}
+
+/// Backend sockets of port 80 in SYN_RECV, over all the lab's backends:
+/// the half-open connections the backends hold.
+fn backend_half_open(lab: &Lab) -> usize {
+    (0..lab.backends.len()).map(|b| lab.exec(&lab.backends[b].ns, &["ss", "-Htn", "state", "syn-recv", "sport", "= :80"]).expect("ss").lines().count()).sum()
+}
+
+/// A flood of SYNs from random sources at a nat or full-NAT `target` whose
+/// SYN proxy is engaged (`always`, or `auto` past `engaged_after`
+/// half-open entries per worker), while 32 clients connect in a loop and
+/// connections opened before wait to send their request: no client fails,
+/// every established connection is answered, the balancer answers the
+/// flood with cookies and keeps no entry for it, and the backends hold
+/// no half-open socket from it (beyond what `auto` let through before it
+/// engaged).
+fn syn_flood_behind_the_proxy(lab: &Lab, socket: &Path, target: SocketAddr, engaged_after: u64) {
+    const FRAMES: u32 = 100_000;
+    let mut established = open_established(lab, target, 8);
+    let before = stats(socket);
+    let ((), clients) =
+        with_clients(lab, target, 32, CLIENT_TIMEOUT, || Flood { target, flags: SYN, frames: FRAMES, rate: FLOOD_RATE }.send(lab).expect("flood"));
+    // The clients' own handshakes are long done; the flood's would last a
+    // minute (its sources never answer the SYN-ACKs).
+    let half_open = backend_half_open(lab);
+    let after = stats(socket);
+    let workers = after.workers.len() as u64;
+    let summary = format!(
+        "{target}: {clients:?}, {half_open} half-open on the backends
+before: {before:?}
+after: {after:?}"
+    );
+    assert_eq!(clients.failed, 0, "{summary}");
+    assert!(clients.ok > 0, "{summary}");
+    let cookies = after.syn_cookies_sent - before.syn_cookies_sent;
+    assert!(
+        cookies >= u64::from(FRAMES) * 9 / 10 - engaged_after * workers,
+        "{cookies} cookies for {FRAMES} forged SYNs
+{summary}"
+    );
+    assert!(
+        half_open as u64 <= engaged_after * workers,
+        "the flood reached the backends
+{summary}"
+    );
+    let ((n0, e0), (n1, e1)) = (table(&before), table(&after));
+    assert!(
+        n1 <= n0 + 2 * (clients.ok + engaged_after * workers),
+        "{} entries for {} connections
+{summary}",
+        n1 - n0,
+        clients.ok
+    );
+    assert_eq!(
+        e1, e0,
+        "evictions
+{summary}"
+    );
+    ask_established(&mut established, target, &summary);
+    eprintln!("SYN flood behind the proxy on {target}: {cookies} cookies, {} client connections, {half_open} half-open on the backends", clients.ok);
+}
+
 /// In nat and full-NAT modes (inline: both on one lab, full-NAT over four
-/// source addresses on the server side).
+/// source addresses on the server side): forged ACKs and RSTs, then SYN
+/// floods behind the SYN proxy (always on the nat VIP, auto on full-NAT).
 #[test]
-fn ack_and_rst_floods_leave_no_entry_and_take_no_source_in_nat_modes() {
+fn ack_rst_and_syn_floods_leave_no_entry_and_take_no_source_in_nat_modes() {
     require_root();
     let _serial = one_at_a_time();
     let mut lab = Lab::new(Topology::Inline).expect("lab");
@@ -125,13 +203,19 @@ fn ack_and_rst_floods_leave_no_entry_and_take_no_source_in_nat_modes() {
     // And a VIP whose SNAT address the host does not have: the daemon
     // must say so (its flows would never see a reply).
     let foreign = format!("[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"udp\"\nport = 9000\nmode = \"full-nat\"\nsnat = \"198.18.2.250\"\nbackend = []\n");
-    let config = head(&lab, "") + &vip(&lab, 80, "nat", "", &all) + &vip(&lab, 8080, "full-nat", "snat = \"198.18.2.200/30\"", &all) + &foreign;
+    const AUTO_ABOVE: u64 = 64;
+    let config = head(&lab, &format!("syn_proxy_above = {AUTO_ABOVE}"))
+        + &vip(&lab, 80, "nat", "syn_proxy = \"always\"", &all)
+        + &vip(&lab, 8080, "full-nat", "snat = \"198.18.2.200/30\"", &all)
+        + &foreign;
     let (d, _file) = daemon::start(&lab, &config).expect("daemon");
     let warned = |a: &str| d.output().contains(&format!("snat {a} is not an address of this host"));
     assert!(warned("198.18.2.250") && !snat.iter().any(|a| warned(&a.to_string())), "{}", d.output());
     let socket = daemon::socket_of(&config);
     ack_and_rst_floods(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 80), "nat");
     ack_and_rst_floods(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 8080), "full-nat");
+    syn_flood_behind_the_proxy(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 80), 0);
+    syn_flood_behind_the_proxy(&lab, &socket, SocketAddr::new(IpAddr::V4(VIP4), 8080), AUTO_ABOVE);
     // The full-NAT clients reached the backends from every SNAT address
     // (the backends' TIME_WAIT sockets name them): each is steered to
     // the engine and answered for by the balancer's kernel.
@@ -151,10 +235,7 @@ fn ack_and_rst_floods_leave_no_entry_and_take_no_source_in_nat_modes() {
 fn syn_flood_past_the_half_open_cap(lab: &Lab, socket: &Path, target: SocketAddr, frames: u32, half_open_cap: u64) {
     const ESTABLISHED: usize = 8;
     let name = format!("{target}/tcp");
-    let mut established: Vec<TcpStream> = in_netns(&lab.client.ns, || {
-        (0..ESTABLISHED).map(|_| TcpStream::connect_timeout(&target, CLIENT_TIMEOUT).expect("an established connection")).collect()
-    })
-    .expect("netns");
+    let mut established = open_established(lab, target, ESTABLISHED);
     let before = stats(socket);
     let ((), clients) = with_clients(lab, target, 32, CLIENT_TIMEOUT, || Flood { target, flags: SYN, frames, rate: FLOOD_RATE }.send(lab).expect("flood"));
     let after = stats(socket);
@@ -174,11 +255,7 @@ fn syn_flood_past_the_half_open_cap(lab: &Lab, socket: &Path, target: SocketAddr
     let workers = after.workers.len() as u64;
     assert!(n1 <= n0 + half_open_cap * workers + clients.ok, "{} entries\n{summary}", n1 - n0);
     assert_eq!(e1, e0, "established flows were evicted\n{summary}");
-    for (i, s) in established.iter_mut().enumerate() {
-        let mut answer = String::new();
-        let asked = write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").and_then(|()| s.read_to_string(&mut answer));
-        assert!(asked.is_ok() && answer.starts_with("HTTP/1.1 200"), "established connection {i}: {asked:?} {answer:?}\n{summary}");
-    }
+    ask_established(&mut established, target, &summary);
     eprintln!("SYN flood: {without_state} SYNs without state, {with_entry} with an entry, {} client connections, {} entries", clients.ok, n1 - n0);
 }
 

@@ -167,9 +167,11 @@ impl Sync {
             .collect();
         HaStatus {
             role: self.ha.role().as_str().into(),
+            standing_down: self.ha.standing_down(),
             listen: self.listen.to_string(),
             entries_sent: c.entries_sent.load(Relaxed),
             entries_received: c.entries_received.load(Relaxed),
+            bytes_sent: c.bytes_sent.load(Relaxed),
             lag_p99_ms: lag_quantile(&c.lag_buckets, 0.99),
             peers,
         }

@@ -100,6 +100,8 @@ fn scenario(lab: &Lab, sc: &Scenario) -> Outcome {
     clients.merge(newest);
     clients.run(Duration::from_millis(50), EVERY);
 
+    // The master's sync figures, while it still answers.
+    let master = a.ha();
     let failed_at = Instant::now();
     let fulcrum = a.fulcrum.as_ref().expect("a's fulcrum");
     match failure {
@@ -134,6 +136,13 @@ fn scenario(lab: &Lab, sc: &Scenario) -> Outcome {
         outcome.udp_answered,
         outcome.udp_gap,
     );
+    if let Some(h) = master {
+        let per_connection = h.bytes_sent / outcome.connections as u64;
+        eprintln!(
+            "  a before the failure: entries sent {} ({} bytes, {per_connection} per connection), lag p99 <= {:?} ms",
+            h.entries_sent, h.bytes_sent, h.lag_p99_ms
+        );
+    }
     if sync {
         report_sync(&[("a", &a), ("b", &b)], outcome.connections);
         assert!(new_conn.is_some(), "{name}: no new connection succeeded within 5 s of the failure");

@@ -16,7 +16,8 @@ use crate::flow::FlowKey;
 use crate::flow::key::ip_from16;
 use crate::flow::sync::SyncEntry;
 use crate::flow::table::{NO_PEER, Slot};
-use crate::services::Mode;
+use crate::services::{Mode, Vip};
+use crate::types::{BackendId, VipId};
 
 use super::{Engine, EngineConfig, FlowValue};
 
@@ -197,7 +198,11 @@ impl Engine {
         // A flow the SYN proxy spliced needs its sequence offsets on the
         // peer too, which the entry does not carry yet: it is not synced.
         let FlowValue::Forward { vip, backend, spliced: false } = e.value else { return None };
-        let (v, b) = (s.vip(vip)?, s.backend(backend)?);
+        let v = s.vip(vip)?;
+        if self.peer_places(vip, v, backend, e.key()) {
+            return None;
+        }
+        let b = s.backend(backend)?;
         let remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(e.last_seen()));
         let mut out = SyncEntry {
             key: *e.key(),
@@ -223,6 +228,18 @@ impl Engine {
             }
         }
         Some(out)
+    }
+
+    /// Whether a peer that never heard of the flow sends it to `backend`
+    /// all the same: a dsr or tunnel VIP (where any segment opens a flow)
+    /// scheduled by Maglev alone, whose current answer is `backend`. Only
+    /// the exceptions are synced; a flow left behind when the backends
+    /// change is sent by the refresh walk once Maglev answers otherwise.
+    fn peer_places(&self, vip_id: VipId, v: &Vip, backend: BackendId, key: &FlowKey) -> bool {
+        !matches!(v.spec.mode, Mode::Nat { .. })
+            && v.spec.persistence_ms.is_none()
+            && self.flows.schedulers.get(usize::from(vip_id)).is_none_or(Option::is_none)
+            && v.maglev.lookup(key.hash64()).and_then(|i| v.spec.backends.get(i)) == Some(&backend)
     }
 
     /// Takes in a flow a peer sent: its entry (and for NAT the reverse

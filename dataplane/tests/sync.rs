@@ -118,8 +118,8 @@ fn a_full_nat_flow_moves_to_the_peer_with_its_backend_and_source_port() {
 
 #[test]
 fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
-    let nat = Mode::Nat { snat: None };
-    let (sa, sb) = (services(nat, [1, 2, 3]), services(nat, [2, 3, 1]));
+    let nat = Mode::Nat { snat: Vec::new() };
+    let (sa, sb) = (services(nat.clone(), [1, 2, 3]), services(nat, [2, 3, 1]));
     let (mut a, mut b) = (engine(&sa), engine(&sb));
     // Each batch's export says the state the flow is in by then.
     let mut all = Vec::new();
@@ -146,7 +146,7 @@ fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
 
 #[test]
 fn busy_flows_are_refreshed_and_a_bulk_resync_sends_everything() {
-    let s = services(Mode::Nat { snat: Some(IpAddr::from(SNAT)) }, [1, 2, 3]);
+    let s = services(Mode::Nat { snat: vec![IpAddr::from(SNAT)] }, [1, 2, 3]);
     let mut a = engine(&s);
     for port in 0..100 {
         send(&mut a, 0, client(41000 + port, SYN));

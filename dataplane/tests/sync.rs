@@ -118,7 +118,8 @@ fn a_full_nat_flow_moves_to_the_peer_with_its_backend_and_source_port() {
 
 #[test]
 fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
-    let (sa, sb) = (services(Mode::Dsr, [1, 2, 3]), services(Mode::Dsr, [2, 3, 1]));
+    let nat = Mode::Nat { snat: Vec::new() };
+    let (sa, sb) = (services(nat.clone(), [1, 2, 3]), services(nat, [2, 3, 1]));
     let (mut a, mut b) = (engine(&sa), engine(&sb));
     // Each batch's export says the state the flow is in by then.
     let mut all = Vec::new();
@@ -130,7 +131,7 @@ fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
     for e in &all {
         b.import(3, e).unwrap();
     }
-    assert_eq!(b.table().len(), 1);
+    assert_eq!(b.table().len(), 2, "the flow and its return path");
     let closing_ms = EngineConfig::default().timeouts.closing_ms;
     assert!(all[2].remaining_ms > closing_ms - 10 && all[2].remaining_ms <= closing_ms);
     // Expired on the peer when it would have on the first node.
@@ -145,7 +146,7 @@ fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
 
 #[test]
 fn busy_flows_are_refreshed_and_a_bulk_resync_sends_everything() {
-    let s = services(Mode::Dsr, [1, 2, 3]);
+    let s = services(Mode::Nat { snat: vec![IpAddr::from(SNAT)] }, [1, 2, 3]);
     let mut a = engine(&s);
     for port in 0..100 {
         send(&mut a, 0, client(41000 + port, SYN));
@@ -173,6 +174,50 @@ fn busy_flows_are_refreshed_and_a_bulk_resync_sends_everything() {
         bulk.extend(export(&mut a, later + 200, false));
     }
     assert_eq!(bulk.len(), 100);
+}
+
+#[test]
+fn dsr_flows_are_synced_only_where_maglev_would_send_them_elsewhere() {
+    let s = services(Mode::Dsr, [1, 2, 3]);
+    let mut a = engine(&s);
+    // Backend of each flow: the last byte of the destination MAC.
+    let mut backend_of = std::collections::HashMap::new();
+    for port in 0..100 {
+        let (v, frame) = send(&mut a, 0, client(42000 + port, SYN));
+        assert!(matches!(v, Verdict::Tx(_)));
+        send(&mut a, 0, client(42000 + port, ACK));
+        backend_of.insert(42000 + port, frame[5]);
+    }
+    let mut bulk = Vec::new();
+    a.start_bulk_sync();
+    while a.bulk_sync_pending() {
+        bulk.extend(export(&mut a, 0, true));
+    }
+    assert!(bulk.is_empty(), "a peer's Maglev places every one of them the same: {bulk:?}");
+    // Backend 3 goes down: Maglev sends its flows' next segments
+    // elsewhere, so the peer must learn them; the busy ones go with the
+    // refresh walk.
+    let mut down = backend(3, 0);
+    down.up = false;
+    let vip = s.vip(0).unwrap().spec.clone();
+    let s2 = Arc::new(
+        Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], vec![Some(backend(1, 0)), Some(backend(2, 0)), Some(down)]).unwrap(),
+    );
+    a.set_services(s2).unwrap();
+    let later = 10_000;
+    for port in 0..100 {
+        send(&mut a, later, client(42000 + port, ACK));
+    }
+    let mut sent = std::collections::HashSet::new();
+    for t in 0..100 {
+        for e in export(&mut a, later + t, true) {
+            assert_eq!(e.backend[12..], [198, 18, 1, 3], "only flows Maglev now places elsewhere: {e:?}");
+            sent.insert(e.key.src_port);
+        }
+    }
+    let on_three: std::collections::HashSet<u16> = backend_of.iter().filter(|(_, b)| **b == 3).map(|(p, _)| *p).collect();
+    assert!(!on_three.is_empty());
+    assert_eq!(sent, on_three);
 }
 
 #[test]

@@ -188,8 +188,20 @@ fn ask(t: &Target, req: Request) -> Result<(), Error> {
     }
     if t.json {
         println!("{}", serde_json::to_string_pretty(&response).map_err(|source| Error::Json { what: "printing the answer".into(), source })?);
-        return Ok(());
+    } else {
+        print_answer(&response);
     }
+    // keepalived's check runs `fulcrum status`: failing it is how a master
+    // demoted by hand makes keepalived hand the addresses to the peer.
+    if let Response::Status(s) = &response
+        && s.ha.as_ref().is_some_and(|h| h.standing_down)
+    {
+        return Err(Error::Refused("standing down (`fulcrum ha role backup` on the master): fails until keepalived's next notify".into()));
+    }
+    Ok(())
+}
+
+fn print_answer(response: &Response) {
     match response {
         Response::Status(s) => print!("{}", s.table()),
         Response::Stats(s) => print!("{}", s.table()),
@@ -203,7 +215,6 @@ fn ask(t: &Target, req: Request) -> Result<(), Error> {
         Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
         Response::Error(_) => {}
     }
-    Ok(())
 }
 
 /// A flag set by SIGINT or SIGTERM.

@@ -7,16 +7,22 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::Duration;
 
-/// Blocks until one of `fds` is readable or a signal interrupts. Negative
-/// descriptors are ignored (poll(2) skips them), so optional ones can be
-/// passed as -1.
-pub fn wait_readable<const N: usize>(fds: [RawFd; N]) {
+/// Blocks until one of `fds` is readable, `timeout` (None: no limit)
+/// passes or a signal interrupts. Negative descriptors are ignored
+/// (poll(2) skips them), so optional ones can be passed as -1. The
+/// timeout is a high-resolution timer's, unlike a socket's SO_RCVTIMEO,
+/// which the kernel rounds up to whole scheduler ticks (4-10 ms).
+pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Option<Duration>) {
     let mut polled = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
-    // SAFETY: `polled` is N valid pollfd entries that outlive the call;
-    // an error (EINTR from a signal) just returns, which is what callers
+    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `polled` is N valid pollfd entries and `ts` (if any) a valid
+    // timespec, both outliving the call; no signal mask is passed. An
+    // error (EINTR from a signal) just returns, which is what callers
     // want: they look at what woke them.
-    unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
+    unsafe { libc::ppoll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ts_ptr, std::ptr::null()) };
 }
 
 /// Binds a Unix stream socket at `path` created with mode 0600: the umask

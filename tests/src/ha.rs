@@ -6,11 +6,11 @@
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fulcrum::control::api::{Request, Response};
+use fulcrum::control::api::{HaStatus, Request, Response};
 
 use crate::daemon::{self, TempConfig, fulcrum_bin};
 use crate::{Host, Lab, LabError, Proc, VIP4, in_netns};
@@ -20,6 +20,8 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 pub const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 /// The backends' TCP echo port, and the VIP's.
 pub const ECHO_PORT: u16 = 9000;
+/// The lab server's UDP echo port, and the UDP VIP's.
+pub const UDP_ECHO_PORT: u16 = 7;
 const SYNC_PORT: u16 = 7788;
 const KEY: &str = "lab-shared-secret-0123456789";
 
@@ -33,26 +35,66 @@ pub struct Node {
     keepalived_conf: TempConfig,
 }
 
-/// `mode`: "full-nat" or "dsr". `peer`: the other node's address, for
-/// sync (None: keepalived alone, the baseline).
-fn fulcrum_config(lab: &Lab, host: &Host, mode: &str, socket: &str, peer: Option<Ipv4Addr>) -> String {
+/// How a pair syncs its flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// keepalived alone: the baseline.
+    Off,
+    /// To the other balancer's address.
+    Unicast,
+    /// To a multicast group both join.
+    Multicast,
+}
+
+/// What a pair's daemons forward, the same on both.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// "nat" (inline: the backends' route to the client is the gateway),
+    /// "full-nat" or "dsr".
+    pub mode: &'static str,
+    /// A scheduler plugin (.wasm) for the TCP VIP, or Maglev.
+    pub scheduler: Option<PathBuf>,
+    pub sync: SyncMode,
+}
+
+const SYNC_GROUP: Ipv4Addr = Ipv4Addr::new(239, 18, 0, 1);
+
+/// A TCP VIP (the echo port) and a UDP one (the lab server's UDP echo),
+/// both with the three backends. `peer`: the other balancer's address.
+fn fulcrum_config(lab: &Lab, host: &Host, service: &Service, socket: &str, peer: Ipv4Addr) -> String {
+    let mode = service.mode;
     let mut c = format!("[daemon]\ncontrol_socket = \"{socket}\"\nxdp_mode = \"auto\"\nworkers = {}\n\n", lab.queues);
     let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"one-arm\"\n", host.iface().name);
-    let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nmode = \"{mode}\"");
-    if mode == "full-nat" {
-        let _ = writeln!(c, "snat = \"{SNAT}\"");
+    for (protocol, port) in [("tcp", ECHO_PORT), ("udp", UDP_ECHO_PORT)] {
+        let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"{protocol}\"\nport = {port}\nmode = \"{mode}\"");
+        if mode == "full-nat" {
+            let _ = writeln!(c, "snat = \"{SNAT}\"");
+        }
+        if let (Some(plugin), "tcp") = (&service.scheduler, protocol) {
+            let _ = writeln!(c, "scheduler = \"{}\"", plugin.display());
+        }
+        for b in &lab.backends {
+            let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"", b.iface().v4);
+        }
+        c.push('\n');
     }
-    for b in &lab.backends {
-        let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"", b.iface().v4);
-    }
-    if let Some(peer) = peer {
-        let _ = writeln!(c, "\n[sync]\nlisten = \"{}:{SYNC_PORT}\"\npeers = [\"{peer}:{SYNC_PORT}\"]\nkey = \"{KEY}\"", host.iface().v4);
+    let listen = format!("listen = \"{}:{SYNC_PORT}\"\nkey = \"{KEY}\"", host.iface().v4);
+    match service.sync {
+        SyncMode::Off => {}
+        SyncMode::Unicast => {
+            let _ = writeln!(c, "[sync]\n{listen}\npeers = [\"{peer}:{SYNC_PORT}\"]");
+        }
+        SyncMode::Multicast => {
+            let _ = writeln!(c, "[sync]\n{listen}\ngroup = \"{SYNC_GROUP}\"");
+        }
     }
     c
 }
 
 /// keepalived as `config/examples/ha/keepalived.conf` has it, with the
-/// lab's names: VRRPv3 adverts every 100 ms, the check every second.
+/// lab's names: VRRPv3 adverts every 100 ms, the check every second, no
+/// preemption. The gateway is the VIP's route and, for inline NAT, the
+/// backends' route to the client.
 fn keepalived_config(host: &Host, priority: u8, socket: &str) -> String {
     let bin = fulcrum_bin();
     let bin = bin.display();
@@ -74,6 +116,7 @@ vrrp_script fulcrum_alive {{
 }}
 vrrp_instance lb {{
     state BACKUP
+    nopreempt
     interface {iface}
     virtual_router_id 51
     priority {priority}
@@ -96,10 +139,10 @@ vrrp_instance lb {{
 
 impl Node {
     /// Starts fulcrum (a backup until keepalived says otherwise) and
-    /// keepalived on `host`.
-    pub fn start(lab: &Lab, host: &Host, mode: &str, priority: u8, peer: Option<Ipv4Addr>) -> Result<Node, LabError> {
+    /// keepalived on `host`, whose pair's other balancer is `peer`.
+    pub fn start(lab: &Lab, host: &Host, service: &Service, priority: u8, peer: Ipv4Addr) -> Result<Node, LabError> {
         let socket = daemon::control_socket();
-        let config = TempConfig::new(&fulcrum_config(lab, host, mode, &socket, peer))?;
+        let config = TempConfig::new(&fulcrum_config(lab, host, service, &socket, peer))?;
         let keepalived_conf = TempConfig::new(&keepalived_config(host, priority, &socket))?;
         let mut node = Node { host: host.clone(), socket: socket.into(), fulcrum: None, keepalived: None, config, keepalived_conf };
         node.start_fulcrum(lab)?;
@@ -119,13 +162,25 @@ impl Node {
         Ok(())
     }
 
-    /// The role fulcrum reports ("master", ...), None without sync or
-    /// when it does not answer.
-    pub fn role(&self) -> Option<String> {
+    /// What fulcrum reports of its pair; None without sync or when it
+    /// does not answer.
+    pub fn ha(&self) -> Option<HaStatus> {
         match fulcrum::control::client::request(&self.socket, &Request::Status) {
-            Ok(Response::Status(s)) => s.ha.map(|h| h.role),
+            Ok(Response::Status(s)) => s.ha,
             _ => None,
         }
+    }
+
+    /// The role fulcrum reports ("master", ...).
+    pub fn role(&self) -> Option<String> {
+        self.ha().map(|h| h.role)
+    }
+
+    /// `fulcrum ha role ROLE`, as an operator runs it.
+    pub fn set_role(&self, lab: &Lab, role: &str) -> Result<String, LabError> {
+        let bin = fulcrum_bin();
+        let socket = self.socket.to_string_lossy();
+        lab.exec(&self.host.ns, &[bin.to_str().unwrap_or_default(), "ha", "role", role, "--socket", &socket])
     }
 
     /// Whether keepalived holds the gateway address here.
@@ -177,6 +232,10 @@ pub struct Outcome {
     /// sorted.
     pub gaps: Vec<Duration>,
     pub messages: u64,
+    /// The UDP stream: datagrams answered, and the longest time between
+    /// two answers (or since the last).
+    pub udp_answered: u64,
+    pub udp_gap: Duration,
 }
 
 impl Outcome {
@@ -190,6 +249,15 @@ impl Outcome {
 /// message every `every` and reading its echo.
 pub struct Clients {
     conns: Vec<Conn>,
+    udp: Option<UdpStream>,
+}
+
+/// A UDP flow through the UDP VIP: one datagram per tick, its echo read.
+struct UdpStream {
+    s: UdpSocket,
+    answered: u64,
+    last: Instant,
+    gap: Duration,
 }
 
 struct Conn {
@@ -223,7 +291,45 @@ impl Clients {
         })
         .map_err(|e| LabError(format!("entering the client namespace: {e}")))?
         .map_err(|e| LabError(format!("connecting to {addr}: {e}")))?;
-        Ok(Clients { conns })
+        Ok(Clients { conns, udp: None })
+    }
+
+    /// Adds a UDP stream to the UDP VIP, sending at every tick of `run`.
+    pub fn add_udp(&mut self, lab: &Lab) -> Result<(), LabError> {
+        let s = in_netns(&lab.client.ns, || {
+            // Not connected: a DSR backend answers from its own address.
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .map_err(|e| LabError(format!("entering the client namespace: {e}")))?
+        .map_err(|e| LabError(format!("UDP socket to {VIP4}:{UDP_ECHO_PORT}: {e}")))?;
+        self.udp = Some(UdpStream { s, answered: 0, last: Instant::now(), gap: Duration::ZERO });
+        Ok(())
+    }
+
+    /// Closes every connection and waits (up to `timeout`) for the
+    /// backends to close theirs, so that none is left open on a backend
+    /// when the balancers stop: a later full-NAT flow would find its
+    /// source port still taken there.
+    pub fn close(mut self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        for c in &mut self.conns {
+            let _ = c.s.shutdown(std::net::Shutdown::Write);
+        }
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end && self.conns.iter().any(|c| !c.broken) {
+            for c in self.conns.iter_mut().filter(|c| !c.broken) {
+                // An end of stream is what this waits for.
+                c.read(&mut buf);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Takes `other`'s connections into this set.
+    pub fn merge(&mut self, other: Clients) {
+        self.conns.extend(other.conns);
     }
 
     /// Exchanges messages for `d`, one per connection every `every`.
@@ -245,10 +351,18 @@ impl Clients {
                     }
                 }
             }
+            if let Some(u) = &mut self.udp {
+                u.read(&mut buf);
+                // A lost datagram is the stream's loss, not an error.
+                let _ = u.s.send_to(&u.answered.to_be_bytes(), (VIP4, UDP_ECHO_PORT));
+            }
             std::thread::sleep(every.saturating_sub(tick.elapsed()));
         }
         for c in &mut self.conns {
             c.read(&mut buf);
+        }
+        if let Some(u) = &mut self.udp {
+            u.read(&mut buf);
         }
     }
 
@@ -260,8 +374,41 @@ impl Clients {
             broken: self.conns.iter().filter(|c| c.broken || c.last.elapsed() > GIVE_UP).count(),
             gaps,
             messages: self.conns.iter().map(|c| c.got as u64 / 8).sum(),
+            udp_answered: self.udp.as_ref().map_or(0, |u| u.answered),
+            udp_gap: self.udp.as_ref().map_or(Duration::ZERO, |u| u.gap.max(u.last.elapsed())),
         }
     }
+}
+
+impl UdpStream {
+    fn read(&mut self, buf: &mut [u8]) {
+        while let Ok((n, _)) = self.s.recv_from(buf) {
+            if n > 0 {
+                self.answered += 1;
+                self.gap = self.gap.max(self.last.elapsed());
+                self.last = Instant::now();
+            }
+        }
+    }
+}
+
+/// How long after `since` a new connection to the TCP VIP first succeeds,
+/// trying every `every` (each attempt given as long); None if none did
+/// within `timeout`.
+pub fn first_new_connection(lab: &Lab, since: Instant, every: Duration, timeout: Duration) -> Option<Duration> {
+    let addr = SocketAddr::from((VIP4, ECHO_PORT));
+    in_netns(&lab.client.ns, || {
+        while since.elapsed() < timeout {
+            let attempt = Instant::now();
+            if TcpStream::connect_timeout(&addr, every).is_ok() {
+                return Some(since.elapsed());
+            }
+            std::thread::sleep(every.saturating_sub(attempt.elapsed()));
+        }
+        None
+    })
+    .ok()
+    .flatten()
 }
 
 impl Conn {

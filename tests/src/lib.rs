@@ -128,6 +128,9 @@ pub struct Lab {
     procs: Vec<Proc>,
     /// Balancers added to the one-arm bridge (`add_balancer`), for HA pairs.
     pub standbys: Vec<Host>,
+    /// Per bridged host interface (namespace, interface): its port on the
+    /// bridge.
+    bridge_ports: Vec<((String, String), String)>,
     /// Per backend (as in `backends`): its lab server, if running, and the
     /// arguments it was started with, to start it again.
     servers: Vec<(Vec<String>, Option<Proc>)>,
@@ -195,6 +198,7 @@ impl Lab {
             queues: std::thread::available_parallelism().map_or(1, |n| n.get().min(2) as u32),
             procs: Vec::new(),
             standbys: Vec::new(),
+            bridge_ports: Vec::new(),
             servers: Vec::new(),
             xdp: Vec::new(),
             tc: Vec::new(),
@@ -240,6 +244,7 @@ impl Lab {
             let port = format!("p{i}");
             self.veth(End::host(host, *ifidx), End { ns: &br, dev: &port, mac: None })?;
             ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+            self.bridge_ports.push(((host.ns.clone(), host.ifaces[*ifidx].name.clone()), port));
         }
         for host in &hosts {
             for ifc in &host.ifaces {
@@ -310,6 +315,7 @@ impl Lab {
         let br = self.bridge_ns.clone();
         self.veth(End::host(&host, 0), End { ns: &br, dev: &port, mac: None })?;
         ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+        self.bridge_ports.push(((host.ns.clone(), ifc.name.clone()), port));
         ip(&["-n", &host.ns, "addr", "add", &format!("{}/24", ifc.v4), "dev", "eth0"])?;
         ip(&["-n", &host.ns, "addr", "add", &format!("{}/64", ifc.v6), "dev", "eth0", "nodad"])?;
         self.standbys.push(host.clone());
@@ -323,6 +329,14 @@ impl Lab {
             ip(&["-n", ns, "route", "replace", &format!("{VIP4}/32"), "via", &gateway.to_string()])?;
         }
         Ok(())
+    }
+
+    /// Unplugs (or plugs back) `host`'s first interface from the bridge:
+    /// its bridge port goes down, the host sees its link lose carrier.
+    pub fn set_plugged(&self, host: &Host, plugged: bool) -> Result<(), LabError> {
+        let key = (host.ns.clone(), host.iface().name.clone());
+        let port = self.bridge_ports.iter().find(|(k, _)| *k == key).map(|(_, p)| p).ok_or_else(|| LabError(format!("{} is not on the bridge", host.name)))?;
+        ip(&["-n", &self.bridge_ns, "link", "set", port, if plugged { "up" } else { "down" }]).map(drop)
     }
 
     /// Client, balancer, backends.

@@ -1,24 +1,32 @@
 //! High availability with real keepalived: two fulcrum daemons in front of
 //! three backends, each with keepalived in its own namespace moving the
-//! VIP's gateway and the full-NAT address. Long-lived TCP connections
-//! exchange a message every 100 ms while the master fails (kill -9, a
-//! hang) or hands over (`fulcrum ha role backup` as a planned switch does);
-//! with flow sync none breaks. The same failover without sync is the
-//! baseline: there full-NAT connections break. Root only.
+//! VIPs' gateway (for inline NAT also the backends' route to the client)
+//! and the full-NAT address. Long-lived TCP connections exchange a message
+//! every 100 ms and a UDP stream runs while the master fails (kill -9, a
+//! hang, its link unplugged) or hands over (`fulcrum ha role backup`);
+//! with flow sync none breaks, including those opened 50 ms before the
+//! failure and those that existed before the standby started. The same
+//! failover without sync is the baseline: there full-NAT connections
+//! break. Root only.
 //!
 //! One lab serves every scenario, in turn. Figures go to stderr (run with
 //! `--nocapture` to see them; perf/RESULTS.md has a run's).
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use fulcrum::control::api::{Request, Response};
 use fulcrum_tests::daemon::{self, LabMode};
-use fulcrum_tests::ha::{self, Clients, GATEWAY, Node, Outcome, wait_until};
+use fulcrum_tests::ha::{self, Clients, GATEWAY, Node, Outcome, Service, SyncMode, first_new_connection, wait_until};
 use fulcrum_tests::{Lab, Topology, require_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
-const CONNECTIONS: usize = 200;
+const CONNECTIONS: usize = 500;
+/// Opened 50 ms before the failure: the newest flows a sync must not miss.
+const LATE_CONNECTIONS: usize = 20;
 const EVERY: Duration = Duration::from_millis(100);
+/// The client's route to the backends, which inline NAT sends via the
+/// gateway.
+const CLIENT: &str = "198.18.0.1/32";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Failure {
@@ -26,85 +34,147 @@ enum Failure {
     Kill,
     /// SIGSTOP of the master's fulcrum: it hangs.
     Hang,
-    /// `fulcrum ha role backup` on the master and its keepalived stopped,
-    /// as a planned switch does.
+    /// The master's link unplugged: the node is gone, keepalived and all.
+    NodeLoss,
+    /// `fulcrum ha role backup` on the master, keepalived left running:
+    /// a planned switch.
     Planned,
 }
 
-struct Pair {
-    a: Node,
-    b: Node,
+struct Scenario {
+    service: Service,
+    failure: Failure,
+    /// The standby starts only once the connections exist: it learns
+    /// them from the master's bulk resync.
+    late_standby: bool,
 }
 
-/// Starts the pair (a has the higher priority) and waits until a is the
-/// master with the gateway.
-fn pair(lab: &Lab, mode: &str, sync: bool) -> Pair {
+fn least_connections() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/least-connections.wasm");
+    assert!(path.is_file(), "{} is missing: run scripts/build-plugins.sh", path.display());
+    path
+}
+
+/// Runs one scenario: connections through a, then `failure` of a, then
+/// traffic through b. The outcome.
+fn scenario(lab: &Lab, sc: &Scenario) -> Outcome {
+    let Scenario { service, failure, late_standby } = sc;
+    let (mode, sync) = (service.mode, service.sync != SyncMode::Off);
+    let name = format!(
+        "{mode} {failure:?} sync={:?}{}{}",
+        service.sync,
+        if service.scheduler.is_some() { " least-connections" } else { "" },
+        if *late_standby { " late standby" } else { "" }
+    );
     let (ha, hb) = (lab.balancer.clone(), lab.standbys[0].clone());
     let (va, vb) = (ha.iface().v4, hb.iface().v4);
-    let a = Node::start(lab, &ha, mode, 150, sync.then_some(vb)).expect("balancer a");
-    let b = Node::start(lab, &hb, mode, 100, sync.then_some(va)).expect("balancer b");
+    let a = Node::start(lab, &ha, service, 150, vb).expect("balancer a");
+    let start_b = || Node::start(lab, &hb, service, 100, va).expect("balancer b");
+    let mut b = (!late_standby).then(start_b);
     wait_until("balancer a holds the gateway", Duration::from_secs(10), || a.holds_gateway(lab)).expect("VRRP election");
     if sync {
         wait_until("balancer a is master", Duration::from_secs(5), || a.role().as_deref() == Some("master")).expect("notify_master");
     }
-    Pair { a, b }
-}
 
-/// Runs one scenario: connections through a, then `failure` of a, then
-/// traffic through b. The outcome, and how long until b took over.
-fn scenario(lab: &Lab, mode: &str, sync: bool, failure: Failure) -> (Outcome, Duration) {
-    let mut p = pair(lab, mode, sync);
-    let mut clients = Clients::open(lab, CONNECTIONS).expect("connections through the master");
+    let mut clients = Clients::open(lab, CONNECTIONS).unwrap_or_else(|e| panic!("{name}: connections through the master: {e}"));
+    clients.add_udp(lab).expect("UDP stream");
     clients.run(Duration::from_millis(1500), EVERY);
-    assert_eq!(clients.outcome().broken, 0, "{mode}: broken before any failure");
-    let fulcrum = p.a.fulcrum.as_ref().expect("a's fulcrum");
+    assert_eq!(clients.outcome().broken, 0, "{name}: broken before any failure");
+    if *late_standby {
+        let standby = start_b();
+        let caught_up = std::thread::scope(|s| {
+            let watch = s.spawn(|| {
+                wait_until("the late standby has every flow", Duration::from_secs(10), || {
+                    standby.ha().is_some_and(|h| h.entries_received >= CONNECTIONS as u64)
+                })
+            });
+            clients.run(Duration::from_millis(1500), EVERY);
+            watch.join().expect("watcher")
+        });
+        let caught_up = caught_up.unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!("ha {name}: the standby started and had every flow {caught_up:?} later");
+        b = Some(standby);
+    }
+    let b = b.expect("balancer b");
+    let newest = Clients::open(lab, LATE_CONNECTIONS).expect("the newest connections");
+    clients.merge(newest);
+    clients.run(Duration::from_millis(50), EVERY);
+
+    // The master's sync figures, while it still answers.
+    let master = a.ha();
+    let failed_at = Instant::now();
+    let fulcrum = a.fulcrum.as_ref().expect("a's fulcrum");
     match failure {
         Failure::Kill => fulcrum.signal(libc::SIGKILL),
         Failure::Hang => fulcrum.signal(libc::SIGSTOP),
+        Failure::NodeLoss => lab.set_plugged(&a.host, false).expect("unplugging a"),
         Failure::Planned => {
-            // What an operator's switch does: the standby takes the role
-            // when the master's keepalived leaves, and this one stops
-            // forwarding.
-            p.a.stop_keepalived();
+            a.set_role(lab, "backup").expect("fulcrum ha role backup");
         }
     }
-    let b = &p.b;
-    let took_over = std::thread::scope(|s| {
+    let (took_over, new_conn) = std::thread::scope(|s| {
         let watch = s.spawn(|| wait_until("b takes the gateway", Duration::from_secs(10), || b.holds_gateway(lab)));
+        let probe = s.spawn(|| first_new_connection(lab, failed_at, Duration::from_millis(100), Duration::from_secs(5)));
         clients.run(Duration::from_secs(5), EVERY);
-        watch.join().expect("watcher")
-    })
-    .unwrap_or_else(|e| panic!("{mode} {failure:?}: {e}"));
-    if failure == Failure::Hang {
-        p.a.fulcrum.as_ref().expect("a's fulcrum").signal(libc::SIGCONT);
+        (watch.join().expect("watcher"), probe.join().expect("probe"))
+    });
+    match failure {
+        Failure::Hang => fulcrum.signal(libc::SIGCONT),
+        Failure::NodeLoss => lab.set_plugged(&a.host, true).expect("plugging a back"),
+        Failure::Kill | Failure::Planned => {}
     }
+    let took_over = took_over.unwrap_or_else(|e| panic!("{name}: {e}"));
     let outcome = clients.outcome();
     eprintln!(
-        "ha {mode} sync={sync} {failure:?}: {} connections, {} broken, longest gap p50 {:?} p99 {:?} max {:?}, takeover {took_over:?}, {} messages",
+        "ha {name}: {} connections, {} broken, longest gap p50 {:?} p99 {:?} max {:?}, takeover {took_over:?}, new connection after {new_conn:?}, {} messages; UDP: {} answered, longest gap {:?}",
         outcome.connections,
         outcome.broken,
         outcome.quantile(0.5),
         outcome.quantile(0.99),
         outcome.quantile(1.0),
-        outcome.messages
+        outcome.messages,
+        outcome.udp_answered,
+        outcome.udp_gap,
     );
-    if sync {
-        report_sync(&p);
+    if let Some(h) = master {
+        let per_connection = h.bytes_sent / outcome.connections as u64;
+        eprintln!(
+            "  a before the failure: entries sent {} ({} bytes, {per_connection} per connection), lag p99 <= {:?} ms",
+            h.entries_sent, h.bytes_sent, h.lag_p99_ms
+        );
     }
-    (outcome, took_over)
+    if sync {
+        report_sync(&[("a", &a), ("b", &b)], outcome.connections);
+        assert!(new_conn.is_some(), "{name}: no new connection succeeded within 5 s of the failure");
+    }
+    clients.close(Duration::from_secs(2));
+    outcome
 }
 
-/// Sync figures of both balancers.
-fn report_sync(p: &Pair) {
-    for (name, node) in [("a", &p.a), ("b", &p.b)] {
-        if let Ok(Response::Status(s)) = fulcrum::control::client::request(&node.socket, &Request::Status)
-            && let Some(h) = s.ha
-        {
+/// Sync figures of both balancers (a killed one does not answer).
+fn report_sync(nodes: &[(&str, &Node)], connections: usize) {
+    for (name, node) in nodes {
+        if let Some(h) = node.ha() {
             eprintln!(
-                "  {name}: role {}, entries sent {}, received {}, lag p99 {:?} ms, peers {:?}",
-                h.role, h.entries_sent, h.entries_received, h.lag_p99_ms, h.peers
+                "  {name}: role {}, entries sent {} ({} bytes, {} per connection), received {}, lag p99 <= {:?} ms, peers {:?}",
+                h.role,
+                h.entries_sent,
+                h.bytes_sent,
+                h.bytes_sent / connections as u64,
+                h.entries_received,
+                h.lag_p99_ms,
+                h.peers
             );
         }
+    }
+}
+
+/// Inline NAT: the backends answer the client through the gateway, so
+/// the master sees (and un-NATs) the replies.
+fn route_client_via_gateway(lab: &Lab, on: bool) {
+    for b in &lab.backends {
+        let args: &[&str] = if on { &["ip", "route", "replace", CLIENT, "via", &GATEWAY.to_string()] } else { &["ip", "route", "del", CLIENT] };
+        lab.exec(&b.ns, args).expect("the backends' route to the client");
     }
 }
 
@@ -117,16 +187,41 @@ fn failover_breaks_no_connection_with_flow_sync() {
     let _none = daemon::prepare_hosts(&mut lab, LabMode::Dsr).expect("DSR backends");
     lab.start_servers_with(SERVER.as_ref(), &["--echo", &ha::ECHO_PORT.to_string()]).expect("servers");
 
+    let service = |mode, sync| Service { mode, scheduler: None, sync };
+    let scenarios = [
+        Scenario { service: service("full-nat", SyncMode::Unicast), failure: Failure::Kill, late_standby: false },
+        // Multicast sync here, the rest unicast.
+        Scenario { service: service("dsr", SyncMode::Multicast), failure: Failure::Kill, late_standby: false },
+        Scenario { service: service("full-nat", SyncMode::Unicast), failure: Failure::Hang, late_standby: false },
+        Scenario { service: service("full-nat", SyncMode::Unicast), failure: Failure::NodeLoss, late_standby: false },
+        Scenario { service: service("full-nat", SyncMode::Unicast), failure: Failure::Planned, late_standby: false },
+        Scenario {
+            service: Service { mode: "nat", scheduler: Some(least_connections()), sync: SyncMode::Unicast },
+            failure: Failure::Kill,
+            late_standby: false,
+        },
+        Scenario { service: service("full-nat", SyncMode::Unicast), failure: Failure::Kill, late_standby: true },
+    ];
     let mut failures = Vec::new();
-    for (mode, failure) in [("full-nat", Failure::Kill), ("dsr", Failure::Kill), ("full-nat", Failure::Hang), ("full-nat", Failure::Planned)] {
-        let (o, _) = scenario(&lab, mode, true, failure);
+    for sc in &scenarios {
+        let inline = sc.service.mode == "nat";
+        if inline {
+            route_client_via_gateway(&lab, true);
+        }
+        let o = scenario(&lab, sc);
+        if inline {
+            route_client_via_gateway(&lab, false);
+        }
         if o.broken > 0 {
-            failures.push(format!("{mode} {failure:?}: {} of {} connections broken", o.broken, o.connections));
+            failures.push(format!("{} {:?}: {} of {} connections broken", sc.service.mode, sc.failure, o.broken, o.connections));
+        }
+        if o.udp_gap > Duration::from_secs(3) {
+            failures.push(format!("{} {:?}: the UDP stream stopped ({} answered, silent {:?})", sc.service.mode, sc.failure, o.udp_answered, o.udp_gap));
         }
     }
     // The baseline, keepalived alone: the new master knows none of the
     // full-NAT flows.
-    let (o, _) = scenario(&lab, "full-nat", false, Failure::Kill);
+    let o = scenario(&lab, &Scenario { service: service("full-nat", SyncMode::Off), failure: Failure::Kill, late_standby: false });
     assert!(o.broken > 0, "without sync every full-NAT connection should break, none did");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -16,9 +16,10 @@ use crate::flow::FlowKey;
 use crate::flow::key::ip_from16;
 use crate::flow::sync::SyncEntry;
 use crate::flow::table::{NO_PEER, Slot};
-use crate::services::Mode;
+use crate::services::{Mode, Vip};
+use crate::types::{BackendId, VipId};
 
-use super::{Engine, EngineConfig, FlowValue};
+use super::{Engine, EngineConfig, FlowValue, Flows};
 
 /// Changes logged per batch before the excess is only counted; a batch
 /// has at most one change per packet, a few per TCP connection.
@@ -74,6 +75,30 @@ impl SyncLog {
         } else {
             self.lost += 1;
         }
+    }
+}
+
+impl Flows {
+    /// A flow was opened to `backend`: logged unless the peer needs no
+    /// entry for it. `hash` is the key's.
+    #[inline]
+    pub(super) fn flow_opened(&mut self, slot: Slot, key: &FlowKey, hash: u64, (vip_id, v): (VipId, &Vip), backend: BackendId) {
+        if self.sync.on && !self.peer_places(vip_id, v, backend, hash) {
+            self.sync.changed(slot, key);
+        }
+    }
+
+    /// Whether a peer that never heard of the flow (key hash `hash`)
+    /// sends it to `backend` all the same: a dsr or tunnel VIP (where any
+    /// segment opens a flow) scheduled by Maglev alone, whose current
+    /// answer is `backend`. Only the exceptions are synced; a busy flow
+    /// left behind when the backends change is sent by the refresh walk
+    /// once Maglev answers otherwise.
+    fn peer_places(&self, vip_id: VipId, v: &Vip, backend: BackendId, hash: u64) -> bool {
+        !matches!(v.spec.mode, Mode::Nat { .. })
+            && v.spec.persistence_ms.is_none()
+            && self.schedulers.get(usize::from(vip_id)).is_none_or(Option::is_none)
+            && v.maglev.lookup(hash).and_then(|i| v.spec.backends.get(i)) == Some(&backend)
     }
 }
 
@@ -197,7 +222,11 @@ impl Engine {
         // A flow the SYN proxy spliced needs its sequence offsets on the
         // peer too, which the entry does not carry yet: it is not synced.
         let FlowValue::Forward { vip, backend, spliced: false } = e.value else { return None };
-        let (v, b) = (s.vip(vip)?, s.backend(backend)?);
+        let v = s.vip(vip)?;
+        if f.peer_places(vip, v, backend, e.key().hash64()) {
+            return None;
+        }
+        let b = s.backend(backend)?;
         let remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(e.last_seen()));
         let mut out = SyncEntry {
             key: *e.key(),

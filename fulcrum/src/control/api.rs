@@ -62,9 +62,14 @@ pub struct RoleChange {
 pub struct HaStatus {
     /// "master", "backup" or "fault".
     pub role: String,
+    /// Demoted by hand from master: `fulcrum status` fails until
+    /// keepalived's next notify, so that keepalived moves the addresses.
+    pub standing_down: bool,
     pub listen: String,
     pub entries_sent: u64,
     pub entries_received: u64,
+    /// Datagrams' bytes (UDP payload, HMAC included), hellos too.
+    pub bytes_sent: u64,
     /// Time flows waited between a worker and the wire, 99th percentile
     /// (upper bound of its histogram bucket); none before the first.
     pub lag_p99_ms: Option<u64>,
@@ -375,8 +380,12 @@ impl Status {
         out.push('\n');
         if let Some(ha) = &self.ha {
             let lag = ha.lag_p99_ms.map_or_else(|| "-".into(), |l| format!("<={l}ms"));
-            let _ =
-                writeln!(out, "ha: role {}, sync on {}, entries sent {}, received {}, lag p99 {lag}", ha.role, ha.listen, ha.entries_sent, ha.entries_received);
+            let down = if ha.standing_down { " (standing down: keepalived should hand the addresses over)" } else { "" };
+            let _ = writeln!(
+                out,
+                "ha: role {}{down}, sync on {}, entries sent {} ({} bytes), received {}, lag p99 {lag}",
+                ha.role, ha.listen, ha.entries_sent, ha.bytes_sent, ha.entries_received
+            );
             for p in &ha.peers {
                 let heard = p.last_heard_ms.map_or_else(|| "never heard".into(), |ms| format!("last heard {ms} ms ago"));
                 let _ = writeln!(

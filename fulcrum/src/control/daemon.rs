@@ -475,8 +475,9 @@ impl Daemon {
             self.steering.retain(&[], &[]);
             ha.set_role(role)
         };
+        ha.note_role_change(previous, role);
         if previous != role {
-            tracing::info!(from = previous.as_str(), to = role.as_str(), "HA role changed");
+            tracing::info!(from = previous.as_str(), to = role.as_str(), standing_down = ha.standing_down(), "HA role changed");
         }
         Ok(RoleChange { previous: previous.as_str().into(), role: role.as_str().into() })
     }

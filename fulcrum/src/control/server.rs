@@ -76,7 +76,7 @@ pub fn run(path: &Path) -> Result<(), Error> {
     println!("ready workers={} xdp_mode={}", daemon.workers, daemon.xdp_mode);
     let mut control = Control { daemon, jobs: VecDeque::new(), preparing: false, inbox };
     while !signals.stop.load(Ordering::SeqCst) {
-        fulcrum_io::unix::wait_readable([waker.wait.as_raw_fd(), control.daemon.health_fd().unwrap_or(-1), control.daemon.neighbours_fd()]);
+        fulcrum_io::unix::wait_readable([waker.wait.as_raw_fd(), control.daemon.health_fd().unwrap_or(-1), control.daemon.neighbours_fd()], None);
         waker.drain();
         control.daemon.apply_health();
         control.daemon.apply_neighbours();

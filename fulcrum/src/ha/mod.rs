@@ -60,6 +60,10 @@ pub struct Ha {
     pub clock: Instant,
     /// Role changes, for the status.
     pub role_changes: AtomicU64,
+    /// A master told to step aside (`fulcrum ha role backup` by hand)
+    /// until the next role change: its `fulcrum status` fails, so that
+    /// keepalived, which still holds the addresses, hands them over.
+    standing_down: AtomicBool,
 }
 
 fn role_byte(r: HaRole) -> u8 {
@@ -83,7 +87,13 @@ impl Ha {
         let lanes = (0..workers)
             .map(|_| Lane { out: ArrayQueue::new(RING), inbound: ArrayQueue::new(RING), bulk: AtomicBool::new(false), counts: WorkerSync::default() })
             .collect();
-        Arc::new(Ha { role: AtomicU8::new(role_byte(role)), lanes, clock: Instant::now(), role_changes: AtomicU64::new(0) })
+        Arc::new(Ha {
+            role: AtomicU8::new(role_byte(role)),
+            lanes,
+            clock: Instant::now(),
+            role_changes: AtomicU64::new(0),
+            standing_down: AtomicBool::new(false),
+        })
     }
 
     pub fn role(&self) -> HaRole {
@@ -97,6 +107,17 @@ impl Ha {
             self.role_changes.fetch_add(1, Relaxed);
         }
         role_of(old)
+    }
+
+    /// Records a role change made: a master demoted stands down until the
+    /// next one. keepalived's notify that follows (it let the addresses go)
+    /// reaches a balancer that is no longer master, and ends it.
+    pub fn note_role_change(&self, previous: HaRole, role: HaRole) {
+        self.standing_down.store(previous == HaRole::Master && role != HaRole::Master, Relaxed);
+    }
+
+    pub fn standing_down(&self) -> bool {
+        self.standing_down.load(Relaxed)
     }
 
     /// Asks every worker for a bulk resync.

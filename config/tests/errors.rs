@@ -874,8 +874,8 @@ fn bgp_and_the_shutdown_grace_name_the_field() {
             "fulcrum.toml:9: bgp: timeout must be between 200ms and 3s, got 10s",
         ]
     );
-    assert_eq!(errors("[bgp]\nnext_hop = \"224.0.0.1\"\n"), [
-        "fulcrum.toml:4: bgp: speaker is required",
-        "fulcrum.toml:5: bgp: next_hop must be a unicast address, got 224.0.0.1 (multicast)",
-    ]);
+    assert_eq!(
+        errors("[bgp]\nnext_hop = \"224.0.0.1\"\n"),
+        ["fulcrum.toml:4: bgp: speaker is required", "fulcrum.toml:5: bgp: next_hop must be a unicast address, got 224.0.0.1 (multicast)",]
+    );
 }

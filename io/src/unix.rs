@@ -7,16 +7,19 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::Duration;
 
-/// Blocks until one of `fds` is readable or a signal interrupts. Negative
+/// Blocks until one of `fds` is readable, a signal interrupts or
+/// `timeout` (if any) passes. Negative
 /// descriptors are ignored (poll(2) skips them), so optional ones can be
 /// passed as -1.
-pub fn wait_readable<const N: usize>(fds: [RawFd; N]) {
+pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Option<Duration>) {
     let mut polled = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    let ms = timeout.map_or(-1, |t| libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX));
     // SAFETY: `polled` is N valid pollfd entries that outlive the call;
     // an error (EINTR from a signal) just returns, which is what callers
     // want: they look at what woke them.
-    unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
+    unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
 }
 
 /// Binds a Unix stream socket at `path` created with mode 0600: the umask

@@ -65,8 +65,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
     let vips = c.vips(vips);
     let sync = c.sync(sync, daemon.as_ref().map(|d| &d.workers));
     let bgp = c.bgp(bgp);
-    let config =
-        (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips?, sync: sync?, bgp: bgp? }))();
+    let config = (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips?, sync: sync?, bgp: bgp? }))();
     c.r.finish(config)
 }
 

@@ -209,14 +209,6 @@ impl Node {
         }
     }
 
-    /// `fulcrum drain` on this node.
-    pub fn drain(&self) -> Result<(), LabError> {
-        match fulcrum::control::client::request(&self.socket, &Request::Drain) {
-            Ok(Response::Draining(_)) => Ok(()),
-            other => Err(LabError(format!("drain on {}: {other:?}", self.host.name))),
-        }
-    }
-
     /// Everything fulcrum and ExaBGP printed, for failure messages.
     pub fn output(&self) -> String {
         [&self.fulcrum, &self.exabgp].iter().filter_map(|p| p.as_ref().map(Proc::output)).collect::<Vec<_>>().join("\n")

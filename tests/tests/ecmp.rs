@@ -123,10 +123,14 @@ fn nodes_drained_added_and_killed_break_no_connection() {
     // Drain node 2: withdrawn, its connections move on to the others, it
     // exits once its traffic stopped.
     scenario(&mut c, &mut clients, "drain", &mut failures, |c| {
-        c.nodes[2].drain().expect("drain");
+        let socket = c.nodes[2].socket.to_string_lossy().into_owned();
+        let asked = Instant::now();
+        let (code, out, err) = daemon::cli(&["drain", "--socket", &socket]);
+        assert_eq!(code, Some(0), "fulcrum drain: {out}{err}");
         let route = c.wait_hops(&[0, 1], Duration::from_secs(5));
         let exited = c.nodes[2].fulcrum.as_mut().expect("node 2").wait_timeout(Duration::from_secs(10));
         assert!(exited.is_some_and(|s| s.success()), "the drained node should exit by itself:\n{}", c.nodes[2].output());
+        eprintln!("ecmp: the drained node exited {:?} after `fulcrum drain` (grace 10 s)", asked.elapsed());
         route
     });
     // Node 2 comes back: announced once ready, the router spreads over
@@ -136,6 +140,19 @@ fn nodes_drained_added_and_killed_break_no_connection() {
         c.nodes[2].start_fulcrum(lab).expect("node 2 again");
         c.wait_hops(&[0, 1, 2], Duration::from_secs(5))
     });
+    // systemctl stop: SIGTERM with daemon.shutdown_grace drains the same
+    // way. Then node 2 starts again.
+    scenario(&mut c, &mut clients, "SIGTERM", &mut failures, |c| {
+        let node = c.nodes[2].fulcrum.as_mut().expect("node 2");
+        node.signal(libc::SIGTERM);
+        let route = c.wait_hops(&[0, 1], Duration::from_secs(5));
+        let exited = c.nodes[2].fulcrum.as_mut().expect("node 2").wait_timeout(Duration::from_secs(10));
+        assert!(exited.is_some_and(|s| s.success()), "SIGTERM should drain, then exit:\n{}", c.nodes[2].output());
+        route
+    });
+    let lab = &c.lab;
+    c.nodes[2].start_fulcrum(lab).expect("node 2 again");
+    c.wait_hops(&[0, 1, 2], Duration::from_secs(5));
     // kill -9 of node 0's fulcrum: its helper finds the daemon gone and
     // withdraws at once.
     scenario(&mut c, &mut clients, "kill -9", &mut failures, |c| {

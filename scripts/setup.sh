@@ -10,6 +10,7 @@ packages=(
     nftables                                                   # half-open health checks (health/src/rst_guard.rs)
     valgrind                                                   # instruction counts in perf/
     keepalived                                                 # the HA pair lab (tests/tests/ha.rs)
+    bird2 exabgp                                               # the scale-out lab (tests/tests/ecmp.rs): router and node speakers
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -21,6 +21,29 @@ pub struct Config {
     pub vips: Vec<Vip>,
     /// Flow sync with the other balancer of a pair; `None`: standalone.
     pub sync: Option<Sync>,
+    /// Announcing the VIPs to routers through a BGP speaker; `None`: the
+    /// VIPs are routed to this balancer some other way.
+    pub bgp: Option<Bgp>,
+}
+
+/// `[bgp]`: which speaker announces the VIPs, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bgp {
+    pub speaker: Speaker,
+    /// The next hop the routes carry; `None`: the speaker's own address
+    /// on the session ("self").
+    pub next_hop: Option<IpAddr>,
+    /// How long the daemon may leave the speaker's helper without an
+    /// answer before the helper takes it for hung and withdraws every VIP.
+    pub timeout: Duration,
+}
+
+/// The BGP speakers fulcrum drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    /// ExaBGP runs `fulcrum bgp exabgp` as an API process and reads its
+    /// `announce route` / `withdraw route` lines.
+    ExaBgp,
 }
 
 /// `[sync]`: where this balancer sends its flows and hears its peer's.
@@ -74,6 +97,9 @@ pub struct Daemon {
     pub metrics_listen: SocketAddr,
     pub xdp_mode: XdpMode,
     pub workers: Workers,
+    /// On SIGTERM: withdraw the VIPs, keep forwarding until their traffic
+    /// stops or this long, then exit; `None`: SIGTERM exits at once.
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// How the XDP program that steers frames to the AF_XDP sockets attaches.
@@ -391,6 +417,10 @@ impl HaRole {
     pub fn parse(word: &str) -> Option<HaRole> {
         HaRole::from_name(word)
     }
+}
+
+impl Keyword for Speaker {
+    const ALL: &[(&str, Self)] = &[("exabgp", Speaker::ExaBgp)];
 }
 
 impl Keyword for OnDown {

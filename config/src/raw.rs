@@ -24,6 +24,7 @@ pub(crate) struct RawDaemon {
     pub xdp_mode: Field,
     pub workers: Field,
     pub cores: Field,
+    pub shutdown_grace: Field,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +52,14 @@ pub(crate) struct RawSync {
     pub group: Field,
     pub key: Field,
     pub role: Field,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([bgp])")]
+pub(crate) struct RawBgp {
+    pub speaker: Field,
+    pub next_hop: Field,
+    pub timeout: Field,
 }
 
 #[derive(Default, Deserialize)]

@@ -126,8 +126,8 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
     assert_eq!(
         e,
         [
-            "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`",
-            "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
+            "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
+            "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
             "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
@@ -144,8 +144,8 @@ fn names_from_the_file_are_escaped() {
     assert_eq!(
         all,
         [
-            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`",
-            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`",
+            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
+            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
         ]
         .join("\n")
     );
@@ -701,6 +701,7 @@ fn defaults() {
                 metrics_listen: "127.0.0.1:9100".parse().unwrap(),
                 xdp_mode: XdpMode::Auto,
                 workers: Workers::Auto,
+                shutdown_grace: None,
             },
             topology: Topology::OneArm(Interface { name: "lb0".into(), mtu: None }),
             limits: Limits {
@@ -718,6 +719,7 @@ fn defaults() {
             },
             vips: vec![],
             sync: None,
+            bgp: None,
         }
     );
     let vip = valid(&format!("{VIP}[[vip.backend]]\naddress = \"198.18.0.11\"\n")).vips.remove(0);
@@ -853,5 +855,27 @@ fn sync_names_the_field_and_needs_the_workers_set() {
     assert_eq!(
         errors(&format!("{d}[sync]\nlisten = \"198.18.0.2:7788\"\nkey = \"0123456789abcdef\"\n")),
         ["fulcrum.toml:6: sync: set peers (unicast) or group (multicast): the balancers sync with no one"]
+    );
+}
+
+#[test]
+fn bgp_and_the_shutdown_grace_name_the_field() {
+    let c = valid("[daemon]\nshutdown_grace = \"30s\"\n[bgp]\nspeaker = \"exabgp\"\n");
+    assert_eq!(c.daemon.shutdown_grace, Some(Duration::from_secs(30)));
+    assert_eq!(c.bgp, Some(Bgp { speaker: Speaker::ExaBgp, next_hop: None, timeout: Duration::from_millis(500) }));
+    let c = valid("[bgp]\nspeaker = \"exabgp\"\nnext_hop = \"198.18.0.2\"\ntimeout = \"1s\"\n");
+    assert_eq!(c.bgp.map(|b| (b.next_hop, b.timeout)), Some((Some("198.18.0.2".parse().unwrap()), Duration::from_secs(1))));
+    assert_eq!(
+        errors("[daemon]\nshutdown_grace = 30\n[bgp]\nspeaker = \"bird\"\nnext_hop = \"me\"\ntimeout = \"10s\"\n"),
+        [
+            "fulcrum.toml:5: daemon: shutdown_grace must be a duration string such as \"30s\", \"15m\" or \"1h 30m\", got the number 30 without a unit (\"30s\" is 30 seconds)",
+            "fulcrum.toml:7: bgp: speaker must be one of \"exabgp\", got \"bird\"",
+            "fulcrum.toml:8: bgp: next_hop must be \"self\" or this balancer's address, got \"me\"",
+            "fulcrum.toml:9: bgp: timeout must be between 200ms and 3s, got 10s",
+        ]
+    );
+    assert_eq!(
+        errors("[bgp]\nnext_hop = \"224.0.0.1\"\n"),
+        ["fulcrum.toml:4: bgp: speaker is required", "fulcrum.toml:5: bgp: next_hop must be a unicast address, got 224.0.0.1 (multicast)",]
     );
 }

@@ -118,3 +118,14 @@ fn the_ha_pair_examples_mirror_each_other() {
     assert_eq!(sa.key, sb.key);
     assert_eq!(Config { sync: None, ..a }, Config { sync: None, ..b });
 }
+
+/// The scale-out node announces its VIPs through ExaBGP and drains on
+/// SIGTERM; dsr, so any node places a flow on the same backend.
+#[test]
+fn the_ecmp_node_example_announces_and_drains() {
+    let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecmp/fulcrum.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let bgp = c.bgp.expect("[bgp]");
+    assert_eq!((bgp.speaker, bgp.next_hop), (fulcrum_config::Speaker::ExaBgp, None));
+    assert!(c.daemon.shutdown_grace.is_some());
+    assert!(c.vips.iter().all(|v| v.mode == Mode::Dsr));
+}

@@ -2,9 +2,11 @@
 //! [`workers`] (per-core poll loops that run the data plane's engine over
 //! fulcrum-io's AF_XDP sockets) and [`control`] (from a configuration to
 //! running workers, reload, the control socket and its protocol, the
-//! metrics endpoint) and [`ha`] (roles and flow sync of a balancer pair).
+//! metrics endpoint), [`ha`] (roles and flow sync of a balancer pair) and
+//! [`bgp`] (announcing the VIPs through a BGP speaker).
 //! `main.rs` adds the command line.
 
+pub mod bgp;
 pub mod control;
 pub mod error;
 pub mod ha;

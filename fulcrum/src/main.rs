@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(long, default_value = "auto", value_parser = parse_mode)]
         xdp_mode: XdpMode,
     },
+    /// Withdraw the VIPs from the routers (`[bgp]`), keep forwarding until
+    /// their traffic stops arriving or `daemon.shutdown_grace` (30 s when
+    /// unset) is over, then exit. SIGTERM does the same when the grace is
+    /// set.
+    Drain(Target),
+    /// Scale-out: announce the VIPs through a BGP speaker.
+    Bgp {
+        #[command(subcommand)]
+        cmd: BgpCmd,
+    },
     /// High availability: this balancer's part in a pair.
     Ha {
         #[command(subcommand)]
@@ -63,6 +73,18 @@ enum Cmd {
     Plugin {
         #[command(subcommand)]
         cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpCmd {
+    /// The process ExaBGP runs (`process fulcrum { run fulcrum bgp exabgp
+    /// --config FILE; encoder text; }`): announces each VIP address the
+    /// daemon of FILE wants announced, withdraws the others, and withdraws
+    /// everything while that daemon is gone or silent past `bgp.timeout`.
+    Exabgp {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -150,6 +172,8 @@ fn main() -> ExitCode {
         Cmd::Status(t) => ask(&t, Request::Status),
         Cmd::Stats(t) => ask(&t, Request::Stats),
         Cmd::Reload(t) => ask(&t, Request::Reload),
+        Cmd::Drain(t) => ask(&t, Request::Drain),
+        Cmd::Bgp { cmd: BgpCmd::Exabgp { config } } => fulcrum_config::load(&config).map_err(Error::from).and_then(|c| fulcrum::bgp::run_exabgp(&c)),
         Cmd::Ha { cmd: HaCmd::Role { role, target } } => ask(&target, Request::HaRole { role }),
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
@@ -212,6 +236,12 @@ fn print_answer(response: &Response) {
             }
         }
         Response::HaRole(r) => println!("role {} (was {})", r.role, r.previous),
+        Response::Routes(r) => println!("announce: {:?}{}", r.announce, if r.draining { " (draining)" } else { "" }),
+        Response::Draining(d) => println!(
+            "draining: {}, exits when the VIPs' traffic stops, within {} s",
+            if d.withdrawn { "the VIPs are withdrawn" } else { "withdrawing the VIPs" },
+            d.grace_secs
+        ),
         Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
         Response::Error(_) => {}
     }

@@ -278,8 +278,13 @@ const GIVE_UP: Duration = Duration::from_secs(3);
 impl Clients {
     /// Opens `n` connections from the client namespace.
     pub fn open(lab: &Lab, n: usize) -> Result<Clients, LabError> {
+        Clients::open_from(&lab.client.ns, n)
+    }
+
+    /// Opens `n` connections from namespace `ns`.
+    pub fn open_from(ns: &str, n: usize) -> Result<Clients, LabError> {
         let addr = SocketAddr::from((VIP4, ECHO_PORT));
-        let conns = in_netns(&lab.client.ns, || {
+        let conns = in_netns(ns, || {
             (0..n)
                 .map(|_| {
                     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
@@ -364,6 +369,20 @@ impl Clients {
         if let Some(u) = &mut self.udp {
             u.read(&mut buf);
         }
+    }
+
+    /// Starts measuring gaps afresh, from now (for the next scenario on
+    /// the same connections).
+    pub fn reset_gaps(&mut self) {
+        for c in &mut self.conns {
+            c.gap = Duration::ZERO;
+            c.last = Instant::now();
+        }
+    }
+
+    /// The client's port of each connection.
+    pub fn ports(&self) -> Vec<u16> {
+        self.conns.iter().filter_map(|c| c.s.local_addr().ok()).map(|a| a.port()).collect()
     }
 
     pub fn outcome(&self) -> Outcome {

@@ -22,6 +22,7 @@
 //! `Lab::queues` rx/tx queues.
 
 pub mod daemon;
+pub mod ecmp;
 pub mod ha;
 pub mod load;
 mod net;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::DeValue;
@@ -21,6 +22,9 @@ const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4
 const MAX_SOCKET_PATH: usize = 107;
 const MAX_WORKERS: u16 = 1024;
 const MAX_CPU: u16 = 8191;
+/// Long enough for any connection an operator would wait for; beyond it a
+/// stop would look hung to systemd and to people.
+const MAX_SHUTDOWN_GRACE: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
 
 impl Checker<'_> {
     pub(super) fn daemon(&mut self, section: Option<Spanned<DeValue<'_>>>) -> Option<Daemon> {
@@ -48,7 +52,14 @@ impl Checker<'_> {
         .map(|a| a.unwrap_or(DEFAULT_METRICS_LISTEN));
         let xdp_mode = optional(&raw.xdp_mode, |v| self.keyword(ctx, "xdp_mode", v)).map(Option::unwrap_or_default);
         let workers = self.workers(&raw, ctx);
-        Some(Daemon { control_socket: control_socket?, metrics_listen: metrics_listen?, xdp_mode: xdp_mode?, workers: workers? })
+        let shutdown_grace = optional(&raw.shutdown_grace, |_| self.duration(ctx, "shutdown_grace", &raw.shutdown_grace, Duration::ZERO, MAX_SHUTDOWN_GRACE));
+        Some(Daemon {
+            control_socket: control_socket?,
+            metrics_listen: metrics_listen?,
+            xdp_mode: xdp_mode?,
+            workers: workers?,
+            shutdown_grace: shutdown_grace?,
+        })
     }
 
     fn workers(&mut self, raw: &RawDaemon, ctx: &str) -> Option<Workers> {

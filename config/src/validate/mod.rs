@@ -8,6 +8,7 @@
 //! checks of single values (addresses, durations, ...) every section uses
 //! are in `values`.
 
+mod bgp;
 mod daemon;
 mod health;
 mod interface;
@@ -28,7 +29,7 @@ use crate::model::Config;
 
 pub use daemon::DEFAULT_CONTROL_SOCKET;
 
-const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`";
+const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`";
 /// What is written as arrays of tables (`[[name]]`).
 const ARRAYS: [&str; 3] = ["interface", "vip", "vip.backend"];
 
@@ -39,7 +40,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
         c.syntax(syntax);
         return c.r.finish(None);
     }
-    let mut sections: [Option<Spanned<DeValue<'_>>>; 6] = Default::default();
+    let mut sections: [Option<Spanned<DeValue<'_>>>; 7] = Default::default();
     for (key, value) in doc.into_inner() {
         let slot = match key.get_ref().as_ref() {
             "daemon" => 0,
@@ -48,6 +49,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
             "timeouts" => 3,
             "vip" => 4,
             "sync" => 5,
+            "bgp" => 6,
             other => {
                 c.r.error(key.span(), "", format!("unknown section `{other}`, expected one of {SECTIONS}"));
                 continue;
@@ -55,14 +57,15 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, Co
         };
         sections[slot] = Some(value);
     }
-    let [daemon, interfaces, limits, timeouts, vips, sync] = sections;
+    let [daemon, interfaces, limits, timeouts, vips, sync, bgp] = sections;
     let daemon = c.daemon(daemon);
     let topology = c.topology(interfaces);
     let limits = c.limits(limits, daemon.as_ref().map(|d| &d.workers));
     let timeouts = c.timeouts(timeouts);
     let vips = c.vips(vips);
     let sync = c.sync(sync, daemon.as_ref().map(|d| &d.workers));
-    let config = (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips?, sync: sync? }))();
+    let bgp = c.bgp(bgp);
+    let config = (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips?, sync: sync?, bgp: bgp? }))();
     c.r.finish(config)
 }
 

@@ -7,6 +7,8 @@
 //! {"request":"reload"}        -> {"reloaded":{...}}    or {"error":"..."}
 //! {"request":"plugin_load","vip":"198.18.0.100:80/tcp","path":"/x.wasm"}
 //!                             -> {"plugin_loaded":{...}} or {"error":"..."}
+//! {"request":"routes"}        -> {"routes":{"announce":["198.18.100.1"],"draining":false}}
+//! {"request":"drain"}         -> {"draining":{...}}
 //! ```
 //!
 //! A new request is one more `Request` variant (its fields next to the
@@ -38,6 +40,12 @@ pub enum Request {
     HaRole {
         role: String,
     },
+    /// The VIP addresses a BGP speaker should announce now (what the
+    /// speaker's helper asks several times a second).
+    Routes,
+    /// Withdraw the VIPs, keep forwarding until their traffic stops or
+    /// the grace ends, then exit.
+    Drain,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,7 +56,28 @@ pub enum Response {
     Reloaded(ReloadReport),
     PluginLoaded(PluginLoaded),
     HaRole(RoleChange),
+    Routes(Routes),
+    Draining(Draining),
     Error(String),
+}
+
+/// What a BGP speaker should announce: nothing while the daemon drains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    pub announce: Vec<std::net::IpAddr>,
+    pub draining: bool,
+}
+
+/// A drain under way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    /// The daemon exits at the latest this long after the drain started.
+    pub grace_secs: u64,
+    /// Since the drain started.
+    pub elapsed_ms: u64,
+    /// Whether the speaker has been told to withdraw (always, without
+    /// `[bgp]`).
+    pub withdrawn: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +140,12 @@ pub struct Status {
     /// With `[sync]`.
     #[serde(default)]
     pub ha: Option<HaStatus>,
+    /// With `[bgp]`: what the speaker is asked to announce.
+    #[serde(default)]
+    pub bgp: Option<Routes>,
+    /// While the daemon drains.
+    #[serde(default)]
+    pub draining: Option<Draining>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +431,14 @@ impl Status {
                     p.problem.as_ref().map_or_else(String::new, |e| format!("; {e}"))
                 );
             }
+        }
+        if let Some(r) = &self.bgp {
+            let list: Vec<String> = r.announce.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "bgp: announce {}", if list.is_empty() { "nothing".into() } else { list.join(", ") });
+        }
+        if let Some(d) = &self.draining {
+            let withdrawn = if d.withdrawn { "withdrawn" } else { "not yet withdrawn" };
+            let _ = writeln!(out, "draining for {} ms ({withdrawn}), exits within {} s", d.elapsed_ms, d.grace_secs);
         }
         out.push('\n');
         let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT"])];

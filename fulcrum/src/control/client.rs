@@ -15,6 +15,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Sends one request to the daemon listening on `socket`; its response
 /// (which may be `Response::Error`), or why there is none.
 pub fn request(socket: &Path, req: &Request) -> Result<Response, Error> {
+    request_within(socket, req, RESPONSE_TIMEOUT)
+}
+
+/// `request`, giving up when the answer takes longer than `timeout`.
+pub fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, Error> {
     let conn = UnixStream::connect(socket).map_err(|e| {
         let what = match e.kind() {
             ErrorKind::NotFound | ErrorKind::ConnectionRefused => format!(
@@ -27,7 +32,7 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, Error> {
         Error::System { what, source: e }
     })?;
     let io = || format!("talking to fulcrum on {}", socket.display());
-    conn.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(Error::system(io()))?;
+    conn.set_read_timeout(Some(timeout)).map_err(Error::system(io()))?;
     let mut line = serde_json::to_string(req).map_err(|source| Error::Json { what: "encoding the request".into(), source })?;
     line.push('\n');
     (&conn).write_all(line.as_bytes()).map_err(Error::system(io()))?;

@@ -19,14 +19,16 @@ use fulcrum_io::afxdp::{self, XskConfig, XskIo};
 use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
 use fulcrum_io::{XdpMode, netinfo};
 
-use super::api::{self, BackendStatus, PluginLoaded, ReloadReport, RoleChange, Status, VipStatus};
+use super::api::{self, BackendStatus, Draining, PluginLoaded, ReloadReport, RoleChange, Routes, Status, VipStatus};
 use super::apply::{Ids, Net, NetIface};
 use super::checks::{self, HealthControl, HealthUpdate, Next};
+use super::drain::{self, Drain};
 use super::neighbours::NeighbourSync;
 use super::plugins::Plugins;
 use super::prepare::{self, Base, Prepared, PreparedPlugin, Reload};
 use super::reload::{self, Changes};
 use super::telemetry::Telemetry;
+use crate::bgp;
 use crate::error::Error;
 use crate::ha::Ha;
 use crate::ha::sync::{Shape, Sync};
@@ -61,6 +63,8 @@ pub struct Daemon {
     returns: Vec<ReturnTraffic>,
     /// The role and flow sync of a balancer pair (`[sync]`).
     ha: Option<(Arc<Ha>, Sync)>,
+    /// Once `fulcrum drain` or SIGTERM (with a grace) started one.
+    drain: Option<Drain>,
     started: Instant,
     pub workers: usize,
     pub xdp_mode: XdpMode,
@@ -285,6 +289,7 @@ impl Daemon {
             plugins,
             returns,
             ha,
+            drain: None,
             started: Instant::now(),
             workers: queues as usize,
             xdp_mode,
@@ -482,6 +487,53 @@ impl Daemon {
         Ok(RoleChange { previous: previous.as_str().into(), role: role.as_str().into() })
     }
 
+    fn wanted_routes(&self) -> Routes {
+        let announce = match self.drain {
+            Some(_) => Vec::new(),
+            None => bgp::announced(&self.telemetry.services()).into_iter().collect(),
+        };
+        Routes { announce, draining: self.drain.is_some() }
+    }
+
+    /// What the BGP speaker's helper is to announce. Once it has been
+    /// told to announce nothing, a drain can count its VIPs withdrawn.
+    pub fn routes(&mut self) -> Routes {
+        let routes = self.wanted_routes();
+        if let Some(d) = &mut self.drain {
+            d.withdrawn(Instant::now());
+        }
+        routes
+    }
+
+    /// Starts a drain, or reports the one under way: the VIPs are
+    /// withdrawn, traffic is forwarded until it stops or the grace
+    /// (`daemon.shutdown_grace`) ends.
+    pub fn drain(&mut self) -> Draining {
+        let now = Instant::now();
+        let (bgp, packets) = (self.config.bgp.is_some(), self.telemetry.vip_packets());
+        let grace = self.config.daemon.shutdown_grace.unwrap_or(drain::DEFAULT_GRACE);
+        let d = self.drain.get_or_insert_with(|| {
+            tracing::info!(grace = ?grace, "draining: withdrawing the VIPs, forwarding until their traffic stops");
+            Drain::start(now, grace, !bgp, packets)
+        });
+        d.report(now)
+    }
+
+    /// Whether a drain is under way and over: time to exit.
+    pub fn drained(&mut self) -> bool {
+        let packets = self.telemetry.vip_packets();
+        self.drain.as_mut().is_some_and(|d| d.done(Instant::now(), packets))
+    }
+
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Whether SIGTERM drains (a grace is configured) rather than stops.
+    pub fn drains_on_sigterm(&self) -> bool {
+        self.config.daemon.shutdown_grace.is_some()
+    }
+
     /// `fulcrum plugin load`: publishes a prepared plugin for the VIP's
     /// new flows (until a reload changes that VIP's configured scheduler).
     pub fn finish_plugin(&mut self, prepared: Result<PreparedPlugin, Error>) -> Result<PluginLoaded, Error> {
@@ -526,6 +578,8 @@ impl Daemon {
             reloads: self.telemetry.reloads(),
             vips,
             ha: self.ha.as_ref().map(|(_, sync)| sync.status()),
+            bgp: self.config.bgp.as_ref().map(|_| self.wanted_routes()),
+            draining: self.drain.as_ref().map(|d| d.report(Instant::now())),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod client;
 pub mod conn;
 pub mod daemon;
+pub mod drain;
 pub mod metrics;
 pub mod neighbours;
 pub mod plugins;

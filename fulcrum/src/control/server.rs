@@ -1,7 +1,8 @@
 //! `fulcrum run`: the control thread and the control socket.
 //!
 //! The control thread owns the `Daemon` and waits, in one poll(2), for a
-//! signal (SIGINT / SIGTERM stop, SIGHUP reloads), health transitions and
+//! signal (SIGINT stops, SIGTERM stops or drains, SIGHUP reloads), health
+//! transitions and
 //! events: requests handed over by the connection threads, and
 //! preparations that finished. It never reads from a client and never
 //! compiles a plugin or resolves a neighbour: connections are served by
@@ -33,6 +34,7 @@ use super::conn::{self, Limits, Received};
 use super::daemon::Daemon;
 use super::metrics;
 use super::prepare::{self, PreparedPlugin, Reload};
+use crate::bgp;
 use crate::error::Error;
 
 /// A request is one short JSON line: the whole of it within 2 s, at most
@@ -76,7 +78,9 @@ pub fn run(path: &Path) -> Result<(), Error> {
     println!("ready workers={} xdp_mode={}", daemon.workers, daemon.xdp_mode);
     let mut control = Control { daemon, jobs: VecDeque::new(), preparing: false, inbox };
     while !signals.stop.load(Ordering::SeqCst) {
-        fulcrum_io::unix::wait_readable([waker.wait.as_raw_fd(), control.daemon.health_fd().unwrap_or(-1), control.daemon.neighbours_fd()], None);
+        // A drain watches the VIPs' traffic, which wakes nothing.
+        let timeout = control.daemon.draining().then_some(bgp::POLL);
+        fulcrum_io::unix::wait_readable([waker.wait.as_raw_fd(), control.daemon.health_fd().unwrap_or(-1), control.daemon.neighbours_fd()], timeout);
         waker.drain();
         control.daemon.apply_health();
         control.daemon.apply_neighbours();
@@ -84,10 +88,21 @@ pub fn run(path: &Path) -> Result<(), Error> {
             tracing::info!("SIGHUP: reloading");
             control.queue(Job::Reload, None);
         }
+        if signals.term.swap(false, Ordering::SeqCst) {
+            // A second SIGTERM during a drain stops at once.
+            if !control.daemon.drains_on_sigterm() || control.daemon.draining() {
+                break;
+            }
+            control.daemon.drain();
+        }
         while let Ok(event) = events.try_recv() {
             control.handle(event);
         }
         control.start_next();
+        if control.daemon.drained() {
+            tracing::info!("drained: the VIPs' traffic stopped or the grace is over");
+            break;
+        }
     }
     tracing::info!("stopping");
     print!("{}", control.daemon.summary());
@@ -179,6 +194,12 @@ impl Control {
                 self.queue(Job::Reload, Some(reply));
             }
             Event::Request(Request::PluginLoad { vip, path }, reply) => self.queue(Job::Plugin { vip, path }, Some(reply)),
+            Event::Request(Request::Routes, reply) => {
+                let _ = reply.send(Response::Routes(self.daemon.routes()));
+            }
+            Event::Request(Request::Drain, reply) => {
+                let _ = reply.send(Response::Draining(self.daemon.drain()));
+            }
             Event::Request(Request::HaRole { role }, reply) => {
                 let _ = reply.send(self.daemon.set_role(&role).map_or_else(|e| error(&e), Response::HaRole));
             }
@@ -268,21 +289,24 @@ impl Waker {
 
 /// Flags set by the signals; each also wakes the poll.
 struct Signals {
+    /// SIGINT: stop at once.
     stop: Arc<AtomicBool>,
+    /// SIGTERM: drain first when a grace is configured.
+    term: Arc<AtomicBool>,
     hup: Arc<AtomicBool>,
 }
 
 impl Signals {
     fn install(waker: &Waker) -> Result<Signals, Error> {
         let err = |e| Error::System { what: "installing signal handlers".into(), source: e };
-        let (stop, hup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        for (sig, flag) in [(SIGINT, &stop), (SIGTERM, &stop), (SIGHUP, &hup)] {
+        let (stop, term, hup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        for (sig, flag) in [(SIGINT, &stop), (SIGTERM, &term), (SIGHUP, &hup)] {
             // The flag first: signal-hook runs actions in registration
             // order, so the flag is set when the poll wakes.
             signal_hook::flag::register(sig, Arc::clone(flag)).map_err(err)?;
             signal_hook::low_level::pipe::register(sig, waker.notify.try_clone().map_err(err)?).map_err(err)?;
         }
-        Ok(Signals { stop, hup })
+        Ok(Signals { stop, term, hup })
     }
 }
 

@@ -114,6 +114,13 @@ impl Telemetry {
         r.last = Some(LastReload { at, applied, message: brief(message) });
     }
 
+    /// Packets of every VIP in force, both directions, over the workers:
+    /// what a drain watches to see the VIPs' traffic stop.
+    pub fn vip_packets(&self) -> u64 {
+        let services = self.services();
+        services.vips().flat_map(|(id, _)| self.workers.iter().map(move |(s, _)| s.vips[usize::from(id)].packets.get())).sum()
+    }
+
     pub fn reloads(&self) -> Reloads {
         lock(&self.reloads).clone()
     }

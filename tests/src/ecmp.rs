@@ -1,0 +1,261 @@
+//! Scale-out on the lab: a router running BIRD 2 in front of several
+//! fulcrum nodes, each announcing the VIP over eBGP through its own
+//! ExaBGP (`fulcrum bgp exabgp`), with the client on the router's far side:
+//!
+//! ```text
+//! client (198.18.3.2) ── router (BIRD 2, ECMP) ── br0 ─┬─ nodes 198.18.0.2, .5, .6, ...
+//!                  198.18.3.1      198.18.0.254        └─ backends 198.18.0.11-13
+//! ```
+//!
+//! The router installs the VIP as one multipath route over the nodes that
+//! announce it, hashing flows by their 5-tuple (`fib_multipath_hash_policy`
+//! 1). The nodes run the VIP in dsr mode, so Maglev sends a flow to the same
+//! backend whichever node the router picks, and the backends answer the
+//! client directly through the router.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use fulcrum::control::api::{Request, Response};
+
+use crate::daemon::{self, TempConfig, fulcrum_bin};
+use crate::ha::ECHO_PORT;
+use crate::{End, Host, Iface, Lab, LabError, Proc, VIP4, in_netns, ip, mac};
+
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const ROUTER_AS: u32 = 65000;
+const NODES_AS: u32 = 65001;
+/// The client's network, behind the router.
+const EDGE: &str = "198.18.3.0/24";
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+const EDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+
+/// The router and the client behind it, added to a one-arm lab.
+pub struct Router {
+    pub host: Host,
+    pub client: Host,
+    bird: Option<Proc>,
+    conf: Option<TempConfig>,
+}
+
+impl Router {
+    /// Adds the router and the edge client to `lab` (its namespaces go
+    /// with the lab), and routes the edge network from the backends
+    /// through it.
+    pub fn add(lab: &mut Lab) -> Result<Router, LabError> {
+        let base = lab.bridge_ns.trim_end_matches("bridge").to_string();
+        let iface = |name: &str, m, v4| Iface { name: name.into(), mac: m, v4, v6: "2001:db8:3::1".parse().expect("address") };
+        let host = Host {
+            name: "router".into(),
+            ns: format!("{base}router"),
+            ifaces: vec![iface("eth0", mac(30, 0), ROUTER), iface("eth1", mac(30, 1), EDGE_GATEWAY)],
+        };
+        let client = Host { name: "edge".into(), ns: format!("{base}edge"), ifaces: vec![iface("eth0", mac(31, 0), CLIENT)] };
+        for ns in [&host.ns, &client.ns] {
+            ip(&["netns", "add", ns])?;
+            lab.namespaces.push(ns.clone());
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        let br = lab.bridge_ns.clone();
+        lab.veth(End::host(&host, 0), End { ns: &br, dev: "r0", mac: None })?;
+        ip(&["-n", &br, "link", "set", "r0", "master", "br0"])?;
+        lab.veth(End::host(&host, 1), End::host(&client, 0))?;
+        ip(&["-n", &host.ns, "addr", "add", &format!("{ROUTER}/24"), "dev", "eth0"])?;
+        ip(&["-n", &host.ns, "addr", "add", &format!("{EDGE_GATEWAY}/24"), "dev", "eth1"])?;
+        ip(&["-n", &client.ns, "addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
+        ip(&["-n", &client.ns, "route", "add", "default", "via", &EDGE_GATEWAY.to_string()])?;
+        for s in ["net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+            lab.exec(&host.ns, &["sysctl", "-q", "-w", s])?;
+        }
+        for b in &lab.backends {
+            ip(&["-n", &b.ns, "route", "add", EDGE, "via", &ROUTER.to_string()])?;
+        }
+        Ok(Router { host, client, bird: None, conf: None })
+    }
+
+    /// Starts BIRD with an eBGP session to each of `nodes` (hold time 3 s,
+    /// the least BGP allows) and ECMP over the routes they announce.
+    pub fn start_bird(&mut self, lab: &Lab, nodes: &[Ipv4Addr]) -> Result<(), LabError> {
+        let mut c = format!(
+            "router id {ROUTER};\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes limit 16; }}\n\
+             template bgp node {{ local {ROUTER} as {ROUTER_AS}; hold time 3; keepalive time 1; connect retry time 1; \
+             error wait time 1, 2; ipv4 {{ import all; export none; }}; }}\n"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            let _ = writeln!(c, "protocol bgp node{i} from node {{ neighbor {n} as {NODES_AS}; }}");
+        }
+        let conf = TempConfig::new(&c)?;
+        let sock = format!("{}.ctl", conf.path_str());
+        let bird = lab.spawn(&self.host.ns, &["bird", "-f", "-c", conf.path_str(), "-s", &sock])?;
+        self.bird = Some(bird);
+        self.conf = Some(conf);
+        Ok(())
+    }
+
+    /// The next hops of the router's route to the VIP, sorted.
+    pub fn next_hops(&self, lab: &Lab) -> Vec<Ipv4Addr> {
+        let out = lab.exec(&self.host.ns, &["ip", "-4", "route", "show", &format!("{VIP4}/32")]).unwrap_or_default();
+        let mut hops: Vec<Ipv4Addr> =
+            out.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect();
+        hops.sort();
+        hops
+    }
+
+    /// The next hop the router picks for each of the client's TCP
+    /// connections to the VIP from `ports` (its 5-tuple hash).
+    pub fn picks(&self, lab: &Lab, ports: &[u16]) -> Vec<Option<Ipv4Addr>> {
+        let mut batch = String::new();
+        for p in ports {
+            let _ = writeln!(batch, "route get {VIP4} from {CLIENT} iif eth1 ipproto tcp sport {p} dport {ECHO_PORT}");
+        }
+        let Ok(file) = TempConfig::new(&batch) else { return vec![None; ports.len()] };
+        let out = lab.exec(&self.host.ns, &["ip", "-4", "-batch", file.path_str()]).unwrap_or_default();
+        let mut picks: Vec<Option<Ipv4Addr>> = out
+            .lines()
+            .filter(|l| l.starts_with(&VIP4.to_string()))
+            .map(|l| l.split_whitespace().skip_while(|w| *w != "via").nth(1).and_then(|a| a.parse().ok()))
+            .collect();
+        picks.resize(ports.len(), None);
+        picks
+    }
+
+    /// What BIRD printed, for failure messages.
+    pub fn bird_output(&self) -> String {
+        self.bird.as_ref().map_or_else(String::new, Proc::output)
+    }
+}
+
+/// One scale-out node: fulcrum with `[bgp]`, and ExaBGP running
+/// `fulcrum bgp exabgp` as its API process.
+pub struct Node {
+    pub host: Host,
+    pub socket: PathBuf,
+    pub fulcrum: Option<Proc>,
+    pub exabgp: Option<Proc>,
+    config: TempConfig,
+    exabgp_conf: TempConfig,
+}
+
+/// The node's fulcrum: the VIP's TCP echo port in dsr mode over the lab's
+/// backends, announced through ExaBGP, drained within 10 s.
+fn fulcrum_config(lab: &Lab, host: &Host, socket: &str) -> String {
+    let mut c = format!("[daemon]\ncontrol_socket = \"{socket}\"\nxdp_mode = \"auto\"\nworkers = {}\nshutdown_grace = \"10s\"\n\n", lab.queues);
+    let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"one-arm\"\n", host.iface().name);
+    let _ = writeln!(c, "[bgp]\nspeaker = \"exabgp\"\n");
+    let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nmode = \"dsr\"");
+    for b in &lab.backends {
+        let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"", b.iface().v4);
+    }
+    c
+}
+
+/// ExaBGP as `config/examples/ecmp/exabgp.conf` has it, with the lab's
+/// names.
+fn exabgp_config(host: &Host, fulcrum_conf: &str) -> String {
+    let bin = fulcrum_bin();
+    let addr = host.iface().v4;
+    format!(
+        "process fulcrum {{\n    run {bin} bgp exabgp --config {fulcrum_conf};\n    encoder text;\n}}\n\n\
+         neighbor {ROUTER} {{\n    router-id {addr};\n    local-address {addr};\n    local-as {NODES_AS};\n    peer-as {ROUTER_AS};\n    \
+         hold-time 3;\n    api {{\n        processes [ fulcrum ];\n    }}\n}}\n",
+        bin = bin.display()
+    )
+}
+
+impl Node {
+    pub fn start(lab: &Lab, host: &Host) -> Result<Node, LabError> {
+        let socket = daemon::control_socket();
+        let config = TempConfig::new(&fulcrum_config(lab, host, &socket))?;
+        let exabgp_conf = TempConfig::new(&exabgp_config(host, config.path_str()))?;
+        let mut node = Node { host: host.clone(), socket: socket.into(), fulcrum: None, exabgp: None, config, exabgp_conf };
+        node.start_fulcrum(lab)?;
+        node.start_exabgp(lab)?;
+        Ok(node)
+    }
+
+    pub fn start_fulcrum(&mut self, lab: &Lab) -> Result<(), LabError> {
+        let bin = fulcrum_bin();
+        let p = lab.spawn(&self.host.ns, &[bin.to_str().unwrap_or_default(), "run", "--config", self.config.path_str()])?;
+        p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(20))
+            .ok_or_else(|| LabError(format!("fulcrum on {} did not become ready:\n{}", self.host.name, p.output())))?;
+        self.fulcrum = Some(p);
+        Ok(())
+    }
+
+    fn start_exabgp(&mut self, lab: &Lab) -> Result<(), LabError> {
+        let env = ["exabgp.daemon.user=root", "exabgp.log.destination=stdout", "exabgp.daemon.daemonize=false", "exabgp.api.ack=false"];
+        let mut args = vec!["env"];
+        args.extend_from_slice(&env);
+        args.extend_from_slice(&["exabgp", self.exabgp_conf.path_str()]);
+        self.exabgp = Some(lab.spawn(&self.host.ns, &args)?);
+        Ok(())
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.host.iface().v4
+    }
+
+    /// Packets of the VIP this node forwarded so far (None: not running).
+    pub fn vip_packets(&self) -> Option<u64> {
+        match fulcrum::control::client::request(&self.socket, &Request::Stats) {
+            Ok(Response::Stats(s)) => Some(s.vips.iter().map(|v| v.traffic.packets).sum()),
+            _ => None,
+        }
+    }
+
+    /// Everything fulcrum and ExaBGP printed, for failure messages.
+    pub fn output(&self) -> String {
+        [&self.fulcrum, &self.exabgp].iter().filter_map(|p| p.as_ref().map(Proc::output)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// New connections in a loop from the client, each sending 8 bytes and
+/// reading their echo, on a thread of their own until `stop`.
+pub struct Churn {
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Churn {
+    pub fn start(ns: &str) -> Churn {
+        let (ok, failed, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (o, f, s, ns) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop), ns.to_string());
+        let thread = std::thread::spawn(move || {
+            let addr = SocketAddr::from((VIP4, ECHO_PORT));
+            let one = || -> std::io::Result<()> {
+                // Long enough for a SYN's retransmission (after 1 s): a
+                // connection is failed, not slowed, by a lost first SYN.
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.write_all(b"churning")?;
+                let mut buf = [0u8; 8];
+                s.read_exact(&mut buf)
+            };
+            let _ = in_netns(&ns, || {
+                while !s.load(Ordering::Relaxed) {
+                    let counter = if one().is_ok() { &o } else { &f };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        });
+        Churn { ok, failed, stop, thread: Some(thread) }
+    }
+
+    /// Stops the loop: (connections that worked, that failed).
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}

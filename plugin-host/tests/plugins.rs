@@ -88,8 +88,28 @@ fn every_plugin_loads_and_places_every_new_flow_through_the_engine() {
     for name in &names {
         let name = name.as_str();
         let (mut e, slot) = engine_with(name, &[1, 2, 3]);
+        // 30 SYNs (half-open, none established) over weights 1, 2, 3.
         let placed = new_flows(&mut e, 10_000, 30, SYN);
-        assert!(placed.iter().all(|b| (1..=3).contains(b)), "{name}: {placed:?}");
+        let counts: Vec<usize> = (1..=3).map(|b| placed.iter().filter(|&&x| x == b).count()).collect();
+        match name {
+            "round-robin" => assert_eq!(counts, [10, 10, 10], "{name}: weights ignored, the exact cycle"),
+            "weighted-round-robin" | "least-pending" => assert_eq!(counts, [5, 10, 15], "{name}: by weight (half-open ones count as pending)"),
+            // Nothing established, no response time, no traffic: every row
+            // ties, and the first wins.
+            "least-connections" | "weighted-least-connections" | "latency-health" | "fastest-response-time" | "bandwidth" => {
+                assert_eq!(counts, [30, 0, 0], "{name}: ties go to the first row")
+            }
+            "source-ip-hash" => assert!(counts.contains(&30), "{name}: one client, one backend: {counts:?}"),
+            "five-tuple-hash" => {
+                let by_weight = [1, 2, 2, 3, 3, 3];
+                let want: Vec<u8> = (10_000..10_030u16)
+                    .map(|port| by_weight[(FlowKey::new(ip(CLIENT), ip(fulcrum_testing::one_vip::VIP), port, 80, IpProtocol::TCP).hash64() % 6) as usize])
+                    .collect();
+                assert_eq!(placed, want, "{name}: the flow hash over the weights");
+            }
+            "maglev" => assert!(counts.iter().all(|&n| n > 0) && counts[2] > counts[0], "{name}: all three, by weight: {counts:?}"),
+            other => panic!("{other}: a shipped plugin without an expectation here"),
+        }
         let s = slot.stats();
         assert_eq!((s.picks, s.fallbacks, s.faults, s.instantiations), (30, 0, 0, 1), "{name}: {s:?}");
         assert_eq!(s.plugin.as_deref(), Some(name));
@@ -134,6 +154,33 @@ fn weighted_round_robin_interleaves_and_restarts_its_cycle_on_a_weight_change() 
     pool[2].weight = 5;
     let got: Vec<usize> = (0..14).map(|_| sched.pick(&flow, 0, &pool).unwrap()).collect();
     assert_eq!(got, expect(&[1, 1, 5], 14, true));
+}
+
+#[test]
+fn round_robin_shares_stay_exact_over_the_whole_daemon() {
+    // Two workers, each with its own instance and cursor, the flows spread
+    // over them unevenly (as RSS spreads them): each worker's shares are
+    // exact within one cycle, so the daemon's are within one per worker.
+    for (name, weights, want) in [("round-robin", [1, 1, 1], [200, 200, 200]), ("weighted-round-robin", [1, 2, 3], [100, 200, 300])] {
+        let pool: Vec<Backend> = weights.iter().enumerate().map(|(i, &w)| backend(i as u8 + 1, w)).collect();
+        let slot = published(load(name, &states(&weights)));
+        let cfg = |worker| EngineConfig { worker, workers: 2, table_capacity: 4096, ..EngineConfig::default() };
+        let shared = fulcrum_dataplane::Shared::new(&cfg(0));
+        let mut workers: Vec<Engine> = (0..2).map(|w| Engine::with_shared(cfg(w), services(Mode::Dsr, &pool), &shared).expect("an engine")).collect();
+        for w in &mut workers {
+            w.set_scheduler(0, Some(Box::new(slot.scheduler())));
+        }
+        let mut placed = [0usize; 3];
+        for port in 10_000..10_600u16 {
+            // About two thirds to worker 0.
+            let w = usize::from(port % 3 != 0);
+            placed[usize::from(backend_of(&mut workers[w], port, SYN) - 1)] += 1;
+        }
+        let cycle = weights.iter().sum::<u32>() as usize;
+        for i in 0..3 {
+            assert!(placed[i].abs_diff(want[i]) <= 2 * cycle / 3 + 1, "{name}: {placed:?}, want {want:?}");
+        }
+    }
 }
 
 #[test]

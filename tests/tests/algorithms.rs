@@ -61,6 +61,7 @@ const FIVE_TUPLE: u16 = 84;
 /// Full-NAT: byte rates count both directions only where replies pass.
 const BANDWIDTH: u16 = 85;
 const LATENCY_HEALTH: u16 = 86;
+const LEAST_PENDING: u16 = 87;
 const UDP: u16 = 7;
 
 /// A VIP4 `[[vip]]` on `port` over the lab's backends with `weights`;
@@ -88,6 +89,7 @@ fn config(lab: &Lab, socket: &str, least_conn_weights: [u32; 3]) -> String {
         + &vip(lab, "tcp", FIVE_TUPLE, "dsr", &sched("five-tuple-hash"), [1, 1, 1])
         + &vip(lab, "tcp", BANDWIDTH, "full-nat", &format!("snat = \"{}\"\n{}", daemon::SNAT4, sched("bandwidth")), [1, 1, 1])
         + &vip(lab, "udp", UDP, "dsr", &sched("least-connections"), [1, 1, 1])
+        + &vip(lab, "tcp", LEAST_PENDING, "dsr", &sched("least-pending"), [1, 1, 1])
         + &vip(lab, "tcp", LATENCY_HEALTH, "dsr", &health, [2, 2, 2])
 }
 
@@ -124,7 +126,7 @@ fn every_algorithm_does_what_its_name_says_through_the_daemon() {
     let mut lab = Lab::new(LabMode::Dsr.topology()).expect("lab");
     let _hosts = daemon::prepare_hosts(&mut lab, LabMode::Dsr).expect("dsr backends");
     let _snat = daemon::prepare_hosts(&mut lab, LabMode::FullNat).expect("SNAT address");
-    let ports: Vec<String> = [WRR, LEAST_CONN, SOURCE_IP, FIVE_TUPLE, BANDWIDTH, LATENCY_HEALTH].iter().map(u16::to_string).collect();
+    let ports: Vec<String> = [WRR, LEAST_CONN, SOURCE_IP, FIVE_TUPLE, BANDWIDTH, LATENCY_HEALTH, LEAST_PENDING].iter().map(u16::to_string).collect();
     let extra: Vec<&str> = ports.iter().flat_map(|p| ["--http", p.as_str()]).collect();
     daemon::start_servers(&mut lab, SERVER.as_ref(), true, &extra).expect("servers");
     let control = daemon::control_socket();
@@ -223,6 +225,38 @@ fn every_algorithm_does_what_its_name_says_through_the_daemon() {
     let during = shares_of(&lab, BANDWIDTH, 30);
     assert_eq!(share(&during, &lab, busy), 0, "bandwidth sent new flows to the busy backend {busy}: {during:?}, rates {rates:?}");
     assert!(download.join().expect("download thread") > 4_000_000, "the download ran");
+
+    // Least pending: backend1 accepts no connection for two seconds (its
+    // SYNs dropped, as by a full queue), so the first flow it got stays
+    // half-open; 30 new connections meanwhile go to the two others, and
+    // every one succeeds (backend1's once it accepts again).
+    for rule in [
+        &["add", "table", "inet", "slow"][..],
+        &["add", "chain", "inet", "slow", "input", "{ type filter hook input priority 0; }"],
+        &["add", "rule", "inet", "slow", "input", "tcp", "dport", "87", "tcp", "flags", "syn", "drop"],
+    ] {
+        let cmd: Vec<&str> = std::iter::once("nft").chain(rule.iter().copied()).collect();
+        lab.exec(&lab.backends[0].ns, &cmd).expect("nft");
+    }
+    let before: Vec<u64> = vip_stats(&stats(&socket), LEAST_PENDING, "tcp").backends.iter().map(|b| b.traffic.new_flows).collect();
+    let connections = std::thread::scope(|s| {
+        let tries: Vec<_> = (0..30)
+            .map(|i| {
+                let ns = lab.client.ns.clone();
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(40 * i));
+                    in_netns(&ns, || fulcrum_tests::http_get(to(LEAST_PENDING), "/", Duration::from_secs(6)).map(|(code, _)| code)).expect("netns")
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        lab.exec(&lab.backends[0].ns, &["nft", "delete", "table", "inet", "slow"]).expect("nft");
+        tries.into_iter().map(|t| t.join().expect("a client")).collect::<Vec<_>>()
+    });
+    assert!(connections.iter().all(|c| matches!(c, Ok(200))), "{connections:?}");
+    let after: Vec<u64> = vip_stats(&stats(&socket), LEAST_PENDING, "tcp").backends.iter().map(|b| b.traffic.new_flows).collect();
+    let placed: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(placed[0] <= 2, "least-pending kept sending new flows to the backend not accepting: {placed:?}");
 
     // Latency-based health policy: backend1 answers 60 ms late, so its
     // weight in force halves; the daemon shows it.

@@ -24,6 +24,10 @@ fn backend(i: u8, port: u16) -> Backend {
 /// One VIP in `mode` over three backends; `order` lists the backends in
 /// the order this node numbered them (ids differ between nodes).
 fn services(mode: Mode, order: [u8; 3]) -> Arc<Services> {
+    services_with(mode, order, SynProxy::Off)
+}
+
+fn services_with(mode: Mode, order: [u8; 3], syn_proxy: SynProxy) -> Arc<Services> {
     let port = if mode == Mode::Dsr { 0 } else { 8080 };
     let vip = VipSpec {
         addr: IpAddr::from(VIP),
@@ -33,7 +37,7 @@ fn services(mode: Mode, order: [u8; 3]) -> Arc<Services> {
         backends: vec![0, 1, 2],
         persistence_ms: None,
         reset_on_down: false,
-        syn_proxy: SynProxy::Off,
+        syn_proxy,
     };
     let backends = order.iter().map(|&i| Some(backend(i, port))).collect();
     Arc::new(Services::new(vec![Interface { mac: LB_MAC, mtu: 1500 }], vec![Some(vip)], backends).unwrap())
@@ -237,4 +241,70 @@ fn entries_for_unknown_services_are_refused_by_name() {
     let mut unknown_vip = e;
     unknown_vip.vip_port = 443;
     assert_eq!(engine(&s).import(0, &unknown_vip), Err(fulcrum_dataplane::engine::ImportError::UnknownVip));
+}
+
+#[test]
+fn a_flow_the_syn_proxy_opened_moves_with_its_translation() {
+    use fulcrum_dataplane::wire::tcp::{Options, PSH};
+    let mode = Mode::Nat { snat: vec![IpAddr::from(SNAT)] };
+    let (sa, sb) = (services_with(mode.clone(), [1, 2, 3], SynProxy::Always), services_with(mode, [2, 3, 1], SynProxy::Always));
+    let (mut a, mut b) = (engine(&sa), engine(&sb));
+    let segment = |from: (IpAddr, u16), to: (IpAddr, u16), (seq, ack): (u32, u32), flags: u8, options: Options| {
+        let mut p = PacketBuilder::tcp(from.0, from.1, to.0, to.1, flags);
+        p.l4 = fulcrum_testing::frame::L4::Tcp { src_port: from.1, dst_port: to.1, flags, seq, ack };
+        p.tcp_options = options;
+        p
+    };
+    let be32 = |f: &[u8], at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    let (client_end, vip_end) = ((IpAddr::from(CLIENT), 40000), (IpAddr::from(VIP), 80));
+    let ts = Options { timestamp: Some((100, 0)), wscale: Some(7), mss: Some(1460), sack_permitted: true };
+    // The SYN answered with a cookie, the ACK returning it opens the flow.
+    let (_, synack) = send(&mut a, 0, segment(client_end, vip_end, (1000, 0), SYN, ts));
+    // Sequence number at 38; the TSval after MSS and SACK-permitted, at 62.
+    let (cookie, our_ts) = (be32(&synack, 38), be32(&synack, 62));
+    let (v, syn) = send(&mut a, 1, segment(client_end, vip_end, (1001, cookie + 1), ACK, Options { timestamp: Some((101, our_ts)), ..Options::default() }));
+    assert_eq!(v, Verdict::Tx(0));
+    let (backend_end, snat_end) = (dst(&syn), src(&syn));
+    let (backend_ip, snat_ip) = (IpAddr::from(backend_end.0), IpAddr::from(snat_end.0));
+    assert!(export(&mut a, 1, true).iter().all(|e| e.splice.is_none()), "a pending flow goes nowhere");
+    // The backend answers; the flow is established and exported whole.
+    let (v, _) = send(
+        &mut a,
+        2,
+        segment(
+            (backend_ip, backend_end.1),
+            (snat_ip, snat_end.1),
+            (7000, 1001),
+            SYN | ACK,
+            Options { timestamp: Some((9000, 101)), wscale: Some(9), ..Options::default() },
+        ),
+    );
+    assert_eq!(v, Verdict::Tx(0));
+    let entries = export(&mut a, 2, true);
+    let spliced: Vec<&SyncEntry> = entries.iter().filter(|e| e.splice.is_some()).collect();
+    assert_eq!(spliced.len(), 1, "{entries:?}");
+    let mut wire = vec![0u8; sync::HEADER_LEN + sync::ENTRY_LEN];
+    let header = Header { kind: Kind::Entries, boot_id: 1, seq: 0, workers: 1, snat_ports: (1024, 2047), count: 0 };
+    sync::encode(header, &[*spliced[0]], &mut wire);
+    for e in sync::decode(&wire).unwrap().1 {
+        b.import(3, &e).unwrap();
+    }
+    // Failover: the same backend segment leaves both nodes the same.
+    let data = || {
+        segment((backend_ip, backend_end.1), (snat_ip, snat_end.1), (7001, 1001), ACK | PSH, Options { timestamp: Some((9005, 101)), ..Options::default() })
+            .payload(b"hello")
+    };
+    let (va, from_a) = send(&mut a, 4, data());
+    let (vb, from_b) = send(&mut b, 4, data());
+    assert_eq!((va, vb), (Verdict::Tx(0), Verdict::Tx(0)));
+    assert_eq!(from_b, from_a, "the standby translates as the first node did");
+    assert_eq!(be32(&from_b, 38), cookie + 1, "in the client's sequence space");
+    // And the client's segments the other way.
+    let ack = || segment(client_end, vip_end, (1001, cookie + 6), ACK, Options { timestamp: Some((102, our_ts + 5)), ..Options::default() });
+    let ((va, to_a), (vb, to_b)) = (send(&mut a, 5, ack()), send(&mut b, 5, ack()));
+    assert_eq!((va, vb, to_b.clone()), (Verdict::Tx(0), Verdict::Tx(0), to_a));
+    assert_eq!(be32(&to_b, 42), 7006, "acknowledges the backend's bytes");
+    // A peer without a SYN proxy on the VIP refuses such an entry.
+    let mut plain = engine(&services(Mode::Nat { snat: vec![IpAddr::from(SNAT)] }, [1, 2, 3]));
+    assert_eq!(plain.import(3, spliced[0]), Err(fulcrum_dataplane::engine::ImportError::NoSynProxy));
 }

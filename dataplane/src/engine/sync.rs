@@ -16,6 +16,7 @@ use crate::flow::FlowKey;
 use crate::flow::key::ip_from16;
 use crate::flow::sync::SyncEntry;
 use crate::flow::table::{NO_PEER, Slot};
+use crate::forward::synproxy::Splice;
 use crate::services::{Mode, Vip};
 use crate::types::{BackendId, VipId};
 
@@ -112,6 +113,8 @@ pub enum ImportError {
     /// Full-NAT on one side and not the other, or an address that is none
     /// of the VIP's SNAT addresses here.
     SnatMismatch,
+    /// A flow the peer's SYN proxy opened, for a VIP without one here.
+    NoSynProxy,
 }
 
 impl fmt::Display for ImportError {
@@ -120,6 +123,7 @@ impl fmt::Display for ImportError {
             ImportError::UnknownVip => "unknown VIP",
             ImportError::UnknownBackend => "unknown backend",
             ImportError::SnatMismatch => "SNAT address differs",
+            ImportError::NoSynProxy => "SYN proxy flow for a VIP without one",
         })
     }
 }
@@ -219,9 +223,10 @@ impl Engine {
     fn sync_entry(&self, slot: Slot, now: u32) -> Option<SyncEntry> {
         let (f, s) = (&self.flows, &*self.services);
         let e = f.table.live(slot)?;
-        // A flow the SYN proxy spliced needs its sequence offsets on the
-        // peer too, which the entry does not carry yet: it is not synced.
-        let FlowValue::Forward { vip, backend, spliced: false } = e.value else { return None };
+        let FlowValue::Forward { vip, backend, spliced } = e.value else { return None };
+        // A flow the SYN proxy opened goes with its translation, once the
+        // backend has answered (before, the client would retry anyway).
+        let splice = if spliced { Some(f.splices.get(slot as usize)?.offsets()?) } else { None };
         let v = s.vip(vip)?;
         if f.peer_places(vip, v, backend, e.key().hash64()) {
             return None;
@@ -240,6 +245,7 @@ impl Engine {
             state: e.state,
             remaining_ms,
             worker: f.cfg.worker,
+            splice,
         };
         if e.peer() != NO_PEER
             && let Some(r) = f.table.live(e.peer())
@@ -275,15 +281,23 @@ impl Engine {
             return Err(ImportError::SnatMismatch);
         }
         let f = &mut self.flows;
+        if e.splice.is_some() && (!nat || f.splices.is_empty()) {
+            return Err(ImportError::NoSynProxy);
+        }
         let seen = now.wrapping_sub(f.cfg.timeouts.for_state(e.state).saturating_sub(e.remaining_ms));
         let hash = e.key.hash64();
         if let Some(slot) = f.table.peek(&e.key, hash, now) {
             let entry = f.table.entry(slot);
-            if let FlowValue::Forward { spliced: true, .. } = entry.value {
+            if let FlowValue::Forward { spliced: true, .. } = entry.value
+                && e.splice.is_none()
+            {
                 // Spliced here by the SYN proxy: the local entry knows more.
                 return Ok(());
             }
-            if entry.value == (FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: false }) {
+            if entry.value == (FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: e.splice.is_some() }) {
+                if let Some(o) = e.splice {
+                    f.splices[slot as usize] = Splice::from_offsets(o);
+                }
                 let (old, peer) = (entry.state, entry.peer());
                 f.counts.flow((vip_id, backend_id), old, -1);
                 f.counts.flow((vip_id, backend_id), e.state, 1);
@@ -309,7 +323,10 @@ impl Engine {
         {
             f.table.remove(old);
         }
-        let slot = f.table.insert(e.key, hash, e.state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: false }, now);
+        let slot = f.table.insert(e.key, hash, e.state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: e.splice.is_some() }, now);
+        if let Some(o) = e.splice {
+            f.splices[slot as usize] = Splice::from_offsets(o);
+        }
         if let Some(rkey) = rkey {
             let rev = f.table.insert(rkey, rkey.hash64(), e.state, FlowValue::Reverse { client_mac: e.client_mac, iface: e.iface }, now);
             f.table.link_peers(slot, rev);

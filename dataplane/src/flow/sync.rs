@@ -16,7 +16,8 @@
 //! entry   client src[16] dst[16] src_port u16 dst_port u16 proto u8
 //!         vip_port u16 | backend[16] backend_port u16 | snat[16] snat_port u16
 //!         client_mac[6] | iface u8 | state u8 | remaining_ms u32 | worker u16
-//!                                                                (89 bytes)
+//!         splice flags u8 | seq_delta u32 | ts_delta u32 | window_shift i8
+//!                                                                (99 bytes)
 //! ```
 
 use std::fmt;
@@ -27,9 +28,9 @@ use crate::types::{IfIndex, Mac};
 use crate::wire::IpProtocol;
 
 const MAGIC: [u8; 4] = *b"FLSY";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 28;
-pub const ENTRY_LEN: usize = 89;
+pub const ENTRY_LEN: usize = 99;
 
 /// What a datagram is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +82,27 @@ pub struct SyncEntry {
     /// same index gets it (the same NIC queue; for full-NAT, the owner of
     /// the source port's range).
     pub worker: u16,
+    /// A flow the SYN proxy opened: how its backend's side differs from
+    /// what its client was told.
+    pub splice: Option<SpliceOffsets>,
 }
+
+/// The translation of an established flow the SYN proxy opened
+/// (`forward::synproxy::Splice`): what a peer needs to carry it on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceOffsets {
+    /// The backend's ISN minus the balancer's; its TSval clock minus the
+    /// one the client was given.
+    pub seq_delta: u32,
+    pub ts_delta: u32,
+    /// Bits the backend scales its window by beyond what the client was
+    /// offered.
+    pub window_shift: i8,
+    pub timestamps: bool,
+}
+
+const SPLICED: u8 = 1;
+const SPLICE_TIMESTAMPS: u8 = 2;
 
 /// Why a datagram is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +225,16 @@ impl SyncEntry {
         w.bytes(&[self.iface, state_byte(self.state)]);
         w.bytes(&self.remaining_ms.to_be_bytes());
         w.bytes(&self.worker.to_be_bytes());
+        let o = self.splice.unwrap_or_default();
+        let flags = match self.splice {
+            Some(o) if o.timestamps => SPLICED | SPLICE_TIMESTAMPS,
+            Some(_) => SPLICED,
+            None => 0,
+        };
+        w.bytes(&[flags]);
+        w.bytes(&o.seq_delta.to_be_bytes());
+        w.bytes(&o.ts_delta.to_be_bytes());
+        w.bytes(&o.window_shift.to_be_bytes());
     }
 
     fn decode(r: &mut Reader<'_>, index: usize) -> Result<SyncEntry, DecodeError> {
@@ -213,7 +244,15 @@ impl SyncEntry {
         let (snat, snat_port) = (r.array(), r.u16());
         let (client_mac, iface, state) = (r.array(), r.u8(), r.u8());
         let state = state_of(state).ok_or(DecodeError::State { index, value: state })?;
-        Ok(SyncEntry { key, vip_port, backend, backend_port, snat, snat_port, client_mac, iface, state, remaining_ms: r.u32(), worker: r.u16() })
+        let (remaining_ms, worker) = (r.u32(), r.u16());
+        let (flags, seq_delta, ts_delta, shift) = (r.u8(), r.u32(), r.u32(), r.u8());
+        let splice = (flags & SPLICED != 0).then_some(SpliceOffsets {
+            seq_delta,
+            ts_delta,
+            window_shift: i8::from_be_bytes([shift]),
+            timestamps: flags & SPLICE_TIMESTAMPS != 0,
+        });
+        Ok(SyncEntry { key, vip_port, backend, backend_port, snat, snat_port, client_mac, iface, state, remaining_ms, worker, splice })
     }
 }
 
@@ -283,6 +322,7 @@ mod tests {
             state: FlowState::Established,
             remaining_ms: 899_000,
             worker: 1,
+            splice: (i % 2 == 1).then_some(SpliceOffsets { seq_delta: 0xdead_beef, ts_delta: 7, window_shift: -3, timestamps: i == 1 }),
         }
     }
 
@@ -320,7 +360,7 @@ mod tests {
         b[5] = 7;
         assert_eq!(decode(&b), Err(DecodeError::Kind(7)));
         let mut b = buf;
-        b[HEADER_LEN + ENTRY_LEN - 7] = 200;
+        b[HEADER_LEN + ENTRY_LEN - 17] = 200;
         assert_eq!(decode(&b), Err(DecodeError::State { index: 0, value: 200 }));
     }
 

@@ -20,6 +20,7 @@ use std::hash::{BuildHasher, RandomState};
 use super::segment::{self, Segment};
 use crate::flow::FlowKey;
 use crate::flow::parse::Parsed;
+use crate::flow::sync::SpliceOffsets;
 use crate::packet::{DropReason, Packet};
 use crate::types::Mac;
 use crate::wire::checksum::Incremental;
@@ -229,6 +230,22 @@ impl EarlyData {
 }
 
 impl Splice {
+    /// What a peer needs to carry this flow on, once the backend answered.
+    pub fn offsets(&self) -> Option<SpliceOffsets> {
+        (!self.pending).then_some(SpliceOffsets {
+            seq_delta: self.seq_delta,
+            ts_delta: self.ts_delta,
+            window_shift: self.window_shift,
+            timestamps: self.timestamps,
+        })
+    }
+
+    /// The splice of a flow a peer opened and synced: established, so only
+    /// the translation matters.
+    pub fn from_offsets(o: SpliceOffsets) -> Splice {
+        Splice { seq_delta: o.seq_delta, ts_delta: o.ts_delta, window_shift: o.window_shift, timestamps: o.timestamps, ..Splice::default() }
+    }
+
     /// Rewrites a client segment of a pending flow, in place, into the SYN
     /// that opens its backend connection (the client's ISN and options),
     /// still addressed client to VIP: the caller NATs it as any segment,

@@ -169,6 +169,13 @@ fn cookie_mss(v6: bool, client: Option<u16>) -> u16 {
     }
 }
 
+/// The client's first data right after its ACK, before the backend can
+/// have answered the balancer's SYN.
+fn first_data(n: &Net, o: &Opened, payload: &[u8]) -> PacketBuilder {
+    let ts = Options { timestamp: Some((CLIENT_TS + 2, o.our_ts)), ..Options::default() };
+    segment(n.client, o.client_port, n.vip, 80, (CLIENT_ISN + 1, o.cookie + 1), ACK | PSH, ts).payload(payload)
+}
+
 fn from_backend(n: &Net, o: &Opened, (seq, ack): (u32, u32), flags: u8, options: Options) -> PacketBuilder {
     segment(n.backend, 8080, o.seen_as.0, o.seen_as.1, (seq, ack), flags, options).macs(BACKEND_MAC, LB_MAC)
 }
@@ -307,16 +314,7 @@ fn before_the_backend_answers_the_client_s_segments_resend_the_syn_and_a_refusal
     let n = net(false);
     let mut e = engine(&n, true, SynProxy::Always, EngineConfig::default());
     let o = open(&mut e, &n, 40000, client_syn_options());
-    let early = segment(
-        n.client,
-        40000,
-        n.vip,
-        80,
-        (CLIENT_ISN + 1, o.cookie + 1),
-        ACK | PSH,
-        Options { timestamp: Some((CLIENT_TS + 2, o.our_ts)), ..Options::default() },
-    )
-    .payload(b"GET /");
+    let early = first_data(&n, &o, b"GET /");
     let (v, syn) = run(&mut e, &early);
     assert_eq!(v, Verdict::Tx(0));
     assert_eq!((syn.p.tcp_flags, syn.seq(), syn.payload().len()), (SYN, CLIENT_ISN, 0));
@@ -356,16 +354,7 @@ fn the_client_s_first_data_waits_for_the_backend_and_goes_with_the_handshake_s_a
     let n = net(true);
     let mut e = engine(&n, true, SynProxy::Always, EngineConfig::default());
     let o = open(&mut e, &n, 40000, client_syn_options());
-    let request = segment(
-        n.client,
-        40000,
-        n.vip,
-        80,
-        (CLIENT_ISN + 1, o.cookie + 1),
-        ACK | PSH,
-        Options { timestamp: Some((CLIENT_TS + 2, o.our_ts)), ..Options::default() },
-    )
-    .payload(b"GET / HTTP/1.1\r\n\r\n");
+    let request = first_data(&n, &o, b"GET / HTTP/1.1\r\n\r\n");
     let (_, syn) = run(&mut e, &request);
     assert_eq!(syn.p.tcp_flags, SYN, "the SYN again, in case the first was lost");
     let b_opts = Options { wscale: Some(7), timestamp: Some((BACKEND_TS, CLIENT_TS + 1)), ..Options::default() };

@@ -186,11 +186,18 @@ pub fn start_servers(lab: &mut Lab, server: &Path, owns_vip: bool, extra: &[&str
 /// until it is ready.
 pub fn start(lab: &Lab, config: &str) -> Result<(Proc, TempConfig), LabError> {
     let file = TempConfig::new(config)?;
-    let bin = fulcrum_bin();
-    let p = lab.spawn(&lab.balancer.ns, &[bin.to_str().unwrap_or_default(), "run", "--config", file.path_str()])?;
-    p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(20))
-        .ok_or_else(|| LabError(format!("fulcrum run did not become ready:\n{}\nconfig:\n{config}", p.output())))?;
+    let p = run_in(lab, &lab.balancer.ns, &file).map_err(|e| LabError(format!("{e}\nconfig:\n{config}")))?;
     Ok((p, file))
+}
+
+/// Starts `fulcrum run --config FILE` in namespace `ns`; waits until it
+/// is ready.
+pub fn run_in(lab: &Lab, ns: &str, config: &TempConfig) -> Result<Proc, LabError> {
+    let bin = fulcrum_bin();
+    let p = lab.spawn(ns, &[bin.to_str().unwrap_or_default(), "run", "--config", config.path_str()])?;
+    p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(20))
+        .ok_or_else(|| LabError(format!("fulcrum run in {ns} did not become ready:\n{}", p.output())))?;
+    Ok(p)
 }
 
 /// Stops the daemon with SIGTERM; its summary output.

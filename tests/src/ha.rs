@@ -154,11 +154,7 @@ impl Node {
     }
 
     pub fn start_fulcrum(&mut self, lab: &Lab) -> Result<(), LabError> {
-        let bin = fulcrum_bin();
-        let p = lab.spawn(&self.host.ns, &[bin.to_str().unwrap_or_default(), "run", "--config", self.config.path_str()])?;
-        p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(20))
-            .ok_or_else(|| LabError(format!("fulcrum on {} did not become ready:\n{}", self.host.name, p.output())))?;
-        self.fulcrum = Some(p);
+        self.fulcrum = Some(daemon::run_in(lab, &self.host.ns, &self.config)?);
         Ok(())
     }
 

@@ -143,14 +143,14 @@ pub struct Node {
 }
 
 /// The node's fulcrum: the VIP's TCP echo port in dsr mode over the lab's
-/// backends, announced through ExaBGP, drained within 10 s.
-fn fulcrum_config(lab: &Lab, host: &Host, socket: &str) -> String {
+/// backends (of `weight`), announced through ExaBGP, drained within 10 s.
+fn fulcrum_config(lab: &Lab, host: &Host, socket: &str, weight: u32) -> String {
     let mut c = format!("[daemon]\ncontrol_socket = \"{socket}\"\nxdp_mode = \"auto\"\nworkers = {}\nshutdown_grace = \"10s\"\n\n", lab.queues);
     let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"one-arm\"\n", host.iface().name);
     let _ = writeln!(c, "[bgp]\nspeaker = \"exabgp\"\n");
     let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nmode = \"dsr\"");
     for b in &lab.backends {
-        let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"", b.iface().v4);
+        let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"\nweight = {weight}", b.iface().v4);
     }
     c
 }
@@ -171,12 +171,19 @@ fn exabgp_config(host: &Host, fulcrum_conf: &str) -> String {
 impl Node {
     pub fn start(lab: &Lab, host: &Host) -> Result<Node, LabError> {
         let socket = daemon::control_socket();
-        let config = TempConfig::new(&fulcrum_config(lab, host, &socket))?;
+        let config = TempConfig::new(&fulcrum_config(lab, host, &socket, 1))?;
         let exabgp_conf = TempConfig::new(&exabgp_config(host, config.path_str()))?;
         let mut node = Node { host: host.clone(), socket: socket.into(), fulcrum: None, exabgp: None, config, exabgp_conf };
         node.start_fulcrum(lab)?;
         node.start_exabgp(lab)?;
         Ok(node)
+    }
+
+    /// Gives every backend `weight` (0 drains them all) by a reload.
+    pub fn reweight(&self, lab: &Lab, weight: u32) -> Result<(), LabError> {
+        self.config.write(&fulcrum_config(lab, &self.host, &self.socket.to_string_lossy(), weight));
+        let (code, out, err) = daemon::cli(&["reload", "--socket", &self.socket.to_string_lossy()]);
+        if code == Some(0) { Ok(()) } else { Err(LabError(format!("reload on {}: {out}{err}", self.host.name))) }
     }
 
     pub fn start_fulcrum(&mut self, lab: &Lab) -> Result<(), LabError> {

@@ -167,6 +167,15 @@ fn nodes_drained_added_and_killed_break_no_connection() {
     });
     c.nodes[1].fulcrum.as_ref().expect("node 1").signal(libc::SIGCONT);
     c.wait_hops(&[1, 2], Duration::from_secs(5));
+    // A node whose VIP has no backend that takes new flows withdraws it,
+    // and announces it again when one does.
+    for weight in [0, 1] {
+        for n in &c.nodes[1..] {
+            n.reweight(&c.lab, weight).expect("reload");
+        }
+        let took = c.wait_hops(if weight == 0 { &[] } else { &[1, 2] }, Duration::from_secs(5));
+        eprintln!("ecmp: every backend at weight {weight}: the router's route followed in {took:?}");
+    }
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -14,3 +14,5 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (the last cargo summary is often a
 # crate's empty doc-test run).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# The packet path's instruction budget (release build, callgrind).
+perf/scripts/check-budget.sh

@@ -16,6 +16,8 @@ use crate::raw::*;
 
 /// Where the daemon listens, and the CLI looks, unless told otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/fulcrum/control.sock";
+/// Where the daemon keeps the runtime changes to its backends.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/fulcrum/state.json";
 /// Localhost only: metrics are for a local scraper unless said otherwise.
 const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9100));
 /// `sun_path` holds 108 bytes with the terminating NUL.
@@ -50,12 +52,21 @@ impl Checker<'_> {
             }
         })
         .map(|a| a.unwrap_or(DEFAULT_METRICS_LISTEN));
+        let state_file = optional(&raw.state_file, |v| {
+            let s = self.text(ctx, "state_file", v)?;
+            match Path::new(s).is_absolute() && !s.ends_with('/') {
+                true => Some(PathBuf::from(s)),
+                false => self.fail(v.span(), ctx, format!("state_file must be the absolute path of a file, got {s:?}")),
+            }
+        })
+        .map(|p| p.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)));
         let xdp_mode = optional(&raw.xdp_mode, |v| self.keyword(ctx, "xdp_mode", v)).map(Option::unwrap_or_default);
         let workers = self.workers(&raw, ctx);
         let shutdown_grace = optional(&raw.shutdown_grace, |_| self.duration(ctx, "shutdown_grace", &raw.shutdown_grace, Duration::ZERO, MAX_SHUTDOWN_GRACE));
         Some(Daemon {
             control_socket: control_socket?,
             metrics_listen: metrics_listen?,
+            state_file: state_file?,
             xdp_mode: xdp_mode?,
             workers: workers?,
             shutdown_grace: shutdown_grace?,

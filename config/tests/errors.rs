@@ -667,7 +667,7 @@ fn daemon_and_limits() {
         e,
         [
             r#"fulcrum.toml:5: daemon: control_socket must be an absolute path of at most 107 bytes, got "fulcrum.sock""#,
-            r#"fulcrum.toml:6: daemon: metrics_listen must be an address and a port (not 0) like "127.0.0.1:9100" or "[::1]:9100", got "127.0.0.1""#,
+            r#"fulcrum.toml:6: daemon: metrics_listen must be an address and a port (not 0) like "127.0.0.1:7780" or "[::1]:7780", got "127.0.0.1""#,
             "fulcrum.toml:7: daemon: workers (3) must equal the number of cores (2), or be omitted",
             "fulcrum.toml:10: limits: connections_per_worker must be 1024..=268435456, got 100",
             r#"fulcrum.toml:11: limits: snat_ports must be a range like "1024-65535" with 1 <= first <= last, got "2000-1000""#,
@@ -698,7 +698,7 @@ fn defaults() {
         Config {
             daemon: Daemon {
                 control_socket: "/run/fulcrum/control.sock".into(),
-                metrics_listen: "127.0.0.1:9100".parse().unwrap(),
+                metrics_listen: "127.0.0.1:7780".parse().unwrap(),
                 state_file: "/var/lib/fulcrum/state.json".into(),
                 xdp_mode: XdpMode::Auto,
                 workers: Workers::Auto,

@@ -19,7 +19,11 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/fulcrum/control.sock";
 /// Where the daemon keeps the runtime changes to its backends.
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/fulcrum/state.json";
 /// Localhost only: metrics are for a local scraper unless said otherwise.
-const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9100));
+/// Port 7780, fulcrum's own: bare-metal nodes run node_exporter on 9100,
+/// and Prometheus's list of exporter ports (9100-9999) is full, so any
+/// number in it is some exporter's; 7780 is outside it, outside Linux's
+/// ephemeral range, and not a registered service port.
+const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7780));
 /// `sun_path` holds 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 const MAX_WORKERS: u16 = 1024;
@@ -47,7 +51,7 @@ impl Checker<'_> {
                 _ => self.fail(
                     v.span(),
                     ctx,
-                    format!("metrics_listen must be an address and a port (not 0) like \"127.0.0.1:9100\" or \"[::1]:9100\", got {s:?}"),
+                    format!("metrics_listen must be an address and a port (not 0) like \"127.0.0.1:7780\" or \"[::1]:7780\", got {s:?}"),
                 ),
             }
         })

@@ -192,6 +192,10 @@ pub struct Status {
 pub struct Reloads {
     pub applied: u64,
     pub refused: u64,
+    /// When the configuration in force was put in force (start or the
+    /// last reload applied), in seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_applied_at: u64,
     pub last: Option<LastReload>,
 }
 

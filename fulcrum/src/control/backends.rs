@@ -45,7 +45,7 @@ pub enum BackendChange {
 }
 
 /// "198.18.100.1:80/tcp", "[2001:db8::1]:*/udp": the parts of a VIP name.
-fn parse_vip(s: &str) -> Option<(IpAddr, cfg::Protocol, u16)> {
+pub fn parse_vip(s: &str) -> Option<(IpAddr, cfg::Protocol, u16)> {
     let (endpoint, proto) = s.rsplit_once('/')?;
     let proto = match proto.to_ascii_lowercase().as_str() {
         "tcp" => cfg::Protocol::Tcp,

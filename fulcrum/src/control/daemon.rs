@@ -572,6 +572,7 @@ impl Daemon {
         let now = Instant::now();
         let (bgp, packets) = (self.config.bgp.is_some(), self.telemetry.vip_packets());
         let grace = self.config.daemon.shutdown_grace.unwrap_or(drain::DEFAULT_GRACE);
+        self.telemetry.set_draining();
         let d = self.drain.get_or_insert_with(|| {
             tracing::info!(grace = ?grace, "draining: withdrawing the VIPs, forwarding until their traffic stops");
             Drain::start(now, grace, !bgp, packets)

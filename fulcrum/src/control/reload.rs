@@ -185,7 +185,7 @@ address = "198.18.0.12"
         assert_eq!(
             needs_restart(&old, &new),
             [
-                "daemon.metrics_listen: 127.0.0.1:9100 -> 127.0.0.1:9200",
+                "daemon.metrics_listen: 127.0.0.1:7780 -> 127.0.0.1:9200",
                 "daemon.workers: Auto -> Count(2)",
                 "interface: lb0 (one-arm) -> lb1 (one-arm, mtu 1400)",
                 "limits.snat_ports: 1024-65535 -> 2000-3000",

@@ -9,6 +9,7 @@
 mod error;
 mod file;
 mod model;
+mod overlay;
 mod raw;
 mod validate;
 
@@ -17,7 +18,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{FileError, MAX_CONFIG_BYTES, open_regular, read_regular};
 pub use model::*;
-pub use validate::DEFAULT_CONTROL_SOCKET;
+pub use overlay::{BackendOverride, Overlay};
+pub use validate::{DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_FILE};
 
 /// The lab's default config (one-arm full-NAT on "lb0"), for the demo.
 pub const LAB: &str = include_str!("../examples/lab.toml");
@@ -26,6 +28,12 @@ pub const LAB: &str = include_str!("../examples/lab.toml");
 /// it are resolved against the file's directory. The file must be a regular
 /// file of at most `MAX_CONFIG_BYTES` bytes (`read_regular`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    parse(&read(path)?, &path.display().to_string())
+}
+
+/// The text of the config file at `path`, as `load` reads it: a regular
+/// file of at most `MAX_CONFIG_BYTES` bytes of UTF-8.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
     let origin = path.display().to_string();
     let error = |line, message: String| ConfigErrors(vec![ConfigError::new(&origin, line, "", &message)]);
     let bytes = read_regular(path, MAX_CONFIG_BYTES).map_err(|e| error(None, format!("cannot read: {e}")))?;
@@ -38,7 +46,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let column = valid.len() - line_start + 1;
         error(Some(line), format!("not valid UTF-8 (at byte {column} of the line): a config is UTF-8 text"))
     })?;
-    parse(&text, &origin)
+    Ok(text)
 }
 
 /// Checks that every plugin file `config` names can be opened and is a
@@ -63,6 +71,12 @@ pub fn check_files(config: &Config, origin: &str) -> Result<(), ConfigErrors> {
 /// as the file's path, is what relative plugin paths are resolved against
 /// (a bare file name leaves them relative to the working directory).
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    parse_with(text, origin, &Overlay::default())
+}
+
+/// `parse` with runtime changes to the backends laid over the text first,
+/// so they are validated as the file's own backends are.
+pub fn parse_with(text: &str, origin: &str, overlay: &Overlay) -> Result<Config, ConfigErrors> {
     let base = Path::new(origin).parent().unwrap_or(Path::new(""));
-    validate::config(text, origin, base)
+    validate::config(text, origin, base, overlay)
 }

@@ -95,6 +95,9 @@ pub struct Daemon {
     /// Absolute, and short enough for a Unix socket address.
     pub control_socket: PathBuf,
     pub metrics_listen: SocketAddr,
+    /// Absolute: the runtime changes to the backends (`Overlay`), kept
+    /// across reloads and restarts.
+    pub state_file: PathBuf,
     pub xdp_mode: XdpMode,
     pub workers: Workers,
     /// On SIGTERM: withdraw the VIPs, keep forwarding until their traffic

@@ -21,6 +21,7 @@ pub(crate) type Field = Option<Spanned<Scalar>>;
 pub(crate) struct RawDaemon {
     pub control_socket: Field,
     pub metrics_listen: Field,
+    pub state_file: Field,
     pub xdp_mode: Field,
     pub workers: Field,
     pub cores: Field,

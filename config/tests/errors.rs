@@ -127,7 +127,7 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
         e,
         [
             "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
-            "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
+            "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
             "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
@@ -145,7 +145,7 @@ fn names_from_the_file_are_escaped() {
         all,
         [
             "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
-            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
+            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
         ]
         .join("\n")
     );
@@ -667,7 +667,7 @@ fn daemon_and_limits() {
         e,
         [
             r#"fulcrum.toml:5: daemon: control_socket must be an absolute path of at most 107 bytes, got "fulcrum.sock""#,
-            r#"fulcrum.toml:6: daemon: metrics_listen must be an address and a port (not 0) like "127.0.0.1:9100" or "[::1]:9100", got "127.0.0.1""#,
+            r#"fulcrum.toml:6: daemon: metrics_listen must be an address and a port (not 0) like "127.0.0.1:7780" or "[::1]:7780", got "127.0.0.1""#,
             "fulcrum.toml:7: daemon: workers (3) must equal the number of cores (2), or be omitted",
             "fulcrum.toml:10: limits: connections_per_worker must be 1024..=268435456, got 100",
             r#"fulcrum.toml:11: limits: snat_ports must be a range like "1024-65535" with 1 <= first <= last, got "2000-1000""#,
@@ -698,7 +698,8 @@ fn defaults() {
         Config {
             daemon: Daemon {
                 control_socket: "/run/fulcrum/control.sock".into(),
-                metrics_listen: "127.0.0.1:9100".parse().unwrap(),
+                metrics_listen: "127.0.0.1:7780".parse().unwrap(),
+                state_file: "/var/lib/fulcrum/state.json".into(),
                 xdp_mode: XdpMode::Auto,
                 workers: Workers::Auto,
                 shutdown_grace: None,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fulcrum::control::api::{Request, Response};
+use fulcrum::control::api::{BackendChange, Request, Response, vips_table};
 use fulcrum::control::plugins::Module;
 use fulcrum::control::{client, load_config, server};
 use fulcrum::{Context, Error};
@@ -74,6 +74,86 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PluginCmd,
     },
+    /// Change a running daemon's backends without editing the file. Each
+    /// change is validated as the file is, applied as a reload is, and
+    /// kept in `daemon.state_file` over reloads and restarts until
+    /// `fulcrum backend reset`.
+    Backend {
+        #[command(subcommand)]
+        cmd: BackendCmd,
+    },
+    /// The running daemon's VIPs.
+    Vip {
+        #[command(subcommand)]
+        cmd: VipCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Put BACKEND in VIP's pool (checked by the VIP's health check, if
+    /// any).
+    Add {
+        #[command(flatten)]
+        which: Which,
+        /// Its weight [default: 1].
+        #[arg(long)]
+        weight: Option<u16>,
+        /// A static MAC for it, rather than the kernel's neighbour entry.
+        #[arg(long)]
+        mac: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take BACKEND out of VIP's pool: its established flows are placed
+    /// afresh (TCP ones break). Drain it first to let them finish.
+    Remove {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set BACKEND's weight in VIP's pool (0 drains it).
+    Weight {
+        #[command(flatten)]
+        which: Which,
+        weight: u16,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// No new flows to BACKEND; its established ones continue. Its weight
+    /// is kept for `undrain`.
+    Drain {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// New flows to BACKEND again, at its weight.
+    Undrain {
+        #[command(flatten)]
+        which: Which,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Drop every runtime change: the backends as the file has them.
+    Reset(Target),
+}
+
+/// A backend of a VIP.
+#[derive(Args)]
+struct Which {
+    /// The VIP, as `fulcrum vip list` names it: 198.18.100.1:80/tcp.
+    vip: String,
+    /// The backend: 198.18.0.11, or with a port 198.18.0.11:8080.
+    backend: String,
+}
+
+#[derive(Subcommand)]
+enum VipCmd {
+    /// Each VIP in force: mode, scheduler, backends with their weights
+    /// and runtime changes.
+    List(Target),
 }
 
 #[derive(Subcommand)]
@@ -168,7 +248,15 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().cmd {
         Cmd::Run { config } => server::run(&config),
-        Cmd::CheckConfig { file } => load_config(&file).map(|c| println!("{}: ok ({} VIPs)", file.display(), c.vips.len())),
+        Cmd::CheckConfig { file } => load_config(&file).map(|l| match l.overlay.backends.len() {
+            0 => println!("{}: ok ({} VIPs)", file.display(), l.config.vips.len()),
+            n => println!(
+                "{}: ok ({} VIPs), with runtime changes to {n} backends from {}",
+                file.display(),
+                l.config.vips.len(),
+                l.config.daemon.state_file.display()
+            ),
+        }),
         Cmd::Status(t) => ask(&t, Request::Status),
         Cmd::Stats(t) => ask(&t, Request::Stats),
         Cmd::Reload(t) => ask(&t, Request::Reload),
@@ -176,6 +264,8 @@ fn main() -> ExitCode {
         Cmd::Bgp { cmd: BgpCmd::Exabgp { config } } => fulcrum_config::load(&config).map_err(Error::from).and_then(|c| fulcrum::bgp::run_exabgp(&c)),
         Cmd::Ha { cmd: HaCmd::Role { role, target } } => ask(&target, Request::HaRole { role }),
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
+        Cmd::Backend { cmd } => backend(cmd),
+        Cmd::Vip { cmd: VipCmd::List(t) } => ask(&t, Request::VipList),
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
             let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
             Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).map(|report| print!("{report}")).context(|| file.display().to_string()))
@@ -198,6 +288,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn backend(cmd: BackendCmd) -> Result<(), Error> {
+    let (which, target, change) = match cmd {
+        BackendCmd::Reset(target) => return ask(&target, Request::BackendReset),
+        BackendCmd::Add { which, weight, mac, target } => (which, target, BackendChange::Add { weight, mac }),
+        BackendCmd::Remove { which, target } => (which, target, BackendChange::Remove),
+        BackendCmd::Weight { which, weight, target } => (which, target, BackendChange::Weight { weight }),
+        BackendCmd::Drain { which, target } => (which, target, BackendChange::Drain),
+        BackendCmd::Undrain { which, target } => (which, target, BackendChange::Undrain),
+    };
+    ask(&target, Request::Backend { vip: which.vip, backend: which.backend, change })
 }
 
 fn ask(t: &Target, req: Request) -> Result<(), Error> {
@@ -242,6 +344,13 @@ fn print_answer(response: &Response) {
             if d.withdrawn { "the VIPs are withdrawn" } else { "withdrawing the VIPs" },
             d.grace_secs
         ),
+        Response::BackendsChanged(c) => {
+            println!("applied: {}; {} runtime changes kept in {}", c.changes.summary(), c.overrides.len(), c.state_file);
+            for line in c.changes.details() {
+                println!("  {line}");
+            }
+        }
+        Response::Vips(v) => print!("{}", vips_table(v)),
         Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
         Response::Error(_) => {}
     }

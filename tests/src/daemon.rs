@@ -243,10 +243,10 @@ pub fn ask(socket: &Path, req: Request) -> Response {
     fulcrum::control::client::request(socket, &req).unwrap_or_else(|e| panic!("{req:?}: {e}"))
 }
 
-/// Scrapes the daemon's metrics endpoint (the default 127.0.0.1:9100 in
+/// Scrapes the daemon's metrics endpoint (the default 127.0.0.1:7780 in
 /// the balancer's namespace).
 pub fn scrape(lab: &Lab) -> String {
-    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7780);
     let (status, body) = in_netns(&lab.balancer.ns, || http_get(addr, "/metrics", Duration::from_secs(5))).expect("netns").expect("scraping /metrics");
     assert_eq!(status, 200);
     String::from_utf8(body).expect("UTF-8 metrics")

@@ -101,7 +101,7 @@ fn idle_and_trickling_clients_hold_neither_the_control_plane_nor_the_health_chec
     let socket = daemon::socket_of(&config);
     let socket_arg = socket.to_str().unwrap().to_string();
     let (balancer, client) = (lab.balancer.ns.clone(), lab.client.ns.clone());
-    let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9100);
+    let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7780);
     let vip = SocketAddr::new(IpAddr::V4(VIP4), 80);
     let dead = lab.backends[2].iface().v4;
     let first = lab.backends[0].iface().v4;

@@ -172,7 +172,7 @@ fn reload_under_continuous_traffic() {
     file.write(&reload_config(&lab, &socket_path, true, "metrics_listen = \"127.0.0.1:9200\"\n"));
     let (code, _, err) = daemon::cli(&["reload", "--config", file.path().to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("need a restart") && err.contains("daemon.metrics_listen: 127.0.0.1:9100 -> 127.0.0.1:9200"), "{err}");
+    assert!(err.contains("need a restart") && err.contains("daemon.metrics_listen: 127.0.0.1:7780 -> 127.0.0.1:9200"), "{err}");
     let st = status(&socket);
     assert_eq!((st.reloads.applied, st.reloads.refused, st.vips.len()), (RELOADS as u64, 2, 3), "{st:?}");
     for _ in 0..10 {
@@ -236,6 +236,20 @@ fn metrics_match_the_traffic() {
         ["fulcrum_drops_total", "fulcrum_scheduler_faults_total", "fulcrum_connection_evictions_total", "fulcrum_connections_capacity", "fulcrum_reloads_total"]
     {
         assert!(after.contains(&format!("# TYPE {family} ")), "no {family}:\n{after}");
+    }
+
+    // The VIP's parts as labels of their own, beside its name.
+    assert_eq!(
+        daemon::metric(&after, "fulcrum_vip_new_flows_total", &["address=\"198.18.100.1\"", "port=\"80\"", "protocol=\"tcp\""]),
+        daemon::metric(&after, "fulcrum_vip_new_flows_total", &tcp_vip)
+    );
+    assert_eq!(daemon::metric(&after, "fulcrum_build_info", &[&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))]), 1.0, "{after}");
+    assert_eq!(daemon::metric(&after, "fulcrum_config_last_reload_successful", &[]), 1.0, "{after}");
+    assert!(daemon::metric(&after, "fulcrum_config_last_reload_success_timestamp_seconds", &[]) > 1.7e9, "{after}");
+    for (path, body) in [("/ready", "ready\n"), ("/healthz", "ok\n")] {
+        let addr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7780);
+        let r = in_netns(&lab.balancer.ns, || http_get(addr, path, T)).expect("netns");
+        assert!(matches!(&r, Ok((200, b)) if b == body.as_bytes()), "{path}: {r:?}");
     }
 
     let s = stats(&socket);

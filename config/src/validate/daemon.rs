@@ -16,8 +16,14 @@ use crate::raw::*;
 
 /// Where the daemon listens, and the CLI looks, unless told otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/fulcrum/control.sock";
+/// Where the daemon keeps the runtime changes to its backends.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/fulcrum/state.json";
 /// Localhost only: metrics are for a local scraper unless said otherwise.
-const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9100));
+/// Port 7780, fulcrum's own: bare-metal nodes run node_exporter on 9100,
+/// and Prometheus's list of exporter ports (9100-9999) is full, so any
+/// number in it is some exporter's; 7780 is outside it, outside Linux's
+/// ephemeral range, and not a registered service port.
+const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7780));
 /// `sun_path` holds 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 const MAX_WORKERS: u16 = 1024;
@@ -45,17 +51,26 @@ impl Checker<'_> {
                 _ => self.fail(
                     v.span(),
                     ctx,
-                    format!("metrics_listen must be an address and a port (not 0) like \"127.0.0.1:9100\" or \"[::1]:9100\", got {s:?}"),
+                    format!("metrics_listen must be an address and a port (not 0) like \"127.0.0.1:7780\" or \"[::1]:7780\", got {s:?}"),
                 ),
             }
         })
         .map(|a| a.unwrap_or(DEFAULT_METRICS_LISTEN));
+        let state_file = optional(&raw.state_file, |v| {
+            let s = self.text(ctx, "state_file", v)?;
+            match Path::new(s).is_absolute() && !s.ends_with('/') {
+                true => Some(PathBuf::from(s)),
+                false => self.fail(v.span(), ctx, format!("state_file must be the absolute path of a file, got {s:?}")),
+            }
+        })
+        .map(|p| p.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)));
         let xdp_mode = optional(&raw.xdp_mode, |v| self.keyword(ctx, "xdp_mode", v)).map(Option::unwrap_or_default);
         let workers = self.workers(&raw, ctx);
         let shutdown_grace = optional(&raw.shutdown_grace, |_| self.duration(ctx, "shutdown_grace", &raw.shutdown_grace, Duration::ZERO, MAX_SHUTDOWN_GRACE));
         Some(Daemon {
             control_socket: control_socket?,
             metrics_listen: metrics_listen?,
+            state_file: state_file?,
             xdp_mode: xdp_mode?,
             workers: workers?,
             shutdown_grace: shutdown_grace?,

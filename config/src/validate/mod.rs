@@ -26,20 +26,23 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::error::{ConfigErrors, Report};
 use crate::model::Config;
+use crate::overlay::Overlay;
 
-pub use daemon::DEFAULT_CONTROL_SOCKET;
+pub use daemon::{DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_FILE};
 
 const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`";
 /// What is written as arrays of tables (`[[name]]`).
 const ARRAYS: [&str; 3] = ["interface", "vip", "vip.backend"];
 
-pub(crate) fn config(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErrors> {
-    let mut c = Checker { r: Report::new(text, origin), text, base };
-    let (doc, syntax) = DeTable::parse_recoverable(text);
+pub(crate) fn config(text: &str, origin: &str, base: &Path, overlay: &Overlay) -> Result<Config, ConfigErrors> {
+    let snippets = overlay.snippets();
+    let mut c = Checker { r: Report::new(text, origin), text, base, runtime: Vec::new() };
+    let (mut doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         c.syntax(syntax);
         return c.r.finish(None);
     }
+    c.runtime = overlay.apply(doc.get_mut(), &snippets);
     let mut sections: [Option<Spanned<DeValue<'_>>>; 7] = Default::default();
     for (key, value) in doc.into_inner() {
         let slot = match key.get_ref().as_ref() {
@@ -75,6 +78,9 @@ struct Checker<'a> {
     text: &'a str,
     /// Where relative plugin paths start.
     base: &'a Path,
+    /// Per `[[vip]]` entry, its backend entries that runtime changes
+    /// (`Overlay`) added or changed.
+    runtime: Vec<(usize, Vec<usize>)>,
 }
 
 /// Tables and sections.

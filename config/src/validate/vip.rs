@@ -36,6 +36,8 @@ struct VipFacts<'a> {
     mode: Option<ModeName>,
     snat: &'a [IpAddr],
     health: Option<&'a HealthTemplate>,
+    /// Its backend entries set at runtime (`fulcrum backend`).
+    runtime: &'a [usize],
 }
 
 /// What the checks across VIPs need.
@@ -68,7 +70,8 @@ impl Checker<'_> {
                 }
                 continue;
             };
-            match self.vip(raw, span, backends, &fallback, mark, &mut seen) {
+            let runtime = self.runtime.iter().find(|(v, _)| *v == i).map(|(_, b)| b.clone()).unwrap_or_default();
+            match self.vip(raw, span, backends, &fallback, mark, &mut seen, &runtime) {
                 Some(vip) => vips.push(vip),
                 None => ok = false,
             }
@@ -89,7 +92,17 @@ impl Checker<'_> {
 
     /// `mark`: where the errors of this VIP start, to be named after it
     /// once its name is known.
-    fn vip(&mut self, raw: RawVip, span: Range<usize>, backends: Option<Spanned<DeValue<'_>>>, fallback: &str, mark: usize, seen: &mut Seen) -> Option<Vip> {
+    #[allow(clippy::too_many_arguments)]
+    fn vip(
+        &mut self,
+        raw: RawVip,
+        span: Range<usize>,
+        backends: Option<Spanned<DeValue<'_>>>,
+        fallback: &str,
+        mark: usize,
+        seen: &mut Seen,
+        runtime: &[usize],
+    ) -> Option<Vip> {
         let address = self.required(fallback, "address", &raw.address, span.clone()).and_then(|v| self.unicast(fallback, "address", v));
         let protocol = self.required(fallback, "protocol", &raw.protocol, span.clone()).and_then(|v| self.keyword(fallback, "protocol", v));
         let port = optional(&raw.port, |v| self.int(fallback, "port", v, 0..=u16::MAX)).map(|p| p.unwrap_or(0));
@@ -132,6 +145,7 @@ impl Checker<'_> {
                 _ => &[],
             },
             health: health.as_ref().map(|(_, template)| template),
+            runtime,
         };
         let backends = match backends {
             None => self.fail(span, ctx, "no backend: add [[vip.backend]] entries, or write `backend = []` for an empty pool on purpose"),
@@ -275,7 +289,11 @@ impl Checker<'_> {
         // Address and effective port -> backend number and line.
         let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
         for (j, entry) in self.entries(value, vip.ctx, "vip.backend")?.into_iter().enumerate() {
-            let ctx = format!("{}, backend {}", vip.ctx, j + 1);
+            // A runtime backend's errors point at its VIP's line: name it.
+            let ctx = match entry.get_ref().get("address").and_then(|a| a.get_ref().as_str()) {
+                Some(a) if vip.runtime.contains(&j) => format!("{}, backend {a} (set by `fulcrum backend`)", vip.ctx),
+                _ => format!("{}, backend {}", vip.ctx, j + 1),
+            };
             let span = entry.span();
             let Some(b) = self.de::<RawBackend>(entry, &ctx).and_then(|raw| self.backend(vip, &raw, &ctx, span.clone())) else {
                 ok = false;

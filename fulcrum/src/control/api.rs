@@ -9,6 +9,11 @@
 //!                             -> {"plugin_loaded":{...}} or {"error":"..."}
 //! {"request":"routes"}        -> {"routes":{"announce":["198.18.100.1"],"draining":false}}
 //! {"request":"drain"}         -> {"draining":{...}}
+//! {"request":"backend","vip":"198.18.100.1:80/tcp","backend":"198.18.0.14","change":{"op":"add","weight":2}}
+//!                             -> {"backends_changed":{...}} or {"error":"..."}
+//!                                (ops: add, remove, weight, drain, undrain)
+//! {"request":"backend_reset"} -> {"backends_changed":{...}}
+//! {"request":"vip_list"}      -> {"vips":[...]}
 //! ```
 //!
 //! A new request is one more `Request` variant (its fields next to the
@@ -18,9 +23,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use fulcrum_dataplane::services::backend_name;
 use serde::{Deserialize, Serialize};
 
+pub use super::backends::BackendChange;
 use super::reload::Changes;
+use fulcrum_config::BackendOverride;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -46,6 +54,18 @@ pub enum Request {
     /// Withdraw the VIPs, keep forwarding until their traffic stops or
     /// the grace ends, then exit.
     Drain,
+    /// Change one backend of a VIP at runtime; kept in the state file
+    /// across reloads and restarts.
+    Backend {
+        vip: String,
+        /// "198.18.0.11" or "198.18.0.11:8080".
+        backend: String,
+        change: BackendChange,
+    },
+    /// Drop every runtime change: the file's backends again.
+    BackendReset,
+    /// The VIPs in force with their pools.
+    VipList,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,7 +78,20 @@ pub enum Response {
     HaRole(RoleChange),
     Routes(Routes),
     Draining(Draining),
+    BackendsChanged(BackendsChanged),
+    Vips(Vec<VipStatus>),
     Error(String),
+}
+
+/// A runtime change to the backends, applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendsChanged {
+    pub state_file: String,
+    /// What the workers run differently now (nothing for a drain of a
+    /// backend already at weight 0).
+    pub changes: Changes,
+    /// Every runtime change in force now.
+    pub overrides: Vec<BackendOverride>,
 }
 
 /// What a BGP speaker should announce: nothing while the daemon drains.
@@ -135,6 +168,13 @@ pub struct Status {
     /// "eth0 (one-arm)".
     pub interfaces: Vec<String>,
     pub metrics_listen: String,
+    /// Where the runtime changes to the backends are kept.
+    #[serde(default)]
+    pub state_file: String,
+    /// The runtime changes in force (`fulcrum backend`), laid over the
+    /// file; `fulcrum backend reset` drops them.
+    #[serde(default)]
+    pub overrides: Vec<BackendOverride>,
     pub reloads: Reloads,
     pub vips: Vec<VipStatus>,
     /// With `[sync]`.
@@ -152,6 +192,10 @@ pub struct Status {
 pub struct Reloads {
     pub applied: u64,
     pub refused: u64,
+    /// When the configuration in force was put in force (start or the
+    /// last reload applied), in seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_applied_at: u64,
     pub last: Option<LastReload>,
 }
 
@@ -186,6 +230,9 @@ pub struct BackendStatus {
     /// "198.18.0.11" or "198.18.0.11:8080".
     pub name: String,
     pub weight: u16,
+    /// What runtime changes made of it ("added, weight 2", "drained").
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,12 +425,17 @@ pub fn brief(message: &str) -> String {
 /// Columns two spaces apart; the first `left` left-aligned (names), the
 /// others right-aligned (numbers).
 fn table(rows: &[Vec<String>], left: usize) -> String {
+    table_with(rows, |c| c < left)
+}
+
+/// `table` with the columns `left(c)` says left-aligned.
+fn table_with(rows: &[Vec<String>], left: impl Fn(usize) -> bool) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let cells: Vec<String> =
-            r.iter().enumerate().map(|(c, v)| if c < left { format!("{v:<w$}", w = width[c]) } else { format!("{v:>w$}", w = width[c]) }).collect();
+            r.iter().enumerate().map(|(c, v)| if left(c) { format!("{v:<w$}", w = width[c]) } else { format!("{v:>w$}", w = width[c]) }).collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
@@ -440,18 +492,36 @@ impl Status {
             let withdrawn = if d.withdrawn { "withdrawn" } else { "not yet withdrawn" };
             let _ = writeln!(out, "draining for {} ms ({withdrawn}), exits within {} s", d.elapsed_ms, d.grace_secs);
         }
-        out.push('\n');
-        let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT"])];
-        for v in &self.vips {
-            let scheduler = match v.scheduler_generation {
-                Some(g) => format!("{} (generation {g})", v.scheduler),
-                None => v.scheduler.clone(),
-            };
-            rows.push(row(&[&v.name, &v.mode, &scheduler, &""]));
-            rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &b.weight])));
+        if !self.overrides.is_empty() {
+            let _ = writeln!(out, "runtime changes: {} backends (kept in {}; `fulcrum backend reset` drops them)", self.overrides.len(), self.state_file);
         }
-        out + &table(&rows, 3)
+        // Those not in a pool: removed, or of a VIP or backend the file no
+        // longer has.
+        for o in &self.overrides {
+            let shown = self.vips.iter().any(|v| v.name == o.vip && v.backends.iter().any(|b| b.name == backend_name(o.address, o.port)));
+            if !shown {
+                let _ = writeln!(out, "  vip {} backend {}: {}", o.vip, backend_name(o.address, o.port), o.describe());
+            }
+        }
+        out.push('\n');
+        out + &vips_table(&self.vips)
     }
+}
+
+/// VIPs and their backends with weights and runtime changes: `fulcrum
+/// status` and `fulcrum vip list`.
+pub fn vips_table(vips: &[VipStatus]) -> String {
+    let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT", &"RUNTIME"])];
+    for v in vips {
+        let scheduler = match v.scheduler_generation {
+            Some(g) => format!("{} (generation {g})", v.scheduler),
+            None => v.scheduler.clone(),
+        };
+        rows.push(row(&[&v.name, &v.mode, &scheduler, &"", &""]));
+        rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &b.weight, &b.runtime.as_deref().unwrap_or("")])));
+    }
+    // Names, then weights right-aligned, then what runtime changes did.
+    table_with(&rows, |c| c != 3)
 }
 
 impl StatsReport {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_config as cfg;
+use fulcrum_config::{self as cfg, Overlay};
 use fulcrum_dataplane::engine::{EngineConfig, Shared};
 use fulcrum_dataplane::flow::table::Timeouts;
 use fulcrum_dataplane::sched::Latencies;
@@ -19,8 +19,10 @@ use fulcrum_io::afxdp::{self, XskConfig, XskIo};
 use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
 use fulcrum_io::{XdpMode, netinfo};
 
-use super::api::{self, BackendStatus, Draining, PluginLoaded, ReloadReport, RoleChange, Routes, Status, VipStatus};
+use super::Loaded;
+use super::api::{self, BackendStatus, BackendsChanged, Draining, PluginLoaded, ReloadReport, RoleChange, Routes, Status, VipStatus};
 use super::apply::{Ids, Net, NetIface};
+use super::backends;
 use super::checks::{self, HealthControl, HealthUpdate, Next};
 use super::drain::{self, Drain};
 use super::neighbours::NeighbourSync;
@@ -42,6 +44,10 @@ pub struct Daemon {
     /// The configuration file, re-read on reload.
     path: PathBuf,
     config: cfg::Config,
+    /// The file's text in force, and the runtime changes to the backends
+    /// laid over it (`fulcrum backend`, kept in `daemon.state_file`).
+    text: String,
+    overlay: Overlay,
     net: Arc<Net>,
     /// Kept for the daemon's lifetime: a reload keeps every id.
     ids: Ids,
@@ -167,7 +173,8 @@ impl Steering {
 impl Daemon {
     /// Starts the balancer with `config`, read from `path` (kept for
     /// reloads).
-    pub fn start(path: &Path, config: cfg::Config) -> Result<Daemon, Error> {
+    pub fn start(path: &Path, loaded: Loaded) -> Result<Daemon, Error> {
+        let config = &loaded.config;
         let ifaces: Vec<&cfg::Interface> = match &config.topology {
             cfg::Topology::OneArm(i) => vec![i],
             cfg::Topology::Inline { client, server } => vec![client, server],
@@ -185,13 +192,15 @@ impl Daemon {
                 })
                 .collect::<Result<_, Error>>()?,
         });
-        let engine = engine_config(&config);
+        let engine = engine_config(config);
         let mut plugins = Plugins::default();
         // The same preparation as a reload's, from nothing.
         let mut shared = Shared::new(&engine);
         let base = Base {
             path: path.to_path_buf(),
             config: None,
+            text: String::new(),
+            overlay: Overlay::default(),
             net: Arc::clone(&net),
             ids: Ids::default(),
             max_vips: engine.max_vips,
@@ -202,8 +211,9 @@ impl Daemon {
             latencies: Arc::clone(&shared.latencies),
             configured: Default::default(),
         };
-        let modules = prepare::read_modules(&config)?;
-        let Prepared { config, ids, services, returns, health: next, schedulers, .. } = prepare::configuration(&base, config, modules, Changes::default())?;
+        let modules = prepare::read_modules(config)?;
+        let Prepared { config, text, overlay, ids, services, returns, health: next, schedulers, .. } =
+            prepare::configuration(&base, loaded, modules, Changes::default())?;
         let mut health = None;
         HealthControl::commit(&mut health, next);
         let services = Arc::new(services);
@@ -274,9 +284,14 @@ impl Daemon {
         let xdp_mode = steering.programs[0].mode();
         tracing::info!(config = %path.display(), workers = queues, %xdp_mode, vips = config.vips.len(), "started");
         plugins.commit(schedulers, &dataplane);
+        if !overlay.is_empty() {
+            tracing::info!(state_file = %config.daemon.state_file.display(), "runtime changes to {} backends in force", overlay.backends.len());
+        }
         Ok(Daemon {
             path: path.to_path_buf(),
             config,
+            text,
+            overlay,
             net,
             ids,
             engine,
@@ -376,6 +391,8 @@ impl Daemon {
         Base {
             path: self.path.clone(),
             config: Some(self.config.clone()),
+            text: self.text.clone(),
+            overlay: self.overlay.clone(),
             net: Arc::clone(&self.net),
             ids: self.ids.clone(),
             max_vips: self.engine.max_vips,
@@ -447,8 +464,51 @@ impl Daemon {
         self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
         self.telemetry.set_services(services);
         self.config = p.config;
+        self.text = p.text;
+        self.overlay = p.overlay;
         self.ids = p.ids;
         Ok(())
+    }
+
+    /// Applies a prepared runtime change to the backends
+    /// (`prepare::backends`): the state file is written first, so that
+    /// what runs is what a restart would run; it is written back if the
+    /// commit fails. Logged either way; not counted as a reload.
+    pub fn finish_backends(&mut self, what: &str, prepared: Result<(Overlay, Reload), Error>) -> Result<BackendsChanged, Error> {
+        let state_file = self.config.daemon.state_file.clone();
+        let result = prepared.and_then(|(overlay, reload)| {
+            backends::save(&state_file, &overlay)?;
+            let changes = match reload {
+                Reload::NoChange => {
+                    self.overlay = overlay;
+                    Changes::default()
+                }
+                Reload::Apply(p) => {
+                    let changes = p.changes.clone();
+                    if let Err(e) = self.commit(*p) {
+                        if let Err(e) = backends::save(&state_file, &self.overlay) {
+                            tracing::error!("{e}");
+                        }
+                        return Err(e);
+                    }
+                    changes
+                }
+            };
+            Ok(changes)
+        });
+        match result {
+            Ok(changes) => {
+                tracing::info!("{what}: applied, {}", changes.summary());
+                for line in changes.details() {
+                    tracing::info!("  {line}");
+                }
+                Ok(BackendsChanged { state_file: state_file.display().to_string(), changes, overrides: self.overlay.backends.clone() })
+            }
+            Err(e) => {
+                tracing::warn!("{what}: refused: {}", api::brief(&e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     /// Whether this balancer forwards the VIPs' traffic: standalone, or
@@ -512,6 +572,7 @@ impl Daemon {
         let now = Instant::now();
         let (bgp, packets) = (self.config.bgp.is_some(), self.telemetry.vip_packets());
         let grace = self.config.daemon.shutdown_grace.unwrap_or(drain::DEFAULT_GRACE);
+        self.telemetry.set_draining();
         let d = self.drain.get_or_insert_with(|| {
             tracing::info!(grace = ?grace, "draining: withdrawing the VIPs, forwarding until their traffic stops");
             Drain::start(now, grace, !bgp, packets)
@@ -563,7 +624,15 @@ impl Daemon {
                 .into(),
                 scheduler: in_force(v).map_or_else(|| "maglev".into(), |(name, _)| name),
                 scheduler_generation: in_force(v).map(|(_, generation)| generation),
-                backends: v.backends.iter().map(|b| BackendStatus { name: backend_name(b.address, b.port), weight: b.weight }).collect(),
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        name: backend_name(b.address, b.port),
+                        weight: b.weight,
+                        runtime: self.overlay.get(&v.name(), b.address, b.port).map(cfg::BackendOverride::describe),
+                    })
+                    .collect(),
             })
             .collect();
         Status {
@@ -575,6 +644,8 @@ impl Daemon {
             xdp_mode: self.xdp_mode.to_string(),
             interfaces: reload::interfaces(&self.config.topology),
             metrics_listen: self.config.daemon.metrics_listen.to_string(),
+            state_file: self.config.daemon.state_file.display().to_string(),
+            overrides: self.overlay.backends.clone(),
             reloads: self.telemetry.reloads(),
             vips,
             ha: self.ha.as_ref().map(|(_, sync)| sync.status()),

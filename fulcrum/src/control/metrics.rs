@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::api::{Reloads, StatsReport, SyncReport, Traffic};
+use super::backends::parse_vip;
 use super::conn::{self, Limits, Received};
 use super::telemetry::Telemetry;
 use crate::error::Error;
@@ -50,8 +51,14 @@ fn answer(mut conn: TcpStream, deadline: Instant, telemetry: &Telemetry) -> std:
     let mut words = line.split_whitespace();
     let (status, kind, body) = match (words.next(), words.next().map(|p| p.split('?').next().unwrap_or(p))) {
         (Some("GET"), Some("/metrics")) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&telemetry.stats(), &telemetry.reloads())),
-        (Some("GET"), Some("/")) => ("200 OK", "text/plain; charset=utf-8", "fulcrum: metrics at /metrics\n".into()),
-        (Some("GET"), _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".into()),
+        // Answered by the process: it is alive (a liveness probe).
+        (Some("GET"), Some("/healthz")) => ("200 OK", "text/plain; charset=utf-8", "ok\n".into()),
+        // Served once the workers run and the programs are attached; a
+        // drain makes the balancer unready (a readiness probe).
+        (Some("GET"), Some("/ready")) if telemetry.ready() => ("200 OK", "text/plain; charset=utf-8", "ready\n".into()),
+        (Some("GET"), Some("/ready")) => ("503 Service Unavailable", "text/plain; charset=utf-8", "draining\n".into()),
+        (Some("GET"), Some("/")) => ("200 OK", "text/plain; charset=utf-8", "fulcrum: /metrics, /ready, /healthz\n".into()),
+        (Some("GET"), _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics, /ready or /healthz\n".into()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET /metrics only\n".into()),
     };
     respond(conn, status, kind, &body)
@@ -83,11 +90,43 @@ impl Family<'_> {
     }
 }
 
+/// A VIP's labels: its name as `fulcrum status` writes it (`vip`), and
+/// its parts (`address`, `port`, `protocol`; port "*" for every port) to
+/// select and group by.
+fn vip_labels(name: &str) -> String {
+    match parse_vip(name) {
+        Some((address, protocol, port)) => {
+            let port = if port == 0 { "*".to_string() } else { port.to_string() };
+            format!("vip=\"{name}\",address=\"{address}\",port=\"{port}\",protocol=\"{protocol}\"")
+        }
+        None => format!("vip=\"{name}\""),
+    }
+}
+
 /// The exposition: per VIP and backend (labels `vip`, `backend`, summed
 /// over the workers), drops by reason, per worker (label `worker`),
 /// reloads. Counter names end in `_total`.
 pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     let mut out = String::new();
+    let name = "fulcrum_build_info";
+    Family::new(&mut out, name, "gauge", "Always 1; the version of the running daemon in a label.").sample(
+        name,
+        &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    );
+    let name = "fulcrum_config_last_reload_successful";
+    let successful = reloads.last.as_ref().is_none_or(|l| l.applied);
+    Family::new(&mut out, name, "gauge", "1 unless the last reload was refused (the configuration in force is then not the file's).").sample(
+        name,
+        "",
+        u8::from(successful),
+    );
+    let name = "fulcrum_config_last_reload_success_timestamp_seconds";
+    Family::new(&mut out, name, "gauge", "When the configuration in force was put in force (start or last reload applied), in Unix seconds.").sample(
+        name,
+        "",
+        reloads.last_applied_at,
+    );
     type Of = fn(&Traffic) -> u64;
     let traffic: [(&str, &str, Of); 5] = [
         ("packets", "Packets forwarded, both directions", |t| t.packets),
@@ -100,13 +139,13 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         let name = format!("fulcrum_vip_{what}_total");
         let mut f = Family::new(&mut out, &name, "counter", &format!("{help}, per VIP."));
         for v in &s.vips {
-            f.sample(&name, &format!("vip=\"{}\"", v.name), get(&v.traffic));
+            f.sample(&name, &vip_labels(&v.name), get(&v.traffic));
         }
         let name = format!("fulcrum_backend_{what}_total");
         let mut f = Family::new(&mut out, &name, "counter", &format!("{help}, per backend of a VIP."));
         for v in &s.vips {
             for b in &v.backends {
-                f.sample(&name, &format!("vip=\"{}\",backend=\"{}\"", v.name, b.name), get(&b.traffic));
+                f.sample(&name, &format!("{},backend=\"{}\"", vip_labels(&v.name), b.name), get(&b.traffic));
             }
         }
     }
@@ -115,7 +154,7 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     let mut f = Family::new(&mut out, name, "counter", "Frames for a VIP dropped, per VIP and reason (reasons seen so far).");
     for v in &s.vips {
         for (reason, n) in &v.drops {
-            f.sample(name, &format!("vip=\"{}\",reason=\"{reason}\"", v.name), n);
+            f.sample(name, &format!("{},reason=\"{reason}\"", vip_labels(&v.name)), n);
         }
     }
     let name = "fulcrum_drops_total";
@@ -228,7 +267,7 @@ fn render_sync(out: &mut String, s: &SyncReport) {
 /// its connections, byte rate and handshake time, and its health checks
 /// (backends of VIPs with checks only).
 fn backend_health(out: &mut String, s: &StatsReport) {
-    let backends = || s.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (format!("vip=\"{}\",backend=\"{}\"", v.name, b.name), b)));
+    let backends = || s.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (format!("{},backend=\"{}\"", vip_labels(&v.name), b.name), b)));
     let name = "fulcrum_backend_up";
     let mut f = Family::new(out, name, "gauge", "1 if the backend is up (draining included), 0 if its health checks took it down.");
     for (labels, b) in backends() {
@@ -274,7 +313,7 @@ fn backend_health(out: &mut String, s: &StatsReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::{BackendStats, CheckCounters, VipStats, WorkerReport};
+    use crate::control::api::{BackendStats, CheckCounters, LastReload, VipStats, WorkerReport};
 
     #[test]
     fn exposition_format() {
@@ -306,22 +345,23 @@ mod tests {
             }],
             ..StatsReport::default()
         };
-        let text = render(&s, &Reloads { applied: 4, refused: 1, last: None });
+        let last = Some(LastReload { at: 1_700_000_100, applied: false, message: "no".into() });
+        let text = render(&s, &Reloads { applied: 4, refused: 1, last_applied_at: 1_700_000_000, last });
         for line in [
             "# TYPE fulcrum_vip_new_flows_total counter",
-            "fulcrum_vip_new_flows_total{vip=\"198.18.0.100:80/tcp\"} 2",
-            "fulcrum_backend_bytes_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 600",
-            "fulcrum_vip_drops_total{vip=\"198.18.0.100:80/tcp\",reason=\"no_backend\"} 1",
-            "fulcrum_vip_resets_total{vip=\"198.18.0.100:80/tcp\"} 1",
-            "fulcrum_backend_up{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0",
-            "fulcrum_backend_weight{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 3",
-            "fulcrum_backend_connections{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",state=\"active\"} 4",
-            "fulcrum_backend_connections{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",state=\"pending\"} 1",
-            "fulcrum_backend_bytes_per_second{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 2500",
-            "fulcrum_backend_handshake_seconds{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0.00025",
-            "fulcrum_health_checks_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",result=\"failed\"} 3",
-            "fulcrum_health_transitions_total{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\",to=\"down\"} 1",
-            "fulcrum_health_check_seconds{vip=\"198.18.0.100:80/tcp\",backend=\"198.18.0.11:8080\"} 0.0015",
+            "fulcrum_vip_new_flows_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 2",
+            "fulcrum_backend_bytes_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 600",
+            "fulcrum_vip_drops_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",reason=\"no_backend\"} 1",
+            "fulcrum_vip_resets_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1",
+            "fulcrum_backend_up{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 0",
+            "fulcrum_backend_weight{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 3",
+            "fulcrum_backend_connections{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",state=\"active\"} 4",
+            "fulcrum_backend_connections{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",state=\"pending\"} 1",
+            "fulcrum_backend_bytes_per_second{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 2500",
+            "fulcrum_backend_handshake_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 0.00025",
+            "fulcrum_health_checks_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",result=\"failed\"} 3",
+            "fulcrum_health_transitions_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",to=\"down\"} 1",
+            "fulcrum_health_check_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 0.0015",
             "fulcrum_drops_total{reason=\"truncated\"} 0",
             "fulcrum_worker_busy_polls_total{worker=\"0\"} 3",
             "fulcrum_connections_capacity{worker=\"0\"} 1024",
@@ -330,6 +370,9 @@ mod tests {
             "fulcrum_worker_batch_size_bucket{worker=\"0\",le=\"+Inf\"} 3",
             "fulcrum_worker_batch_size_sum{worker=\"0\"} 6",
             "fulcrum_reloads_total{result=\"refused\"} 1",
+            concat!("fulcrum_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
+            "fulcrum_config_last_reload_successful 0",
+            "fulcrum_config_last_reload_success_timestamp_seconds 1700000000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fulcrum_config as cfg;
+use fulcrum_config::{self as cfg, Overlay};
 use fulcrum_dataplane::sched::Latencies;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
@@ -23,6 +23,7 @@ use fulcrum_io::netinfo;
 use fulcrum_io::sock::route_source;
 use fulcrum_io::xdp::ReturnTraffic;
 
+use super::Loaded;
 use super::apply::{self, Ids, Net};
 use super::checks::{HealthControl, HealthView, Next};
 use super::plugins::{self, Fingerprint, Module, Runtime, SchedulerChange};
@@ -36,6 +37,9 @@ pub struct Base {
     pub path: PathBuf,
     /// The configuration in force; `None` at start.
     pub config: Option<cfg::Config>,
+    /// The file's text in force, and the runtime changes laid over it.
+    pub text: String,
+    pub overlay: Overlay,
     pub net: Arc<Net>,
     pub ids: Ids,
     /// The engine's VIP and backend slots.
@@ -55,6 +59,8 @@ pub struct Base {
 /// steering maps' update, which undoes itself.
 pub struct Prepared {
     pub config: cfg::Config,
+    pub text: String,
+    pub overlay: Overlay,
     pub changes: Changes,
     /// `Base::ids` with the new VIPs' and backends' ids.
     pub ids: Ids,
@@ -78,10 +84,28 @@ pub struct PreparedPlugin {
     pub plugin: Plugin,
 }
 
-/// Re-reads the configuration file and prepares what changed.
+/// Re-reads the configuration file and prepares what changed, with the
+/// runtime changes in force laid over it.
 pub fn reload(base: &Base) -> Result<Reload, Error> {
+    let text = cfg::read(&base.path)?;
+    changed(base, super::with_overlay(&base.path, text, base.overlay.clone())?)
+}
+
+/// Prepares a runtime change to the backends: `overlay` laid over the
+/// file's text in force. Returns the overlay too: it is to be kept even
+/// when the services stay the same (a drain of a backend at weight 0).
+pub fn backends(base: &Base, change: impl FnOnce(&cfg::Config, Option<&cfg::Config>) -> Result<Overlay, Error>) -> Result<(Overlay, Reload), Error> {
     let Some(old) = &base.config else { return Err(Error::Refused("no configuration runs yet".into())) };
-    let new = super::load_config(&base.path)?;
+    let file = cfg::parse(&base.text, &base.path.display().to_string()).ok();
+    let overlay = change(old, file.as_ref())?;
+    let loaded = super::with_overlay(&base.path, base.text.clone(), overlay.clone())?;
+    Ok((overlay, changed(base, loaded)?))
+}
+
+/// What `loaded` changes from the configuration in force, prepared.
+fn changed(base: &Base, loaded: Loaded) -> Result<Reload, Error> {
+    let Some(old) = &base.config else { return Err(Error::Refused("no configuration runs yet".into())) };
+    let Loaded { config: new, text, overlay } = loaded;
     let restart = reload::needs_restart(old, &new);
     if !restart.is_empty() {
         return Err(Error::Refused(format!(
@@ -105,7 +129,7 @@ pub fn reload(base: &Base) -> Result<Reload, Error> {
     if changes.is_empty() {
         return Ok(Reload::NoChange);
     }
-    configuration(base, new, modules, changes).map(|p| Reload::Apply(Box::new(p)))
+    configuration(base, Loaded { config: new, text, overlay }, modules, changes).map(|p| Reload::Apply(Box::new(p)))
 }
 
 /// Backends reply to every full-NAT source address: one the host does not
@@ -141,7 +165,8 @@ pub fn read_modules(config: &cfg::Config) -> Result<Vec<Option<Module>>, Error> 
 /// Builds everything `new` needs, in the order of the cheapest check
 /// first: services (neighbours resolved), the engine's limits, scheduler
 /// plugins, health checks.
-pub fn configuration(base: &Base, new: cfg::Config, modules: Vec<Option<Module>>, changes: Changes) -> Result<Prepared, Error> {
+pub fn configuration(base: &Base, loaded: Loaded, modules: Vec<Option<Module>>, changes: Changes) -> Result<Prepared, Error> {
+    let Loaded { config: new, text, overlay } = loaded;
     let mut ids = base.ids.clone();
     let (services, returns) = apply::build(&new, &base.net, &mut ids, &mut netinfo::next_hop_mac)?;
     warn_foreign_snat(&new);
@@ -156,7 +181,7 @@ pub fn configuration(base: &Base, new: cfg::Config, modules: Vec<Option<Module>>
     }
     let schedulers = schedulers(base, &new, modules, &services)?;
     let (services, health) = HealthControl::configure(base.health.as_ref(), &new, &ids, services, &base.runtime, &base.latencies)?;
-    Ok(Prepared { config: new, changes, ids, services, returns, health, schedulers })
+    Ok(Prepared { config: new, text, overlay, changes, ids, services, returns, health, schedulers })
 }
 
 /// What changes for each VIP's scheduler: plugins loaded from a file (or

@@ -24,6 +24,7 @@ pub fn needs_restart(old: &cfg::Config, new: &cfg::Config) -> Vec<String> {
     let (d, n) = (&old.daemon, &new.daemon);
     field("daemon.control_socket", dbg(&d.control_socket), dbg(&n.control_socket));
     field("daemon.metrics_listen", d.metrics_listen.to_string(), n.metrics_listen.to_string());
+    field("daemon.state_file", dbg(&d.state_file), dbg(&n.state_file));
     field("daemon.xdp_mode", dbg(&d.xdp_mode), dbg(&n.xdp_mode));
     field("daemon.workers", dbg(&d.workers), dbg(&n.workers));
     field("interface", interfaces(&old.topology).join(", "), interfaces(&new.topology).join(", "));
@@ -184,7 +185,7 @@ address = "198.18.0.12"
         assert_eq!(
             needs_restart(&old, &new),
             [
-                "daemon.metrics_listen: 127.0.0.1:9100 -> 127.0.0.1:9200",
+                "daemon.metrics_listen: 127.0.0.1:7780 -> 127.0.0.1:9200",
                 "daemon.workers: Auto -> Count(2)",
                 "interface: lb0 (one-arm) -> lb1 (one-arm, mtu 1400)",
                 "limits.snat_ports: 1024-65535 -> 2000-3000",

@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use super::api::{Request, Response, brief};
+use fulcrum_config::Overlay;
+
+use super::api::{BackendChange, Request, Response, brief};
+use super::backends;
 use super::conn::{self, Limits, Received};
 use super::daemon::Daemon;
 use super::metrics;
@@ -58,7 +61,8 @@ const BUSY: &[u8] = b"{\"error\":\"busy: too many control connections at once, t
 /// Runs the balancer with the configuration file at `path` until SIGINT or
 /// SIGTERM; prints its counters on the way out.
 pub fn run(path: &Path) -> Result<(), Error> {
-    let config = super::load_config(path)?;
+    let loaded = super::load_config(path)?;
+    let config = &loaded.config;
     let (events_tx, events) = crossbeam_channel::unbounded();
     let waker = Waker::new()?;
     let signals = Signals::install(&waker)?;
@@ -67,7 +71,7 @@ pub fn run(path: &Path) -> Result<(), Error> {
     let (listener, socket) = ControlSocket::bind(&config.daemon.control_socket)?;
     let scrape = metrics::bind(config.daemon.metrics_listen)?;
     let metrics_listen = config.daemon.metrics_listen;
-    let daemon = Daemon::start(path, config)?;
+    let daemon = Daemon::start(path, loaded)?;
     metrics::serve(scrape, daemon.telemetry())?;
     let inbox = Inbox { events: events_tx, wake: Arc::clone(&waker.notify) };
     {
@@ -120,12 +124,19 @@ enum Event {
 
 enum Job {
     Reload,
-    Plugin { vip: String, path: PathBuf },
+    Plugin {
+        vip: String,
+        path: PathBuf,
+    },
+    /// A runtime change to one backend; `None`: drop them all.
+    Backend(Option<(String, String, BackendChange)>),
 }
 
 enum Outcome {
     Reload(Result<Reload, Error>),
     Plugin(Result<PreparedPlugin, Error>),
+    /// What was asked, for the log, and the change prepared.
+    Backend(String, Result<(Overlay, Reload), Error>),
 }
 
 /// Where the connection threads and the preparations post events: a
@@ -200,6 +211,11 @@ impl Control {
             Event::Request(Request::Drain, reply) => {
                 let _ = reply.send(Response::Draining(self.daemon.drain()));
             }
+            Event::Request(Request::Backend { vip, backend, change }, reply) => self.queue(Job::Backend(Some((vip, backend, change))), Some(reply)),
+            Event::Request(Request::BackendReset, reply) => self.queue(Job::Backend(None), Some(reply)),
+            Event::Request(Request::VipList, reply) => {
+                let _ = reply.send(Response::Vips(self.daemon.status().vips));
+            }
             Event::Request(Request::HaRole { role }, reply) => {
                 let _ = reply.send(self.daemon.set_role(&role).map_or_else(|e| error(&e), Response::HaRole));
             }
@@ -208,6 +224,7 @@ impl Control {
                 let response = match outcome {
                     Outcome::Reload(r) => self.daemon.finish_reload(r).map(Response::Reloaded),
                     Outcome::Plugin(p) => self.daemon.finish_plugin(p).map(Response::PluginLoaded),
+                    Outcome::Backend(what, p) => self.daemon.finish_backends(&what, p).map(Response::BackendsChanged),
                 };
                 if let Some(reply) = reply {
                     let _ = reply.send(response.unwrap_or_else(|e| error(&e)));
@@ -228,6 +245,12 @@ impl Control {
             let outcome = match job {
                 Job::Reload => Outcome::Reload(prepare::reload(&base)),
                 Job::Plugin { vip, path } => Outcome::Plugin(prepare::plugin(&base, &vip, &path)),
+                Job::Backend(None) => Outcome::Backend("backend reset".into(), prepare::backends(&base, |_, _| Ok(Overlay::default()))),
+                Job::Backend(Some((vip, backend, change))) => {
+                    let what = format!("backend {change:?} of vip {vip} backend {backend}");
+                    let prepared = prepare::backends(&base, |running, file| backends::apply(running, file, &base.overlay, &vip, &backend, &change));
+                    Outcome::Backend(what, prepared)
+                }
             };
             inbox.post(Event::Prepared(outcome, reply));
         });

@@ -4,6 +4,7 @@
 //! touch the locks here: they write their own atomics, read from here.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +35,12 @@ pub struct Telemetry {
     reloads: Mutex<Reloads>,
     /// The pair's role and the sync thread's counters, with `[sync]`.
     sync: Mutex<Option<(Arc<Ha>, Arc<SyncCounters>)>>,
+    /// Set once a drain started: the balancer wants no new traffic.
+    draining: AtomicBool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,9 +68,22 @@ impl Telemetry {
             readings: Arc::clone(&shared.readings),
             clock: shared.epoch,
             table_capacity,
-            reloads: Mutex::default(),
+            // The configuration in force was loaded now.
+            reloads: Mutex::new(Reloads { last_applied_at: unix_now(), ..Reloads::default() }),
             sync: Mutex::default(),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the balancer takes new traffic: its workers run and its
+    /// programs are attached (the metrics endpoint is served only from
+    /// then on), and no drain has started.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Relaxed);
     }
 
     pub fn set_sync(&self, ha: Arc<Ha>, counters: Arc<SyncCounters>) {
@@ -110,7 +130,10 @@ impl Telemetry {
     pub fn reloaded(&self, applied: bool, message: &str) {
         let mut r = lock(&self.reloads);
         *if applied { &mut r.applied } else { &mut r.refused } += 1;
-        let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let at = unix_now();
+        if applied {
+            r.last_applied_at = at;
+        }
         r.last = Some(LastReload { at, applied, message: brief(message) });
     }
 

@@ -44,7 +44,7 @@ mod slot;
 
 pub use abi::ABI_VERSION;
 pub use config::HostConfig;
-pub use error::{Fault, LoadError};
+pub use error::{Fault, FaultKind, LoadError};
 pub use health_policy::HealthPolicy;
-pub use runtime::{Plugin, PluginRuntime};
-pub use slot::{PluginSlot, PluginStats, WasmScheduler};
+pub use runtime::{Plugin, PluginRuntime, module_hash};
+pub use slot::{Fallbacks, LastFault, PluginSlot, PluginStats, WasmScheduler};

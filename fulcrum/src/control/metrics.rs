@@ -111,6 +111,7 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         }
     }
     backend_health(&mut out, s);
+    vip_plugins(&mut out, s);
     let name = "fulcrum_vip_drops_total";
     let mut f = Family::new(&mut out, name, "counter", "Frames for a VIP dropped, per VIP and reason (reasons seen so far).");
     for v in &s.vips {
@@ -222,6 +223,51 @@ fn render_sync(out: &mut String, s: &SyncReport) {
     }
     f.sample(&format!("{name}_sum"), "", s.lag_sum_ms as f64 / 1000.0);
     f.sample(&format!("{name}_count"), "", cumulative);
+}
+
+/// Per VIP with a scheduler plugin: which one is in force, what it did
+/// and what went wrong.
+fn vip_plugins(out: &mut String, s: &StatsReport) {
+    let plugins = || s.vips.iter().filter_map(|v| Some((format!("vip=\"{}\"", v.name), v.plugin.as_ref()?)));
+    let name = "fulcrum_vip_plugin_info";
+    let mut f = Family::new(out, name, "gauge", "The scheduler plugin in force (labels plugin, hash); the value is its generation.");
+    for (labels, p) in plugins() {
+        f.sample(name, &format!("{labels},plugin=\"{}\",hash=\"{}\"", p.name, p.hash), p.generation);
+    }
+    let name = "fulcrum_vip_plugin_picks_total";
+    let mut f = Family::new(out, name, "counter", "New flows the scheduler plugin was asked to place.");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, p.picks);
+    }
+    let name = "fulcrum_vip_plugin_fallbacks_total";
+    let mut f = Family::new(out, name, "counter", "New flows native Maglev placed instead of the plugin, by reason.");
+    for (labels, p) in plugins() {
+        for (reason, n) in &p.fallbacks {
+            f.sample(name, &format!("{labels},reason=\"{reason}\""), n);
+        }
+    }
+    let name = "fulcrum_vip_plugin_faults_total";
+    let mut f = Family::new(out, name, "counter", "Scheduler plugin faults, by kind.");
+    for (labels, p) in plugins() {
+        for (kind, n) in &p.faults {
+            f.sample(name, &format!("{labels},kind=\"{kind}\""), n);
+        }
+    }
+    let name = "fulcrum_vip_plugin_quarantined";
+    let mut f = Family::new(out, name, "gauge", "1 while the plugin in force is quarantined (its new flows go to native Maglev).");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, u8::from(p.quarantined));
+    }
+    let name = "fulcrum_vip_plugin_instantiations_total";
+    let mut f = Family::new(out, name, "counter", "Plugin instances the workers ran.");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, p.instantiations);
+    }
+    let name = "fulcrum_vip_plugin_last_fault_timestamp_seconds";
+    let mut f = Family::new(out, name, "gauge", "When the plugin in force last faulted (Unix time).");
+    for (labels, at) in plugins().filter_map(|(l, p)| Some((l, p.last_fault.as_ref()?.at))) {
+        f.sample(name, &labels, at);
+    }
 }
 
 /// Per backend of a VIP: whether it takes new flows, its weight in force,

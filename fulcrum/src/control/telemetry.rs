@@ -16,6 +16,7 @@ use fulcrum_dataplane::services::{Services, backend_name, vip_name};
 use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
 
+use super::plugins::{self, Slots};
 use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
 use crate::ha::sync::SyncCounters;
 use crate::ha::{Ha, WorkerSync};
@@ -34,6 +35,8 @@ pub struct Telemetry {
     reloads: Mutex<Reloads>,
     /// The pair's role and the sync thread's counters, with `[sync]`.
     sync: Mutex<Option<(Arc<Ha>, Arc<SyncCounters>)>>,
+    /// The VIPs' scheduler plugins.
+    plugins: Mutex<Slots>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,7 +66,12 @@ impl Telemetry {
             table_capacity,
             reloads: Mutex::default(),
             sync: Mutex::default(),
+            plugins: Mutex::default(),
         }
+    }
+
+    pub fn set_plugins(&self, slots: Slots) {
+        *lock(&self.plugins) = slots;
     }
 
     pub fn set_sync(&self, ha: Arc<Ha>, counters: Arc<SyncCounters>) {
@@ -132,6 +140,7 @@ impl Telemetry {
         let services = self.services();
         let health = lock(&self.health).clone();
         let engines: Vec<&Stats> = self.workers.iter().map(|(s, _)| &**s).collect();
+        let slots = lock(&self.plugins).clone();
         let vips = services
             .vips()
             .map(|(id, vip)| {
@@ -176,7 +185,8 @@ impl Telemetry {
                     })
                     .collect();
                 let name = vip_name(ip_from16(&vip.addr), vip.spec.proto, vip.spec.port);
-                VipStats { name, traffic: traffic(&engines.iter().map(|s| &s.vips[i]).collect::<Vec<_>>()), drops, backends }
+                let plugin = plugins::vip_report(&slots, id);
+                VipStats { name, traffic: traffic(&engines.iter().map(|s| &s.vips[i]).collect::<Vec<_>>()), drops, backends, plugin }
             })
             .collect();
         let drops: BTreeMap<String, u64> = DropReason::ALL.iter().map(|&r| (r.label().to_string(), engines.iter().map(|s| s.drops.get(r)).sum())).collect();
@@ -202,7 +212,10 @@ impl Telemetry {
             vips,
             drops,
             passed: engines.iter().map(|s| s.passed.get()).sum(),
-            scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
+            // The engine's own check (a scheduler's answer out of range or
+            // ineligible) and every plugin fault, which the plugin host
+            // contains before the engine sees an answer.
+            scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum::<u64>() + plugins::faults(&slots),
             fragments_followed: engines.iter().map(|s| s.fragments_followed.get()).sum(),
             fragments_placed: engines.iter().map(|s| s.fragments_placed.get()).sum(),
             syns_without_state: engines.iter().map(|s| s.syns_without_state.get()).sum(),

@@ -15,6 +15,8 @@
 //! | `bad-abi-version`   | `lb_abi_version` returns 2                         | refuse the module at load          |
 //! | `bad-state-region`  | `lb_state_ptr` points 64 bytes before 4 GiB        | refuse the module at load          |
 //! | `unexpected-import` | imports `env.host_secret`                          | refuse the module at load          |
+//! | `slow-update`       | `lb_update` takes tens of ms (legal: within its budget) | never run it on a worker     |
+//! | `silent-decline`    | `lb_pick` always answers -1                        | count and show the declines        |
 //!
 //! The exports are written by hand (not with `export_plugin!`) because they
 //! are meant to break the ABI's rules.
@@ -47,6 +49,18 @@ mod exports {
     #[unsafe(no_mangle)]
     extern "C" fn lb_pick(n: u32) -> i32 {
         super::pick(n)
+    }
+
+    #[cfg(feature = "slow-update")]
+    #[unsafe(no_mangle)]
+    extern "C" fn lb_update(n: u32) {
+        // A chain of 64-bit divisions, each waiting for the last: tens of
+        // ms of CPU within the default update budget of fuel.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 | u64::from(core::hint::black_box(n));
+        for i in 0..2_200_000u64 {
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(i) / ((x >> 40) | 3);
+        }
+        core::hint::black_box(x);
     }
 }
 
@@ -100,9 +114,15 @@ fn pick(_: u32) -> i32 {
     unsafe { host_secret() }
 }
 
+#[cfg(all(target_arch = "wasm32", feature = "silent-decline"))]
+fn pick(_: u32) -> i32 {
+    -1
+}
+
 #[cfg(all(
     target_arch = "wasm32",
     not(any(
+        feature = "silent-decline",
         feature = "infinite-loop",
         feature = "out-of-bounds",
         feature = "unreachable",

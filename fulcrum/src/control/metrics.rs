@@ -320,7 +320,7 @@ fn backend_health(out: &mut String, s: &StatsReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::{BackendStats, CheckCounters, VipStats, WorkerReport};
+    use crate::control::api::{BackendStats, CheckCounters, PluginFault, PluginReport, VipStats, WorkerReport};
 
     #[test]
     fn exposition_format() {
@@ -340,6 +340,18 @@ mod tests {
                     handshake_rtt_us: Some(250),
                     checks: Some(CheckCounters { passed: 7, failed: 3, went_down: 1, went_up: 0, rtt_us: 1500 }),
                 }],
+                plugin: Some(PluginReport {
+                    name: "least-connections".into(),
+                    hash: "00000000000000ab".into(),
+                    generation: 2,
+                    picks: 9,
+                    declines: 1,
+                    fallbacks: [("declined".to_string(), 1), ("preparing".to_string(), 2)].into(),
+                    faults: [("trap".to_string(), 3)].into(),
+                    quarantined: true,
+                    last_fault: Some(PluginFault { message: "`lb_pick` trapped".into(), at: 1_700_000_000 }),
+                    instantiations: 4,
+                }),
             }],
             drops: [("no_backend".to_string(), 1), ("truncated".to_string(), 0)].into(),
             workers: vec![WorkerReport {
@@ -376,6 +388,13 @@ mod tests {
             "fulcrum_worker_batch_size_bucket{worker=\"0\",le=\"+Inf\"} 3",
             "fulcrum_worker_batch_size_sum{worker=\"0\"} 6",
             "fulcrum_reloads_total{result=\"refused\"} 1",
+            "fulcrum_vip_plugin_info{vip=\"198.18.0.100:80/tcp\",plugin=\"least-connections\",hash=\"00000000000000ab\"} 2",
+            "fulcrum_vip_plugin_picks_total{vip=\"198.18.0.100:80/tcp\"} 9",
+            "fulcrum_vip_plugin_fallbacks_total{vip=\"198.18.0.100:80/tcp\",reason=\"preparing\"} 2",
+            "fulcrum_vip_plugin_faults_total{vip=\"198.18.0.100:80/tcp\",kind=\"trap\"} 3",
+            "fulcrum_vip_plugin_quarantined{vip=\"198.18.0.100:80/tcp\"} 1",
+            "fulcrum_vip_plugin_instantiations_total{vip=\"198.18.0.100:80/tcp\"} 4",
+            "fulcrum_vip_plugin_last_fault_timestamp_seconds{vip=\"198.18.0.100:80/tcp\"} 1700000000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -1,6 +1,6 @@
 //! What plugin work costs the data path, and what operators see of it,
 //! through the daemon on the namespace lab: a plugin whose `lb_update`
-//! takes tens of ms stalls no worker (at the swap, at a backend going down
+//! takes some 10 ms stalls no worker (at the swap, at a backend going down
 //! and coming back), and a plugin that declines every flow shows as such
 //! in `stats`, `status` and the metrics. Root only; the modules come from
 //! scripts/build-plugins.sh.
@@ -117,9 +117,10 @@ fn a_slow_update_stalls_no_worker_at_the_swap_nor_at_backend_changes() {
     let (before, during) = (p99(&baseline), p99(&with_plugin));
     assert!(during <= before * 2 + Duration::from_millis(5), "p99 {before:?} under Maglev, {during:?} through the swap and the backend changes");
     // A stall holds up the request in flight: one per placement change
-    // (three here) if the update ran on the worker.
-    let slow = |l: &[Duration]| l.iter().filter(|&&d| d >= Duration::from_millis(25)).count();
-    assert!(slow(&with_plugin) <= slow(&baseline) + 1, "{} requests of 25 ms or more (baseline {}): {:?}", slow(&with_plugin), slow(&baseline), &with_plugin[with_plugin.len() - 5..]);
+    // (three here) if the update ran on the worker, each some 15 ms where
+    // requests take 1 to 6.
+    let slow = |l: &[Duration]| l.iter().filter(|&&d| d >= Duration::from_millis(12)).count();
+    assert!(slow(&with_plugin) <= slow(&baseline) + 1, "{} requests of 12 ms or more (baseline {}): {:?}", slow(&with_plugin), slow(&baseline), &with_plugin[with_plugin.len() - 5..]);
     let r = report(&socket);
     assert_eq!(r.name, "hostile-slow-update");
     assert!(r.picks > 0 && r.fallbacks["preparing"] > 0, "{r:?}");

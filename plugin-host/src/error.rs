@@ -39,7 +39,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [FaultKind::Trap, FaultKind::Budget, FaultKind::BadIndex, FaultKind::Ineligible, FaultKind::BadHealth, FaultKind::Instantiate];
+    pub const ALL: [FaultKind; 6] =
+        [FaultKind::Trap, FaultKind::Budget, FaultKind::BadIndex, FaultKind::Ineligible, FaultKind::BadHealth, FaultKind::Instantiate];
 
     /// The name in `stats --json` and in metric labels.
     pub fn name(self) -> &'static str {

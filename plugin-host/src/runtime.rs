@@ -119,7 +119,8 @@ impl PluginRuntime {
         let pre = Linker::new(&self.engine).instantiate_pre(&module).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let module = Compiled { pre, has_update: shape.update, has_health: shape.health };
         let cap = Live::new(&self.engine, &self.cfg, &module)?.cap() as u32;
-        let inner = PluginInner { name: name.to_string(), hash: module_hash(wasm), runtime: Arc::clone(self), module, cap, update_off_worker: AtomicBool::new(false) };
+        let inner =
+            PluginInner { name: name.to_string(), hash: module_hash(wasm), runtime: Arc::clone(self), module, cap, update_off_worker: AtomicBool::new(false) };
         Ok(Plugin(Arc::new(inner)))
     }
 }

@@ -18,7 +18,9 @@ use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, RST, SYN};
 use fulcrum_dataplane::{Backend, Engine, EngineConfig, Mode, Verdict};
 use fulcrum_plugin_host::replay::{self, ReplayOptions};
-use fulcrum_plugin_host::{Fallbacks, FaultKind, HealthPolicy, HostConfig, LastFault, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler};
+use fulcrum_plugin_host::{
+    Fallbacks, FaultKind, HealthPolicy, HostConfig, LastFault, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler,
+};
 use fulcrum_testing::one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 use fulcrum_testing::plugins::shipped;
 
@@ -342,7 +344,13 @@ fn run_time_hostiles_fall_back_to_maglev_and_are_quarantined_after_k_faults() {
         // K = 3 faults, then quarantine: no further calls.
         let instances = if name == "bad-index" { 1 } else { 3 };
         let last = st.last_fault.clone().expect("a last fault");
-        let kind = if name == "bad-index" { FaultKind::BadIndex } else if reason.contains("fuel") { FaultKind::Budget } else { FaultKind::Trap };
+        let kind = if name == "bad-index" {
+            FaultKind::BadIndex
+        } else if reason.contains("fuel") {
+            FaultKind::Budget
+        } else {
+            FaultKind::Trap
+        };
         let want = PluginStats {
             plugin: Some(name.into()),
             hash: Some(fulcrum_plugin_host::module_hash(&wasm(&format!("hostile-{name}")))),

@@ -7,8 +7,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fulcrum::control::api::{PluginReport, Request, Response};
@@ -120,7 +120,13 @@ fn a_slow_update_stalls_no_worker_at_the_swap_nor_at_backend_changes() {
     // (three here) if the update ran on the worker, each some 15 ms where
     // requests take 1 to 6.
     let slow = |l: &[Duration]| l.iter().filter(|&&d| d >= Duration::from_millis(12)).count();
-    assert!(slow(&with_plugin) <= slow(&baseline) + 1, "{} requests of 12 ms or more (baseline {}): {:?}", slow(&with_plugin), slow(&baseline), &with_plugin[with_plugin.len() - 5..]);
+    assert!(
+        slow(&with_plugin) <= slow(&baseline) + 1,
+        "{} requests of 12 ms or more (baseline {}): {:?}",
+        slow(&with_plugin),
+        slow(&baseline),
+        &with_plugin[with_plugin.len() - 5..]
+    );
     let r = report(&socket);
     assert_eq!(r.name, "hostile-slow-update");
     assert!(r.picks > 0 && r.fallbacks["preparing"] > 0, "{r:?}");

@@ -16,8 +16,8 @@ use fulcrum_dataplane::services::{Services, backend_name, vip_name};
 use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
 
-use super::plugins::{self, Slots};
 use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
+use super::plugins::{self, Slots};
 use crate::ha::sync::SyncCounters;
 use crate::ha::{Ha, WorkerSync};
 use crate::workers::WorkerStats;

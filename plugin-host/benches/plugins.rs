@@ -174,5 +174,5 @@ fn swap_latency(versions: &[Plugin; 2], swaps: usize) -> (Vec<f64>, u64) {
     }
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("worker");
-    (lat, slot.stats().fallbacks)
+    (lat, slot.stats().fallbacks.total())
 }

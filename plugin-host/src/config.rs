@@ -21,8 +21,18 @@ pub struct HostConfig {
     /// Fuel per `lb_pick`: `pick_fuel_base + pick_fuel_per_row × n`.
     pub pick_fuel_base: u64,
     pub pick_fuel_per_row: u64,
-    /// Fuel per `lb_update` (the maglev plugin's rebuild needs ~27 M at 1024 rows).
+    /// Fuel per `lb_update` on the slot's plugin thread (the maglev
+    /// plugin's rebuild needs ~27 M at 1024 rows).
     pub update_fuel: u64,
+    /// Fuel per `lb_update` tried on a worker: a few µs (about 0.12 ns a
+    /// unit). An update that needs more, or that is still running at the
+    /// next epoch tick, is abandoned there and run on the plugin thread;
+    /// the worker's new flows of that VIP go to native Maglev meanwhile.
+    pub worker_update_fuel: u64,
+    /// Most CPU time the smoke test's `lb_update` may take for the plugin's
+    /// updates to be tried on the workers at all; above it they always run
+    /// on the plugin thread.
+    pub worker_update_time: Duration,
     /// Fuel per `lb_health` and per set-up call (`lb_abi_version`, ...).
     pub small_fuel: u64,
     /// Period of the epoch ticker, which drives the CPU-time backstop below.
@@ -51,6 +61,8 @@ impl Default for HostConfig {
             pick_fuel_base: 10_000,
             pick_fuel_per_row: 100,
             update_fuel: 50_000_000,
+            worker_update_fuel: 50_000,
+            worker_update_time: Duration::from_micros(100),
             small_fuel: 10_000,
             epoch_tick: Duration::from_millis(1),
             pick_cpu_limit: Duration::from_millis(10),
@@ -61,7 +73,8 @@ impl Default for HostConfig {
     }
 }
 
-/// Fuel and CPU time for one call.
+/// Fuel and CPU time for one call. A zero `cpu` interrupts the call at
+/// the first epoch tick inside it, whatever CPU time it used.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Budget {
     pub fuel: u64,
@@ -76,6 +89,10 @@ impl HostConfig {
 
     pub(crate) fn update_budget(&self) -> Budget {
         Budget { fuel: self.update_fuel, cpu: self.update_cpu_limit }
+    }
+
+    pub(crate) fn worker_update_budget(&self) -> Budget {
+        Budget { fuel: self.worker_update_fuel, cpu: Duration::ZERO }
     }
 
     pub(crate) fn small_budget(&self) -> Budget {

@@ -24,11 +24,55 @@ pub enum Fault {
     Instantiate(String),
 }
 
+/// What kind of fault, as the counters split them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// A trap other than the two budgets: out-of-bounds access,
+    /// `unreachable`, stack overflow, memory growth past the cap.
+    Trap,
+    /// Out of fuel or past the CPU-time limit.
+    Budget,
+    BadIndex,
+    Ineligible,
+    BadHealth,
+    Instantiate,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 6] =
+        [FaultKind::Trap, FaultKind::Budget, FaultKind::BadIndex, FaultKind::Ineligible, FaultKind::BadHealth, FaultKind::Instantiate];
+
+    /// The name in `stats --json` and in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Budget => "budget",
+            FaultKind::BadIndex => "bad_index",
+            FaultKind::Ineligible => "ineligible",
+            FaultKind::BadHealth => "bad_health",
+            FaultKind::Instantiate => "instantiate",
+        }
+    }
+}
+
 impl Fault {
     /// Whether the instance must be discarded: after a trap its memory may
     /// be half-written.
     pub fn discards_instance(&self) -> bool {
         matches!(self, Fault::Trap { .. } | Fault::Instantiate(_))
+    }
+
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Trap { error, .. } => match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel | Trap::Interrupt) => FaultKind::Budget,
+                _ => FaultKind::Trap,
+            },
+            Fault::BadIndex { .. } => FaultKind::BadIndex,
+            Fault::Ineligible { .. } => FaultKind::Ineligible,
+            Fault::BadHealth(_) => FaultKind::BadHealth,
+            Fault::Instantiate(_) => FaultKind::Instantiate,
+        }
     }
 }
 
@@ -37,6 +81,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::Trap { call, error } => match error.downcast_ref::<Trap>() {
                 Some(Trap::Interrupt) => write!(f, "`{call}` ran past its CPU-time limit"),
+                Some(Trap::OutOfFuel) => write!(f, "`{call}` ran out of fuel"),
                 Some(trap) => write!(f, "`{call}` trapped: {trap}"),
                 None => write!(f, "`{call}` failed: {error:#}"),
             },

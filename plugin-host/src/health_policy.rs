@@ -45,13 +45,9 @@ impl Policy for HealthPolicy {
             encode(h.state) as i32,
             i32::from(seen.configured_weight),
         );
-        let from_plugin = self.plugin.instance().and_then(|(cfg, live)| live.health(cfg, pool, args).transpose());
-        match from_plugin {
+        match self.plugin.health(pool, args) {
             Some(Ok(verdict)) => decode(verdict),
-            Some(Err(fault)) => {
-                self.plugin.fault(fault);
-                h.state
-            }
+            Some(Err(())) => h.state,
             None => rise_fall(seen),
         }
     }

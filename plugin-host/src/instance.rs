@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::BackendState;
 use wasmtime::{Engine, InstancePre, Memory, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
@@ -42,6 +41,7 @@ fn on_epoch_tick(mut ctx: StoreContextMut<'_, Sandbox>) -> wasmtime::Result<Upda
     let now = fulcrum_io::thread_cpu_time();
     let s = ctx.data_mut();
     match s.cpu_mark {
+        None if s.cpu_limit.is_zero() => Ok(UpdateDeadline::Interrupt),
         Some(mark) if now.saturating_sub(mark) >= s.cpu_limit => Ok(UpdateDeadline::Interrupt),
         Some(_) => Ok(UpdateDeadline::Continue(1)),
         None => {
@@ -151,9 +151,10 @@ impl Live {
 
     /// Brings rows `0..n` of guest memory up to date with `backends`,
     /// writing only the rows that changed, and the flow record if given;
-    /// then runs `lb_update` if the set, a weight or a health state changed
-    /// (ABI.md §2, §5). The caller ensures `n <= cap`.
-    fn sync(&mut self, cfg: &HostConfig, backends: &[BackendState], flow: Option<&[u8; abi::FLOW_SIZE]>) -> Result<(), Fault> {
+    /// then, if the set, a weight or a health state changed (ABI.md §2,
+    /// §5), runs `lb_update` within `update`, or with `None` leaves it owed.
+    /// Whether an update is still owed. The caller ensures `n <= cap`.
+    pub fn sync(&mut self, backends: &[BackendState], flow: Option<&[u8; abi::FLOW_SIZE]>, update: Option<Budget>) -> Result<bool, Fault> {
         let n = backends.len();
         if n != self.rows.len() {
             self.update_owed = true;
@@ -179,23 +180,33 @@ impl Live {
             row.write(dst);
         }
         if self.update_owed {
-            if let Some(update) = &self.exports.update {
-                call(&mut self.store, update, n as i32, cfg.update_budget(), "lb_update")?;
-            }
+            let Some(lb_update) = &self.exports.update else {
+                self.update_owed = false;
+                return Ok(false);
+            };
+            let Some(budget) = update else { return Ok(true) };
+            call(&mut self.store, lb_update, n as i32, budget, "lb_update")?;
             self.update_owed = false;
         }
-        Ok(())
+        Ok(false)
     }
 
-    /// One decision (ABI.md §4): `Ok(None)` when the plugin declines or
-    /// the pool is larger than the plugin's capacity (the control plane
-    /// refuses such a pool at load; a reload may still grow it).
-    pub fn pick(&mut self, cfg: &HostConfig, flow: &FlowKey, hash: u64, backends: &[BackendState]) -> Result<Option<usize>, Fault> {
+    /// The fuel and the CPU time `lb_update` used over `backends`, in a
+    /// call within `budget` (the smoke test's measure).
+    pub fn measure_update(&mut self, backends: &[BackendState], budget: Budget) -> Result<(u64, Duration), Fault> {
+        self.sync(backends, None, None)?;
+        let Some(lb_update) = &self.exports.update else { return Ok((0, Duration::ZERO)) };
+        let started = fulcrum_io::thread_cpu_time();
+        call(&mut self.store, lb_update, backends.len() as i32, budget, "lb_update")?;
+        let took = fulcrum_io::thread_cpu_time().saturating_sub(started);
+        self.update_owed = false;
+        Ok((budget.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0)), took))
+    }
+
+    /// One decision (ABI.md §4) over rows synced first: `Ok(None)` when
+    /// the plugin declines.
+    pub fn pick(&mut self, cfg: &HostConfig, backends: &[BackendState]) -> Result<Option<usize>, Fault> {
         let n = backends.len();
-        if n > self.cap {
-            return Ok(None);
-        }
-        self.sync(cfg, backends, Some(&abi::flow_record(flow, hash)))?;
         match call(&mut self.store, &self.exports.pick, n as i32, cfg.pick_budget(n), "lb_pick")? {
             -1 => Ok(None),
             r if r >= 0 && (r as usize) < n => {
@@ -206,15 +217,9 @@ impl Live {
         }
     }
 
-    /// `lb_health` (ABI.md §6), or `None` when the plugin has none. Rows
-    /// are synced first: the policy may read its backend's row.
-    pub fn health(&mut self, cfg: &HostConfig, backends: &[BackendState], args: HealthArgs) -> Result<Option<u32>, Fault> {
-        if self.exports.health.is_none() {
-            return Ok(None);
-        }
-        if backends.len() <= self.cap {
-            self.sync(cfg, backends, None)?;
-        }
+    /// `lb_health` (ABI.md §6) over rows synced first, or `None` when the
+    /// plugin has none.
+    pub fn health(&mut self, cfg: &HostConfig, args: HealthArgs) -> Result<Option<u32>, Fault> {
         let Some(health) = &self.exports.health else { return Ok(None) };
         let v = call(&mut self.store, health, args, cfg.small_budget(), "lb_health")? as u32;
         if v >> 17 != 0 { Err(Fault::BadHealth(v)) } else { Ok(Some(v & (HEALTH_UP | 0xffff))) }

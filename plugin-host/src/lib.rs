@@ -9,12 +9,10 @@
 //!   [`WasmScheduler`] from [`PluginSlot::scheduler`]: its own store and
 //!   instance, typed calls of plain core-module exports, the backend rows
 //!   kept in guest memory and rewritten only when they change, `lb_update`
-//!   only when the set, a weight or a health state changed. `lb_update`
-//!   runs on the worker, at its first pick after such a change: for the
-//!   maglev plugin's table rebuild that is milliseconds, once per worker
-//!   per change, which keeps the design simple; building it on the control
-//!   thread and publishing the instance (ABI.md §5) is the way out if it
-//!   ever matters.
+//!   only when the set, a weight or a health state changed. A worker tries
+//!   `lb_update` within a few µs of fuel and one epoch tick; longer updates
+//!   (the maglev plugin's table rebuild) run on the slot's plugin thread,
+//!   which hands the worker a prepared instance (ABI.md §5).
 //! - Sandbox: fuel per call, a CPU-time limit as a backstop (checked at the
 //!   ticks of one shared epoch thread), a memory cap (growing past it
 //!   traps), a native stack cap, no imports. A fault (trap, exhausted fuel
@@ -44,7 +42,7 @@ mod slot;
 
 pub use abi::ABI_VERSION;
 pub use config::HostConfig;
-pub use error::{Fault, LoadError};
+pub use error::{Fault, FaultKind, LoadError};
 pub use health_policy::HealthPolicy;
-pub use runtime::{Plugin, PluginRuntime};
-pub use slot::{PluginSlot, PluginStats, WasmScheduler};
+pub use runtime::{Plugin, PluginRuntime, module_hash};
+pub use slot::{Fallbacks, LastFault, PluginSlot, PluginStats, WasmScheduler};

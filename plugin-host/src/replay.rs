@@ -149,7 +149,7 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         let remapped_from_failed = changed.clone().filter(|(a, _)| a.is_some_and(|a| opts.failures.contains(&a))).count();
         FailurePass { failed: opts.failures.clone(), pass, remapped: changed.count(), remapped_from_failed }
     });
-    Ok(ReplayReport { plugin: name, flows: opts.flows, weights, loads, all_up, failure, faults: slot.stats().faults })
+    Ok(ReplayReport { plugin: name, flows: opts.flows, weights, loads, all_up, failure, faults: slot.stats().fault_count() })
 }
 
 /// One pass on a fresh instance (as a new worker would start): the
@@ -159,6 +159,9 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, flows:
     let inputs: Vec<MaglevInput> = pool.iter().map(|b| MaglevInput { ident: b.id, weight: if b.up { b.weight } else { 0 } }).collect();
     let maglev = Maglev::build(&inputs).ok();
     let mut sched = slot.scheduler();
+    // A replay may wait for an instance prepared off the picking thread,
+    // which a worker never does: every flow is the plugin's to place.
+    sched.wait_ready(&pool, PREPARE_TIMEOUT);
     let mut pass = Pass { flows: vec![0; pool.len()], fallbacks: 0, unplaced: 0 };
     let vip = IpAddr::from([198, 18, 0, 100]);
     let placed = (0..flows)
@@ -182,6 +185,9 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, flows:
         .collect();
     (pass, placed)
 }
+
+/// Longer than any update within the default budget (1 s of CPU).
+const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn share(part: usize, whole: usize) -> f64 {
     if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }

@@ -3,6 +3,7 @@
 //! this happens on the control thread, never on a worker.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -118,8 +119,18 @@ impl PluginRuntime {
         let pre = Linker::new(&self.engine).instantiate_pre(&module).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let module = Compiled { pre, has_update: shape.update, has_health: shape.health };
         let cap = Live::new(&self.engine, &self.cfg, &module)?.cap() as u32;
-        Ok(Plugin(Arc::new(PluginInner { name: name.to_string(), runtime: Arc::clone(self), module, cap })))
+        let inner =
+            PluginInner { name: name.to_string(), hash: module_hash(wasm), runtime: Arc::clone(self), module, cap, update_off_worker: AtomicBool::new(false) };
+        Ok(Plugin(Arc::new(inner)))
     }
+}
+
+/// A module's fingerprint, shown with its name: not cryptographic, it
+/// only tells an operator's new build from the running one.
+pub fn module_hash(wasm: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    wasm.hash(&mut h);
+    h.finish()
 }
 
 /// The first four bytes of every WebAssembly binary.
@@ -209,14 +220,29 @@ pub struct Plugin(pub(crate) Arc<PluginInner>);
 
 pub(crate) struct PluginInner {
     pub name: String,
+    pub hash: u64,
     pub runtime: Arc<PluginRuntime>,
     pub module: Compiled,
     pub cap: u32,
+    /// Set by the smoke test when `lb_update` took longer than a worker
+    /// may spend on it.
+    pub update_off_worker: AtomicBool,
 }
 
 impl Plugin {
     pub fn name(&self) -> &str {
         &self.0.name
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.0.hash
+    }
+
+    /// Whether its `lb_update` runs on the slot's plugin thread only (see
+    /// `slot`): the smoke test's took more than `worker_update_fuel` or
+    /// `worker_update_time`.
+    pub fn update_off_worker(&self) -> bool {
+        self.0.update_off_worker.load(Ordering::Relaxed)
     }
 
     /// Backend rows the plugin holds: the largest pool it can serve.
@@ -239,14 +265,21 @@ impl Plugin {
     }
 
     /// ABI.md §3 step 5 on a fresh instance: the pool fits, all rows
-    /// written, `lb_update`, and one `lb_pick` of a synthetic flow must
-    /// answer -1 or an eligible row.
+    /// written, `lb_update` (timed: it tells where later updates run), and
+    /// one `lb_pick` of a synthetic flow must answer -1 or an eligible row.
     pub fn smoke_test(&self, pool: &[BackendState]) -> Result<(), LoadError> {
         if pool.len() > self.capacity() {
             return Err(LoadError::Capacity { cap: self.0.cap, pool: pool.len() });
         }
+        let cfg = self.0.runtime.config();
+        let mut live = self.instantiate()?;
+        let (fuel, took) = live.measure_update(pool, cfg.update_budget()).map_err(LoadError::Smoke)?;
+        if fuel > cfg.worker_update_fuel || took > cfg.worker_update_time {
+            self.0.update_off_worker.store(true, Ordering::Relaxed);
+        }
         let flow = FlowKey::new([198, 18, 0, 1].into(), [198, 18, 0, 100].into(), 40_000, 80, IpProtocol::TCP);
-        self.instantiate()?.pick(self.0.runtime.config(), &flow, flow.hash64(), pool).map_err(LoadError::Smoke)?;
+        live.sync(pool, Some(&abi::flow_record(&flow, flow.hash64())), Some(cfg.update_budget())).map_err(LoadError::Smoke)?;
+        live.pick(cfg, pool).map_err(LoadError::Smoke)?;
         Ok(())
     }
 }

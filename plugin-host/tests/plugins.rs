@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::health_policy::{BackendHealth, CheckResult, HealthState, Observation, Policy};
@@ -18,7 +18,9 @@ use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, RST, SYN};
 use fulcrum_dataplane::{Backend, Engine, EngineConfig, Mode, Verdict};
 use fulcrum_plugin_host::replay::{self, ReplayOptions};
-use fulcrum_plugin_host::{HealthPolicy, HostConfig, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler};
+use fulcrum_plugin_host::{
+    Fallbacks, FaultKind, HealthPolicy, HostConfig, LastFault, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler,
+};
 use fulcrum_testing::one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 use fulcrum_testing::plugins::shipped;
 
@@ -111,7 +113,12 @@ fn every_plugin_loads_and_places_every_new_flow_through_the_engine() {
             other => panic!("{other}: a shipped plugin without an expectation here"),
         }
         let s = slot.stats();
-        assert_eq!((s.picks, s.fallbacks, s.faults, s.instantiations), (30, 0, 0, 1), "{name}: {s:?}");
+        // An update too long for a worker (the maglev table) is prepared
+        // on the plugin thread: Maglev places the flows meanwhile.
+        let prepared = slot.plugin().is_some_and(|p| p.update_off_worker());
+        assert_eq!(prepared, name == "maglev", "{name}");
+        let instances = if prepared { s.instantiations.min(1) } else { 1 };
+        assert_eq!((s.picks, s.fallbacks.total() - s.fallbacks.preparing, s.fault_count(), s.instantiations), (30, 0, 0, instances), "{name}: {s:?}");
         assert_eq!(s.plugin.as_deref(), Some(name));
         assert_eq!(e.stats().scheduler_faults.get(), 0);
     }
@@ -287,12 +294,12 @@ impl tracing::Subscriber for Events {
 
 /// Each run-time misbehaviour and the fault it ends in.
 const RUNTIME_HOSTILES: [(&str, &str); 6] = [
-    ("infinite-loop", "`lb_pick` trapped: wasm trap: all fuel consumed by WebAssembly"),
+    ("infinite-loop", "`lb_pick` ran out of fuel"),
     ("out-of-bounds", "`lb_pick` trapped: wasm trap: out of bounds memory access"),
     ("unreachable", "`lb_pick` trapped: wasm trap: wasm `unreachable` instruction executed"),
     ("memory-growth", "`lb_pick` failed: forcing trap when growing memory to 16908288 bytes"),
     // Its deep frames use up the fuel first (see stack_overflows_trap).
-    ("stack-overflow", "`lb_pick` trapped: wasm trap: all fuel consumed by WebAssembly"),
+    ("stack-overflow", "`lb_pick` ran out of fuel"),
     ("bad-index", "`lb_pick` returned 3 for a pool of 3"),
 ];
 
@@ -336,17 +343,28 @@ fn run_time_hostiles_fall_back_to_maglev_and_are_quarantined_after_k_faults() {
         let st = slot.stats();
         // K = 3 faults, then quarantine: no further calls.
         let instances = if name == "bad-index" { 1 } else { 3 };
+        let last = st.last_fault.clone().expect("a last fault");
+        let kind = if name == "bad-index" {
+            FaultKind::BadIndex
+        } else if reason.contains("fuel") {
+            FaultKind::Budget
+        } else {
+            FaultKind::Trap
+        };
         let want = PluginStats {
             plugin: Some(name.into()),
+            hash: Some(fulcrum_plugin_host::module_hash(&wasm(&format!("hostile-{name}")))),
             generation: 1,
             picks: 10,
-            fallbacks: 10,
-            faults: 3,
+            fallbacks: Fallbacks { fault: 3, quarantined: 7, ..Fallbacks::default() },
+            faults: FaultKind::ALL.map(|k| if k == kind { 3 } else { 0 }),
             instantiations: instances,
             quarantined: true,
-            last_fault: Some(reason.into()),
+            last_fault: Some(LastFault { message: reason.into(), ..last }),
         };
         assert_eq!(st, want, "{name}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(last.at) <= 5, "the fault's time is now: {last:?}");
     }
     let lines = events.0.lock().unwrap();
     assert_eq!(lines.len(), RUNTIME_HOSTILES.len(), "one line per quarantine: {lines:#?}");
@@ -363,7 +381,7 @@ fn what_fuel_does_not_stop_the_stack_limit_and_the_cpu_limit_do() {
     let fault = |wasm: &[u8]| {
         let slot = published(rt.compile("deep", wasm).unwrap());
         assert_eq!(slot.scheduler().pick(&FlowKey::default(), 0, &states(&[1])), None);
-        slot.stats().last_fault.unwrap()
+        slot.stats().last_fault.unwrap().message
     };
     // The SDK's shadow stack runs below address 0.
     assert_eq!(fault(&wasm("hostile-stack-overflow")), "`lb_pick` trapped: wasm trap: out of bounds memory access");
@@ -373,6 +391,60 @@ fn what_fuel_does_not_stop_the_stack_limit_and_the_cpu_limit_do() {
     // loop br 0 end; i32.const 0: the CPU-time limit ends it.
     let spin = hand_plugin(vec![func("lb_pick", 1, 1, vec![0x03, 0x40, 0x0c, 0, 0x0b, 0x41, 0])], HEADER);
     assert_eq!(fault(&spin), "`lb_pick` ran past its CPU-time limit");
+}
+
+#[test]
+fn a_slow_update_runs_on_the_plugin_thread_never_on_the_worker() {
+    let pool = states(&[1, 1, 1]);
+    // The smoke test tells where updates run: the maglev table's rebuild
+    // (millions of fuel) and this one (0.2 s of memory.fill) off the
+    // workers, the weighted round robin's reset (thousands) on them.
+    assert!(load("maglev", &pool).update_off_worker());
+    assert!(!load("weighted-round-robin", &pool).update_off_worker());
+    let t = Instant::now();
+    let plugin = load("hostile-slow-update", &pool);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(30), "the smoke test's update is slow: {took:?}");
+    assert!(plugin.update_off_worker());
+    let slot = published(plugin);
+    let mut sched = slot.scheduler();
+    let flow = FlowKey::default();
+    let mut reweighted = pool.clone();
+    reweighted[2].weight = 5;
+    let mut slowest = Duration::ZERO;
+    // The first instance, then a placement change: each time Maglev
+    // answers at once until the plugin thread has the instance ready.
+    for rows in [&pool, &reweighted] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut fallbacks = 0;
+        loop {
+            let t = Instant::now();
+            let choice = sched.pick(&flow, 0, rows);
+            slowest = slowest.max(t.elapsed());
+            if choice == Some(0) {
+                break;
+            }
+            fallbacks += 1;
+            assert!(Instant::now() < deadline, "never prepared: {:?}", slot.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(fallbacks >= 1, "the first pick cannot have waited for a 0.2 s update");
+    }
+    assert!(slowest < Duration::from_millis(20), "a pick took {slowest:?}");
+    let s = slot.stats();
+    assert_eq!(s.fault_count(), 0, "{s:?}");
+    assert_eq!(s.fallbacks.total(), s.fallbacks.preparing, "{s:?}");
+    assert_eq!(s.instantiations, 2, "one prepared instance per placement: {s:?}");
+}
+
+#[test]
+fn declines_are_counted_as_such() {
+    let pool = states(&[1, 1, 1]);
+    let slot = published(load("hostile-silent-decline", &pool));
+    let mut sched = slot.scheduler();
+    assert!((0..10).all(|_| sched.pick(&FlowKey::default(), 0, &pool).is_none()));
+    let s = slot.stats();
+    assert_eq!((s.picks, s.fallbacks.clone(), s.fault_count()), (10, Fallbacks { declined: 10, ..Fallbacks::default() }, 0));
 }
 
 #[test]
@@ -386,7 +458,7 @@ fn a_new_version_lifts_the_quarantine() {
     slot.publish(load("round-robin", &pool));
     assert_eq!((0..4).map(|_| sched.pick(&flow, 0, &pool)).collect::<Vec<_>>(), [Some(0), Some(1), Some(2), Some(0)]);
     let s = slot.stats();
-    assert_eq!((s.faults, s.fallbacks, s.quarantined, s.generation), (3, 5, false, 2));
+    assert_eq!((s.fault_count(), s.fallbacks.total(), s.quarantined, s.generation), (3, 5, false, 2));
 }
 
 #[test]
@@ -415,7 +487,7 @@ fn a_pool_larger_than_the_plugin_falls_back_without_a_fault() {
     assert_eq!(sched.pick(&FlowKey::default(), 0, &states(&[1; 1025])), None);
     assert_eq!(sched.pick(&FlowKey::default(), 0, &states(&[1; 1024])), Some(0));
     let s = slot.stats();
-    assert_eq!((s.picks, s.fallbacks, s.faults), (2, 1, 0));
+    assert_eq!((s.picks, s.fallbacks.over_capacity, s.fallbacks.total(), s.fault_count()), (2, 1, 1, 0));
 }
 
 #[test]
@@ -602,7 +674,7 @@ fn the_health_policy_comes_from_the_plugin_or_native_rise_fall() {
     let mut b = BackendHealth::new(up8);
     assert_eq!((0..3).map(|_| check(&mut policy, &mut b, false, 1, (1, 1)).up).collect::<Vec<_>>(), [true, true, true]);
     assert!(slot.stats().quarantined);
-    assert_eq!(slot.stats().faults, 3);
+    assert_eq!(slot.stats().faults_of(FaultKind::BadHealth), 3);
     assert!(!check(&mut policy, &mut b, false, 1, (1, 1)).up);
 }
 
@@ -654,7 +726,7 @@ fn hot_swaps_under_continuous_picks_lose_nothing_and_take_effect_at_once() {
     done.store(true, Ordering::Release);
     picker.join().expect("picker thread");
     let s = slot.stats();
-    assert_eq!((s.generation, s.fallbacks, s.faults, s.instantiations), (21, 0, 0, 21));
+    assert_eq!((s.generation, s.fallbacks.total(), s.fault_count(), s.instantiations), (21, 0, 0, 21));
     assert!(s.picks >= 20 * 50);
 }
 

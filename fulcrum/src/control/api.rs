@@ -222,6 +222,13 @@ pub struct VipStatus {
     /// none for Maglev.
     #[serde(default)]
     pub scheduler_generation: Option<u64>,
+    /// The plugin module's hash (16 hex digits), telling builds apart.
+    #[serde(default)]
+    pub scheduler_hash: Option<String>,
+    /// The plugin faulted too often: new flows go to native Maglev until
+    /// a new version is loaded.
+    #[serde(default)]
+    pub quarantined: bool,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -321,6 +328,67 @@ pub struct VipStats {
     /// Drops counted against this VIP, by reason (non-zero only).
     pub drops: BTreeMap<String, u64>,
     pub backends: Vec<BackendStats>,
+    /// The scheduler plugin in force, if any, and what it did.
+    #[serde(default)]
+    pub plugin: Option<PluginReport>,
+}
+
+/// A VIP's scheduler plugin as the workers run it: counts summed over the
+/// workers since the VIP's first plugin (they span versions), the rest
+/// of the version in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginReport {
+    pub name: String,
+    /// The module's hash (16 hex digits).
+    pub hash: String,
+    pub generation: u64,
+    /// New flows the plugin was asked to place.
+    pub picks: u64,
+    /// Of those, the ones it declined (-1).
+    pub declines: u64,
+    /// Of those, the ones native Maglev placed, by why: declined, fault,
+    /// quarantined, preparing (its instance was being prepared off the
+    /// worker), over_capacity, unavailable.
+    pub fallbacks: BTreeMap<String, u64>,
+    /// Faults by kind: trap, budget (fuel or CPU time), bad_index,
+    /// ineligible, bad_health, instantiate.
+    pub faults: BTreeMap<String, u64>,
+    pub quarantined: bool,
+    pub last_fault: Option<PluginFault>,
+    /// Instances the workers ran.
+    pub instantiations: u64,
+}
+
+impl PluginReport {
+    /// One line for `fulcrum stats`: what the plugin did, and what went
+    /// wrong if anything did.
+    pub fn summary(&self) -> String {
+        let nonzero = |m: &BTreeMap<String, u64>| m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
+        let mut line = format!(
+            "plugin {} (generation {}, {}): {} picks, {} instantiations, fallbacks: {}, faults: {}",
+            self.name,
+            self.generation,
+            self.hash,
+            self.picks,
+            self.instantiations,
+            Some(nonzero(&self.fallbacks)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
+            Some(nonzero(&self.faults)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
+        );
+        if self.quarantined {
+            line.push_str(", QUARANTINED");
+        }
+        if let Some(f) = &self.last_fault {
+            let _ = write!(line, "; last fault at {}: {}", f.at, f.message);
+        }
+        line
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginFault {
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -513,10 +581,13 @@ impl Status {
 pub fn vips_table(vips: &[VipStatus]) -> String {
     let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT", &"RUNTIME"])];
     for v in vips {
-        let scheduler = match v.scheduler_generation {
-            Some(g) => format!("{} (generation {g})", v.scheduler),
-            None => v.scheduler.clone(),
+        let mut scheduler = match (v.scheduler_generation, &v.scheduler_hash) {
+            (Some(g), Some(h)) => format!("{} (generation {g}, {h})", v.scheduler),
+            _ => v.scheduler.clone(),
         };
+        if v.quarantined {
+            scheduler.push_str(" QUARANTINED: maglev");
+        }
         rows.push(row(&[&v.name, &v.mode, &scheduler, &"", &""]));
         rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &b.weight, &b.runtime.as_deref().unwrap_or("")])));
     }
@@ -561,6 +632,11 @@ impl StatsReport {
         // Which VIP they hit, e.g. one out of full-NAT sources.
         for v in self.vips.iter().filter(|v| v.drops.values().any(|&n| n > 0)) {
             let _ = write!(out, "\n  vip {}: {}", v.name, reasons(&v.drops));
+        }
+        for v in &self.vips {
+            if let Some(p) = &v.plugin {
+                let _ = write!(out, "\n  vip {}: {}", v.name, p.summary());
+            }
         }
         let _ = writeln!(
             out,

@@ -278,6 +278,7 @@ impl Daemon {
         };
         let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), &shared, u64::from(config.limits.connections_per_worker)));
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
+        telemetry.set_plugins(plugins.slots());
         if let Some((ha, sync)) = &ha {
             telemetry.set_sync(Arc::clone(ha), Arc::clone(&sync.counters));
         }
@@ -622,8 +623,10 @@ impl Daemon {
                     cfg::Mode::Gue { .. } => "gue",
                 }
                 .into(),
-                scheduler: in_force(v).map_or_else(|| "maglev".into(), |(name, _)| name),
-                scheduler_generation: in_force(v).map(|(_, generation)| generation),
+                scheduler: in_force(v).map_or_else(|| "maglev".into(), |p| p.name),
+                scheduler_generation: in_force(v).map(|p| p.generation),
+                scheduler_hash: in_force(v).map(|p| p.hash),
+                quarantined: in_force(v).is_some_and(|p| p.quarantined),
                 backends: v
                     .backends
                     .iter()

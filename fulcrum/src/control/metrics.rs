@@ -150,6 +150,7 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
         }
     }
     backend_health(&mut out, s);
+    vip_plugins(&mut out, s);
     let name = "fulcrum_vip_drops_total";
     let mut f = Family::new(&mut out, name, "counter", "Frames for a VIP dropped, per VIP and reason (reasons seen so far).");
     for v in &s.vips {
@@ -263,6 +264,51 @@ fn render_sync(out: &mut String, s: &SyncReport) {
     f.sample(&format!("{name}_count"), "", cumulative);
 }
 
+/// Per VIP with a scheduler plugin: which one is in force, what it did
+/// and what went wrong.
+fn vip_plugins(out: &mut String, s: &StatsReport) {
+    let plugins = || s.vips.iter().filter_map(|v| Some((vip_labels(&v.name), v.plugin.as_ref()?)));
+    let name = "fulcrum_vip_plugin_info";
+    let mut f = Family::new(out, name, "gauge", "The scheduler plugin in force (labels plugin, hash); the value is its generation.");
+    for (labels, p) in plugins() {
+        f.sample(name, &format!("{labels},plugin=\"{}\",hash=\"{}\"", p.name, p.hash), p.generation);
+    }
+    let name = "fulcrum_vip_plugin_picks_total";
+    let mut f = Family::new(out, name, "counter", "New flows the scheduler plugin was asked to place.");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, p.picks);
+    }
+    let name = "fulcrum_vip_plugin_fallbacks_total";
+    let mut f = Family::new(out, name, "counter", "New flows native Maglev placed instead of the plugin, by reason.");
+    for (labels, p) in plugins() {
+        for (reason, n) in &p.fallbacks {
+            f.sample(name, &format!("{labels},reason=\"{reason}\""), n);
+        }
+    }
+    let name = "fulcrum_vip_plugin_faults_total";
+    let mut f = Family::new(out, name, "counter", "Scheduler plugin faults, by kind.");
+    for (labels, p) in plugins() {
+        for (kind, n) in &p.faults {
+            f.sample(name, &format!("{labels},kind=\"{kind}\""), n);
+        }
+    }
+    let name = "fulcrum_vip_plugin_quarantined";
+    let mut f = Family::new(out, name, "gauge", "1 while the plugin in force is quarantined (its new flows go to native Maglev).");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, u8::from(p.quarantined));
+    }
+    let name = "fulcrum_vip_plugin_instantiations_total";
+    let mut f = Family::new(out, name, "counter", "Plugin instances the workers ran.");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, p.instantiations);
+    }
+    let name = "fulcrum_vip_plugin_last_fault_timestamp_seconds";
+    let mut f = Family::new(out, name, "gauge", "When the plugin in force last faulted (Unix time).");
+    for (labels, at) in plugins().filter_map(|(l, p)| Some((l, p.last_fault.as_ref()?.at))) {
+        f.sample(name, &labels, at);
+    }
+}
+
 /// Per backend of a VIP: whether it takes new flows, its weight in force,
 /// its connections, byte rate and handshake time, and its health checks
 /// (backends of VIPs with checks only).
@@ -313,7 +359,7 @@ fn backend_health(out: &mut String, s: &StatsReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::{BackendStats, CheckCounters, LastReload, VipStats, WorkerReport};
+    use crate::control::api::{BackendStats, CheckCounters, LastReload, PluginFault, PluginReport, VipStats, WorkerReport};
 
     #[test]
     fn exposition_format() {
@@ -333,6 +379,18 @@ mod tests {
                     handshake_rtt_us: Some(250),
                     checks: Some(CheckCounters { passed: 7, failed: 3, went_down: 1, went_up: 0, rtt_us: 1500 }),
                 }],
+                plugin: Some(PluginReport {
+                    name: "least-connections".into(),
+                    hash: "00000000000000ab".into(),
+                    generation: 2,
+                    picks: 9,
+                    declines: 1,
+                    fallbacks: [("declined".to_string(), 1), ("preparing".to_string(), 2)].into(),
+                    faults: [("trap".to_string(), 3)].into(),
+                    quarantined: true,
+                    last_fault: Some(PluginFault { message: "`lb_pick` trapped".into(), at: 1_700_000_000 }),
+                    instantiations: 4,
+                }),
             }],
             drops: [("no_backend".to_string(), 1), ("truncated".to_string(), 0)].into(),
             workers: vec![WorkerReport {
@@ -373,6 +431,13 @@ mod tests {
             concat!("fulcrum_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
             "fulcrum_config_last_reload_successful 0",
             "fulcrum_config_last_reload_success_timestamp_seconds 1700000000",
+            "fulcrum_vip_plugin_info{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",plugin=\"least-connections\",hash=\"00000000000000ab\"} 2",
+            "fulcrum_vip_plugin_picks_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 9",
+            "fulcrum_vip_plugin_fallbacks_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",reason=\"preparing\"} 2",
+            "fulcrum_vip_plugin_faults_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",kind=\"trap\"} 3",
+            "fulcrum_vip_plugin_quarantined{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1",
+            "fulcrum_vip_plugin_instantiations_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 4",
+            "fulcrum_vip_plugin_last_fault_timestamp_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1700000000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -5,7 +5,6 @@
 //! it. Publishing swaps a plugin in for new flows on every worker.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,8 +12,9 @@ use fulcrum_config as cfg;
 use fulcrum_dataplane::sched::BackendState;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
-use fulcrum_plugin_host::{HostConfig, Plugin, PluginRuntime, PluginSlot};
+use fulcrum_plugin_host::{FaultKind, HostConfig, Plugin, PluginRuntime, PluginSlot, PluginStats};
 
+use super::api::{PluginFault, PluginReport};
 use crate::error::{Context, Error};
 use crate::workers::Dataplane;
 
@@ -46,11 +46,7 @@ impl Module {
     pub fn read(path: &Path) -> Result<Module, Error> {
         let bytes = fulcrum_config::read_regular(path, MAX_MODULE_BYTES).map_err(|source| Error::File { path: path.display().to_string(), source })?;
         let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        // Not cryptographic: it only tells an operator's new build from the
-        // running one.
-        let mut h = std::hash::DefaultHasher::new();
-        bytes.hash(&mut h);
-        Ok(Module { name, from: Fingerprint { path: path.to_path_buf(), hash: h.finish() }, bytes })
+        Ok(Module { name, from: Fingerprint { path: path.to_path_buf(), hash: fulcrum_plugin_host::module_hash(&bytes) }, bytes })
     }
 
     /// Compiles, checks and smoke-tests the module against `pool`: what
@@ -86,10 +82,13 @@ pub enum SchedulerChange {
     Maglev(VipId),
 }
 
+/// The VIPs' scheduler slots, shared with the telemetry that reports them.
+pub type Slots = Arc<Mutex<HashMap<VipId, Arc<PluginSlot>>>>;
+
 #[derive(Default)]
 pub struct Plugins {
     runtime: Runtime,
-    slots: HashMap<VipId, Arc<PluginSlot>>,
+    slots: Slots,
     /// The file each VIP's configured plugin came from.
     configured: HashMap<VipId, Fingerprint>,
 }
@@ -97,6 +96,10 @@ pub struct Plugins {
 impl Plugins {
     pub fn runtime(&self) -> Runtime {
         self.runtime.clone()
+    }
+
+    pub fn slots(&self) -> Slots {
+        Arc::clone(&self.slots)
     }
 
     pub fn configured(&self) -> HashMap<VipId, Fingerprint> {
@@ -113,7 +116,7 @@ impl Plugins {
                 }
                 SchedulerChange::Maglev(vip) => {
                     self.configured.remove(&vip);
-                    if self.slots.remove(&vip).is_some() {
+                    if lock(&self.slots).remove(&vip).is_some() {
                         dataplane.set_scheduler(vip, &|_| None);
                         tracing::info!(vip, "scheduler back to maglev");
                     }
@@ -125,7 +128,8 @@ impl Plugins {
     /// Publishes a loaded plugin for the VIP's new flows: its generation.
     pub fn publish(&mut self, vip: VipId, plugin: Plugin, dataplane: &Dataplane) -> u64 {
         let name = plugin.name().to_string();
-        let slot = self.slots.entry(vip).or_insert_with(|| {
+        let mut slots = lock(&self.slots);
+        let slot = slots.entry(vip).or_insert_with(|| {
             let s = PluginSlot::new(format!("vip {vip}"));
             let follow = Arc::clone(&s);
             dataplane.set_scheduler(vip, &move |_| Some(Box::new(follow.scheduler())));
@@ -136,12 +140,51 @@ impl Plugins {
         generation
     }
 
-    /// The plugin the VIP's new flows go through, and its generation;
+    /// The plugin the VIP's new flows go through, and what it did;
     /// `None`: native Maglev.
-    pub fn in_force(&self, vip: VipId) -> Option<(String, u64)> {
-        let stats = self.slots.get(&vip)?.stats();
-        Some((stats.plugin?, stats.generation))
+    pub fn in_force(&self, vip: VipId) -> Option<PluginReport> {
+        report(&lock(&self.slots).get(&vip)?.stats())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What `stats` and the metrics show of a slot; `None` when no plugin is
+/// published in it.
+pub fn report(s: &PluginStats) -> Option<PluginReport> {
+    let f = &s.fallbacks;
+    let fallbacks = [
+        ("declined", f.declined),
+        ("fault", f.fault),
+        ("quarantined", f.quarantined),
+        ("preparing", f.preparing),
+        ("over_capacity", f.over_capacity),
+        ("unavailable", f.unavailable),
+    ];
+    Some(PluginReport {
+        name: s.plugin.clone()?,
+        hash: format!("{:016x}", s.hash?),
+        generation: s.generation,
+        picks: s.picks,
+        declines: f.declined,
+        fallbacks: fallbacks.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+        faults: FaultKind::ALL.iter().map(|&k| (k.name().to_string(), s.faults_of(k))).collect(),
+        quarantined: s.quarantined,
+        last_fault: s.last_fault.as_ref().map(|l| PluginFault { message: l.message.clone(), at: l.at }),
+        instantiations: s.instantiations,
+    })
+}
+
+/// Every fault of the VIPs' scheduler plugins, for `scheduler_faults`.
+pub fn faults(slots: &Slots) -> u64 {
+    lock(slots).values().map(|s| s.stats().fault_count()).sum()
+}
+
+/// The report of a VIP's plugin, if it has one.
+pub fn vip_report(slots: &Slots, vip: VipId) -> Option<PluginReport> {
+    report(&lock(slots).get(&vip)?.stats())
 }
 
 /// The VIP's id in the running services.

@@ -18,6 +18,7 @@ use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
 
 use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
+use super::plugins::{self, Slots};
 use crate::ha::sync::SyncCounters;
 use crate::ha::{Ha, WorkerSync};
 use crate::workers::WorkerStats;
@@ -37,6 +38,8 @@ pub struct Telemetry {
     sync: Mutex<Option<(Arc<Ha>, Arc<SyncCounters>)>>,
     /// Set once a drain started: the balancer wants no new traffic.
     draining: AtomicBool,
+    /// The VIPs' scheduler plugins.
+    plugins: Mutex<Slots>,
 }
 
 fn unix_now() -> u64 {
@@ -72,6 +75,7 @@ impl Telemetry {
             reloads: Mutex::new(Reloads { last_applied_at: unix_now(), ..Reloads::default() }),
             sync: Mutex::default(),
             draining: AtomicBool::new(false),
+            plugins: Mutex::default(),
         }
     }
 
@@ -84,6 +88,10 @@ impl Telemetry {
 
     pub fn set_draining(&self) {
         self.draining.store(true, Relaxed);
+    }
+
+    pub fn set_plugins(&self, slots: Slots) {
+        *lock(&self.plugins) = slots;
     }
 
     pub fn set_sync(&self, ha: Arc<Ha>, counters: Arc<SyncCounters>) {
@@ -155,6 +163,7 @@ impl Telemetry {
         let services = self.services();
         let health = lock(&self.health).clone();
         let engines: Vec<&Stats> = self.workers.iter().map(|(s, _)| &**s).collect();
+        let slots = lock(&self.plugins).clone();
         let vips = services
             .vips()
             .map(|(id, vip)| {
@@ -199,7 +208,8 @@ impl Telemetry {
                     })
                     .collect();
                 let name = vip_name(ip_from16(&vip.addr), vip.spec.proto, vip.spec.port);
-                VipStats { name, traffic: traffic(&engines.iter().map(|s| &s.vips[i]).collect::<Vec<_>>()), drops, backends }
+                let plugin = plugins::vip_report(&slots, id);
+                VipStats { name, traffic: traffic(&engines.iter().map(|s| &s.vips[i]).collect::<Vec<_>>()), drops, backends, plugin }
             })
             .collect();
         let drops: BTreeMap<String, u64> = DropReason::ALL.iter().map(|&r| (r.label().to_string(), engines.iter().map(|s| s.drops.get(r)).sum())).collect();
@@ -225,7 +235,10 @@ impl Telemetry {
             vips,
             drops,
             passed: engines.iter().map(|s| s.passed.get()).sum(),
-            scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum(),
+            // The engine's own check (a scheduler's answer out of range or
+            // ineligible) and every plugin fault, which the plugin host
+            // contains before the engine sees an answer.
+            scheduler_faults: engines.iter().map(|s| s.scheduler_faults.get()).sum::<u64>() + plugins::faults(&slots),
             fragments_followed: engines.iter().map(|s| s.fragments_followed.get()).sum(),
             fragments_placed: engines.iter().map(|s| s.fragments_placed.get()).sum(),
             syns_without_state: engines.iter().map(|s| s.syns_without_state.get()).sum(),

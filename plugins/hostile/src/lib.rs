@@ -15,6 +15,8 @@
 //! | `bad-abi-version`   | `lb_abi_version` returns 2                         | refuse the module at load          |
 //! | `bad-state-region`  | `lb_state_ptr` points 64 bytes before 4 GiB        | refuse the module at load          |
 //! | `unexpected-import` | imports `env.host_secret`                          | refuse the module at load          |
+//! | `slow-update`       | `lb_update` takes about 10 ms (legal: within its budget) | never run it on a worker     |
+//! | `silent-decline`    | `lb_pick` always answers -1                        | count and show the declines        |
 //!
 //! The exports are written by hand (not with `export_plugin!`) because they
 //! are meant to break the ABI's rules.
@@ -47,6 +49,24 @@ mod exports {
     #[unsafe(no_mangle)]
     extern "C" fn lb_pick(n: u32) -> i32 {
         super::pick(n)
+    }
+
+    #[cfg(feature = "slow-update")]
+    #[unsafe(no_mangle)]
+    extern "C" fn lb_update(n: u32) {
+        // A chain of loads, each address depending on the last load, over
+        // 8 MiB: about 10 ms, near the most the default update budget of
+        // fuel buys (wasmtime charges bulk memory operations per byte).
+        const WORDS: usize = 2 << 20;
+        static mut AREA: [u32; WORDS] = [0; WORDS];
+        let area = core::ptr::addr_of!(AREA).cast::<u32>();
+        let mut x = core::hint::black_box(n) as usize;
+        for i in 0..2_500_000usize {
+            // SAFETY: the index is masked below WORDS.
+            let v = unsafe { area.add(x & (WORDS - 1)).read_volatile() } as usize;
+            x = x.wrapping_mul(0x9e37_79b9).wrapping_add(v ^ i);
+        }
+        core::hint::black_box(x);
     }
 }
 
@@ -100,9 +120,15 @@ fn pick(_: u32) -> i32 {
     unsafe { host_secret() }
 }
 
+#[cfg(all(target_arch = "wasm32", feature = "silent-decline"))]
+fn pick(_: u32) -> i32 {
+    -1
+}
+
 #[cfg(all(
     target_arch = "wasm32",
     not(any(
+        feature = "silent-decline",
         feature = "infinite-loop",
         feature = "out-of-bounds",
         feature = "unreachable",

@@ -195,9 +195,20 @@ enum PluginCmd {
         /// Weights in backend order, comma-separated (missing ones are 1).
         #[arg(long, value_delimiter = ',')]
         weights: Vec<u32>,
-        /// Established connections per backend before the first flow.
-        #[arg(long, value_delimiter = ',')]
-        loads: Vec<u32>,
+        /// Established connections of backends before the first flow, as
+        /// every worker's together: IDX=N (IDX from 0), comma-separated,
+        /// e.g. `--load 1=30,3=500`.
+        #[arg(long, value_delimiter = ',', value_parser = parse_load)]
+        load: Vec<(usize, u32)>,
+        /// Smoothed response times of backends, as health checks or TCP
+        /// handshakes measure them: IDX=DURATION, e.g. `--rtt 1=2ms,2=40ms`
+        /// (units us, ms, s).
+        #[arg(long, value_delimiter = ',', value_parser = parse_rtt)]
+        rtt: Vec<(usize, u32)>,
+        /// Byte rates of backends, both directions: IDX=RATE, e.g. `--rate
+        /// 3=50MB/s` (units B/s, kB/s, MB/s, GB/s; decimal).
+        #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+        rate: Vec<(usize, u64)>,
         /// Backends (from 0) that fail in a second replay.
         #[arg(long, value_delimiter = ',', default_value = "0")]
         fail: Vec<usize>,
@@ -236,6 +247,45 @@ struct Target {
     json: bool,
 }
 
+/// `IDX=VALUE`, the value read by `value`.
+fn pair<T>(s: &str, what: &str, value: impl Fn(&str) -> Option<T>) -> Result<(usize, T), String> {
+    let (idx, v) = s.split_once('=').ok_or_else(|| format!("`{s}`: give IDX={what}"))?;
+    let idx = idx.trim().parse().map_err(|_| format!("`{s}`: `{idx}` is no backend index (0, 1, ...)"))?;
+    Ok((idx, value(v.trim()).ok_or_else(|| format!("`{s}`: `{v}` is no {what}"))?))
+}
+
+fn parse_load(s: &str) -> Result<(usize, u32), String> {
+    pair(s, "connection count", |v| v.parse().ok())
+}
+
+/// A duration in µs: `500us`, `2ms`, `1.5s`.
+fn parse_rtt(s: &str) -> Result<(usize, u32), String> {
+    pair(s, "duration like 2ms", |v| {
+        let (n, scale) = [("us", 1.0), ("µs", 1.0), ("ms", 1e3), ("s", 1e6)].iter().find_map(|(unit, k)| Some((v.strip_suffix(unit)?, *k)))?;
+        let us = n.trim().parse::<f64>().ok()? * scale;
+        (us.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&us)).then_some(us as u32)
+    })
+}
+
+/// A rate in bytes per second: `2000B/s`, `1.5kB/s`, `50MB/s`, `1GB/s`.
+fn parse_rate(s: &str) -> Result<(usize, u64), String> {
+    pair(s, "rate like 50MB/s", |v| {
+        let (n, scale) =
+            [("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3), ("KB/s", 1e3), ("B/s", 1.0)].iter().find_map(|(unit, k)| Some((v.strip_suffix(unit)?, *k)))?;
+        let bytes = n.trim().parse::<f64>().ok()? * scale;
+        (bytes.is_finite() && (0.0..=u64::MAX as f64).contains(&bytes)).then_some(bytes as u64)
+    })
+}
+
+/// IDX=VALUE pairs as a list by index (gaps are the default).
+fn by_index<T: Copy + Default>(pairs: &[(usize, T)]) -> Vec<T> {
+    let mut out = vec![T::default(); pairs.iter().map(|&(i, _)| i + 1).max().unwrap_or(0)];
+    for &(i, v) in pairs {
+        out[i] = v;
+    }
+    out
+}
+
 fn parse_mode(s: &str) -> Result<XdpMode, String> {
     s.parse().map_err(|e: fulcrum_io::IoError| e.to_string())
 }
@@ -266,8 +316,8 @@ fn main() -> ExitCode {
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Backend { cmd } => backend(cmd),
         Cmd::Vip { cmd: VipCmd::List(t) } => ask(&t, Request::VipList),
-        Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, loads, fail } } => {
-            let opts = ReplayOptions { backends, flows, weights, loads, failures: fail };
+        Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, load, rtt, rate, fail } } => {
+            let opts = ReplayOptions { backends, flows, weights, loads: by_index(&load), rtt_us: by_index(&rtt), rates: by_index(&rate), failures: fail };
             Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).map(|report| print!("{report}")).context(|| file.display().to_string()))
         }
         Cmd::Plugin { cmd: PluginCmd::Check { files } } => files.iter().try_for_each(|file| {
@@ -380,4 +430,23 @@ fn decap(iface: &str, gue_port: u16, mode: XdpMode) -> Result<(), Error> {
     println!("ready iface={iface} gue_port={gue_port} xdp_mode={}", prog.mode());
     wait(&stop);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_test_inputs_parse_with_their_units_and_name_what_is_wrong() {
+        assert_eq!(parse_rtt("1=2ms"), Ok((1, 2_000)));
+        assert_eq!(parse_rtt("0=500us"), Ok((0, 500)));
+        assert_eq!(parse_rtt("3=1.5s"), Ok((3, 1_500_000)));
+        assert_eq!(parse_rate("3=50MB/s"), Ok((3, 50_000_000)));
+        assert_eq!(parse_rate("2=1.5kB/s"), Ok((2, 1_500)));
+        assert_eq!(parse_load("1=30"), Ok((1, 30)));
+        assert_eq!(parse_rtt("1=2"), Err("`1=2`: `2` is no duration like 2ms".into()));
+        assert_eq!(parse_rate("x=1MB/s"), Err("`x=1MB/s`: `x` is no backend index (0, 1, ...)".into()));
+        assert_eq!(parse_load("30"), Err("`30`: give IDX=connection count".into()));
+        assert_eq!(by_index(&[(2, 7u32), (0, 1)]), [1, 0, 7]);
+    }
 }

@@ -29,13 +29,17 @@ pub struct ReplayOptions {
     /// Established connections per backend before the first flow; missing
     /// ones are 0.
     pub loads: Vec<u32>,
+    /// Smoothed response time (µs) and byte rate per backend, as the
+    /// daemon's rows would carry them; missing ones are 0 (unmeasured).
+    pub rtt_us: Vec<u32>,
+    pub rates: Vec<u64>,
     /// Backends (by index) that are down in the second pass.
     pub failures: Vec<usize>,
 }
 
 impl Default for ReplayOptions {
     fn default() -> ReplayOptions {
-        ReplayOptions { backends: 8, flows: 10_000, weights: Vec::new(), loads: Vec::new(), failures: Vec::new() }
+        ReplayOptions { backends: 8, flows: 10_000, weights: Vec::new(), loads: Vec::new(), rtt_us: Vec::new(), rates: Vec::new(), failures: Vec::new() }
     }
 }
 
@@ -84,6 +88,8 @@ pub struct ReplayReport {
     pub flows: usize,
     pub weights: Vec<u32>,
     pub loads: Vec<u32>,
+    pub rtt_us: Vec<u32>,
+    pub rates: Vec<u64>,
     pub all_up: Pass,
     pub failure: Option<FailurePass>,
     /// Plugin faults over both passes.
@@ -122,9 +128,9 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
     if n == 0 || n > MAGLEV_MAX_BACKENDS {
         return Err(ReplayError::Options(format!("{n} backends: give 1 to {MAGLEV_MAX_BACKENDS}")));
     }
-    for (what, len) in [("weights", opts.weights.len()), ("loads", opts.loads.len())] {
+    for (what, len) in [("weights", opts.weights.len()), ("loads", opts.loads.len()), ("response times", opts.rtt_us.len()), ("rates", opts.rates.len())] {
         if len > n {
-            return Err(ReplayError::Options(format!("{len} {what} for {n} backends")));
+            return Err(ReplayError::Options(format!("{what} given up to backend {}, but there are {n} (0..{})", len - 1, n - 1)));
         }
     }
     if let Some(&b) = opts.failures.iter().find(|&&b| b >= n) {
@@ -132,7 +138,12 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
     }
     let weights: Vec<u32> = (0..n).map(|i| opts.weights.get(i).copied().unwrap_or(1)).collect();
     let loads: Vec<u32> = (0..n).map(|i| opts.loads.get(i).copied().unwrap_or(0)).collect();
-    let pool = replay_pool(n, |i| weights[i], |i| loads[i]);
+    let rtt_us: Vec<u32> = (0..n).map(|i| opts.rtt_us.get(i).copied().unwrap_or(0)).collect();
+    let rates: Vec<u64> = (0..n).map(|i| opts.rates.get(i).copied().unwrap_or(0)).collect();
+    let mut pool = replay_pool(n, |i| weights[i], |i| loads[i]);
+    for (row, (&rtt, &rate)) in pool.iter_mut().zip(rtt_us.iter().zip(&rates)) {
+        (row.rtt_us, row.bytes_per_sec) = (rtt, rate);
+    }
     let plugin = replay_runtime()?.load(name, wasm, &pool).map_err(ReplayError::Load)?;
     let name = plugin.name().to_string();
     let slot = PluginSlot::new(format!("replay of {name}"));
@@ -149,7 +160,7 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         let remapped_from_failed = changed.clone().filter(|(a, _)| a.is_some_and(|a| opts.failures.contains(&a))).count();
         FailurePass { failed: opts.failures.clone(), pass, remapped: changed.count(), remapped_from_failed }
     });
-    Ok(ReplayReport { plugin: name, flows: opts.flows, weights, loads, all_up, failure, faults: slot.stats().fault_count() })
+    Ok(ReplayReport { plugin: name, flows: opts.flows, weights, loads, rtt_us, rates, all_up, failure, faults: slot.stats().fault_count() })
 }
 
 /// One pass on a fresh instance (as a new worker would start): the
@@ -198,7 +209,16 @@ impl fmt::Display for ReplayReport {
         let n = self.weights.len();
         writeln!(f, "plugin {}: {} new flows over {n} backends", self.plugin, self.flows)?;
         let total_weight: u64 = self.weights.iter().map(|&w| u64::from(w)).sum();
-        write!(f, "{:>7} {:>7} {:>7} {:>10} {:>8} {:>8}", "backend", "weight", "load", "flows", "share", "ideal")?;
+        // Response times and rates only when given: most algorithms ignore them.
+        let (rtt, rate) = (self.rtt_us.iter().any(|&r| r > 0), self.rates.iter().any(|&r| r > 0));
+        write!(f, "{:>7} {:>7} {:>7}", "backend", "weight", "load")?;
+        if rtt {
+            write!(f, " {:>9}", "rtt")?;
+        }
+        if rate {
+            write!(f, " {:>12}", "bytes/s")?;
+        }
+        write!(f, " {:>10} {:>8} {:>8}", "flows", "share", "ideal")?;
         if let Some(fp) = &self.failure {
             write!(f, " | {:>10} {:>8}", format!("{} down", fp.failed.len()), "share")?;
         }
@@ -206,7 +226,14 @@ impl fmt::Display for ReplayReport {
         for b in 0..n {
             let flows = self.all_up.flows[b];
             let ideal = if total_weight == 0 { 0.0 } else { 100.0 * f64::from(self.weights[b]) / total_weight as f64 };
-            write!(f, "{b:>7} {:>7} {:>7} {flows:>10} {:>7.2}% {ideal:>7.2}%", self.weights[b], self.loads[b], share(flows, self.flows))?;
+            write!(f, "{b:>7} {:>7} {:>7}", self.weights[b], self.loads[b])?;
+            if rtt {
+                write!(f, " {:>7}us", self.rtt_us[b])?;
+            }
+            if rate {
+                write!(f, " {:>12}", self.rates[b])?;
+            }
+            write!(f, " {flows:>10} {:>7.2}% {ideal:>7.2}%", share(flows, self.flows))?;
             if let Some(fp) = &self.failure {
                 if fp.failed.contains(&b) {
                     write!(f, " | {:>10}", "down")?;

@@ -772,6 +772,17 @@ fn replay_shows_the_spread_and_what_a_failure_remaps() {
     let table = r.to_string();
     assert!(table.starts_with("plugin least-connections: 300 new flows over 3 backends\nbackend  weight    load      flows    share    ideal\n"), "{table}");
     assert!(table.contains("      1       1       0        200   66.67%   50.00%\n"), "{table}");
+
+    // Response times and byte rates reach the plugins that read them, and
+    // the table shows them.
+    let timed = ReplayOptions { backends: 3, flows: 30, rtt_us: vec![2_000, 400, 40_000], ..ReplayOptions::default() };
+    let r = replay::run("fastest-response-time", &wasm("fastest-response-time"), &timed).unwrap();
+    assert_eq!(r.all_up.flows, [0, 30, 0], "{r}");
+    assert!(r.to_string().contains("     rtt"), "{r}");
+    let busy = ReplayOptions { backends: 3, flows: 30, rates: vec![50_000_000, 0, 10_000], ..ReplayOptions::default() };
+    let r = replay::run("bandwidth", &wasm("bandwidth"), &busy).unwrap();
+    assert_eq!(r.all_up.flows, [0, 30, 0], "{r}");
+    assert!(r.to_string().contains("50000000"), "{r}");
 }
 
 #[test]
@@ -779,6 +790,9 @@ fn replay_refuses_bad_options_and_reports_load_errors() {
     let err = |opts: ReplayOptions, name: &str| replay::run(name, &wasm(name), &opts).unwrap_err().to_string();
     assert_eq!(err(ReplayOptions { backends: 0, ..ReplayOptions::default() }, "maglev"), "0 backends: give 1 to 65535");
     assert_eq!(err(ReplayOptions { backends: 2, failures: vec![2], ..ReplayOptions::default() }, "maglev"), "backend 2 cannot fail: there are 2 (0..1)");
-    assert_eq!(err(ReplayOptions { backends: 2, weights: vec![1; 3], ..ReplayOptions::default() }, "maglev"), "3 weights for 2 backends");
+    assert_eq!(
+        err(ReplayOptions { backends: 2, weights: vec![1; 3], ..ReplayOptions::default() }, "maglev"),
+        "weights given up to backend 2, but there are 2 (0..1)"
+    );
     assert_eq!(err(ReplayOptions::default(), "hostile-bad-abi-version"), "plugin abi version 2, this host speaks 1");
 }

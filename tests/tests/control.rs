@@ -164,7 +164,7 @@ fn a_refused_reload_changes_nothing_and_a_fixed_file_applies() {
     assert!(out.contains("the file changed"), "{out}");
     assert_eq!(vip_status(&socket).scheduler_generation, Some(2));
     let text = daemon::cli(&["status", "--socket", socket.to_str().unwrap()]).1;
-    assert!(text.contains("sched (generation 2)"), "{text}");
+    assert!(text.contains("sched (generation 2, "), "{text}");
     daemon::stop(d).expect("stop");
 }
 
@@ -224,7 +224,7 @@ fn plugin_files_are_bounded_status_is_honest_and_bad_lines_get_errors() {
     let v = vip_status(&socket);
     assert_eq!((v.scheduler.as_str(), v.scheduler_generation), ("round-robin", Some(1)), "{v:?}");
     let (_, text, _) = daemon::cli(&["status", "--socket", socket.to_str().unwrap()]);
-    assert!(text.lines().any(|l| l.starts_with(VIP) && l.contains("round-robin (generation 1)")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with(VIP) && l.contains("round-robin (generation 1, ")), "{text}");
     let (_, json, _) = daemon::cli(&["status", "--json", "--socket", socket.to_str().unwrap()]);
     assert!(json.contains("\"scheduler\": \"round-robin\"") && json.contains("\"scheduler_generation\": 1"), "{json}");
 

@@ -30,7 +30,8 @@ impl PassProgram {
 }
 
 /// tc egress on a veth end (bpf/txq.c): its packets' hash, and so the tx
-/// queue the kernel picks, the peer's rx queue, comes from their ports.
+/// queue the kernel picks, the peer's rx queue, comes from their addresses
+/// and ports (addresses alone for fragments), as a NIC's RSS hashes.
 pub struct TxQueueProgram {
     _bpf: aya::Ebpf,
 }

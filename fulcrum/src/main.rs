@@ -39,7 +39,7 @@ enum Cmd {
     /// their backends.
     Status(Target),
     /// The running daemon's counters: per VIP and backend, drops, workers.
-    Stats(Target),
+    Stats(StatsArgs),
     /// Make the running daemon re-read its configuration file and apply
     /// what changed; a file that is invalid or needs a restart is refused
     /// (with the reason) and the running configuration stays.
@@ -233,6 +233,24 @@ enum PluginCmd {
     },
 }
 
+/// `fulcrum stats`: which daemon, and a table once or refreshed.
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Refresh a table of connections and rates (packets, bytes, new
+    /// connections and drops per second) per VIP and backend until
+    /// interrupted.
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
+    /// Time between refreshes of `--watch`: 500ms, 2s, ...
+    #[arg(long, default_value = "1s", value_parser = parse_interval, requires = "watch")]
+    interval: Duration,
+    /// Stop `--watch` after this many refreshes.
+    #[arg(long, requires = "watch")]
+    count: Option<u32>,
+}
+
 /// Which daemon to talk to, and how to print its answer.
 #[derive(Args)]
 struct Target {
@@ -308,7 +326,8 @@ fn main() -> ExitCode {
             ),
         }),
         Cmd::Status(t) => ask(&t, Request::Status),
-        Cmd::Stats(t) => ask(&t, Request::Stats),
+        Cmd::Stats(StatsArgs { target, watch: false, .. }) => ask(&target, Request::Stats),
+        Cmd::Stats(StatsArgs { target, interval, count, .. }) => watch_stats(&target, interval, count),
         Cmd::Reload(t) => ask(&t, Request::Reload),
         Cmd::Drain(t) => ask(&t, Request::Drain),
         Cmd::Bgp { cmd: BgpCmd::Exabgp { config } } => fulcrum_config::load(&config).map_err(Error::from).and_then(|c| fulcrum::bgp::run_exabgp(&c)),
@@ -352,12 +371,54 @@ fn backend(cmd: BackendCmd) -> Result<(), Error> {
     ask(&target, Request::Backend { vip: which.vip, backend: which.backend, change })
 }
 
-fn ask(t: &Target, req: Request) -> Result<(), Error> {
-    let socket = match (&t.socket, &t.config) {
+/// The control socket `t` names.
+fn socket_of(t: &Target) -> Result<PathBuf, Error> {
+    Ok(match (&t.socket, &t.config) {
         (Some(s), _) => s.clone(),
         (None, Some(c)) => fulcrum_config::load(c)?.daemon.control_socket,
         (None, None) => PathBuf::from(fulcrum_config::DEFAULT_CONTROL_SOCKET),
+    })
+}
+
+/// `fulcrum stats --watch`: the rates between two answers, every
+/// `interval`, on a cleared screen when printing to a terminal.
+fn watch_stats(t: &Target, interval: Duration, count: Option<u32>) -> Result<(), Error> {
+    let socket = socket_of(t)?;
+    let stats = || match client::request(&socket, &Request::Stats)? {
+        Response::Stats(s) => Ok(s),
+        Response::Error(e) => Err(Error::Refused(e)),
+        other => Err(Error::Refused(format!("unexpected answer to stats: {other:?}"))),
     };
+    let (mut before, mut at) = (stats()?, std::time::Instant::now());
+    let clear = std::io::stdout().is_terminal();
+    for _ in 0..count.unwrap_or(u32::MAX) {
+        std::thread::sleep(interval);
+        let now = stats()?;
+        let secs = at.elapsed().as_secs_f64();
+        at = std::time::Instant::now();
+        if clear {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!("every {interval:?} (Ctrl-C stops)\n{}", now.rates_table(&before, secs));
+        before = now;
+    }
+    Ok(())
+}
+
+/// `500ms`, `2s`, `1.5s`.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs = match (s.strip_suffix("ms"), s.strip_suffix('s')) {
+        (Some(ms), _) => ms.trim().parse::<f64>().ok().map(|v| v / 1e3),
+        (None, Some(sec)) => sec.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    secs.filter(|v| v.is_finite() && (0.01..=3600.0).contains(v))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{s}`: give an interval like 500ms or 2s (10ms to 1h)"))
+}
+
+fn ask(t: &Target, req: Request) -> Result<(), Error> {
+    let socket = socket_of(t)?;
     let response = client::request(&socket, &req)?;
     if let Response::Error(e) = response {
         return Err(Error::Refused(e));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum::control::api::{Request, Response, StatsReport, Status};
 use fulcrum_tests::daemon::{self, LabMode, SNAT4, SNAT6};
-use fulcrum_tests::{Lab, VIP4, VIP6, http_get, in_netns, require_root, udp_echo};
+use fulcrum_tests::{Lab, VIP4, VIP6, http_answers, http_get, in_netns, require_root, udp_echo};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const T: Duration = Duration::from_secs(3);
@@ -260,6 +260,19 @@ fn metrics_match_the_traffic() {
     let (code, json, err) = daemon::cli(&["status", "--json", "--config", file.path().to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(json.contains("\"status\"") && json.contains("\"198.18.100.1:80/tcp\""), "{json}");
+
+    // The live view: rates per VIP while requests flow.
+    let ((code, watched, err), (_, failed)) = std::thread::scope(|s| {
+        let traffic = s.spawn(|| http_answers(&lab.client.ns, SocketAddr::new(IpAddr::V4(VIP4), 80), 300, T).expect("netns"));
+        let watched = daemon::cli(&["stats", "--watch", "--interval", "300ms", "--count", "2", "--socket", socket.to_str().unwrap()]);
+        (watched, traffic.join().expect("traffic"))
+    });
+    assert_eq!((code, failed), (Some(0), 0), "{err}");
+    let tables: Vec<&str> = watched.split("every 300ms (Ctrl-C stops)").filter(|t| !t.trim().is_empty()).collect();
+    assert_eq!(tables.len(), 2, "{watched}");
+    let rate = |t: &str| t.lines().find(|l| l.starts_with("198.18.100.1:80/tcp")).and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok());
+    assert!(tables.iter().all(|t| t.contains("PACKETS/S") && rate(t).is_some()), "{watched}");
+    assert!(tables.iter().any(|t| rate(t) > Some(0)), "packets per second while requests flow:\n{watched}");
     daemon::stop(d).expect("stop");
 }
 

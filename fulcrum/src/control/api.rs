@@ -596,6 +596,30 @@ pub fn vips_table(vips: &[VipStatus]) -> String {
 }
 
 impl StatsReport {
+    /// What `fulcrum stats --watch` prints: per VIP and backend, the
+    /// connections now and the rates since `before`, `secs` earlier.
+    pub fn rates_table(&self, before: &StatsReport, secs: f64) -> String {
+        let per_sec = |now: u64, then: u64| format!("{:.0}", now.saturating_sub(then) as f64 / secs.max(1e-3));
+        let mut rows = vec![row(&[&"VIP / BACKEND", &"STATE", &"ACTIVE", &"PENDING", &"PACKETS/S", &"BYTES/S", &"NEW/S", &"DROPS/S"])];
+        for v in &self.vips {
+            let old = before.vips.iter().find(|o| o.name == v.name);
+            let traffic = |t: &Traffic, o: Option<&Traffic>| {
+                let o = o.cloned().unwrap_or_default();
+                (per_sec(t.packets, o.packets), per_sec(t.bytes, o.bytes), per_sec(t.new_flows, o.new_flows))
+            };
+            let (p, b, n) = traffic(&v.traffic, old.map(|o| &o.traffic));
+            let drops = per_sec(v.drops.values().sum(), old.map_or(0, |o| o.drops.values().sum()));
+            let (active, pending) = (v.backends.iter().map(|b| u64::from(b.active)).sum::<u64>(), v.backends.iter().map(|b| u64::from(b.pending)).sum::<u64>());
+            rows.push(row(&[&v.name, &"", &active, &pending, &p, &b, &n, &drops]));
+            for be in &v.backends {
+                let old = old.and_then(|o| o.backends.iter().find(|x| x.name == be.name)).map(|x| &x.traffic);
+                let (p, b, n) = traffic(&be.traffic, old);
+                rows.push(row(&[&format!("  {}", be.name), &be.state, &be.active, &be.pending, &p, &b, &n, &""]));
+            }
+        }
+        table(&rows, 2)
+    }
+
     /// What `fulcrum stats` prints.
     pub fn table(&self) -> String {
         let mut rows = vec![row(&[

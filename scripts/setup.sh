@@ -11,6 +11,7 @@ packages=(
     valgrind                                                   # instruction counts in perf/
     keepalived                                                 # the HA pair lab (tests/tests/ha.rs)
     bird2 exabgp                                               # the scale-out lab (tests/tests/ecmp.rs): router and node speakers
+    systemd                                                    # systemd-analyze verify of config/fulcrum.service
 )
 missing=()
 for p in "${packages[@]}"; do

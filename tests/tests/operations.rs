@@ -312,3 +312,44 @@ fn control_socket_is_root_only_and_errors_are_clear() {
     assert_eq!(code, Some(1));
     assert!(err.contains("fulcrum is not running"), "{err}");
 }
+
+/// Under systemd (`Type=notify`, a watchdog): READY=1 once the daemon
+/// serves, WATCHDOG=1 pings at half the period while its workers poll,
+/// STOPPING=1 on the way out.
+#[test]
+fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    require_root();
+    let mut lab = Lab::new(LabMode::Dsr.topology()).expect("lab");
+    let _ = daemon::prepare(&mut lab, LabMode::Dsr, SERVER.as_ref()).expect("set-up");
+    let config = daemon::TempConfig::new(&daemon::config(&lab, LabMode::Dsr, "")).expect("config");
+    let socket_path = std::env::temp_dir().join(format!("fulcrum-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("a notify socket");
+    notify.set_read_timeout(Some(T)).expect("timeout");
+    let bin = daemon::fulcrum_bin();
+    let env_socket = format!("NOTIFY_SOCKET={}", socket_path.display());
+    let mut p = lab
+        .spawn(&lab.balancer.ns, &["env", &env_socket, "WATCHDOG_USEC=400000", bin.to_str().unwrap_or_default(), "run", "--config", config.path_str()])
+        .expect("fulcrum run");
+    let mut heard = Vec::new();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    while heard.iter().filter(|m: &&String| m.as_str() == "WATCHDOG=1").count() < 3 && started.elapsed() < Duration::from_secs(20) {
+        if let Ok(n) = notify.recv(&mut buf) {
+            heard.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    p.signal(libc::SIGTERM);
+    let exited = p.wait_timeout(Duration::from_secs(10));
+    while let Ok(n) = notify.recv(&mut buf) {
+        heard.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        if heard.last().is_some_and(|m| m == "STOPPING=1") {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    assert!(exited.is_some_and(|s| s.success()), "{}", p.output());
+    assert_eq!(heard.first().map(String::as_str), Some("READY=1"), "{heard:?}\n{}", p.output());
+    assert!(heard.iter().filter(|m| m.as_str() == "WATCHDOG=1").count() >= 3, "{heard:?}");
+    assert_eq!(heard.last().map(String::as_str), Some("STOPPING=1"), "{heard:?}");
+}

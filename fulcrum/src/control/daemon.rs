@@ -72,6 +72,8 @@ pub struct Daemon {
     /// Once `fulcrum drain` or SIGTERM (with a grace) started one.
     drain: Option<Drain>,
     started: Instant,
+    /// Each worker's poll count when the watchdog last looked.
+    watched_polls: Vec<u64>,
     pub workers: usize,
     pub xdp_mode: XdpMode,
 }
@@ -307,6 +309,7 @@ impl Daemon {
             ha,
             drain: None,
             started: Instant::now(),
+            watched_polls: Vec::new(),
             workers: queues as usize,
             xdp_mode,
         })
@@ -582,6 +585,15 @@ impl Daemon {
     }
 
     /// Whether a drain is under way and over: time to exit.
+    /// Whether every worker polled since the last call: a worker stuck
+    /// in a plugin or a system call stops counting.
+    pub fn workers_progressed(&mut self) -> bool {
+        let polls: Vec<u64> = self.dataplane.stats.iter().map(|(_, w)| w.polls.get()).collect();
+        let progressed = self.watched_polls.len() != polls.len() || polls.iter().zip(&self.watched_polls).all(|(now, then)| now != then);
+        self.watched_polls = polls;
+        progressed
+    }
+
     pub fn drained(&mut self) -> bool {
         let packets = self.telemetry.vip_packets();
         self.drain.as_mut().is_some_and(|d| d.done(Instant::now(), packets))

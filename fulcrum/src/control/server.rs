@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use fulcrum_config::Overlay;
@@ -80,11 +81,28 @@ pub fn run(path: &Path) -> Result<(), Error> {
     }
     tracing::info!(socket = %socket.path.display(), metrics = %metrics_listen, "control socket and metrics endpoint ready");
     println!("ready workers={} xdp_mode={}", daemon.workers, daemon.xdp_mode);
+    notify_systemd(&[NotifyState::Ready]);
+    // Under systemd's watchdog: a ping every half its period while this
+    // loop runs and every worker polls.
+    let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
+    let mut pinged = Instant::now();
     let mut control = Control { daemon, jobs: VecDeque::new(), preparing: false, inbox };
     while !signals.stop.load(Ordering::SeqCst) {
-        // A drain watches the VIPs' traffic, which wakes nothing.
-        let timeout = control.daemon.draining().then_some(bgp::POLL);
+        // A drain watches the VIPs' traffic, which wakes nothing; the
+        // watchdog needs its pings on time.
+        let drain = control.daemon.draining().then_some(bgp::POLL);
+        let timeout = [drain, watchdog].into_iter().flatten().min();
         fulcrum_io::unix::wait_readable([waker.wait.as_raw_fd(), control.daemon.health_fd().unwrap_or(-1), control.daemon.neighbours_fd()], timeout);
+        if let Some(every) = watchdog
+            && pinged.elapsed() >= every
+        {
+            pinged = Instant::now();
+            if control.daemon.workers_progressed() {
+                notify_systemd(&[NotifyState::Watchdog]);
+            } else {
+                tracing::error!("a worker stopped polling: no watchdog ping, systemd restarts the daemon");
+            }
+        }
         waker.drain();
         control.daemon.apply_health();
         control.daemon.apply_neighbours();
@@ -109,8 +127,17 @@ pub fn run(path: &Path) -> Result<(), Error> {
         }
     }
     tracing::info!("stopping");
+    notify_systemd(&[NotifyState::Stopping]);
     print!("{}", control.daemon.summary());
     control.daemon.stop()
+}
+
+/// Tells systemd (`Type=notify`), if it started the daemon; a failure to
+/// is logged, never fatal.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("telling systemd {state:?}: {e}");
+    }
 }
 
 /// What the control thread is told.

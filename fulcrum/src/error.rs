@@ -45,6 +45,11 @@ pub enum Error {
     },
     /// A request or configuration the daemon refuses, with the reason.
     Refused(String),
+    /// Nothing listens on the control socket.
+    NotRunning {
+        socket: String,
+        source: io::Error,
+    },
     /// A request longer than the endpoint takes.
     TooLarge {
         what: &'static str,
@@ -62,7 +67,31 @@ pub enum Error {
     },
 }
 
+/// What the CLI exits with, by what went wrong (`fulcrum --help` lists
+/// them): scripts and systemd tell a refusal from a broken file from a
+/// daemon that is not there.
+pub mod exit {
+    /// The daemon (or the check) refused, or anything else failed.
+    pub const FAILED: u8 = 1;
+    /// clap's code for a command line it cannot parse.
+    pub const USAGE: u8 = 2;
+    /// The configuration file, or a file it names, is invalid.
+    pub const INVALID_CONFIG: u8 = 3;
+    /// No daemon answers on the control socket.
+    pub const NOT_RUNNING: u8 = 4;
+}
+
 impl Error {
+    /// The CLI's exit code for this error (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::In { source, .. } => source.exit_code(),
+            Error::Config(_) | Error::File { .. } => exit::INVALID_CONFIG,
+            Error::NotRunning { .. } => exit::NOT_RUNNING,
+            _ => exit::FAILED,
+        }
+    }
+
     /// A `map_err` adapter for system calls made for `what`.
     pub fn system(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::System { what: what.into(), source }
@@ -93,6 +122,10 @@ impl fmt::Display for Error {
             Error::Plugin(e) => e.fmt(f),
             Error::Replay(e) => e.fmt(f),
             Error::System { what, source } => write!(f, "{what}: {source}"),
+            Error::NotRunning { socket, source } => write!(
+                f,
+                "fulcrum is not running: nothing listens on {socket} (start it with `fulcrum run`; or name its socket with --socket or its config with --config): {source}"
+            ),
             Error::Json { what, source } => write!(f, "{what}: {source}"),
             Error::Refused(reason) => f.write_str(reason),
             Error::TooLarge { what, limit } => write!(f, "{what} longer than {limit} bytes"),
@@ -114,7 +147,7 @@ impl std::error::Error for Error {
             Error::Health(e) => Some(e),
             Error::Plugin(e) => Some(e),
             Error::Replay(e) => Some(e),
-            Error::System { source, .. } => Some(source),
+            Error::System { source, .. } | Error::NotRunning { source, .. } => Some(source),
             Error::Json { source, .. } => Some(source),
             Error::In { source, .. } => Some(source.as_ref()),
             Error::Refused(_) | Error::TooLarge { .. } | Error::TimedOut { .. } => None,

@@ -18,10 +18,83 @@ use fulcrum_io::{XdpMode, netinfo};
 use fulcrum_plugin_host::replay::{self, ReplayOptions};
 
 #[derive(Parser)]
-#[command(name = "fulcrum", version, about = "Kernel-bypass L4 load balancer")]
+#[command(
+    name = "fulcrum",
+    version,
+    about = "Kernel-bypass L4 load balancer",
+    after_help = "Exit codes: 0 done; 1 refused (a reload, a backend change, a request) or failed; 2 a command line clap cannot parse; 3 the configuration (or a file it names) is invalid; 4 no daemon answers on the control socket."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// How log lines are written to stderr: `text`, or `json` (one object
+    /// per line, for log shippers). Under systemd each line carries its
+    /// priority for the journal either way.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Writes log lines to stderr, each prefixed with its syslog priority
+/// (`<3>` error ... `<7>` debug) when stderr is the journal, which then
+/// files it at that priority instead of all at one.
+struct LogWriter {
+    journal: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = PrefixedStderr;
+
+    fn make_writer(&'a self) -> PrefixedStderr {
+        PrefixedStderr(None)
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> PrefixedStderr {
+        let level = *meta.level();
+        let priority = match level {
+            tracing::Level::ERROR => b"<3>",
+            tracing::Level::WARN => b"<4>",
+            tracing::Level::INFO => b"<6>",
+            tracing::Level::DEBUG | tracing::Level::TRACE => b"<7>",
+        };
+        PrefixedStderr(self.journal.then_some(priority))
+    }
+}
+
+/// Stderr, with a prefix before the first bytes of a line.
+struct PrefixedStderr(Option<&'static [u8; 3]>);
+
+impl std::io::Write for PrefixedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if let Some(prefix) = self.0.take() {
+            err.write_all(prefix)?;
+        }
+        err.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Logging to stderr, `log` records of libraries (aya, xsk-rs, wasmtime)
+/// included.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // systemd sets JOURNAL_STREAM when stderr is the journal.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let writer = LogWriter { journal };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(!journal && std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -309,12 +382,9 @@ fn parse_mode(s: &str) -> Result<XdpMode, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let result = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.cmd {
         Cmd::Run { config } => server::run(&config),
         Cmd::CheckConfig { file } => load_config(&file).map(|l| match l.overlay.backends.len() {
             0 => println!("{}: ok ({} VIPs)", file.display(), l.config.vips.len()),
@@ -354,7 +424,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fulcrum: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -309,8 +309,12 @@ fn control_socket_is_root_only_and_errors_are_clear() {
     daemon::stop(d).expect("stop");
     assert!(!socket.exists(), "the socket is removed on exit");
     let (code, _, err) = daemon::cli(&["stats", "--socket", socket.to_str().unwrap()]);
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(4), "not running has its own exit code: {err}");
     assert!(err.contains("fulcrum is not running"), "{err}");
+    // And an invalid file its own.
+    let broken = daemon::TempConfig::new("[daemon]\nworkers = 0\n").expect("a file");
+    let (code, _, err) = daemon::cli(&["check-config", broken.path_str()]);
+    assert_eq!(code, Some(3), "invalid configuration: {err}");
 }
 
 /// Under systemd (`Type=notify`, a watchdog): READY=1 once the daemon
@@ -328,9 +332,10 @@ fn systemd_hears_ready_watchdog_pings_and_stopping() {
     notify.set_read_timeout(Some(T)).expect("timeout");
     let bin = daemon::fulcrum_bin();
     let env_socket = format!("NOTIFY_SOCKET={}", socket_path.display());
-    let mut p = lab
-        .spawn(&lab.balancer.ns, &["env", &env_socket, "WATCHDOG_USEC=400000", bin.to_str().unwrap_or_default(), "run", "--config", config.path_str()])
-        .expect("fulcrum run");
+    // As the journal runs it: each line with its priority; JSON asked for,
+    // and the libraries' `log` records (aya's) included.
+    let args = ["env", &env_socket, "WATCHDOG_USEC=400000", "JOURNAL_STREAM=8:9", "RUST_LOG=info,aya=debug", bin.to_str().unwrap_or_default()];
+    let mut p = lab.spawn(&lab.balancer.ns, &[&args[..], &["--log-format", "json", "run", "--config", config.path_str()]].concat()).expect("fulcrum run");
     let mut heard = Vec::new();
     let started = Instant::now();
     let mut buf = [0u8; 512];
@@ -352,4 +357,8 @@ fn systemd_hears_ready_watchdog_pings_and_stopping() {
     assert_eq!(heard.first().map(String::as_str), Some("READY=1"), "{heard:?}\n{}", p.output());
     assert!(heard.iter().filter(|m| m.as_str() == "WATCHDOG=1").count() >= 3, "{heard:?}");
     assert_eq!(heard.last().map(String::as_str), Some("STOPPING=1"), "{heard:?}");
+    let out = p.output();
+    let logged = |prefix: &str, needle: &str| out.lines().any(|l| l.starts_with(prefix) && l.contains(needle));
+    assert!(logged("<6>{", "\"level\":\"INFO\""), "info lines as JSON at priority 6:\n{out}");
+    assert!(logged("<7>{", "\"target\":\"aya"), "aya's log records reach the log:\n{out}");
 }

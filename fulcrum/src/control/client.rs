@@ -22,10 +22,7 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, Error> {
 pub fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, Error> {
     let conn = UnixStream::connect(socket).map_err(|e| {
         let what = match e.kind() {
-            ErrorKind::NotFound | ErrorKind::ConnectionRefused => format!(
-                "fulcrum is not running: nothing listens on {} (start it with `fulcrum run`; or name its socket with --socket or its config with --config)",
-                socket.display()
-            ),
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => return Error::NotRunning { socket: socket.display().to_string(), source: e },
             ErrorKind::PermissionDenied => format!("permission denied on {}: the control socket is root's only (run this as root)", socket.display()),
             _ => format!("connecting to {}", socket.display()),
         };

@@ -271,6 +271,17 @@ impl Guard {
     }
 }
 
+/// One flow of a worker's table, as an operator lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRow {
+    /// Client to VIP.
+    pub key: FlowKey,
+    pub backend: BackendId,
+    pub state: FlowState,
+    /// Since its last packet.
+    pub idle_ms: u32,
+}
+
 /// Why an engine cannot be built or take a service snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineError {
@@ -387,6 +398,23 @@ impl Engine {
 
     pub fn table(&self) -> &ConnTable<FlowValue> {
         &self.flows.table
+    }
+
+    /// Up to `limit` flows of `vip` in this worker's table (of clients at
+    /// `client` only, if given), at `now_ms`. Walks the table: for an
+    /// operator's question between batches, never the packet path.
+    pub fn flows(&self, vip: VipId, client: Option<[u8; 16]>, now_ms: u32, limit: usize) -> Vec<FlowRow> {
+        let table = &self.flows.table;
+        (0..table.slots_used())
+            .filter_map(|slot| table.live(slot as Slot))
+            .filter_map(|e| match e.value {
+                FlowValue::Forward { vip: v, backend, .. } if v == vip && client.is_none_or(|c| e.key().src == c) => {
+                    Some(FlowRow { key: *e.key(), backend, state: e.state, idle_ms: now_ms.wrapping_sub(e.last_seen()) })
+                }
+                _ => None,
+            })
+            .take(limit)
+            .collect()
     }
 
     /// This worker's established and half-open connections to a backend.

@@ -28,7 +28,7 @@ pub mod stats;
 pub mod types;
 pub mod wire;
 
-pub use engine::{Engine, EngineConfig, EngineError, FlowValue, Shared};
+pub use engine::{Engine, EngineConfig, EngineError, FlowRow, FlowValue, Shared};
 pub use packet::{DropReason, Packet, Verdict};
 pub use sched::readings::Load;
 pub use services::{Backend, Interface, Mode, Services, SynProxy, VipSpec};

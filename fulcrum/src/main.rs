@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fulcrum::control::api::{BackendChange, Request, Response, vips_table};
+use fulcrum::control::api::{BackendChange, Request, Response, flows_table, vips_table};
 use fulcrum::control::plugins::Module;
 use fulcrum::control::{client, load_config, server};
 use fulcrum::{Context, Error};
@@ -154,6 +154,21 @@ enum Cmd {
     Backend {
         #[command(subcommand)]
         cmd: BackendCmd,
+    },
+    /// A VIP's flows in the connection tables, as the workers hold them:
+    /// client, backend, state, idle time (bounded by --limit).
+    Flows {
+        /// The VIP as `fulcrum vip list` names it: 198.18.0.100:80/tcp.
+        #[arg(long)]
+        vip: String,
+        /// Only this client address's flows.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// List at most this many (10,000 at most).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
     },
     /// The running daemon's VIPs.
     Vip {
@@ -405,6 +420,7 @@ fn main() -> ExitCode {
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Backend { cmd } => backend(cmd),
         Cmd::Vip { cmd: VipCmd::List(t) } => ask(&t, Request::VipList),
+        Cmd::Flows { vip, client, limit, target } => ask(&target, Request::Flows { vip, client, limit }),
         Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, load, rtt, rate, fail } } => {
             let opts = ReplayOptions { backends, flows, weights, loads: by_index(&load), rtt_us: by_index(&rtt), rates: by_index(&rate), failures: fail };
             Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).map(|report| print!("{report}")).context(|| file.display().to_string()))
@@ -532,6 +548,7 @@ fn print_answer(response: &Response) {
             }
         }
         Response::Vips(v) => print!("{}", vips_table(v)),
+        Response::Flows(f) => print!("{}", flows_table(f)),
         Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
         Response::Error(_) => {}
     }

@@ -261,6 +261,23 @@ fn metrics_match_the_traffic() {
     assert_eq!(code, Some(0), "{err}");
     assert!(json.contains("\"status\"") && json.contains("\"198.18.100.1:80/tcp\""), "{json}");
 
+    // The flows a client holds, as the tables have them.
+    let held: Vec<std::net::TcpStream> =
+        in_netns(&lab.client.ns, || (0..3).map(|_| std::net::TcpStream::connect_timeout(&SocketAddr::new(IpAddr::V4(VIP4), 80), T).expect("held")).collect())
+            .expect("netns");
+    let ports: Vec<String> = held.iter().map(|c| format!("{}:{}", lab.client.iface().v4, c.local_addr().expect("local").port())).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let client = lab.client.iface().v4.to_string();
+    let (code, listed, err) = daemon::cli(&["flows", "--vip", "198.18.100.1:80/tcp", "--client", &client, "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    for p in &ports {
+        assert!(listed.lines().any(|l| l.contains(&format!(" {p} ")) && l.contains("established")), "{p} in\n{listed}");
+    }
+    let (code, _, err) = daemon::cli(&["flows", "--vip", "198.18.100.1:81/tcp", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "no such VIP: {err}");
+    assert!(err.contains("no VIP 198.18.100.1:81/tcp"), "{err}");
+    drop(held);
+
     // The live view: rates per VIP while requests flow.
     let ((code, watched, err), (_, failed)) = std::thread::scope(|s| {
         let traffic = s.spawn(|| http_answers(&lab.client.ns, SocketAddr::new(IpAddr::V4(VIP4), 80), 300, T).expect("netns"));

@@ -66,6 +66,13 @@ pub enum Request {
     BackendReset,
     /// The VIPs in force with their pools.
     VipList,
+    /// Up to `limit` of a VIP's flows in the connection tables (of one
+    /// client address, if given).
+    Flows {
+        vip: String,
+        client: Option<std::net::IpAddr>,
+        limit: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +87,7 @@ pub enum Response {
     Draining(Draining),
     BackendsChanged(BackendsChanged),
     Vips(Vec<VipStatus>),
+    Flows(Vec<FlowEntry>),
     Error(String),
 }
 
@@ -574,6 +582,29 @@ impl Status {
         out.push('\n');
         out + &vips_table(&self.vips)
     }
+}
+
+/// One flow of a connection table, for `fulcrum flows`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEntry {
+    /// The worker whose table holds it.
+    pub worker: usize,
+    /// "198.18.0.1:40000" or "[2001:db8::1]:40000".
+    pub client: String,
+    pub backend: String,
+    /// "half-open", "established", "closing" or "udp".
+    pub state: String,
+    /// Since its last packet.
+    pub idle_ms: u32,
+}
+
+/// What `fulcrum flows` prints.
+pub fn flows_table(flows: &[FlowEntry]) -> String {
+    let mut rows = vec![row(&[&"WORKER", &"CLIENT", &"BACKEND", &"STATE", &"IDLE MS"])];
+    rows.extend(flows.iter().map(|f| row(&[&f.worker, &f.client, &f.backend, &f.state, &f.idle_ms])));
+    let mut out = table_with(&rows, |c| (1..=3).contains(&c));
+    let _ = writeln!(out, "{} flows", flows.len());
+    out
 }
 
 /// VIPs and their backends with weights and runtime changes: `fulcrum

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use fulcrum_config::{self as cfg, Overlay};
 use fulcrum_dataplane::engine::{EngineConfig, Shared};
+use fulcrum_dataplane::flow::key::{addr16, ip_from16};
+use fulcrum_dataplane::flow::table::FlowState;
 use fulcrum_dataplane::flow::table::Timeouts;
 use fulcrum_dataplane::sched::Latencies;
 use fulcrum_dataplane::sched::readings::Readings;
-use fulcrum_dataplane::services::{Backend, Services, backend_name};
+use fulcrum_dataplane::services::{Backend, Services, backend_name, vip_name};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_io::afxdp::{self, XskConfig, XskIo};
 use fulcrum_io::xdp::{ReturnTraffic, SteerProgram};
@@ -89,6 +91,11 @@ fn xdp_mode(m: cfg::XdpMode) -> XdpMode {
 fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
+
+/// The most flows one `fulcrum flows` lists, and how long the workers get
+/// to answer it.
+const MAX_FLOWS_LISTED: usize = 10_000;
+const FLOWS_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn engine_config(config: &cfg::Config) -> EngineConfig {
     let t = &config.timeouts;
@@ -585,6 +592,33 @@ impl Daemon {
     }
 
     /// Whether a drain is under way and over: time to exit.
+    /// Up to `limit` of `vip`'s flows from every worker's table (of
+    /// `client` only, if given).
+    pub fn flows(&self, vip: &str, client: Option<IpAddr>, limit: usize) -> Result<Vec<api::FlowEntry>, Error> {
+        let services = self.telemetry.services();
+        let (id, _) = services
+            .vips()
+            .find(|(_, v)| vip_name(ip_from16(&v.addr), v.spec.proto, v.spec.port) == vip)
+            .ok_or_else(|| Error::Refused(format!("no VIP {vip} (`fulcrum vip list` names them)")))?;
+        let rows = self.dataplane.flows(id, client.map(addr16), limit.min(MAX_FLOWS_LISTED), FLOWS_TIMEOUT);
+        let state = |s: FlowState| match s {
+            FlowState::SynSeen => "half-open",
+            FlowState::Established => "established",
+            FlowState::Closing => "closing",
+            FlowState::Udp => "udp",
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(worker, r)| api::FlowEntry {
+                worker,
+                client: std::net::SocketAddr::new(ip_from16(&r.key.src), r.key.src_port).to_string(),
+                backend: services.backend(r.backend).map_or_else(|| format!("#{}", r.backend), |b| backend_name(b.spec.addr, b.spec.port)),
+                state: state(r.state).into(),
+                idle_ms: r.idle_ms,
+            })
+            .collect())
+    }
+
     /// Whether every worker polled since the last call: a worker stuck
     /// in a plugin or a system call stops counting.
     pub fn workers_progressed(&mut self) -> bool {

@@ -243,6 +243,9 @@ impl Control {
             Event::Request(Request::VipList, reply) => {
                 let _ = reply.send(Response::Vips(self.daemon.status().vips));
             }
+            Event::Request(Request::Flows { vip, client, limit }, reply) => {
+                let _ = reply.send(self.daemon.flows(&vip, client, limit).map_or_else(|e| error(&e), Response::Flows));
+            }
             Event::Request(Request::HaRole { role }, reply) => {
                 let _ = reply.send(self.daemon.set_role(&role).map_or_else(|e| error(&e), Response::HaRole));
             }

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
-use fulcrum_dataplane::engine::{Engine, EngineConfig, Shared};
+use fulcrum_dataplane::engine::{Engine, EngineConfig, FlowRow, Shared};
 use fulcrum_dataplane::sched::Scheduler;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::stats::Stats;
@@ -36,6 +36,9 @@ pub enum Control {
     Services(Arc<Services>, u64),
     /// A VIP's scheduler for new flows (`None`: back to Maglev).
     Scheduler(VipId, Option<Box<dyn Scheduler>>),
+    /// An operator's listing of a VIP's flows (of one client address).
+    /// The answer names the worker.
+    Flows { vip: VipId, client: Option<[u8; 16]>, limit: usize, reply: Sender<(u16, Vec<FlowRow>)> },
 }
 
 /// Builds a worker's scheduler: each worker needs its own instance.
@@ -140,6 +143,24 @@ impl Dataplane {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Up to `limit` flows of `vip` from every worker's table, with the
+    /// worker that holds each; a worker that does not answer within
+    /// `timeout` (busy, or its queue full) is left out.
+    pub fn flows(&self, vip: VipId, client: Option<[u8; 16]>, limit: usize, timeout: Duration) -> Vec<(usize, FlowRow)> {
+        let (tx, rx) = bounded(self.control.len());
+        let asked: Vec<usize> =
+            (0..self.control.len()).filter(|&i| self.control[i].try_send(Control::Flows { vip, client, limit, reply: tx.clone() }).is_ok()).collect();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        for _ in &asked {
+            let Ok((worker, rows)) = rx.recv_deadline(deadline) else { break };
+            out.extend(rows.into_iter().map(|r| (usize::from(worker), r)));
+        }
+        out.sort_by_key(|&(w, r)| (w, r.key.src, r.key.src_port));
+        out.truncate(limit);
+        out
     }
 
     /// Gives every worker its own instance of a VIP's scheduler.

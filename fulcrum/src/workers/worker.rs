@@ -183,6 +183,10 @@ impl<I: PacketIo> Worker<I> {
                     Err(e) => tracing::error!(worker = self.id, "new services refused: {e}"),
                 },
                 Control::Scheduler(vip, sched) => self.engine.set_scheduler(vip, sched),
+                Control::Flows { vip, client, limit, reply } => {
+                    let now = self.clock.elapsed().as_millis() as u32;
+                    let _ = reply.try_send((self.id, self.engine.flows(vip, client, now, limit)));
+                }
             }
         }
     }

@@ -39,7 +39,7 @@ use fulcrum_io::XdpMode;
 
 use crate::xdp::{PassProgram, TxQueueProgram};
 
-pub use net::{http_answers, http_get, in_netns, udp_echo};
+pub use net::{ask_held, http_answers, http_get, in_netns, udp_echo};
 pub use proc::Proc;
 
 /// A failure to build or drive the lab, with the command and its output.

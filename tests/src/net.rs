@@ -39,6 +39,25 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(
     Ok((status, resp.split_off(split + 4)))
 }
 
+/// Asks `/` on each connection opened earlier (kept open, say, across a
+/// drain or a flood): the name each lab server answered with. Panics on a
+/// connection that is not served, which is what the callers test.
+pub fn ask_held(conns: &mut [TcpStream], timeout: Duration) -> Vec<String> {
+    conns
+        .iter_mut()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut resp = String::new();
+            let asked = s
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"))
+                .and_then(|()| s.read_to_string(&mut resp));
+            assert!(asked.is_ok() && resp.starts_with("HTTP/1.1 200 OK"), "held connection {i} is not served: {asked:?} {resp:?}");
+            resp.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_string()
+        })
+        .collect()
+}
+
 /// Sends `payload` to `addr` over UDP and waits for one datagram back;
 /// the reply and the address it came from.
 pub fn udp_echo(addr: SocketAddr, payload: &[u8], timeout: Duration) -> io::Result<(Vec<u8>, SocketAddr)> {

@@ -4,14 +4,13 @@
 //! both survive a reload and a restart through the state file, and
 //! `fulcrum backend reset` restores the file's pool. Root only.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
 use fulcrum::control::api::{Request, Response, Status};
 use fulcrum_tests::daemon::{self, LabMode};
-use fulcrum_tests::{Lab, VIP4, http_get, in_netns, require_root};
+use fulcrum_tests::{Lab, VIP4, ask_held, http_get, in_netns, require_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const T: Duration = Duration::from_secs(3);
@@ -98,19 +97,7 @@ fn drain_add_survive_reload_and_restart_and_reset_clears() {
     let out = ok(&["backend", "drain", VIP, &b1], socket);
     assert!(out.contains("1 backend changed") && out.contains(&format!("{VIP} backend {b1} weight 1 -> 0")), "{out}");
     assert_eq!(count(&answers(&lab, 60, "drained"), "backend1"), 0, "a drained backend got new flows");
-    let served: Vec<String> = in_netns(&lab.client.ns, || {
-        open.iter_mut()
-            .map(|s| {
-                s.set_read_timeout(Some(T)).expect("timeout");
-                s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n").expect("request");
-                let mut resp = String::new();
-                s.read_to_string(&mut resp).expect("an established connection is served");
-                assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
-                resp.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_string()
-            })
-            .collect()
-    })
-    .expect("client namespace");
+    let served = ask_held(&mut open, T);
     assert!(count(&served, "backend1") > 0, "no established connection was on backend1: {served:?}");
 
     // Added: it gets traffic, checked as the file's backends are.

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,7 +22,7 @@ use fulcrum::control::api::{Request, Response, StatsReport};
 use fulcrum_dataplane::wire::tcp::{ACK, RST, SYN};
 use fulcrum_tests::daemon::{self, LabMode};
 use fulcrum_tests::load::{Flood, Tally, with_clients};
-use fulcrum_tests::{Lab, Topology, VIP4, http_get, in_netns, require_root};
+use fulcrum_tests::{Lab, Topology, VIP4, ask_held, http_get, in_netns, require_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 /// Frames a second of every flood: what the balancer's debug build takes
@@ -119,15 +118,6 @@ fn open_established(lab: &Lab, target: SocketAddr, n: usize) -> Vec<TcpStream> {
         .expect("netns")
 }
 
-/// Each connection opened before a flood asks for `/` and is answered.
-fn ask_established(established: &mut [TcpStream], target: SocketAddr, summary: &str) {
-    for (i, s) in established.iter_mut().enumerate() {
-        let mut answer = String::new();
-        let asked = write!(s, "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").and_then(|()| s.read_to_string(&mut answer));
-        assert!(asked.is_ok() && answer.starts_with("HTTP/1.1 200"), "established connection {i}: {asked:?} {answer:?}\n{summary}");
-    }
-}
-
 /// Backend sockets of port 80 in SYN_RECV, over all the lab's backends:
 /// the half-open connections the backends hold.
 fn backend_half_open(lab: &Lab) -> usize {
@@ -184,7 +174,7 @@ after: {after:?}"
         "evictions
 {summary}"
     );
-    ask_established(&mut established, target, &summary);
+    eprintln!("held connections served by {:?}", ask_held(&mut established, CLIENT_TIMEOUT));
     eprintln!("SYN flood behind the proxy on {target}: {cookies} cookies, {} client connections, {half_open} half-open on the backends", clients.ok);
 }
 
@@ -255,7 +245,7 @@ fn syn_flood_past_the_half_open_cap(lab: &Lab, socket: &Path, target: SocketAddr
     let workers = after.workers.len() as u64;
     assert!(n1 <= n0 + half_open_cap * workers + clients.ok, "{} entries\n{summary}", n1 - n0);
     assert_eq!(e1, e0, "established flows were evicted\n{summary}");
-    ask_established(&mut established, target, &summary);
+    eprintln!("held connections served by {:?}", ask_held(&mut established, CLIENT_TIMEOUT));
     eprintln!("SYN flood: {without_state} SYNs without state, {with_entry} with an entry, {} client connections, {} entries", clients.ok, n1 - n0);
 }
 

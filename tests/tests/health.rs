@@ -309,22 +309,12 @@ fn weight_zero_drains_new_flows_and_established_ones_continue() {
     let (v4, v6) = (IpAddr::V4(VIP4), IpAddr::V6(VIP6));
     let drained = addr(&lab, 2, v4);
     let served = in_netns(&lab.client.ns, || {
-        use std::io::{Read, Write};
         let mut open: Vec<std::net::TcpStream> = (0..30).map(|_| std::net::TcpStream::connect_timeout(&SocketAddr::new(v4, 80), T).expect("connect")).collect();
         // The IPv4 TCP VIP's backend 3 (the first occurrence) drains.
         file.write(&text.replacen(&format!("address = \"{drained}\"\n"), &format!("address = \"{drained}\"\nweight = 0\n"), 1));
         assert!(matches!(daemon::ask(&socket, Request::Reload), Response::Reloaded(_)), "reload refused:\n{}", d.output());
         assert!(!answers(&lab, v4, 200).iter().any(|b| b == "backend3"), "a drained backend got new flows");
-        open.iter_mut()
-            .map(|s| {
-                s.set_read_timeout(Some(T)).expect("timeout");
-                s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n").expect("request");
-                let mut resp = String::new();
-                s.read_to_string(&mut resp).expect("an established connection is served");
-                assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
-                resp.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_string()
-            })
-            .collect::<Vec<_>>()
+        fulcrum_tests::ask_held(&mut open, T)
     })
     .expect("netns");
     assert!(served.iter().any(|b| b == "backend3"), "no open connection was on backend3: {served:?}");

@@ -201,7 +201,7 @@ fn bad_configurations_and_environments_are_clear_errors() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no such network interface: nope0"), "{err}");
     let (code, err) = run(&good.replace("mode = \"dsr\"", "mode = \"dsr\"\nweight = 70000"));
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(3), "an invalid configuration has its own exit code: {err}");
     assert!(err.contains("invalid configuration") && err.contains(".toml:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }

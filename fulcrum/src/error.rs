@@ -71,10 +71,9 @@ pub enum Error {
 /// them): scripts and systemd tell a refusal from a broken file from a
 /// daemon that is not there.
 pub mod exit {
-    /// The daemon (or the check) refused, or anything else failed.
+    /// The daemon (or the check) refused, or anything else failed. (2 is
+    /// clap's, for a command line it cannot parse.)
     pub const FAILED: u8 = 1;
-    /// clap's code for a command line it cannot parse.
-    pub const USAGE: u8 = 2;
     /// The configuration file, or a file it names, is invalid.
     pub const INVALID_CONFIG: u8 = 3;
     /// No daemon answers on the control socket.

@@ -267,6 +267,24 @@ enum HaCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Keep FILE at 0 while the daemon answers `status` within --timeout
+    /// and is not standing down, and at 1 otherwise, asking every --every:
+    /// keepalived tracks FILE (`track_file`, weight 0) and fails over as
+    /// soon as it changes, where a `vrrp_script` would take 1-2 s to see a
+    /// hang. Writes 1 when stopped (SIGTERM, SIGINT).
+    Watch {
+        /// The file keepalived's `track_file` reads.
+        #[arg(long)]
+        file: PathBuf,
+        /// How often to ask the daemon.
+        #[arg(long, default_value = "100ms", value_parser = parse_interval)]
+        every: Duration,
+        /// How long an answer may take before the daemon counts as hung.
+        #[arg(long, default_value = "250ms", value_parser = parse_interval)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -417,6 +435,9 @@ fn main() -> ExitCode {
         Cmd::Drain(t) => ask(&t, Request::Drain),
         Cmd::Bgp { cmd: BgpCmd::Exabgp { config } } => fulcrum_config::load(&config).map_err(Error::from).and_then(|c| fulcrum::bgp::run_exabgp(&c)),
         Cmd::Ha { cmd: HaCmd::Role { role, target } } => ask(&target, Request::HaRole { role }),
+        Cmd::Ha { cmd: HaCmd::Watch { file, every, timeout, target } } => {
+            socket_of(&target).and_then(|socket| fulcrum::ha::watch::run(&socket, &file, every, timeout))
+        }
         Cmd::Decap { iface, gue_port, xdp_mode } => decap(&iface, gue_port, xdp_mode),
         Cmd::Backend { cmd } => backend(cmd),
         Cmd::Vip { cmd: VipCmd::List(t) } => ask(&t, Request::VipList),
@@ -517,7 +538,7 @@ fn ask(t: &Target, req: Request) -> Result<(), Error> {
     // keepalived's check runs `fulcrum status`: failing it is how a master
     // demoted by hand makes keepalived hand the addresses to the peer.
     if let Response::Status(s) = &response
-        && s.ha.as_ref().is_some_and(|h| h.standing_down)
+        && s.standing_down()
     {
         return Err(Error::Refused("standing down (`fulcrum ha role backup` on the master): fails until keepalived's next notify".into()));
     }

@@ -31,6 +31,9 @@ pub struct Node {
     pub socket: PathBuf,
     pub fulcrum: Option<Proc>,
     pub keepalived: Option<Proc>,
+    /// `fulcrum ha watch`, writing the file keepalived tracks (`fit`).
+    watch: Option<Proc>,
+    fit: PathBuf,
     config: TempConfig,
     keepalived_conf: TempConfig,
 }
@@ -92,10 +95,12 @@ fn fulcrum_config(lab: &Lab, host: &Host, service: &Service, socket: &str, peer:
 }
 
 /// keepalived as `config/examples/ha/keepalived.conf` has it, with the
-/// lab's names: VRRPv3 adverts every 100 ms, the check every second, no
-/// preemption. The gateway is the VIP's route and, for inline NAT, the
-/// backends' route to the client.
-fn keepalived_config(host: &Host, priority: u8, socket: &str) -> String {
+/// lab's names: VRRPv3 adverts every 100 ms, fulcrum tracked through the
+/// file `fulcrum ha watch` keeps (`fit`), no preemption. The lab has no
+/// `track_process`: one `fulcrum` binary serves every namespace, so a
+/// process name cannot tell the pair's daemons apart. The gateway is the
+/// VIP's route and, for inline NAT, the backends' route to the client.
+fn keepalived_config(host: &Host, priority: u8, socket: &str, fit: &str) -> String {
     let bin = fulcrum_bin();
     let bin = bin.display();
     let iface = &host.iface().name;
@@ -107,12 +112,10 @@ fn keepalived_config(host: &Host, priority: u8, socket: &str) -> String {
     vrrp_garp_master_repeat 3
     vrrp_garp_master_refresh 10
 }}
-vrrp_script fulcrum_alive {{
-    script "{bin} status --socket {socket}"
-    interval 1
-    timeout 1
-    fall 1
-    rise 1
+track_file fulcrum_fit {{
+    file "{fit}"
+    weight 0
+    init_file 1 overwrite
 }}
 vrrp_instance lb {{
     state BACKUP
@@ -125,8 +128,8 @@ vrrp_instance lb {{
         {GATEWAY}/24 dev {iface}
         {SNAT}/24 dev {iface}
     }}
-    track_script {{
-        fulcrum_alive
+    track_file {{
+        fulcrum_fit
     }}
     notify_master "{bin} ha role master --socket {socket}"
     notify_backup "{bin} ha role backup --socket {socket}"
@@ -143,9 +146,21 @@ impl Node {
     pub fn start(lab: &Lab, host: &Host, service: &Service, priority: u8, peer: Ipv4Addr) -> Result<Node, LabError> {
         let socket = daemon::control_socket();
         let config = TempConfig::new(&fulcrum_config(lab, host, service, &socket, peer))?;
-        let keepalived_conf = TempConfig::new(&keepalived_config(host, priority, &socket))?;
-        let mut node = Node { host: host.clone(), socket: socket.into(), fulcrum: None, keepalived: None, config, keepalived_conf };
+        let fit = format!("{}.fit", config.path_str());
+        let keepalived_conf = TempConfig::new(&keepalived_config(host, priority, &socket, &fit))?;
+        let mut node = Node {
+            host: host.clone(),
+            socket: socket.clone().into(),
+            fulcrum: None,
+            keepalived: None,
+            watch: None,
+            fit: fit.clone().into(),
+            config,
+            keepalived_conf,
+        };
         node.start_fulcrum(lab)?;
+        let bin = fulcrum_bin();
+        node.watch = Some(lab.spawn(&host.ns, &[bin.to_str().unwrap_or_default(), "ha", "watch", "--file", &fit, "--socket", &socket])?);
         let conf = node.keepalived_conf.path_str().to_string();
         let (pid, vrrp_pid) = (format!("{conf}.pid"), format!("{conf}.vrrp.pid"));
         let k = lab.spawn(&host.ns, &["keepalived", "--dont-fork", "--log-console", "--vrrp", "-f", &conf, "-p", &pid, "-r", &vrrp_pid])?;
@@ -193,10 +208,12 @@ impl Node {
         }
     }
 
-    /// Stops keepalived, then fulcrum.
+    /// Stops keepalived, then fulcrum and its watcher.
     pub fn stop(&mut self) {
         self.stop_keepalived();
         self.fulcrum = None;
+        self.watch = None;
+        let _ = std::fs::remove_file(&self.fit);
     }
 }
 

@@ -522,6 +522,12 @@ fn row(cells: &[&dyn std::fmt::Display]) -> Vec<String> {
 }
 
 impl Status {
+    /// A master demoted by hand that keepalived has not yet moved away
+    /// from: it reports itself unfit so that keepalived does.
+    pub fn standing_down(&self) -> bool {
+        self.ha.as_ref().is_some_and(|h| h.standing_down)
+    }
+
     /// What `fulcrum status` prints.
     pub fn table(&self) -> String {
         let mut out = format!(

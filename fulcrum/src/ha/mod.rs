@@ -10,6 +10,7 @@
 //! and the role, which the workers read once per poll.
 
 pub mod sync;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};

@@ -65,7 +65,7 @@ fn client(port: u16, flags: u8) -> PacketBuilder {
 fn export(e: &mut Engine, now: u32, active: bool) -> Vec<SyncEntry> {
     let mut out = Vec::new();
     e.export_sync(now, active, |x| {
-        out.push(x);
+        out.push(*x);
         true
     });
     out

@@ -1,7 +1,7 @@
 //! The engine's side of flow sync: which flows to tell a peer about, and
 //! taking in the flows a peer tells about.
 //!
-//! The packet path only appends (slot, key) to a preallocated log when a
+//! The packet path only appends the slot to a preallocated log when a
 //! flow is created or changes state: no lookup, no allocation. Once per
 //! batch `export_sync` turns the log into `SyncEntry`s by stable
 //! identities and walks a few slots of the table: a flow that traffic kept
@@ -34,9 +34,11 @@ const MIN_REFRESH_MS: u32 = 100;
 
 pub(super) struct SyncLog {
     on: bool,
-    /// Forward entries created or changed since the last export, with
-    /// their key to tell a slot since reused by another flow.
-    changed: Vec<(Slot, FlowKey)>,
+    /// Forward entries created or changed since the last export. A slot
+    /// freed since is skipped; one reused since holds a flow that is new,
+    /// and logged itself: sending it twice does no harm, so the log needs
+    /// no key to tell them apart.
+    changed: Vec<Slot>,
     lost: u64,
     /// The refresh walk: next slot, when this lap and the previous began.
     hand: usize,
@@ -67,12 +69,12 @@ impl SyncLog {
 
     /// A forward entry was created or changed state.
     #[inline]
-    pub(super) fn changed(&mut self, slot: Slot, key: &FlowKey) {
+    pub(super) fn changed(&mut self, slot: Slot) {
         if !self.on {
             return;
         }
         if self.changed.len() < self.changed.capacity() {
-            self.changed.push((slot, *key));
+            self.changed.push(slot);
         } else {
             self.lost += 1;
         }
@@ -83,9 +85,9 @@ impl Flows {
     /// A flow was opened to `backend`: logged unless the peer needs no
     /// entry for it. `hash` is the key's.
     #[inline]
-    pub(super) fn flow_opened(&mut self, slot: Slot, key: &FlowKey, hash: u64, (vip_id, v): (VipId, &Vip), backend: BackendId) {
-        if self.sync.on && !self.peer_places(vip_id, v, backend, hash) {
-            self.sync.changed(slot, key);
+    pub(super) fn flow_opened(&mut self, slot: Slot, hash: u64, (vip_id, v): (VipId, &Vip), backend: BackendId) {
+        if self.sync.on && !self.peer_places(vip_id, v, backend, || hash) {
+            self.sync.changed(slot);
         }
     }
 
@@ -94,12 +96,13 @@ impl Flows {
     /// segment opens a flow) scheduled by Maglev alone, whose current
     /// answer is `backend`. Only the exceptions are synced; a busy flow
     /// left behind when the backends change is sent by the refresh walk
-    /// once Maglev answers otherwise.
-    fn peer_places(&self, vip_id: VipId, v: &Vip, backend: BackendId, hash: u64) -> bool {
+    /// once Maglev answers otherwise. The hash is asked for last: NAT
+    /// flows, all synced, never pay for it.
+    fn peer_places(&self, vip_id: VipId, v: &Vip, backend: BackendId, hash: impl FnOnce() -> u64) -> bool {
         !matches!(v.spec.mode, Mode::Nat { .. })
             && v.spec.persistence_ms.is_none()
             && self.schedulers.get(usize::from(vip_id)).is_none_or(Option::is_none)
-            && v.maglev.lookup(hash).and_then(|i| v.spec.backends.get(i)) == Some(&backend)
+            && v.maglev.lookup(hash()).and_then(|i| v.spec.backends.get(i)) == Some(&backend)
     }
 }
 
@@ -137,27 +140,24 @@ impl Engine {
     /// way either way. `send` returns false when it has no room: the rest
     /// of the log is dropped (and counted), a bulk resync resumes at the
     /// next call. Call it after each `process`, with the same clock.
-    pub fn export_sync(&mut self, now: u32, active: bool, mut send: impl FnMut(SyncEntry) -> bool) {
+    pub fn export_sync(&mut self, now: u32, active: bool, mut send: impl FnMut(&SyncEntry) -> bool) {
         if !self.flows.sync.on {
             return;
         }
         let mut log = std::mem::take(&mut self.flows.sync.changed);
+        let mut entry = SyncEntry::default();
         if active {
-            for (i, &(slot, key)) in log.iter().enumerate() {
-                let fresh = self.flows.table.live(slot).is_some_and(|e| *e.key() == key);
-                if fresh
-                    && let Some(e) = self.sync_entry(slot, now)
-                    && !send(e)
-                {
+            for (i, &slot) in log.iter().enumerate() {
+                if self.sync_entry(slot, now, &mut entry) && !send(&entry) {
                     self.flows.sync.lost += (log.len() - i) as u64;
                     break;
                 }
             }
-            self.refresh(now, &mut send);
+            self.refresh(now, &mut entry, &mut send);
         }
         log.clear();
         self.flows.sync.changed = log;
-        self.bulk(now, &mut send);
+        self.bulk(now, &mut entry, &mut send);
     }
 
     /// Starts sending every live flow (a peer started or restarted).
@@ -176,7 +176,7 @@ impl Engine {
     }
 
     /// The refresh walk's share of this call.
-    fn refresh(&mut self, now: u32, send: &mut impl FnMut(SyncEntry) -> bool) {
+    fn refresh(&mut self, now: u32, entry: &mut SyncEntry, send: &mut impl FnMut(&SyncEntry) -> bool) {
         let sync = &mut self.flows.sync;
         if sync.hand == 0 {
             if now.wrapping_sub(sync.lap_start) < sync.refresh_ms {
@@ -194,10 +194,7 @@ impl Engine {
             }
             self.flows.sync.hand += 1;
             let seen = self.flows.table.live(slot as Slot).is_some_and(|e| now.wrapping_sub(e.last_seen()) < since);
-            if seen
-                && let Some(e) = self.sync_entry(slot as Slot, now)
-                && !send(e)
-            {
+            if seen && self.sync_entry(slot as Slot, now, entry) && !send(entry) {
                 self.flows.sync.lost += 1;
                 return;
             }
@@ -205,13 +202,11 @@ impl Engine {
     }
 
     /// The bulk resync's share of this call.
-    fn bulk(&mut self, now: u32, send: &mut impl FnMut(SyncEntry) -> bool) {
+    fn bulk(&mut self, now: u32, entry: &mut SyncEntry, send: &mut impl FnMut(&SyncEntry) -> bool) {
         let Some(mut at) = self.flows.sync.bulk else { return };
         let end = self.flows.table.slots_used().min(at + BULK_BUDGET);
         while at < end {
-            if let Some(e) = self.sync_entry(at as Slot, now)
-                && !send(e)
-            {
+            if self.sync_entry(at as Slot, now, entry) && !send(entry) {
                 break;
             }
             at += 1;
@@ -219,34 +214,38 @@ impl Engine {
         self.flows.sync.bulk = (at < self.flows.table.slots_used()).then_some(at);
     }
 
-    /// The flow whose forward entry is `slot`, by stable identities.
-    fn sync_entry(&self, slot: Slot, now: u32) -> Option<SyncEntry> {
+    /// Writes into `out` the flow whose forward entry is `slot`, by stable
+    /// identities; false when there is none to send. An out-parameter
+    /// that export reuses, because returning the entry by value copied it
+    /// once more on its way to `send`: an eighth of sync's cost per new
+    /// flow.
+    fn sync_entry(&self, slot: Slot, now: u32, out: &mut SyncEntry) -> bool {
         let (f, s) = (&self.flows, &*self.services);
-        let e = f.table.live(slot)?;
-        let FlowValue::Forward { vip, backend, spliced } = e.value else { return None };
+        let Some(e) = f.table.live(slot) else { return false };
+        let FlowValue::Forward { vip, backend, spliced } = e.value else { return false };
         // A flow the SYN proxy opened goes with its translation, once the
         // backend has answered (before, the client would retry anyway).
-        let splice = if spliced { Some(f.splices.get(slot as usize)?.offsets()?) } else { None };
-        let v = s.vip(vip)?;
-        if f.peer_places(vip, v, backend, e.key().hash64()) {
-            return None;
-        }
-        let b = s.backend(backend)?;
-        let remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(e.last_seen()));
-        let mut out = SyncEntry {
-            key: *e.key(),
-            vip_port: v.spec.port,
-            backend: b.addr,
-            backend_port: b.spec.port,
-            snat: [0; 16],
-            snat_port: 0,
-            client_mac: [0; 6],
-            iface: 0,
-            state: e.state,
-            remaining_ms,
-            worker: f.cfg.worker,
-            splice,
+        let splice = if spliced {
+            match f.splices.get(slot as usize).and_then(Splice::offsets) {
+                Some(o) => Some(o),
+                None => return false,
+            }
+        } else {
+            None
         };
+        let Some(v) = s.vip(vip) else { return false };
+        if f.peer_places(vip, v, backend, || e.key().hash64()) {
+            return false;
+        }
+        let Some(b) = s.backend(backend) else { return false };
+        out.key = *e.key();
+        out.vip_port = v.spec.port;
+        (out.backend, out.backend_port) = (b.addr, b.spec.port);
+        out.state = e.state;
+        out.remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(e.last_seen()));
+        out.worker = f.cfg.worker;
+        out.splice = splice;
+        (out.client_mac, out.iface, out.snat, out.snat_port) = ([0; 6], 0, [0; 16], 0);
         if e.peer() != NO_PEER
             && let Some(r) = f.table.live(e.peer())
             && let FlowValue::Reverse { client_mac, iface } = r.value
@@ -257,7 +256,7 @@ impl Engine {
                 (out.snat, out.snat_port) = (r.key().dst, r.key().dst_port);
             }
         }
-        Some(out)
+        true
     }
 
     /// Takes in a flow a peer sent: its entry (and for NAT the reverse

@@ -58,7 +58,7 @@ pub struct Header {
 }
 
 /// One flow as the sync carries it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncEntry {
     /// Client to VIP, as the client sends it.
     pub key: FlowKey,

@@ -65,10 +65,11 @@ impl Timeouts {
 }
 
 /// Where a flow is in its life; selects its idle timeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FlowState {
     /// TCP, handshake not completed.
+    #[default]
     SynSeen,
     /// TCP, handshake completed.
     Established,

@@ -424,7 +424,7 @@ pub fn drive(mode: usize, t: &Traffic) -> Arc<Stats> {
         }
         let mut exported = Vec::new();
         engine.export_sync(now, true, |e| {
-            exported.push(e);
+            exported.push(*e);
             true
         });
         for e in &exported {

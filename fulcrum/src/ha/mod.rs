@@ -142,7 +142,7 @@ impl Ha {
         }
         let stamp = self.now_ms();
         let c = &lane.counts;
-        engine.export_sync(now, self.role() == HaRole::Master, |e| match lane.out.push((e, stamp)) {
+        engine.export_sync(now, self.role() == HaRole::Master, |e| match lane.out.push((*e, stamp)) {
             Ok(()) => {
                 c.exported.inc();
                 true

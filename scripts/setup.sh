@@ -12,6 +12,7 @@ packages=(
     keepalived                                                 # the HA pair lab (tests/tests/ha.rs)
     bird2 exabgp                                               # the scale-out lab (tests/tests/ecmp.rs): router and node speakers
     systemd                                                    # systemd-analyze verify of config/fulcrum.service
+    nginx-light openssl dnsmasq-base                           # https, Host, dns checks against real servers (tests/tests/checks.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

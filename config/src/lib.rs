@@ -49,21 +49,25 @@ pub fn read(path: &Path) -> Result<String, ConfigErrors> {
     Ok(text)
 }
 
-/// Checks that every plugin file `config` names can be opened and is a
+/// Checks that every plugin and CA file `config` names can be opened and is a
 /// regular file (`open_regular`; nothing is read): `parse` never touches
 /// the filesystem, so whoever is about to run a config (or `fulcrum
 /// check-config`) calls this too. `origin` names the file in messages; the
 /// errors have no line (the typed `Config` keeps none).
 pub fn check_files(config: &Config, origin: &str) -> Result<(), ConfigErrors> {
-    let errors: Vec<ConfigError> = config
-        .plugins()
-        .filter_map(|(vip, field, path)| {
-            // No size limit: that is for whoever loads the plugin to set.
+    let plugins = config.plugins().map(|(vip, field, path)| (vip, field, "plugin", path));
+    let ca_files = config.ca_files().map(|(vip, path)| (vip, "health.ca_file", "CA file", path));
+    let mut errors: Vec<ConfigError> = plugins
+        .chain(ca_files)
+        .filter_map(|(vip, field, what, path)| {
+            // No size limit: that is for whoever loads the file to set.
             let problem = open_regular(path, u64::MAX).err()?;
-            let message = format!("{field}: cannot open plugin {}: {problem}", path.display());
+            let message = format!("{field}: cannot open {what} {}: {problem}", path.display());
             Some(ConfigError::new(origin, None, &format!("vip {}", vip.name()), &message))
         })
         .collect();
+    // A CA file shared by several backends is reported once.
+    errors.dedup_by(|a, b| a.to_string() == b.to_string());
     if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
 }
 

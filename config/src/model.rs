@@ -88,6 +88,17 @@ impl Config {
             scheduler.into_iter().chain(policy)
         })
     }
+
+    /// Every CA file an https check names: the VIP and the path (once per
+    /// backend that uses it).
+    pub fn ca_files(&self) -> impl Iterator<Item = (&Vip, &PathBuf)> {
+        self.vips.iter().flat_map(|v| {
+            v.backends.iter().filter_map(move |b| match &b.check.as_ref()?.probe {
+                Probe::Http(HttpProbe { tls: Some(Tls { verify: TlsVerify::CaFile(path), .. }), .. }) => Some((v, path)),
+                _ => None,
+            })
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -358,9 +369,79 @@ pub enum Probe {
     TcpConnect { port: u16 },
     /// SYN, expect SYN-ACK, answer RST.
     TcpHalfOpen { port: u16 },
-    /// GET `path`; up when the status is in `status` and, if `content` is
-    /// set (kind http-content), the body contains it.
-    Http { port: u16, path: String, status: StatusRange, content: Option<String> },
+    /// GET `path` (over TLS when `tls` is set); up when the status is in
+    /// `status` and, if `content` is set (kinds http-content and
+    /// https-content), the body contains it.
+    Http(HttpProbe),
+    /// `payload` in one datagram; up when a reply comes and, if `expect`
+    /// is set, begins with it.
+    Udp { port: u16, payload: Vec<u8>, expect: Option<Vec<u8>> },
+    /// A DNS query over UDP; up when the answer's rcode is NOERROR and, if
+    /// `expect_address` is set, that address is among the answers.
+    Dns { port: u16, name: String, record: DnsType, expect_address: Option<IpAddr> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub port: u16,
+    pub path: String,
+    pub status: StatusRange,
+    pub content: Option<String>,
+    /// The Host header; the checked address and port when `None`.
+    pub host: Option<String>,
+    pub tls: Option<Tls>,
+}
+
+/// How an https check speaks TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// Sent as SNI and verified against the certificate; without it no SNI
+    /// is sent and the certificate must name the checked address.
+    pub server_name: Option<String>,
+    pub verify: TlsVerify,
+}
+
+/// What the server's certificate is verified against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TlsVerify {
+    /// The system's trusted roots.
+    SystemRoots,
+    /// The PEM certificates of this file (resolved as plugin paths are).
+    CaFile(PathBuf),
+    /// Not verified (`verify = false`): any certificate passes, the
+    /// handshake's signatures are still checked.
+    Off,
+}
+
+/// The record type a DNS check asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsType {
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Ns,
+    Ptr,
+    Soa,
+    Srv,
+    Txt,
+}
+
+impl DnsType {
+    /// The type's number on the wire (RFC 1035, 3596, 2782).
+    pub fn code(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Ptr => 12,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+            DnsType::Srv => 33,
+        }
+    }
 }
 
 /// HTTP status codes, inclusive, within 100..=599.
@@ -424,6 +505,26 @@ impl HaRole {
 
 impl Keyword for Speaker {
     const ALL: &[(&str, Self)] = &[("exabgp", Speaker::ExaBgp)];
+}
+
+impl Keyword for DnsType {
+    const ALL: &[(&str, Self)] = &[
+        ("A", DnsType::A),
+        ("AAAA", DnsType::Aaaa),
+        ("CNAME", DnsType::Cname),
+        ("MX", DnsType::Mx),
+        ("NS", DnsType::Ns),
+        ("PTR", DnsType::Ptr),
+        ("SOA", DnsType::Soa),
+        ("SRV", DnsType::Srv),
+        ("TXT", DnsType::Txt),
+    ];
+}
+
+impl fmt::Display for DnsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Keyword for OnDown {

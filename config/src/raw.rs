@@ -113,6 +113,17 @@ pub(crate) struct RawHealth {
     pub path: Field,
     pub expect_status: Field,
     pub expect_content: Field,
+    pub host: Field,
+    pub sni: Field,
+    pub verify: Field,
+    pub ca_file: Field,
+    pub payload: Field,
+    pub payload_hex: Field,
+    pub expect_reply: Field,
+    pub expect_reply_hex: Field,
+    pub query_name: Field,
+    pub query_type: Field,
+    pub expect_address: Field,
     pub address: Field,
     pub port: Field,
     pub on_down: Field,
@@ -133,6 +144,17 @@ impl RawHealth {
             path: pick(&self.path, &over.path),
             expect_status: pick(&self.expect_status, &over.expect_status),
             expect_content: pick(&self.expect_content, &over.expect_content),
+            host: pick(&self.host, &over.host),
+            sni: pick(&self.sni, &over.sni),
+            verify: pick(&self.verify, &over.verify),
+            ca_file: pick(&self.ca_file, &over.ca_file),
+            payload: pick(&self.payload, &over.payload),
+            payload_hex: pick(&self.payload_hex, &over.payload_hex),
+            expect_reply: pick(&self.expect_reply, &over.expect_reply),
+            expect_reply_hex: pick(&self.expect_reply_hex, &over.expect_reply_hex),
+            query_name: pick(&self.query_name, &over.query_name),
+            query_type: pick(&self.query_type, &over.query_type),
+            expect_address: pick(&self.expect_address, &over.expect_address),
             address: pick(&self.address, &over.address),
             port: pick(&self.port, &over.port),
             on_down: pick(&self.on_down, &over.on_down),
@@ -186,6 +208,10 @@ pub(crate) enum CheckKind {
     TcpHalfOpen,
     HttpStatus,
     HttpContent,
+    HttpsStatus,
+    HttpsContent,
+    Udp,
+    Dns,
 }
 
 impl Keyword for CheckKind {
@@ -195,6 +221,10 @@ impl Keyword for CheckKind {
         ("tcp-half-open", CheckKind::TcpHalfOpen),
         ("http-status", CheckKind::HttpStatus),
         ("http-content", CheckKind::HttpContent),
+        ("https-status", CheckKind::HttpsStatus),
+        ("https-content", CheckKind::HttpsContent),
+        ("udp", CheckKind::Udp),
+        ("dns", CheckKind::Dns),
     ];
 }
 
@@ -214,6 +244,7 @@ display_keyword!(Role, ModeName, CheckKind);
 #[derive(Clone, Debug)]
 pub(crate) enum Scalar {
     Int(i64),
+    Bool(bool),
     Text(String),
     List(Vec<Spanned<Scalar>>),
     /// Of a type no field takes; what it was, for messages.
@@ -225,6 +256,7 @@ impl fmt::Display for Scalar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scalar::Int(n) => write!(f, "{n}"),
+            Scalar::Bool(_) => f.write_str("a boolean"),
             Scalar::Text(s) => write!(f, "{s:?}"),
             Scalar::List(_) => f.write_str("an array"),
             Scalar::Other(what) => f.write_str(what),
@@ -247,8 +279,8 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         f.write_str("a TOML value")
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
-        Ok(Scalar::Other("a boolean"))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {

@@ -129,8 +129,8 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
             "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
             "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
-            "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
-            "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `address`, `port`, `on_down`, `policy`",
+            "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`",
+            "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`",
         ]
     );
 }
@@ -536,8 +536,8 @@ fn health_checks() {
             "fulcrum.toml:13: vip 198.18.0.100:80/tcp: health.timeout (1s) must be shorter than health.interval (1s)",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: health.rise must be 1..=255, got 0",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health.fall must be 1..=255, got 256",
-            "fulcrum.toml:16: vip 198.18.0.100:80/tcp: health.path does not apply to kind tcp-connect (only to http-status and http-content)",
-            "fulcrum.toml:17: vip 198.18.0.100:80/tcp: health.expect_content does not apply to kind tcp-connect (only to http-content)",
+            "fulcrum.toml:16: vip 198.18.0.100:80/tcp: health.path does not apply to kind tcp-connect (only to the http and https kinds)",
+            "fulcrum.toml:17: vip 198.18.0.100:80/tcp: health.expect_content does not apply to kind tcp-connect (only to http-content and https-content)",
             "fulcrum.toml:18: vip 198.18.0.100:80/tcp: health.address is per backend: set it in that backend's health table",
         ]
     );
@@ -553,11 +553,103 @@ fn health_checks() {
     );
     assert_eq!(
         vip("health = { kind = \"icmp\", port = 80 }\nbackend = []\n"),
-        ["fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.port does not apply to kind icmp (only to the tcp and http kinds)"]
+        ["fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.port does not apply to kind icmp (only to every kind but icmp)"]
     );
     assert_eq!(
         vip("health = { interval = \"1s\" }\nbackend = []\n"),
-        [r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.kind is required: one of "icmp", "tcp-connect", "tcp-half-open", "http-status", "http-content""#]
+        [
+            r#"fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.kind is required: one of "icmp", "tcp-connect", "tcp-half-open", "http-status", "http-content", "https-status", "https-content", "udp", "dns""#
+        ]
+    );
+}
+
+#[test]
+fn https_udp_and_dns_checks_resolve() {
+    let one = |health: &str| {
+        let c = valid(&format!("{VIP}health = {{ {health} }}\n[[vip.backend]]\naddress = \"198.18.0.11\"\n"));
+        c.vips[0].backends[0].check.clone().unwrap().probe
+    };
+    let https = |host: Option<&str>, server_name: Option<&str>, verify| {
+        let status = StatusRange { first: 200, last: 399 };
+        let tls = Some(Tls { server_name: server_name.map(Into::into), verify });
+        Probe::Http(HttpProbe { port: 443, path: "/".into(), status, content: None, host: host.map(Into::into), tls })
+    };
+    // The SNI is the Host header's name unless set; an address sends none.
+    assert_eq!(one("kind = \"https-status\", port = 443"), https(None, None, TlsVerify::SystemRoots));
+    assert_eq!(
+        one("kind = \"https-status\", port = 443, host = \"www.lab.test:8443\", ca_file = \"/etc/lab-ca.pem\""),
+        https(Some("www.lab.test:8443"), Some("www.lab.test"), TlsVerify::CaFile("/etc/lab-ca.pem".into()))
+    );
+    assert_eq!(
+        one("kind = \"https-status\", port = 443, host = \"198.18.0.11\", sni = \"api.lab.test\", verify = false"),
+        https(Some("198.18.0.11"), Some("api.lab.test"), TlsVerify::Off)
+    );
+    assert_eq!(
+        one("kind = \"udp\", port = 7, payload_hex = \"70696E67\", expect_reply = \"ping\""),
+        Probe::Udp { port: 7, payload: b"ping".to_vec(), expect: Some(b"ping".to_vec()) }
+    );
+    assert_eq!(one("kind = \"udp\", payload = \"x\""), Probe::Udp { port: 80, payload: b"x".to_vec(), expect: None });
+    assert_eq!(
+        one("kind = \"dns\", port = 53, query_name = \"www.lab.test.\", expect_address = \"198.18.5.5\""),
+        Probe::Dns { port: 53, name: "www.lab.test".into(), record: DnsType::A, expect_address: Some("198.18.5.5".parse().unwrap()) }
+    );
+    assert_eq!(
+        one("kind = \"dns\", port = 53, query_name = \"lab.test\", query_type = \"MX\""),
+        Probe::Dns { port: 53, name: "lab.test".into(), record: DnsType::Mx, expect_address: None }
+    );
+}
+
+#[test]
+fn https_udp_and_dns_check_errors_name_the_field() {
+    let e = |health: &str| vip(&format!("health = {{ {health} }}\nbackend = []\n"));
+    let at = "fulcrum.toml:10: vip 198.18.0.100:80/tcp:";
+    assert_eq!(
+        e("kind = \"http-status\", verify = false, payload = \"x\""),
+        [
+            format!("{at} health.verify does not apply to kind http-status (only to https-status and https-content)"),
+            format!("{at} health.payload does not apply to kind http-status (only to udp)"),
+        ]
+    );
+    assert_eq!(
+        e("kind = \"https-status\", verify = \"no\", host = \"a b\", sni = \"198.18.0.11\""),
+        [
+            format!("{at} health.host must be 1 to 255 characters without spaces or control characters, got \"a b\""),
+            format!("{at} health.verify must be true or false, got \"no\""),
+            format!("{at} health.sni must be a DNS name like \"www.example.com\" (no address, no port), got \"198.18.0.11\""),
+        ]
+    );
+    assert_eq!(
+        e("kind = \"https-content\", verify = false, ca_file = \"ca.pem\""),
+        [
+            format!("{at} kind https-content needs health.expect_content: the string the body must contain"),
+            format!("{at} health.ca_file is not used with health.verify = false: remove one of them"),
+        ]
+    );
+    assert_eq!(
+        e("kind = \"udp\", expect_reply_hex = \"abc\", query_name = \"x\""),
+        [
+            format!("{at} health.query_name does not apply to kind udp (only to dns)"),
+            format!("{at} kind udp needs health.payload or health.payload_hex: what to send"),
+            format!("{at} health.expect_reply_hex must be pairs of hex digits like \"0a1b2c\", got \"abc\""),
+        ]
+    );
+    assert_eq!(
+        e("kind = \"udp\", payload = \"x\", payload_hex = \"78\", expect_reply = \"\""),
+        [format!("{at} health.payload and health.payload_hex give one value two ways: set one"), format!("{at} health.expect_reply must not be empty"),]
+    );
+    assert_eq!(
+        e("kind = \"dns\", query_type = \"AXFR\", expect_address = \"2001:db8::1\""),
+        [
+            format!("{at} kind dns needs health.query_name: the name to ask for"),
+            format!("{at} health.query_type must be one of \"A\", \"AAAA\", \"CNAME\", \"MX\", \"NS\", \"PTR\", \"SOA\", \"SRV\", \"TXT\", got \"AXFR\""),
+        ]
+    );
+    assert_eq!(
+        e("kind = \"dns\", query_name = \"bad..name\", expect_address = \"2001:db8::1\""),
+        [
+            format!("{at} health.query_name must be a DNS name like \"www.example.com\", got \"bad..name\""),
+            format!("{at} health.expect_address 2001:db8::1 cannot be in the answer to a query of type A: use query_type \"A\" for IPv4, \"AAAA\" for IPv6"),
+        ]
     );
 }
 
@@ -574,7 +666,7 @@ fn health_resolves_per_backend_with_defaults_and_overrides() {
         first,
         HealthCheck {
             address: "198.18.0.11".parse().unwrap(),
-            probe: Probe::Http { port: 8080, path: "/".into(), status: default, content: None },
+            probe: Probe::Http(HttpProbe { port: 8080, path: "/".into(), status: default, content: None, host: None, tls: None }),
             interval: Duration::from_millis(300),
             // Half the interval, being shorter than the 1s default.
             timeout: Duration::from_millis(150),
@@ -584,7 +676,10 @@ fn health_resolves_per_backend_with_defaults_and_overrides() {
     );
     let second = vip.backends[1].check.clone().unwrap();
     assert_eq!(second.address.to_string(), "198.18.1.12");
-    assert_eq!(second.probe, Probe::Http { port: 9000, path: "/ready".into(), status: StatusRange { first: 204, last: 204 }, content: None });
+    assert_eq!(
+        second.probe,
+        Probe::Http(HttpProbe { port: 9000, path: "/ready".into(), status: StatusRange { first: 204, last: 204 }, content: None, host: None, tls: None })
+    );
     assert_eq!((second.rise, second.fall, second.interval), (5, 3, Duration::from_millis(300)));
 }
 
@@ -603,7 +698,7 @@ fn health_overrides_are_checked_against_the_vips_check() {
             "fulcrum.toml:16: vip 198.18.0.100:80/tcp, backend 1: health.kind is set for the whole VIP, not per backend",
             "fulcrum.toml:16: vip 198.18.0.100:80/tcp, backend 1: health.on_down is set for the whole VIP, not per backend",
             "fulcrum.toml:16: vip 198.18.0.100:80/tcp, backend 1: health.timeout (2s) must be shorter than health.interval (100ms)",
-            "fulcrum.toml:16: vip 198.18.0.100:80/tcp, backend 1: health.path does not apply to kind tcp-connect (only to http-status and http-content)",
+            "fulcrum.toml:16: vip 198.18.0.100:80/tcp, backend 1: health.path does not apply to kind tcp-connect (only to the http and https kinds)",
         ]
     );
     assert_eq!(

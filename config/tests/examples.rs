@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use fulcrum_config::{Config, LAB, Mode, Probe, Protocol, Scheduler, Topology, load, parse};
+use fulcrum_config::{Config, HttpProbe, LAB, Mode, Probe, Protocol, Scheduler, Topology, load, parse};
 
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -85,8 +85,8 @@ fn each_example_shows_its_mode() {
     assert!(web.persistence.is_some());
     assert!(web.health.as_ref().is_some_and(|h| h.plugin.is_some()));
     let checks: Vec<&Probe> = web.backends.iter().map(|b| &b.check.as_ref().expect("checked").probe).collect();
-    assert!(matches!(checks[0], Probe::Http { port: 80, content: Some(_), .. }));
-    assert!(matches!(checks[2], Probe::Http { port: 8081, .. }), "a per-backend override");
+    assert!(matches!(checks[0], Probe::Http(HttpProbe { port: 80, content: Some(_), .. })));
+    assert!(matches!(checks[2], Probe::Http(HttpProbe { port: 8081, .. })), "a per-backend override");
     assert_eq!(hp.vips[1].backends[1].check.as_ref().map(|c| c.address.to_string()).as_deref(), Some("198.18.1.22"));
 }
 

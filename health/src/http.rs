@@ -31,8 +31,10 @@ pub enum Judgement {
 }
 
 impl HttpCheck {
-    pub fn new(to: SocketAddr, path: &str, status: StatusRange, content: Option<&str>) -> HttpCheck {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {to}\r\nUser-Agent: fulcrum-health\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    /// The Host header is `host`, else the checked address and port.
+    pub fn new(to: SocketAddr, path: &str, status: StatusRange, content: Option<&str>, host: Option<&str>) -> HttpCheck {
+        let host = host.map_or_else(|| to.to_string(), str::to_string);
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: fulcrum-health\r\nAccept: */*\r\nConnection: close\r\n\r\n");
         let content = content.filter(|c| !c.is_empty()).map(|c| c.as_bytes().into());
         HttpCheck { request: request.into_bytes().into(), status, content }
     }
@@ -81,7 +83,7 @@ mod tests {
     use super::*;
 
     fn check(content: Option<&str>) -> HttpCheck {
-        HttpCheck::new("198.18.0.11:80".parse().unwrap(), "/health", StatusRange { first: 200, last: 399 }, content)
+        HttpCheck::new("198.18.0.11:80".parse().unwrap(), "/health", StatusRange { first: 200, last: 399 }, content, None)
     }
 
     #[test]
@@ -91,8 +93,10 @@ mod tests {
             std::str::from_utf8(r.request()).unwrap(),
             "GET /health HTTP/1.0\r\nHost: 198.18.0.11:80\r\nUser-Agent: fulcrum-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
-        let v6 = HttpCheck::new("[2001:db8::11]:8080".parse().unwrap(), "/", StatusRange { first: 200, last: 200 }, None);
+        let v6 = HttpCheck::new("[2001:db8::11]:8080".parse().unwrap(), "/", StatusRange { first: 200, last: 200 }, None, None);
         assert!(std::str::from_utf8(v6.request()).unwrap().contains("Host: [2001:db8::11]:8080\r\n"));
+        let named = HttpCheck::new("198.18.0.11:80".parse().unwrap(), "/", StatusRange { first: 200, last: 200 }, None, Some("www.lab.test"));
+        assert!(std::str::from_utf8(named.request()).unwrap().contains("Host: www.lab.test\r\n"));
     }
 
     #[test]

@@ -14,16 +14,20 @@
 //! - [`stream`]: TCP connect (three-way handshake, then FIN) and, over the
 //!   same connection driver, the HTTP checks of [`http`] (a status in a
 //!   range; optionally a string in the body).
+//!   Over TLS ([`tls`], rustls) for the https kinds.
+//! - [`datagram`]: UDP request and reply, and DNS queries.
 //! - [`half_open`]: SYN from a raw socket, SYN-ACK expected, RST sent back
 //!   by the checker; [`rst_guard`] keeps the kernel's own RST (it knows no
 //!   such connection) off the wire with an nftables rule.
 
+pub mod datagram;
 pub mod half_open;
 pub mod http;
 pub mod icmp;
 pub mod monitor;
 pub mod rst_guard;
 pub mod stream;
+pub mod tls;
 
 use std::{fmt, io};
 
@@ -47,6 +51,20 @@ pub enum HealthError {
         count: usize,
         max: usize,
     },
+    /// The certificates https checks verify against could not be loaded.
+    Roots {
+        what: String,
+        why: String,
+    },
+    /// An https check's server name is not one rustls accepts.
+    ServerName(String),
+    /// A dns check's query could not be encoded.
+    DnsQuery {
+        name: String,
+        source: simple_dns::SimpleDnsError,
+    },
+    /// rustls refused the client configuration.
+    Tls(rustls::Error),
 }
 
 /// How running `nft` failed.
@@ -73,6 +91,10 @@ impl fmt::Display for HealthError {
             HealthError::System { what, source } => write!(f, "{what}: {source}"),
             HealthError::Nft { what, detail } => write!(f, "{what}: {detail}"),
             HealthError::TooManyBackends { count, max } => write!(f, "{count} health-checked backends: at most {max}"),
+            HealthError::Roots { what, why } => write!(f, "https checks: cannot load {what}: {why}"),
+            HealthError::ServerName(n) => write!(f, "https checks: {n:?} is not a valid server name"),
+            HealthError::DnsQuery { name, source } => write!(f, "dns checks: cannot encode a query for {name:?}: {source}"),
+            HealthError::Tls(e) => write!(f, "https checks: {e}"),
         }
     }
 }
@@ -81,6 +103,8 @@ impl std::error::Error for HealthError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             HealthError::System { source, .. } | HealthError::Nft { detail: NftFailure::Run(source), .. } => Some(source),
+            HealthError::DnsQuery { source, .. } => Some(source),
+            HealthError::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -106,6 +130,19 @@ pub enum Failure {
     ContentMissing,
     /// The answer was not an HTTP response, or ended before its status.
     BadResponse,
+    /// The server's certificate did not verify (unknown issuer, wrong
+    /// name, expired).
+    Certificate,
+    /// The TLS handshake or session failed otherwise.
+    Tls,
+    /// A udp check's reply did not begin with the expected bytes.
+    UnexpectedReply,
+    /// A DNS answer's RCODE was not NOERROR: the RCODE.
+    DnsRcode(u8),
+    /// The DNS answer lacked the expected address.
+    DnsAddressMissing,
+    /// The reply was not a DNS message.
+    BadDnsReply,
 }
 
 impl From<io::Error> for Failure {
@@ -122,6 +159,18 @@ impl fmt::Display for Failure {
             Failure::Status(s) => write!(f, "HTTP status {s}"),
             Failure::ContentMissing => f.write_str("expected content missing"),
             Failure::BadResponse => f.write_str("not an HTTP response"),
+            Failure::Certificate => f.write_str("TLS certificate not trusted"),
+            Failure::Tls => f.write_str("TLS handshake failed"),
+            Failure::UnexpectedReply => f.write_str("unexpected reply"),
+            Failure::DnsRcode(r) => {
+                const NAMES: [&str; 6] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+                match NAMES.get(usize::from(*r)) {
+                    Some(name) => write!(f, "DNS answer {name}"),
+                    None => write!(f, "DNS answer RCODE {r}"),
+                }
+            }
+            Failure::DnsAddressMissing => f.write_str("expected address not in the DNS answer"),
+            Failure::BadDnsReply => f.write_str("not a DNS answer"),
         }
     }
 }

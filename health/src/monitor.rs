@@ -30,10 +30,15 @@ use fulcrum_dataplane::stats::Counter;
 use fulcrum_dataplane::types::{BackendId, VipId};
 use fulcrum_io::epoll::Poller;
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+
+use super::datagram::{DatagramCheck, Datagrams, DnsCheck};
 use super::half_open::HalfOpen;
 use super::http::HttpCheck;
 use super::icmp::Icmp;
 use super::stream::Streams;
+use super::tls::{TlsConfigs, server_name};
 use super::{Failure, HealthError};
 
 /// Tokens of the shared raw sockets, by family; stream sockets use their
@@ -180,17 +185,31 @@ enum Prepared {
     Connect(SocketAddr),
     HalfOpen(SocketAddr),
     Http(SocketAddr, HttpCheck),
+    Https(SocketAddr, HttpCheck, Arc<ClientConfig>, ServerName<'static>),
+    Datagram(SocketAddr, DatagramCheck),
 }
 
 impl Prepared {
-    fn new(check: &HealthCheck) -> Prepared {
+    fn new(check: &HealthCheck, tls: &mut TlsConfigs) -> Result<Prepared, HealthError> {
         let to = |port| SocketAddr::new(check.address, port);
-        match &check.probe {
+        Ok(match &check.probe {
             Probe::Icmp => Prepared::Icmp(check.address),
             Probe::TcpConnect { port } => Prepared::Connect(to(*port)),
             Probe::TcpHalfOpen { port } => Prepared::HalfOpen(to(*port)),
-            Probe::Http { port, path, status, content } => Prepared::Http(to(*port), HttpCheck::new(to(*port), path, *status, content.as_deref())),
-        }
+            Probe::Http(h) => {
+                let http = HttpCheck::new(to(h.port), &h.path, h.status, h.content.as_deref(), h.host.as_deref());
+                match &h.tls {
+                    None => Prepared::Http(to(h.port), http),
+                    Some(t) => Prepared::Https(to(h.port), http, tls.get(&t.verify)?, server_name(t.server_name.as_deref(), check.address)?),
+                }
+            }
+            Probe::Udp { port, payload, expect } => {
+                Prepared::Datagram(to(*port), DatagramCheck::Udp { payload: payload[..].into(), expect: expect.as_deref().map(Into::into) })
+            }
+            Probe::Dns { port, name, record, expect_address } => {
+                Prepared::Datagram(to(*port), DatagramCheck::Dns(DnsCheck::new(name, *record, *expect_address)?))
+            }
+        })
     }
 }
 
@@ -233,6 +252,7 @@ struct Runner {
     pools: Vec<PoolState>,
     poller: Poller,
     streams: Streams,
+    datagrams: Datagrams,
     icmp: Option<Icmp>,
     half_open: Option<HalfOpen>,
     timers: BinaryHeap<Reverse<(Instant, usize, Timer)>>,
@@ -253,6 +273,7 @@ impl Runner {
             return Err(HealthError::TooManyBackends { count: n, max: usize::from(u16::MAX) + 1 });
         }
         let (mut slots, mut states) = (Vec::with_capacity(n), Vec::with_capacity(pools.len()));
+        let mut tls = TlsConfigs::new(n);
         for (p, pool) in pools.into_iter().enumerate() {
             let mut rows = Vec::with_capacity(pool.members.len());
             for (index, m) in pool.members.into_iter().enumerate() {
@@ -270,7 +291,7 @@ impl Runner {
                     timeout: c.timeout,
                     rise: c.rise,
                     fall: c.fall,
-                    probe: Prepared::new(c),
+                    probe: Prepared::new(c, &mut tls)?,
                     health: BackendHealth::new(state),
                     due,
                     attempt: 0,
@@ -308,6 +329,7 @@ impl Runner {
         let timers = slots.iter().enumerate().map(|(i, s)| Reverse((s.due, i, Timer::Start))).collect();
         Ok(Runner {
             streams: Streams::new(n),
+            datagrams: Datagrams::new(n),
             slots,
             pools: states,
             poller,
@@ -377,7 +399,13 @@ impl Runner {
         let started = match &s.probe {
             Prepared::Icmp(to) => self.icmp.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to)),
             Prepared::HalfOpen(to) => self.half_open.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to)),
-            Prepared::Connect(to) | Prepared::Http(to, _) => self.streams.start(slot, *to, &self.poller),
+            Prepared::Connect(to) | Prepared::Http(to, _) => self.streams.start(slot, *to, None, &self.poller),
+            Prepared::Https(to, _, config, name) => match ClientConnection::new(Arc::clone(config), name.clone()) {
+                Ok(tls) => self.streams.start(slot, *to, Some(tls), &self.poller),
+                Err(_) => Err(Failure::Tls),
+            },
+            // The attempt number tells a DNS answer from a late one.
+            Prepared::Datagram(to, check) => self.datagrams.start(slot, *to, check, s.attempt as u16, &self.poller),
         };
         if let Err(f) = started {
             self.finish(slot, Err(f));
@@ -391,18 +419,20 @@ impl Runner {
         match self.slots[slot].probe {
             Prepared::Icmp(_) => self.icmp.iter_mut().for_each(|c| c.abandon(slot)),
             Prepared::HalfOpen(_) => self.half_open.iter_mut().for_each(|c| c.abandon(slot)),
-            Prepared::Connect(_) | Prepared::Http(..) => self.streams.abandon(slot),
+            Prepared::Connect(_) | Prepared::Http(..) | Prepared::Https(..) => self.streams.abandon(slot),
+            Prepared::Datagram(..) => self.datagrams.abandon(slot),
         }
         self.finish(slot, Err(Failure::Timeout));
     }
 
     fn dispatch(&mut self, token: u64) {
         if let Some(slot) = usize::try_from(token).ok().filter(|&t| t < self.slots.len()) {
-            let http = match &self.slots[slot].probe {
-                Prepared::Http(_, check) => Some(check),
-                _ => None,
+            let result = match &self.slots[slot].probe {
+                Prepared::Datagram(_, check) => self.datagrams.ready(slot, check),
+                Prepared::Http(_, check) | Prepared::Https(_, check, ..) => self.streams.ready(slot, Some(check), &self.poller),
+                _ => self.streams.ready(slot, None, &self.poller),
             };
-            if let Some(result) = self.streams.ready(slot, http, &self.poller) {
+            if let Some(result) = result {
                 self.finish(slot, result);
             }
             return;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::time::Duration;
 
-use fulcrum_config::{HealthCheck, Probe, StatusRange};
+use fulcrum_config::{HealthCheck, HttpProbe, Probe, StatusRange};
 use fulcrum_dataplane::health_policy::{HealthState, Observation, Policy, RiseFall};
 use fulcrum_dataplane::sched::BackendState;
 use fulcrum_dataplane::sched::Latencies;
@@ -44,7 +44,7 @@ fn check(probe: Probe) -> HealthCheck {
 }
 
 fn http(port: u16, content: Option<&str>) -> Probe {
-    Probe::Http { port, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: content.map(Into::into) }
+    Probe::Http(HttpProbe { port, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: content.map(Into::into), host: None, tls: None })
 }
 
 fn monitor(policy: Box<dyn Policy>, probes: Vec<Probe>) -> HealthMonitor {

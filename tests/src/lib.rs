@@ -27,6 +27,7 @@ pub mod ha;
 pub mod load;
 mod net;
 mod proc;
+pub mod servers;
 pub mod xdp;
 
 use std::fmt;

@@ -21,6 +21,8 @@ const DEFAULT_RISE: u8 = 2;
 const DEFAULT_FALL: u8 = 3;
 /// Success is 2xx or 3xx, as HAProxy's httpchk.
 const DEFAULT_STATUS: StatusRange = StatusRange { first: 200, last: 399 };
+/// Most bytes a udp check sends or expects: one datagram under any MTU.
+const MAX_PAYLOAD: usize = 1024;
 
 /// A VIP's check before it is applied to each backend.
 pub(super) struct HealthTemplate {
@@ -48,7 +50,9 @@ enum Shape {
     Icmp,
     TcpConnect,
     TcpHalfOpen,
-    Http { path: String, status: StatusRange, content: Option<String> },
+    Http { path: String, status: StatusRange, content: Option<String>, host: Option<String>, tls: Option<Tls> },
+    Udp { payload: Vec<u8>, expect: Option<Vec<u8>> },
+    Dns { name: String, record: DnsType, expect_address: Option<IpAddr> },
 }
 
 impl Checker<'_> {
@@ -124,7 +128,9 @@ impl Checker<'_> {
             _ if port == 0 => return None,
             Shape::TcpConnect => Probe::TcpConnect { port },
             Shape::TcpHalfOpen => Probe::TcpHalfOpen { port },
-            Shape::Http { path, status, content } => Probe::Http { port, path, status, content },
+            Shape::Http { path, status, content, host, tls } => Probe::Http(HttpProbe { port, path, status, content, host, tls }),
+            Shape::Udp { payload, expect } => Probe::Udp { port, payload, expect },
+            Shape::Dns { name, record, expect_address } => Probe::Dns { port, name, record, expect_address },
         };
         Some(HealthCheck { address: address?, probe, interval: s.interval, timeout: s.timeout, rise: s.rise, fall: s.fall })
     }
@@ -149,12 +155,27 @@ impl Checker<'_> {
         let mut ok = kind.is_some();
         let kind = kind.flatten();
         if let Some(kind) = kind {
-            let http = matches!(kind, HttpStatus | HttpContent);
+            let http = matches!(kind, HttpStatus | HttpContent | HttpsStatus | HttpsContent);
+            let https = matches!(kind, HttpsStatus | HttpsContent);
+            const HTTP: &str = "the http and https kinds";
+            const HTTPS: &str = "https-status and https-content";
+            const CONTENT: &str = "http-content and https-content";
             let only_for = [
-                ("path", &raw.path, http, "http-status and http-content"),
-                ("expect_status", &raw.expect_status, http, "http-status and http-content"),
-                ("expect_content", &raw.expect_content, kind == HttpContent, "http-content"),
-                ("port", &raw.port, kind != Icmp, "the tcp and http kinds"),
+                ("path", &raw.path, http, HTTP),
+                ("expect_status", &raw.expect_status, http, HTTP),
+                ("expect_content", &raw.expect_content, matches!(kind, HttpContent | HttpsContent), CONTENT),
+                ("host", &raw.host, http, HTTP),
+                ("sni", &raw.sni, https, HTTPS),
+                ("verify", &raw.verify, https, HTTPS),
+                ("ca_file", &raw.ca_file, https, HTTPS),
+                ("payload", &raw.payload, kind == Udp, "udp"),
+                ("payload_hex", &raw.payload_hex, kind == Udp, "udp"),
+                ("expect_reply", &raw.expect_reply, kind == Udp, "udp"),
+                ("expect_reply_hex", &raw.expect_reply_hex, kind == Udp, "udp"),
+                ("query_name", &raw.query_name, kind == Dns, "dns"),
+                ("query_type", &raw.query_type, kind == Dns, "dns"),
+                ("expect_address", &raw.expect_address, kind == Dns, "dns"),
+                ("port", &raw.port, kind != Icmp, "every kind but icmp"),
             ];
             for (name, field, applies, which) in only_for {
                 if let Some(field) = field
@@ -164,10 +185,17 @@ impl Checker<'_> {
                     self.r.error(field.span(), ctx, format!("health.{name} does not apply to kind {kind} (only to {which})"));
                 }
             }
-            if kind == HttpContent && raw.expect_content.is_none() {
-                ok = false;
-                let at = raw.kind.as_ref().map_or(span, Spanned::span);
-                self.r.error(at, ctx, "kind http-content needs health.expect_content: the string the body must contain");
+            let at = raw.kind.as_ref().map_or(span, Spanned::span);
+            let needs = [
+                (matches!(kind, HttpContent | HttpsContent) && raw.expect_content.is_none(), "health.expect_content: the string the body must contain"),
+                (kind == Udp && raw.payload.is_none() && raw.payload_hex.is_none(), "health.payload or health.payload_hex: what to send"),
+                (kind == Dns && raw.query_name.is_none(), "health.query_name: the name to ask for"),
+            ];
+            for (missing, what) in needs {
+                if missing {
+                    ok = false;
+                    self.r.error(at.clone(), ctx, format!("kind {kind} needs {what}"));
+                }
             }
         }
         let path = optional(&raw.path, |v| {
@@ -183,13 +211,141 @@ impl Checker<'_> {
             "" => self.fail(v.span(), ctx, "health.expect_content must not be empty"),
             c => Some(c.to_string()),
         });
+        let host = optional(&raw.host, |v| {
+            let h = self.text(ctx, "health.host", v)?;
+            match !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_graphic()) {
+                true => Some(h.to_string()),
+                false => self.fail(v.span(), ctx, format!("health.host must be 1 to 255 characters without spaces or control characters, got {h:?}")),
+            }
+        });
+        let tls = self.tls(ctx, raw, host.as_ref().and_then(|h| h.as_deref()));
+        let payload = self.bytes_field(ctx, ("payload", &raw.payload), ("payload_hex", &raw.payload_hex));
+        let expect = self.bytes_field(ctx, ("expect_reply", &raw.expect_reply), ("expect_reply_hex", &raw.expect_reply_hex));
+        let dns = self.dns(ctx, raw);
         let port = optional(&raw.port, |v| self.int(ctx, "health.port", v, 1..=u16::MAX));
         let shape = match kind.filter(|_| ok)? {
             Icmp => Shape::Icmp,
             TcpConnect => Shape::TcpConnect,
             TcpHalfOpen => Shape::TcpHalfOpen,
-            HttpStatus | HttpContent => Shape::Http { path: path?, status: status?, content: content? },
+            HttpStatus | HttpContent => Shape::Http { path: path?, status: status?, content: content?, host: host?, tls: None },
+            HttpsStatus | HttpsContent => Shape::Http { path: path?, status: status?, content: content?, host: host?, tls: Some(tls?) },
+            Udp => Shape::Udp { payload: payload??, expect: expect? },
+            Dns => {
+                let (name, record, expect_address) = dns?;
+                Shape::Dns { name: name?, record, expect_address }
+            }
         };
         Some(CheckSettings { shape, interval: interval?, timeout: timeout?, rise: rise?, fall: fall?, port: port? })
     }
+
+    /// An https check's TLS settings (also computed, unused, for other
+    /// kinds, whose TLS fields were already refused). The SNI defaults to
+    /// the Host header's name.
+    fn tls(&mut self, ctx: &str, raw: &RawHealth, host: Option<&str>) -> Option<Tls> {
+        let verify = optional(&raw.verify, |v| match v.get_ref() {
+            Scalar::Bool(b) => Some(*b),
+            other => self.fail(v.span(), ctx, format!("health.verify must be true or false, got {other}")),
+        });
+        let ca_file = optional(&raw.ca_file, |v| match self.text(ctx, "health.ca_file", v)? {
+            "" => self.fail(v.span(), ctx, "health.ca_file must be a path to PEM certificates, got \"\""),
+            path => Some(self.base.join(path)),
+        });
+        if let (Some(Some(false)), Some(field)) = (verify, &raw.ca_file) {
+            return self.fail(field.span(), ctx, "health.ca_file is not used with health.verify = false: remove one of them");
+        }
+        let sni = optional(&raw.sni, |v| {
+            let name = self.text(ctx, "health.sni", v)?;
+            match dns_name(name) {
+                Some(n) => Some(n.to_string()),
+                None => self.fail(v.span(), ctx, format!("health.sni must be a DNS name like \"www.example.com\" (no address, no port), got {name:?}")),
+            }
+        });
+        let from_host = host.and_then(|h| dns_name(h.rsplit_once(':').map_or(h, |(name, port)| if port.parse::<u16>().is_ok() { name } else { h })));
+        let server_name = sni?.or_else(|| from_host.map(str::to_string));
+        let verify = match (verify?, ca_file?) {
+            (Some(false), _) => TlsVerify::Off,
+            (_, Some(path)) => TlsVerify::CaFile(path),
+            _ => TlsVerify::SystemRoots,
+        };
+        Some(Tls { server_name, verify })
+    }
+
+    /// Bytes given as text or as hex, in one of two fields: `None` when
+    /// wrong, `Some(None)` when neither is set.
+    fn bytes_field(&mut self, ctx: &str, text: (&str, &Field), hex: (&str, &Field)) -> Option<Option<Vec<u8>>> {
+        let (name, v, is_hex) = match (text.1, hex.1) {
+            (None, None) => return Some(None),
+            (Some(_), Some(h)) => return self.fail(h.span(), ctx, format!("health.{} and health.{} give one value two ways: set one", text.0, hex.0)),
+            (Some(v), None) => (text.0, v, false),
+            (None, Some(v)) => (hex.0, v, true),
+        };
+        let field = format!("health.{name}");
+        let s = self.text(ctx, &field, v)?;
+        let bytes = match is_hex {
+            false => s.as_bytes().to_vec(),
+            true => match parse_hex(s) {
+                Some(b) => b,
+                None => return self.fail(v.span(), ctx, format!("{field} must be pairs of hex digits like \"0a1b2c\", got {s:?}")),
+            },
+        };
+        match bytes.len() {
+            0 => self.fail(v.span(), ctx, format!("{field} must not be empty")),
+            n if n > MAX_PAYLOAD => self.fail(v.span(), ctx, format!("{field} must be at most {MAX_PAYLOAD} bytes, got {n}")),
+            _ => Some(Some(bytes)),
+        }
+    }
+
+    /// A dns check's query and expected address: the name (`None` if not
+    /// set), the type (A unless set) and the address.
+    #[allow(clippy::type_complexity)]
+    fn dns(&mut self, ctx: &str, raw: &RawHealth) -> Option<(Option<String>, DnsType, Option<IpAddr>)> {
+        let name = optional(&raw.query_name, |v| {
+            let name = self.text(ctx, "health.query_name", v)?;
+            match dns_name(name) {
+                Some(n) => Some(n.to_string()),
+                None => self.fail(v.span(), ctx, format!("health.query_name must be a DNS name like \"www.example.com\", got {name:?}")),
+            }
+        });
+        let record = optional(&raw.query_type, |v| self.keyword::<DnsType>(ctx, "health.query_type", v)).map(|t| t.unwrap_or(DnsType::A));
+        let address = optional(&raw.expect_address, |v| {
+            let s = self.text(ctx, "health.expect_address", v)?;
+            match s.parse::<IpAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => self.fail(v.span(), ctx, format!("health.expect_address must be an IPv4 or IPv6 address, got {s:?}")),
+            }
+        });
+        let (record, address) = (record?, address?);
+        if let (Some(a), Some(field)) = (address, &raw.expect_address) {
+            let fits = match record {
+                DnsType::A => a.is_ipv4(),
+                DnsType::Aaaa => a.is_ipv6(),
+                _ => false,
+            };
+            if !fits {
+                return self.fail(
+                    field.span(),
+                    ctx,
+                    format!("health.expect_address {a} cannot be in the answer to a query of type {record}: use query_type \"A\" for IPv4, \"AAAA\" for IPv6"),
+                );
+            }
+        }
+        Some((name?, record, address))
+    }
+}
+
+/// `name` without a final dot if it is a DNS name (RFC 1035 labels of
+/// letters, digits, '-' and '_', at most 253 characters) and not an
+/// address.
+fn dns_name(name: &str) -> Option<&str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let label = |l: &str| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = (1..=253).contains(&name.len()) && name.split('.').all(label) && name.parse::<IpAddr>().is_err();
+    ok.then_some(name)
+}
+
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }

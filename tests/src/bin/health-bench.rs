@@ -16,7 +16,7 @@ use std::process::exit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_config::{HealthCheck, Probe, StatusRange};
+use fulcrum_config::{HealthCheck, HttpProbe, Probe, StatusRange};
 use fulcrum_dataplane::health_policy::RiseFall;
 use fulcrum_dataplane::sched::Latencies;
 use fulcrum_health::{HealthMonitor, Member, Pool};
@@ -58,8 +58,16 @@ fn address(i: usize) -> Ipv4Addr {
 }
 
 fn probe(kind: &str) -> Probe {
-    let http =
-        |content: Option<&str>| Probe::Http { port: 80, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: content.map(Into::into) };
+    let http = |content: Option<&str>| {
+        Probe::Http(HttpProbe {
+            port: 80,
+            path: "/".into(),
+            status: StatusRange { first: 200, last: 299 },
+            content: content.map(Into::into),
+            host: None,
+            tls: None,
+        })
+    };
     match kind {
         "icmp" => Probe::Icmp,
         "tcp-connect" => Probe::TcpConnect { port: 80 },

@@ -13,6 +13,7 @@ packages=(
     bird2 exabgp                                               # the scale-out lab (tests/tests/ecmp.rs): router and node speakers
     systemd                                                    # systemd-analyze verify of config/fulcrum.service
     nginx-light openssl dnsmasq-base                           # https, Host, dns checks against real servers (tests/tests/checks.rs)
+    haproxy                                                    # the two-tier L7 example's lab (tests/tests/two_tier.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -265,6 +265,27 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The shipped examples' directory (config/examples).
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples")
+}
+
+/// An example configuration's text with what every lab differs in: the
+/// interface name, the plugins' directory, the worker count and a control
+/// socket of this test's own.
+pub fn example_for_lab(text: &str, lab: &Lab) -> String {
+    // Plugin paths are relative to the example's directory.
+    let plugins = examples_dir().join("../../target/plugins/");
+    let text = text.replace("\"lb0\"", "\"eth0\"").replace("\"../../target/plugins/", &format!("\"{}", plugins.display()));
+    let text = text.replace("workers = 2", &format!("workers = {}", lab.queues));
+    let socket = format!("control_socket = \"{}\"", control_socket());
+    if text.contains("control_socket = ") {
+        text.replace("control_socket = \"/run/fulcrum/control.sock\"", &socket)
+    } else {
+        format!("[daemon]\n{socket}\n\n{text}")
+    }
+}
+
 /// A configuration file, removed when dropped with the control socket it
 /// names (which a daemon killed by a signal leaves behind).
 pub struct TempConfig(PathBuf, Option<PathBuf>);

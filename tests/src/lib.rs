@@ -40,7 +40,7 @@ use fulcrum_io::XdpMode;
 
 use crate::xdp::{PassProgram, TxQueueProgram};
 
-pub use net::{ask_held, http_answers, http_get, in_netns, udp_echo};
+pub use net::{HttpResponse, ask_held, http_answers, http_get, http_request, in_netns, udp_echo};
 pub use proc::Proc;
 
 /// A failure to build or drive the lab, with the command and its output.

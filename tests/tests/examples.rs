@@ -4,11 +4,10 @@
 //! listed here per file; everything else runs as written. Root only.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fulcrum::control::api::{Request, Response};
-use fulcrum_tests::daemon::{self, LabMode};
+use fulcrum_tests::daemon::{self, LabMode, examples_dir};
 use fulcrum_tests::{Lab, http_get, in_netns, require_root, udp_echo};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
@@ -127,10 +126,6 @@ const EXAMPLES: &[Example] = &[
     },
 ];
 
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples")
-}
-
 /// The example's text for `lab`: its substitutions, then the lab's own.
 fn adapt(e: &Example, lab: &Lab) -> String {
     let mut text = std::fs::read_to_string(examples_dir().join(e.file)).expect("example");
@@ -138,16 +133,7 @@ fn adapt(e: &Example, lab: &Lab) -> String {
         assert!(text.contains(from), "{}: no {from} to replace", e.file);
         text = text.replace(from, to);
     }
-    // Plugin paths are relative to the example's directory.
-    let plugins = examples_dir().join("../../target/plugins/");
-    text = text.replace("\"lb0\"", "\"eth0\"").replace("\"../../target/plugins/", &format!("\"{}", plugins.display()));
-    text = text.replace("workers = 2", &format!("workers = {}", lab.queues));
-    let socket = format!("control_socket = \"{}\"", daemon::control_socket());
-    if text.contains("control_socket = ") {
-        text.replace("control_socket = \"/run/fulcrum/control.sock\"", &socket)
-    } else {
-        format!("[daemon]\n{socket}\n\n{text}")
-    }
+    daemon::example_for_lab(&text, lab)
 }
 
 fn run(e: &Example) {

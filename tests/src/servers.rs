@@ -102,14 +102,15 @@ pub fn wait_listening(ns: &str, addr: SocketAddr, server: &Proc) -> Result<(), L
     }
 }
 
-/// Starts dnsmasq in `ns` as an authoritative-only server on `listen`
-/// port 53 (no upstream, no /etc/hosts), with `records` as
-/// `--address=/NAME/ADDRESS` pairs; waits for it to start.
-pub fn dnsmasq(lab: &Lab, ns: &str, listen: std::net::IpAddr, records: &[(&str, std::net::IpAddr)]) -> Result<Proc, LabError> {
-    let listen = format!("--listen-address={listen}");
+/// Starts dnsmasq in `ns` as a server of only `records` (no upstream, no
+/// /etc/hosts; `--address=/NAME/ADDRESS` pairs) on port 53 of `listen`,
+/// or of every address when `None`; waits for it to start.
+pub fn dnsmasq(lab: &Lab, ns: &str, listen: Option<std::net::IpAddr>, records: &[(&str, std::net::IpAddr)]) -> Result<Proc, LabError> {
+    let listen: Vec<String> = listen.map(|a| vec!["--bind-interfaces".into(), format!("--listen-address={a}")]).unwrap_or_default();
     let records: Vec<String> = records.iter().map(|(name, a)| format!("--address=/{name}/{a}")).collect();
-    let mut args = vec!["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"];
-    args.extend(["--pid-file", "--port=53", &listen]);
+    let mut args = vec!["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"];
+    args.extend(["--pid-file", "--port=53"]);
+    args.extend(listen.iter().map(String::as_str));
     args.extend(records.iter().map(String::as_str));
     let p = lab.spawn(ns, &args)?;
     p.wait_for_line(|l| l.contains("started"), START).ok_or_else(|| LabError(format!("dnsmasq did not start: {}", p.output())))?;

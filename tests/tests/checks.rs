@@ -144,7 +144,7 @@ fn udp_and_dns_checks_against_the_lab_echo_and_dnsmasq() {
     let dns_host = lab.backends[1].clone();
     let dns_ip = IpAddr::V4(dns_host.iface().v4);
     let answer = IpAddr::V4(Ipv4Addr::new(198, 18, 5, 5));
-    let _dnsmasq = servers::dnsmasq(&lab, &dns_host.ns, dns_ip, &[("www.lab.test", answer)]).expect("starting dnsmasq");
+    let _dnsmasq = servers::dnsmasq(&lab, &dns_host.ns, Some(dns_ip), &[("www.lab.test", answer)]).expect("starting dnsmasq");
     let echo = IpAddr::V4(lab.backends[0].iface().v4);
     // On the lab's subnet, but nobody's: no reply at all.
     let nobody = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 99));

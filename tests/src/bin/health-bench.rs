@@ -9,20 +9,31 @@
 //! worst lag, any transition (none expected), and the CPU time of the
 //! health thread.
 //!
+//! The https kind asks nginx on port 443 of every address (a certificate
+//! for bench.lab.test, verified against the CA openssl made for the run),
+//! the udp kind a lab server's echo on port 8 bound to each address (one
+//! bound to the wildcard would answer from the backend's own address,
+//! which a connected check socket does not take), the dns kind dnsmasq.
+//!
 //! health-bench [--backends N] [--interval-ms MS] [--seconds S] [--kind KIND]...
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::exit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_config::{HealthCheck, HttpProbe, Probe, StatusRange};
+use fulcrum_config::{DnsType, HealthCheck, HttpProbe, Probe, StatusRange, Tls, TlsVerify};
 use fulcrum_dataplane::health_policy::RiseFall;
 use fulcrum_dataplane::sched::Latencies;
 use fulcrum_health::{HealthMonitor, Member, Pool};
+use fulcrum_tests::servers::{self, TempDir};
 use fulcrum_tests::{Lab, Topology, in_netns, require_root};
 
-const KINDS: [&str; 5] = ["icmp", "tcp-connect", "tcp-half-open", "http-status", "http-content"];
+const KINDS: [&str; 8] = ["icmp", "tcp-connect", "tcp-half-open", "http-status", "http-content", "https-status", "udp", "dns"];
+/// The name the https and dns kinds ask for, and the dns answer.
+const NAME: &str = "bench.lab.test";
+const ANSWER: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 5);
 
 struct Args {
     backends: usize,
@@ -57,23 +68,21 @@ fn address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, (n >> 8) as u8, n as u8)
 }
 
-fn probe(kind: &str) -> Probe {
-    let http = |content: Option<&str>| {
-        Probe::Http(HttpProbe {
-            port: 80,
-            path: "/".into(),
-            status: StatusRange { first: 200, last: 299 },
-            content: content.map(Into::into),
-            host: None,
-            tls: None,
-        })
+/// `ca`: the CA file the https kind verifies against.
+fn probe(kind: &str, ca: &Path) -> Probe {
+    let http = |port, content: Option<&str>, tls| {
+        let status = StatusRange { first: 200, last: 299 };
+        Probe::Http(HttpProbe { port, path: "/".into(), status, content: content.map(Into::into), host: None, tls })
     };
     match kind {
         "icmp" => Probe::Icmp,
         "tcp-connect" => Probe::TcpConnect { port: 80 },
         "tcp-half-open" => Probe::TcpHalfOpen { port: 80 },
-        "http-status" => http(None),
-        _ => http(Some("backend1")),
+        "http-status" => http(80, None, None),
+        "https-status" => http(443, None, Some(Tls { server_name: Some(NAME.into()), verify: TlsVerify::CaFile(ca.into()) })),
+        "udp" => Probe::Udp { port: 8, payload: b"ping".to_vec(), expect: Some(b"ping".to_vec()) },
+        "dns" => Probe::Dns { port: 53, name: NAME.into(), record: DnsType::A, expect_address: Some(IpAddr::V4(ANSWER)) },
+        _ => http(80, Some("backend1"), None),
     }
 }
 
@@ -95,7 +104,7 @@ fn thread_cpu(name: &str) -> Duration {
     Duration::ZERO
 }
 
-fn run(args: &Args, kind: &str) {
+fn run(args: &Args, kind: &str, ca: &Path) {
     let pool = Pool {
         vip: 0,
         policy: Box::new(RiseFall),
@@ -107,7 +116,7 @@ fn run(args: &Args, kind: &str) {
                 up: true,
                 check: HealthCheck {
                     address: IpAddr::V4(address(i)),
-                    probe: probe(kind),
+                    probe: probe(kind, ca),
                     interval: args.interval,
                     timeout: args.interval / 2,
                     rise: 2,
@@ -154,12 +163,27 @@ fn main() {
     lab.exec(&lab.balancer.ns, &["ip", "route", "add", "198.18.16.0/20", "via", &via]).expect("route");
     let server = fulcrum_tests::daemon::fulcrum_bin().with_file_name("lab-server");
     lab.start_servers(&server).expect("lab servers");
+    let dir = TempDir::new("health-bench").expect("temp dir");
+    let ca = servers::ca(&dir, "bench-ca").expect("a CA");
+    let (cert, key) = servers::signed(&dir, &ca, NAME).expect("a certificate");
+    let site = format!(
+        "server {{ listen 443 ssl; ssl_certificate {}; ssl_certificate_key {}; location / {{ return 200 \"ok\\n\"; }} }}",
+        cert.display(),
+        key.display()
+    );
+    let first = SocketAddr::new(IpAddr::V4(address(0)), 443);
+    let _nginx = servers::nginx(&lab, &backend.ns, &dir, &site, first).expect("nginx");
+    let _dnsmasq = servers::dnsmasq(&lab, &backend.ns, None, &[(NAME, IpAddr::V4(ANSWER))]).expect("dnsmasq");
+    let mut echo = vec![server.to_string_lossy().into_owned(), "--name".into(), "echo".into(), "--udp".into(), "8".into()];
+    echo.extend((0..args.backends).flat_map(|i| ["--udp-bind".to_string(), address(i).to_string()]));
+    let echo = lab.spawn(&backend.ns, &echo.iter().map(String::as_str).collect::<Vec<_>>()).expect("udp echo");
+    echo.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(10)).unwrap_or_else(|| panic!("udp echo: {}", echo.output()));
     println!("{} backends, interval {:?}, timeout {:?}, {} s per kind", args.backends, args.interval, args.interval / 2, args.seconds);
     println!("| check | completed/s (of expected) | failed | late (>10 ms) | worst lag ms | transitions | health thread CPU |");
     println!("|---|---|---|---|---|---|---|");
     in_netns(&lab.balancer.ns, || {
         for kind in &args.kinds {
-            run(&args, kind);
+            run(&args, kind, &ca);
         }
     })
     .expect("entering the balancer namespace");

@@ -230,10 +230,7 @@ impl Checker<'_> {
             HttpStatus | HttpContent => Shape::Http { path: path?, status: status?, content: content?, host: host?, tls: None },
             HttpsStatus | HttpsContent => Shape::Http { path: path?, status: status?, content: content?, host: host?, tls: Some(tls?) },
             Udp => Shape::Udp { payload: payload??, expect: expect? },
-            Dns => {
-                let (name, record, expect_address) = dns?;
-                Shape::Dns { name: name?, record, expect_address }
-            }
+            Dns => dns?,
         };
         Some(CheckSettings { shape, interval: interval?, timeout: timeout?, rise: rise?, fall: fall?, port: port? })
     }
@@ -295,10 +292,9 @@ impl Checker<'_> {
         }
     }
 
-    /// A dns check's query and expected address: the name (`None` if not
-    /// set), the type (A unless set) and the address.
-    #[allow(clippy::type_complexity)]
-    fn dns(&mut self, ctx: &str, raw: &RawHealth) -> Option<(Option<String>, DnsType, Option<IpAddr>)> {
+    /// A dns check's query (type A unless set) and expected address;
+    /// `None` when wrong or without a name (which kind dns reports).
+    fn dns(&mut self, ctx: &str, raw: &RawHealth) -> Option<Shape> {
         let name = optional(&raw.query_name, |v| {
             let name = self.text(ctx, "health.query_name", v)?;
             match dns_name(name) {
@@ -329,7 +325,7 @@ impl Checker<'_> {
                 );
             }
         }
-        Some((name?, record, address))
+        Some(Shape::Dns { name: name??, record, expect_address: address })
     }
 }
 

@@ -164,6 +164,24 @@ fn check_files_refuses_plugins_that_are_not_regular_files_without_blocking() {
 }
 
 #[test]
+fn check_files_opens_https_checks_ca_files_once_each() {
+    let dir = Dir::new("check-ca");
+    let origin = dir.path("fulcrum.toml").display().to_string();
+    let backends = "[[vip.backend]]\naddress = \"198.18.0.11\"\n[[vip.backend]]\naddress = \"198.18.0.12\"\n";
+    let text = format!(
+        "{VALID}[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"tcp\"\nport = 443\nmode = \"dsr\"\nhealth = {{ kind = \"https-status\", ca_file = \"ca.pem\" }}\n{backends}"
+    );
+    let config = parse(&text, &origin).unwrap();
+    let d = dir.0.display();
+    assert_eq!(
+        check_files(&config, &origin).unwrap_err().to_string(),
+        format!("{origin}: vip 198.18.0.100:443/tcp: health.ca_file: cannot open CA file {d}/ca.pem: No such file or directory (os error 2)")
+    );
+    std::fs::write(dir.path("ca.pem"), "").unwrap();
+    check_files(&config, &origin).unwrap();
+}
+
+#[test]
 fn invalid_utf8_is_reported_at_the_line_of_the_first_bad_byte() {
     let dir = Dir::new("utf8");
     let path = dir.path("fulcrum.toml");

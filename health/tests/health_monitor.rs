@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::time::Duration;
 
-use fulcrum_config::{HealthCheck, HttpProbe, Probe, StatusRange};
+use fulcrum_config::{HealthCheck, HttpProbe, Probe, StatusRange, Tls, TlsVerify};
 use fulcrum_dataplane::health_policy::{HealthState, Observation, Policy, RiseFall};
 use fulcrum_dataplane::sched::BackendState;
 use fulcrum_dataplane::sched::Latencies;
@@ -131,4 +131,23 @@ fn a_policy_can_replace_rise_and_fall() {
     let m = monitor(Box::new(Halve), vec![Probe::TcpConnect { port: closed_port() }]);
     let weights: Vec<(u16, u16)> = (0..3).map(|_| next(&m)).map(|t| (t.was.weight, t.state.weight)).collect();
     assert_eq!(weights, [(4, 2), (2, 1), (1, 0)]);
+}
+
+#[test]
+fn https_checks_do_not_start_without_certificates_to_verify_against() {
+    let file = std::env::temp_dir().join(format!("fulcrum-health-ca-{}.pem", std::process::id()));
+    std::fs::write(&file, "not a certificate\n").unwrap();
+    let https = |verify| {
+        let tls = Some(Tls { server_name: Some("www.lab.test".into()), verify });
+        Probe::Http(HttpProbe { port: 443, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: None, host: None, tls })
+    };
+    let start = |probe| {
+        let members = vec![Member { backend: 0, ident: 0, weight: 1, up: true, check: check(probe) }];
+        HealthMonitor::start(vec![Pool { vip: 0, policy: Box::new(RiseFall), members }], Arc::new(Latencies::new(1)))
+    };
+    let refused = start(https(TlsVerify::CaFile(file.clone()))).err().map(|e| e.to_string());
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(refused, Some(format!("https checks: cannot load CA file {}: no PEM certificate in it", file.display())));
+    // Unverified, nothing to load.
+    start(https(TlsVerify::Off)).unwrap();
 }

@@ -6,9 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fulcrum::control::api::{Request, Response};
 use fulcrum_tests::daemon::{self, LabMode, examples_dir};
 use fulcrum_tests::servers::{self, TempDir};
 use fulcrum_tests::{HttpResponse, Lab, VIP4, http_request, in_netns, require_root};
@@ -32,6 +34,19 @@ fn answered(lab: &Lab, path: &str, headers: &[&str], n: usize) -> BTreeSet<Strin
             let r = get(lab, path, headers).unwrap_or_else(|e| panic!("request {i} for {path}: {e}"));
             assert_eq!(r.status, 200, "request {i} for {path}: {r:?}");
             String::from_utf8_lossy(&r.body).trim().to_string()
+        })
+        .collect()
+}
+
+/// New flows fulcrum sent to each HAProxy node (backends 1 and 2) so far.
+fn node_flows(lab: &Lab, socket: &Path) -> Vec<u64> {
+    let Response::Stats(stats) = daemon::ask(socket, Request::Stats) else { panic!("no stats from fulcrum") };
+    let backends: Vec<_> = stats.vips.iter().flat_map(|v| &v.backends).collect();
+    lab.backends[..2]
+        .iter()
+        .map(|b| {
+            let addr = b.iface().v4.to_string();
+            backends.iter().find(|s| s.name.split(':').next() == Some(addr.as_str())).map_or(0, |s| s.traffic.new_flows)
         })
         .collect()
 }
@@ -87,7 +102,11 @@ fn haproxy_behind_fulcrum_switches_by_url_and_cookie_and_survives_a_lost_node() 
     let pinned = String::from_utf8_lossy(&first.body).trim().to_string();
     assert!(cookie.starts_with(&format!("SERVERID={pinned}")), "{cookie} for {pinned}");
     let with_cookie = format!("Cookie: SERVERID={pinned}");
+    let socket = daemon::socket_of(&config);
+    let before = node_flows(&lab, &socket);
     assert_eq!(answered(&lab, "/api/users", &[&with_cookie], 20), set(&[&pinned]));
+    let after = node_flows(&lab, &socket);
+    assert!(before.iter().zip(&after).all(|(b, a)| a > b), "the pinned requests did not cross both HAProxy nodes: {before:?} -> {after:?}");
 
     // Lose one HAProxy node. Clients open a new connection per request and
     // never retry. Until fulcrum's check takes the node out (fall 2 x 500ms

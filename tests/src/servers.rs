@@ -48,8 +48,8 @@ pub fn ca(dir: &TempDir, name: &str) -> Result<PathBuf, LabError> {
     openssl_req(dir, name, &["-addext", "keyUsage=critical,keyCertSign"]).map(|(cert, _)| cert)
 }
 
-/// A server certificate for DNS name `name` signed by `ca` (made by
-/// [`ca`] in the same directory): the certificate and key paths.
+/// A server certificate for DNS name `name` in `dir`, signed by `ca` (made
+/// by [`ca`], its key beside it): the certificate and key paths.
 pub fn signed(dir: &TempDir, ca: &Path, name: &str) -> Result<(PathBuf, PathBuf), LabError> {
     let (ca_cert, ca_key) = (ca.to_string_lossy(), ca.with_extension("key").to_string_lossy().into_owned());
     let san = format!("subjectAltName=DNS:{name}");

@@ -3,10 +3,12 @@
 //! the test, dnsmasq, and the lab server's UDP echo. The health monitor
 //! runs in the balancer's namespace, as the daemon runs it. Every check
 //! that should pass starts down and must come up; every broken one starts
-//! up and must go down, for the reason expected. Root only.
+//! up and must go down, for the reason expected. Last, the daemon itself
+//! runs an https check from its config file. Root only.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,7 @@ use fulcrum_config::HealthCheck;
 use fulcrum_dataplane::health_policy::RiseFall;
 use fulcrum_dataplane::sched::Latencies;
 use fulcrum_health::{Failure, HealthMonitor, Member, Pool};
+use fulcrum_tests::daemon::{self, LabMode};
 use fulcrum_tests::servers::{self, TempDir};
 use fulcrum_tests::{Lab, Topology, in_netns, require_root};
 
@@ -83,6 +86,17 @@ fn expect_states(ns: &str, cases: Vec<Case>) {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// nginx's sites on `ip`, plain (80) and TLS (443) with `cert`: the
+/// name-based one (www.lab.test) answers "ok"; any other Host gets a 404.
+fn sites(ip: IpAddr, cert: &Path, key: &Path) -> String {
+    let (cert, key) = (cert.display(), key.display());
+    format!(
+        "server {{ listen {ip}:80 default_server; listen {ip}:443 ssl default_server; ssl_certificate {cert}; ssl_certificate_key {key}; return 404; }}\n\
+         server {{ listen {ip}:80; listen {ip}:443 ssl; server_name www.lab.test; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+         location / {{ return 200 \"ok\\n\"; }} }}"
+    )
+}
+
 #[test]
 fn https_and_host_header_checks_against_nginx() {
     require_root();
@@ -94,14 +108,8 @@ fn https_and_host_header_checks_against_nginx() {
     let other_ca = servers::ca(&dir, "other-ca").expect("another CA");
     let backend = &lab.backends[0];
     let ip = IpAddr::V4(backend.iface().v4);
-    let (cert, key, lab_ca, other_ca) = (cert.display(), key.display(), lab_ca.display(), other_ca.display());
-    // The name-based site answers "ok"; any other Host gets a 404.
-    let http = format!(
-        "server {{ listen {ip}:80 default_server; listen {ip}:443 ssl default_server; ssl_certificate {cert}; ssl_certificate_key {key}; return 404; }}\n\
-         server {{ listen {ip}:80; listen {ip}:443 ssl; server_name www.lab.test; ssl_certificate {cert}; ssl_certificate_key {key};\n\
-         location / {{ return 200 \"ok\\n\"; }} }}"
-    );
-    let _nginx = servers::nginx(&lab, &backend.ns, &dir, &http, SocketAddr::new(ip, 443)).expect("starting nginx");
+    let (lab_ca, other_ca) = (lab_ca.display(), other_ca.display());
+    let _nginx = servers::nginx(&lab, &backend.ns, &dir, &sites(ip, &cert, &key), SocketAddr::new(ip, 443)).expect("starting nginx");
     let case = |name, health: &str, expect| Case { name, check: check(ip, health, &dir), expect };
     expect_states(
         &lab.balancer.ns,
@@ -169,4 +177,44 @@ fn udp_and_dns_checks_against_the_lab_echo_and_dnsmasq() {
             case("dns, its query echoed back", echo, "kind = \"dns\", port = 7, query_name = \"www.lab.test\"", Some(Failure::Timeout)),
         ],
     );
+}
+
+/// The daemon runs an https check from its config file: a backend with a
+/// certificate from the configured CA stays up, one whose certificate
+/// another CA signed and one without a server go down, each logged with
+/// its reason.
+#[test]
+fn the_daemon_takes_down_backends_its_https_check_does_not_trust() {
+    require_root();
+    let lab = Lab::new(Topology::OneArm).expect("building the lab");
+    let dir = TempDir::new("checks-daemon").expect("temp dir");
+    let lab_ca = servers::ca(&dir, "lab-ca").expect("a CA");
+    let other_ca = servers::ca(&dir, "other-ca").expect("another CA");
+    let mut nginx = Vec::new();
+    for (b, ca) in lab.backends[..2].iter().zip([&lab_ca, &other_ca]) {
+        let ip = IpAddr::V4(b.iface().v4);
+        // A directory per site: both certificates are for www.lab.test.
+        let own = TempDir::new("checks-daemon-site").expect("temp dir");
+        let (cert, key) = servers::signed(&own, ca, "www.lab.test").expect("a certificate");
+        nginx.push((servers::nginx(&lab, &b.ns, &own, &sites(ip, &cert, &key), SocketAddr::new(ip, 443)).expect("starting nginx"), own));
+    }
+    let health = format!(
+        "\n[vip.health]\nkind = \"https-content\"\nport = 443\nhost = \"www.lab.test\"\nexpect_content = \"ok\"\nca_file = \"{}\"\n\
+         interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\n",
+        lab_ca.display(),
+        INTERVAL.as_millis(),
+        TIMEOUT.as_millis()
+    );
+    let config = daemon::config_with(&lab, LabMode::Dsr, |vip, proto| if vip.is_ipv4() && proto == "tcp" { health.clone() } else { String::new() });
+    let (d, _file) = daemon::start(&lab, &config).expect("starting fulcrum");
+    let line = |i: usize, what: &str| format!("backend {} is down after {FALL} failed checks ({what}", lab.backends[i].iface().v4);
+    let window = INTERVAL * u32::from(FALL + 2) + TIMEOUT;
+    for (i, reason) in [(1, "TLS certificate not trusted)"), (2, "Connection refused")] {
+        let needle = line(i, reason);
+        d.wait_for_line(|l| l.contains(&needle), window).unwrap_or_else(|| panic!("no `{needle}`:\n{}", d.output()));
+    }
+    std::thread::sleep(INTERVAL * 2);
+    let good = format!("backend {} is down", lab.backends[0].iface().v4);
+    assert!(!d.output().contains(&good), "the trusted backend went down:\n{}", d.output());
+    daemon::stop(d).expect("stopping fulcrum");
 }

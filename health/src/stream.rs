@@ -135,11 +135,6 @@ impl Conn {
     /// Moves TLS records both ways and reads what they decrypt to; the
     /// result once the response decides it.
     fn receive_tls(&mut self, token: u64, http: &HttpCheck, buf: &mut [u8], poller: &Poller) -> Option<Result<(), Failure>> {
-        let verdict = |j| match j {
-            Judgement::Pending => None,
-            Judgement::Pass => Some(Ok(())),
-            Judgement::Fail(f) => Some(Err(f)),
-        };
         loop {
             let tls = self.tls.as_mut()?;
             let mut io = FdIo(&self.fd);
@@ -186,11 +181,6 @@ impl Conn {
 
     /// Reads what arrived; the result once the response decides it.
     fn receive(&mut self, http: &HttpCheck, buf: &mut [u8]) -> Option<Result<(), Failure>> {
-        let verdict = |j| match j {
-            Judgement::Pending => None,
-            Judgement::Pass => Some(Ok(())),
-            Judgement::Fail(f) => Some(Err(f)),
-        };
         loop {
             match sock::read(&self.fd, &mut buf[self.have..]) {
                 Ok(0) => return verdict(http.judge(&buf[..self.have], true)),
@@ -235,5 +225,14 @@ impl Write for FdIo<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A judgement as a check's result, once it is one.
+fn verdict(j: Judgement) -> Option<Result<(), Failure>> {
+    match j {
+        Judgement::Pending => None,
+        Judgement::Pass => Some(Ok(())),
+        Judgement::Fail(f) => Some(Err(f)),
     }
 }

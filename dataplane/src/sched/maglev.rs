@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
 /// Table size: a prime, so every skip in `1..M` makes a full permutation,
 /// and large enough (~655 entries per backend at 100 backends) that shares
@@ -30,6 +30,8 @@ pub const MAGLEV_MAX_BACKENDS: usize = u16::MAX as usize;
 /// every table, i.e. moves flows on a mixed-version cluster.
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
 const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
+/// Seed of the table's digest. Fixed: nodes compare digests.
+const DIGEST_SEED: u64 = 0x6d61_676c_6576_6467; // "maglevdg"
 
 const FREE: u16 = u16::MAX;
 
@@ -71,12 +73,14 @@ impl std::error::Error for MaglevError {}
 #[derive(Clone)]
 pub struct Maglev {
     table: Box<[u16]>,
+    /// See [`Maglev::digest`].
+    digest: u64,
 }
 
 impl fmt::Debug for Maglev {
     // The table itself is 64K numbers; its size is what is worth printing.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Maglev").field("entries", &self.table.len()).finish()
+        f.debug_struct("Maglev").field("entries", &self.table.len()).field("digest", &format_args!("{:016x}", self.digest)).finish()
     }
 }
 
@@ -130,7 +134,7 @@ impl Maglev {
             return Err(MaglevError::DuplicateIdent { ident: backends[first].ident, first, second });
         }
         let Some(max) = backends.iter().map(|b| u64::from(b.weight)).filter(|&w| w > 0).max() else {
-            return Ok(Maglev { table: Box::new([]) });
+            return Ok(Maglev { table: Box::new([]), digest: digest(backends, &[]) });
         };
 
         let mut walkers: Vec<Walker> = order
@@ -175,7 +179,8 @@ impl Maglev {
             filled += 1;
             turns.push(Reverse((due(w), rank)));
         }
-        Ok(Maglev { table: table.into_boxed_slice() })
+        let digest = digest(backends, &table);
+        Ok(Maglev { table: table.into_boxed_slice(), digest })
     }
 
     /// Backend index (into the slice given to [`Maglev::build`]) for a flow
@@ -190,6 +195,27 @@ impl Maglev {
     pub fn table(&self) -> &[u16] {
         &self.table
     }
+
+    /// A hash of the backends' idents in table order: two nodes whose
+    /// digests are equal send every flow hash to the same backend,
+    /// whatever order their configurations list the backends in.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+}
+
+/// The digest of `table` (indexes into `backends`), computed with the
+/// table rather than when asked: it covers all `MAGLEV_M` entries.
+fn digest(backends: &[MaglevInput], table: &[u16]) -> u64 {
+    let mut h = Xxh3::with_seed(DIGEST_SEED);
+    let mut chunk = [0u8; 8 * 512];
+    for entries in table.chunks(512) {
+        for (out, &i) in chunk.chunks_exact_mut(8).zip(entries) {
+            out.copy_from_slice(&backends[usize::from(i)].ident.to_le_bytes());
+        }
+        h.update(&chunk[..8 * entries.len()]);
+    }
+    h.digest()
 }
 
 /// Next slot of a permutation, without the overflow a multiply could hit.
@@ -370,6 +396,21 @@ mod tests {
             shuffled.swap(i, (rng(&mut s) % (i as u64 + 1)) as usize);
         }
         assert_eq!(owners(&b), owners(&shuffled));
+        assert_eq!(build(&b).digest(), build(&shuffled).digest(), "the digest follows the table, not the input order");
+    }
+
+    #[test]
+    fn the_digest_changes_with_the_table() {
+        let b = pool([1; 3]);
+        let mut heavier = b.clone();
+        heavier[1].weight = 2;
+        let mut drained = b.clone();
+        drained[2].weight = 0;
+        let digests = [build(&b).digest(), build(&heavier).digest(), build(&drained).digest(), build(&[]).digest()];
+        for (i, d) in digests.iter().enumerate() {
+            assert!(!digests[..i].contains(d), "digest {i} ({d:016x}) repeats an earlier one: {digests:016x?}");
+        }
+        assert_eq!(build(&b).digest(), build(&b).digest());
     }
 
     #[test]

@@ -237,6 +237,10 @@ pub struct VipStatus {
     /// a new version is loaded.
     #[serde(default)]
     pub quarantined: bool,
+    /// A digest of the VIP's Maglev table (16 hex digits): nodes whose
+    /// digests are equal place every flow on the same backend.
+    #[serde(default)]
+    pub maglev_digest: String,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -616,7 +620,7 @@ pub fn flows_table(flows: &[FlowEntry]) -> String {
 /// VIPs and their backends with weights and runtime changes: `fulcrum
 /// status` and `fulcrum vip list`.
 pub fn vips_table(vips: &[VipStatus]) -> String {
-    let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"WEIGHT", &"RUNTIME"])];
+    let mut rows = vec![row(&[&"VIP / BACKEND", &"MODE", &"SCHEDULER", &"TABLE", &"WEIGHT", &"RUNTIME"])];
     for v in vips {
         let mut scheduler = match (v.scheduler_generation, &v.scheduler_hash) {
             (Some(g), Some(h)) => format!("{} (generation {g}, {h})", v.scheduler),
@@ -625,11 +629,13 @@ pub fn vips_table(vips: &[VipStatus]) -> String {
         if v.quarantined {
             scheduler.push_str(" QUARANTINED: maglev");
         }
-        rows.push(row(&[&v.name, &v.mode, &scheduler, &"", &""]));
-        rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &b.weight, &b.runtime.as_deref().unwrap_or("")])));
+        // Eight hex digits tell tables apart at a glance; --json has all 16.
+        let table = v.maglev_digest.get(..8).unwrap_or(&v.maglev_digest);
+        rows.push(row(&[&v.name, &v.mode, &scheduler, &table, &"", &""]));
+        rows.extend(v.backends.iter().map(|b| row(&[&format!("  {}", b.name), &"", &"", &"", &b.weight, &b.runtime.as_deref().unwrap_or("")])));
     }
     // Names, then weights right-aligned, then what runtime changes did.
-    table_with(&rows, |c| c != 3)
+    table_with(&rows, |c| c != 4)
 }
 
 impl StatsReport {

@@ -655,6 +655,8 @@ impl Daemon {
     /// each VIP's new flows go through.
     pub fn status(&self) -> Status {
         let in_force = |v: &cfg::Vip| self.ids.vip(v).and_then(|id| self.plugins.in_force(id));
+        let services = self.telemetry.services();
+        let digest = |v: &cfg::Vip| self.ids.vip(v).and_then(|id| services.vip(id)).map_or_else(String::new, |v| format!("{:016x}", v.maglev.digest()));
         let vips = self
             .config
             .vips
@@ -673,6 +675,7 @@ impl Daemon {
                 scheduler_generation: in_force(v).map(|p| p.generation),
                 scheduler_hash: in_force(v).map(|p| p.hash),
                 quarantined: in_force(v).is_some_and(|p| p.quarantined),
+                maglev_digest: digest(v),
                 backends: v
                     .backends
                     .iter()

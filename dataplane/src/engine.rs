@@ -381,6 +381,10 @@ impl Engine {
             self.flows.splices = vec![Splice::default(); self.flows.cfg.table_capacity];
         }
         self.flows.snat.set_addrs(services.snat_addrs());
+        // A rebuild shares the tables of the pools that did not change.
+        if services.vips().any(|(id, v)| self.services.vip(id).is_none_or(|old| !Arc::ptr_eq(&old.maglev, &v.maglev))) {
+            self.flows.sync.placement_changed();
+        }
         self.services = services;
         Ok(())
     }

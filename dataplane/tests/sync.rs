@@ -198,9 +198,14 @@ fn dsr_flows_are_synced_only_where_maglev_would_send_them_elsewhere() {
         bulk.extend(export(&mut a, 0, true));
     }
     assert!(bulk.is_empty(), "a peer's Maglev places every one of them the same: {bulk:?}");
+    // A refresh lap runs (and sends nothing: the peer places them all).
+    for t in 0..100 {
+        assert!(export(&mut a, 9_000 + t, true).is_empty());
+    }
     // Backend 3 goes down: Maglev sends its flows' next segments
-    // elsewhere, so the peer must learn them; the busy ones go with the
-    // refresh walk.
+    // elsewhere, so the peer must learn them; the busy ones go with a
+    // refresh lap that the new table starts at once, not a lap interval
+    // (a quarter of the shortest timeout) after the last one.
     let mut down = backend(3, 0);
     down.up = false;
     let vip = s.vip(0).unwrap().spec.clone();

@@ -45,6 +45,8 @@ pub(super) struct SyncLog {
     lap_start: u32,
     prev_lap_start: u32,
     refresh_ms: u32,
+    /// Start a lap at the next export, however recent the last one.
+    relap: bool,
     /// Next slot of a bulk resync under way.
     bulk: Option<usize>,
 }
@@ -63,7 +65,19 @@ impl SyncLog {
             lap_start: 0,
             prev_lap_start: 0,
             refresh_ms: (shortest / 4).max(MIN_REFRESH_MS),
+            relap: false,
             bulk: None,
+        }
+    }
+
+    /// A VIP's Maglev table changed: the busy flows it now places
+    /// elsewhere go to the peers at once (a lap starts at the next
+    /// export), not up to `refresh_ms` later, since a node lost in between
+    /// would take with it the only record of their backends.
+    pub(super) fn placement_changed(&mut self) {
+        if self.on {
+            self.hand = 0;
+            self.relap = true;
         }
     }
 
@@ -179,9 +193,10 @@ impl Engine {
     fn refresh(&mut self, now: u32, entry: &mut SyncEntry, send: &mut impl FnMut(&SyncEntry) -> bool) {
         let sync = &mut self.flows.sync;
         if sync.hand == 0 {
-            if now.wrapping_sub(sync.lap_start) < sync.refresh_ms {
+            if !sync.relap && now.wrapping_sub(sync.lap_start) < sync.refresh_ms {
                 return;
             }
+            sync.relap = false;
             sync.prev_lap_start = sync.lap_start;
             sync.lap_start = now;
         }

@@ -38,7 +38,7 @@ pub enum LabMode {
 }
 
 impl LabMode {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             LabMode::Nat => "nat",
             LabMode::FullNat => "full-nat",

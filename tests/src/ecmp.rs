@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use fulcrum::control::api::{Request, Response};
 
-use crate::daemon::{self, TempConfig, fulcrum_bin};
+use crate::daemon::{self, LabMode, TempConfig, fulcrum_bin};
 use crate::ha::ECHO_PORT;
 use crate::{End, Host, Iface, Lab, LabError, Proc, VIP4, in_netns, ip, mac};
 
@@ -79,16 +79,23 @@ impl Router {
     }
 
     /// Starts BIRD with an eBGP session to each of `nodes` (hold time 3 s,
-    /// the least BGP allows) and ECMP over the routes they announce.
-    pub fn start_bird(&mut self, lab: &Lab, nodes: &[Ipv4Addr]) -> Result<(), LabError> {
+    /// the least BGP allows) and ECMP over the routes they announce. The
+    /// sessions of the nodes `bfd` (indexes) are also watched by BFD (as
+    /// `config/examples/ecmp/bird.conf` has it): those nodes must run
+    /// [`Node::start_bfd`].
+    pub fn start_bird(&mut self, lab: &Lab, nodes: &[Ipv4Addr], bfd: &[usize]) -> Result<(), LabError> {
         let mut c = format!(
             "router id {ROUTER};\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
              protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes limit 16; }}\n\
              template bgp node {{ local {ROUTER} as {ROUTER_AS}; hold time 3; keepalive time 1; connect retry time 1; \
              error wait time 1, 2; ipv4 {{ import all; export none; }}; }}\n"
         );
+        if !bfd.is_empty() {
+            let _ = writeln!(c, "protocol bfd {{ interface \"eth0\" {{ {BFD_TIMERS} }}; }}");
+        }
         for (i, n) in nodes.iter().enumerate() {
-            let _ = writeln!(c, "protocol bgp node{i} from node {{ neighbor {n} as {NODES_AS}; }}");
+            let bfd = if bfd.contains(&i) { " bfd on;" } else { "" };
+            let _ = writeln!(c, "protocol bgp node{i} from node {{ neighbor {n} as {NODES_AS};{bfd} }}");
         }
         let conf = TempConfig::new(&c)?;
         let sock = format!("{}.ctl", conf.path_str());
@@ -108,17 +115,17 @@ impl Router {
     }
 
     /// The next hop the router picks for each of the client's TCP
-    /// connections to the VIP from `ports` (its 5-tuple hash).
-    pub fn picks(&self, lab: &Lab, ports: &[u16]) -> Vec<Option<Ipv4Addr>> {
+    /// connections to `dst` from `ports` (its 5-tuple hash).
+    pub fn picks(&self, lab: &Lab, dst: Ipv4Addr, ports: &[u16]) -> Vec<Option<Ipv4Addr>> {
         let mut batch = String::new();
         for p in ports {
-            let _ = writeln!(batch, "route get {VIP4} from {CLIENT} iif eth1 ipproto tcp sport {p} dport {ECHO_PORT}");
+            let _ = writeln!(batch, "route get {dst} from {CLIENT} iif eth1 ipproto tcp sport {p} dport {ECHO_PORT}");
         }
         let Ok(file) = TempConfig::new(&batch) else { return vec![None; ports.len()] };
         let out = lab.exec(&self.host.ns, &["ip", "-4", "-batch", file.path_str()]).unwrap_or_default();
         let mut picks: Vec<Option<Ipv4Addr>> = out
             .lines()
-            .filter(|l| l.starts_with(&VIP4.to_string()))
+            .filter(|l| l.starts_with(&dst.to_string()))
             .map(|l| l.split_whitespace().skip_while(|w| *w != "via").nth(1).and_then(|a| a.parse().ok()))
             .collect();
         picks.resize(ports.len(), None);
@@ -131,29 +138,70 @@ impl Router {
     }
 }
 
-/// One scale-out node: fulcrum with `[bgp]`, and ExaBGP running
-/// `fulcrum bgp exabgp` as its API process.
+/// What every node of a cluster runs: the VIP's mode, and whether the
+/// nodes sync their flows (each to every other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub mode: LabMode,
+    pub sync: bool,
+}
+
+impl Service {
+    pub const DSR: Service = Service { mode: LabMode::Dsr, sync: false };
+
+    /// "dsr", "ipip with sync".
+    pub fn label(self) -> String {
+        format!("{}{}", self.mode.name(), if self.sync { " with sync" } else { "" })
+    }
+}
+
+/// One scale-out node: fulcrum with `[bgp]`, ExaBGP running `fulcrum bgp
+/// exabgp` as its API process, and, for BFD, BIRD.
 pub struct Node {
     pub host: Host,
     pub socket: PathBuf,
     pub fulcrum: Option<Proc>,
     pub exabgp: Option<Proc>,
+    bird: Option<(Proc, TempConfig)>,
+    service: Service,
+    /// Every node's address: the sync peers.
+    cluster: Vec<Ipv4Addr>,
     config: TempConfig,
     exabgp_conf: TempConfig,
 }
 
-/// The node's fulcrum: the VIP's TCP echo port in dsr mode over the lab's
-/// backends (of `weight`), announced through ExaBGP, drained within 10 s.
-fn fulcrum_config(lab: &Lab, host: &Host, socket: &str, weight: u32) -> String {
+const SYNC_PORT: u16 = 7788;
+/// BFD every 100 ms, down after 3 missed: a lost node is seen in 0.3 s.
+const BFD_TIMERS: &str = "min rx interval 100 ms; min tx interval 100 ms; multiplier 3;";
+
+/// The node's fulcrum: the VIP's TCP echo port in `service`'s mode over
+/// the lab's backends (of `weights`, in order), announced through ExaBGP,
+/// drained within 10 s; with sync, every node forwards (role master) and
+/// sends its flows to all the others.
+fn fulcrum_config(lab: &Lab, node: &Node, weights: &[u32]) -> String {
+    let (host, service) = (&node.host, node.service);
+    let socket = node.socket.display();
     let mut c = format!("[daemon]\ncontrol_socket = \"{socket}\"\nxdp_mode = \"auto\"\nworkers = {}\nshutdown_grace = \"10s\"\n\n", lab.queues);
     let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"one-arm\"\n", host.iface().name);
     let _ = writeln!(c, "[bgp]\nspeaker = \"exabgp\"\n");
-    let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nmode = \"dsr\"");
-    for b in &lab.backends {
-        let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"\nweight = {weight}", b.iface().v4);
+    if service.sync {
+        let me = host.iface().v4;
+        let peers: Vec<String> = node.cluster.iter().filter(|&&a| a != me).map(|a| format!("\"{a}:{SYNC_PORT}\"")).collect();
+        let _ =
+            writeln!(c, "[sync]\nlisten = \"{me}:{SYNC_PORT}\"\nkey = \"lab-cluster-secret-0123456789\"\nrole = \"master\"\npeers = [{}]\n", peers.join(", "));
+    }
+    let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nmode = \"{}\"", service.mode.name());
+    if matches!(service.mode, LabMode::Ipip | LabMode::Gue) {
+        let _ = writeln!(c, "tunnel_source = \"{TUNNEL_SOURCE}\"");
+    }
+    for (b, w) in lab.backends.iter().zip(weights) {
+        let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"\nweight = {w}", b.iface().v4);
     }
     c
 }
+
+/// Outer sources of tunnelled packets, the same on every node.
+const TUNNEL_SOURCE: &str = "198.18.200.0/24";
 
 /// ExaBGP as `config/examples/ecmp/exabgp.conf` has it, with the lab's
 /// names.
@@ -168,20 +216,47 @@ fn exabgp_config(host: &Host, fulcrum_conf: &str) -> String {
     )
 }
 
+/// BIRD on a node for BFD alone, as `config/examples/ecmp/bird-node.conf`
+/// has it: ExaBGP has no BFD.
+fn bfd_config(host: &Host) -> String {
+    let addr = host.iface().v4;
+    format!(
+        "router id {addr};\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
+         protocol bfd {{ interface \"{}\" {{ {BFD_TIMERS} }}; neighbor {ROUTER} local {addr}; }}\n",
+        host.iface().name
+    )
+}
+
 impl Node {
-    pub fn start(lab: &Lab, host: &Host) -> Result<Node, LabError> {
-        let socket = daemon::control_socket();
-        let config = TempConfig::new(&fulcrum_config(lab, host, &socket, 1))?;
+    /// Starts ExaBGP on `host`, and fulcrum with every backend at weight
+    /// 1 unless `start` is false (a node to add later). `cluster`: every
+    /// node's address.
+    pub fn start(lab: &Lab, host: &Host, service: Service, cluster: &[Ipv4Addr], start: bool) -> Result<Node, LabError> {
+        let config = TempConfig::new("")?;
         let exabgp_conf = TempConfig::new(&exabgp_config(host, config.path_str()))?;
-        let mut node = Node { host: host.clone(), socket: socket.into(), fulcrum: None, exabgp: None, config, exabgp_conf };
-        node.start_fulcrum(lab)?;
+        let mut node = Node {
+            host: host.clone(),
+            socket: daemon::control_socket().into(),
+            fulcrum: None,
+            exabgp: None,
+            bird: None,
+            service,
+            cluster: cluster.to_vec(),
+            config,
+            exabgp_conf,
+        };
+        node.config.write(&fulcrum_config(lab, &node, &vec![1; lab.backends.len()]));
+        if start {
+            node.start_fulcrum(lab)?;
+        }
         node.start_exabgp(lab)?;
         Ok(node)
     }
 
-    /// Gives every backend `weight` (0 drains them all) by a reload.
-    pub fn reweight(&self, lab: &Lab, weight: u32) -> Result<(), LabError> {
-        self.config.write(&fulcrum_config(lab, &self.host, &self.socket.to_string_lossy(), weight));
+    /// Gives the backends `weights` (in order; all 0 drains them all) by a
+    /// reload.
+    pub fn reweight(&self, lab: &Lab, weights: &[u32]) -> Result<(), LabError> {
+        self.config.write(&fulcrum_config(lab, self, weights));
         let (code, out, err) = daemon::cli(&["reload", "--socket", &self.socket.to_string_lossy()]);
         if code == Some(0) { Ok(()) } else { Err(LabError(format!("reload on {}: {out}{err}", self.host.name))) }
     }
@@ -200,6 +275,24 @@ impl Node {
         Ok(())
     }
 
+    /// Starts BIRD's BFD towards the router, for a session the router
+    /// watches with BFD.
+    pub fn start_bfd(&mut self, lab: &Lab) -> Result<(), LabError> {
+        let conf = TempConfig::new(&bfd_config(&self.host))?;
+        let sock = format!("{}.ctl", conf.path_str());
+        let bird = lab.spawn(&self.host.ns, &["bird", "-f", "-c", conf.path_str(), "-s", &sock])?;
+        self.bird = Some((bird, conf));
+        Ok(())
+    }
+
+    /// Signals fulcrum, ExaBGP and BIRD: SIGSTOP freezes the whole node.
+    pub fn signal_all(&self, signal: i32) {
+        let bird = self.bird.as_ref().map(|(p, _)| p);
+        for p in [self.fulcrum.as_ref(), self.exabgp.as_ref(), bird].into_iter().flatten() {
+            p.signal(signal);
+        }
+    }
+
     pub fn addr(&self) -> Ipv4Addr {
         self.host.iface().v4
     }
@@ -212,9 +305,28 @@ impl Node {
         }
     }
 
-    /// Everything fulcrum and ExaBGP printed, for failure messages.
+    /// The Maglev table digest of each VIP, as `fulcrum status --json`
+    /// gives it (None: not running).
+    pub fn digests(&self) -> Option<Vec<String>> {
+        match fulcrum::control::client::request(&self.socket, &Request::Status) {
+            Ok(Response::Status(s)) => Some(s.vips.into_iter().map(|v| v.maglev_digest).collect()),
+            _ => None,
+        }
+    }
+
+    /// Flow entries this node sent its sync peers (None: not running or
+    /// no sync).
+    pub fn sync_sent(&self) -> Option<u64> {
+        match fulcrum::control::client::request(&self.socket, &Request::Status) {
+            Ok(Response::Status(s)) => s.ha.map(|h| h.entries_sent),
+            _ => None,
+        }
+    }
+
+    /// Everything fulcrum, ExaBGP and BIRD printed, for failure messages.
     pub fn output(&self) -> String {
-        [&self.fulcrum, &self.exabgp].iter().filter_map(|p| p.as_ref().map(Proc::output)).collect::<Vec<_>>().join("\n")
+        let bird = self.bird.as_ref().map(|(p, _)| p);
+        [self.fulcrum.as_ref(), self.exabgp.as_ref(), bird].iter().filter_map(|p| p.map(Proc::output)).collect::<Vec<_>>().join("\n")
     }
 }
 

@@ -1,21 +1,23 @@
 //! Scale-out with real routing daemons: BIRD 2 as the router, spreading
-//! the VIP's flows by ECMP over three fulcrum nodes, each announcing the
-//! VIP through its own ExaBGP. Long-lived TCP connections exchange a
-//! message every 100 ms and new connections open in a loop while a node
-//! is drained, comes back, and is killed; none of them may break (dsr:
-//! a flow the router moves to another node reaches the same backend by
-//! Maglev). Root only.
+//! the VIP's flows by ECMP over fulcrum nodes, each announcing the VIP
+//! through its own ExaBGP. Long-lived TCP connections exchange a message
+//! every 100 ms and new connections open in a loop while a node is
+//! drained, comes back, is killed, hangs, or loses its link, while a
+//! fourth node joins three, and while every node changes a backend's
+//! weight before one is killed (Maglev's hard case: only sync keeps the
+//! flows whose backend is no longer the table's answer). Root only.
 //!
-//! One lab serves every scenario, in turn. Figures go to stderr (run with
-//! `--nocapture` to see them; perf/RESULTS.md has a run's).
+//! A lab serves every scenario of a test, in turn. Figures go to stderr
+//! (run with `--nocapture` to see them; perf/RESULTS.md has a run's).
 
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fulcrum_tests::daemon::{self, LabMode};
-use fulcrum_tests::ecmp::{Churn, Node, Router};
+use fulcrum_tests::ecmp::{Churn, Node, Router, Service};
 use fulcrum_tests::ha::{self, Clients, Outcome, wait_until};
-use fulcrum_tests::{Lab, Topology, require_root};
+use fulcrum_tests::{Lab, Proc, Topology, VIP4, require_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const CONNECTIONS: usize = 600;
@@ -23,13 +25,59 @@ const EVERY: Duration = Duration::from_millis(100);
 /// How long the connections run after each change.
 const AFTER: Duration = Duration::from_secs(4);
 
+/// Each test runs 600 connections through a lab of its own: one at a
+/// time, or two labs share the machine's two cores and measure each
+/// other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Cluster {
     lab: Lab,
     router: Router,
     nodes: Vec<Node>,
+    service: Service,
+    /// The backends' decapsulators in tunnel modes.
+    _decap: Vec<Proc>,
 }
 
 impl Cluster {
+    /// A one-arm lab with `n` nodes running `service`, the first
+    /// `running` of them started (the others' ExaBGP only), and the
+    /// router watching the sessions of the nodes `bfd` with BFD; waits
+    /// until the running ones are in the router's route.
+    fn start(service: Service, n: usize, running: usize, bfd: &[usize]) -> Cluster {
+        let mut lab = Lab::new(Topology::OneArm).expect("lab");
+        for _ in 1..n {
+            lab.add_balancer().expect("another node");
+        }
+        let decap = daemon::prepare_hosts(&mut lab, service.mode).expect("backends that own the VIP");
+        lab.start_servers_with(SERVER.as_ref(), &["--echo", &ha::ECHO_PORT.to_string()]).expect("servers");
+        let mut router = Router::add(&mut lab).expect("router");
+        let hosts: Vec<_> = std::iter::once(lab.balancer.clone()).chain(lab.standbys.iter().cloned()).collect();
+        let addrs: Vec<Ipv4Addr> = hosts.iter().map(|h| h.iface().v4).collect();
+        router.start_bird(&lab, &addrs, bfd).expect("bird");
+        let nodes = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let mut node = Node::start(&lab, h, service, &addrs, i < running).expect("node");
+                if bfd.contains(&i) {
+                    node.start_bfd(&lab).expect("BFD on the node");
+                }
+                node
+            })
+            .collect();
+        let c = Cluster { lab, router, nodes, service, _decap: decap };
+        let started = Instant::now();
+        let up: Vec<usize> = (0..running).collect();
+        let took = c.wait_hops(&up, Duration::from_secs(20));
+        eprintln!("ecmp {}: {running} nodes announced and in the router's route {took:?} after they started ({:?} total)", service.label(), started.elapsed());
+        c
+    }
+
     fn hops(&self) -> Vec<Ipv4Addr> {
         self.router.next_hops(&self.lab)
     }
@@ -48,42 +96,94 @@ impl Cluster {
             )
         })
     }
+
+    /// The running nodes' Maglev digests, which must all be equal.
+    fn digests(&self) -> Vec<String> {
+        let all: Vec<Vec<String>> = self.nodes.iter().filter_map(Node::digests).collect();
+        assert!(all.len() > 1 && all.windows(2).all(|w| w[0] == w[1]), "nodes with the same configuration differ: {all:?}");
+        assert!(all[0].iter().all(|d| d.len() == 16), "digests of 16 hex digits: {all:?}");
+        all[0].clone()
+    }
+
+    /// Opens the connections and checks that every running node carries
+    /// some of them.
+    fn clients(&self) -> Clients {
+        let mut clients = Clients::open_from(&self.router.client.ns, CONNECTIONS).expect("connections through the router");
+        let before: Vec<Option<u64>> = self.nodes.iter().map(Node::vip_packets).collect();
+        clients.run(Duration::from_secs(2), EVERY);
+        assert_eq!(clients.outcome().broken, 0, "broken before any change");
+        for (i, (n, b)) in self.nodes.iter().zip(before).enumerate() {
+            if let (Some(b), Some(now)) = (b, n.vip_packets()) {
+                assert!(now - b > 100, "node {i} forwarded {} packets: ECMP should use every node", now - b);
+            }
+        }
+        clients
+    }
+
+    /// Runs `action` (a change to the cluster, returning how long the
+    /// router took to reflect it, if it changed the route) while the
+    /// connections exchange messages for `after` and new ones open in a
+    /// loop; reports, and records a failure if any connection broke
+    /// where none may.
+    fn scenario(
+        &mut self,
+        clients: &mut Clients,
+        name: &str,
+        after: Duration,
+        failures: &mut Vec<String>,
+        action: impl FnOnce(&mut Cluster) -> Option<Duration> + Send,
+    ) {
+        let label = self.service.label();
+        let outcome = self.run(clients, after, action);
+        outcome.report(&label, name);
+        if outcome.clients.broken > 0 || outcome.churn.1 > 0 {
+            failures.push(format!(
+                "{label} {name}: {} of {} connections broken, {} new connections failed",
+                outcome.clients.broken, outcome.clients.connections, outcome.churn.1
+            ));
+        }
+    }
+
+    fn run(&mut self, clients: &mut Clients, after: Duration, action: impl FnOnce(&mut Cluster) -> Option<Duration> + Send) -> Measured {
+        let ports = clients.ports();
+        let picks = self.router.picks(&self.lab, VIP4, &ports);
+        let churn = Churn::start(&self.router.client.ns);
+        clients.reset_gaps();
+        let route = std::thread::scope(|s| {
+            let changed = s.spawn(|| action(&mut *self));
+            clients.run(after, EVERY);
+            changed.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        });
+        let after_picks = self.router.picks(&self.lab, VIP4, &ports);
+        Measured { clients: clients.outcome(), route, churn: churn.stop(), moved: moved(&picks, &after_picks) }
+    }
 }
 
 /// What one scenario measured.
-fn report(name: &str, o: &Outcome, route: Duration, churn: (u64, u64), moved: Option<(usize, usize)>) {
-    let moved = moved.map_or_else(String::new, |(m, n)| format!(", flows moved {m} of {n} ({:.0} %)", 100.0 * m as f64 / n.max(1) as f64));
-    eprintln!(
-        "ecmp dsr {name}: {} connections, {} broken, longest gap p50 {:?} p99 {:?} max {:?}, route changed after {route:?}, new connections {} ok {} failed{moved}",
-        o.connections,
-        o.broken,
-        o.quantile(0.5),
-        o.quantile(0.99),
-        o.quantile(1.0),
-        churn.0,
-        churn.1
-    );
+struct Measured {
+    clients: Outcome,
+    route: Option<Duration>,
+    /// New connections: (worked, failed).
+    churn: (u64, u64),
+    /// Connections whose next hop changed, of all.
+    moved: (usize, usize),
 }
 
-/// Runs `action` (a change to the cluster, returning how long the router
-/// took to reflect it) while the connections exchange messages and new
-/// ones open in a loop; reports, and records a failure if any connection
-/// broke.
-fn scenario(c: &mut Cluster, clients: &mut Clients, name: &str, failures: &mut Vec<String>, action: impl FnOnce(&mut Cluster) -> Duration + Send) {
-    let ports = clients.ports();
-    let picks = c.router.picks(&c.lab, &ports);
-    let churn = Churn::start(&c.router.client.ns);
-    clients.reset_gaps();
-    let route = std::thread::scope(|s| {
-        let changed = s.spawn(|| action(&mut *c));
-        clients.run(AFTER, EVERY);
-        changed.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-    });
-    let churn = churn.stop();
-    let o = clients.outcome();
-    report(name, &o, route, churn, Some(moved(&picks, &c.router.picks(&c.lab, &ports))));
-    if o.broken > 0 || churn.1 > 0 {
-        failures.push(format!("{name}: {} of {} connections broken, {} new connections failed", o.broken, o.connections, churn.1));
+impl Measured {
+    fn report(&self, label: &str, name: &str) {
+        let (o, (m, n)) = (&self.clients, self.moved);
+        let route = self.route.map_or_else(|| "unchanged".into(), |r| format!("changed after {r:?}"));
+        eprintln!(
+            "ecmp {label} {name}: {} connections, {} broken, longest gap p50 {:?} p99 {:?} max {:?}, route {route}, new connections {} ok {} failed, flows moved {m} of {n} ({:.0} %)",
+            o.connections,
+            o.broken,
+            o.quantile(0.5),
+            o.quantile(0.99),
+            o.quantile(1.0),
+            self.churn.0,
+            self.churn.1,
+            100.0 * m as f64 / n.max(1) as f64
+        );
     }
 }
 
@@ -92,37 +192,18 @@ fn moved(before: &[Option<Ipv4Addr>], after: &[Option<Ipv4Addr>]) -> (usize, usi
 }
 
 #[test]
-fn nodes_drained_added_and_killed_break_no_connection() {
+fn nodes_drained_added_killed_and_lost_break_no_connection() {
     require_root();
-    let mut lab = Lab::new(Topology::OneArm).expect("lab");
-    for _ in 0..2 {
-        lab.add_balancer().expect("another node");
-    }
-    let _none = daemon::prepare_hosts(&mut lab, LabMode::Dsr).expect("DSR backends");
-    lab.start_servers_with(SERVER.as_ref(), &["--echo", &ha::ECHO_PORT.to_string()]).expect("servers");
-    let mut router = Router::add(&mut lab).expect("router");
-    let hosts: Vec<_> = std::iter::once(lab.balancer.clone()).chain(lab.standbys.iter().cloned()).collect();
-    router.start_bird(&lab, &hosts.iter().map(|h| h.iface().v4).collect::<Vec<_>>()).expect("bird");
-    let nodes = hosts.iter().map(|h| Node::start(&lab, h).expect("node")).collect();
-    let mut c = Cluster { lab, router, nodes };
-    let started = Instant::now();
-    let took = c.wait_hops(&[0, 1, 2], Duration::from_secs(20));
-    eprintln!("ecmp: all three nodes announced and in the router's route {took:?} after they started ({:?} total)", started.elapsed());
-
-    // Every node carries some of the connections.
-    let mut clients = Clients::open_from(&c.router.client.ns, CONNECTIONS).expect("connections through the router");
-    let before: Vec<u64> = c.nodes.iter().map(|n| n.vip_packets().unwrap_or(0)).collect();
-    clients.run(Duration::from_secs(2), EVERY);
-    assert_eq!(clients.outcome().broken, 0, "broken before any change");
-    for (i, n) in c.nodes.iter().enumerate() {
-        let got = n.vip_packets().unwrap_or(0) - before[i];
-        assert!(got > 100, "node {i} forwarded {got} packets: ECMP should use every node");
-    }
+    let _serial = one_at_a_time();
+    // Node 0's session is watched by BFD, node 1's is not: their link
+    // losses at the end compare the two.
+    let mut c = Cluster::start(Service::DSR, 3, 3, &[0]);
+    let mut clients = c.clients();
     let mut failures = Vec::new();
 
     // Drain node 2: withdrawn, its connections move on to the others, it
     // exits once its traffic stopped.
-    scenario(&mut c, &mut clients, "drain", &mut failures, |c| {
+    c.scenario(&mut clients, "drain", AFTER, &mut failures, |c| {
         let socket = c.nodes[2].socket.to_string_lossy().into_owned();
         let asked = Instant::now();
         let (code, out, err) = daemon::cli(&["drain", "--socket", &socket]);
@@ -131,39 +212,39 @@ fn nodes_drained_added_and_killed_break_no_connection() {
         let exited = c.nodes[2].fulcrum.as_mut().expect("node 2").wait_timeout(Duration::from_secs(10));
         assert!(exited.is_some_and(|s| s.success()), "the drained node should exit by itself:\n{}", c.nodes[2].output());
         eprintln!("ecmp: the drained node exited {:?} after `fulcrum drain` (grace 10 s)", asked.elapsed());
-        route
+        Some(route)
     });
     // Node 2 comes back: announced once ready, the router spreads over
     // three again.
-    scenario(&mut c, &mut clients, "add", &mut failures, |c| {
+    c.scenario(&mut clients, "add", AFTER, &mut failures, |c| {
         let lab = &c.lab;
         c.nodes[2].start_fulcrum(lab).expect("node 2 again");
-        c.wait_hops(&[0, 1, 2], Duration::from_secs(5))
+        Some(c.wait_hops(&[0, 1, 2], Duration::from_secs(5)))
     });
     // systemctl stop: SIGTERM with daemon.shutdown_grace drains the same
     // way. Then node 2 starts again.
-    scenario(&mut c, &mut clients, "SIGTERM", &mut failures, |c| {
+    c.scenario(&mut clients, "SIGTERM", AFTER, &mut failures, |c| {
         let node = c.nodes[2].fulcrum.as_mut().expect("node 2");
         node.signal(libc::SIGTERM);
         let route = c.wait_hops(&[0, 1], Duration::from_secs(5));
         let exited = c.nodes[2].fulcrum.as_mut().expect("node 2").wait_timeout(Duration::from_secs(10));
         assert!(exited.is_some_and(|s| s.success()), "SIGTERM should drain, then exit:\n{}", c.nodes[2].output());
-        route
+        Some(route)
     });
     let lab = &c.lab;
     c.nodes[2].start_fulcrum(lab).expect("node 2 again");
     c.wait_hops(&[0, 1, 2], Duration::from_secs(5));
     // kill -9 of node 0's fulcrum: its helper finds the daemon gone and
     // withdraws at once.
-    scenario(&mut c, &mut clients, "kill -9", &mut failures, |c| {
+    c.scenario(&mut clients, "kill -9", AFTER, &mut failures, |c| {
         c.nodes[0].fulcrum.as_ref().expect("node 0").signal(libc::SIGKILL);
-        c.wait_hops(&[1, 2], Duration::from_secs(5))
+        Some(c.wait_hops(&[1, 2], Duration::from_secs(5)))
     });
     // SIGSTOP of node 1's fulcrum: it hangs; its helper gets no answer
     // within bgp.timeout and withdraws. It announces again once resumed.
-    scenario(&mut c, &mut clients, "SIGSTOP", &mut failures, |c| {
+    c.scenario(&mut clients, "SIGSTOP", AFTER, &mut failures, |c| {
         c.nodes[1].fulcrum.as_ref().expect("node 1").signal(libc::SIGSTOP);
-        c.wait_hops(&[2], Duration::from_secs(5))
+        Some(c.wait_hops(&[2], Duration::from_secs(5)))
     });
     c.nodes[1].fulcrum.as_ref().expect("node 1").signal(libc::SIGCONT);
     c.wait_hops(&[1, 2], Duration::from_secs(5));
@@ -171,11 +252,79 @@ fn nodes_drained_added_and_killed_break_no_connection() {
     // and announces it again when one does.
     for weight in [0, 1] {
         for n in &c.nodes[1..] {
-            n.reweight(&c.lab, weight).expect("reload");
+            n.reweight(&c.lab, &[weight; 3]).expect("reload");
         }
         let took = c.wait_hops(if weight == 0 { &[] } else { &[1, 2] }, Duration::from_secs(5));
         eprintln!("ecmp: every backend at weight {weight}: the router's route followed in {took:?}");
     }
+    let lab = &c.lab;
+    c.nodes[0].start_fulcrum(lab).expect("node 0 again");
+    c.wait_hops(&[0, 1, 2], Duration::from_secs(5));
 
+    // A whole node lost: every process on it stops (as in a kernel hang
+    // or a power cut), so nothing it runs can say so and its TCP sessions
+    // stay open. BFD (node 0) withdraws within its detection time;
+    // without it (node 1) the router waits for the hold time, and the
+    // connections for their retransmissions after that.
+    c.scenario(&mut clients, "node frozen, BFD", AFTER, &mut failures, |c| {
+        c.nodes[0].signal_all(libc::SIGSTOP);
+        Some(c.wait_hops(&[1, 2], Duration::from_secs(5)))
+    });
+    c.scenario(&mut clients, "node frozen, hold time", Duration::from_secs(10), &mut failures, |c| {
+        c.nodes[1].signal_all(libc::SIGSTOP);
+        Some(c.wait_hops(&[2], Duration::from_secs(6)))
+    });
+
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Four nodes, three of them running: the fourth joins, then every node
+/// gives the first backend twice the weight, then node 0 is killed. The
+/// new weights leave some flows on a backend that is no longer Maglev's
+/// answer; the kill moves about half of all flows to other nodes, which
+/// only know those flows' backends through sync. Run in dsr and ipip,
+/// each with and without sync, side by side.
+#[test]
+fn a_fourth_node_and_maglevs_hard_case_with_and_without_sync() {
+    require_root();
+    let _serial = one_at_a_time();
+    let mut failures = Vec::new();
+    for mode in [LabMode::Dsr, LabMode::Ipip] {
+        for sync in [true, false] {
+            let mut c = Cluster::start(Service { mode, sync }, 4, 3, &[]);
+            let label = c.service.label();
+            let first = c.digests();
+            let mut clients = c.clients();
+
+            c.scenario(&mut clients, "add a fourth", AFTER, &mut failures, |c| {
+                let lab = &c.lab;
+                c.nodes[3].start_fulcrum(lab).expect("node 3");
+                Some(c.wait_hops(&[0, 1, 2, 3], Duration::from_secs(5)))
+            });
+            assert_eq!(c.digests(), first, "{label}: a node added with the same configuration builds the same table");
+
+            c.scenario(&mut clients, "weight 2 on every node", AFTER, &mut failures, |c| {
+                for n in &c.nodes {
+                    n.reweight(&c.lab, &[2, 1, 1]).expect("reload");
+                }
+                None
+            });
+            let second = c.digests();
+            assert_ne!(second, first, "{label}: a changed weight changes the table's digest");
+
+            // Without sync, flows break here: recorded, not asserted.
+            let kill = c.run(&mut clients, AFTER, |c| {
+                c.nodes[0].fulcrum.as_ref().expect("node 0").signal(libc::SIGKILL);
+                Some(c.wait_hops(&[1, 2, 3], Duration::from_secs(5)))
+            });
+            kill.report(&label, "then kill -9 of a node");
+            let synced: u64 = c.nodes.iter().filter_map(Node::sync_sent).sum();
+            eprintln!("ecmp {label}: {synced} flow entries synced in all (of {CONNECTIONS} connections and the new ones)");
+            if sync && (kill.clients.broken > 0 || kill.churn.1 > 0) {
+                failures
+                    .push(format!("{label} kill after the weight change: {} connections broken, {} new connections failed", kill.clients.broken, kill.churn.1));
+            }
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

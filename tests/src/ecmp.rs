@@ -132,6 +132,37 @@ impl Router {
         picks
     }
 
+    /// Routes `dst` over `hops` as one plain multipath route, as BIRD
+    /// installs it.
+    pub fn set_multipath(&self, lab: &Lab, dst: Ipv4Addr, hops: &[Ipv4Addr]) -> Result<(), LabError> {
+        let mut args = vec!["ip".to_string(), "route".into(), "replace".into(), format!("{dst}/32")];
+        for h in hops {
+            args.extend(["nexthop".into(), "via".into(), h.to_string(), "dev".into(), "eth0".into()]);
+        }
+        lab.exec(&self.host.ns, &args.iter().map(String::as_str).collect::<Vec<_>>()).map(drop)
+    }
+
+    /// Nexthop objects `first ..` for the addresses `all`, in order.
+    pub fn add_nexthops(&self, lab: &Lab, first: u32, all: &[Ipv4Addr]) -> Result<(), LabError> {
+        for (id, a) in (first..).zip(all) {
+            lab.exec(&self.host.ns, &["ip", "nexthop", "add", "id", &id.to_string(), "via", &a.to_string(), "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
+    /// Routes `dst` through resilient nexthop group `group` (128 buckets,
+    /// and `timers`, e.g. ["idle_timer", "0"]) of the nexthop objects
+    /// `members`.
+    pub fn set_resilient(&self, lab: &Lab, dst: Ipv4Addr, group: u32, timers: &[&str], members: &[u32]) -> Result<(), LabError> {
+        let ns = &self.host.ns;
+        let members = members.iter().map(ToString::to_string).collect::<Vec<_>>().join("/");
+        let group_id = group.to_string();
+        let mut args = vec!["ip", "nexthop", "replace", "id", &group_id, "group", &members, "type", "resilient", "buckets", "128"];
+        args.extend_from_slice(timers);
+        lab.exec(ns, &args)?;
+        lab.exec(ns, &["ip", "route", "replace", &format!("{dst}/32"), "nhid", &group.to_string()]).map(drop)
+    }
+
     /// What BIRD printed, for failure messages.
     pub fn bird_output(&self) -> String {
         self.bird.as_ref().map_or_else(String::new, Proc::output)

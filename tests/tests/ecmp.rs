@@ -328,3 +328,69 @@ fn a_fourth_node_and_maglevs_hard_case_with_and_without_sync() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The router's choice of next hop for 600 connections (the lab's client
+/// to 600 source ports) when a node is added to three and then two are
+/// removed: through a plain multipath route (what BIRD 2.0 installs) and
+/// through resilient nexthop groups, side by side: one with the kernel's
+/// default timers (a bucket moves only once idle for 120 s, and `ip route
+/// get` uses them), one with `idle_timer 0` (every bucket counts as idle).
+/// A resilient group moves no flow between nodes that stay; a plain route
+/// rehashes them. Routes only: no traffic flows.
+#[test]
+fn a_resilient_group_keeps_the_flows_of_the_nodes_that_stay() {
+    require_root();
+    let mut lab = Lab::new(Topology::OneArm).expect("lab");
+    let router = Router::add(&mut lab).expect("router");
+    // Four next-hop addresses on the router's network, nexthop objects 1-4.
+    let all: Vec<Ipv4Addr> = (0..4).map(|i| Ipv4Addr::new(198, 18, 0, 150 + i)).collect();
+    router.add_nexthops(&lab, 1, &all).expect("nexthop objects");
+    // (name, destination, resilient group and its timers, or plain).
+    let routes: [(&str, Ipv4Addr, Option<(u32, &[&str])>); 3] = [
+        ("plain multipath", Ipv4Addr::new(198, 18, 101, 1), None),
+        ("resilient group", Ipv4Addr::new(198, 18, 101, 2), Some((100, &[]))),
+        ("resilient group, idle_timer 0", Ipv4Addr::new(198, 18, 101, 3), Some((101, &["idle_timer", "0"]))),
+    ];
+    let ports: Vec<u16> = (0..CONNECTIONS as u16).map(|i| 20000 + i).collect();
+    let steps: [(&str, Vec<Ipv4Addr>); 4] = [
+        ("three", all[..3].to_vec()),
+        ("a fourth added", all.clone()),
+        ("the second of four removed", vec![all[0], all[2], all[3]]),
+        ("the last of three removed", vec![all[0], all[2]]),
+    ];
+    let mut before: Option<(&[Ipv4Addr], Vec<Vec<Option<Ipv4Addr>>>)> = None;
+    for (step, hops) in &steps {
+        let members: Vec<u32> = hops.iter().filter_map(|h| all.iter().position(|a| a == h)).map(|i| 1 + i as u32).collect();
+        for &(_, dst, kind) in &routes {
+            match kind {
+                None => router.set_multipath(&lab, dst, hops).expect("multipath route"),
+                Some((group, timers)) => router.set_resilient(&lab, dst, group, timers, &members).expect("resilient group"),
+            }
+        }
+        let now: Vec<_> = routes.iter().map(|&(_, dst, _)| router.picks(&lab, dst, &ports)).collect();
+        for p in &now {
+            assert!(p.iter().all(|h| h.is_some_and(|h| hops.contains(&h))), "{step}: every connection gets one of {hops:?}: {p:?}");
+        }
+        if let Some((old_hops, old)) = &before {
+            // A flow moved between two nodes that are in the route before
+            // and after: needless, and fatal to a flow Maglev cannot place.
+            let stays = |h: &Option<Ipv4Addr>| h.is_some_and(|h| old_hops.contains(&h) && hops.contains(&h));
+            let pct = |n: usize| 100.0 * n as f64 / CONNECTIONS as f64;
+            for (i, (name, _, kind)) in routes.iter().enumerate() {
+                let pairs = || old[i].iter().zip(&now[i]).filter(|(b, a)| b != a);
+                let (moved, between) = (pairs().count(), pairs().filter(|(b, a)| stays(b) && stays(a)).count());
+                eprintln!(
+                    "ecmp next hops, {step}: {name} moved {moved} of {CONNECTIONS} ({:.0} %), {between} ({:.0} %) between nodes that stay",
+                    pct(moved),
+                    pct(between)
+                );
+                if kind.is_some() {
+                    assert_eq!(between, 0, "{step}: the {name} moved flows between nodes that stay");
+                } else {
+                    assert!(between > 0, "{step}: the plain route should rehash flows between nodes that stay");
+                }
+            }
+        }
+        before = Some((hops, now));
+    }
+}

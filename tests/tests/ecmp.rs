@@ -329,6 +329,18 @@ fn a_fourth_node_and_maglevs_hard_case_with_and_without_sync() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The next hop the router picks for each connection.
+type Picks = Vec<Option<Ipv4Addr>>;
+
+/// A route to one destination, over the same next hops as the others.
+struct HashedRoute {
+    name: &'static str,
+    dst: Ipv4Addr,
+    /// A resilient nexthop group (its id and timers), or a plain
+    /// multipath route.
+    group: Option<(u32, &'static [&'static str])>,
+}
+
 /// The router's choice of next hop for 600 connections (the lab's client
 /// to 600 source ports) when a node is added to three and then two are
 /// removed: through a plain multipath route (what BIRD 2.0 installs) and
@@ -345,11 +357,10 @@ fn a_resilient_group_keeps_the_flows_of_the_nodes_that_stay() {
     // Four next-hop addresses on the router's network, nexthop objects 1-4.
     let all: Vec<Ipv4Addr> = (0..4).map(|i| Ipv4Addr::new(198, 18, 0, 150 + i)).collect();
     router.add_nexthops(&lab, 1, &all).expect("nexthop objects");
-    // (name, destination, resilient group and its timers, or plain).
-    let routes: [(&str, Ipv4Addr, Option<(u32, &[&str])>); 3] = [
-        ("plain multipath", Ipv4Addr::new(198, 18, 101, 1), None),
-        ("resilient group", Ipv4Addr::new(198, 18, 101, 2), Some((100, &[]))),
-        ("resilient group, idle_timer 0", Ipv4Addr::new(198, 18, 101, 3), Some((101, &["idle_timer", "0"]))),
+    let routes = [
+        HashedRoute { name: "plain multipath", dst: Ipv4Addr::new(198, 18, 101, 1), group: None },
+        HashedRoute { name: "resilient group", dst: Ipv4Addr::new(198, 18, 101, 2), group: Some((100, &[])) },
+        HashedRoute { name: "resilient group, idle_timer 0", dst: Ipv4Addr::new(198, 18, 101, 3), group: Some((101, &["idle_timer", "0"])) },
     ];
     let ports: Vec<u16> = (0..CONNECTIONS as u16).map(|i| 20000 + i).collect();
     let steps: [(&str, Vec<Ipv4Addr>); 4] = [
@@ -358,16 +369,16 @@ fn a_resilient_group_keeps_the_flows_of_the_nodes_that_stay() {
         ("the second of four removed", vec![all[0], all[2], all[3]]),
         ("the last of three removed", vec![all[0], all[2]]),
     ];
-    let mut before: Option<(&[Ipv4Addr], Vec<Vec<Option<Ipv4Addr>>>)> = None;
+    let mut before: Option<(&[Ipv4Addr], Vec<Picks>)> = None;
     for (step, hops) in &steps {
         let members: Vec<u32> = hops.iter().filter_map(|h| all.iter().position(|a| a == h)).map(|i| 1 + i as u32).collect();
-        for &(_, dst, kind) in &routes {
-            match kind {
-                None => router.set_multipath(&lab, dst, hops).expect("multipath route"),
-                Some((group, timers)) => router.set_resilient(&lab, dst, group, timers, &members).expect("resilient group"),
+        for r in &routes {
+            match r.group {
+                None => router.set_multipath(&lab, r.dst, hops).expect("multipath route"),
+                Some((group, timers)) => router.set_resilient(&lab, r.dst, group, timers, &members).expect("resilient group"),
             }
         }
-        let now: Vec<_> = routes.iter().map(|&(_, dst, _)| router.picks(&lab, dst, &ports)).collect();
+        let now: Vec<Picks> = routes.iter().map(|r| router.picks(&lab, r.dst, &ports)).collect();
         for p in &now {
             assert!(p.iter().all(|h| h.is_some_and(|h| hops.contains(&h))), "{step}: every connection gets one of {hops:?}: {p:?}");
         }
@@ -376,7 +387,7 @@ fn a_resilient_group_keeps_the_flows_of_the_nodes_that_stay() {
             // and after: needless, and fatal to a flow Maglev cannot place.
             let stays = |h: &Option<Ipv4Addr>| h.is_some_and(|h| old_hops.contains(&h) && hops.contains(&h));
             let pct = |n: usize| 100.0 * n as f64 / CONNECTIONS as f64;
-            for (i, (name, _, kind)) in routes.iter().enumerate() {
+            for (i, HashedRoute { name, group, .. }) in routes.iter().enumerate() {
                 let pairs = || old[i].iter().zip(&now[i]).filter(|(b, a)| b != a);
                 let (moved, between) = (pairs().count(), pairs().filter(|(b, a)| stays(b) && stays(a)).count());
                 eprintln!(
@@ -384,7 +395,7 @@ fn a_resilient_group_keeps_the_flows_of_the_nodes_that_stay() {
                     pct(moved),
                     pct(between)
                 );
-                if kind.is_some() {
+                if group.is_some() {
                     assert_eq!(between, 0, "{step}: the {name} moved flows between nodes that stay");
                 } else {
                     assert!(between > 0, "{step}: the plain route should rehash flows between nodes that stay");
@@ -392,5 +403,16 @@ fn a_resilient_group_keeps_the_flows_of_the_nodes_that_stay() {
             }
         }
         before = Some((hops, now));
+    }
+}
+
+/// The shipped BIRD configurations (router, and a node's BFD) are what
+/// BIRD accepts.
+#[test]
+fn the_shipped_bird_configurations_parse() {
+    for file in ["bird.conf", "bird-node.conf"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/ecmp").join(file);
+        let out = std::process::Command::new("bird").args(["-p", "-c"]).arg(&path).output().expect("bird (scripts/setup.sh installs bird2)");
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

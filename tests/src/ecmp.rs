@@ -9,9 +9,12 @@
 //!
 //! The router installs the VIP as one multipath route over the nodes that
 //! announce it, hashing flows by their 5-tuple (`fib_multipath_hash_policy`
-//! 1). The nodes run the VIP in dsr mode, so Maglev sends a flow to the same
-//! backend whichever node the router picks, and the backends answer the
-//! client directly through the router.
+//! 1). The nodes run the VIP in dsr or a tunnel mode, so Maglev sends a
+//! flow to the same backend whichever node the router picks, and the
+//! backends answer the client directly through the router; with sync the
+//! nodes also tell each other the flows Maglev would place elsewhere. A
+//! node may run BIRD for BFD alone, the router watching its session with
+//! it.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

@@ -128,6 +128,7 @@ pub(crate) struct RawHealth {
     pub port: Field,
     pub on_down: Field,
     pub policy: Field,
+    pub through_vip: Field,
 }
 
 impl RawHealth {
@@ -159,6 +160,7 @@ impl RawHealth {
             port: pick(&self.port, &over.port),
             on_down: pick(&self.on_down, &over.on_down),
             policy: pick(&self.policy, &over.policy),
+            through_vip: pick(&self.through_vip, &over.through_vip),
         }
     }
 }

@@ -129,8 +129,8 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
             "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
             "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
-            "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`",
-            "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`",
+            "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`, `through_vip`",
+            "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`, `through_vip`",
         ]
     );
 }
@@ -667,6 +667,7 @@ fn health_resolves_per_backend_with_defaults_and_overrides() {
         HealthCheck {
             address: "198.18.0.11".parse().unwrap(),
             probe: Probe::Http(HttpProbe { port: 8080, path: "/".into(), status: default, content: None, host: None, tls: None }),
+            through_vip: false,
             interval: Duration::from_millis(300),
             // Half the interval, being shorter than the 1s default.
             timeout: Duration::from_millis(150),
@@ -681,6 +682,46 @@ fn health_resolves_per_backend_with_defaults_and_overrides() {
         Probe::Http(HttpProbe { port: 9000, path: "/ready".into(), status: StatusRange { first: 204, last: 204 }, content: None, host: None, tls: None })
     );
     assert_eq!((second.rise, second.fall, second.interval), (5, 3, Duration::from_millis(300)));
+}
+
+#[test]
+fn through_vip_only_for_tcp_half_open_checks_of_dsr_and_tunnel_vips() {
+    let dsr = |proto: &str, health: &str| format!("[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"{proto}\"\nport = 80\nmode = \"dsr\"\n{health}");
+    let ok = valid(&dsr("tcp", "health = { kind = \"tcp-half-open\", through_vip = true }\n[[vip.backend]]\naddress = \"198.18.0.11\"\n"));
+    let check = ok.vips[0].backends[0].check.clone().unwrap();
+    assert!(check.through_vip);
+    assert_eq!(check.probe, Probe::TcpHalfOpen { port: 80 });
+    assert!(!valid(&dsr("tcp", "health = { kind = \"tcp-half-open\" }\nbackend = []\n")).vips[0].health.is_none());
+    assert_eq!(
+        vip("health = { kind = \"tcp-half-open\", through_vip = true }\nbackend = []\n"),
+        [
+            "fulcrum.toml:10: vip 198.18.0.100:80/tcp: health.through_vip applies to dsr, ipip and gue VIPs (whose backends own the VIP), not to mode full-nat: nat checks already go where flows go"
+        ]
+    );
+    assert_eq!(
+        errors(&dsr("udp", "health = { kind = \"tcp-half-open\", through_vip = true }\nbackend = []\n")),
+        ["fulcrum.toml:9: vip 198.18.0.100:80/udp: health.through_vip needs a tcp VIP: the check is a TCP SYN to the VIP's port"]
+    );
+    assert_eq!(
+        errors(&dsr("tcp", "health = { kind = \"http-status\", through_vip = true }\nbackend = []\n")),
+        [
+            "fulcrum.toml:9: vip 198.18.0.100:80/tcp: health.through_vip needs kind tcp-half-open, got http-status: the check is sent as raw frames, so it must be a bare SYN"
+        ]
+    );
+    assert_eq!(
+        errors(&dsr("tcp", "health = { kind = \"tcp-half-open\", through_vip = \"yes\" }\nbackend = []\n")),
+        [r#"fulcrum.toml:9: vip 198.18.0.100:80/tcp: health.through_vip must be true or false, got "yes""#]
+    );
+    assert_eq!(
+        errors(&dsr(
+            "tcp",
+            "health = { kind = \"tcp-half-open\", through_vip = true }\n[[vip.backend]]\naddress = \"198.18.0.11\"\nhealth = { address = \"198.18.1.11\", through_vip = false }\n"
+        )),
+        [
+            "fulcrum.toml:12: vip 198.18.0.100:80/tcp, backend 1: health.through_vip is set for the whole VIP, not per backend",
+            "fulcrum.toml:12: vip 198.18.0.100:80/tcp, backend 1: health.address does not apply with health.through_vip: the check goes to the VIP, through this backend's data path",
+        ]
+    );
 }
 
 #[test]

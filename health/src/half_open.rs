@@ -11,7 +11,9 @@
 //! a reply is matched by port, then by source address, port and ACK.
 //! IPv4 segments are sent with the IP header included (the source address
 //! is chosen as the kernel would, and checksummed with); IPv6 ones let the
-//! kernel add the header and the checksum (IPV6_CHECKSUM).
+//! kernel add the header and the checksum (IPV6_CHECKSUM). A check through
+//! the data path ([`DataPath`]) sends whole frames instead, from a packet
+//! socket per interface; its answer comes back to the same raw socket.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -19,8 +21,9 @@ use std::sync::Arc;
 
 use fulcrum_dataplane::wire::{IpProtocol, ipv4, tcp};
 use fulcrum_io::epoll::{Interest, Poller};
-use fulcrum_io::sock;
+use fulcrum_io::sock::{self, FrameSender};
 
+use super::data_path::{self, DataPath, Segment};
 use super::rst_guard::{self, RstGuard};
 use super::{Failure, HealthError};
 
@@ -30,13 +33,15 @@ const PORT_COUNT: usize = (*rst_guard::PORTS.end() - FIRST_PORT) as usize + 1;
 const V4_LEN: usize = ipv4::IPV4_MIN_HLEN + tcp::TCP_MIN_HLEN;
 
 /// A SYN in flight.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Probe {
     slot: usize,
     to: SocketAddr,
-    /// The source address (IPv4; IPv6 leaves it to the kernel).
-    src: Option<[u8; 4]>,
+    /// The source address (IPv4, and through the data path; otherwise
+    /// IPv6 leaves it to the kernel).
+    src: Option<IpAddr>,
     isn: u32,
+    via: Option<Arc<DataPath>>,
 }
 
 pub struct HalfOpen {
@@ -49,6 +54,9 @@ pub struct HalfOpen {
     next_port: usize,
     /// Seed of the initial sequence numbers.
     isn_seed: u64,
+    /// Packet sockets of checks through the data path, by interface,
+    /// opened at their first check.
+    senders: Vec<(String, FrameSender)>,
     _guard: Arc<RstGuard>,
 }
 
@@ -99,11 +107,12 @@ impl HalfOpen {
             socks[usize::from(v6)] = Some(open().map_err(HealthError::system("half-open checks: raw TCP socket"))?);
         }
         let isn_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Ok(HalfOpen { socks, waiting: vec![None; PORT_COUNT], by_slot: vec![None; slots], next_port: 0, isn_seed, _guard: guard })
+        Ok(HalfOpen { socks, waiting: vec![None; PORT_COUNT], by_slot: vec![None; slots], next_port: 0, isn_seed, senders: Vec::new(), _guard: guard })
     }
 
-    /// Sends `slot`'s SYN to `to`.
-    pub fn start(&mut self, slot: usize, to: SocketAddr) -> Result<(), Failure> {
+    /// Sends `slot`'s SYN to `to`, through `via` when given (`to` is then
+    /// the VIP and its port).
+    pub fn start(&mut self, slot: usize, to: SocketAddr, via: Option<&Arc<DataPath>>) -> Result<(), Failure> {
         let offset = (0..PORT_COUNT).map(|i| (self.next_port + i) % PORT_COUNT).find(|&p| self.waiting[p].is_none()).ok_or(Failure::Os(libc::EADDRINUSE))?;
         self.next_port = (offset + 1) % PORT_COUNT;
         let port = FIRST_PORT + offset as u16;
@@ -111,26 +120,36 @@ impl HalfOpen {
         // answer; the hash of a counter seeded from the clock.
         self.isn_seed = self.isn_seed.wrapping_add(1);
         let isn = xxhash_rust::xxh3::xxh3_64_with_seed(&fulcrum_dataplane::flow::key::addr16(to.ip()), self.isn_seed ^ u64::from(port)) as u32;
-        let src = match to.ip() {
-            IpAddr::V4(_) => match sock::route_source(to.ip())? {
-                IpAddr::V4(a) => Some(a.octets()),
-                IpAddr::V6(_) => return Err(Failure::Os(libc::EAFNOSUPPORT)),
-            },
-            IpAddr::V6(_) => None,
+        // Through the data path, the backend answers the address it is
+        // reached from (the VIP is not routed to it).
+        let src = match (via, to.ip()) {
+            (Some(path), _) => Some(sock::route_source(path.backend)?),
+            (None, IpAddr::V4(_)) => Some(sock::route_source(to.ip())?),
+            (None, IpAddr::V6(_)) => None,
         };
-        let probe = Probe { slot, to, src, isn };
+        if src.is_some_and(|s| s.is_ipv6() != to.is_ipv6()) {
+            return Err(Failure::Os(libc::EAFNOSUPPORT));
+        }
+        let probe = Probe { slot, to, src, isn, via: via.cloned() };
         self.send(&probe, port, isn, tcp::SYN)?;
         self.waiting[offset] = Some(probe);
         self.by_slot[slot] = Some(port);
         Ok(())
     }
 
-    fn send(&self, p: &Probe, port: u16, seq: u32, flags: u8) -> Result<(), Failure> {
+    fn send(&mut self, p: &Probe, port: u16, seq: u32, flags: u8) -> Result<(), Failure> {
+        if let (Some(path), Some(src)) = (&p.via, p.src) {
+            let seg = Segment { src: SocketAddr::new(src, port), dst: p.to, seq, ack: 0, flags };
+            let mut buf = [0u8; data_path::FRAME_LEN];
+            let frame = path.frame(&seg, &mut buf)?;
+            return self.sender(&path.iface)?.send(frame).map_err(Failure::from);
+        }
         let fd = self.socks[usize::from(p.to.is_ipv6())].as_ref().ok_or(Failure::Os(libc::EAFNOSUPPORT))?;
         let mut buf = [0u8; V4_LEN];
         let window = if flags & tcp::SYN != 0 { 65535 } else { 0 };
         let len = match (p.src, p.to.ip()) {
-            (Some(src), IpAddr::V4(dst)) => {
+            (Some(IpAddr::V4(src)), IpAddr::V4(dst)) => {
+                let src = src.octets();
                 let (ip, seg) = buf.split_at_mut(ipv4::IPV4_MIN_HLEN);
                 ipv4::write_header(ip, V4_LEN as u16, 64, IpProtocol::TCP, src, dst.octets(), true);
                 tcp::write_header(seg, port, p.to.port(), seq, 0, flags, window);
@@ -143,6 +162,18 @@ impl HalfOpen {
             }
         };
         sock::send_to(fd, &buf[..len], p.to.ip()).map_err(Failure::from)
+    }
+
+    /// The packet socket of interface `iface`.
+    fn sender(&mut self, iface: &str) -> Result<&FrameSender, Failure> {
+        let at = match self.senders.iter().position(|(name, _)| name == iface) {
+            Some(at) => at,
+            None => {
+                self.senders.push((iface.to_string(), FrameSender::open(iface)?));
+                self.senders.len() - 1
+            }
+        };
+        Ok(&self.senders[at].1)
     }
 
     /// Reads the segments queued on the `v6` socket; the checks they decide.
@@ -158,7 +189,7 @@ impl HalfOpen {
             let be32 = |i: usize| u32::from_be_bytes([seg[i], seg[i + 1], seg[i + 2], seg[i + 3]]);
             let (sport, dport, ack, flags) = (be16(0), be16(2), be32(8), seg[13]);
             let Some(offset) = dport.checked_sub(FIRST_PORT).map(usize::from).filter(|&o| o < PORT_COUNT) else { continue };
-            let Some(p) = self.waiting[offset] else { continue };
+            let Some(p) = self.waiting[offset].clone() else { continue };
             if p.to != SocketAddr::new(from, sport) || flags & tcp::ACK == 0 || ack != p.isn.wrapping_add(1) {
                 continue;
             }

@@ -18,8 +18,10 @@
 //! - [`datagram`]: UDP request and reply, and DNS queries.
 //! - [`half_open`]: SYN from a raw socket, SYN-ACK expected, RST sent back
 //!   by the checker; [`rst_guard`] keeps the kernel's own RST (it knows no
-//!   such connection) off the wire with an nftables rule.
+//!   such connection) off the wire with an nftables rule. With
+//!   `through_vip`, the SYN and RST go as the frames of [`data_path`].
 
+pub mod data_path;
 pub mod datagram;
 pub mod half_open;
 pub mod http;
@@ -31,6 +33,7 @@ pub mod tls;
 
 use std::{fmt, io};
 
+pub use data_path::{DataPath, Tunnel};
 pub use fulcrum_io::sock::route_source;
 pub use monitor::{CheckStats, HealthMonitor, HealthStats, Member, Pool, Transition};
 

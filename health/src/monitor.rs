@@ -33,6 +33,7 @@ use fulcrum_io::epoll::Poller;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
+use super::data_path::DataPath;
 use super::datagram::{DatagramCheck, Datagrams, DnsCheck};
 use super::half_open::HalfOpen;
 use super::http::HttpCheck;
@@ -62,6 +63,8 @@ pub struct Member {
     /// Its state to begin with: up, unless it was down before a reload.
     pub up: bool,
     pub check: HealthCheck,
+    /// How the VIP's packets reach it, for a check `through_vip`.
+    pub via: Option<DataPath>,
 }
 
 /// A VIP's checked backends, in pool order, and its policy.
@@ -183,19 +186,23 @@ impl Drop for HealthMonitor {
 enum Prepared {
     Icmp(IpAddr),
     Connect(SocketAddr),
-    HalfOpen(SocketAddr),
+    /// To the backend, or to the VIP through the backend's data path.
+    HalfOpen(SocketAddr, Option<Arc<DataPath>>),
     Http(SocketAddr, HttpCheck),
     Https(SocketAddr, HttpCheck, Arc<ClientConfig>, ServerName<'static>),
     Datagram(SocketAddr, DatagramCheck),
 }
 
 impl Prepared {
-    fn new(check: &HealthCheck, tls: &mut TlsConfigs) -> Result<Prepared, HealthError> {
+    fn new(check: &HealthCheck, via: Option<DataPath>, tls: &mut TlsConfigs) -> Result<Prepared, HealthError> {
         let to = |port| SocketAddr::new(check.address, port);
         Ok(match &check.probe {
             Probe::Icmp => Prepared::Icmp(check.address),
             Probe::TcpConnect { port } => Prepared::Connect(to(*port)),
-            Probe::TcpHalfOpen { port } => Prepared::HalfOpen(to(*port)),
+            Probe::TcpHalfOpen { port } => match via {
+                Some(path) => Prepared::HalfOpen(SocketAddr::new(path.vip, *port), Some(Arc::new(path))),
+                None => Prepared::HalfOpen(to(*port), None),
+            },
             Probe::Http(h) => {
                 let http = HttpCheck::new(to(h.port), &h.path, h.status, h.content.as_deref(), h.host.as_deref());
                 match &h.tls {
@@ -291,7 +298,7 @@ impl Runner {
                     timeout: c.timeout,
                     rise: c.rise,
                     fall: c.fall,
-                    probe: Prepared::new(c, &mut tls)?,
+                    probe: Prepared::new(c, m.via, &mut tls)?,
                     health: BackendHealth::new(state),
                     due,
                     attempt: 0,
@@ -309,7 +316,7 @@ impl Runner {
             fam
         };
         let icmp_families = families(|p| if let Prepared::Icmp(a) = p { Some(*a) } else { None });
-        let syn_families = families(|p| if let Prepared::HalfOpen(a) = p { Some(a.ip()) } else { None });
+        let syn_families = families(|p| if let Prepared::HalfOpen(a, _) = p { Some(a.ip()) } else { None });
         let poller = Poller::new(EVENTS).map_err(HealthError::system("health checks: epoll"))?;
         let icmp = match icmp_families {
             [false, false] => None,
@@ -398,7 +405,7 @@ impl Runner {
         self.timers.push(Reverse((now + s.timeout, slot, Timer::Deadline(s.attempt))));
         let started = match &s.probe {
             Prepared::Icmp(to) => self.icmp.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to)),
-            Prepared::HalfOpen(to) => self.half_open.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to)),
+            Prepared::HalfOpen(to, via) => self.half_open.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to, via.as_ref())),
             Prepared::Connect(to) | Prepared::Http(to, _) => self.streams.start(slot, *to, None, &self.poller),
             Prepared::Https(to, _, config, name) => match ClientConnection::new(Arc::clone(config), name.clone()) {
                 Ok(tls) => self.streams.start(slot, *to, Some(tls), &self.poller),
@@ -418,7 +425,7 @@ impl Runner {
         }
         match self.slots[slot].probe {
             Prepared::Icmp(_) => self.icmp.iter_mut().for_each(|c| c.abandon(slot)),
-            Prepared::HalfOpen(_) => self.half_open.iter_mut().for_each(|c| c.abandon(slot)),
+            Prepared::HalfOpen(..) => self.half_open.iter_mut().for_each(|c| c.abandon(slot)),
             Prepared::Connect(_) | Prepared::Http(..) | Prepared::Https(..) => self.streams.abandon(slot),
             Prepared::Datagram(..) => self.datagrams.abandon(slot),
         }

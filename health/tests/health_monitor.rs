@@ -40,7 +40,7 @@ fn closed_port() -> u16 {
 }
 
 fn check(probe: Probe) -> HealthCheck {
-    HealthCheck { address: LOCAL, probe, interval: Duration::from_millis(100), timeout: Duration::from_millis(50), rise: 2, fall: 2 }
+    HealthCheck { address: LOCAL, probe, through_vip: false, interval: Duration::from_millis(100), timeout: Duration::from_millis(50), rise: 2, fall: 2 }
 }
 
 fn http(port: u16, content: Option<&str>) -> Probe {
@@ -53,7 +53,8 @@ fn monitor(policy: Box<dyn Policy>, probes: Vec<Probe>) -> HealthMonitor {
 
 /// A monitor whose checks' response times go to `latencies`.
 fn monitor_into(policy: Box<dyn Policy>, probes: Vec<Probe>, latencies: Arc<Latencies>) -> HealthMonitor {
-    let members = probes.into_iter().enumerate().map(|(i, p)| Member { backend: i as u16, ident: i as u64, weight: 4, up: true, check: check(p) }).collect();
+    let members =
+        probes.into_iter().enumerate().map(|(i, p)| Member { backend: i as u16, ident: i as u64, weight: 4, up: true, check: check(p), via: None }).collect();
     HealthMonitor::start(vec![Pool { vip: 0, policy, members }], latencies).unwrap()
 }
 
@@ -142,7 +143,7 @@ fn https_checks_do_not_start_without_certificates_to_verify_against() {
         Probe::Http(HttpProbe { port: 443, path: "/".into(), status: StatusRange { first: 200, last: 299 }, content: None, host: None, tls })
     };
     let start = |probe| {
-        let members = vec![Member { backend: 0, ident: 0, weight: 1, up: true, check: check(probe) }];
+        let members = vec![Member { backend: 0, ident: 0, weight: 1, up: true, check: check(probe), via: None }];
         HealthMonitor::start(vec![Pool { vip: 0, policy: Box::new(RiseFall), members }], Arc::new(Latencies::new(1)))
     };
     let refused = start(https(TlsVerify::CaFile(file.clone()))).err().map(|e| e.to_string());

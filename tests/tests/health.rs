@@ -418,3 +418,104 @@ fn a_health_policy_plugin_decides() {
     assert!(line.contains("after 2 passed checks"), "{line}");
     daemon::stop(d).expect("daemon stop");
 }
+
+/// A dsr or tunnel lab (backends own the VIP; tunnel ones decapsulate)
+/// whose TCP VIPs are checked half-open through the VIP; the daemon
+/// running; the decapsulators, by backend.
+fn through_vip(mode: LabMode) -> (Lab, Vec<Proc>, Proc, daemon::TempConfig) {
+    require_root();
+    let mut lab = Lab::new(mode.topology()).expect("lab");
+    let decaps = daemon::prepare(&mut lab, mode, SERVER.as_ref()).expect("backend set-up");
+    let config = daemon::config_with(&lab, mode, |_, proto| if proto == "tcp" { health("tcp-half-open", "through_vip = true\n") } else { String::new() });
+    let (d, file) = daemon::start(&lab, &config).expect("daemon");
+    (lab, decaps, d, file)
+}
+
+/// Through the VIP, healthy backends pass round after round, and each
+/// SYN-ACK got its RST back through the same path: nothing is left half
+/// open and nothing was retransmitted.
+fn healthy_rounds_pass(lab: &Lab, d: &Proc) {
+    let retrans: Vec<u64> = lab.backends.iter().map(|b| syn_retransmits(lab, &b.ns)).collect();
+    std::thread::sleep(DETECT + SLACK);
+    assert!(!d.output().contains(" is down"), "a healthy backend went down:\n{}", d.output());
+    for (b, before) in lab.backends.iter().zip(retrans) {
+        let syn_recv = lab.exec(&b.ns, &["ss", "-Htn", "state", "syn-recv"]).expect("ss");
+        assert_eq!(syn_recv.trim(), "", "{}: half-open connections left", b.name);
+        assert_eq!(syn_retransmits(lab, &b.ns), before, "{}: SYN-ACKs were retransmitted", b.name);
+    }
+}
+
+/// Real flows to `vip`: every one served, none by `gone`.
+fn served_without(lab: &Lab, vip: IpAddr, gone: &str) {
+    let served = answers(lab, vip, 60);
+    assert!(!served.iter().any(|b| b == gone), "{vip}: {gone} served while down");
+    assert!(served.iter().any(|b| b == "backend2") && served.iter().any(|b| b == "backend3"), "{vip}: {served:?}");
+}
+
+/// A dsr backend that lost the VIP from its loopback answers checks of
+/// its own address but drops every flow: checked through the VIP, it goes
+/// down while the others stay up, and rejoins once the VIP is back.
+#[test]
+fn through_vip_checks_take_down_a_dsr_backend_without_the_vip() {
+    let (lab, _decaps, d, _config) = through_vip(LabMode::Dsr);
+    let vips = [IpAddr::V4(VIP4), IpAddr::V6(VIP6)];
+    healthy_rounds_pass(&lab, &d);
+    for vip in vips {
+        assert!(answers(&lab, vip, 30).iter().any(|b| b == "backend1"), "{vip}: backend1 serves to begin with");
+    }
+    let ns = &lab.backends[0].ns;
+    let on_lo = [format!("{VIP4}/32"), format!("{VIP6}/128")];
+    for a in &on_lo {
+        lab.exec(ns, &["ip", "addr", "del", a, "dev", "lo"]).expect("VIP off backend1's loopback");
+    }
+    for vip in vips {
+        let (_, line) = wait_health(&d, &lab, vip, 0, "down", 1, DETECT + SLACK);
+        assert!(line.contains("timed out"), "{line}");
+    }
+    for vip in vips {
+        served_without(&lab, vip, "backend1");
+    }
+    for a in &on_lo {
+        lab.exec(ns, &["ip", "addr", "add", a, "dev", "lo"]).expect("VIP back on backend1's loopback");
+    }
+    for vip in vips {
+        wait_health(&d, &lab, vip, 0, "up", 1, REJOIN + SLACK);
+        assert!(answers(&lab, vip, 30).iter().any(|b| b == "backend1"), "{vip}: backend1 did not rejoin");
+    }
+    let out = daemon::stop(d).expect("daemon stop");
+    for vip in vips {
+        for i in [1, 2] {
+            let line = backend_line(&out, vip, addr(&lab, i, vip));
+            assert!(line.contains("went_down=0") && line.contains("checks_failed=0"), "{line}");
+        }
+    }
+}
+
+/// A tunnel backend whose decapsulation stopped still answers on its own
+/// address; checked inside the tunnel (ipip, then gue), it goes down and
+/// real flows avoid it, while the others stay up.
+#[test]
+fn through_vip_checks_take_down_a_tunnel_backend_that_stopped_decapsulating() {
+    for mode in [LabMode::Ipip, LabMode::Gue] {
+        let (lab, mut decaps, d, _config) = through_vip(mode);
+        let vips = [IpAddr::V4(VIP4), IpAddr::V6(VIP6)];
+        healthy_rounds_pass(&lab, &d);
+        for vip in vips {
+            assert!(answers(&lab, vip, 30).iter().any(|b| b == "backend1"), "{mode:?} {vip}: backend1 serves to begin with");
+        }
+        // Its decapsulating program goes with the process.
+        drop(decaps.remove(0));
+        for vip in vips {
+            let (_, line) = wait_health(&d, &lab, vip, 0, "down", 1, DETECT + SLACK);
+            assert!(line.contains("timed out"), "{mode:?}: {line}");
+            served_without(&lab, vip, "backend1");
+        }
+        let out = daemon::stop(d).expect("daemon stop");
+        for vip in vips {
+            for i in [1, 2] {
+                let line = backend_line(&out, vip, addr(&lab, i, vip));
+                assert!(line.contains("went_down=0") && line.contains("checks_failed=0"), "{mode:?}: {line}");
+            }
+        }
+    }
+}

@@ -42,6 +42,7 @@ struct CheckSettings {
     rise: u8,
     fall: u8,
     port: Option<u16>,
+    through_vip: bool,
 }
 
 /// A `Probe` before its port is known.
@@ -63,6 +64,7 @@ impl Checker<'_> {
         h: &Spanned<RawHealth>,
         protocol: Option<Protocol>,
         port: Option<u16>,
+        mode: Option<ModeName>,
     ) -> (Option<HealthPolicy>, HealthTemplate) {
         let raw = h.get_ref();
         let mark = self.r.errors.len();
@@ -72,7 +74,13 @@ impl Checker<'_> {
         if let Some(a) = &raw.address {
             self.r.error(a.span(), ctx, "health.address is per backend: set it in that backend's health table");
         }
-        let settings = self.check_settings(ctx, raw, h.span());
+        let mut settings = self.check_settings(ctx, raw, h.span());
+        if let Some(field) = &raw.through_vip
+            && settings.as_ref().is_some_and(|s| s.through_vip)
+            && !self.through_vip_applies(ctx, field.span(), protocol, mode)
+        {
+            settings = None;
+        }
         if port == Some(0) && raw.port.is_none() && settings.as_ref().is_some_and(|s| !matches!(s.shape, Shape::Icmp)) {
             self.r.error(h.span(), ctx, "health.port is required: the VIP serves every port");
         }
@@ -102,19 +110,24 @@ impl Checker<'_> {
             None => (template.settings.clone(), address),
             Some(over) => {
                 let o = over.get_ref();
-                for (name, field) in [("kind", &o.kind), ("on_down", &o.on_down), ("policy", &o.policy)] {
+                for (name, field) in [("kind", &o.kind), ("on_down", &o.on_down), ("policy", &o.policy), ("through_vip", &o.through_vip)] {
                     if let Some(field) = field {
                         self.r.error(field.span(), ctx, format!("health.{name} is set for the whole VIP, not per backend"));
                     }
                 }
                 // Errors in the VIP's own settings were reported once already.
                 let mark = self.r.errors.len();
-                let o = &RawHealth { kind: None, on_down: None, policy: None, ..o.clone() };
+                let o = &RawHealth { kind: None, on_down: None, policy: None, through_vip: None, ..o.clone() };
                 let settings = self.check_settings(ctx, &template.raw.overridden_by(o), over.span());
                 let fresh = self.r.errors.split_off(mark);
                 self.r.errors.extend(fresh.into_iter().filter(|e| !template.errors.contains(&(e.line, e.message.clone()))));
                 let address = match &o.address {
                     None => address,
+                    Some(v) if template.settings.as_ref().is_some_and(|s| s.through_vip) => self.fail(
+                        v.span(),
+                        ctx,
+                        "health.address does not apply with health.through_vip: the check goes to the VIP, through this backend's data path",
+                    ),
                     Some(v) => self.unicast(ctx, "health.address", v),
                 };
                 (settings, address)
@@ -132,7 +145,23 @@ impl Checker<'_> {
             Shape::Udp { payload, expect } => Probe::Udp { port, payload, expect },
             Shape::Dns { name, record, expect_address } => Probe::Dns { port, name, record, expect_address },
         };
-        Some(HealthCheck { address: address?, probe, interval: s.interval, timeout: s.timeout, rise: s.rise, fall: s.fall })
+        Some(HealthCheck { address: address?, probe, through_vip: s.through_vip, interval: s.interval, timeout: s.timeout, rise: s.rise, fall: s.fall })
+    }
+
+    /// Whether `through_vip = true` fits the VIP; reports why not.
+    /// (The kind is checked with the other settings.)
+    fn through_vip_applies(&mut self, ctx: &str, span: Range<usize>, protocol: Option<Protocol>, mode: Option<ModeName>) -> bool {
+        let why = match (mode, protocol) {
+            (Some(m @ (ModeName::Nat | ModeName::FullNat)), _) => {
+                format!(
+                    "health.through_vip applies to dsr, ipip and gue VIPs (whose backends own the VIP), not to mode {m}: nat checks already go where flows go"
+                )
+            }
+            (_, Some(Protocol::Udp)) => "health.through_vip needs a tcp VIP: the check is a TCP SYN to the VIP's port".to_string(),
+            _ => return true,
+        };
+        self.r.error(span, ctx, why);
+        false
     }
 
     /// Everything in a check but its target; `span` is the health table's.
@@ -223,6 +252,18 @@ impl Checker<'_> {
         let expect = self.bytes_field(ctx, ("expect_reply", &raw.expect_reply), ("expect_reply_hex", &raw.expect_reply_hex));
         let dns = self.dns(ctx, raw);
         let port = optional(&raw.port, |v| self.int(ctx, "health.port", v, 1..=u16::MAX));
+        let through_vip = optional(&raw.through_vip, |v| match self.flag(ctx, "health.through_vip", v)? {
+            true if kind.is_some_and(|k| k != TcpHalfOpen) => self.fail(
+                v.span(),
+                ctx,
+                format!(
+                    "health.through_vip needs kind tcp-half-open, got {}: the check is sent as raw frames, so it must be a bare SYN",
+                    kind.map_or("", |k| k.name())
+                ),
+            ),
+            flag => Some(flag),
+        })
+        .map(|f| f.unwrap_or(false));
         let shape = match kind.filter(|_| ok)? {
             Icmp => Shape::Icmp,
             TcpConnect => Shape::TcpConnect,
@@ -232,17 +273,14 @@ impl Checker<'_> {
             Udp => Shape::Udp { payload: payload??, expect: expect? },
             Dns => dns?,
         };
-        Some(CheckSettings { shape, interval: interval?, timeout: timeout?, rise: rise?, fall: fall?, port: port? })
+        Some(CheckSettings { shape, interval: interval?, timeout: timeout?, rise: rise?, fall: fall?, port: port?, through_vip: through_vip? })
     }
 
     /// An https check's TLS settings (also computed, unused, for other
     /// kinds, whose TLS fields were already refused). The SNI defaults to
     /// the Host header's name.
     fn tls(&mut self, ctx: &str, raw: &RawHealth, host: Option<&str>) -> Option<Tls> {
-        let verify = optional(&raw.verify, |v| match v.get_ref() {
-            Scalar::Bool(b) => Some(*b),
-            other => self.fail(v.span(), ctx, format!("health.verify must be true or false, got {other}")),
-        });
+        let verify = optional(&raw.verify, |v| self.flag(ctx, "health.verify", v));
         let ca_file = optional(&raw.ca_file, |v| match self.text(ctx, "health.ca_file", v)? {
             "" => self.fail(v.span(), ctx, "health.ca_file must be a path to PEM certificates, got \"\""),
             path => Some(self.base.join(path)),

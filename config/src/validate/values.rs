@@ -51,6 +51,13 @@ impl Checker<'_> {
         }
     }
 
+    pub(super) fn flag(&mut self, ctx: &str, field: &str, v: &Spanned<Scalar>) -> Option<bool> {
+        match v.get_ref() {
+            Scalar::Bool(b) => Some(*b),
+            other => self.fail(v.span(), ctx, format!("{field} must be true or false, got {other}")),
+        }
+    }
+
     pub(super) fn keyword<T: Keyword>(&mut self, ctx: &str, field: &str, v: &Spanned<Scalar>) -> Option<T> {
         match v.get_ref() {
             Scalar::Text(s) if let Some(k) = T::from_name(s) => Some(k),

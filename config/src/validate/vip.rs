@@ -134,7 +134,7 @@ impl Checker<'_> {
             let timeout = self.duration(ctx, "persistence.timeout", &p.get_ref().timeout, DEFAULT_PERSISTENCE, IDLE_TIMEOUT);
             Some(Persistence { kind: kind?, timeout: timeout? })
         });
-        let health = raw.health.as_ref().map(|h| self.vip_health(ctx, h, protocol, port));
+        let health = raw.health.as_ref().map(|h| self.vip_health(ctx, h, protocol, port, mode_name.as_ref().map(|(m, _)| *m)));
         let facts = VipFacts {
             ctx,
             address,

@@ -16,12 +16,12 @@ use fulcrum_config as cfg;
 use fulcrum_dataplane::flow::key::ip_from16;
 use fulcrum_dataplane::health_policy::{HealthState, Policy, RiseFall};
 use fulcrum_dataplane::sched::{BackendState, Latencies};
-use fulcrum_dataplane::services::{Backend, Services, backend_name, vip_name};
-use fulcrum_dataplane::types::BackendId;
-use fulcrum_health::{HealthMonitor, HealthStats, Member, Pool, Transition, route_source};
+use fulcrum_dataplane::services::{Backend, Mode, Services, backend_name, vip_name};
+use fulcrum_dataplane::types::{BackendId, VipId};
+use fulcrum_health::{DataPath, HealthMonitor, HealthStats, Member, Pool, Transition, Tunnel, route_source};
 use fulcrum_plugin_host::{HealthPolicy, PluginSlot};
 
-use super::apply::{self, CheckedVip, Ids};
+use super::apply::{self, CheckedVip, Ids, Net};
 use super::plugins::{Module, Runtime};
 use crate::error::{Context, Error};
 
@@ -72,6 +72,7 @@ impl HealthControl {
         services: Services,
         runtime: &Runtime,
         latencies: &Arc<Latencies>,
+        net: &Net,
     ) -> Result<(Services, Next), Error> {
         let checks = apply::health_checks(config, ids);
         let keep = current.filter(|h| h.checks == checks);
@@ -88,7 +89,7 @@ impl HealthControl {
             _ if states.is_empty() => Next::Off,
             Some(_) => Next::Keep,
             None => {
-                let pools = pools(&checks, &states, &services, runtime)?;
+                let pools = pools(&checks, &states, &services, net, runtime)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
                 Next::Start(HealthControl { monitor: HealthMonitor::start(pools, Arc::clone(latencies))?, view: HealthView { checks, states } })
@@ -155,7 +156,7 @@ fn with_states(services: Services, states: &HashMap<BackendId, HealthState>) -> 
 /// the state they start in, and its policy: the native one, or its
 /// health-policy plugin (read, loaded and smoke-tested here, in the
 /// runtime of the daemon's plugins).
-fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, runtime: &Runtime) -> Result<Vec<Pool>, Error> {
+fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, services: &Services, net: &Net, runtime: &Runtime) -> Result<Vec<Pool>, Error> {
     checks
         .iter()
         .map(|c| {
@@ -163,7 +164,8 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
                 .members
                 .iter()
                 .filter_map(|(id, weight, check)| {
-                    Some(Member { backend: *id, ident: services.backend(*id)?.ident, weight: *weight, up: states[id].up, check: check.clone() })
+                    let via = if check.through_vip { Some(data_path(services, net, c.vip, *id)?) } else { None };
+                    Some(Member { backend: *id, ident: services.backend(*id)?.ident, weight: *weight, up: states[id].up, check: check.clone(), via })
                 })
                 .collect();
             let policy: Box<dyn Policy> = match &c.plugin {
@@ -180,6 +182,20 @@ fn pools(checks: &[CheckedVip], states: &HashMap<BackendId, HealthState>, servic
             Ok(Pool { vip: c.vip, policy, members })
         })
         .collect()
+}
+
+/// How `vip`'s packets reach `backend`, as the workers send them: what a
+/// check through the VIP sends. `None` for a nat VIP (refused by the
+/// configuration's checks).
+fn data_path(services: &Services, net: &Net, vip: VipId, backend: BackendId) -> Option<DataPath> {
+    let (v, b) = (services.vip(vip)?, services.backend(backend)?);
+    let iface = net.ifaces.get(usize::from(b.spec.iface))?;
+    let tunnel = match v.spec.mode {
+        Mode::Dsr => None,
+        Mode::Tunnel { encap, source, source_prefix } => Some(Tunnel { encap, source, source_prefix }),
+        Mode::Nat { .. } => return None,
+    };
+    Some(DataPath { vip: v.spec.addr, iface: iface.name.clone(), iface_mac: iface.mac, next_hop: b.spec.next_hop, backend: b.spec.addr, tunnel })
 }
 
 /// Replies to a full-NAT source address go to the data path: checks sent

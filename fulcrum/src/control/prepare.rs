@@ -180,7 +180,7 @@ pub fn configuration(base: &Base, loaded: Loaded, modules: Vec<Option<Module>>, 
         )));
     }
     let schedulers = schedulers(base, &new, modules, &services)?;
-    let (services, health) = HealthControl::configure(base.health.as_ref(), &new, &ids, services, &base.runtime, &base.latencies)?;
+    let (services, health) = HealthControl::configure(base.health.as_ref(), &new, &ids, services, &base.runtime, &base.latencies, &base.net)?;
     Ok(Prepared { config: new, text, overlay, changes, ids, services, returns, health, schedulers })
 }
 

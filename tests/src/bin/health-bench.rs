@@ -117,11 +117,13 @@ fn run(args: &Args, kind: &str, ca: &Path) {
                 check: HealthCheck {
                     address: IpAddr::V4(address(i)),
                     probe: probe(kind, ca),
+                    through_vip: false,
                     interval: args.interval,
                     timeout: args.interval / 2,
                     rise: 2,
                     fall: 3,
                 },
+                via: None,
             })
             .collect(),
     };

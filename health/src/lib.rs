@@ -35,7 +35,7 @@ use std::{fmt, io};
 
 pub use data_path::{DataPath, Tunnel};
 pub use fulcrum_io::sock::route_source;
-pub use monitor::{CheckStats, HealthMonitor, HealthStats, Member, Pool, Transition};
+pub use monitor::{CheckStats, DURATION_BOUNDS_US, HealthMonitor, HealthStats, Member, Pool, Transition};
 
 /// Why the health checks cannot start.
 #[derive(Debug)]

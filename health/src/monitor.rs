@@ -87,6 +87,10 @@ pub struct Transition {
     pub failure: Option<Failure>,
 }
 
+/// Upper bounds (µs) of the buckets of checks' durations: Prometheus's
+/// default buckets from 0.5 ms to 10 s.
+pub const DURATION_BOUNDS_US: [u64; 13] = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 10_000_000];
+
 /// Counters of one backend's checks (the health thread is their only
 /// writer).
 #[derive(Debug, Default)]
@@ -98,6 +102,19 @@ pub struct CheckStats {
     /// Smoothed latency of passed checks (1/8 of each new sample); 0 until
     /// one passed.
     pub rtt_us: AtomicU32,
+    /// Every finished check's duration (passed or failed; a timeout counts
+    /// its timeout) by bucket of `DURATION_BOUNDS_US`, not cumulative; the
+    /// last bucket holds those above every bound.
+    pub durations: [Counter; DURATION_BOUNDS_US.len() + 1],
+    pub duration_sum_us: Counter,
+}
+
+impl CheckStats {
+    fn record(&self, us: u32) {
+        let at = DURATION_BOUNDS_US.partition_point(|&b| b < u64::from(us));
+        self.durations[at].inc();
+        self.duration_sum_us.add(u64::from(us));
+    }
 }
 
 /// Counters of the health thread, for status output and metrics.
@@ -467,6 +484,7 @@ impl Runner {
         let check = CheckResult { ok: result.is_ok(), latency_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX) };
         s.health.count(check);
         let Some(stats) = self.stats.backend(s.backend) else { return };
+        stats.record(check.latency_us);
         let pool = &mut self.pools[s.pool];
         match result {
             Ok(()) => {
@@ -501,5 +519,21 @@ impl Runner {
         // means the control loop has bytes enough to wake up.
         let _ = self.transitions.send(Transition { vip: pool.vip, backend: s.backend, state, was, streak, failure });
         let _ = (&self.notify).write(&[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_land_in_the_first_bucket_that_holds_them() {
+        let s = CheckStats::default();
+        for us in [0, 500, 501, 9_999, 10_000_000, 10_000_001, u32::MAX] {
+            s.record(us);
+        }
+        let counts: Vec<u64> = s.durations.iter().map(Counter::get).collect();
+        assert_eq!(counts, [2, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(s.duration_sum_us.get(), 500 + 501 + 9_999 + 10_000_000 + 10_000_001 + u64::from(u32::MAX));
     }
 }

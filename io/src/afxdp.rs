@@ -22,13 +22,12 @@
 //! drains or the kernel stops making progress.
 
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::thread;
 use std::time::Duration;
 
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
-use xsk_rs::socket::XdpStatistics;
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use super::frame::{Chunk, FRAME_SIZE, FrameMem, FrameRef, HEADROOM, PortId};
@@ -69,6 +68,53 @@ pub struct XskStats {
     pub tx_ring_full: u64,
     /// Frames recycled because their bounds or port were invalid.
     pub tx_invalid: u64,
+}
+
+/// One AF_XDP socket as another thread sees it: a duplicate of its
+/// descriptor, so that its kernel counters and options are read (one
+/// getsockopt each) without the worker that polls it making any call.
+/// The socket lives as long as either descriptor.
+#[derive(Debug)]
+pub struct XskWatch {
+    pub ifname: String,
+    pub queue: u32,
+    fd: OwnedFd,
+}
+
+/// What the kernel counted on one socket's rings since it was bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Received frames dropped for other reasons (e.g. larger than a frame).
+    pub rx_dropped: u64,
+    /// Received frames dropped because the RX ring was full (the worker
+    /// does not keep up).
+    pub rx_ring_full: u64,
+    /// Received frames dropped because the fill ring had no buffer.
+    pub fill_ring_empty: u64,
+    /// Invalid descriptors on the RX / fill side and on the TX ring.
+    pub rx_invalid: u64,
+    pub tx_invalid: u64,
+    /// Times the kernel found the TX ring empty when it looked for frames.
+    pub tx_ring_empty: u64,
+}
+
+impl XskWatch {
+    pub fn counters(&self) -> Result<RingCounters, IoError> {
+        let s = sys::xsk_statistics(self.fd.as_fd()).map_err(|source| IoError::Ring { ifname: self.ifname.clone(), queue: self.queue, source })?;
+        Ok(RingCounters {
+            rx_dropped: s.rx_dropped,
+            rx_ring_full: s.rx_ring_full,
+            fill_ring_empty: s.rx_fill_ring_empty_descs,
+            rx_invalid: s.rx_invalid_descs,
+            tx_invalid: s.tx_invalid_descs,
+            tx_ring_empty: s.tx_ring_empty_descs,
+        })
+    }
+
+    /// Whether the socket runs in zero-copy mode, as the kernel says now.
+    pub fn zero_copy(&self) -> bool {
+        sys::xsk_is_zero_copy(self.fd.as_raw_fd())
+    }
 }
 
 /// Bind retries on EBUSY: the previous socket of a queue is released by
@@ -194,11 +240,19 @@ impl XskIo {
         self.stats
     }
 
-    /// The kernel's counters for `port` (drops for a full rx ring or an
-    /// empty fill ring, invalid descriptors).
-    pub fn kernel_stats(&self, port: PortId) -> Result<XdpStatistics, IoError> {
-        let p = self.ports.get(usize::from(port)).ok_or_else(|| IoError::InvalidArgument(format!("no port {port}")))?;
-        p.rx.fd().xdp_statistics().map_err(|e| p.ring_error(e))
+    /// A watch on each socket (port order), for another thread to read
+    /// the kernel's counters while this one polls.
+    pub fn watches(&self) -> Result<Vec<XskWatch>, IoError> {
+        self.ports
+            .iter()
+            .map(|p| {
+                // SAFETY: the socket's descriptor is open while `p` lives,
+                // and the borrow ends with this statement; the duplicate
+                // is a descriptor of its own.
+                let fd = unsafe { BorrowedFd::borrow_raw(p.rx.fd().as_raw_fd()) }.try_clone_to_owned().map_err(|e| p.ring_error(e))?;
+                Ok(XskWatch { ifname: p.ifname.clone(), queue: p.queue, fd })
+            })
+            .collect()
     }
 
     fn chunk_of(desc: &FrameDesc) -> u32 {

@@ -80,14 +80,24 @@ pub(crate) fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) ->
 
 /// Whether a bound AF_XDP socket runs in zero-copy mode (XDP_OPTIONS).
 pub(crate) fn xsk_is_zero_copy(fd: i32) -> bool {
-    const SOL_XDP: libc::c_int = 283;
-    const XDP_OPTIONS: libc::c_int = 8;
     const XDP_OPTIONS_ZEROCOPY: u32 = 1;
     let mut flags = 0u32;
     let mut len = size_of::<u32>() as libc::socklen_t;
     // SAFETY: `flags` and `len` are valid for writes of the sizes given.
-    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len) };
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_XDP, libc::XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len) };
     rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// An AF_XDP socket's kernel counters (XDP_STATISTICS); fields a kernel
+/// older than 5.9 does not fill stay 0.
+pub(crate) fn xsk_statistics(fd: BorrowedFd<'_>) -> io::Result<libc::xdp_statistics> {
+    // SAFETY: all-zero is a valid xdp_statistics (six u64).
+    let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    // SAFETY: `st` and `len` are valid for writes of the sizes given; the
+    // kernel writes at most `len` bytes.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_XDP, libc::XDP_STATISTICS, (&raw mut st).cast(), &mut len) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(st) }
 }
 
 /// Number of rx queues of an interface (ETHTOOL_GCHANNELS: rx + combined

@@ -293,6 +293,66 @@ fn metrics_match_the_traffic() {
     daemon::stop(d).expect("stop");
 }
 
+/// The AF_XDP gauges are the kernel's: every worker's socket shows copy
+/// mode (veth refuses zero-copy), and a socket whose worker stops polling
+/// while traffic arrives shows the frames the kernel dropped. Health
+/// checks' durations come as a histogram per backend.
+#[test]
+fn af_xdp_ring_counters_and_check_durations_come_from_the_kernel_and_the_checks() {
+    require_root();
+    let mut lab = Lab::new(LabMode::FullNat.topology()).expect("lab");
+    let _ = daemon::prepare(&mut lab, LabMode::FullNat, SERVER.as_ref()).expect("set-up");
+    let health = "\n[vip.health]\nkind = \"tcp-connect\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n";
+    let config = daemon::config_with(&lab, LabMode::FullNat, |_, proto| if proto == "tcp" { health.to_string() } else { String::new() });
+    let (d, _file) = daemon::start(&lab, &config).expect("daemon");
+    let socket = daemon::socket_of(&config);
+    std::thread::sleep(Duration::from_millis(700));
+
+    let s = stats(&socket);
+    let mut queues: Vec<u32> = s.sockets.iter().map(|k| k.queue).collect();
+    queues.sort_unstable();
+    assert_eq!(queues, (0..lab.queues).collect::<Vec<_>>(), "one socket per worker: {:?}", s.sockets);
+    assert!(s.sockets.iter().all(|k| k.interface == "eth0" && !k.zero_copy && k.worker == k.queue as usize), "{:?}", s.sockets);
+    let before = daemon::scrape(&lab);
+    let zero_copy: Vec<&str> = before.lines().filter(|l| l.starts_with("fulcrum_xsk_zero_copy{")).collect();
+    assert_eq!(zero_copy.len(), lab.queues as usize, "{before}");
+    assert!(zero_copy.iter().all(|l| l.ends_with(" 0")), "veth runs copy mode: {zero_copy:?}");
+
+    let backend = ["backend=\"198.18.0.11\"", "vip=\"198.18.100.1:80/tcp\""];
+    let count = daemon::metric(&before, "fulcrum_health_check_duration_seconds_count", &backend);
+    assert!(count >= 2.0, "checks every 200 ms: {before}");
+    assert_eq!(daemon::metric(&before, "fulcrum_health_check_duration_seconds_bucket", &[backend[0], backend[1], "le=\"+Inf\""]), count);
+    // A connect check on a quiet lab takes well under 100 ms.
+    assert_eq!(daemon::metric(&before, "fulcrum_health_check_duration_seconds_bucket", &[backend[0], backend[1], "le=\"0.1\""]), count, "{before}");
+    let sum = daemon::metric(&before, "fulcrum_health_check_duration_seconds_sum", &backend);
+    assert!(sum > 0.0 && sum < count * 0.1, "{sum} s over {count} checks");
+
+    // The worker of queue 0 (where the bridge delivers every frame) stops
+    // polling; its RX ring (2048 entries) fills and the kernel drops the rest.
+    let drops = |text: &str| daemon::metric(text, "fulcrum_xsk_rx_drops_total", &["queue=\"0\""]);
+    assert_eq!(drops(&before), 0.0, "{before}");
+    d.signal(libc::SIGSTOP);
+    let sent = in_netns(&lab.client.ns, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        (0..6000).filter(|_| sock.send_to(b"overload", SocketAddr::new(IpAddr::V4(VIP4), 7)).is_ok()).count()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGCONT);
+    assert!(sent.expect("netns") > 4096, "datagrams sent");
+    let after = daemon::scrape(&lab);
+    let full = daemon::metric(&after, "fulcrum_xsk_rx_drops_total", &["queue=\"0\"", "reason=\"rx_ring_full\""])
+        + daemon::metric(&after, "fulcrum_xsk_rx_drops_total", &["queue=\"0\"", "reason=\"fill_ring_empty\""]);
+    assert!(
+        full > 1000.0,
+        "the stopped worker's socket dropped frames: {}",
+        after.lines().filter(|l| l.starts_with("fulcrum_xsk")).collect::<Vec<_>>().join("\n")
+    );
+    let s = stats(&socket);
+    let k = s.sockets.iter().find(|k| k.queue == 0).expect("queue 0");
+    assert!((k.rx_ring_full + k.fill_ring_empty) as f64 >= full, "{k:?}");
+    daemon::stop(d).expect("stop");
+}
+
 /// The control socket is root's only (0600), a second daemon is refused
 /// before it touches the interfaces, and the CLI says clearly when no
 /// daemon runs or it lacks the permission.

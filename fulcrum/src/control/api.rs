@@ -292,6 +292,9 @@ pub struct StatsReport {
     #[serde(default)]
     pub health_checks_late: u64,
     pub workers: Vec<WorkerReport>,
+    /// The workers' AF_XDP sockets.
+    #[serde(default)]
+    pub sockets: Vec<SocketReport>,
     /// Flow sync of a balancer pair, with `[sync]`.
     #[serde(default)]
     pub sync: Option<SyncReport>,
@@ -431,7 +434,7 @@ pub struct BackendStats {
 }
 
 /// A backend's health checks since the checks (re)started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckCounters {
     pub passed: u64,
     pub failed: u64,
@@ -439,6 +442,30 @@ pub struct CheckCounters {
     pub went_up: u64,
     /// Smoothed time a passing check takes; 0 before the first.
     pub rtt_us: u32,
+    /// Every finished check's duration by bucket (bounds in
+    /// `fulcrum_health::DURATION_BOUNDS_US`, one more for the rest), not
+    /// cumulative, and their sum.
+    #[serde(default)]
+    pub durations: Vec<u64>,
+    #[serde(default)]
+    pub duration_sum_us: u64,
+}
+
+/// One AF_XDP socket (a worker's, on one interface) and what the kernel
+/// counted on its rings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketReport {
+    pub worker: usize,
+    pub interface: String,
+    pub queue: u32,
+    /// Zero-copy (the driver's own buffers) rather than copy mode.
+    pub zero_copy: bool,
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub fill_ring_empty: u64,
+    pub rx_invalid: u64,
+    pub tx_invalid: u64,
+    pub tx_ring_empty: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -687,7 +714,7 @@ impl StatsReport {
             rows.push(row(&[&v.name, &"", &active, &pending, &rate, &t.packets, &t.bytes, &t.new_flows, &drops, &t.resets, &t.moved_clients, &""]));
             rows.extend(v.backends.iter().map(|b| {
                 let t = &b.traffic;
-                let checks = b.checks.map_or(String::new(), |c| format!("{}/{}", c.passed, c.failed));
+                let checks = b.checks.as_ref().map_or(String::new(), |c| format!("{}/{}", c.passed, c.failed));
                 let name = format!("  {}", b.name);
                 row(&[&name, &b.state, &b.active, &b.pending, &b.bytes_per_sec, &t.packets, &t.bytes, &t.new_flows, &"", &t.resets, &t.moved_clients, &checks])
             }));
@@ -740,7 +767,17 @@ impl StatsReport {
                 &w.unsteerable,
             ]));
         }
-        out + &table(&rows, 1)
+        out += &table(&rows, 1);
+        if self.sockets.is_empty() {
+            return out;
+        }
+        let mut rows = vec![row(&[&"SOCKET", &"WORKER", &"MODE", &"RX RING FULL", &"FILL EMPTY", &"RX INVALID", &"RX OTHER", &"TX INVALID", &"TX EMPTY"])];
+        for k in &self.sockets {
+            let mode = if k.zero_copy { "zero-copy" } else { "copy" };
+            let name = format!("{} queue {}", k.interface, k.queue);
+            rows.push(row(&[&name, &k.worker, &mode, &k.rx_ring_full, &k.fill_ring_empty, &k.rx_invalid, &k.rx_dropped, &k.tx_invalid, &k.tx_ring_empty]));
+        }
+        out + "\n" + &table(&rows, 1)
     }
 }
 

@@ -262,8 +262,10 @@ impl Daemon {
             }
         };
         let mut ios = Vec::with_capacity(queues as usize);
+        let mut sockets = Vec::new();
         for q in 0..queues {
             let io = XskIo::open(&names, q, &XskConfig::default())?;
+            sockets.extend(io.watches()?.into_iter().map(|w| (q as usize, w)));
             for (port, p) in steering.programs.iter_mut().enumerate() {
                 if let Some(fd) = io.socket_fd(port as u8) {
                     p.register_socket(q, fd)?;
@@ -285,7 +287,8 @@ impl Daemon {
             }
             _ => None,
         };
-        let telemetry = Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), &shared, u64::from(config.limits.connections_per_worker)));
+        let telemetry =
+            Arc::new(Telemetry::new(Arc::clone(&services), dataplane.stats.clone(), sockets, &shared, u64::from(config.limits.connections_per_worker)));
         telemetry.set_health(health.as_ref().map(HealthControl::stats));
         telemetry.set_plugins(plugins.slots());
         if let Some((ha, sync)) = &ha {

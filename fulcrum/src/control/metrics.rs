@@ -12,7 +12,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::api::{Reloads, StatsReport, SyncReport, Traffic};
+use fulcrum_health::DURATION_BOUNDS_US;
+
+use super::api::{Reloads, SocketReport, StatsReport, SyncReport, Traffic};
 use super::backends::parse_vip;
 use super::conn::{self, Limits, Received};
 use super::telemetry::Telemetry;
@@ -151,6 +153,7 @@ pub fn render(s: &StatsReport, reloads: &Reloads) -> String {
     }
     backend_health(&mut out, s);
     vip_plugins(&mut out, s);
+    sockets(&mut out, s);
     let name = "fulcrum_vip_drops_total";
     let mut f = Family::new(&mut out, name, "counter", "Frames for a VIP dropped, per VIP and reason (reasons seen so far).");
     for v in &s.vips {
@@ -341,18 +344,64 @@ fn backend_health(out: &mut String, s: &StatsReport) {
     }
     let name = "fulcrum_health_checks_total";
     let mut f = Family::new(out, name, "counter", "Health checks completed, by result.");
-    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks?))) {
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks.as_ref()?))) {
         f.sample(name, &format!("{labels},result=\"passed\""), c.passed).sample(name, &format!("{labels},result=\"failed\""), c.failed);
     }
     let name = "fulcrum_health_transitions_total";
     let mut f = Family::new(out, name, "counter", "Health transitions, by the state reached.");
-    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks?))) {
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks.as_ref()?))) {
         f.sample(name, &format!("{labels},to=\"down\""), c.went_down).sample(name, &format!("{labels},to=\"up\""), c.went_up);
     }
     let name = "fulcrum_health_check_seconds";
     let mut f = Family::new(out, name, "gauge", "Smoothed duration of the backend's passing health checks (0 before the first).");
-    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks?))) {
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks.as_ref()?))) {
         f.sample(name, &labels, f64::from(c.rtt_us) / 1e6);
+    }
+    let name = "fulcrum_health_check_duration_seconds";
+    let mut f = Family::new(out, name, "histogram", "Duration of every finished health check, passed or failed (a timeout counts its timeout).");
+    for (labels, c) in backends().filter_map(|(l, b)| Some((l, b.checks.as_ref()?))) {
+        let mut cumulative = 0;
+        for (i, n) in c.durations.iter().enumerate() {
+            cumulative += n;
+            let le = DURATION_BOUNDS_US.get(i).map_or_else(|| "+Inf".to_string(), |us| (*us as f64 / 1e6).to_string());
+            f.sample(&format!("{name}_bucket"), &format!("{labels},le=\"{le}\""), cumulative);
+        }
+        f.sample(&format!("{name}_sum"), &labels, c.duration_sum_us as f64 / 1e6);
+        f.sample(&format!("{name}_count"), &labels, cumulative);
+    }
+}
+
+/// Per AF_XDP socket (labels `worker`, `interface`, `queue`): whether it
+/// runs zero-copy and what the kernel dropped or found wrong on its rings.
+fn sockets(out: &mut String, s: &StatsReport) {
+    let labels = |k: &SocketReport| format!("worker=\"{}\",interface=\"{}\",queue=\"{}\"", k.worker, k.interface, k.queue);
+    let name = "fulcrum_xsk_zero_copy";
+    let mut f = Family::new(out, name, "gauge", "1 if the AF_XDP socket runs in zero-copy mode, 0 in copy mode (XDP_OPTIONS).");
+    for k in &s.sockets {
+        f.sample(name, &labels(k), u8::from(k.zero_copy));
+    }
+    let name = "fulcrum_xsk_rx_drops_total";
+    let mut f = Family::new(
+        out,
+        name,
+        "counter",
+        "Frames the kernel dropped before the AF_XDP socket's worker saw them, by reason: rx_ring_full (the worker did not keep up), fill_ring_empty (no free buffer), invalid (bad descriptor), other.",
+    );
+    for k in &s.sockets {
+        let l = labels(k);
+        for (reason, n) in [("rx_ring_full", k.rx_ring_full), ("fill_ring_empty", k.fill_ring_empty), ("invalid", k.rx_invalid), ("other", k.rx_dropped)] {
+            f.sample(name, &format!("{l},reason=\"{reason}\""), n);
+        }
+    }
+    let name = "fulcrum_xsk_tx_invalid_total";
+    let mut f = Family::new(out, name, "counter", "Invalid descriptors the kernel found on the AF_XDP socket's TX ring (frames not sent).");
+    for k in &s.sockets {
+        f.sample(name, &labels(k), k.tx_invalid);
+    }
+    let name = "fulcrum_xsk_tx_ring_empty_total";
+    let mut f = Family::new(out, name, "counter", "Times the kernel found the AF_XDP socket's TX ring empty when it looked for frames to send.");
+    for k in &s.sockets {
+        f.sample(name, &labels(k), k.tx_ring_empty);
     }
 }
 
@@ -377,7 +426,15 @@ mod tests {
                     pending: 1,
                     bytes_per_sec: 2500,
                     handshake_rtt_us: Some(250),
-                    checks: Some(CheckCounters { passed: 7, failed: 3, went_down: 1, went_up: 0, rtt_us: 1500 }),
+                    checks: Some(CheckCounters {
+                        passed: 7,
+                        failed: 3,
+                        went_down: 1,
+                        went_up: 0,
+                        rtt_us: 1500,
+                        durations: vec![2, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+                        duration_sum_us: 30_004_200,
+                    }),
                 }],
                 plugin: Some(PluginReport {
                     name: "least-connections".into(),
@@ -401,6 +458,7 @@ mod tests {
                 connections_capacity: 1024,
                 ..WorkerReport::default()
             }],
+            sockets: vec![SocketReport { worker: 0, interface: "eth0".into(), queue: 1, rx_ring_full: 12, tx_invalid: 2, ..SocketReport::default() }],
             ..StatsReport::default()
         };
         let last = Some(LastReload { at: 1_700_000_100, applied: false, message: "no".into() });
@@ -420,6 +478,16 @@ mod tests {
             "fulcrum_health_checks_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",result=\"failed\"} 3",
             "fulcrum_health_transitions_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",to=\"down\"} 1",
             "fulcrum_health_check_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 0.0015",
+            "fulcrum_health_check_duration_seconds_bucket{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",le=\"0.0005\"} 2",
+            "fulcrum_health_check_duration_seconds_bucket{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",le=\"0.001\"} 7",
+            "fulcrum_health_check_duration_seconds_bucket{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",le=\"10\"} 7",
+            "fulcrum_health_check_duration_seconds_bucket{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\",le=\"+Inf\"} 10",
+            "fulcrum_health_check_duration_seconds_sum{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 30.0042",
+            "fulcrum_health_check_duration_seconds_count{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\",backend=\"198.18.0.11:8080\"} 10",
+            "fulcrum_xsk_zero_copy{worker=\"0\",interface=\"eth0\",queue=\"1\"} 0",
+            "fulcrum_xsk_rx_drops_total{worker=\"0\",interface=\"eth0\",queue=\"1\",reason=\"rx_ring_full\"} 12",
+            "fulcrum_xsk_rx_drops_total{worker=\"0\",interface=\"eth0\",queue=\"1\",reason=\"fill_ring_empty\"} 0",
+            "fulcrum_xsk_tx_invalid_total{worker=\"0\",interface=\"eth0\",queue=\"1\"} 2",
             "fulcrum_drops_total{reason=\"truncated\"} 0",
             "fulcrum_worker_busy_polls_total{worker=\"0\"} 3",
             "fulcrum_connections_capacity{worker=\"0\"} 1024",

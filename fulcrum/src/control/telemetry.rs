@@ -17,7 +17,9 @@ use fulcrum_dataplane::services::{Services, backend_name, vip_name};
 use fulcrum_dataplane::stats::{self, Stats};
 use fulcrum_health::HealthStats;
 
-use super::api::{BackendStats, CheckCounters, LastReload, Reloads, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
+use fulcrum_io::afxdp::XskWatch;
+
+use super::api::{BackendStats, CheckCounters, LastReload, Reloads, SocketReport, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
 use super::plugins::{self, Slots};
 use crate::ha::sync::SyncCounters;
 use crate::ha::{Ha, WorkerSync};
@@ -40,6 +42,9 @@ pub struct Telemetry {
     draining: AtomicBool,
     /// The VIPs' scheduler plugins.
     plugins: Mutex<Slots>,
+    /// The workers' AF_XDP sockets (worker, socket), whose kernel counters
+    /// each report reads.
+    sockets: Vec<(usize, XskWatch)>,
 }
 
 fn unix_now() -> u64 {
@@ -63,7 +68,13 @@ fn traffic(t: &[&stats::Traffic]) -> Traffic {
 }
 
 impl Telemetry {
-    pub fn new(services: Arc<Services>, workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>, shared: &Shared, table_capacity: u64) -> Telemetry {
+    pub fn new(
+        services: Arc<Services>,
+        workers: Vec<(Arc<Stats>, Arc<WorkerStats>)>,
+        sockets: Vec<(usize, XskWatch)>,
+        shared: &Shared,
+        table_capacity: u64,
+    ) -> Telemetry {
         Telemetry {
             services: Mutex::new(services),
             health: Mutex::default(),
@@ -76,7 +87,35 @@ impl Telemetry {
             sync: Mutex::default(),
             draining: AtomicBool::new(false),
             plugins: Mutex::default(),
+            sockets,
         }
+    }
+
+    /// Each socket's ring counters as the kernel has them now (one
+    /// getsockopt each; a socket whose counters cannot be read is left out
+    /// and logged).
+    fn socket_reports(&self) -> Vec<SocketReport> {
+        self.sockets
+            .iter()
+            .filter_map(|(worker, w)| match w.counters() {
+                Ok(c) => Some(SocketReport {
+                    worker: *worker,
+                    interface: w.ifname.clone(),
+                    queue: w.queue,
+                    zero_copy: w.zero_copy(),
+                    rx_dropped: c.rx_dropped,
+                    rx_ring_full: c.rx_ring_full,
+                    fill_ring_empty: c.fill_ring_empty,
+                    rx_invalid: c.rx_invalid,
+                    tx_invalid: c.tx_invalid,
+                    tx_ring_empty: c.tx_ring_empty,
+                }),
+                Err(e) => {
+                    tracing::warn!("AF_XDP statistics: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Whether the balancer takes new traffic: its workers run and its
@@ -191,6 +230,8 @@ impl Telemetry {
                             went_down: c.went_down.get(),
                             went_up: c.went_up.get(),
                             rtt_us: c.rtt_us.load(std::sync::atomic::Ordering::Relaxed),
+                            durations: c.durations.iter().map(stats::Counter::get).collect(),
+                            duration_sum_us: c.duration_sum_us.get(),
                         });
                         let load = self.readings.load(bid);
                         let now_ms = (self.clock.elapsed().as_millis()) as u32;
@@ -246,6 +287,7 @@ impl Telemetry {
             syn_cookies_accepted: engines.iter().map(|s| s.syn_cookies_accepted.get()).sum(),
             health_checks_late: health.as_ref().map_or(0, |h| h.late.get()),
             workers,
+            sockets: self.socket_reports(),
             sync: self.sync_report(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use fulcrum::control::api::{BackendChange, Request, Response, flows_table, vips_table};
 use fulcrum::control::plugins::Module;
 use fulcrum::control::{client, load_config, server};
@@ -102,12 +102,16 @@ enum Cmd {
     /// Run the balancer with a configuration file, until SIGINT or SIGTERM
     /// (SIGHUP reloads the file).
     Run {
+        /// The TOML configuration file (`fulcrum check-config` checks it).
         #[arg(long)]
         config: PathBuf,
     },
     /// Validate a configuration file and report every problem in it
     /// (plugin files it names must exist too).
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
     /// The running daemon: configuration file, workers, reloads, VIPs and
     /// their backends.
     Status(Target),
@@ -120,10 +124,14 @@ enum Cmd {
     /// On a tunnel-mode backend: decapsulate IPIP and GUE sent to this
     /// host's addresses on IFACE (for hosts without the ipip / fou modules).
     Decap {
+        /// The interface tunnelled packets arrive on.
         #[arg(long)]
         iface: String,
+        /// The UDP port GUE packets are sent to (the VIPs' `gue_port`).
         #[arg(long, default_value_t = GUE_DEFAULT_PORT)]
         gue_port: u16,
+        /// How to attach the program: native (in the driver), generic, or
+        /// auto (native, else generic).
         #[arg(long, default_value = "auto", value_parser = parse_mode)]
         xdp_mode: XdpMode,
     },
@@ -175,6 +183,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: VipCmd,
     },
+    /// Print a shell completion script: `fulcrum completions bash >
+    /// /etc/bash_completion.d/fulcrum` (zsh: a `_fulcrum` file in $fpath;
+    /// fish: ~/.config/fish/completions/fulcrum.fish).
+    Completions {
+        /// The shell the script is for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `fulcrum man | man -l -`; with --dir,
+    /// write fulcrum.1 and a page per subcommand (fulcrum-stats.1, ...)
+    /// there instead.
+    Man {
+        /// A directory to write the pages to, e.g. /usr/local/share/man/man1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +228,7 @@ enum BackendCmd {
     Weight {
         #[command(flatten)]
         which: Which,
+        /// The new weight, 0 to 65535.
         weight: u16,
         #[command(flatten)]
         target: Target,
@@ -251,6 +275,7 @@ enum BgpCmd {
     /// daemon of FILE wants announced, withdraws the others, and withdraws
     /// everything while that daemon is gone or silent past `bgp.timeout`.
     Exabgp {
+        /// The configuration file of the daemon whose VIPs to announce.
         #[arg(long)]
         config: PathBuf,
     },
@@ -262,6 +287,7 @@ enum HaCmd {
     /// forwards the VIPs and sends its flows to the peer; a backup or
     /// fault forwards nothing for the VIPs and keeps the peer's flows.
     Role {
+        /// The role keepalived gave this balancer.
         #[arg(value_parser = ["master", "backup", "fault"])]
         role: String,
         #[command(flatten)]
@@ -293,9 +319,12 @@ enum PluginCmd {
     /// synthetic new flows through it, and print how they spread over the
     /// backends and how many move when backends fail.
     Test {
+        /// The plugin (.wasm).
         file: PathBuf,
+        /// Backends in the replayed pool.
         #[arg(long, default_value_t = 8)]
         backends: usize,
+        /// New flows to replay (random 5-tuples).
         #[arg(long, default_value_t = 10_000)]
         flows: usize,
         /// Weights in backend order, comma-separated (missing ones are 1).
@@ -323,6 +352,7 @@ enum PluginCmd {
     /// it (imports, exports and signatures, version, state region, a smoke
     /// test); exits non-zero at the first that fails.
     Check {
+        /// The plugins (.wasm).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -333,6 +363,7 @@ enum PluginCmd {
         /// The VIP, as `fulcrum status` names it: 198.18.0.100:80/tcp.
         #[arg(long)]
         vip: String,
+        /// The plugin (.wasm), read by the daemon.
         file: PathBuf,
         #[command(flatten)]
         target: Target,
@@ -446,6 +477,11 @@ fn main() -> ExitCode {
             let opts = ReplayOptions { backends, flows, weights, loads: by_index(&load), rtt_us: by_index(&rtt), rates: by_index(&rate), failures: fail };
             Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).map(|report| print!("{report}")).context(|| file.display().to_string()))
         }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "fulcrum", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => man(dir.as_deref()),
         Cmd::Plugin { cmd: PluginCmd::Check { files } } => files.iter().try_for_each(|file| {
             let module = Module::read(file)?;
             replay::check(&module.name, &module.bytes).context(|| file.display().to_string())?;
@@ -463,6 +499,15 @@ fn main() -> ExitCode {
             eprintln!("fulcrum: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// The manual page of `fulcrum` on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<(), Error> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => clap_mangen::generate_to(cmd, dir).map_err(Error::system(format!("writing manual pages to {}", dir.display()))),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(Error::system("printing the manual page")),
     }
 }
 
@@ -617,5 +662,56 @@ mod tests {
         assert_eq!(parse_rate("x=1MB/s"), Err("`x=1MB/s`: `x` is no backend index (0, 1, ...)".into()));
         assert_eq!(parse_load("30"), Err("`30`: give IDX=connection count".into()));
         assert_eq!(by_index(&[(2, 7u32), (0, 1)]), [1, 0, 7]);
+    }
+
+    /// Every argument of every subcommand says what it is in `--help` (and
+    /// so in the completions and the manual page).
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                // clap's own --help and --version carry their text.
+                if matches!(a.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", a.get_long().map_or_else(|| a.get_id().to_string(), |l| format!("--{l}"))));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the subcommand)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        walk(&cmd, "fulcrum", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn completions_and_the_manual_cover_every_subcommand() {
+        let mut cmd = Cli::command();
+        let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fulcrum", &mut out);
+            let script = String::from_utf8(out).expect("UTF-8");
+            for name in &names {
+                assert!(script.contains(name.as_str()), "{shell}: no {name}");
+            }
+            assert!(script.contains("through") || script.contains("--vip"), "{shell}: flags of subcommands");
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut page).expect("render");
+        // roff escapes hyphens.
+        let page = String::from_utf8(page).expect("UTF-8").replace("\\-", "-");
+        assert!(page.contains(".TH fulcrum 1") && page.contains("Exit codes"), "{page}");
+        for name in &names {
+            assert!(page.contains(name.as_str()), "manual: no {name}");
+        }
     }
 }

@@ -27,6 +27,7 @@ use fulcrum_dataplane::services::backend_name;
 use serde::{Deserialize, Serialize};
 
 pub use super::backends::BackendChange;
+use super::human;
 use super::reload::Changes;
 use fulcrum_config::BackendOverride;
 
@@ -164,7 +165,7 @@ pub struct PluginLoaded {
     pub generation: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub pid: u32,
@@ -559,13 +560,19 @@ impl Status {
         self.ha.as_ref().is_some_and(|h| h.standing_down)
     }
 
-    /// What `fulcrum status` prints.
+    /// What `fulcrum status` prints, now.
     pub fn table(&self) -> String {
+        self.table_at(human::now())
+    }
+
+    /// What `fulcrum status` prints at `now` (Unix seconds): times as
+    /// UTC dates with how long ago, durations as "3h12m".
+    pub fn table_at(&self, now: u64) -> String {
         let mut out = format!(
-            "fulcrum {} (pid {}), up {}s, config {}\nworkers {}, xdp {} on {}, metrics on {}\n",
+            "fulcrum {} (pid {}), up {}, config {}\nworkers {}, xdp {} on {}, metrics on {}\n",
             self.version,
             self.pid,
-            self.uptime_secs,
+            human::duration(self.uptime_secs),
             self.config,
             self.workers,
             self.xdp_mode,
@@ -573,9 +580,11 @@ impl Status {
             self.metrics_listen
         );
         let r = &self.reloads;
-        let _ = write!(out, "reloads: {} applied, {} refused", r.applied, r.refused);
+        let _ = write!(out, "configuration in force since {}", human::at(r.last_applied_at, now));
+        let _ = write!(out, "\nreloads: {} applied, {} refused", r.applied, r.refused);
         if let Some(l) = &r.last {
-            let _ = write!(out, "; last {} at {}: {}", if l.applied { "applied" } else { "refused" }, l.at, l.message.lines().next().unwrap_or(""));
+            let _ =
+                write!(out, "; last {} {}: {}", if l.applied { "applied" } else { "refused" }, human::at(l.at, now), l.message.lines().next().unwrap_or(""));
         }
         out.push('\n');
         if let Some(ha) = &self.ha {
@@ -603,7 +612,7 @@ impl Status {
         }
         if let Some(d) = &self.draining {
             let withdrawn = if d.withdrawn { "withdrawn" } else { "not yet withdrawn" };
-            let _ = writeln!(out, "draining for {} ms ({withdrawn}), exits within {} s", d.elapsed_ms, d.grace_secs);
+            let _ = writeln!(out, "draining for {} ({withdrawn}), exits within {}", human::duration(d.elapsed_ms / 1000), human::duration(d.grace_secs));
         }
         if !self.overrides.is_empty() {
             let _ = writeln!(out, "runtime changes: {} backends (kept in {}; `fulcrum backend reset` drops them)", self.overrides.len(), self.state_file);
@@ -784,6 +793,31 @@ impl StatsReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_durations_and_times_for_people() {
+        // 2026-12-04 18:00:01 UTC, then a refused reload 4 minutes later.
+        let applied = 1_796_407_201;
+        let status = Status {
+            version: "0.1.0".into(),
+            pid: 7,
+            config: "/etc/fulcrum.toml".into(),
+            uptime_secs: 3 * 3600 + 12 * 60 + 5,
+            reloads: Reloads {
+                applied: 1,
+                refused: 1,
+                last_applied_at: applied,
+                last: Some(LastReload { at: applied + 240, applied: false, message: "fulcrum.toml:9: bad\nmore".into() }),
+            },
+            draining: Some(Draining { withdrawn: true, grace_secs: 30, elapsed_ms: 12_500 }),
+            ..Status::default()
+        };
+        let text = status.table_at(applied + 300);
+        assert!(text.starts_with("fulcrum 0.1.0 (pid 7), up 3h12m, config /etc/fulcrum.toml\n"), "{text}");
+        assert!(text.contains("configuration in force since 2026-12-04 18:00:01 UTC (5m ago)\n"), "{text}");
+        assert!(text.contains("reloads: 1 applied, 1 refused; last refused 2026-12-04 18:04:01 UTC (1m ago): fulcrum.toml:9: bad\n"), "{text}");
+        assert!(text.contains("draining for 12s (withdrawn), exits within 30s\n"), "{text}");
+    }
 
     #[test]
     fn requests_and_responses_on_the_wire() {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod conn;
 pub mod daemon;
 pub mod drain;
+pub mod human;
 pub mod metrics;
 pub mod neighbours;
 pub mod plugins;

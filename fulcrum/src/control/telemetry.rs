@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use fulcrum_dataplane::Shared;
 use fulcrum_dataplane::flow::key::ip_from16;
@@ -20,6 +20,7 @@ use fulcrum_health::HealthStats;
 use fulcrum_io::afxdp::XskWatch;
 
 use super::api::{BackendStats, CheckCounters, LastReload, Reloads, SocketReport, StatsReport, SyncReport, Traffic, VipStats, WorkerReport, brief};
+use super::human;
 use super::plugins::{self, Slots};
 use crate::ha::sync::SyncCounters;
 use crate::ha::{Ha, WorkerSync};
@@ -45,10 +46,6 @@ pub struct Telemetry {
     /// The workers' AF_XDP sockets (worker, socket), whose kernel counters
     /// each report reads.
     sockets: Vec<(usize, XskWatch)>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,7 +80,7 @@ impl Telemetry {
             clock: shared.epoch,
             table_capacity,
             // The configuration in force was loaded now.
-            reloads: Mutex::new(Reloads { last_applied_at: unix_now(), ..Reloads::default() }),
+            reloads: Mutex::new(Reloads { last_applied_at: human::now(), ..Reloads::default() }),
             sync: Mutex::default(),
             draining: AtomicBool::new(false),
             plugins: Mutex::default(),
@@ -177,7 +174,7 @@ impl Telemetry {
     pub fn reloaded(&self, applied: bool, message: &str) {
         let mut r = lock(&self.reloads);
         *if applied { &mut r.applied } else { &mut r.refused } += 1;
-        let at = unix_now();
+        let at = human::now();
         if applied {
             r.last_applied_at = at;
         }

@@ -691,7 +691,8 @@ fn through_vip_only_for_tcp_half_open_checks_of_dsr_and_tunnel_vips() {
     let check = ok.vips[0].backends[0].check.clone().unwrap();
     assert!(check.through_vip);
     assert_eq!(check.probe, Probe::TcpHalfOpen { port: 80 });
-    assert!(!valid(&dsr("tcp", "health = { kind = \"tcp-half-open\" }\nbackend = []\n")).vips[0].health.is_none());
+    let plain = valid(&dsr("tcp", "health = { kind = \"tcp-half-open\" }\n[[vip.backend]]\naddress = \"198.18.0.11\"\n"));
+    assert!(!plain.vips[0].backends[0].check.as_ref().unwrap().through_vip, "off unless set");
     assert_eq!(
         vip("health = { kind = \"tcp-half-open\", through_vip = true }\nbackend = []\n"),
         [

@@ -20,6 +20,8 @@
 //! answer. The checker's RST goes back through the same path.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use fulcrum_dataplane::Packet;
 use fulcrum_dataplane::flow::key::addr16;
@@ -38,18 +40,44 @@ pub const FRAME_LEN: usize = HEADROOM + ethernet::ETH_HLEN + ipv6::IPV6_HLEN + t
 const TTL: u8 = 64;
 
 /// How a VIP's packets reach one backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct DataPath {
     pub vip: IpAddr,
     /// The balancer's interface facing the backend, and its MAC.
     pub iface: String,
     pub iface_mac: Mac,
-    /// The backend's next hop (the backend itself in dsr mode).
-    pub next_hop: Mac,
+    /// The backend's next hop (the backend itself in dsr mode), as the
+    /// workers have it now.
+    pub next_hop: Arc<NextHop>,
     /// The backend's address: the tunnel's outer destination.
     pub backend: IpAddr,
     /// `None` in dsr mode.
     pub tunnel: Option<Tunnel>,
+}
+
+/// A backend's next-hop MAC, read at each check: the control plane moves
+/// it with the workers' (a replaced server's new MAC learnt from the
+/// kernel, a reload), so checks keep going where client traffic goes.
+#[derive(Debug, Default)]
+pub struct NextHop(AtomicU64);
+
+impl NextHop {
+    pub fn new(mac: Mac) -> NextHop {
+        let n = NextHop::default();
+        n.set(mac);
+        n
+    }
+
+    pub fn set(&self, mac: Mac) {
+        let mut b = [0u8; 8];
+        b[..6].copy_from_slice(&mac);
+        self.0.store(u64::from_le_bytes(b), Relaxed);
+    }
+
+    pub fn get(&self) -> Mac {
+        let b = self.0.load(Relaxed).to_le_bytes();
+        [b[0], b[1], b[2], b[3], b[4], b[5]]
+    }
 }
 
 /// A tunnel VIP's encapsulation, as its services entry has it.
@@ -82,7 +110,7 @@ impl DataPath {
         let ip_len = if v6 { ipv6::IPV6_HLEN } else { ipv4::IPV4_MIN_HLEN };
         let len = ethernet::ETH_HLEN + ip_len + tcp::TCP_MIN_HLEN;
         let frame = &mut buf[HEADROOM..HEADROOM + len];
-        rewrite::set_macs(frame, self.iface_mac, self.next_hop);
+        rewrite::set_macs(frame, self.iface_mac, self.next_hop.get());
         put16(frame, 12, if v6 { ethernet::ETHERTYPE_IPV6 } else { ethernet::ETHERTYPE_IPV4 });
         let (ip, seg_bytes) = frame[ethernet::ETH_HLEN..].split_at_mut(ip_len);
         let window = if seg.flags & tcp::SYN != 0 { 65535 } else { 0 };
@@ -126,7 +154,7 @@ mod tests {
             vip,
             iface: "eth0".into(),
             iface_mac: [2, 0, 0, 0, 0, 1],
-            next_hop: [2, 0, 0, 0, 0, 0x11],
+            next_hop: Arc::new(NextHop::new([2, 0, 0, 0, 0, 0x11])),
             backend,
             tunnel: tunnel.map(|t| Tunnel { source, ..t }),
         }
@@ -171,9 +199,12 @@ mod tests {
             let p = path(None, v6);
             let mut buf = [0; FRAME_LEN];
             let frame = p.frame(&syn(&p), &mut buf).unwrap().to_vec();
-            assert_eq!(&frame[..6], &p.next_hop);
+            assert_eq!(&frame[..6], &p.next_hop.get());
             assert_eq!(&frame[6..12], &p.iface_mac);
             check_inner(&frame, 0, &p);
+            // A moved next hop takes the next frame.
+            p.next_hop.set([2, 0, 0, 0, 0, 0x12]);
+            assert_eq!(&p.frame(&syn(&p), &mut buf).unwrap()[..6], &[2, 0, 0, 0, 0, 0x12]);
         }
     }
 
@@ -183,7 +214,7 @@ mod tests {
             let p = path(Some(Tunnel { encap, source: IpAddr::from([0; 4]), source_prefix: if v6 { 64 } else { 24 } }), v6);
             let mut buf = [0; FRAME_LEN];
             let frame = p.frame(&syn(&p), &mut buf).unwrap().to_vec();
-            assert_eq!(&frame[..6], &p.next_hop, "{encap:?}");
+            assert_eq!(&frame[..6], &p.next_hop.get(), "{encap:?}");
             let outer = parse::parse(&frame).unwrap();
             assert_eq!(outer.key.dst, addr16(p.backend), "{encap:?}");
             let src = outer.key.src;

@@ -33,7 +33,7 @@ pub mod tls;
 
 use std::{fmt, io};
 
-pub use data_path::{DataPath, Tunnel};
+pub use data_path::{DataPath, NextHop, Tunnel};
 pub use fulcrum_io::sock::route_source;
 pub use monitor::{CheckStats, DURATION_BOUNDS_US, HealthMonitor, HealthStats, Member, Pool, Transition};
 

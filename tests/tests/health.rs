@@ -482,6 +482,26 @@ fn through_vip_checks_take_down_a_dsr_backend_without_the_vip() {
         wait_health(&d, &lab, vip, 0, "up", 1, REJOIN + SLACK);
         assert!(answers(&lab, vip, 30).iter().any(|b| b == "backend1"), "{vip}: backend1 did not rejoin");
     }
+    // backend2 is replaced by a server with another MAC, which it
+    // announces (gratuitous ARP, unsolicited NA): the checks follow the
+    // workers to it instead of probing the old MAC.
+    let b2 = &lab.backends[1];
+    for s in ["net.ipv4.conf.eth0.arp_notify=1", "net.ipv6.conf.eth0.ndisc_notify=1"] {
+        lab.exec(&b2.ns, &["sysctl", "-q", "-w", s]).expect("sysctl");
+    }
+    // Past the neighbour table's lock time (1 s) since its last update.
+    std::thread::sleep(Duration::from_millis(1100));
+    lab.exec(&b2.ns, &["ip", "link", "set", "eth0", "address", "02:f1:00:00:0c:99"]).expect("new MAC");
+    for vip in vips {
+        let needle = format!("backend {} is now at 02:f1:00:00:0c:99", addr(&lab, 1, vip));
+        d.wait_for_line(|l| l.contains(&needle), T).unwrap_or_else(|| panic!("no `{needle}`:\n{}", d.output()));
+    }
+    std::thread::sleep(DETECT + SLACK);
+    assert!(!d.output().contains(&format!("backend {} is down", addr(&lab, 1, IpAddr::V4(VIP4)))), "{}", d.output());
+    assert!(!d.output().contains(&format!("backend {} is down", addr(&lab, 1, IpAddr::V6(VIP6)))), "{}", d.output());
+    for vip in vips {
+        assert!(answers(&lab, vip, 30).iter().any(|b| b == "backend2"), "{vip}: backend2 at its new MAC");
+    }
     let out = daemon::stop(d).expect("daemon stop");
     for vip in vips {
         for i in [1, 2] {

@@ -18,7 +18,7 @@ use fulcrum_dataplane::health_policy::{HealthState, Policy, RiseFall};
 use fulcrum_dataplane::sched::{BackendState, Latencies};
 use fulcrum_dataplane::services::{Backend, Mode, Services, backend_name, vip_name};
 use fulcrum_dataplane::types::{BackendId, VipId};
-use fulcrum_health::{DataPath, HealthMonitor, HealthStats, Member, Pool, Transition, Tunnel, route_source};
+use fulcrum_health::{DataPath, HealthMonitor, HealthStats, Member, NextHop, Pool, Transition, Tunnel, route_source};
 use fulcrum_plugin_host::{HealthPolicy, PluginSlot};
 
 use super::apply::{self, CheckedVip, Ids, Net};
@@ -28,6 +28,8 @@ use crate::error::{Context, Error};
 pub struct HealthControl {
     monitor: HealthMonitor,
     view: HealthView,
+    /// The next hops of the checks through the VIP, by backend.
+    next_hops: Vec<(BackendId, Arc<NextHop>)>,
 }
 
 /// What the running checks are and where they stand: what a reload is
@@ -92,7 +94,9 @@ impl HealthControl {
                 let pools = pools(&checks, &states, &services, net, runtime)?;
                 warn_snat_sources(config, &pools);
                 tracing::info!("health: checking {} backends of {} VIPs", states.len(), pools.len());
-                Next::Start(HealthControl { monitor: HealthMonitor::start(pools, Arc::clone(latencies))?, view: HealthView { checks, states } })
+                let next_hops = pools.iter().flat_map(|p| &p.members).filter_map(|m| Some((m.backend, Arc::clone(&m.via.as_ref()?.next_hop)))).collect();
+                let monitor = HealthMonitor::start(pools, Arc::clone(latencies))?;
+                Next::Start(HealthControl { monitor, view: HealthView { checks, states }, next_hops })
             }
         };
         Ok((services, next))
@@ -104,6 +108,16 @@ impl HealthControl {
             Next::Off => *current = None,
             Next::Keep => {}
             Next::Start(h) => *current = Some(h),
+        }
+    }
+
+    /// Checks through the VIP follow the backends' next hops in
+    /// `services` (the snapshot the workers are given).
+    pub fn follow(&self, services: &Services) {
+        for (id, hop) in &self.next_hops {
+            if let Some(b) = services.backend(*id) {
+                hop.set(b.spec.next_hop);
+            }
         }
     }
 
@@ -195,7 +209,8 @@ fn data_path(services: &Services, net: &Net, vip: VipId, backend: BackendId) -> 
         Mode::Tunnel { encap, source, source_prefix } => Some(Tunnel { encap, source, source_prefix }),
         Mode::Nat { .. } => return None,
     };
-    Some(DataPath { vip: v.spec.addr, iface: iface.name.clone(), iface_mac: iface.mac, next_hop: b.spec.next_hop, backend: b.spec.addr, tunnel })
+    let next_hop = Arc::new(NextHop::new(b.spec.next_hop));
+    Some(DataPath { vip: v.spec.addr, iface: iface.name.clone(), iface_mac: iface.mac, next_hop, backend: b.spec.addr, tunnel })
 }
 
 /// Replies to a full-NAT source address go to the data path: checks sent

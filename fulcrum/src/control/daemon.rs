@@ -392,6 +392,9 @@ impl Daemon {
         if let Err(behind) = self.dataplane.wait_applied(generation, APPLY_TIMEOUT) {
             tracing::warn!(?behind, "workers have not switched to the new services yet");
         }
+        if let Some(h) = &self.health {
+            h.follow(&services);
+        }
         self.telemetry.set_services(Arc::clone(&services));
         services
     }
@@ -475,6 +478,9 @@ impl Daemon {
         self.returns = p.returns;
         self.plugins.commit(p.schedulers, &self.dataplane);
         HealthControl::commit(&mut self.health, p.health);
+        if let Some(h) = &self.health {
+            h.follow(&services);
+        }
         self.telemetry.set_health(self.health.as_ref().map(HealthControl::stats));
         self.telemetry.set_services(services);
         self.config = p.config;

@@ -350,6 +350,19 @@ fn af_xdp_ring_counters_and_check_durations_come_from_the_kernel_and_the_checks(
     let s = stats(&socket);
     let k = s.sockets.iter().find(|k| k.queue == 0).expect("queue 0");
     assert!((k.rx_ring_full + k.fill_ring_empty) as f64 >= full, "{k:?}");
+    let (code, table, err) = daemon::cli(&["stats", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = table.lines().find(|l| l.starts_with("eth0 queue 0 ")).unwrap_or_else(|| panic!("no socket row:\n{table}"));
+    assert!(row.split_whitespace().nth(4) == Some("copy"), "{row}");
+
+    // status speaks in durations and dates.
+    let (code, text, err) = daemon::cli(&["status", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = text.lines().next().unwrap_or_default();
+    let up = first.split(", up ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_default();
+    assert!(up.ends_with('s') && up[..up.len() - 1].parse::<u32>().is_ok(), "uptime of seconds as `Ns`: {first}");
+    let since = text.lines().find_map(|l| l.strip_prefix("configuration in force since ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(since.starts_with("20") && since.contains(" UTC (") && (since.ends_with(" ago)") || since.ends_with("(just now)")), "{since}");
     daemon::stop(d).expect("stop");
 }
 

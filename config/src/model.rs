@@ -351,9 +351,9 @@ pub struct HealthCheck {
     /// The backend's own address unless overridden.
     pub address: IpAddr,
     pub probe: Probe,
-    /// The probe is addressed to the VIP and its port and sent through
-    /// the data path, as a client's packets are (dsr, ipip and gue TCP
-    /// VIPs, kind tcp-half-open): a backend that would drop them fails.
+    /// The probe is addressed to the VIP (and its port) and sent through
+    /// the data path, as a client's packets are (dsr, ipip and gue VIPs;
+    /// kind tcp-half-open, or icmp): a backend that would drop them fails.
     pub through_vip: bool,
     /// `timeout` < `interval`.
     pub interval: Duration,

@@ -685,7 +685,7 @@ fn health_resolves_per_backend_with_defaults_and_overrides() {
 }
 
 #[test]
-fn through_vip_only_for_tcp_half_open_checks_of_dsr_and_tunnel_vips() {
+fn through_vip_only_for_half_open_and_icmp_checks_of_dsr_and_tunnel_vips() {
     let dsr = |proto: &str, health: &str| format!("[[vip]]\naddress = \"198.18.0.100\"\nprotocol = \"{proto}\"\nport = 80\nmode = \"dsr\"\n{health}");
     let ok = valid(&dsr("tcp", "health = { kind = \"tcp-half-open\", through_vip = true }\n[[vip.backend]]\naddress = \"198.18.0.11\"\n"));
     let check = ok.vips[0].backends[0].check.clone().unwrap();
@@ -701,12 +701,14 @@ fn through_vip_only_for_tcp_half_open_checks_of_dsr_and_tunnel_vips() {
     );
     assert_eq!(
         errors(&dsr("udp", "health = { kind = \"tcp-half-open\", through_vip = true }\nbackend = []\n")),
-        ["fulcrum.toml:9: vip 198.18.0.100:80/udp: health.through_vip needs a tcp VIP: the check is a TCP SYN to the VIP's port"]
+        ["fulcrum.toml:9: vip 198.18.0.100:80/udp: health.through_vip of a udp VIP needs kind icmp: a tcp-half-open check is a TCP SYN to the VIP's port"]
     );
+    let udp = valid(&dsr("udp", "health = { kind = \"icmp\", through_vip = true }\n[[vip.backend]]\naddress = \"198.18.0.11\"\n"));
+    assert_eq!(udp.vips[0].backends[0].check.as_ref().map(|c| (c.through_vip, c.probe.clone())), Some((true, Probe::Icmp)));
     assert_eq!(
         errors(&dsr("tcp", "health = { kind = \"http-status\", through_vip = true }\nbackend = []\n")),
         [
-            "fulcrum.toml:9: vip 198.18.0.100:80/tcp: health.through_vip needs kind tcp-half-open, got http-status: the check is sent as raw frames, so it must be a bare SYN"
+            "fulcrum.toml:9: vip 198.18.0.100:80/tcp: health.through_vip needs kind tcp-half-open or icmp, got http-status: the check is sent as raw frames, a bare SYN or an echo request"
         ]
     );
     assert_eq!(

@@ -19,7 +19,7 @@
 //! that to the half-open checker's raw socket like any other check's
 //! answer. The checker's RST goes back through the same path.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -29,14 +29,18 @@ use fulcrum_dataplane::flow::parse;
 use fulcrum_dataplane::forward::rewrite;
 use fulcrum_dataplane::forward::tunnel::{self, Encap};
 use fulcrum_dataplane::types::Mac;
-use fulcrum_dataplane::wire::{IpProtocol, ethernet, ipv4, ipv6, put16, tcp};
+use fulcrum_dataplane::wire::{IpProtocol, ethernet, ipv4, ipv6, put16};
+use fulcrum_io::sock::FrameSender;
 
 use super::Failure;
 
 /// Room before the frame for the outer headers (IPv6 and UDP at most).
 const HEADROOM: usize = 64;
-/// A frame of one bare TCP header, encapsulated at most once.
-pub const FRAME_LEN: usize = HEADROOM + ethernet::ETH_HLEN + ipv6::IPV6_HLEN + tcp::TCP_MIN_HLEN;
+/// The longest transport message a check sends (a bare TCP header, an
+/// echo request with its payload).
+const MAX_L4: usize = 64;
+/// A frame of one such message, encapsulated at most once.
+const FRAME_LEN: usize = HEADROOM + ethernet::ETH_HLEN + ipv6::IPV6_HLEN + MAX_L4;
 const TTL: u8 = 64;
 
 /// How a VIP's packets reach one backend.
@@ -89,42 +93,50 @@ pub struct Tunnel {
     pub source_prefix: u8,
 }
 
-/// One TCP segment without payload, as the checker sends it.
-#[derive(Clone, Copy, Debug)]
-pub struct Segment {
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub seq: u32,
-    pub ack: u32,
-    pub flags: u8,
+/// Packet sockets of the checks through the VIP, one per interface,
+/// opened at their first check.
+#[derive(Default)]
+pub struct Senders(Vec<(String, FrameSender)>);
+
+impl Senders {
+    /// Sends the transport message `l4` (checksummed for `src` and the
+    /// VIP) from `src` to the VIP through `path`.
+    pub fn send(&mut self, path: &DataPath, src: IpAddr, proto: IpProtocol, l4: &[u8]) -> Result<(), Failure> {
+        let mut buf = [0u8; FRAME_LEN];
+        let frame = path.frame(src, proto, l4, &mut buf)?;
+        let at = match self.0.iter().position(|(name, _)| *name == path.iface) {
+            Some(at) => at,
+            None => {
+                self.0.push((path.iface.clone(), FrameSender::open(&path.iface)?));
+                self.0.len() - 1
+            }
+        };
+        self.0[at].1.send(frame).map_err(Failure::from)
+    }
 }
 
 impl DataPath {
-    /// The frame carrying `seg` to the backend as the data path would
-    /// carry it, written into `buf`.
-    pub fn frame<'b>(&self, seg: &Segment, buf: &'b mut [u8; FRAME_LEN]) -> Result<&'b [u8], Failure> {
-        let v6 = seg.dst.is_ipv6();
-        if seg.src.is_ipv6() != v6 || self.backend.is_ipv6() != v6 {
+    /// The frame carrying `l4` (a transport message of protocol `proto`,
+    /// checksummed) from `src` to the VIP, as the data path would carry a
+    /// client's packet to the backend, written into `buf`.
+    pub fn frame<'b>(&self, src: IpAddr, proto: IpProtocol, l4: &[u8], buf: &'b mut [u8; FRAME_LEN]) -> Result<&'b [u8], Failure> {
+        let v6 = self.vip.is_ipv6();
+        if src.is_ipv6() != v6 || self.backend.is_ipv6() != v6 {
             return Err(Failure::Os(libc::EAFNOSUPPORT));
         }
+        if l4.len() > MAX_L4 {
+            return Err(Failure::Os(libc::EMSGSIZE));
+        }
         let ip_len = if v6 { ipv6::IPV6_HLEN } else { ipv4::IPV4_MIN_HLEN };
-        let len = ethernet::ETH_HLEN + ip_len + tcp::TCP_MIN_HLEN;
+        let len = ethernet::ETH_HLEN + ip_len + l4.len();
         let frame = &mut buf[HEADROOM..HEADROOM + len];
         rewrite::set_macs(frame, self.iface_mac, self.next_hop.get());
         put16(frame, 12, if v6 { ethernet::ETHERTYPE_IPV6 } else { ethernet::ETHERTYPE_IPV4 });
-        let (ip, seg_bytes) = frame[ethernet::ETH_HLEN..].split_at_mut(ip_len);
-        let window = if seg.flags & tcp::SYN != 0 { 65535 } else { 0 };
-        tcp::write_header(seg_bytes, seg.src.port(), seg.dst.port(), seg.seq, seg.ack, seg.flags, window);
-        match (seg.src.ip(), seg.dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                ipv4::write_header(ip, (ip_len + tcp::TCP_MIN_HLEN) as u16, TTL, IpProtocol::TCP, s.octets(), d.octets(), true);
-                tcp::fill_checksum(seg_bytes, &s.octets(), &d.octets());
-            }
-            (s, d) => {
-                let (s, d) = (addr16(s), addr16(d));
-                ipv6::write_header(ip, tcp::TCP_MIN_HLEN as u16, IpProtocol::TCP, TTL, s, d);
-                tcp::fill_checksum(seg_bytes, &s, &d);
-            }
+        let (ip, payload) = frame[ethernet::ETH_HLEN..].split_at_mut(ip_len);
+        payload.copy_from_slice(l4);
+        match (src, self.vip) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => ipv4::write_header(ip, (ip_len + l4.len()) as u16, TTL, proto, s.octets(), d.octets(), true),
+            (s, d) => ipv6::write_header(ip, l4.len() as u16, proto, TTL, addr16(s), addr16(d)),
         }
         let Some(t) = self.tunnel else { return Ok(&buf[HEADROOM..HEADROOM + len]) };
         // The data path's own encapsulation, from the parsed frame as a
@@ -142,7 +154,7 @@ impl DataPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulcrum_dataplane::wire::{checksum, udp};
+    use fulcrum_dataplane::wire::{checksum, tcp, udp};
 
     fn path(tunnel: Option<Tunnel>, v6: bool) -> DataPath {
         let (vip, backend, source) = if v6 {
@@ -160,9 +172,13 @@ mod tests {
         }
     }
 
-    fn syn(p: &DataPath) -> Segment {
-        let src = if p.vip.is_ipv6() { "2001:db8::2".parse().unwrap() } else { "198.18.0.2".parse().unwrap() };
-        Segment { src: SocketAddr::new(src, 61000), dst: SocketAddr::new(p.vip, 80), seq: 7, ack: 0, flags: tcp::SYN }
+    /// The balancer's source and a SYN from it to the VIP's port 80.
+    fn syn(p: &DataPath) -> (IpAddr, Vec<u8>) {
+        let src: IpAddr = if p.vip.is_ipv6() { "2001:db8::2".parse().unwrap() } else { "198.18.0.2".parse().unwrap() };
+        let mut seg = vec![0; tcp::TCP_MIN_HLEN];
+        tcp::write_header(&mut seg, 61000, 80, 7, 0, tcp::SYN, 65535);
+        tcp::fill_checksum(&mut seg, &p.vip_bytes_of(src), &p.vip_bytes());
+        (src, seg)
     }
 
     /// The inner packet is a valid SYN to the VIP, whatever the mode.
@@ -186,7 +202,11 @@ mod tests {
 
     impl DataPath {
         fn vip_bytes(&self) -> Vec<u8> {
-            match self.vip {
+            self.vip_bytes_of(self.vip)
+        }
+
+        fn vip_bytes_of(&self, a: IpAddr) -> Vec<u8> {
+            match a {
                 IpAddr::V4(a) => a.octets().to_vec(),
                 IpAddr::V6(a) => a.octets().to_vec(),
             }
@@ -198,13 +218,14 @@ mod tests {
         for v6 in [false, true] {
             let p = path(None, v6);
             let mut buf = [0; FRAME_LEN];
-            let frame = p.frame(&syn(&p), &mut buf).unwrap().to_vec();
+            let (src, seg) = syn(&p);
+            let frame = p.frame(src, IpProtocol::TCP, &seg, &mut buf).unwrap().to_vec();
             assert_eq!(&frame[..6], &p.next_hop.get());
             assert_eq!(&frame[6..12], &p.iface_mac);
             check_inner(&frame, 0, &p);
             // A moved next hop takes the next frame.
             p.next_hop.set([2, 0, 0, 0, 0, 0x12]);
-            assert_eq!(&p.frame(&syn(&p), &mut buf).unwrap()[..6], &[2, 0, 0, 0, 0, 0x12]);
+            assert_eq!(&p.frame(src, IpProtocol::TCP, &seg, &mut buf).unwrap()[..6], &[2, 0, 0, 0, 0, 0x12]);
         }
     }
 
@@ -213,7 +234,8 @@ mod tests {
         for (encap, v6) in [(Encap::Ipip, false), (Encap::Ipip, true), (Encap::Gue { port: 6080 }, false), (Encap::Gue { port: 6080 }, true)] {
             let p = path(Some(Tunnel { encap, source: IpAddr::from([0; 4]), source_prefix: if v6 { 64 } else { 24 } }), v6);
             let mut buf = [0; FRAME_LEN];
-            let frame = p.frame(&syn(&p), &mut buf).unwrap().to_vec();
+            let (src, seg) = syn(&p);
+            let frame = p.frame(src, IpProtocol::TCP, &seg, &mut buf).unwrap().to_vec();
             assert_eq!(&frame[..6], &p.next_hop.get(), "{encap:?}");
             let outer = parse::parse(&frame).unwrap();
             assert_eq!(outer.key.dst, addr16(p.backend), "{encap:?}");

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use fulcrum_dataplane::wire::{IpProtocol, ipv4, tcp};
 use fulcrum_io::epoll::{Interest, Poller};
-use fulcrum_io::sock::{self, FrameSender};
+use fulcrum_io::sock;
 
-use super::data_path::{self, DataPath, Segment};
+use super::data_path::{DataPath, Senders};
 use super::rst_guard::{self, RstGuard};
 use super::{Failure, HealthError};
 
@@ -54,9 +54,8 @@ pub struct HalfOpen {
     next_port: usize,
     /// Seed of the initial sequence numbers.
     isn_seed: u64,
-    /// Packet sockets of checks through the data path, by interface,
-    /// opened at their first check.
-    senders: Vec<(String, FrameSender)>,
+    /// Packet sockets of checks through the data path.
+    senders: Senders,
     _guard: Arc<RstGuard>,
 }
 
@@ -107,7 +106,7 @@ impl HalfOpen {
             socks[usize::from(v6)] = Some(open().map_err(HealthError::system("half-open checks: raw TCP socket"))?);
         }
         let isn_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Ok(HalfOpen { socks, waiting: vec![None; PORT_COUNT], by_slot: vec![None; slots], next_port: 0, isn_seed, senders: Vec::new(), _guard: guard })
+        Ok(HalfOpen { socks, waiting: vec![None; PORT_COUNT], by_slot: vec![None; slots], next_port: 0, isn_seed, senders: Senders::default(), _guard: guard })
     }
 
     /// Sends `slot`'s SYN to `to`, through `via` when given (`to` is then
@@ -138,15 +137,17 @@ impl HalfOpen {
     }
 
     fn send(&mut self, p: &Probe, port: u16, seq: u32, flags: u8) -> Result<(), Failure> {
+        let window = if flags & tcp::SYN != 0 { 65535 } else { 0 };
         if let (Some(path), Some(src)) = (&p.via, p.src) {
-            let seg = Segment { src: SocketAddr::new(src, port), dst: p.to, seq, ack: 0, flags };
-            let mut buf = [0u8; data_path::FRAME_LEN];
-            let frame = path.frame(&seg, &mut buf)?;
-            return self.sender(&path.iface)?.send(frame).map_err(Failure::from);
+            let mut seg = [0u8; tcp::TCP_MIN_HLEN];
+            tcp::write_header(&mut seg, port, p.to.port(), seq, 0, flags, window);
+            let (s, d) = (fulcrum_dataplane::flow::key::addr16(src), fulcrum_dataplane::flow::key::addr16(p.to.ip()));
+            let (s, d) = if src.is_ipv4() { (&s[12..], &d[12..]) } else { (&s[..], &d[..]) };
+            tcp::fill_checksum(&mut seg, s, d);
+            return self.senders.send(path, src, IpProtocol::TCP, &seg);
         }
         let fd = self.socks[usize::from(p.to.is_ipv6())].as_ref().ok_or(Failure::Os(libc::EAFNOSUPPORT))?;
         let mut buf = [0u8; V4_LEN];
-        let window = if flags & tcp::SYN != 0 { 65535 } else { 0 };
         let len = match (p.src, p.to.ip()) {
             (Some(IpAddr::V4(src)), IpAddr::V4(dst)) => {
                 let src = src.octets();
@@ -162,18 +163,6 @@ impl HalfOpen {
             }
         };
         sock::send_to(fd, &buf[..len], p.to.ip()).map_err(Failure::from)
-    }
-
-    /// The packet socket of interface `iface`.
-    fn sender(&mut self, iface: &str) -> Result<&FrameSender, Failure> {
-        let at = match self.senders.iter().position(|(name, _)| name == iface) {
-            Some(at) => at,
-            None => {
-                self.senders.push((iface.to_string(), FrameSender::open(iface)?));
-                self.senders.len() - 1
-            }
-        };
-        Ok(&self.senders[at].1)
     }
 
     /// Reads the segments queued on the `v6` socket; the checks they decide.

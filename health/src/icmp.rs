@@ -2,18 +2,23 @@
 //! (root, or CAP_NET_RAW, which the daemon has anyway for AF_XDP). The
 //! kernel filters the sockets down to echo replies (ICMP_FILTER,
 //! ICMP6_FILTER); a reply is matched to its check by source address,
-//! identifier (the check's slot) and sequence number.
+//! identifier (the check's slot) and sequence number. A check through the
+//! VIP sends its request as a frame of [`DataPath`], addressed to the VIP,
+//! from the balancer's own address, which the backend answers from the VIP.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
-use fulcrum_dataplane::wire::checksum;
+use fulcrum_dataplane::flow::key::addr16;
+use fulcrum_dataplane::wire::{IpProtocol, checksum};
 use fulcrum_io::epoll::{Interest, Poller};
 use fulcrum_io::sock;
 
 use super::Failure;
+use super::data_path::{DataPath, Senders};
 
 const ECHO_REQUEST_V4: u8 = 8;
 const ECHO_REPLY_V4: u8 = 0;
@@ -39,6 +44,8 @@ pub struct Icmp {
     waiting: HashMap<Echo, usize>,
     by_slot: Vec<Option<Echo>>,
     seq: u16,
+    /// Packet sockets of checks through the data path.
+    senders: Senders,
 }
 
 impl Icmp {
@@ -65,12 +72,14 @@ impl Icmp {
             poller.add(&fd, tokens[usize::from(v6)], Interest::Read)?;
             socks[usize::from(v6)] = Some(fd);
         }
-        Ok(Icmp { socks, waiting: HashMap::new(), by_slot: vec![None; slots], seq: 0 })
+        Ok(Icmp { socks, waiting: HashMap::new(), by_slot: vec![None; slots], seq: 0, senders: Senders::default() })
     }
 
-    /// Sends `slot`'s echo request to `to`.
-    pub fn start(&mut self, slot: usize, to: IpAddr) -> Result<(), Failure> {
+    /// Sends `slot`'s echo request to `to`, through `via` when given (`to`
+    /// is then the VIP).
+    pub fn start(&mut self, slot: usize, to: IpAddr, via: Option<&Arc<DataPath>>) -> Result<(), Failure> {
         let v6 = to.is_ipv6();
+        // The reply comes to this family's socket either way.
         let fd = self.socks[usize::from(v6)].as_ref().ok_or(Failure::Os(libc::EAFNOSUPPORT))?;
         self.seq = self.seq.wrapping_add(1);
         let echo = Echo { from: to, id: slot as u16, seq: self.seq };
@@ -79,12 +88,24 @@ impl Icmp {
         msg[4..6].copy_from_slice(&echo.id.to_be_bytes());
         msg[6..8].copy_from_slice(&echo.seq.to_be_bytes());
         msg[8..].copy_from_slice(PAYLOAD);
-        // The kernel fills the ICMPv6 checksum (it needs the source).
+        // The kernel fills the ICMPv6 checksum of what the socket sends
+        // (it needs the source).
         if !v6 {
             let c = checksum::checksum(&msg, 0);
             msg[2..4].copy_from_slice(&c.to_be_bytes());
         }
-        sock::send_to(fd, &msg, to)?;
+        match via {
+            Some(path) => {
+                let src = sock::route_source(path.backend)?;
+                let proto = if v6 { IpProtocol::ICMPV6 } else { IpProtocol::ICMP };
+                if v6 {
+                    let c = checksum::checksum(&msg, checksum::pseudo_header(&addr16(src), &addr16(to), proto, msg.len() as u32));
+                    msg[2..4].copy_from_slice(&c.to_be_bytes());
+                }
+                self.senders.send(path, src, proto, &msg)?;
+            }
+            None => sock::send_to(fd, &msg, to)?,
+        }
         self.waiting.insert(echo, slot);
         self.by_slot[slot] = Some(echo);
         Ok(())

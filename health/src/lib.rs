@@ -18,8 +18,9 @@
 //! - [`datagram`]: UDP request and reply, and DNS queries.
 //! - [`half_open`]: SYN from a raw socket, SYN-ACK expected, RST sent back
 //!   by the checker; [`rst_guard`] keeps the kernel's own RST (it knows no
-//!   such connection) off the wire with an nftables rule. With
-//!   `through_vip`, the SYN and RST go as the frames of [`data_path`].
+//!   such connection) off the wire with an nftables rule.
+//! - [`data_path`]: with `through_vip`, the echo requests, SYNs and RSTs
+//!   of the checks above go to the VIP as frames of the data path.
 
 pub mod data_path;
 pub mod datagram;

@@ -201,7 +201,8 @@ impl Drop for HealthMonitor {
 
 /// What a slot's check sends, prepared once.
 enum Prepared {
-    Icmp(IpAddr),
+    /// To the backend, or to the VIP through the backend's data path.
+    Icmp(IpAddr, Option<Arc<DataPath>>),
     Connect(SocketAddr),
     /// To the backend, or to the VIP through the backend's data path.
     HalfOpen(SocketAddr, Option<Arc<DataPath>>),
@@ -214,7 +215,10 @@ impl Prepared {
     fn new(check: &HealthCheck, via: Option<DataPath>, tls: &mut TlsConfigs) -> Result<Prepared, HealthError> {
         let to = |port| SocketAddr::new(check.address, port);
         Ok(match &check.probe {
-            Probe::Icmp => Prepared::Icmp(check.address),
+            Probe::Icmp => match via {
+                Some(path) => Prepared::Icmp(path.vip, Some(Arc::new(path))),
+                None => Prepared::Icmp(check.address, None),
+            },
             Probe::TcpConnect { port } => Prepared::Connect(to(*port)),
             Probe::TcpHalfOpen { port } => match via {
                 Some(path) => Prepared::HalfOpen(SocketAddr::new(path.vip, *port), Some(Arc::new(path))),
@@ -332,7 +336,7 @@ impl Runner {
             }
             fam
         };
-        let icmp_families = families(|p| if let Prepared::Icmp(a) = p { Some(*a) } else { None });
+        let icmp_families = families(|p| if let Prepared::Icmp(a, _) = p { Some(*a) } else { None });
         let syn_families = families(|p| if let Prepared::HalfOpen(a, _) = p { Some(a.ip()) } else { None });
         let poller = Poller::new(EVENTS).map_err(HealthError::system("health checks: epoll"))?;
         let icmp = match icmp_families {
@@ -421,7 +425,7 @@ impl Runner {
         self.timers.push(Reverse((s.due, slot, Timer::Start)));
         self.timers.push(Reverse((now + s.timeout, slot, Timer::Deadline(s.attempt))));
         let started = match &s.probe {
-            Prepared::Icmp(to) => self.icmp.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to)),
+            Prepared::Icmp(to, via) => self.icmp.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to, via.as_ref())),
             Prepared::HalfOpen(to, via) => self.half_open.as_mut().map_or(Err(Failure::Os(libc::EAFNOSUPPORT)), |c| c.start(slot, *to, via.as_ref())),
             Prepared::Connect(to) | Prepared::Http(to, _) => self.streams.start(slot, *to, None, &self.poller),
             Prepared::Https(to, _, config, name) => match ClientConnection::new(Arc::clone(config), name.clone()) {
@@ -441,7 +445,7 @@ impl Runner {
             return;
         }
         match self.slots[slot].probe {
-            Prepared::Icmp(_) => self.icmp.iter_mut().for_each(|c| c.abandon(slot)),
+            Prepared::Icmp(..) => self.icmp.iter_mut().for_each(|c| c.abandon(slot)),
             Prepared::HalfOpen(..) => self.half_open.iter_mut().for_each(|c| c.abandon(slot)),
             Prepared::Connect(_) | Prepared::Http(..) | Prepared::Https(..) => self.streams.abandon(slot),
             Prepared::Datagram(..) => self.datagrams.abandon(slot),

@@ -45,8 +45,13 @@ fn addr(lab: &Lab, i: usize, vip: IpAddr) -> IpAddr {
 /// Waits for the `n`-th "is `state`" line of backend `i` of `vip`; how
 /// long that took. Panics with the daemon's output if it does not come.
 fn wait_health(d: &Proc, lab: &Lab, vip: IpAddr, i: usize, state: &str, n: usize, timeout: Duration) -> (Duration, String) {
+    wait_health_of(d, &vip_name(vip), addr(lab, i, vip), state, n, timeout)
+}
+
+/// `wait_health` for the VIP named `vip` as the daemon names it.
+fn wait_health_of(d: &Proc, vip: &str, backend: IpAddr, state: &str, n: usize, timeout: Duration) -> (Duration, String) {
     let t0 = Instant::now();
-    let needle = format!("health: vip {} backend {} is {state}", vip_name(vip), addr(lab, i, vip));
+    let needle = format!("health: vip {vip} backend {backend} is {state}");
     let line = d.wait_for_nth_line(|l| l.contains(&needle), n, timeout).unwrap_or_else(|| panic!("no `{needle}` (#{n}) within {timeout:?}:\n{}", d.output()));
     (t0.elapsed(), line)
 }
@@ -425,13 +430,13 @@ fn a_health_policy_plugin_decides() {
 const THROUGH_VIP_DETECT: Duration = Duration::from_millis(2 * (FALL * INTERVAL_MS + TIMEOUT_MS));
 
 /// A dsr or tunnel lab (backends own the VIP; tunnel ones decapsulate)
-/// whose TCP VIPs are checked half-open through the VIP; the daemon
-/// running; the decapsulators, by backend.
+/// whose VIPs are checked through the VIP, TCP ones half-open and UDP ones
+/// by ICMP echo; the daemon running; the decapsulators, by backend.
 fn through_vip(mode: LabMode) -> (Lab, Vec<Proc>, Proc, daemon::TempConfig) {
     require_root();
     let mut lab = Lab::new(mode.topology()).expect("lab");
     let decaps = daemon::prepare(&mut lab, mode, SERVER.as_ref()).expect("backend set-up");
-    let config = daemon::config_with(&lab, mode, |_, proto| if proto == "tcp" { health("tcp-half-open", "through_vip = true\n") } else { String::new() });
+    let config = daemon::config_with(&lab, mode, |_, proto| health(if proto == "tcp" { "tcp-half-open" } else { "icmp" }, "through_vip = true\n"));
     let (d, file) = daemon::start(&lab, &config).expect("daemon");
     (lab, decaps, d, file)
 }
@@ -448,6 +453,14 @@ fn healthy_rounds_pass(lab: &Lab, d: &Proc) {
         assert_eq!(syn_recv.trim(), "", "{}: half-open connections left", b.name);
         assert_eq!(syn_retransmits(lab, &b.ns), before, "{}: SYN-ACKs were retransmitted", b.name);
     }
+}
+
+/// Waits until backend 1 (index 0) of the UDP VIP on port 7 of `vip`'s
+/// family is down after echo requests through the VIP timed out.
+fn udp_backend1_down(d: &Proc, lab: &Lab, vip: IpAddr) {
+    let name = fulcrum_dataplane::services::vip_name(vip, IpProtocol::UDP, 7);
+    let (_, line) = wait_health_of(d, &name, addr(lab, 0, vip), "down", 1, THROUGH_VIP_DETECT);
+    assert!(line.contains("timed out"), "{line}");
 }
 
 /// Real flows to `vip`: every one served, none by `gone`.
@@ -476,6 +489,7 @@ fn through_vip_checks_take_down_a_dsr_backend_without_the_vip() {
     for vip in vips {
         let (_, line) = wait_health(&d, &lab, vip, 0, "down", 1, THROUGH_VIP_DETECT);
         assert!(line.contains("timed out"), "{line}");
+        udp_backend1_down(&d, &lab, vip);
     }
     for vip in vips {
         served_without(&lab, vip, "backend1");
@@ -533,6 +547,7 @@ fn through_vip_checks_take_down_a_tunnel_backend_that_stopped_decapsulating() {
         for vip in vips {
             let (_, line) = wait_health(&d, &lab, vip, 0, "down", 1, THROUGH_VIP_DETECT);
             assert!(line.contains("timed out"), "{mode:?}: {line}");
+            udp_backend1_down(&d, &lab, vip);
             served_without(&lab, vip, "backend1");
         }
         let out = daemon::stop(d).expect("daemon stop");

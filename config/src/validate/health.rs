@@ -76,8 +76,8 @@ impl Checker<'_> {
         }
         let mut settings = self.check_settings(ctx, raw, h.span());
         if let Some(field) = &raw.through_vip
-            && settings.as_ref().is_some_and(|s| s.through_vip)
-            && !self.through_vip_applies(ctx, field.span(), protocol, mode)
+            && let Some(s) = settings.as_ref().filter(|s| s.through_vip)
+            && !self.through_vip_applies(ctx, field.span(), protocol, mode, matches!(s.shape, Shape::Icmp))
         {
             settings = None;
         }
@@ -150,14 +150,16 @@ impl Checker<'_> {
 
     /// Whether `through_vip = true` fits the VIP; reports why not.
     /// (The kind is checked with the other settings.)
-    fn through_vip_applies(&mut self, ctx: &str, span: Range<usize>, protocol: Option<Protocol>, mode: Option<ModeName>) -> bool {
+    fn through_vip_applies(&mut self, ctx: &str, span: Range<usize>, protocol: Option<Protocol>, mode: Option<ModeName>, icmp: bool) -> bool {
         let why = match (mode, protocol) {
             (Some(m @ (ModeName::Nat | ModeName::FullNat)), _) => {
                 format!(
                     "health.through_vip applies to dsr, ipip and gue VIPs (whose backends own the VIP), not to mode {m}: nat checks already go where flows go"
                 )
             }
-            (_, Some(Protocol::Udp)) => "health.through_vip needs a tcp VIP: the check is a TCP SYN to the VIP's port".to_string(),
+            (_, Some(Protocol::Udp)) if !icmp => {
+                "health.through_vip of a udp VIP needs kind icmp: a tcp-half-open check is a TCP SYN to the VIP's port".to_string()
+            }
             _ => return true,
         };
         self.r.error(span, ctx, why);
@@ -253,11 +255,11 @@ impl Checker<'_> {
         let dns = self.dns(ctx, raw);
         let port = optional(&raw.port, |v| self.int(ctx, "health.port", v, 1..=u16::MAX));
         let through_vip = optional(&raw.through_vip, |v| match self.flag(ctx, "health.through_vip", v)? {
-            true if kind.is_some_and(|k| k != TcpHalfOpen) => self.fail(
+            true if kind.is_some_and(|k| !matches!(k, TcpHalfOpen | Icmp)) => self.fail(
                 v.span(),
                 ctx,
                 format!(
-                    "health.through_vip needs kind tcp-half-open, got {}: the check is sent as raw frames, so it must be a bare SYN",
+                    "health.through_vip needs kind tcp-half-open or icmp, got {}: the check is sent as raw frames, a bare SYN or an echo request",
                     kind.map_or("", |k| k.name())
                 ),
             ),

@@ -54,7 +54,7 @@ fn expect_states(ns: &str, cases: Vec<Case>) {
     let members = cases
         .iter()
         .enumerate()
-        .map(|(i, c)| Member { backend: i as u16, ident: i as u64, weight: 1, up: c.expect.is_some(), check: c.check.clone() })
+        .map(|(i, c)| Member { backend: i as u16, ident: i as u64, weight: 1, up: c.expect.is_some(), check: c.check.clone(), via: None })
         .collect();
     let pools = vec![Pool { vip: 0, policy: Box::new(RiseFall), members }];
     let monitor =

@@ -17,6 +17,7 @@ pub struct Config {
     pub topology: Topology,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    pub plugins: Plugins,
     /// In file order.
     pub vips: Vec<Vip>,
     /// Flow sync with the other balancer of a pair; `None`: standalone.
@@ -24,6 +25,34 @@ pub struct Config {
     /// Announcing the VIPs to routers through a BGP speaker; `None`: the
     /// VIPs are routed to this balancer some other way.
     pub bgp: Option<Bgp>,
+}
+
+/// `[plugins]`: what compiling one plugin module may cost. Compiling runs
+/// on a thread of its own, never on a worker or the control thread; these
+/// bound how long a reload or `fulcrum plugin load` waits on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plugins {
+    /// Largest `.wasm` file accepted, in bytes.
+    pub max_module_bytes: u64,
+    /// Most functions a module may define (compile time grows with them).
+    pub max_functions: u32,
+    /// Longest a compile may take before the load is refused.
+    pub compile_timeout: Duration,
+}
+
+impl Plugins {
+    /// The shipped plugins are 20-200 KiB and define at most a few hundred
+    /// functions, compiled in 3-14 ms. 8 MiB refuses a wrong file before it
+    /// is compiled; 10,000 functions compile in about a second (release
+    /// build, one core); 5 s is far above that, short enough that a reload
+    /// never waits long on a hostile module.
+    pub const DEFAULT: Plugins = Plugins { max_module_bytes: 8 << 20, max_functions: 10_000, compile_timeout: Duration::from_secs(5) };
+}
+
+impl Default for Plugins {
+    fn default() -> Plugins {
+        Plugins::DEFAULT
+    }
 }
 
 /// `[bgp]`: which speaker announces the VIPs, and how.

@@ -64,6 +64,14 @@ pub(crate) struct RawBgp {
 }
 
 #[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([plugins])")]
+pub(crate) struct RawPlugins {
+    pub max_module_bytes: Field,
+    pub max_functions: Field,
+    pub compile_timeout: Field,
+}
+
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([timeouts])")]
 pub(crate) struct RawTimeouts {
     pub tcp_syn: Field,

@@ -126,7 +126,7 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
     assert_eq!(
         e,
         [
-            "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
+            "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `plugins`, `vip`, `sync`, `bgp`",
             "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`, `through_vip`",
@@ -144,7 +144,7 @@ fn names_from_the_file_are_escaped() {
     assert_eq!(
         all,
         [
-            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`",
+            "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `plugins`, `vip`, `sync`, `bgp`",
             "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
         ]
         .join("\n")
@@ -857,6 +857,7 @@ fn defaults() {
                 udp: Duration::from_secs(300),
                 snat_reuse: Duration::from_secs(60),
             },
+            plugins: Plugins { max_module_bytes: 8 << 20, max_functions: 10_000, compile_timeout: Duration::from_secs(5) },
             vips: vec![],
             sync: None,
             bgp: None,
@@ -1017,5 +1018,20 @@ fn bgp_and_the_shutdown_grace_name_the_field() {
     assert_eq!(
         errors("[bgp]\nnext_hop = \"224.0.0.1\"\n"),
         ["fulcrum.toml:4: bgp: speaker is required", "fulcrum.toml:5: bgp: next_hop must be a unicast address, got 224.0.0.1 (multicast)",]
+    );
+}
+
+#[test]
+fn plugin_compile_limits_name_the_field() {
+    let c = valid("[plugins]\nmax_module_bytes = 1048576\nmax_functions = 500\ncompile_timeout = \"2s\"\n");
+    assert_eq!(c.plugins, Plugins { max_module_bytes: 1 << 20, max_functions: 500, compile_timeout: Duration::from_secs(2) });
+    assert_eq!(
+        errors("[plugins]\nmax_module_bytes = \"8M\"\nmax_functions = 0\ncompile_timeout = \"1h\"\nmax_memory = 1\n"),
+        [
+            "fulcrum.toml:5: plugins: max_module_bytes must be an integer 1024..=67108864, got \"8M\"",
+            "fulcrum.toml:6: plugins: max_functions must be 1..=1000000, got 0",
+            "fulcrum.toml:7: plugins: compile_timeout must be between 100ms and 10m, got 1h",
+            "fulcrum.toml:8: plugins: unknown field `max_memory`, expected one of `max_module_bytes`, `max_functions`, `compile_timeout`",
+        ]
     );
 }

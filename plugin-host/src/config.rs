@@ -50,6 +50,26 @@ pub struct HostConfig {
     /// `quarantine_window` (a sliding window).
     pub quarantine_faults: u32,
     pub quarantine_window: Duration,
+    /// What compiling a module may cost.
+    pub compile: CompileLimits,
+}
+
+/// Limits checked before and while a module compiles (the daemon's
+/// `[plugins]` section). Compile time grows with the module's size and
+/// its function count; both are checked before compiling, and the compile
+/// itself runs on a thread of its own that the loader stops waiting for
+/// after `timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct CompileLimits {
+    pub max_module_bytes: usize,
+    pub max_functions: u32,
+    pub timeout: Duration,
+}
+
+impl Default for CompileLimits {
+    fn default() -> CompileLimits {
+        CompileLimits { max_module_bytes: 8 << 20, max_functions: 10_000, timeout: Duration::from_secs(5) }
+    }
 }
 
 impl Default for HostConfig {
@@ -69,6 +89,7 @@ impl Default for HostConfig {
             update_cpu_limit: Duration::from_secs(1),
             quarantine_faults: 8,
             quarantine_window: Duration::from_secs(10),
+            compile: CompileLimits::default(),
         }
     }
 }

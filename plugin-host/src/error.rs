@@ -2,6 +2,7 @@
 //! module at load time ([`LoadError`]).
 
 use std::fmt;
+use std::time::Duration;
 
 use wasmtime::Trap;
 
@@ -103,6 +104,20 @@ pub enum LoadError {
     NotWasm,
     /// Not a valid WebAssembly core module (or one wasmtime cannot compile).
     Compile(String),
+    /// Larger than `CompileLimits::max_module_bytes`.
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+    /// Defines more functions than `CompileLimits::max_functions`.
+    TooManyFunctions {
+        count: u64,
+        limit: u32,
+    },
+    /// Still compiling after `CompileLimits::timeout`.
+    CompileTimeout(Duration),
+    /// A compile given up on earlier is still running.
+    CompileBusy,
     Precompiled,
     Import {
         module: String,
@@ -135,6 +150,16 @@ impl fmt::Display for LoadError {
             LoadError::Runtime(e) => write!(f, "cannot set up the plugin runtime: {e}"),
             LoadError::NotWasm => f.write_str("not a WebAssembly module (no \\0asm header): give the plugin's .wasm file"),
             LoadError::Compile(e) => write!(f, "not a valid WebAssembly core module: {e}"),
+            LoadError::TooLarge { size, limit } => {
+                write!(f, "module is {size} bytes, above the limit of {limit} bytes (plugins.max_module_bytes)")
+            }
+            LoadError::TooManyFunctions { count, limit } => {
+                write!(f, "module defines {count} functions, above the limit of {limit} (plugins.max_functions)")
+            }
+            LoadError::CompileTimeout(after) => {
+                write!(f, "module still compiling after {} (plugins.compile_timeout): refused", humantime_ms(*after))
+            }
+            LoadError::CompileBusy => f.write_str("a module that ran past plugins.compile_timeout is still compiling: try again once it is done"),
             LoadError::Precompiled => f.write_str("precompiled (.cwasm) modules are not accepted: load the .wasm file"),
             LoadError::Import { module, name } => {
                 write!(f, "plugin imports `{module}.{name}`: plugins may import nothing (no WASI, no host functions)")
@@ -157,3 +182,11 @@ impl fmt::Display for LoadError {
 }
 
 impl std::error::Error for LoadError {}
+
+/// "5s", "250ms": a limit as the configuration writes it.
+fn humantime_ms(d: Duration) -> String {
+    match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}

@@ -41,7 +41,7 @@ mod runtime;
 mod slot;
 
 pub use abi::ABI_VERSION;
-pub use config::HostConfig;
+pub use config::{CompileLimits, HostConfig};
 pub use error::{Fault, FaultKind, LoadError};
 pub use health_policy::HealthPolicy;
 pub use runtime::{Plugin, PluginRuntime, module_hash};

@@ -1,11 +1,14 @@
 //! The wasmtime engine the plugins run on, and loading a plugin: compile,
 //! check it against the ABI, instantiate it once and smoke-test it. All of
-//! this happens on the control thread, never on a worker.
+//! this happens on the thread that prepares a load, never on a worker; the
+//! compile itself on a thread of its own, waited for at most
+//! `CompileLimits::timeout`.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use fulcrum_dataplane::flow::FlowKey;
@@ -14,7 +17,7 @@ use fulcrum_dataplane::wire::IpProtocol;
 use wasmtime::{Config, Engine, ExternType, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, ValType};
 
 use crate::abi;
-use crate::config::HostConfig;
+use crate::config::{CompileLimits, HostConfig};
 use crate::error::LoadError;
 use crate::instance::{Compiled, Live};
 
@@ -23,6 +26,10 @@ use crate::instance::{Compiled, Live};
 pub struct PluginRuntime {
     engine: Engine,
     cfg: HostConfig,
+    /// Compiles given up on (past `CompileLimits::timeout`) and still
+    /// running: while one runs, no other compile starts, so an operator
+    /// retrying a hostile module cannot pile compiles up on the cores.
+    late_compiles: Arc<AtomicUsize>,
     /// Stops (and joins) the ticker when the last plugin is gone.
     _ticker: Ticker,
 }
@@ -80,7 +87,7 @@ impl PluginRuntime {
                 })
                 .map_err(|e| LoadError::Runtime(format!("cannot start the epoch ticker: {e}")))?
         };
-        Ok(Arc::new(PluginRuntime { engine, cfg, _ticker: Ticker { stop, thread: Some(thread) } }))
+        Ok(Arc::new(PluginRuntime { engine, cfg, late_compiles: Arc::default(), _ticker: Ticker { stop, thread: Some(thread) } }))
     }
 
     pub fn config(&self) -> &HostConfig {
@@ -114,7 +121,7 @@ impl PluginRuntime {
         if Engine::detect_precompiled(wasm).is_some() {
             return Err(LoadError::Precompiled);
         }
-        let module = Module::from_binary(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let module = self.compile_module(wasm)?;
         let shape = check_module(&module, wasm, self.cfg.memory_limit)?;
         let pre = Linker::new(&self.engine).instantiate_pre(&module).map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
         let module = Compiled { pre, has_update: shape.update, has_health: shape.health };
@@ -122,6 +129,58 @@ impl PluginRuntime {
         let inner =
             PluginInner { name: name.to_string(), hash: module_hash(wasm), runtime: Arc::clone(self), module, cap, update_off_worker: AtomicBool::new(false) };
         Ok(Plugin(Arc::new(inner)))
+    }
+}
+
+impl PluginRuntime {
+    /// Checks the module's size and function count against the limits,
+    /// then compiles it on a thread of its own and waits for it at most
+    /// `CompileLimits::timeout`. A compile given up on cannot be stopped:
+    /// it runs to its end and its result is dropped.
+    fn compile_module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        let limits: CompileLimits = self.cfg.compile;
+        if wasm.len() > limits.max_module_bytes {
+            return Err(LoadError::TooLarge { size: wasm.len(), limit: limits.max_module_bytes });
+        }
+        let functions = function_count(wasm);
+        if functions > u64::from(limits.max_functions) {
+            return Err(LoadError::TooManyFunctions { count: functions, limit: limits.max_functions });
+        }
+        if self.late_compiles.load(Ordering::Acquire) > 0 {
+            return Err(LoadError::CompileBusy);
+        }
+        const RUNNING: u8 = 0;
+        const DONE: u8 = 1;
+        const ABANDONED: u8 = 2;
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (engine, bytes, late) = (self.engine.clone(), wasm.to_vec(), Arc::clone(&self.late_compiles));
+        let thread_state = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("wasm-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Module::from_binary(&engine, &bytes));
+                if thread_state.swap(DONE, Ordering::AcqRel) == ABANDONED {
+                    late.fetch_sub(1, Ordering::AcqRel);
+                }
+            })
+            .map_err(|e| LoadError::Runtime(format!("cannot start a compile thread: {e}")))?;
+        let result = match rx.recv_timeout(limits.timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Counted before it is marked, so that the thread's
+                // decrement never comes first.
+                self.late_compiles.fetch_add(1, Ordering::AcqRel);
+                if state.swap(ABANDONED, Ordering::AcqRel) == RUNNING {
+                    return Err(LoadError::CompileTimeout(limits.timeout));
+                }
+                // It finished at the deadline: its result is there.
+                self.late_compiles.fetch_sub(1, Ordering::AcqRel);
+                rx.recv().map_err(|_| LoadError::Runtime("the compile thread ended without a result".into()))?
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(LoadError::Runtime("the compile thread ended without a result".into())),
+        };
+        result.map_err(|e| LoadError::Compile(format!("{e:#}")))
     }
 }
 
@@ -185,20 +244,34 @@ fn all_i32(mut tys: impl Iterator<Item = ValType>) -> bool {
     tys.all(|t| matches!(t, ValType::I32))
 }
 
+/// A module's sections, each as its id and contents, from its headers
+/// alone: a walk that stops at the first header pointing past the end, so
+/// it runs on bytes wasmtime has not validated yet.
+fn sections(wasm: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut pos = 8; // magic and version
+    std::iter::from_fn(move || {
+        let &id = wasm.get(pos)?;
+        let (size, len) = leb128_u32(&wasm[pos + 1..]);
+        let start = pos + 1 + len;
+        let body = wasm.get(start..start.checked_add(size as usize)?)?;
+        pos = start + body.len();
+        Some((id, body))
+    })
+}
+
 /// Whether a module (already validated by wasmtime) has a start section:
-/// wasmtime's API does not say, and it is one walk over the section
-/// headers.
+/// wasmtime's API does not say.
 fn has_start_section(wasm: &[u8]) -> bool {
     const START: u8 = 8;
-    let mut pos = 8; // magic and version
-    while let Some(&id) = wasm.get(pos) {
-        let (size, len) = leb128_u32(&wasm[pos + 1..]);
-        if id == START {
-            return true;
-        }
-        pos += 1 + len + size as usize;
-    }
-    false
+    sections(wasm).any(|(id, _)| id == START)
+}
+
+/// How many functions a module defines, as its function section declares
+/// (read before compiling: what compile time grows with); 0 if it has
+/// none or it is malformed, which compiling then refuses.
+fn function_count(wasm: &[u8]) -> u64 {
+    const FUNCTION: u8 = 3;
+    sections(wasm).find(|(id, _)| *id == FUNCTION).map_or(0, |(_, body)| u64::from(leb128_u32(body).0))
 }
 
 /// An unsigned LEB128 (at most 5 bytes): the value and its length.
@@ -302,6 +375,18 @@ mod tests {
         assert!(has_start_section(&with_start));
         assert!(!has_start_section(&with_start[..14]));
         assert!(!has_start_section(header));
+    }
+
+    #[test]
+    fn functions_are_counted_from_the_function_section() {
+        let header = b"\0asm\x01\0\0\0";
+        // A type section, then a function section declaring 300 functions
+        // (LEB128 0xac 0x02) whose indexes are cut short.
+        let module = [&header[..], &[1, 4, 1, 0x60, 0, 0], &[3, 4, 0xac, 0x02, 0, 0]].concat();
+        assert_eq!(function_count(&module), 300);
+        // A header that points past the end stops the walk.
+        assert_eq!(function_count(&module[..module.len() - 1]), 0);
+        assert_eq!(function_count(header), 0);
     }
 
     #[test]

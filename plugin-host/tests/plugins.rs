@@ -19,10 +19,11 @@ use fulcrum_dataplane::wire::tcp::{ACK, RST, SYN};
 use fulcrum_dataplane::{Backend, Engine, EngineConfig, Mode, Verdict};
 use fulcrum_plugin_host::replay::{self, ReplayOptions};
 use fulcrum_plugin_host::{
-    Fallbacks, FaultKind, HealthPolicy, HostConfig, LastFault, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler,
+    CompileLimits, Fallbacks, FaultKind, HealthPolicy, HostConfig, LastFault, LoadError, Plugin, PluginRuntime, PluginSlot, PluginStats, WasmScheduler,
 };
 use fulcrum_testing::one_vip::{CLIENT, backend, backend_of, engine, frame, frame_from, ip, send, services};
 use fulcrum_testing::plugins::shipped;
+use fulcrum_testing::wasm::{self as hand, Func, HEADER, func, i32_const, module};
 
 /// Where scripts/build-plugins.sh put a module.
 fn module_path(name: &str) -> PathBuf {
@@ -386,10 +387,10 @@ fn what_fuel_does_not_stop_the_stack_limit_and_the_cpu_limit_do() {
     // The SDK's shadow stack runs below address 0.
     assert_eq!(fault(&wasm("hostile-stack-overflow")), "`lb_pick` trapped: wasm trap: out of bounds memory access");
     // Plain recursion (local.get 0; call lb_pick) hits max_wasm_stack.
-    let recurse = hand_plugin(vec![func("lb_pick", 1, 1, vec![0x20, 0, 0x10, 3])], HEADER);
+    let recurse = hand::plugin(vec![func("lb_pick", 1, 1, vec![0x20, 0, 0x10, 3])], HEADER);
     assert_eq!(fault(&recurse), "`lb_pick` trapped: wasm trap: call stack exhausted");
     // loop br 0 end; i32.const 0: the CPU-time limit ends it.
-    let spin = hand_plugin(vec![func("lb_pick", 1, 1, vec![0x03, 0x40, 0x0c, 0, 0x0b, 0x41, 0])], HEADER);
+    let spin = hand::plugin(vec![func("lb_pick", 1, 1, vec![0x03, 0x40, 0x0c, 0, 0x0b, 0x41, 0])], HEADER);
     assert_eq!(fault(&spin), "`lb_pick` ran past its CPU-time limit");
 }
 
@@ -504,136 +505,31 @@ fn no_plugin_published_means_maglev() {
 
 // ---- hand-made modules, for the checks no SDK plugin can fail ----
 
-/// A function of a hand-made module: all parameters and results i32.
-struct Func {
-    export: Option<&'static str>,
-    params: usize,
-    results: usize,
-    body: Vec<u8>,
-}
-
-fn func(export: &'static str, params: usize, results: usize, body: Vec<u8>) -> Func {
-    Func { export: Some(export), params, results, body }
-}
-
-fn uleb(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        out.push(if v == 0 { byte } else { byte | 0x80 });
-        if v == 0 {
-            return;
-        }
-    }
-}
-
-/// `i32.const v` (signed LEB128).
-fn i32_const(v: i32) -> Vec<u8> {
-    let (mut out, mut v) = (vec![0x41], i64::from(v));
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        let done = (v == 0 && byte & 0x40 == 0) || (v == -1 && byte & 0x40 != 0);
-        out.push(if done { byte } else { byte | 0x80 });
-        if done {
-            return out;
-        }
-    }
-}
-
-fn section(id: u8, items: Vec<Vec<u8>>, out: &mut Vec<u8>) {
-    let mut body = Vec::new();
-    uleb(items.len() as u64, &mut body);
-    body.extend(items.concat());
-    out.push(id);
-    uleb(body.len() as u64, out);
-    out.extend(body);
-}
-
-fn name(s: &str) -> Vec<u8> {
-    let mut v = vec![s.len() as u8];
-    v.extend(s.as_bytes());
-    v
-}
-
-/// One exported 1-page memory holding `data` at address 0, the functions,
-/// optionally a start function.
-fn module(funcs: &[Func], data: &[u8], start: Option<u32>) -> Vec<u8> {
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    section(
-        1,
-        funcs.iter().map(|f| [vec![0x60, f.params as u8], vec![0x7f; f.params], vec![f.results as u8], vec![0x7f; f.results]].concat()).collect(),
-        &mut m,
-    );
-    section(3, (0..funcs.len() as u8).map(|i| vec![i]).collect(), &mut m);
-    section(5, vec![vec![0, 1]], &mut m);
-    let mut exports = vec![[name("memory"), vec![2, 0]].concat()];
-    exports.extend(funcs.iter().enumerate().filter_map(|(i, f)| Some([name(f.export?), vec![0, i as u8]].concat())));
-    section(7, exports, &mut m);
-    if let Some(s) = start {
-        m.extend([8, 1, s as u8]);
-    }
-    let code = funcs
-        .iter()
-        .map(|f| {
-            let body = [vec![0], f.body.clone(), vec![0x0b]].concat();
-            let mut v = Vec::new();
-            uleb(body.len() as u64, &mut v);
-            v.extend(body);
-            v
-        })
-        .collect();
-    section(10, code, &mut m);
-    let mut segment = [vec![0], i32_const(0), vec![0x0b]].concat();
-    uleb(data.len() as u64, &mut segment);
-    segment.extend(data);
-    section(11, vec![segment], &mut m);
-    m
-}
-
-/// A minimal valid plugin: state at 0 with 4 rows, always declines;
-/// `extra` functions are appended, and replace those of the same export.
-fn hand_plugin(extra: Vec<Func>, header: [u32; 4]) -> Vec<u8> {
-    let mut funcs = vec![
-        func("lb_abi_version", 0, 1, i32_const(1)),
-        func("lb_state_ptr", 0, 1, i32_const(0)),
-        func("lb_state_cap", 0, 1, i32_const(4)),
-        func("lb_pick", 1, 1, i32_const(-1)),
-    ];
-    for f in extra {
-        funcs.retain(|g| f.export.is_none() || g.export != f.export);
-        funcs.push(f);
-    }
-    module(&funcs, &header.map(u32::to_le_bytes).concat(), None)
-}
-
-const HEADER: [u32; 4] = [u32::from_le_bytes(*b"FLCM"), 1, 4, 32];
-
 #[test]
 fn hand_made_modules_that_break_the_abi_are_refused_with_the_reason() {
     let compile = |wasm: &[u8]| runtime().compile("hand", wasm).map(|_| ()).map_err(|e| e.to_string());
-    assert_eq!(compile(&hand_plugin(vec![], HEADER)), Ok(()));
+    assert_eq!(compile(&hand::plugin(vec![], HEADER)), Ok(()));
     let with_start = [func("lb_abi_version", 0, 1, i32_const(1)), Func { export: None, params: 0, results: 0, body: vec![] }];
     assert_eq!(compile(&module(&with_start, &[], Some(1))), Err("plugin has a start function, which the ABI forbids".into()));
     assert_eq!(
-        compile(&hand_plugin(vec![func("lb_heath", 7, 1, i32_const(0))], HEADER)),
+        compile(&hand::plugin(vec![func("lb_heath", 7, 1, i32_const(0))], HEADER)),
         Err("plugin exports unknown function `lb_heath` (ABI v1 functions: lb_abi_version, lb_state_ptr, lb_state_cap, lb_pick, lb_update, lb_health)".into())
     );
     assert_eq!(
-        compile(&hand_plugin(vec![func("lb_pick", 2, 1, i32_const(0))], HEADER)),
+        compile(&hand::plugin(vec![func("lb_pick", 2, 1, i32_const(0))], HEADER)),
         Err("plugin export `lb_pick` has type (i32, i32) -> (i32), the ABI says (i32) -> (i32)".into())
     );
     assert_eq!(compile(&module(&[func("lb_abi_version", 0, 1, i32_const(1))], &[], None)), Err("plugin does not export `lb_state_ptr`".into()));
     assert_eq!(
-        compile(&hand_plugin(vec![func("lb_state_ptr", 0, 1, i32_const(4))], HEADER)),
+        compile(&hand::plugin(vec![func("lb_state_ptr", 0, 1, i32_const(4))], HEADER)),
         Err("plugin state region: address 0x4 is not 8-byte aligned".into())
     );
     assert_eq!(
-        compile(&hand_plugin(vec![], [HEADER[0], 1, 5, 32])),
+        compile(&hand::plugin(vec![], [HEADER[0], 1, 5, 32])),
         Err("plugin state header: read magic 0x4d434c46, version 1, cap 5, row size 32; expected magic 0x4d434c46, version 1, cap 4, row size 32".into())
     );
     assert_eq!(
-        compile(&hand_plugin(vec![func("lb_state_cap", 0, 1, i32_const(0))], HEADER)),
+        compile(&hand::plugin(vec![func("lb_state_cap", 0, 1, i32_const(0))], HEADER)),
         Err("plugin state region: lb_state_cap() is 0: no room for a backend".into())
     );
 }
@@ -668,7 +564,7 @@ fn the_health_policy_comes_from_the_plugin_or_native_rise_fall() {
 
     // A verdict with reserved bits set is a fault: the state stays, and
     // after K of them the native rule takes over.
-    let bad = hand_plugin(vec![func("lb_health", 7, 1, i32_const(1 << 17))], HEADER);
+    let bad = hand::plugin(vec![func("lb_health", 7, 1, i32_const(1 << 17))], HEADER);
     let slot = published(runtime().load("bad-health", &bad, &pool).unwrap());
     let mut policy = HealthPolicy::new(&slot);
     let mut b = BackendHealth::new(up8);
@@ -795,4 +691,30 @@ fn replay_refuses_bad_options_and_reports_load_errors() {
         "weights given up to backend 2, but there are 2 (0..1)"
     );
     assert_eq!(err(ReplayOptions::default(), "hostile-bad-abi-version"), "plugin abi version 2, this host speaks 1");
+}
+
+#[test]
+fn modules_past_the_compile_limits_are_refused_naming_the_limit() {
+    let compile = CompileLimits { max_module_bytes: 1 << 20, max_functions: 1000, timeout: Duration::from_millis(1) };
+    let rt = PluginRuntime::new(HostConfig { max_instances: 4, compile, ..HostConfig::default() }).unwrap();
+    let err = |wasm: &[u8]| rt.compile("bloated", wasm).map(drop).unwrap_err().to_string();
+    let large = hand::bloated_plugin(400, 1000);
+    assert_eq!(err(&large), format!("module is {} bytes, above the limit of 1048576 bytes (plugins.max_module_bytes)", large.len()));
+    assert_eq!(err(&hand::bloated_plugin(2000, 1)), "module defines 2004 functions, above the limit of 1000 (plugins.max_functions)");
+    // Within both limits, but no compile of 200 functions ends within 1 ms.
+    assert_eq!(err(&hand::bloated_plugin(200, 20)), "module still compiling after 1ms (plugins.compile_timeout): refused");
+    // The compile given up on runs on; none starts until it ends.
+    let small = hand::plugin(vec![], HEADER);
+    assert_eq!(err(&small), "a module that ran past plugins.compile_timeout is still compiling: try again once it is done");
+    let t = Instant::now();
+    let compiled = loop {
+        match rt.compile("small", &small) {
+            Err(LoadError::CompileBusy) => assert!(t.elapsed() < Duration::from_secs(120), "the late compile never ended"),
+            // Started: compiled, or (1 ms is short) given up on in turn.
+            other => break other.map(drop).map_err(|e| e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(compiled.as_ref().map_or_else(|e| e.contains("plugins.compile_timeout"), |()| true), "{compiled:?}");
+    eprintln!("the late compile ended after {:?}", t.elapsed());
 }

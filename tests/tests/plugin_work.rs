@@ -1,9 +1,11 @@
 //! What plugin work costs the data path, and what operators see of it,
 //! through the daemon on the namespace lab: a plugin whose `lb_update`
 //! takes some 10 ms stalls no worker (at the swap, at a backend going down
-//! and coming back), and a plugin that declines every flow shows as such
-//! in `stats`, `status` and the metrics. Root only; the modules come from
-//! scripts/build-plugins.sh.
+//! and coming back), a module that takes seconds to compile blinds neither
+//! the control socket nor the health checks and is refused at
+//! `plugins.compile_timeout`, and a plugin that declines every flow shows
+//! as such in `stats`, `status` and the metrics. Root only; the modules
+//! come from scripts/build-plugins.sh or are made here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,11 +30,16 @@ fn plugin(name: &str) -> String {
 
 /// A full-NAT lab whose TCP VIPs are checked every 100 ms (rise 1, fall 1).
 fn lab() -> (Lab, Proc, daemon::TempConfig, String) {
+    lab_with("")
+}
+
+/// `lab`, with `extra` TOML (whole sections) at the end of the config.
+fn lab_with(extra: &str) -> (Lab, Proc, daemon::TempConfig, String) {
     require_root();
     let mut lab = Lab::new(LabMode::FullNat.topology()).expect("lab");
     let _ = daemon::prepare(&mut lab, LabMode::FullNat, SERVER.as_ref()).expect("set-up");
     let health = "\n[vip.health]\nkind = \"tcp-connect\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nrise = 1\nfall = 1\n";
-    let config = daemon::config_with(&lab, LabMode::FullNat, |_, proto| if proto == "tcp" { health.to_string() } else { String::new() });
+    let config = daemon::config_with(&lab, LabMode::FullNat, |_, proto| if proto == "tcp" { health.to_string() } else { String::new() }) + extra;
     let socket = daemon::socket_of(&config).to_string_lossy().into_owned();
     let (d, file) = daemon::start(&lab, &config).expect("daemon");
     (lab, d, file, socket)
@@ -49,14 +56,19 @@ fn report(socket: &str) -> PluginReport {
     s.vips.into_iter().find(|v| v.name == VIP).and_then(|v| v.plugin).expect("the VIP's plugin report")
 }
 
-/// Request latencies (successful requests only), in order.
-struct Latencies(Mutex<Vec<(Instant, Duration)>>);
+/// Requests as they started, and their latency (`None`: failed).
+struct Latencies(Mutex<Vec<(Instant, Option<Duration>)>>);
 
 impl Latencies {
+    /// The latencies of the successful requests started in `from..to`.
     fn between(&self, from: Instant, to: Instant) -> Vec<Duration> {
-        let mut v: Vec<Duration> = self.0.lock().unwrap().iter().filter(|(t, _)| (from..to).contains(t)).map(|&(_, d)| d).collect();
+        let mut v: Vec<Duration> = self.0.lock().unwrap().iter().filter(|(t, _)| (from..to).contains(t)).filter_map(|&(_, d)| d).collect();
         v.sort();
         v
+    }
+
+    fn failed(&self) -> usize {
+        self.0.lock().unwrap().iter().filter(|(_, d)| d.is_none()).count()
     }
 }
 
@@ -69,9 +81,8 @@ fn traffic(lab: &Lab, stop: &AtomicBool, out: &Latencies) {
     in_netns(&lab.client.ns, || {
         while !stop.load(Ordering::Relaxed) {
             let t = Instant::now();
-            if let Ok((200, _)) = http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T) {
-                out.0.lock().unwrap().push((t, t.elapsed()));
-            }
+            let ok = matches!(http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T), Ok((200, _)));
+            out.0.lock().unwrap().push((t, ok.then(|| t.elapsed())));
         }
     })
     .expect("client namespace");
@@ -151,5 +162,85 @@ fn a_plugin_that_declines_every_flow_shows_in_stats_status_and_metrics() {
     let vip = format!("vip=\"{VIP}\"");
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_fallbacks_total", &[&vip, "reason=\"declined\""]), 50.0);
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_picks_total", &[&vip]), 50.0);
+    daemon::stop(d).expect("daemon stops");
+}
+
+/// A module written for one test, removed when dropped.
+struct TempModule(PathBuf);
+
+impl TempModule {
+    fn new(name: &str, wasm: &[u8]) -> TempModule {
+        let path = std::env::temp_dir().join(format!("fulcrum-lab-{}-{name}.wasm", std::process::id()));
+        std::fs::write(&path, wasm).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        TempModule(path)
+    }
+
+    /// `fulcrum plugin load` of this module: the exit code and stderr.
+    fn load(&self, socket: &str) -> (Option<i32>, String) {
+        let (code, _, err) = daemon::cli(&["plugin", "load", "--vip", VIP, self.0.to_str().unwrap(), "--socket", socket]);
+        (code, err)
+    }
+}
+
+impl Drop for TempModule {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_module_compiling_for_seconds_blinds_neither_the_control_socket_nor_health_checks() {
+    let limits = "\n[plugins]\nmax_module_bytes = 4194304\nmax_functions = 10000\ncompile_timeout = \"2s\"\n";
+    let (lab, d, _file, socket) = lab_with(limits);
+    // Legal and within the limits, but a million additions to compile:
+    // seconds even for a release build.
+    let huge = TempModule::new("huge", &fulcrum_testing::wasm::bloated_plugin(5000, 200));
+    let (stop, latencies) = (AtomicBool::new(false), Latencies(Mutex::new(Vec::new())));
+    let down = format!("backend {} is down", lab.backends[2].iface().v4);
+    std::thread::scope(|s| {
+        let client = s.spawn(|| traffic(&lab, &stop, &latencies));
+        let stopper = StopOnDrop(&stop);
+        std::thread::sleep(Duration::from_secs(1));
+        let t_load = Instant::now();
+        let loading = s.spawn(|| {
+            let r = huge.load(&socket);
+            (r, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t_kill = Instant::now();
+        lab.set_plugged(&lab.backends[2], false).expect("unplug backend 3");
+        // The control socket answers at once throughout, and the health
+        // checks go on.
+        let (mut slowest, mut t_down) = (Duration::ZERO, None);
+        while !loading.is_finished() {
+            let t = Instant::now();
+            assert!(matches!(daemon::ask(Path::new(&socket), Request::Stats), Response::Stats(_)));
+            slowest = slowest.max(t.elapsed());
+            if t_down.is_none() && d.wait_for_line(|l| l.contains(&down), Duration::ZERO).is_some() {
+                t_down = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ((code, err), t_refused) = loading.join().expect("plugin load");
+        std::thread::sleep(Duration::from_millis(500));
+        drop(stopper);
+        client.join().expect("client");
+        assert_ne!(code, Some(0), "the huge module was loaded");
+        assert!(err.contains("plugins.compile_timeout"), "{err}");
+        assert!(t_refused - t_load >= Duration::from_secs(2) && t_refused - t_load < Duration::from_secs(4), "refused after {:?}", t_refused - t_load);
+        let t_down = t_down.unwrap_or_else(|| panic!("no `{down}` while the module compiled:\n{}", d.output()));
+        assert!(t_down - t_kill < Duration::from_secs(1), "backend 3 marked down {:?} after it died", t_down - t_kill);
+        assert!(slowest < Duration::from_millis(250), "`stats` took up to {slowest:?} while the module compiled");
+    });
+    assert!(latencies.failed() <= 2, "{} requests failed", latencies.failed());
+    // Past a limit: refused before compiling, naming it.
+    let many = TempModule::new("many", &fulcrum_testing::wasm::bloated_plugin(10_001, 1));
+    let (code, err) = many.load(&socket);
+    assert!(code != Some(0) && err.contains("module defines 10005 functions, above the limit of 10000 (plugins.max_functions)"), "{err}");
+    let large = TempModule::new("large", &fulcrum_testing::wasm::bloated_plugin(100, 15_000));
+    let (code, err) = large.load(&socket);
+    assert!(code != Some(0) && err.contains("above the limit of 4194304 bytes (plugins.max_module_bytes)"), "{err}");
+    let Response::Status(status) = daemon::ask(Path::new(&socket), Request::Status) else { panic!("not status") };
+    assert_eq!(status.vips.iter().find(|v| v.name == VIP).map(|v| v.scheduler.as_str()), Some("maglev"));
     daemon::stop(d).expect("daemon stops");
 }

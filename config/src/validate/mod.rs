@@ -13,6 +13,7 @@ mod daemon;
 mod health;
 mod interface;
 mod limits;
+mod plugins;
 mod sync;
 mod timeouts;
 mod values;
@@ -30,7 +31,7 @@ use crate::overlay::Overlay;
 
 pub use daemon::{DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_FILE};
 
-const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `vip`, `sync`, `bgp`";
+const SECTIONS: &str = "`daemon`, `interface`, `limits`, `timeouts`, `plugins`, `vip`, `sync`, `bgp`";
 /// What is written as arrays of tables (`[[name]]`).
 const ARRAYS: [&str; 3] = ["interface", "vip", "vip.backend"];
 
@@ -43,7 +44,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path, overlay: &Overlay) -
         return c.r.finish(None);
     }
     c.runtime = overlay.apply(doc.get_mut(), &snippets);
-    let mut sections: [Option<Spanned<DeValue<'_>>>; 7] = Default::default();
+    let mut sections: [Option<Spanned<DeValue<'_>>>; 8] = Default::default();
     for (key, value) in doc.into_inner() {
         let slot = match key.get_ref().as_ref() {
             "daemon" => 0,
@@ -53,6 +54,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path, overlay: &Overlay) -
             "vip" => 4,
             "sync" => 5,
             "bgp" => 6,
+            "plugins" => 7,
             other => {
                 c.r.error(key.span(), "", format!("unknown section `{other}`, expected one of {SECTIONS}"));
                 continue;
@@ -60,15 +62,18 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path, overlay: &Overlay) -
         };
         sections[slot] = Some(value);
     }
-    let [daemon, interfaces, limits, timeouts, vips, sync, bgp] = sections;
+    let [daemon, interfaces, limits, timeouts, vips, sync, bgp, plugins] = sections;
     let daemon = c.daemon(daemon);
     let topology = c.topology(interfaces);
     let limits = c.limits(limits, daemon.as_ref().map(|d| &d.workers));
     let timeouts = c.timeouts(timeouts);
+    let plugins = c.plugins(plugins);
     let vips = c.vips(vips);
     let sync = c.sync(sync, daemon.as_ref().map(|d| &d.workers));
     let bgp = c.bgp(bgp);
-    let config = (|| Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, vips: vips?, sync: sync?, bgp: bgp? }))();
+    let config = (|| {
+        Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, plugins: plugins?, vips: vips?, sync: sync?, bgp: bgp? })
+    })();
     c.r.finish(config)
 }
 

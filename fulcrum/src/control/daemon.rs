@@ -202,7 +202,7 @@ impl Daemon {
                 .collect::<Result<_, Error>>()?,
         });
         let engine = engine_config(config);
-        let mut plugins = Plugins::default();
+        let mut plugins = Plugins::new(&config.plugins);
         // The same preparation as a reload's, from nothing.
         let mut shared = Shared::new(&engine);
         let base = Base {

@@ -12,7 +12,7 @@ use fulcrum_config as cfg;
 use fulcrum_dataplane::sched::BackendState;
 use fulcrum_dataplane::services::Services;
 use fulcrum_dataplane::types::VipId;
-use fulcrum_plugin_host::{FaultKind, HostConfig, Plugin, PluginRuntime, PluginSlot, PluginStats};
+use fulcrum_plugin_host::{CompileLimits, FaultKind, HostConfig, Plugin, PluginRuntime, PluginSlot, PluginStats};
 
 use super::api::{PluginFault, PluginReport};
 use crate::error::{Context, Error};
@@ -60,17 +60,25 @@ impl Module {
 /// The runtime every plugin of the daemon runs in (health-policy plugins
 /// too), made on first use, so wasmtime reserves its address space only
 /// in daemons that use plugins. Shared with the threads that prepare.
-#[derive(Clone, Default)]
-pub struct Runtime(Arc<Mutex<Option<Arc<PluginRuntime>>>>);
+#[derive(Clone)]
+pub struct Runtime {
+    runtime: Arc<Mutex<Option<Arc<PluginRuntime>>>>,
+    compile: CompileLimits,
+}
 
 impl Runtime {
     pub fn get(&self) -> Result<Arc<PluginRuntime>, Error> {
-        let mut r = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = self.runtime.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = &*r {
             return Ok(Arc::clone(r));
         }
-        Ok(Arc::clone(r.insert(PluginRuntime::new(HostConfig::default())?)))
+        Ok(Arc::clone(r.insert(PluginRuntime::new(HostConfig { compile: self.compile, ..HostConfig::default() })?)))
     }
+}
+
+/// The plugin host's compile limits from the configuration's `[plugins]`.
+fn compile_limits(c: &cfg::Plugins) -> CompileLimits {
+    CompileLimits { max_module_bytes: c.max_module_bytes as usize, max_functions: c.max_functions, timeout: c.compile_timeout }
 }
 
 /// What a prepared configuration does to one VIP's scheduler.
@@ -85,7 +93,6 @@ pub enum SchedulerChange {
 /// The VIPs' scheduler slots, shared with the telemetry that reports them.
 pub type Slots = Arc<Mutex<HashMap<VipId, Arc<PluginSlot>>>>;
 
-#[derive(Default)]
 pub struct Plugins {
     runtime: Runtime,
     slots: Slots,
@@ -94,6 +101,12 @@ pub struct Plugins {
 }
 
 impl Plugins {
+    /// No plugin yet; the runtime compiles with `limits` once made.
+    pub fn new(limits: &cfg::Plugins) -> Plugins {
+        let runtime = Runtime { runtime: Arc::default(), compile: compile_limits(limits) };
+        Plugins { runtime, slots: Slots::default(), configured: HashMap::new() }
+    }
+
     pub fn runtime(&self) -> Runtime {
         self.runtime.clone()
     }

@@ -38,6 +38,11 @@ pub fn needs_restart(old: &cfg::Config, new: &cfg::Config) -> Vec<String> {
     field("timeouts.tcp_closing", dbg(&t.tcp_closing), dbg(&u.tcp_closing));
     field("timeouts.udp", dbg(&t.udp), dbg(&u.udp));
     field("timeouts.snat_reuse", dbg(&t.snat_reuse), dbg(&u.snat_reuse));
+    // The plugin runtime is made once, with these limits.
+    let (p, q) = (&old.plugins, &new.plugins);
+    field("plugins.max_module_bytes", p.max_module_bytes.to_string(), q.max_module_bytes.to_string());
+    field("plugins.max_functions", p.max_functions.to_string(), q.max_functions.to_string());
+    field("plugins.compile_timeout", dbg(&p.compile_timeout), dbg(&q.compile_timeout));
     out
 }
 

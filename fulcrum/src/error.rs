@@ -33,6 +33,11 @@ pub enum Error {
     Plugin(LoadError),
     /// `fulcrum plugin test` / `check`.
     Replay(ReplayError),
+    /// `fulcrum plugin test`: the plugin failed these gates.
+    Gates {
+        plugin: String,
+        failed: Vec<String>,
+    },
     /// A system call or socket, and what it was for.
     System {
         what: String,
@@ -78,6 +83,8 @@ pub mod exit {
     pub const INVALID_CONFIG: u8 = 3;
     /// No daemon answers on the control socket.
     pub const NOT_RUNNING: u8 = 4;
+    /// `fulcrum plugin test`: the plugin loads, but failed a gate.
+    pub const GATE_FAILED: u8 = 5;
 }
 
 impl Error {
@@ -87,6 +94,7 @@ impl Error {
             Error::In { source, .. } => source.exit_code(),
             Error::Config(_) | Error::File { .. } => exit::INVALID_CONFIG,
             Error::NotRunning { .. } => exit::NOT_RUNNING,
+            Error::Gates { .. } => exit::GATE_FAILED,
             _ => exit::FAILED,
         }
     }
@@ -120,6 +128,7 @@ impl fmt::Display for Error {
             Error::Health(e) => e.fmt(f),
             Error::Plugin(e) => e.fmt(f),
             Error::Replay(e) => e.fmt(f),
+            Error::Gates { plugin, failed } => write!(f, "plugin {plugin} failed {} gate(s): {}", failed.len(), failed.join("; ")),
             Error::System { what, source } => write!(f, "{what}: {source}"),
             Error::NotRunning { socket, source } => write!(
                 f,
@@ -149,7 +158,7 @@ impl std::error::Error for Error {
             Error::System { source, .. } | Error::NotRunning { source, .. } => Some(source),
             Error::Json { source, .. } => Some(source),
             Error::In { source, .. } => Some(source.as_ref()),
-            Error::Refused(_) | Error::TooLarge { .. } | Error::TimedOut { .. } => None,
+            Error::Refused(_) | Error::Gates { .. } | Error::TooLarge { .. } | Error::TimedOut { .. } => None,
         }
     }
 }

@@ -15,14 +15,14 @@ use fulcrum::{Context, Error};
 use fulcrum_dataplane::forward::tunnel::GUE_DEFAULT_PORT;
 use fulcrum_io::xdp::DecapProgram;
 use fulcrum_io::{XdpMode, netinfo};
-use fulcrum_plugin_host::replay::{self, ReplayOptions};
+use fulcrum_plugin_host::replay::{self, Gates, ReplayOptions};
 
 #[derive(Parser)]
 #[command(
     name = "fulcrum",
     version,
     about = "Kernel-bypass L4 load balancer",
-    after_help = "Exit codes: 0 done; 1 refused (a reload, a backend change, a request) or failed; 2 a command line clap cannot parse; 3 the configuration (or a file it names) is invalid; 4 no daemon answers on the control socket."
+    after_help = "Exit codes: 0 done; 1 refused (a reload, a backend change, a request) or failed; 2 a command line clap cannot parse; 3 the configuration (or a file it names) is invalid; 4 no daemon answers on the control socket; 5 `fulcrum plugin test`: the plugin failed a gate."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -316,8 +316,13 @@ enum HaCmd {
 #[derive(Subcommand)]
 enum PluginCmd {
     /// Load FILE.wasm as a daemon would (ABI checks, smoke test), replay
-    /// synthetic new flows through it, and print how they spread over the
-    /// backends and how many move when backends fail.
+    /// synthetic new flows through it (many clients and ports, flows that
+    /// close), and print how they spread over the backends, how many move
+    /// when backends fail, what each pick and update costs, and whether it
+    /// passes the gates: a deploy gate for CI.
+    #[command(
+        after_help = "Gates: the plugin fails if it faults or is quarantined, and, when given, if it declines more than --max-declines of the picks, or its p99 pick or update cost is above --max-pick or --max-update.\n\nExit codes: 0 the plugin passed every gate; 1 it cannot be loaded (the ABI checks or the smoke test refuse it) or the options are wrong; 2 a command line clap cannot parse; 3 FILE cannot be read; 5 it loads but failed a gate (each failure is on stderr, and in the report)."
+    )]
     Test {
         /// The plugin (.wasm).
         file: PathBuf,
@@ -327,6 +332,10 @@ enum PluginCmd {
         /// New flows to replay (random 5-tuples).
         #[arg(long, default_value_t = 10_000)]
         flows: usize,
+        /// Flows open at once on average: each closes after 1 to 2 × this
+        /// many later flows (0: none closes).
+        #[arg(long, default_value_t = 1000)]
+        open: usize,
         /// Weights in backend order, comma-separated (missing ones are 1).
         #[arg(long, value_delimiter = ',')]
         weights: Vec<u32>,
@@ -347,6 +356,19 @@ enum PluginCmd {
         /// Backends (from 0) that fail in a second replay.
         #[arg(long, value_delimiter = ',', default_value = "0")]
         fail: Vec<usize>,
+        /// Fail if the p99 cost of a pick is above this: 5us, 20us, 1ms.
+        #[arg(long, value_parser = parse_cost)]
+        max_pick: Option<Duration>,
+        /// Fail if the p99 CPU time of an lb_update is above this: 1ms.
+        #[arg(long, value_parser = parse_cost)]
+        max_update: Option<Duration>,
+        /// Fail if the plugin declines more than this share of the picks:
+        /// 5%, 0.1%.
+        #[arg(long, value_parser = parse_share)]
+        max_declines: Option<f64>,
+        /// Print the report as JSON (for CI) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check each FILE.wasm against the plugin ABI as a daemon would load
     /// it (imports, exports and signatures, version, state region, a smoke
@@ -414,12 +436,25 @@ fn parse_load(s: &str) -> Result<(usize, u32), String> {
 }
 
 /// A duration in µs: `500us`, `2ms`, `1.5s`.
+fn micros(v: &str) -> Option<f64> {
+    let (n, scale) = [("ns", 1e-3), ("us", 1.0), ("µs", 1.0), ("ms", 1e3), ("s", 1e6)].iter().find_map(|(unit, k)| Some((v.strip_suffix(unit)?, *k)))?;
+    let us = n.trim().parse::<f64>().ok()? * scale;
+    (us.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&us)).then_some(us)
+}
+
 fn parse_rtt(s: &str) -> Result<(usize, u32), String> {
-    pair(s, "duration like 2ms", |v| {
-        let (n, scale) = [("us", 1.0), ("µs", 1.0), ("ms", 1e3), ("s", 1e6)].iter().find_map(|(unit, k)| Some((v.strip_suffix(unit)?, *k)))?;
-        let us = n.trim().parse::<f64>().ok()? * scale;
-        (us.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&us)).then_some(us as u32)
-    })
+    pair(s, "duration like 2ms", |v| micros(v).map(|us| us as u32))
+}
+
+/// A cost budget: `5us`, `1ms`.
+fn parse_cost(s: &str) -> Result<Duration, String> {
+    micros(s.trim()).map(|us| Duration::from_secs_f64(us / 1e6)).ok_or_else(|| format!("`{s}`: give a duration like 5us, 1ms or 0.5s"))
+}
+
+/// A share in percent: `5%`, `0.5%` (the sign may be left out).
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v = s.trim().strip_suffix('%').unwrap_or(s.trim()).trim().parse::<f64>().ok();
+    v.filter(|v| (0.0..=100.0).contains(v)).ok_or_else(|| format!("`{s}`: give a share like 5% (0% to 100%)"))
 }
 
 /// A rate in bytes per second: `2000B/s`, `1.5kB/s`, `50MB/s`, `1GB/s`.
@@ -473,9 +508,28 @@ fn main() -> ExitCode {
         Cmd::Backend { cmd } => backend(cmd),
         Cmd::Vip { cmd: VipCmd::List(t) } => ask(&t, Request::VipList),
         Cmd::Flows { vip, client, limit, target } => ask(&target, Request::Flows { vip, client, limit }),
-        Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, weights, load, rtt, rate, fail } } => {
-            let opts = ReplayOptions { backends, flows, weights, loads: by_index(&load), rtt_us: by_index(&rtt), rates: by_index(&rate), failures: fail };
-            Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).map(|report| print!("{report}")).context(|| file.display().to_string()))
+        Cmd::Plugin { cmd: PluginCmd::Test { file, backends, flows, open, weights, load, rtt, rate, fail, max_pick, max_update, max_declines, json } } => {
+            let opts = ReplayOptions {
+                backends,
+                flows,
+                open: (open > 0).then_some(open),
+                weights,
+                loads: by_index(&load),
+                rtt_us: by_index(&rtt),
+                rates: by_index(&rate),
+                failures: fail,
+                gates: Gates { max_pick, max_update, max_declines },
+            };
+            Module::read(&file).and_then(|m| replay::run(&m.name, &m.bytes, &opts).context(|| file.display().to_string())).and_then(|report| {
+                match json {
+                    true => println!("{}", serde_json::to_string_pretty(&report).map_err(|source| Error::Json { what: "the report".into(), source })?),
+                    false => print!("{report}"),
+                }
+                match report.failed_gates.is_empty() {
+                    true => Ok(()),
+                    false => Err(Error::Gates { plugin: report.plugin, failed: report.failed_gates }),
+                }
+            })
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "fulcrum", &mut std::io::stdout());

@@ -1,11 +1,17 @@
 //! Synthetic flows through a plugin, for plugin authors (`fulcrum plugin
-//! test`): how the flows spread over the backends, and how many move when
-//! some backends fail. The plugin runs exactly as on a worker, with the
-//! same fallback to native Maglev when it declines or faults.
+//! test`): how the flows spread over the backends, how many move when
+//! some backends fail, what each pick and update costs, and whether the
+//! plugin passes the gates a deploy may set (no fault, no quarantine, a
+//! share of declines, a cost budget). The plugin runs exactly as on a
+//! worker, with the same fallback to native Maglev when it declines or
+//! faults.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::flow::key::addr16;
@@ -14,16 +20,20 @@ use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::services::backend_ident;
 use fulcrum_dataplane::wire::IpProtocol;
 
-use crate::{HostConfig, LoadError, PluginRuntime, PluginSlot};
+use crate::{FaultKind, HostConfig, LoadError, PluginRuntime, PluginSlot};
 
 /// What to replay. Backends are 198.18.1.0/24 and up, port 80; flows come
-/// from distinct clients of 198.19.0.0/16 (then distinct ports) to one
-/// TCP VIP, each placed once and then kept open (it counts as an
-/// established connection of its backend for the flows after it).
+/// to the TCP VIP 198.18.7.10:443 from clients of 198.19.0.0/16 (a
+/// quarter as many clients as flows, so most open several), each from a
+/// random ephemeral port. A flow counts as an established connection of
+/// its backend until it closes, after `open` later flows on average.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
     pub backends: usize,
     pub flows: usize,
+    /// Flows open at once on average: each closes after a random number
+    /// of later flows, 1 to 2 × this many; `None`: none closes.
+    pub open: Option<usize>,
     /// Weight per backend; missing ones are 1.
     pub weights: Vec<u32>,
     /// Established connections per backend before the first flow; missing
@@ -35,12 +45,36 @@ pub struct ReplayOptions {
     pub rates: Vec<u64>,
     /// Backends (by index) that are down in the second pass.
     pub failures: Vec<usize>,
+    pub gates: Gates,
 }
 
 impl Default for ReplayOptions {
     fn default() -> ReplayOptions {
-        ReplayOptions { backends: 8, flows: 10_000, weights: Vec::new(), loads: Vec::new(), rtt_us: Vec::new(), rates: Vec::new(), failures: Vec::new() }
+        ReplayOptions {
+            backends: 8,
+            flows: 10_000,
+            open: None,
+            weights: Vec::new(),
+            loads: Vec::new(),
+            rtt_us: Vec::new(),
+            rates: Vec::new(),
+            failures: Vec::new(),
+            gates: Gates::default(),
+        }
     }
+}
+
+/// What a deploy may require of a plugin beyond never faulting and never
+/// being quarantined (always required).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gates {
+    /// Most p99 CPU cost of a pick (the host's whole call: rows synced,
+    /// `lb_pick`, its answer checked).
+    pub max_pick: Option<Duration>,
+    /// Most p99 CPU time of an `lb_update`.
+    pub max_update: Option<Duration>,
+    /// Most share of picks the plugin may decline, in percent.
+    pub max_declines: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -61,7 +95,7 @@ impl fmt::Display for ReplayError {
 impl std::error::Error for ReplayError {}
 
 /// Flows each backend received, in one pass.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Pass {
     /// Per backend.
     pub flows: Vec<usize>,
@@ -72,7 +106,7 @@ pub struct Pass {
 }
 
 /// The second pass, with `failed` down.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FailurePass {
     pub failed: Vec<usize>,
     pub pass: Pass,
@@ -82,19 +116,59 @@ pub struct FailurePass {
     pub remapped_from_failed: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What calls of one kind cost, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    pub calls: usize,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Cost {
+    fn of(mut samples: Vec<Duration>) -> Cost {
+        samples.sort_unstable();
+        let at = |q: usize| samples.get((samples.len() * q / 100).min(samples.len().saturating_sub(1))).map_or(0, |d| d.as_nanos() as u64);
+        Cost { calls: samples.len(), p50_ns: at(50), p99_ns: at(99), max_ns: samples.last().map_or(0, |d| d.as_nanos() as u64) }
+    }
+
+    pub fn p99(&self) -> Duration {
+        Duration::from_nanos(self.p99_ns)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReplayReport {
     pub plugin: String,
     pub flows: usize,
+    pub open: Option<usize>,
     pub weights: Vec<u32>,
     pub loads: Vec<u32>,
     pub rtt_us: Vec<u32>,
     pub rates: Vec<u64>,
     pub all_up: Pass,
     pub failure: Option<FailurePass>,
-    /// Plugin faults over both passes.
+    /// Plugin faults over both passes, and by kind.
     pub faults: u64,
+    pub faults_by_kind: Vec<(&'static str, u64)>,
+    pub last_fault: Option<String>,
+    pub quarantined: bool,
+    /// Picks the plugin was asked for, and those it declined.
+    pub picks: u64,
+    pub declines: u64,
+    /// Every pick of both passes (wall-clock time, which on a loaded
+    /// machine includes preemption: read p50 and p99).
+    pub pick_cost: Cost,
+    /// `lb_update` (CPU time) over `UPDATE_ROUNDS` placement changes;
+    /// `None` if the plugin has no `lb_update`.
+    pub update_cost: Option<Cost>,
+    /// The gates failed, each saying which and by how much: empty if the
+    /// plugin passed.
+    pub failed_gates: Vec<String>,
 }
+
+/// Updates timed after the passes.
+const UPDATE_ROUNDS: usize = 50;
 
 /// `n` backends 198.18.1.i:80 with the weights and loads given per index.
 fn replay_pool(n: usize, weight: impl Fn(usize) -> u32, load: impl Fn(usize) -> u32) -> Vec<BackendState> {
@@ -146,26 +220,107 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
     }
     let plugin = replay_runtime()?.load(name, wasm, &pool).map_err(ReplayError::Load)?;
     let name = plugin.name().to_string();
+
+    let updates = plugin.update_costs(&pool, UPDATE_ROUNDS);
+    let has_update = updates.as_ref().map_or(true, |u| !u.is_empty());
     let slot = PluginSlot::new(format!("replay of {name}"));
     slot.publish(plugin);
 
-    let (all_up, placed) = replay(&slot, pool.clone(), opts.flows);
+    let mut picks = Vec::with_capacity(opts.flows * 2);
+    let (all_up, placed) = replay(&slot, pool.clone(), opts, &mut picks);
     let failure = (!opts.failures.is_empty()).then(|| {
-        let mut down = pool;
+        let mut down = pool.clone();
         for &b in &opts.failures {
             down[b].up = false;
         }
-        let (pass, moved) = replay(&slot, down, opts.flows);
+        let (pass, moved) = replay(&slot, down, opts, &mut picks);
         let changed = placed.iter().zip(&moved).filter(|(a, b)| a != b);
         let remapped_from_failed = changed.clone().filter(|(a, _)| a.is_some_and(|a| opts.failures.contains(&a))).count();
         FailurePass { failed: opts.failures.clone(), pass, remapped: changed.count(), remapped_from_failed }
     });
-    Ok(ReplayReport { plugin: name, flows: opts.flows, weights, loads, rtt_us, rates, all_up, failure, faults: slot.stats().fault_count() })
+    let stats = slot.stats();
+    let (update_cost, mut last_fault, update_fault) = match updates {
+        Ok(u) => (has_update.then(|| Cost::of(u)), None, false),
+        Err(fault) => (None, Some(fault.to_string()), true),
+    };
+    last_fault = stats.last_fault.as_ref().map(|f| f.message.clone()).or(last_fault);
+    let mut report = ReplayReport {
+        plugin: name,
+        flows: opts.flows,
+        open: opts.open,
+        weights,
+        loads,
+        rtt_us,
+        rates,
+        all_up,
+        failure,
+        faults: stats.fault_count() + u64::from(update_fault),
+        faults_by_kind: FaultKind::ALL.iter().map(|&k| (k.name(), stats.faults_of(k))).filter(|&(_, n)| n > 0).collect(),
+        last_fault,
+        quarantined: stats.quarantined,
+        picks: stats.picks,
+        declines: stats.fallbacks.declined,
+        pick_cost: Cost::of(picks),
+        update_cost,
+        failed_gates: Vec::new(),
+    };
+    report.failed_gates = report.check(&opts.gates);
+    Ok(report)
+}
+
+impl ReplayReport {
+    /// The gates `gates` (and the ones always set) this report fails.
+    fn check(&self, gates: &Gates) -> Vec<String> {
+        let mut failed = Vec::new();
+        if self.faults > 0 {
+            let kinds: Vec<String> = self.faults_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let last = self.last_fault.as_deref().unwrap_or("?");
+            failed.push(format!("faults: the plugin faulted {} times ({}); last: {last}", self.faults, kinds.join(", ")));
+        }
+        if self.quarantined {
+            failed.push("quarantine: the plugin was quarantined (a daemon would run native Maglev for its VIP)".into());
+        }
+        if let Some(max) = gates.max_declines {
+            let share = share(self.declines as usize, self.picks as usize);
+            if share > max {
+                failed.push(format!("declines: {share:.2}% of picks declined, above --max-declines {max}%"));
+            }
+        }
+        if let Some(max) = gates.max_pick
+            && self.pick_cost.p99() > max
+        {
+            failed.push(format!("pick cost: p99 {:?}, above --max-pick {max:?}", self.pick_cost.p99()));
+        }
+        if let (Some(max), Some(cost)) = (gates.max_update, &self.update_cost)
+            && cost.p99() > max
+        {
+            failed.push(format!("update cost: p99 {:?}, above --max-update {max:?}", cost.p99()));
+        }
+        failed
+    }
+}
+
+/// A small deterministic generator (splitmix64): the same flows in every
+/// pass and every run.
+struct Flows(u64);
+
+impl Flows {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
 
 /// One pass on a fresh instance (as a new worker would start): the
-/// backend of every flow, in order.
-fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, flows: usize) -> (Pass, Vec<Option<usize>>) {
+/// backend of every flow, in order; each pick's cost goes to `costs`.
+fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: &ReplayOptions, costs: &mut Vec<Duration>) -> (Pass, Vec<Option<usize>>) {
     // The engine's fallback: Maglev over the backends that can take flows.
     let inputs: Vec<MaglevInput> = pool.iter().map(|b| MaglevInput { ident: b.id, weight: if b.up { b.weight } else { 0 } }).collect();
     let maglev = Maglev::build(&inputs).ok();
@@ -174,13 +329,27 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, flows:
     // which a worker never does: every flow is the plugin's to place.
     sched.wait_ready(&pool, PREPARE_TIMEOUT);
     let mut pass = Pass { flows: vec![0; pool.len()], fallbacks: 0, unplaced: 0 };
-    let vip = IpAddr::from([198, 18, 0, 100]);
-    let placed = (0..flows)
+    let vip = IpAddr::from([198, 18, 7, 10]);
+    let clients = (opts.flows / 4).max(1) as u64;
+    let mut rng = Flows(0x5eed);
+    // When each open flow closes (in flows started), and its backend.
+    let mut closing: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = Default::default();
+    let placed = (0..opts.flows)
         .map(|i| {
-            let client = IpAddr::from([198, 19, (i >> 8) as u8, i as u8]);
-            let key = FlowKey::new(client, vip, 1024 + (i >> 16) as u16, 80, IpProtocol::TCP);
+            while let Some(&std::cmp::Reverse((at, b))) = closing.peek()
+                && at <= i
+            {
+                closing.pop();
+                pool[b].active = pool[b].active.saturating_sub(1);
+            }
+            let (client, port) = flow_source(&mut rng, clients);
+            let lifetime = opts.open.map(|open| 1 + rng.below(2 * open as u64) as usize);
+            let key = FlowKey::new(client, vip, port, 443, IpProtocol::TCP);
             let hash = key.hash64();
-            let choice = sched.pick(&key, hash, &pool).or_else(|| {
+            let started = Instant::now();
+            let picked = sched.pick(&key, hash, &pool);
+            costs.push(started.elapsed());
+            let choice = picked.or_else(|| {
                 pass.fallbacks += 1;
                 maglev.as_ref().and_then(|m| m.lookup(hash))
             });
@@ -188,6 +357,9 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, flows:
                 Some(b) => {
                     pass.flows[b] += 1;
                     pool[b].active += 1;
+                    if let Some(l) = lifetime {
+                        closing.push(std::cmp::Reverse((i + l, b)));
+                    }
                 }
                 None => pass.unplaced += 1,
             }
@@ -195,6 +367,13 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, flows:
         })
         .collect();
     (pass, placed)
+}
+
+/// A flow's client, one of `clients` in 198.19.0.0/16, and its ephemeral
+/// port (Linux's default range).
+fn flow_source(rng: &mut Flows, clients: u64) -> (IpAddr, u16) {
+    let c = rng.below(clients);
+    (IpAddr::from([198, 19, (c >> 8) as u8, c as u8]), 32_768 + rng.below(28_232) as u16)
 }
 
 /// Longer than any update within the default budget (1 s of CPU).
@@ -207,7 +386,10 @@ fn share(part: usize, whole: usize) -> f64 {
 impl fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.weights.len();
-        writeln!(f, "plugin {}: {} new flows over {n} backends", self.plugin, self.flows)?;
+        match self.open {
+            Some(open) => writeln!(f, "plugin {}: {} new flows over {n} backends, about {open} open at once", self.plugin, self.flows)?,
+            None => writeln!(f, "plugin {}: {} new flows over {n} backends, none closing", self.plugin, self.flows)?,
+        }
         let total_weight: u64 = self.weights.iter().map(|&w| u64::from(w)).sum();
         // Response times and rates only when given: most algorithms ignore them.
         let (rtt, rate) = (self.rtt_us.iter().any(|&r| r > 0), self.rates.iter().any(|&r| r > 0));
@@ -262,6 +444,43 @@ impl fmt::Display for ReplayReport {
                 share(fp.remapped - fp.remapped_from_failed, self.flows),
             )?;
         }
-        writeln!(f, "plugin faults: {}", self.faults)
+        let kinds: Vec<String> = self.faults_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        match &self.last_fault {
+            Some(last) => writeln!(f, "plugin faults: {} ({}); last: {last}", self.faults, kinds.join(", "))?,
+            None => writeln!(f, "plugin faults: 0")?,
+        }
+        writeln!(f, "quarantined: {}", if self.quarantined { "yes" } else { "no" })?;
+        writeln!(f, "declined: {} of {} picks ({:.2}%)", self.declines, self.picks, share(self.declines as usize, self.picks as usize))?;
+        let cost = |f: &mut fmt::Formatter<'_>, label: &str, c: &Cost| {
+            let d = Duration::from_nanos;
+            writeln!(f, "{label}: p50 {:?}, p99 {:?}, max {:?} over {} calls", d(c.p50_ns), d(c.p99_ns), d(c.max_ns), c.calls)
+        };
+        cost(f, "pick cost", &self.pick_cost)?;
+        match &self.update_cost {
+            Some(c) => cost(f, "update cost (CPU)", c)?,
+            None => writeln!(f, "update cost: no lb_update")?,
+        }
+        match self.failed_gates.as_slice() {
+            [] => writeln!(f, "gates: passed"),
+            failed => writeln!(f, "gates: FAILED\n  {}", failed.join("\n  ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replayed_flows_come_from_many_clients_and_ports() {
+        let opts = ReplayOptions { flows: 4000, ..ReplayOptions::default() };
+        let (mut clients, mut ports) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let mut rng = Flows(0x5eed);
+        for _ in 0..opts.flows {
+            let (client, port) = flow_source(&mut rng, (opts.flows / 4) as u64);
+            clients.insert(client);
+            ports.insert(port);
+        }
+        assert!(clients.len() > 800 && ports.len() > 3500, "{} clients, {} ports", clients.len(), ports.len());
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::BackendState;
@@ -18,7 +19,7 @@ use wasmtime::{Config, Engine, ExternType, InstanceAllocationStrategy, Linker, M
 
 use crate::abi;
 use crate::config::{CompileLimits, HostConfig};
-use crate::error::LoadError;
+use crate::error::{Fault, LoadError};
 use crate::instance::{Compiled, Live};
 
 /// The wasmtime engine shared by every plugin: one compiler configuration,
@@ -335,6 +336,26 @@ impl Plugin {
 
     pub fn runtime(&self) -> &Arc<PluginRuntime> {
         &self.0.runtime
+    }
+
+    /// The CPU time of `lb_update` over `pool` on a fresh instance,
+    /// `rounds` times, one backend's weight changed before each (as a
+    /// placement change would), with the plugin thread's budget; empty if
+    /// the plugin has no `lb_update`.
+    pub fn update_costs(&self, pool: &[BackendState], rounds: usize) -> Result<Vec<Duration>, Fault> {
+        if !self.0.module.has_update || pool.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut live = self.instantiate().map_err(|e| Fault::Instantiate(e.to_string()))?;
+        let mut rows = pool.to_vec();
+        let budget = self.0.runtime.config().update_budget();
+        (0..rounds)
+            .map(|r| {
+                let row = &mut rows[r % pool.len()];
+                row.weight = if row.weight == pool[r % pool.len()].weight { row.weight.saturating_add(1) } else { pool[r % pool.len()].weight };
+                live.measure_update(&rows, budget).map(|(_, took)| took)
+            })
+            .collect()
     }
 
     /// ABI.md §3 step 5 on a fresh instance: the pool fits, all rows

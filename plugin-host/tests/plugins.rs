@@ -666,8 +666,18 @@ fn replay_shows_the_spread_and_what_a_failure_remaps() {
     assert_eq!(r.all_up.flows, [100, 200, 0]);
     assert!(r.failure.is_none());
     let table = r.to_string();
-    assert!(table.starts_with("plugin least-connections: 300 new flows over 3 backends\nbackend  weight    load      flows    share    ideal\n"), "{table}");
+    assert!(
+        table.starts_with("plugin least-connections: 300 new flows over 3 backends, none closing\nbackend  weight    load      flows    share    ideal\n"),
+        "{table}"
+    );
     assert!(table.contains("      1       1       0        200   66.67%   50.00%\n"), "{table}");
+    // Flows that close keep the counts down: the loaded backend is never
+    // the least loaded again.
+    let closing = ReplayOptions { backends: 3, flows: 3000, loads: vec![0, 0, 8], open: Some(5), ..ReplayOptions::default() };
+    let r = replay::run("least-connections", &wasm("least-connections"), &closing).unwrap();
+    assert_eq!((r.all_up.flows[2], r.all_up.flows[0] + r.all_up.flows[1]), (0, 3000), "{r}");
+    let open = ReplayOptions { open: None, ..closing };
+    assert!(replay::run("least-connections", &wasm("least-connections"), &open).unwrap().all_up.flows[2] > 900);
 
     // Response times and byte rates reach the plugins that read them, and
     // the table shows them.

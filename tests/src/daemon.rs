@@ -232,6 +232,15 @@ pub fn socket_of(config: &str) -> PathBuf {
     fulcrum_config::parse(config, "lab.toml").unwrap_or_else(|e| panic!("{e}\n{config}")).daemon.control_socket
 }
 
+/// A module scripts/build-plugins.sh built (under CARGO_TARGET_DIR if
+/// set): `round-robin`, `hostile-slow-update`, ...
+pub fn plugin_module(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    let path = target.join("plugins").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run scripts/build-plugins.sh", path.display());
+    path
+}
+
 /// Runs the `fulcrum` CLI with `args`: its exit code, stdout and stderr.
 pub fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(fulcrum_bin()).args(args).output().expect("running fulcrum");

@@ -22,10 +22,7 @@ const T: Duration = Duration::from_secs(3);
 const VIP: &str = "198.18.100.1:80/tcp";
 
 fn plugin(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"));
-    let path = std::env::var_os("CARGO_TARGET_DIR").map_or(path, |t| PathBuf::from(t).join("plugins").join(format!("{name}.wasm")));
-    assert!(path.is_file(), "{} is missing: run scripts/build-plugins.sh", path.display());
-    path.to_string_lossy().into_owned()
+    daemon::plugin_module(name).to_string_lossy().into_owned()
 }
 
 /// A full-NAT lab whose TCP VIPs are checked every 100 ms (rise 1, fall 1).

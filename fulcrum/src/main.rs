@@ -370,6 +370,16 @@ enum PluginCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Create a scheduler plugin crate DIR/NAME that builds anywhere,
+    /// offline: an example scheduler with its unit tests, the release
+    /// profile of the shipped plugins, and a copy of this fulcrum's plugin
+    /// SDK (a path dependency, with no dependencies of its own).
+    New {
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Check each FILE.wasm against the plugin ABI as a daemon would load
     /// it (imports, exports and signatures, version, state region, a smoke
     /// test); exits non-zero at the first that fails.
@@ -536,6 +546,11 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Man { dir } => man(dir.as_deref()),
+        Cmd::Plugin { cmd: PluginCmd::New { name, dir } } => fulcrum::scaffold::new_plugin(&name, &dir).map(|root| {
+            println!("created {}: build it with", root.display());
+            println!("  cd {} && cargo test && cargo build --release --target wasm32-unknown-unknown", root.display());
+            println!("then `fulcrum plugin check` and `fulcrum plugin test` target/wasm32-unknown-unknown/release/{}.wasm", name.replace('-', "_"));
+        }),
         Cmd::Plugin { cmd: PluginCmd::Check { files } } => files.iter().try_for_each(|file| {
             let module = Module::read(file)?;
             replay::check(&module.name, &module.bytes).context(|| file.display().to_string())?;

@@ -18,7 +18,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use file::{FileError, MAX_CONFIG_BYTES, open_regular, read_regular};
 pub use model::*;
-pub use overlay::{BackendOverride, Overlay};
+pub use overlay::{BackendOverride, Overlay, SchedulerOverride};
 pub use validate::{DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_FILE};
 
 /// The lab's default config (one-arm full-NAT on "lb0"), for the demo.

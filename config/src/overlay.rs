@@ -1,5 +1,6 @@
 //! Runtime changes to the backends (`fulcrum backend add|remove|weight|
-//! drain|undrain`), kept beside the file rather than in it: the daemon
+//! drain|undrain`) and the scheduler plugins loaded with `fulcrum plugin
+//! load --persist`, kept beside the file rather than in it: the daemon
 //! persists them in its state file (`daemon.state_file`) and lays them
 //! over the file's text at start, at every reload and at every change.
 //!
@@ -10,6 +11,7 @@
 //! VIP's `[[vip]]` line and name the backend "set by `fulcrum backend`".
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -17,10 +19,24 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 use crate::model::{Keyword, Protocol, vip_name};
 
-/// The backends changed at runtime, in the order they were first changed.
+/// The backends changed at runtime, in the order they were first changed,
+/// and the VIPs' persisted scheduler plugins.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overlay {
     pub backends: Vec<BackendOverride>,
+    /// They replace the file's `scheduler` of their VIP, as if written
+    /// there: checked, loaded and reloaded as the file's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedulers: Vec<SchedulerOverride>,
+}
+
+/// A VIP's scheduler plugin, loaded and persisted at runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerOverride {
+    /// The VIP as `Vip::name` writes it: "198.18.100.1:80/tcp".
+    pub vip: String,
+    /// Absolute.
+    pub path: PathBuf,
 }
 
 /// One backend of one VIP as changed at runtime. A backend the file has
@@ -89,7 +105,20 @@ impl BackendOverride {
 
 impl Overlay {
     pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
+        self.backends.is_empty() && self.schedulers.is_empty()
+    }
+
+    /// The persisted scheduler plugin of `vip`, if any.
+    pub fn scheduler(&self, vip: &str) -> Option<&Path> {
+        self.schedulers.iter().find(|s| s.vip == vip).map(|s| s.path.as_path())
+    }
+
+    /// Persists `path` as `vip`'s scheduler (`None`: back to the file's).
+    pub fn set_scheduler(&mut self, vip: &str, path: Option<&Path>) {
+        self.schedulers.retain(|s| s.vip != vip);
+        if let Some(path) = path {
+            self.schedulers.push(SchedulerOverride { vip: vip.to_string(), path: path.to_path_buf() });
+        }
     }
 
     /// The override of a backend, if any.
@@ -113,11 +142,12 @@ impl Overlay {
         }
     }
 
-    /// Each override as an inline TOML table of the fields it sets on its
-    /// backend (address and port too, for one added at runtime), in
-    /// order: the values `apply` lays over the file, made by the TOML
-    /// parser itself.
+    /// Each backend override as an inline TOML table of the fields it sets
+    /// on its backend (address and port too, for one added at runtime), in
+    /// order, then each scheduler's path as a TOML string: the values
+    /// `apply` lays over the file, made by the TOML parser itself.
     pub(crate) fn snippets(&self) -> Vec<String> {
+        let schedulers = self.schedulers.iter().map(|s| toml_string(&s.path.to_string_lossy()));
         self.backends
             .iter()
             .map(|o| {
@@ -139,6 +169,7 @@ impl Overlay {
                 }
                 format!("{{ {} }}", fields.join(", "))
             })
+            .chain(schedulers)
             .collect()
     }
 
@@ -154,6 +185,12 @@ impl Overlay {
             let span = entry.span();
             let DeValue::Table(vip) = entry.get_mut() else { continue };
             let Some(name) = raw_vip_name(vip) else { continue };
+            let scheduler_snippets = &snippets[self.backends.len().min(snippets.len())..];
+            for (_, snippet) in self.schedulers.iter().zip(scheduler_snippets).filter(|(s, _)| s.vip == name) {
+                if let Ok(path) = DeValue::parse(snippet) {
+                    vip.insert(Spanned::new(span.clone(), "scheduler".into()), Spanned::new(span.clone(), path.into_inner()));
+                }
+            }
             let Some(DeValue::Array(pool)) = vip.get_mut("backend").map(Spanned::get_mut) else { continue };
             let mut changed: Vec<usize> = Vec::new();
             for (o, snippet) in self.backends.iter().zip(snippets).filter(|(o, _)| o.vip == name) {

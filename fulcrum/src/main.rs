@@ -391,12 +391,28 @@ enum PluginCmd {
     /// Swap FILE.wasm in as the scheduler of a running daemon's VIP: it is
     /// compiled, checked and smoke-tested off the data path, then every
     /// worker uses it for new flows; established flows keep their backend.
+    /// Without --persist it lasts until the daemon restarts (reloads keep
+    /// it unless they change the VIP's scheduler).
     Load {
         /// The VIP, as `fulcrum status` names it: 198.18.0.100:80/tcp.
         #[arg(long)]
         vip: String,
         /// The plugin (.wasm), read by the daemon.
         file: PathBuf,
+        /// Also record it in daemon.state_file as the VIP's scheduler, in
+        /// place of the configuration's: reloads and restarts load it
+        /// (from FILE's path) until `fulcrum plugin forget`.
+        #[arg(long)]
+        persist: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Drop the VIP's persisted plugin (`plugin load --persist`): the
+    /// configuration's scheduler runs again, at once.
+    Forget {
+        /// The VIP, as `fulcrum status` names it: 198.18.0.100:80/tcp.
+        #[arg(long)]
+        vip: String,
         #[command(flatten)]
         target: Target,
     },
@@ -558,9 +574,10 @@ fn main() -> ExitCode {
             Ok(())
         }),
         // The daemon runs elsewhere: give it the file's absolute path.
-        Cmd::Plugin { cmd: PluginCmd::Load { vip, file, target } } => {
-            file.canonicalize().map_err(Error::system(file.display().to_string())).and_then(|path| ask(&target, Request::PluginLoad { vip, path }))
+        Cmd::Plugin { cmd: PluginCmd::Load { vip, file, persist, target } } => {
+            file.canonicalize().map_err(Error::system(file.display().to_string())).and_then(|path| ask(&target, Request::PluginLoad { vip, path, persist }))
         }
+        Cmd::Plugin { cmd: PluginCmd::Forget { vip, target } } => ask(&target, Request::PluginForget { vip }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -684,7 +701,10 @@ fn print_answer(response: &Response) {
         }
         Response::Vips(v) => print!("{}", vips_table(v)),
         Response::Flows(f) => print!("{}", flows_table(f)),
-        Response::PluginLoaded(p) => println!("vip {}: plugin {} published (generation {})", p.vip, p.plugin, p.generation),
+        Response::PluginLoaded(p) => match &p.persisted {
+            Some(state) => println!("vip {}: plugin {} published (generation {}), persisted in {state}", p.vip, p.plugin, p.generation),
+            None => println!("vip {}: plugin {} published (generation {}) until the daemon restarts", p.vip, p.plugin, p.generation),
+        },
         Response::Error(_) => {}
     }
 }

@@ -47,6 +47,13 @@ fn load(socket: &str, name: &str) {
     assert_eq!(code, Some(0), "{out}{err}");
 }
 
+/// The VIP's scheduler in `status`, and its generation.
+fn scheduler(socket: &str) -> (String, Option<u64>) {
+    let Response::Status(status) = daemon::ask(Path::new(socket), Request::Status) else { panic!("not status") };
+    let v = status.vips.into_iter().find(|v| v.name == VIP).expect("the VIP");
+    (v.scheduler, v.scheduler_generation)
+}
+
 /// The VIP's plugin report from `stats --json`.
 fn report(socket: &str) -> PluginReport {
     let Response::Stats(s) = daemon::ask(Path::new(socket), Request::Stats) else { panic!("not stats") };
@@ -239,5 +246,59 @@ fn a_module_compiling_for_seconds_blinds_neither_the_control_socket_nor_health_c
     assert!(code != Some(0) && err.contains("above the limit of 4194304 bytes (plugins.max_module_bytes)"), "{err}");
     let Response::Status(status) = daemon::ask(Path::new(&socket), Request::Status) else { panic!("not status") };
     assert_eq!(status.vips.iter().find(|v| v.name == VIP).map(|v| v.scheduler.as_str()), Some("maglev"));
+    daemon::stop(d).expect("daemon stops");
+}
+
+/// A state file of the test's own, removed when dropped.
+struct StateFile(PathBuf);
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_persisted_plugin_survives_reload_and_restart_and_an_unpersisted_one_does_not() {
+    let state = StateFile(std::env::temp_dir().join(format!("fulcrum-lab-state-{}.json", std::process::id())));
+    let (lab, d, file, socket) = lab_with("");
+    // The lab's config keeps runtime changes in the default state file:
+    // this test's own instead, from the restart on.
+    let text = std::fs::read_to_string(file.path()).expect("config");
+    file.write(&text.replacen("[daemon]\n", &format!("[daemon]\nstate_file = \"{}\"\n", state.0.display()), 1));
+    daemon::stop(d).expect("daemon stops");
+    let d = daemon::run_in(&lab, &lab.balancer.ns, &file).expect("daemon with its state file");
+
+    let (code, out, err) = daemon::cli(&["plugin", "load", "--persist", "--vip", VIP, &plugin("round-robin"), "--socket", &socket]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim_end(), format!("vip {VIP}: plugin round-robin published (generation 1), persisted in {}", state.0.display()));
+    let saved = std::fs::read_to_string(&state.0).expect("the state file");
+    assert!(saved.contains("\"schedulers\"") && saved.contains("round-robin.wasm"), "{saved}");
+    // A reload keeps it as it runs: no new generation.
+    let (code, out, err) = daemon::cli(&["reload", "--socket", &socket]);
+    assert!(code == Some(0) && out.contains("no change"), "{out}{err}");
+    assert_eq!(scheduler(&socket), ("round-robin".into(), Some(1)));
+    // A restart loads it from the state file.
+    daemon::stop(d).expect("daemon stops");
+    let d = daemon::run_in(&lab, &lab.balancer.ns, &file).expect("daemon restarts");
+    assert_eq!(scheduler(&socket).0, "round-robin");
+    let served = in_netns(&lab.client.ns, || (0..6).filter(|_| matches!(http_get(SocketAddr::new(IpAddr::V4(VIP4), 80), "/", T), Ok((200, _)))).count());
+    assert_eq!(served.expect("client namespace"), 6);
+    assert_eq!(report(&socket).picks, 6, "the persisted plugin places the new flows");
+
+    // Forgotten: the file's scheduler (Maglev) at once, and no state left.
+    let (code, out, err) = daemon::cli(&["plugin", "forget", "--vip", VIP, "--socket", &socket]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(scheduler(&socket).0, "maglev");
+    assert!(!state.0.exists(), "the state file outlived its last change");
+    let (code, _, err) = daemon::cli(&["plugin", "forget", "--vip", VIP, "--socket", &socket]);
+    assert!(code == Some(1) && err.contains("has no persisted plugin"), "{err}");
+
+    // Without --persist: gone at the restart.
+    load(&socket, "round-robin");
+    assert_eq!(scheduler(&socket).0, "round-robin");
+    daemon::stop(d).expect("daemon stops");
+    let d = daemon::run_in(&lab, &lab.balancer.ns, &file).expect("daemon restarts");
+    assert_eq!(scheduler(&socket).0, "maglev");
     daemon::stop(d).expect("daemon stops");
 }

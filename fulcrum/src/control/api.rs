@@ -43,6 +43,14 @@ pub enum Request {
     PluginLoad {
         vip: String,
         path: std::path::PathBuf,
+        /// Also record it in the state file, to be loaded at every reload
+        /// and restart in place of the file's scheduler.
+        #[serde(default)]
+        persist: bool,
+    },
+    /// Drop the VIP's persisted plugin: the file's scheduler again.
+    PluginForget {
+        vip: String,
     },
     /// Set the role of this balancer of an HA pair ("master", "backup",
     /// "fault"), as keepalived's notify scripts do.
@@ -163,6 +171,10 @@ pub struct PluginLoaded {
     pub plugin: String,
     /// Counts the plugins published for the VIP.
     pub generation: u64,
+    /// The state file it was recorded in (`--persist`); `None`: it lasts
+    /// until the daemon restarts.
+    #[serde(default)]
+    pub persisted: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

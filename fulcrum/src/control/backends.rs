@@ -1,6 +1,7 @@
 //! Runtime changes to the backends (`fulcrum backend ...`): what each
 //! request does to the overlay (`fulcrum_config::Overlay`), and the state
-//! file that keeps the overlay across reloads and restarts.
+//! file that keeps the overlay (with the scheduler plugins loaded with
+//! `--persist`) across reloads and restarts.
 //!
 //! A change is prepared as a reload is (`prepare::backends`): the overlay
 //! is laid over the text of the file in force and the result validated
@@ -253,6 +254,25 @@ weight = 3
         // VIPs are found however they are written.
         assert!(find_vip(&with(&o).unwrap(), "198.18.100.1:80/TCP").is_ok());
         assert!(find_vip(&with(&o).unwrap(), "198.18.100.1:81/tcp").unwrap_err().to_string().contains("no vip"));
+    }
+
+    #[test]
+    fn a_persisted_scheduler_replaces_the_files_and_survives_the_state_file() {
+        let mut o = change(&Overlay::default(), "198.18.0.13", BackendChange::Add { weight: None, mac: None }).unwrap();
+        o.set_scheduler(VIP, Some(Path::new("/opt/plugins/least-connections.wasm")));
+        let c = with(&o).unwrap();
+        assert_eq!(c.vips[0].scheduler, cfg::Scheduler::Plugin("/opt/plugins/least-connections.wasm".into()));
+        assert_eq!(pool(&c).len(), 3, "the backend overrides apply too");
+        let dir = std::env::temp_dir().join(format!("fulcrum-state-sched-{}", std::process::id()));
+        let path = dir.join("state.json");
+        save(&path, &o).unwrap();
+        assert_eq!(load(&path).unwrap(), o);
+        // A state file from before persisted schedulers reads as it did.
+        fs::write(&path, r#"{"backends":[]}"#).unwrap();
+        assert_eq!(load(&path).unwrap(), Overlay::default());
+        let _ = fs::remove_dir_all(&dir);
+        o.set_scheduler(VIP, None);
+        assert_eq!(with(&o).unwrap().vips[0].scheduler, cfg::Scheduler::Maglev);
     }
 
     #[test]

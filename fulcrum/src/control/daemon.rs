@@ -653,11 +653,23 @@ impl Daemon {
 
     /// `fulcrum plugin load`: publishes a prepared plugin for the VIP's
     /// new flows (until a reload changes that VIP's configured scheduler).
+    /// With `--persist`, the state file is written first (as for a
+    /// backend change), and the VIP's plugin counts as configured from then
+    /// on: a reload keeps it, a restart loads it.
     pub fn finish_plugin(&mut self, prepared: Result<PreparedPlugin, Error>) -> Result<PluginLoaded, Error> {
         let p = prepared?;
+        let state_file = self.config.daemon.state_file.clone();
+        if let Some((loaded, _)) = &p.persisted {
+            backends::save(&state_file, &loaded.overlay)?;
+        }
         let plugin = p.plugin.name().to_string();
         let generation = self.plugins.publish(p.id, p.plugin, &self.dataplane);
-        Ok(PluginLoaded { vip: p.vip, plugin, generation })
+        let persisted = p.persisted.map(|(loaded, from)| {
+            self.plugins.set_configured(p.id, from);
+            (self.config, self.text, self.overlay) = (loaded.config, loaded.text, loaded.overlay);
+            state_file.display().to_string()
+        });
+        Ok(PluginLoaded { vip: p.vip, plugin, generation, persisted })
     }
 
     /// What runs: the configuration committed last, with the scheduler

@@ -155,6 +155,12 @@ impl Plugins {
 
     /// The plugin the VIP's new flows go through, and what it did;
     /// `None`: native Maglev.
+    /// Records that `vip`'s published plugin is the configured one, from
+    /// `from` (`fulcrum plugin load --persist`).
+    pub fn set_configured(&mut self, vip: VipId, from: Fingerprint) {
+        self.configured.insert(vip, from);
+    }
+
     pub fn in_force(&self, vip: VipId) -> Option<PluginReport> {
         report(&lock(&self.slots).get(&vip)?.stats())
     }

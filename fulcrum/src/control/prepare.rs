@@ -82,6 +82,9 @@ pub struct PreparedPlugin {
     pub vip: String,
     pub id: VipId,
     pub plugin: Plugin,
+    /// With `--persist`: the configuration with the plugin recorded in the
+    /// overlay, and the file it came from.
+    pub persisted: Option<(Loaded, Fingerprint)>,
 }
 
 /// Re-reads the configuration file and prepares what changed, with the
@@ -210,12 +213,37 @@ fn schedulers(base: &Base, new: &cfg::Config, modules: Vec<Option<Module>>, serv
 }
 
 /// `fulcrum plugin load`: reads, compiles and smoke-tests the plugin at
-/// `path` for the VIP named `vip` over its pool in force.
-pub fn plugin(base: &Base, vip: &str, path: &Path) -> Result<PreparedPlugin, Error> {
+/// `path` for the VIP named `vip` over its pool in force; with `persist`,
+/// also checks the configuration with it recorded as the VIP's scheduler.
+pub fn plugin(base: &Base, vip: &str, path: &Path, persist: bool) -> Result<PreparedPlugin, Error> {
     let no_vip = || Error::Refused(format!("no vip {vip} (VIPs are named like 198.18.0.100:80/tcp)"));
     let (Some(config), Some(services)) = (&base.config, &base.services) else { return Err(no_vip()) };
     let v = config.vips.iter().find(|v| v.name() == vip).ok_or_else(no_vip)?;
     let id = plugins::vip_id(services, v)?;
-    let plugin = Module::read(path)?.load(&base.runtime, &plugins::pool(services, id))?;
-    Ok(PreparedPlugin { vip: vip.to_string(), id, plugin })
+    let module = Module::read(path)?;
+    let persisted = match persist {
+        true => {
+            if path.to_str().is_none() {
+                return Err(Error::Refused(format!("{}: a persisted plugin's path must be UTF-8 (it is written in the state file)", path.display())));
+            }
+            let mut overlay = base.overlay.clone();
+            overlay.set_scheduler(&v.name(), Some(path));
+            Some((super::with_overlay(&base.path, base.text.clone(), overlay)?, module.from.clone()))
+        }
+        false => None,
+    };
+    let plugin = module.load(&base.runtime, &plugins::pool(services, id))?;
+    Ok(PreparedPlugin { vip: vip.to_string(), id, plugin, persisted })
+}
+
+/// `fulcrum plugin forget`: the overlay without `vip`'s persisted plugin,
+/// checked against the configuration in force.
+pub fn forget(running: &cfg::Config, overlay: &Overlay, vip: &str) -> Result<Overlay, Error> {
+    let name = super::backends::find_vip(running, vip)?.name();
+    if overlay.scheduler(&name).is_none() {
+        return Err(Error::Refused(format!("vip {name} has no persisted plugin")));
+    }
+    let mut next = overlay.clone();
+    next.set_scheduler(&name, None);
+    Ok(next)
 }

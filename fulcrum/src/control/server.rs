@@ -154,7 +154,10 @@ enum Job {
     Plugin {
         vip: String,
         path: PathBuf,
+        persist: bool,
     },
+    /// Drop a VIP's persisted plugin.
+    Forget(String),
     /// A runtime change to one backend; `None`: drop them all.
     Backend(Option<(String, String, BackendChange)>),
 }
@@ -231,7 +234,8 @@ impl Control {
                 tracing::info!("reload requested on the control socket");
                 self.queue(Job::Reload, Some(reply));
             }
-            Event::Request(Request::PluginLoad { vip, path }, reply) => self.queue(Job::Plugin { vip, path }, Some(reply)),
+            Event::Request(Request::PluginLoad { vip, path, persist }, reply) => self.queue(Job::Plugin { vip, path, persist }, Some(reply)),
+            Event::Request(Request::PluginForget { vip }, reply) => self.queue(Job::Forget(vip), Some(reply)),
             Event::Request(Request::Routes, reply) => {
                 let _ = reply.send(Response::Routes(self.daemon.routes()));
             }
@@ -274,8 +278,16 @@ impl Control {
         let spawned = std::thread::Builder::new().name("fulcrum-prepare".into()).spawn(move || {
             let outcome = match job {
                 Job::Reload => Outcome::Reload(prepare::reload(&base)),
-                Job::Plugin { vip, path } => Outcome::Plugin(prepare::plugin(&base, &vip, &path)),
-                Job::Backend(None) => Outcome::Backend("backend reset".into(), prepare::backends(&base, |_, _| Ok(Overlay::default()))),
+                Job::Plugin { vip, path, persist } => Outcome::Plugin(prepare::plugin(&base, &vip, &path, persist)),
+                Job::Forget(vip) => Outcome::Backend(
+                    format!("plugin forget of vip {vip}"),
+                    prepare::backends(&base, |running, _| prepare::forget(running, &base.overlay, &vip)),
+                ),
+                // Persisted plugins are no backend change: they stay.
+                Job::Backend(None) => Outcome::Backend(
+                    "backend reset".into(),
+                    prepare::backends(&base, |_, _| Ok(Overlay { schedulers: base.overlay.schedulers.clone(), ..Overlay::default() })),
+                ),
                 Job::Backend(Some((vip, backend, change))) => {
                     let what = format!("backend {change:?} of vip {vip} backend {backend}");
                     let prepared = prepare::backends(&base, |running, file| backends::apply(running, file, &base.overlay, &vip, &backend, &change));

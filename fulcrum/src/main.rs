@@ -372,8 +372,9 @@ enum PluginCmd {
     },
     /// Create a scheduler plugin crate DIR/NAME that builds anywhere,
     /// offline: an example scheduler with its unit tests, the release
-    /// profile of the shipped plugins, and a copy of this fulcrum's plugin
-    /// SDK (a path dependency, with no dependencies of its own).
+    /// profile and wasm32 flags of the shipped plugins, and a copy of this
+    /// fulcrum's plugin SDK (a path dependency, with no dependencies of its
+    /// own).
     New {
         name: String,
         /// Where to create it.

@@ -40,6 +40,17 @@ debug = false
 strip = true
 ";
 
+/// The shipped plugins' wasm32 build flags (the repository's
+/// `.cargo/config.toml`).
+const CARGO_CONFIG: &str = "\
+# A 64 KiB shadow stack instead of rustc's 1 MiB, as fulcrum's shipped
+# plugins: a module's initial memory (stack + statics) is what every
+# instance of it maps and resets. The stack sits first, so an overflow runs
+# below address 0 and traps.
+[target.wasm32-unknown-unknown]
+rustflags = [\"-C\", \"link-arg=-zstack-size=65536\"]
+";
+
 /// Creates the crate `dir/name`; returns its path. Refuses a name cargo
 /// would not take and a directory that exists.
 pub fn new_plugin(name: &str, dir: &Path) -> Result<PathBuf, Error> {
@@ -138,6 +149,7 @@ flow (ABI: `{SDK_DIR}/ABI.md`; SDK guide: `{SDK_DIR}/README.md`).
         ("src/lib.rs".to_string(), EXAMPLE.to_string()),
         ("README.md".to_string(), readme),
         (".gitignore".to_string(), "/target\n".to_string()),
+        (".cargo/config.toml".to_string(), CARGO_CONFIG.to_string()),
         (format!("{SDK_DIR}/Cargo.toml"), sdk_manifest),
     ];
     out.extend(SDK_FILES.iter().map(|(path, text)| (format!("{SDK_DIR}/{path}"), text.to_string())));
@@ -195,6 +207,13 @@ mod tests {
         for line in settings {
             assert!(RELEASE_PROFILE.lines().any(|l| l == line), "{line} is not in the scaffold's profile:\n{RELEASE_PROFILE}");
         }
+    }
+
+    #[test]
+    fn the_wasm_build_flags_are_the_shipped_plugins_ones() {
+        let repo = include_str!("../../.cargo/config.toml");
+        let flags = CARGO_CONFIG.lines().find(|l| l.starts_with("rustflags")).expect("rustflags");
+        assert!(repo.contains(&format!("[target.wasm32-unknown-unknown]\n{flags}\n")), "{flags} differs from the repository's");
     }
 
     #[test]

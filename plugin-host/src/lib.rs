@@ -1,10 +1,13 @@
 //! The WebAssembly plugin host: scheduling and health-policy plugins that
 //! follow `plugin-sdk/ABI.md` (version 1), run by wasmtime.
 //!
-//! - The control thread loads a plugin ([`PluginRuntime::load`]): compile,
-//!   check imports, exports and signatures, the ABI version, the state
-//!   region and its capacity, then a smoke `lb_update`/`lb_pick` over the
-//!   VIP's pool. Errors are typed ([`LoadError`]) and say what is wrong.
+//! - A thread preparing a reload or load (never the control thread, never
+//!   a worker) loads a plugin ([`PluginRuntime::load`]): the module's size
+//!   and function count checked against [`CompileLimits`], compiled on a
+//!   thread of its own within their timeout, imports, exports and
+//!   signatures, the ABI version, the state region and its capacity
+//!   checked, then a smoke `lb_update`/`lb_pick` over the VIP's pool.
+//!   Errors are typed ([`LoadError`]) and say what is wrong.
 //! - It publishes the plugin in the VIP's [`PluginSlot`]; each worker runs a
 //!   [`WasmScheduler`] from [`PluginSlot::scheduler`]: its own store and
 //!   instance, typed calls of plain core-module exports, the backend rows
@@ -23,7 +26,9 @@
 //!   once per pick (one atomic load) and re-instantiates when it changed.
 //! - [`HealthPolicy`]: a health-policy `Policy` from `lb_health`, or the native
 //!   rise/fall rule.
-//! - [`replay`]: synthetic flows through a plugin, for plugin authors.
+//! - [`replay`]: synthetic flows through a plugin, for plugin authors, with
+//!   the gates of a deploy (faults, quarantine, declines, pick and update
+//!   costs).
 //!
 //! Modules, each using only those before it: `abi` (the ABI's layout),
 //! `config` (limits and budgets), `error` (faults and load errors),

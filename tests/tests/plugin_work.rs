@@ -92,6 +92,15 @@ fn traffic(lab: &Lab, stop: &AtomicBool, out: &Latencies) {
     .expect("client namespace");
 }
 
+/// Held by the test that measures request latencies and by the one that
+/// keeps a core busy compiling: side by side (test threads of one binary)
+/// the second would be the first's noise.
+static TIMING: Mutex<()> = Mutex::new(());
+
+fn timing() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct StopOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for StopOnDrop<'_> {
@@ -102,6 +111,7 @@ impl Drop for StopOnDrop<'_> {
 
 #[test]
 fn a_slow_update_stalls_no_worker_at_the_swap_nor_at_backend_changes() {
+    let _timing = timing();
     let (lab, d, _file, socket) = lab();
     let (stop, latencies) = (AtomicBool::new(false), Latencies(Mutex::new(Vec::new())));
     let health_line = |state: &str| format!("backend {} is {state}", lab.backends[2].iface().v4);
@@ -194,6 +204,7 @@ impl Drop for TempModule {
 
 #[test]
 fn a_module_compiling_for_seconds_blinds_neither_the_control_socket_nor_health_checks() {
+    let _timing = timing();
     let limits = "\n[plugins]\nmax_module_bytes = 4194304\nmax_functions = 10000\ncompile_timeout = \"2s\"\n";
     let (lab, d, _file, socket) = lab_with(limits);
     // Legal and within the limits, but a million additions to compile:

@@ -659,12 +659,13 @@ impl Daemon {
     pub fn finish_plugin(&mut self, prepared: Result<PreparedPlugin, Error>) -> Result<PluginLoaded, Error> {
         let p = prepared?;
         let state_file = self.config.daemon.state_file.clone();
-        if let Some((loaded, _)) = &p.persisted {
-            backends::save(&state_file, &loaded.overlay)?;
+        if let Some(persisted) = &p.persisted {
+            backends::save(&state_file, &persisted.0.overlay)?;
         }
         let plugin = p.plugin.name().to_string();
         let generation = self.plugins.publish(p.id, p.plugin, &self.dataplane);
-        let persisted = p.persisted.map(|(loaded, from)| {
+        let persisted = p.persisted.map(|persisted| {
+            let (loaded, from) = *persisted;
             self.plugins.set_configured(p.id, from);
             (self.config, self.text, self.overlay) = (loaded.config, loaded.text, loaded.overlay);
             state_file.display().to_string()

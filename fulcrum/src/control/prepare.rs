@@ -84,7 +84,7 @@ pub struct PreparedPlugin {
     pub plugin: Plugin,
     /// With `--persist`: the configuration with the plugin recorded in the
     /// overlay, and the file it came from.
-    pub persisted: Option<(Loaded, Fingerprint)>,
+    pub persisted: Option<Box<(Loaded, Fingerprint)>>,
 }
 
 /// Re-reads the configuration file and prepares what changed, with the
@@ -228,7 +228,7 @@ pub fn plugin(base: &Base, vip: &str, path: &Path, persist: bool) -> Result<Prep
             }
             let mut overlay = base.overlay.clone();
             overlay.set_scheduler(&v.name(), Some(path));
-            Some((super::with_overlay(&base.path, base.text.clone(), overlay)?, module.from.clone()))
+            Some(Box::new((super::with_overlay(&base.path, base.text.clone(), overlay)?, module.from.clone())))
         }
         false => None,
     };

@@ -221,8 +221,12 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
     let plugin = replay_runtime()?.load(name, wasm, &pool).map_err(ReplayError::Load)?;
     let name = plugin.name().to_string();
 
-    let updates = plugin.update_costs(&pool, UPDATE_ROUNDS);
-    let has_update = updates.as_ref().map_or(true, |u| !u.is_empty());
+    // Timed apart from the passes: a fault here counts as the passes' do.
+    let (update_cost, update_fault) = match plugin.update_costs(&pool, UPDATE_ROUNDS) {
+        Ok(costs) if costs.is_empty() => (None, None),
+        Ok(costs) => (Some(Cost::of(costs)), None),
+        Err(fault) => (None, Some(fault)),
+    };
     let slot = PluginSlot::new(format!("replay of {name}"));
     slot.publish(plugin);
 
@@ -239,11 +243,8 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         FailurePass { failed: opts.failures.clone(), pass, remapped: changed.count(), remapped_from_failed }
     });
     let stats = slot.stats();
-    let (update_cost, mut last_fault, update_fault) = match updates {
-        Ok(u) => (has_update.then(|| Cost::of(u)), None, false),
-        Err(fault) => (None, Some(fault.to_string()), true),
-    };
-    last_fault = stats.last_fault.as_ref().map(|f| f.message.clone()).or(last_fault);
+    let faults_of = |k: FaultKind| stats.faults_of(k) + u64::from(update_fault.as_ref().is_some_and(|f| f.kind() == k));
+    let last_fault = stats.last_fault.as_ref().map(|f| f.message.clone()).or_else(|| update_fault.as_ref().map(ToString::to_string));
     let mut report = ReplayReport {
         plugin: name,
         flows: opts.flows,
@@ -254,8 +255,8 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         rates,
         all_up,
         failure,
-        faults: stats.fault_count() + u64::from(update_fault),
-        faults_by_kind: FaultKind::ALL.iter().map(|&k| (k.name(), stats.faults_of(k))).filter(|&(_, n)| n > 0).collect(),
+        faults: stats.fault_count() + u64::from(update_fault.is_some()),
+        faults_by_kind: FaultKind::ALL.iter().map(|&k| (k.name(), faults_of(k))).filter(|&(_, n)| n > 0).collect(),
         last_fault,
         quarantined: stats.quarantined,
         picks: stats.picks,

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fulcrum::control::api::{Request, Response, StatsReport, VipStats};
@@ -14,9 +13,7 @@ use fulcrum_tests::{Lab, VIP4, http_answers, in_netns, require_root};
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 
 fn plugin(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run scripts/build-plugins.sh", path.display());
-    path.to_string_lossy().into_owned()
+    daemon::plugin_module(name).to_string_lossy().into_owned()
 }
 
 /// `n` requests from the client, each on a new connection: how many each

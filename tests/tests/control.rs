@@ -24,9 +24,7 @@ const VIP: &str = "198.18.100.1:80/tcp";
 const REQUESTS: usize = 90;
 
 fn plugin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run scripts/build-plugins.sh", path.display());
-    path
+    daemon::plugin_module(name)
 }
 
 fn status(socket: &Path) -> Status {

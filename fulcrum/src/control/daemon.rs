@@ -652,8 +652,8 @@ impl Daemon {
     }
 
     /// `fulcrum plugin load`: publishes a prepared plugin for the VIP's
-    /// new flows (until a reload changes that VIP's configured scheduler).
-    /// With `--persist`, the state file is written first (as for a
+    /// new flows (until a reload changes that VIP's configured scheduler,
+    /// or a restart). With `--persist`, the state file is written first (as for a
     /// backend change), and the VIP's plugin counts as configured from then
     /// on: a reload keeps it, a restart loads it.
     pub fn finish_plugin(&mut self, prepared: Result<PreparedPlugin, Error>) -> Result<PluginLoaded, Error> {

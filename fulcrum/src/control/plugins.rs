@@ -153,14 +153,14 @@ impl Plugins {
         generation
     }
 
-    /// The plugin the VIP's new flows go through, and what it did;
-    /// `None`: native Maglev.
     /// Records that `vip`'s published plugin is the configured one, from
     /// `from` (`fulcrum plugin load --persist`).
     pub fn set_configured(&mut self, vip: VipId, from: Fingerprint) {
         self.configured.insert(vip, from);
     }
 
+    /// The plugin the VIP's new flows go through, and what it did;
+    /// `None`: native Maglev.
     pub fn in_force(&self, vip: VipId) -> Option<PluginReport> {
         report(&lock(&self.slots).get(&vip)?.stats())
     }

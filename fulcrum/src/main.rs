@@ -376,6 +376,8 @@ enum PluginCmd {
     /// fulcrum's plugin SDK (a path dependency, with no dependencies of its
     /// own).
     New {
+        /// The crate's name (lowercase letters, digits, - and _): the
+        /// module is then NAME.wasm with - written _.
         name: String,
         /// Where to create it.
         #[arg(long, default_value = ".")]

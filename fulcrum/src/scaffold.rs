@@ -156,43 +156,9 @@ flow (ABI: `{SDK_DIR}/ABI.md`; SDK guide: `{SDK_DIR}/README.md`).
     out
 }
 
-/// The new crate's scheduler: least connections per weight, with a test.
-const EXAMPLE: &str = r#"//! Least connections per weight: each new flow goes to the eligible
-//! backend (up, weight above 0) with the fewest established connections
-//! for its weight. Change `pick` to your algorithm; see the SDK's README
-//! for the state a plugin may keep and the inputs each row carries.
-
-#![no_std]
-
-use fulcrum_plugin_sdk::{Backends, Choice, Flow};
-
-pub fn pick(_flow: &Flow, backends: &Backends) -> Choice {
-    backends.min_by_load_per_weight(|b| u64::from(b.active))
-}
-
-fulcrum_plugin_sdk::export_plugin!(pick: pick);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fulcrum_plugin_sdk::Backend;
-    use fulcrum_plugin_sdk::testing::choose;
-
-    #[test]
-    fn fewest_connections_for_the_weight_wins() {
-        let rows = [Backend::new(1, 1).with_active(10), Backend::new(2, 4).with_active(20), Backend::new(3, 1).with_active(6)];
-        // 10/1, 20/4 = 5, 6/1: the second.
-        assert_eq!(choose(pick, &rows), Some(1));
-    }
-
-    #[test]
-    fn down_and_drained_backends_are_skipped() {
-        let rows = [Backend::new(1, 1).down(), Backend::new(2, 0), Backend::new(3, 1).with_active(100)];
-        assert_eq!(choose(pick, &rows), Some(2));
-        assert_eq!(choose(pick, &rows[..2]), None);
-    }
-}
-"#;
+/// The new crate's scheduler: the shipped weighted least connections,
+/// with its tests, for the author to change.
+const EXAMPLE: &str = include_str!("../../plugins/weighted-least-connections/src/lib.rs");
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fastrand::Rng;
 use serde::Serialize;
 
 use fulcrum_dataplane::flow::FlowKey;
@@ -301,24 +302,6 @@ impl ReplayReport {
     }
 }
 
-/// A small deterministic generator (splitmix64): the same flows in every
-/// pass and every run.
-struct Flows(u64);
-
-impl Flows {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// One pass on a fresh instance (as a new worker would start): the
 /// backend of every flow, in order; each pick's cost goes to `costs`.
 fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: &ReplayOptions, costs: &mut Vec<Duration>) -> (Pass, Vec<Option<usize>>) {
@@ -332,7 +315,7 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: 
     let mut pass = Pass { flows: vec![0; pool.len()], fallbacks: 0, unplaced: 0 };
     let vip = IpAddr::from([198, 18, 7, 10]);
     let clients = (opts.flows / 4).max(1) as u64;
-    let mut rng = Flows(0x5eed);
+    let mut rng = Rng::with_seed(0x5eed);
     // When each open flow closes (in flows started), and its backend.
     let mut closing: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> = Default::default();
     let placed = (0..opts.flows)
@@ -344,7 +327,7 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: 
                 pool[b].active = pool[b].active.saturating_sub(1);
             }
             let (client, port) = flow_source(&mut rng, clients);
-            let lifetime = opts.open.map(|open| 1 + rng.below(2 * open as u64) as usize);
+            let lifetime = opts.open.map(|open| 1 + rng.usize(..(2 * open).max(1)));
             let key = FlowKey::new(client, vip, port, 443, IpProtocol::TCP);
             let hash = key.hash64();
             let started = Instant::now();
@@ -372,9 +355,9 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: 
 
 /// A flow's client, one of `clients` in 198.19.0.0/16, and its ephemeral
 /// port (Linux's default range).
-fn flow_source(rng: &mut Flows, clients: u64) -> (IpAddr, u16) {
-    let c = rng.below(clients);
-    (IpAddr::from([198, 19, (c >> 8) as u8, c as u8]), 32_768 + rng.below(28_232) as u16)
+fn flow_source(rng: &mut Rng, clients: u64) -> (IpAddr, u16) {
+    let c = rng.u64(..clients.max(1));
+    (IpAddr::from([198, 19, (c >> 8) as u8, c as u8]), rng.u16(32_768..61_000))
 }
 
 /// Longer than any update within the default budget (1 s of CPU).
@@ -476,7 +459,7 @@ mod tests {
     fn replayed_flows_come_from_many_clients_and_ports() {
         let opts = ReplayOptions { flows: 4000, ..ReplayOptions::default() };
         let (mut clients, mut ports) = (std::collections::HashSet::new(), std::collections::HashSet::new());
-        let mut rng = Flows(0x5eed);
+        let mut rng = Rng::with_seed(0x5eed);
         for _ in 0..opts.flows {
             let (client, port) = flow_source(&mut rng, (opts.flows / 4) as u64);
             clients.insert(client);

@@ -146,10 +146,6 @@ struct Target<'a> {
     b: &'a BackendEntry,
 }
 
-/// A busy flow moves to the head of its table's LRU list at most this often
-/// (see `ConnTable::with_promotion_interval`).
-const PROMOTION_INTERVAL_MS: u32 = 1000;
-
 /// Full-NAT ports probed before a new flow is dropped as exhausted.
 const SNAT_PROBES: u16 = 64;
 
@@ -329,7 +325,7 @@ impl Engine {
         }
         let span = span as u16;
         let flows = Flows {
-            table: ConnTable::new(cfg.table_capacity, cfg.timeouts).with_promotion_interval(PROMOTION_INTERVAL_MS),
+            table: ConnTable::new(cfg.table_capacity, cfg.timeouts),
             sticky: Arc::clone(&shared.sticky),
             neighbours: Arc::clone(&shared.neighbours),
             latencies: Arc::clone(&shared.latencies),
@@ -410,10 +406,10 @@ impl Engine {
     pub fn flows(&self, vip: VipId, client: Option<[u8; 16]>, now_ms: u32, limit: usize) -> Vec<FlowRow> {
         let table = &self.flows.table;
         (0..table.slots_used())
-            .filter_map(|slot| table.live(slot as Slot))
-            .filter_map(|e| match e.value {
+            .filter_map(|slot| Some((slot as Slot, table.live(slot as Slot)?)))
+            .filter_map(|(slot, e)| match e.value {
                 FlowValue::Forward { vip: v, backend, .. } if v == vip && client.is_none_or(|c| e.key().src == c) => {
-                    Some(FlowRow { key: *e.key(), backend, state: e.state, idle_ms: now_ms.wrapping_sub(e.last_seen()) })
+                    Some(FlowRow { key: *e.key(), backend, state: e.state, idle_ms: now_ms.wrapping_sub(table.pair_seen(slot)) })
                 }
                 _ => None,
             })

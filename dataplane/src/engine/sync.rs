@@ -208,7 +208,8 @@ impl Engine {
                 return;
             }
             self.flows.sync.hand += 1;
-            let seen = self.flows.table.live(slot as Slot).is_some_and(|e| now.wrapping_sub(e.last_seen()) < since);
+            let table = &self.flows.table;
+            let seen = table.live(slot as Slot).is_some() && now.wrapping_sub(table.pair_seen(slot as Slot)) < since;
             if seen && self.sync_entry(slot as Slot, now, entry) && !send(entry) {
                 self.flows.sync.lost += 1;
                 return;
@@ -257,7 +258,7 @@ impl Engine {
         out.vip_port = v.spec.port;
         (out.backend, out.backend_port) = (b.addr, b.spec.port);
         out.state = e.state;
-        out.remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(e.last_seen()));
+        out.remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(f.table.pair_seen(slot)));
         out.worker = f.cfg.worker;
         out.splice = splice;
         (out.client_mac, out.iface, out.snat, out.snat_port) = ([0; 6], 0, [0; 16], 0);

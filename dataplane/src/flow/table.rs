@@ -1,20 +1,26 @@
 //! The per-worker connection table: a bounded map from [`FlowKey`] to a small
-//! `Copy` value, with TCP-state-aware idle timeouts and LRU eviction.
+//! `Copy` value, with TCP-state-aware idle timeouts and CLOCK eviction.
 //!
 //! Each worker core owns one table (one shard), so nothing here locks. Every
-//! byte is allocated in [`ConnTable::new`]: the per-packet path (`lookup`,
-//! `touch`) and the new-flow path (`insert`, with its eviction) never
+//! byte is allocated in [`ConnTable::new`]: the per-packet path (`find`,
+//! `refresh`) and the new-flow path (`insert`, with its eviction) never
 //! allocate, so a flood of new flows cannot make a worker stall in the
 //! allocator or run out of memory.
 //!
 //! Layout: entries live in one slot array and are addressed by a `u32`
-//! [`Slot`]. An intrusive doubly linked list through the entries orders them
-//! by recency (head = most recently used); freed slots form a free list
-//! through the same links. A `hashbrown::HashTable<Slot>` indexes slots by
-//! the flow hash, so an index bucket is 4 bytes and an entry is one cache
-//! line for an 8-byte value.
-
-use hashbrown::HashTable;
+//! [`Slot`]; freed slots form a free list through the entries. An index of
+//! 8-byte buckets (open addressing, linear probing, at most half full)
+//! maps the flow hash to a slot, so a lookup costs one index cache line and
+//! the entry's own line, and the index line is known from the hash alone:
+//! the engine warms both for a whole batch before processing it.
+//!
+//! Recency is CLOCK (second chance): a hit sets the entry's reference bit,
+//! a write to its own cache line only (an LRU list would also write its
+//! two neighbours, scattered in memory). When the table is full a hand
+//! sweeps the slots, clearing set bits, and evicts the first entry whose
+//! bit (and its peer's) is clear. A new entry starts clear, so the entries
+//! of a SYN flood, never hit again, go at the hand's first pass, while a
+//! flow that receives a packet per sweep survives.
 
 use super::FlowKey;
 
@@ -25,15 +31,25 @@ pub type Slot = u32;
 /// `Entry::peer` of an entry that is not paired.
 pub const NO_PEER: Slot = u32::MAX;
 
-/// End of the LRU and free lists.
+/// End of the free list.
 const NIL: Slot = u32::MAX;
 
-/// `prev` of a slot on the free list. Live slots hold a slot index or `NIL`
-/// there, so this one marker tells free from live without a spare byte.
-const FREE: Slot = u32::MAX - 1;
+/// `link` of a live slot. Free slots hold the next free slot or `NIL`
+/// there, so this one marker tells live from free without a spare byte.
+const LIVE: Slot = u32::MAX - 1;
 
-/// Largest capacity: every slot index must stay below `FREE`.
-const MAX_CAPACITY: usize = FREE as usize;
+/// Largest capacity: the index (twice as many buckets, a power of two)
+/// must be addressable by the 32 hash bits a bucket keeps.
+const MAX_CAPACITY: usize = 1 << 30;
+
+/// An empty index bucket (no slot is `u32::MAX`).
+const EMPTY: u64 = u64::MAX;
+
+/// Slots the clock hand examines for one eviction at most, so that one
+/// insert into a table of busy flows costs a bounded sweep (a sequential
+/// walk of 256 KiB): when all of them were referenced, the previous insert
+/// goes if still unreferenced, else the longest idle of them.
+const EVICTION_SCAN: usize = 4096;
 
 /// Idle timeouts in milliseconds, by flow state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,22 +97,25 @@ pub enum FlowState {
 
 /// One connection. Field order keeps `Entry<V>` for an 8-byte `V` within one
 /// 64-byte cache line: the u32 fields first, then the 38-byte key, then the
-/// two bytes of state and promotion tick, then the value.
+/// two bytes of state and reference bit, then the value.
 ///
 /// The key, the timestamp and the links belong to the table (changing them
-/// would corrupt the index, the LRU order or the pairing), so they are
+/// would corrupt the index, the free list or the pairing), so they are
 /// read-only; `state` and `value` are the caller's.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Entry<V> {
     last_seen: u32,
     peer: Slot,
-    prev: Slot,
-    next: Slot,
+    /// `LIVE`, or the next free slot.
+    link: Slot,
+    /// The low 32 bits of the key's hash: its index bucket, kept so that
+    /// removing the entry does not hash the key again.
+    tag: u32,
     key: FlowKey,
     pub state: FlowState,
-    /// Promotion tick of the last move to the LRU head (lazy promotion).
-    tick: u8,
+    /// Hit since the clock hand last passed.
+    referenced: bool,
     pub value: V,
 }
 
@@ -108,7 +127,8 @@ impl<V> Entry<V> {
         &self.key
     }
 
-    /// Time of the last lookup or touch (ms, wrapping).
+    /// Time of this entry's last hit (ms, wrapping). A pair is as recent as
+    /// its more recent half: see [`ConnTable::pair_seen`].
     pub fn last_seen(&self) -> u32 {
         self.last_seen
     }
@@ -119,7 +139,62 @@ impl<V> Entry<V> {
     }
 
     fn is_live(&self) -> bool {
-        self.prev != FREE
+        self.link == LIVE
+    }
+}
+
+/// The flow-hash index: buckets of `tag << 32 | slot`, linear probing from
+/// `tag & mask`, at most half full (so a miss ends at an empty bucket soon),
+/// deletion by backward shift (no tombstones, so it never degrades).
+struct Index {
+    buckets: Box<[u64]>,
+    mask: usize,
+}
+
+impl Index {
+    fn new(capacity: usize) -> Index {
+        let n = (2 * capacity).next_power_of_two();
+        Index { buckets: vec![EMPTY; n].into_boxed_slice(), mask: n - 1 }
+    }
+
+    fn home(&self, tag: u32) -> usize {
+        tag as usize & self.mask
+    }
+
+    fn insert(&mut self, tag: u32, slot: Slot) {
+        let mut i = self.home(tag);
+        while self.buckets[i] != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.buckets[i] = u64::from(tag) << 32 | u64::from(slot);
+    }
+
+    fn remove(&mut self, tag: u32, slot: Slot) {
+        let want = u64::from(tag) << 32 | u64::from(slot);
+        let mut hole = self.home(tag);
+        while self.buckets[hole] != want {
+            debug_assert_ne!(self.buckets[hole], EMPTY, "slot {slot} missing from the index");
+            if self.buckets[hole] == EMPTY {
+                return;
+            }
+            hole = (hole + 1) & self.mask;
+        }
+        // Shift back every later bucket of the run that may move into the
+        // hole (its home is not between the hole and itself).
+        let mut j = hole;
+        loop {
+            j = (j + 1) & self.mask;
+            let b = self.buckets[j];
+            if b == EMPTY {
+                break;
+            }
+            let home = self.home((b >> 32) as u32);
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.buckets[hole] = b;
+                hole = j;
+            }
+        }
+        self.buckets[hole] = EMPTY;
     }
 }
 
@@ -129,17 +204,17 @@ pub struct ConnTable<V: Copy> {
     /// in `new` and it grows by `push` only while below `capacity`), so slots
     /// are initialised lazily and need no placeholder `V`.
     slots: Vec<Entry<V>>,
-    /// Live slots, keyed by `key.hash64()`. Sized for twice `capacity` so it
-    /// never reallocates: hashbrown reclaims tombstones by rehashing in place
-    /// as long as items <= half its full capacity, which then always holds.
-    index: HashTable<Slot>,
+    index: Index,
     capacity: usize,
     len: usize,
-    /// Most recently used.
-    head: Slot,
-    /// Least recently used: the next victim when full.
-    tail: Slot,
     free: Slot,
+    /// The latest insert, which eviction spares: the second half of a pair
+    /// must not evict the first.
+    newest: Slot,
+    /// The insert before it.
+    prior: Slot,
+    /// Clock hand of eviction, in `0..slots.len()`.
+    evict_hand: usize,
     /// Clock hand of `expire`, in `0..slots.len()`.
     hand: usize,
     timeouts: Timeouts,
@@ -150,15 +225,7 @@ pub struct ConnTable<V: Copy> {
     /// source ports of ended NAT flows. Preallocated and bounded.
     departed: Vec<(FlowKey, V, FlowState)>,
     lost_departures: u64,
-    /// Lazy promotion: a hit moves an entry to the LRU head only when the
-    /// tick (`now >> shift`) changed since its last move. None: every hit
-    /// moves it (exact LRU).
-    promote_shift: Option<u32>,
 }
-
-/// With lazy promotion the list is in LRU order only to within an interval,
-/// so eviction picks the longest idle of this many entries nearest the tail.
-const EVICTION_SAMPLE: usize = 8;
 
 /// The most slots one `expire` call examines.
 pub const MAX_EXPIRE_BUDGET: usize = 1024;
@@ -173,71 +240,120 @@ impl<V: Copy> ConnTable<V> {
         let capacity = capacity.clamp(2, MAX_CAPACITY);
         ConnTable {
             slots: Vec::with_capacity(capacity),
-            index: HashTable::with_capacity(2 * capacity),
+            index: Index::new(capacity),
             capacity,
             len: 0,
-            head: NIL,
-            tail: NIL,
             free: NIL,
+            newest: NIL,
+            prior: NIL,
+            evict_hand: 0,
             hand: 0,
             timeouts,
             evictions: 0,
             expirations: 0,
             departed: Vec::with_capacity(DEPARTED_CAP),
             lost_departures: 0,
-            promote_shift: None,
         }
     }
 
-    /// Lazy promotion, as memcached bumps items: a hit relinks the entry at
-    /// the head of the LRU list only once per interval (`ms` rounded up to a
-    /// power of two), so a busy flow costs a write to its own entry instead
-    /// of writes to three entries scattered in memory. Eviction takes the
-    /// longest idle of the entries nearest the tail. `ms` = 0 keeps exact LRU.
-    pub fn with_promotion_interval(mut self, ms: u32) -> Self {
-        self.promote_shift = (ms > 0).then(|| ms.next_power_of_two().trailing_zeros());
-        self
-    }
-
-    /// The entry to evict: the tail, or with lazy promotion the longest idle
-    /// of the entries nearest it.
-    fn victim(&self, now: u32) -> Slot {
-        if self.promote_shift.is_none() {
-            return self.tail;
-        }
-        let idle = |s: Slot| now.wrapping_sub(self.slots[s as usize].last_seen);
-        let (mut best, mut at) = (self.tail, self.tail);
-        for _ in 0..EVICTION_SAMPLE {
-            if at == NIL {
-                break;
+    /// The entry to evict from a full table (every slot handed out is then
+    /// live): the first the clock hand finds unreferenced, with its peer,
+    /// clearing the bits it passes; see `EVICTION_SCAN` for a long run of
+    /// referenced ones.
+    fn victim(&mut self, now: u32) -> Slot {
+        let used = self.slots.len();
+        let mut oldest: Option<(u32, Slot)> = None;
+        // Two sweeps at most: the second finds the bits the first cleared.
+        for _ in 0..EVICTION_SCAN.min(2 * used) {
+            let slot = self.evict_hand as Slot;
+            self.evict_hand += 1;
+            if self.evict_hand == used {
+                self.evict_hand = 0;
             }
-            if idle(at) > idle(best) {
-                best = at;
+            let (referenced, peer) = (self.slots[slot as usize].referenced, self.slots[slot as usize].peer);
+            // A pair is judged once per sweep, at its lower slot, as one
+            // entry referenced if either half is.
+            if slot == self.newest || (peer != NO_PEER && peer < slot) {
+                continue;
             }
-            at = self.slots[at as usize].prev;
+            if !referenced && (peer == NO_PEER || !self.slots[peer as usize].referenced) {
+                return slot;
+            }
+            self.slots[slot as usize].referenced = false;
+            if peer != NO_PEER {
+                self.slots[peer as usize].referenced = false;
+            }
+            let idle = now.wrapping_sub(self.pair_seen(slot));
+            if oldest.is_none_or(|(i, _)| idle > i) {
+                oldest = Some((idle, slot));
+            }
         }
-        best
+        // A run of busy flows: rather than one of them, the insert before
+        // the newest if nothing hit it yet (in a flood, a SYN of the flood).
+        let prior = self.slots.get(self.prior as usize).filter(|e| e.is_live() && !e.referenced);
+        if let Some(e) = prior
+            && (e.peer == NO_PEER || !self.slots[e.peer as usize].referenced)
+        {
+            return self.prior;
+        }
+        // Only `newest` and referenced entries were seen (at least one of
+        // the latter: capacity >= 2).
+        oldest.map_or(self.evict_hand as Slot, |(_, s)| s)
     }
 
-    fn tick(&self, now: u32) -> u8 {
-        self.promote_shift.map_or(0, |shift| (now >> shift) as u8)
+    /// The slot of `key`'s entry (`hash` must be `key.hash64()`), live or
+    /// expired: reads the index and the entry, writes nothing. With
+    /// [`refresh`](Self::refresh), a lookup split in two, so the engine
+    /// can find the entries of a batch first and handle them after.
+    #[inline]
+    pub fn find(&self, key: &FlowKey, hash: u64) -> Option<Slot> {
+        let tag = hash as u32;
+        let mut i = self.index.home(tag);
+        loop {
+            let b = self.index.buckets[i];
+            if b == EMPTY {
+                return None;
+            }
+            if (b >> 32) as u32 == tag && self.slots[b as u32 as usize].key == *key {
+                return Some(b as u32);
+            }
+            i = (i + 1) & self.index.mask;
+        }
     }
 
-    /// The live entry for `key` (`hash` must be `key.hash64()`): refreshes it
-    /// and its peer and makes it the most recently used. An expired entry is
-    /// removed, with its peer, and reported absent.
+    /// Loads the index bucket of `hash` into the cache, so that a `find`
+    /// of it soon after does not wait for memory. A demand load, not a
+    /// prefetch instruction: `_mm_prefetch` needs `unsafe`, which this
+    /// crate forbids, and the crate that holds the unsafe code sits above
+    /// it; independent loads of a batch overlap in the CPU all the same.
+    #[inline]
+    pub fn warm(&self, hash: u64) {
+        std::hint::black_box(self.index.buckets[self.index.home(hash as u32)]);
+    }
+
+    /// The live entry for `key`: refreshes it and reports its slot. An
+    /// expired entry is removed, with its peer, and reported absent.
+    #[inline]
     pub fn lookup(&mut self, key: &FlowKey, hash: u64, now: u32) -> Option<Slot> {
         let slot = self.find(key, hash)?;
-        if self.pair_expired(slot, now) {
-            self.expirations += self.remove_pair(slot) as u64;
-            return None;
-        }
-        self.touch(slot, now);
-        Some(slot)
+        self.refresh(slot, now).then_some(slot)
     }
 
-    /// Whether `key` has a live entry, without refreshing, reordering or
-    /// reaping anything: probing candidate SNAT ports must not keep them alive.
+    /// A hit on the entry `find` returned: if its pair has expired, removes
+    /// the pair and returns false; else marks it seen at `now` and
+    /// referenced, writing to its own entry only, and returns true.
+    #[inline]
+    pub fn refresh(&mut self, slot: Slot, now: u32) -> bool {
+        if self.pair_expired(slot, now) {
+            self.expirations += self.remove_pair(slot) as u64;
+            return false;
+        }
+        self.touch(slot, now);
+        true
+    }
+
+    /// Whether `key` has a live entry, without refreshing or reaping
+    /// anything: probing candidate SNAT ports must not keep them alive.
     pub fn contains(&self, key: &FlowKey, hash: u64, now: u32) -> bool {
         self.peek(key, hash, now).is_some()
     }
@@ -247,10 +363,10 @@ impl<V: Copy> ConnTable<V> {
         self.find(key, hash).filter(|&slot| !self.pair_expired(slot, now))
     }
 
-    /// Inserts `key` as the most recently used entry and returns its slot.
-    /// The key must not be live; an expired entry for it (which `contains`
-    /// reports absent but leaves in place) is removed first. When the table
-    /// is full the least recently used entry and its peer are evicted.
+    /// Inserts `key` unreferenced and returns its slot. The key must not be
+    /// live; an expired entry for it (which `contains` reports absent but
+    /// leaves in place) is removed first. When the table is full the clock
+    /// hand's victim and its peer are evicted.
     pub fn insert(&mut self, key: FlowKey, hash: u64, state: FlowState, value: V, now: u32) -> Slot {
         debug_assert_eq!(hash, key.hash64(), "hash must be key.hash64()");
         if let Some(old) = self.find(&key, hash) {
@@ -265,10 +381,11 @@ impl<V: Copy> ConnTable<V> {
             let victim = self.victim(now);
             self.evictions += self.remove_pair(victim) as u64;
         }
-        let entry = Entry { last_seen: now, peer: NO_PEER, prev: NIL, next: NIL, key, state, tick: self.tick(now), value };
+        let tag = hash as u32;
+        let entry = Entry { last_seen: now, peer: NO_PEER, link: LIVE, tag, key, state, referenced: false, value };
         let slot = if self.free != NIL {
             let slot = self.free;
-            self.free = self.slots[slot as usize].next;
+            self.free = self.slots[slot as usize].link;
             self.slots[slot as usize] = entry;
             slot
         } else {
@@ -278,9 +395,8 @@ impl<V: Copy> ConnTable<V> {
             self.slots.push(entry);
             (self.slots.len() - 1) as Slot
         };
-        self.push_front(slot);
-        let slots = &self.slots;
-        self.index.insert_unique(hash, slot, |&s| slots[s as usize].key.hash64());
+        self.index.insert(tag, slot);
+        self.prior = std::mem::replace(&mut self.newest, slot);
         self.len += 1;
         slot
     }
@@ -311,23 +427,33 @@ impl<V: Copy> ConnTable<V> {
         self.slots.len()
     }
 
+    /// When the pair of `slot` was last seen: its more recent half's
+    /// `last_seen` (a hit refreshes one half only).
+    pub fn pair_seen(&self, slot: Slot) -> u32 {
+        let e = &self.slots[slot as usize];
+        match e.peer {
+            NO_PEER => e.last_seen,
+            peer => newer(e.last_seen, self.slots[peer as usize].last_seen),
+        }
+    }
+
     /// Ages `slot` as if last seen at `at` (a flow imported from a peer
-    /// keeps the time it has left there). Its LRU place is unchanged.
+    /// keeps the time it has left there). Its reference bit is unchanged.
     pub fn set_last_seen(&mut self, slot: Slot, at: u32) {
         debug_assert!(self.slots[slot as usize].is_live(), "set_last_seen of free slot {slot}");
         self.slots[slot as usize].last_seen = at;
     }
 
-    /// Marks `slot` and its peer as seen at `now` and makes `slot` the most
-    /// recently used. A pair ages as one: otherwise the idle reverse half of
-    /// a one-way flow would expire or be evicted and take the busy half with it.
+    /// Marks `slot` seen at `now` and referenced. Its peer is not written:
+    /// a pair ages as one because its age is that of its more recent half,
+    /// so the idle reverse half of a one-way flow neither expires nor is
+    /// evicted while the busy half lives.
+    #[inline]
     pub fn touch(&mut self, slot: Slot, now: u32) {
-        debug_assert!(self.slots[slot as usize].is_live(), "touch of free slot {slot}");
-        let peer = self.slots[slot as usize].peer;
-        if peer != NO_PEER {
-            self.refresh(peer, now);
-        }
-        self.refresh(slot, now);
+        let entry = &mut self.slots[slot as usize];
+        debug_assert!(entry.is_live(), "touch of free slot {slot}");
+        entry.last_seen = now;
+        entry.referenced = true;
     }
 
     /// Pairs the forward and reverse halves of a NAT'd flow so that they
@@ -404,23 +530,21 @@ impl<V: Copy> ConnTable<V> {
         self.lost_departures
     }
 
-    fn find(&self, key: &FlowKey, hash: u64) -> Option<Slot> {
-        let slots = &self.slots;
-        self.index.find(hash, |&s| slots[s as usize].key == *key).copied()
-    }
-
     /// Idle longer than its state allows. Wrapping arithmetic, so `now` may
     /// wrap around u32 (every 49.7 days); the clock hand reaps entries long
-    /// before they could be idle that long.
-    fn expired(&self, slot: Slot, now: u32) -> bool {
-        let e = &self.slots[slot as usize];
-        now.wrapping_sub(e.last_seen) > self.timeouts.for_state(e.state)
-    }
-
-    /// A pair is gone as soon as either half has timed out.
+    /// before they could be idle that long. A pair is idle since its more
+    /// recent half's last hit, and allowed the shorter of its halves'
+    /// timeouts (both halves normally share one state).
+    #[inline]
     fn pair_expired(&self, slot: Slot, now: u32) -> bool {
-        let peer = self.slots[slot as usize].peer;
-        self.expired(slot, now) || (peer != NO_PEER && self.expired(peer, now))
+        let e = &self.slots[slot as usize];
+        let (mut seen, mut timeout) = (e.last_seen, self.timeouts.for_state(e.state));
+        if e.peer != NO_PEER {
+            let p = &self.slots[e.peer as usize];
+            seen = newer(seen, p.last_seen);
+            timeout = timeout.min(self.timeouts.for_state(p.state));
+        }
+        now.wrapping_sub(seen) > timeout
     }
 
     /// Frees `slot` and its peer; returns how many entries that removed.
@@ -433,16 +557,14 @@ impl<V: Copy> ConnTable<V> {
         removed
     }
 
-    /// Frees one slot (if live): out of the index and the LRU list, onto the
-    /// free list. Returns 1 if it was live.
+    /// Frees one slot (if live): out of the index, onto the free list.
+    /// Returns 1 if it was live.
     fn release(&mut self, slot: Slot) -> usize {
         let entry = &self.slots[slot as usize];
         if !entry.is_live() {
             return 0;
         }
-        let indexed = self.index.find_entry(entry.key.hash64(), |&s| s == slot).map(|e| e.remove()).is_ok();
-        debug_assert!(indexed, "live slot {slot} missing from the index");
-        self.unlink(slot);
+        self.index.remove(entry.tag, slot);
         let entry = &mut self.slots[slot as usize];
         if self.departed.len() < DEPARTED_CAP {
             self.departed.push((entry.key, entry.value, entry.state));
@@ -450,8 +572,7 @@ impl<V: Copy> ConnTable<V> {
             self.lost_departures += 1;
         }
         entry.peer = NO_PEER;
-        entry.prev = FREE;
-        entry.next = self.free;
+        entry.link = self.free;
         self.free = slot;
         self.len -= 1;
         1
@@ -464,45 +585,12 @@ impl<V: Copy> ConnTable<V> {
             self.slots[old as usize].peer = NO_PEER;
         }
     }
+}
 
-    fn refresh(&mut self, slot: Slot, now: u32) {
-        let tick = self.tick(now);
-        let entry = &mut self.slots[slot as usize];
-        entry.last_seen = now;
-        let due = self.promote_shift.is_none() || entry.tick != tick;
-        if due && self.head != slot {
-            self.slots[slot as usize].tick = tick;
-            self.unlink(slot);
-            self.push_front(slot);
-        }
-    }
-
-    fn unlink(&mut self, slot: Slot) {
-        let Entry { prev, next, .. } = self.slots[slot as usize];
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.slots[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.slots[next as usize].prev = prev;
-        }
-    }
-
-    fn push_front(&mut self, slot: Slot) {
-        let old_head = self.head;
-        let entry = &mut self.slots[slot as usize];
-        entry.prev = NIL;
-        entry.next = old_head;
-        if old_head == NIL {
-            self.tail = slot;
-        } else {
-            self.slots[old_head as usize].prev = slot;
-        }
-        self.head = slot;
-    }
+/// The more recent of two wrapping millisecond times (at most half the
+/// u32 range apart).
+fn newer(a: u32, b: u32) -> u32 {
+    if b.wrapping_sub(a) as i32 > 0 { b } else { a }
 }
 
 #[cfg(test)]

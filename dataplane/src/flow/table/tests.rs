@@ -1,27 +1,86 @@
 //! The connection table's tests: recency promotion, departures, and
 //! the table itself (lookups, timeouts, eviction, peers).
 
-mod promotion {
+mod clock {
     use super::super::*;
     use crate::wire::IpProtocol;
 
-    fn key(n: u16) -> FlowKey {
-        FlowKey::new([198, 18, 0, 1].into(), [198, 18, 0, 2].into(), n, 80, IpProtocol::TCP)
+    fn key(n: u32) -> FlowKey {
+        FlowKey::new([198, 18, (n >> 8) as u8, n as u8].into(), [198, 18, 0, 2].into(), 1024, 80, IpProtocol::TCP)
     }
 
     #[test]
-    fn hits_within_an_interval_do_not_relink_yet_eviction_takes_the_longest_idle() {
-        let mut t: ConnTable<u8> = ConnTable::new(2, Timeouts::default()).with_promotion_interval(1000); // 1024 ms ticks
-        let b = t.insert(key(2), key(2).hash64(), FlowState::Established, 2, 0);
-        let a = t.insert(key(1), key(1).hash64(), FlowState::Established, 1, 3072); // tick 3
-        assert_eq!(t.lookup(&key(2), key(2).hash64(), 3100), Some(b)); // tick changed: b to the head
-        assert_eq!(t.tail, a);
-        assert_eq!(t.lookup(&key(1), key(1).hash64(), 3200), Some(a)); // same tick: a stays the tail
-        assert_eq!(t.tail, a);
-        // a was used last, so b goes although a is the tail.
-        t.insert(key(3), key(3).hash64(), FlowState::Established, 3, 3300);
-        assert!(t.contains(&key(1), key(1).hash64(), 3300));
-        assert!(!t.contains(&key(2), key(2).hash64(), 3300));
+    fn a_hit_writes_its_own_entry_only() {
+        let mut t: ConnTable<u8> = ConnTable::new(4, Timeouts::default());
+        let (a, b) = (t.insert(key(1), key(1).hash64(), FlowState::Established, 1, 0), t.insert(key(2), key(2).hash64(), FlowState::Established, 2, 0));
+        t.link_peers(a, b);
+        assert_eq!(t.lookup(&key(1), key(1).hash64(), 700), Some(a));
+        assert_eq!((t.entry(a).last_seen(), t.entry(a).referenced), (700, true));
+        assert_eq!((t.entry(b).last_seen(), t.entry(b).referenced), (0, false));
+        assert_eq!((t.pair_seen(a), t.pair_seen(b)), (700, 700));
+    }
+
+    #[test]
+    fn the_hand_spares_referenced_entries_once_and_the_newest_always() {
+        let mut t: ConnTable<u8> = ConnTable::new(3, Timeouts::default());
+        let s: Vec<Slot> = (0..3).map(|n| t.insert(key(n), key(n).hash64(), FlowState::Established, n as u8, 0)).collect();
+        t.touch(s[0], 1);
+        t.touch(s[1], 1);
+        // 0 and 1 referenced, 2 the newest: the hand clears 0 and 1, skips
+        // 2, and takes 0 on its second pass.
+        t.insert(key(3), key(3).hash64(), FlowState::Established, 3, 2);
+        assert!(!t.contains(&key(0), key(0).hash64(), 2));
+        assert!((1..4).all(|n| t.contains(&key(n), key(n).hash64(), 2)));
+        assert!(!t.entry(s[1]).referenced, "cleared as the hand passed");
+    }
+
+    #[test]
+    fn a_full_sweep_of_busy_entries_takes_the_longest_idle_of_those_seen() {
+        let n = 2 * EVICTION_SCAN as u32;
+        let mut t: ConnTable<u8> = ConnTable::new(n as usize, Timeouts::default());
+        for i in 0..n {
+            let s = t.insert(key(i), key(i).hash64(), FlowState::Established, 0, 0);
+            t.touch(s, 1000 + i % 50);
+        }
+        t.insert(key(n), key(n).hash64(), FlowState::Established, 0, 2000);
+        // Slots 0..EVICTION_SCAN were examined; the one last seen earliest goes.
+        assert!(!t.contains(&key(0), key(0).hash64(), 2000));
+        assert_eq!(t.evictions(), 1);
+        assert!((EVICTION_SCAN as u32..n).all(|i| t.entry(i).referenced));
+    }
+
+    /// The protection of the hostile-traffic guards: a SYN flood filling
+    /// the table evicts the flood's own never-hit entries, not established
+    /// flows that keep receiving packets, even when the flood brings many
+    /// times the table's capacity between two packets of a flow.
+    #[test]
+    fn a_syn_flood_does_not_evict_flows_that_keep_receiving_packets() {
+        // More active flows than one eviction's scan, in consecutive slots.
+        const CAPACITY: u32 = 30_000;
+        const ACTIVE: u32 = 2 * EVICTION_SCAN as u32 + 1000;
+        let mut t: ConnTable<u8> = ConnTable::new(CAPACITY as usize, Timeouts::default());
+        let est = |i: u32| FlowKey::new([198, 18, (i >> 8) as u8, i as u8].into(), [198, 19, 0, 1].into(), 40000, 80, IpProtocol::TCP);
+        for i in 0..ACTIVE {
+            t.insert(est(i), est(i).hash64(), FlowState::Established, 0, 0);
+        }
+        // Each round: a flood of half the capacity in new SYNs, then one
+        // packet of every active flow.
+        let mut now = 0;
+        for round in 0..20u32 {
+            for j in 0..CAPACITY / 2 {
+                now += 1;
+                let k = FlowKey::new([198, 19, (j >> 8) as u8, j as u8].into(), [198, 19, 0, 1].into(), round as u16, 80, IpProtocol::TCP);
+                t.insert(k, k.hash64(), FlowState::SynSeen, 1, now / 1000);
+            }
+            let lost = (0..ACTIVE).filter(|&i| t.lookup(&est(i), est(i).hash64(), now / 1000).is_none()).count();
+            assert_eq!(lost, 0, "round {round}: {lost} of {ACTIVE} active flows evicted");
+            for i in 0..ACTIVE {
+                if !t.contains(&est(i), est(i).hash64(), now / 1000) {
+                    t.insert(est(i), est(i).hash64(), FlowState::Established, 0, now / 1000);
+                }
+            }
+        }
+        assert_eq!(t.len(), CAPACITY as usize);
     }
 }
 
@@ -129,12 +188,12 @@ mod table {
     }
 
     #[test]
-    fn full_table_evicts_least_recently_used() {
+    fn full_table_evicts_an_entry_not_hit_since_the_hand_passed() {
         let mut t = ConnTable::<u64>::new(4, T);
         for n in 0..4 {
             ins(&mut t, n, n);
         }
-        // Key 0 is the oldest insert, but a lookup makes 1 the least recently used.
+        // Key 0 is the oldest insert, but a lookup references it: the hand takes 1.
         assert!(look(&mut t, 0, 10).is_some());
         ins(&mut t, 4, 11);
         assert_eq!(t.len(), 4);
@@ -155,7 +214,7 @@ mod table {
     }
 
     #[test]
-    fn contains_does_not_touch_lru_order_or_time() {
+    fn contains_does_not_reference_or_refresh() {
         let mut t = ConnTable::<u64>::new(3, T);
         for n in 0..3 {
             ins(&mut t, n, 0);
@@ -164,7 +223,7 @@ mod table {
         // Not refreshed: still expires 500 ms after the insert.
         assert!(!has(&t, 0, 501));
         ins(&mut t, 3, 1);
-        assert!(!has(&t, 0, 1), "contains must not have made 0 recently used");
+        assert!(!has(&t, 0, 1), "contains must not have referenced 0");
         assert!(has(&t, 1, 1));
     }
 
@@ -179,7 +238,7 @@ mod table {
         assert_eq!(t.len(), 1);
         assert!(!has(&t, 1, 0) && !has(&t, 2, 0) && has(&t, 3, 0));
 
-        // On eviction: the pair is the least recently used.
+        // On eviction: the hand reaches the pair, never hit, first.
         let mut t = ConnTable::<u64>::new(4, T);
         let (a, b) = (ins(&mut t, 1, 0), ins(&mut t, 2, 0));
         t.link_peers(a, b);
@@ -210,11 +269,11 @@ mod table {
         t.link_peers(a, b);
         ins(&mut t, 3, 0);
         ins(&mut t, 4, 0);
-        // Traffic on a alone keeps b alive and recently used.
+        // Traffic on a alone keeps b alive and spared by the hand.
         for now in (100..=1000).step_by(100) {
             assert_eq!(look(&mut t, 1, now), Some(a));
         }
-        assert_eq!(t.entry(b).last_seen(), 1000);
+        assert_eq!(t.pair_seen(b), 1000);
         ins(&mut t, 5, 1000);
         assert!(has(&t, 2, 1000), "b was evicted while a was busy");
         // b closing: the pair goes when b's 20 ms run out.
@@ -308,8 +367,11 @@ mod table {
     struct Model {
         capacity: usize,
         map: HashMap<FlowKey, M>,
-        /// Least recently used first.
-        lru: Vec<FlowKey>,
+        /// Insertion order, for picking a present key.
+        present: Vec<FlowKey>,
+        evict_hand: usize,
+        newest: Option<Slot>,
+        prior: Option<Slot>,
         /// Slots handed out so far and the clock hand over them.
         used: usize,
         hand: usize,
@@ -322,15 +384,53 @@ mod table {
         last_seen: u32,
         state: FlowState,
         peer: Option<FlowKey>,
+        referenced: bool,
     }
 
     impl Model {
-        fn expired(&self, k: &FlowKey, now: u32) -> bool {
-            let m = &self.map[k];
-            now.wrapping_sub(m.last_seen) > T.for_state(m.state)
-        }
+        /// Idle since the more recent half's hit, past the shorter timeout.
         fn pair_expired(&self, k: &FlowKey, now: u32) -> bool {
-            self.expired(k, now) || self.map[k].peer.is_some_and(|p| self.expired(&p, now))
+            let m = &self.map[k];
+            let idle = |m: &M| now.wrapping_sub(m.last_seen);
+            match m.peer.map(|p| &self.map[&p]) {
+                None => idle(m) > T.for_state(m.state),
+                Some(p) => idle(m).min(idle(p)) > T.for_state(m.state).min(T.for_state(p.state)),
+            }
+        }
+        fn at(&self, slot: Slot) -> FlowKey {
+            *self.map.iter().find(|(_, m)| m.slot == slot).unwrap().0
+        }
+        /// CLOCK over the slots, as the table's doc says it works.
+        fn victim(&mut self, now: u32) -> FlowKey {
+            let mut oldest: Option<(u32, FlowKey)> = None;
+            for _ in 0..EVICTION_SCAN.min(2 * self.used) {
+                let slot = self.evict_hand as Slot;
+                self.evict_hand = (self.evict_hand + 1) % self.used;
+                let k = self.at(slot);
+                let peer = self.map[&k].peer;
+                if Some(slot) == self.newest || peer.is_some_and(|p| self.map[&p].slot < slot) {
+                    continue;
+                }
+                if !self.map[&k].referenced && !peer.is_some_and(|p| self.map[&p].referenced) {
+                    return k;
+                }
+                for x in std::iter::once(k).chain(peer) {
+                    self.map.get_mut(&x).unwrap().referenced = false;
+                }
+                let seen = |m: &M| now.wrapping_sub(m.last_seen);
+                let idle = peer.map_or(seen(&self.map[&k]), |p| seen(&self.map[&k]).min(seen(&self.map[&p])));
+                if oldest.is_none_or(|(i, _)| idle > i) {
+                    oldest = Some((idle, k));
+                }
+            }
+            let prior = self.prior.and_then(|slot| self.map.iter().find(|(_, m)| m.slot == slot)).map(|(k, m)| (*k, m));
+            if let Some((k, m)) = prior
+                && !m.referenced
+                && m.peer.is_none_or(|p| !self.map[&p].referenced)
+            {
+                return k;
+            }
+            oldest.map_or_else(|| self.at(self.evict_hand as Slot), |(_, k)| k)
         }
         fn live(&self, k: &FlowKey, now: u32) -> bool {
             self.map.contains_key(k) && !self.pair_expired(k, now)
@@ -340,21 +440,15 @@ mod table {
             let mut n = 0;
             for x in std::iter::once(*k).chain(peer) {
                 self.map.remove(&x);
-                self.lru.retain(|y| *y != x);
+                self.present.retain(|y| *y != x);
                 n += 1;
             }
             n
         }
-        fn refresh(&mut self, k: &FlowKey, now: u32) {
-            self.map.get_mut(k).unwrap().last_seen = now;
-            self.lru.retain(|y| y != k);
-            self.lru.push(*k);
-        }
         fn touch(&mut self, k: &FlowKey, now: u32) {
-            if let Some(p) = self.map[k].peer {
-                self.refresh(&p, now);
-            }
-            self.refresh(k, now);
+            let m = self.map.get_mut(k).unwrap();
+            m.last_seen = now;
+            m.referenced = true;
         }
         fn lookup(&mut self, k: &FlowKey, now: u32) -> bool {
             if !self.map.contains_key(k) {
@@ -373,14 +467,15 @@ mod table {
                 self.expirations += self.remove_pair(&k);
             }
             if self.map.len() == self.capacity {
-                let victim = self.lru[0];
+                let victim = self.victim(now);
                 self.evictions += self.remove_pair(&victim);
             }
             assert!((slot as usize) < self.capacity);
             assert!(self.map.values().all(|m| m.slot != slot), "slot {slot} handed out twice");
             self.used = self.used.max(slot as usize + 1);
-            self.map.insert(k, M { slot, last_seen: now, state, peer: None });
-            self.lru.push(k);
+            self.map.insert(k, M { slot, last_seen: now, state, peer: None, referenced: false });
+            self.present.push(k);
+            self.prior = self.newest.replace(slot);
         }
         fn expire(&mut self, now: u32, budget: usize) -> usize {
             let mut removed = 0;
@@ -426,14 +521,25 @@ mod table {
                 })
                 .collect();
             let mut t = ConnTable::<u64>::new(capacity, T);
-            let mut m = Model { capacity, map: HashMap::new(), lru: Vec::new(), used: 0, hand: 0, evictions: 0, expirations: 0 };
+            let mut m = Model {
+                capacity,
+                map: HashMap::new(),
+                present: Vec::new(),
+                evict_hand: 0,
+                newest: None,
+                prior: None,
+                used: 0,
+                hand: 0,
+                evictions: 0,
+                expirations: 0,
+            };
             // Start close to the wrap so that `now` crosses u32::MAX.
             let mut now = u32::MAX - 20_000;
             for step in 0..15_000 {
                 now = now.wrapping_add(if rng.below(50) == 0 { 400 } else { rng.below(8) as u32 });
                 let k = keys[rng.below(keys.len() as u64) as usize];
                 let h = k.hash64();
-                let present: Vec<FlowKey> = m.lru.clone();
+                let present: Vec<FlowKey> = m.present.clone();
                 let some_present = (!present.is_empty()).then(|| present[rng.below(present.len() as u64) as usize]);
                 match rng.below(100) {
                     0..30 => {
@@ -494,7 +600,7 @@ mod table {
                 }
                 for (k, e) in &m.map {
                     let te = t.entry(e.slot);
-                    assert_eq!((te.key(), te.last_seen(), te.state), (k, e.last_seen, e.state));
+                    assert_eq!((te.key(), te.last_seen(), te.state, te.referenced), (k, e.last_seen, e.state, e.referenced));
                     assert_eq!(te.peer(), e.peer.map_or(NO_PEER, |p| m.map[&p].slot));
                 }
             }

@@ -189,7 +189,24 @@ struct Flows {
     /// Per VIP id, whether its SYN proxy is engaged (`SynProxy::Auto`).
     guards: Vec<Guard>,
     sync: SyncLog,
+    /// The chunk being processed, frame by frame (preallocated,
+    /// `WARM_BATCH` long).
+    heads: Vec<Head>,
 }
+
+/// What the first passes over a chunk found of one frame.
+struct Head {
+    parsed: Result<Parsed, ParseError>,
+    /// The flow key's hash.
+    hash: u64,
+    /// The flow's entry when the chunk began: a hint, since processing the
+    /// frames before this one may have removed it or reused its slot.
+    slot: Option<Slot>,
+}
+
+/// Frames whose index buckets and entries are loaded before the first of
+/// them is processed: enough misses in flight to cover the memory latency.
+const WARM_BATCH: usize = 64;
 
 /// How often a worker measures its byte rate per backend, and the weight
 /// of each measure in the smoothed rate (1/8 at 100 ms: the last second or
@@ -351,6 +368,7 @@ impl Engine {
             early: EarlyData::default(),
             guards: vec![Guard::default(); cfg.max_vips],
             sync: SyncLog::new(&cfg),
+            heads: Vec::with_capacity(WARM_BATCH),
             cfg,
         };
         let mut engine = Engine { services: Arc::clone(&services), flows };
@@ -434,14 +452,34 @@ impl Engine {
         let now_ms = (now_us / 1000) as u32;
         let (services, flows) = (&*self.services, &mut self.flows);
         flows.now_us = now_us;
-        for pkt in batch.iter_mut() {
-            pkt.verdict = flows.process_one(services, now_ms, pkt);
-            match pkt.verdict {
-                Verdict::Pass => flows.stats.passed.inc(),
-                Verdict::Drop(r) => flows.stats.drops.count(r),
-                Verdict::Tx(_) | Verdict::Handoff(_) => {}
+        for chunk in batch.chunks_mut(WARM_BATCH) {
+            // First every frame's headers and flow hash, loading its index
+            // bucket, then every flow's entry, so that the cache misses of
+            // the whole chunk overlap instead of coming one per packet.
+            let mut heads = std::mem::take(&mut flows.heads);
+            heads.clear();
+            for pkt in chunk.iter() {
+                heads.push(Head { parsed: parse(pkt.frame()), hash: 0, slot: None });
+                if let Some(Head { parsed: Ok(p), hash, .. }) = heads.last_mut() {
+                    *hash = p.key.hash64();
+                    flows.table.warm(*hash);
+                }
             }
-            flows.settle_departures(now_ms);
+            for h in &mut heads {
+                if let Ok(p) = &h.parsed {
+                    h.slot = flows.table.find(&p.key, h.hash);
+                }
+            }
+            for (pkt, head) in chunk.iter_mut().zip(&heads) {
+                pkt.verdict = flows.process_one(services, now_ms, pkt, head);
+                match pkt.verdict {
+                    Verdict::Pass => flows.stats.passed.inc(),
+                    Verdict::Drop(r) => flows.stats.drops.count(r),
+                    Verdict::Tx(_) | Verdict::Handoff(_) => {}
+                }
+                flows.settle_departures(now_ms);
+            }
+            flows.heads = heads;
         }
         flows.table.expire(now_ms, flows.cfg.expire_budget);
         flows.settle_departures(now_ms);
@@ -523,21 +561,22 @@ impl Flows {
         }
     }
 
-    fn process_one(&mut self, s: &Services, now: u32, pkt: &mut Packet) -> Verdict {
+    /// One frame, with what the first passes over its chunk found.
+    fn process_one(&mut self, s: &Services, now: u32, pkt: &mut Packet, head: &Head) -> Verdict {
         // Replies and NAT return traffic leave by the interface a flow came
         // in on: it must be one the services describe.
         if usize::from(pkt.ingress) >= s.interfaces.len() {
             return Verdict::Drop(DropReason::UnknownInterface);
         }
-        let p = match parse(pkt.frame()) {
+        let p = match &head.parsed {
             Ok(p) => p,
             Err(ParseError::NotIp) => return Verdict::Pass,
             Err(ParseError::Truncated) => return Verdict::Drop(DropReason::Truncated),
             Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),
         };
         match p.fragment {
-            None => self.flow_packet(s, now, pkt, &p),
-            Some(f) => self.fragment(s, now, pkt, &p, f),
+            None => self.flow_packet(s, now, pkt, p, head.hash, head.slot),
+            Some(f) => self.fragment(s, now, pkt, p, head.hash, f),
         }
     }
 
@@ -546,17 +585,16 @@ impl Flows {
     /// and was placed: then the first follows that one, and opens its flow
     /// there.
     #[cold]
-    fn fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, f: Fragment) -> Verdict {
+    fn fragment(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, f: Fragment) -> Verdict {
         if !f.first {
             return self.later_fragment(s, now, pkt, p, f.id);
         }
-        let hash = p.key.hash64();
         let verdict = match self.fragments.placement(&p.key, f.id, now) {
             Some(Placement::Backend(vip_id, backend)) if s.find_vip(&p.key) == Some(vip_id) && !self.table.contains(&p.key, hash, now) => match s.vip(vip_id) {
                 Some(vip) => self.open_flow(s, now, pkt, p, hash, (vip_id, vip), backend),
                 None => self.vip_drop(vip_id, DropReason::Fragment),
             },
-            _ => self.flow_packet(s, now, pkt, p),
+            _ => self.flow_packet(s, now, pkt, p, hash, None),
         };
         if let Verdict::Tx(_) = verdict {
             self.fragments.record(&p.key, f.id, Placement::Flow(p.key), now);
@@ -566,12 +604,14 @@ impl Flows {
 
     /// A packet with ports: its flow's, or a new flow's.
     #[inline(always)]
-    fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed) -> Verdict {
+    /// `hint`: where the flow's entry was found before (see `Head`).
+    fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, hint: Option<Slot>) -> Verdict {
         if is_icmp_error(pkt.frame(), p) {
             return self.icmp_error(s, now, pkt, p);
         }
-        let hash = p.key.hash64();
-        if let Some(slot) = self.table.lookup(&p.key, hash, now) {
+        if let Some(slot) = self.table.find_hinted(hint, &p.key, hash)
+            && self.table.refresh(slot, now)
+        {
             match self.table.entry(slot).value {
                 FlowValue::Forward { vip, backend, .. } if self.opens_afresh(s, p, slot, (vip, backend)) => {
                     // A client reusing its port (or a spoofed SYN before

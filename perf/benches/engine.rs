@@ -3,7 +3,8 @@
 //! across 1 million flows, on one core.
 //!
 //! `cargo bench -p fulcrum-perf --bench engine` prints a markdown table.
-//! `-- --flows N --rounds R` change the flow count and repetitions;
+//! `-- --flows N --rounds R` change the flow count and repetitions,
+//! `-- --mode MODE` measures that mode only;
 //! `-- --callgrind MODE` fills the table, then runs `--rounds` passes of
 //! that mode's established flows (with `--new`, of flows never seen)
 //! through `counted`, for instruction counting by
@@ -49,6 +50,7 @@ fn main() {
     let rounds: usize = arg(&args, "--rounds").map_or(5, |s| s.parse().expect("--rounds R"));
     let callgrind = arg(&args, "--callgrind");
     let new_only = args.iter().any(|a| a == "--new");
+    let only = arg(&args, "--mode");
     let mut bufs = vec![0u8; SLOT * BATCH];
     let syns = frames(flows, 0, SYN);
     let acks = frames(flows, 0, ACK);
@@ -81,7 +83,7 @@ fn main() {
     let mut copy = engine(Mode::Dsr, 16);
     let copy_ns = median((0..rounds).map(|_| pass(&mut copy, &acks, &order, &mut bufs, false, 0)).collect());
     println!("| copy only | {copy_ns:.1} | |");
-    for (name, mode) in modes() {
+    for (name, mode) in modes().into_iter().filter(|(n, _)| only.as_deref().is_none_or(|o| o == *n)) {
         // New flows: a table already full, so each insert also evicts —
         // the steady state of a busy balancer.
         let mut e = engine(mode.clone(), flows);

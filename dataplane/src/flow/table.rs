@@ -321,6 +321,16 @@ impl<V: Copy> ConnTable<V> {
         }
     }
 
+    /// `find`, checking first the slot `hint` where the key was found
+    /// before (a slot may since have been freed or reused for another key).
+    #[inline]
+    pub fn find_hinted(&self, hint: Option<Slot>, key: &FlowKey, hash: u64) -> Option<Slot> {
+        match hint.and_then(|s| self.live(s)) {
+            Some(e) if e.key == *key => hint,
+            _ => self.find(key, hash),
+        }
+    }
+
     /// Loads the index bucket of `hash` into the cache, so that a `find`
     /// of it soon after does not wait for memory. A demand load, not a
     /// prefetch instruction: `_mm_prefetch` needs `unsafe`, which this

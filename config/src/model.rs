@@ -139,6 +139,7 @@ pub struct Daemon {
     /// across reloads and restarts.
     pub state_file: PathBuf,
     pub xdp_mode: XdpMode,
+    pub poll: Poll,
     pub workers: Workers,
     /// On SIGTERM: withdraw the VIPs, keep forwarding until their traffic
     /// stops or this long, then exit; `None`: SIGTERM exits at once.
@@ -155,6 +156,19 @@ pub enum XdpMode {
     /// Native, falling back to generic.
     #[default]
     Auto,
+}
+
+/// How a worker waits for frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Poll {
+    /// Poll while frames come; after an empty round, sleep in `poll(2)`
+    /// until a frame or 1 ms passes.
+    #[default]
+    Adaptive,
+    /// Never sleep: spin on the rings, with the kernel's preferred busy
+    /// polling of the sockets where the driver has it. Lowest latency;
+    /// each worker takes a whole core.
+    Busy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -506,6 +520,10 @@ pub(crate) trait Keyword: Copy + PartialEq + 'static {
 
 impl Keyword for XdpMode {
     const ALL: &[(&str, Self)] = &[("native", XdpMode::Native), ("generic", XdpMode::Generic), ("auto", XdpMode::Auto)];
+}
+
+impl Keyword for Poll {
+    const ALL: &[(&str, Self)] = &[("adaptive", Poll::Adaptive), ("busy", Poll::Busy)];
 }
 
 impl Keyword for Protocol {

@@ -23,6 +23,7 @@ pub(crate) struct RawDaemon {
     pub metrics_listen: Field,
     pub state_file: Field,
     pub xdp_mode: Field,
+    pub poll: Field,
     pub workers: Field,
     pub cores: Field,
     pub shutdown_grace: Field,

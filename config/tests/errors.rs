@@ -42,6 +42,7 @@ fn the_issues_example_word_for_word() {
 fn every_error_is_reported_in_line_order() {
     let text = r#"[daemon]
 xdp_mode = "fast"
+poll = "spin"
 workers = 0
 
 [[interface]]
@@ -73,15 +74,16 @@ weight = -1
         check(text).unwrap_err(),
         [
             r#"fulcrum.toml:2: daemon: xdp_mode must be one of "native", "generic", "auto", got "fast""#,
-            "fulcrum.toml:3: daemon: workers must be 1..=1024, got 0",
-            "fulcrum.toml:8: interface lb0: mtu must be 1280..=9216, got 100",
-            r#"fulcrum.toml:11: timeouts: udp must be a duration string such as "30s", "15m" or "1h 30m", got "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#,
-            "fulcrum.toml:12: timeouts: tcp_syn must be between 1s and 7days, got 0s",
-            "fulcrum.toml:19: vip 198.18.0.100:80/tcp: snat is only for mode full-nat, not dsr",
-            "fulcrum.toml:23: vip 198.18.0.100:80/tcp, backend 1: port must be omitted or 80: mode dsr delivers the client's packet unchanged, got 8080",
-            "fulcrum.toml:24: vip 198.18.0.100:80/tcp, backend 1: unknown field `wieght`, expected one of `address`, `port`, `weight`, `mac`, `health`",
-            "fulcrum.toml:27: vip 198.18.0.100:80/tcp, backend 2: address 2001:db8::12 is IPv6 but the VIP is IPv4: all addresses of a VIP are of one family",
-            "fulcrum.toml:28: vip 198.18.0.100:80/tcp, backend 2: weight must be 0..=65535, got -1",
+            r#"fulcrum.toml:3: daemon: poll must be one of "adaptive", "busy", got "spin""#,
+            "fulcrum.toml:4: daemon: workers must be 1..=1024, got 0",
+            "fulcrum.toml:9: interface lb0: mtu must be 1280..=9216, got 100",
+            r#"fulcrum.toml:12: timeouts: udp must be a duration string such as "30s", "15m" or "1h 30m", got "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#,
+            "fulcrum.toml:13: timeouts: tcp_syn must be between 1s and 7days, got 0s",
+            "fulcrum.toml:20: vip 198.18.0.100:80/tcp: snat is only for mode full-nat, not dsr",
+            "fulcrum.toml:24: vip 198.18.0.100:80/tcp, backend 1: port must be omitted or 80: mode dsr delivers the client's packet unchanged, got 8080",
+            "fulcrum.toml:25: vip 198.18.0.100:80/tcp, backend 1: unknown field `wieght`, expected one of `address`, `port`, `weight`, `mac`, `health`",
+            "fulcrum.toml:28: vip 198.18.0.100:80/tcp, backend 2: address 2001:db8::12 is IPv6 but the VIP is IPv4: all addresses of a VIP are of one family",
+            "fulcrum.toml:29: vip 198.18.0.100:80/tcp, backend 2: weight must be 0..=65535, got -1",
         ]
     );
 }
@@ -127,7 +129,7 @@ fn unknown_keys_anywhere_are_errors_with_their_line() {
         e,
         [
             "fulcrum.toml:4: unknown section `metrics`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `plugins`, `vip`, `sync`, `bgp`",
-            "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
+            "fulcrum.toml:7: daemon: unknown field `socket`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `poll`, `workers`, `cores`, `shutdown_grace`",
             "fulcrum.toml:14: vip 198.18.0.100:80/tcp: unknown field `colour`, expected one of `address`, `protocol`, `port`, `mode`, `snat`, `tunnel_source`, `gue_port`, `scheduler`, `syn_proxy`, `persistence`, `health`, `backend`",
             "fulcrum.toml:15: vip 198.18.0.100:80/tcp: health: unknown field `every`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`, `through_vip`",
             "fulcrum.toml:18: vip 198.18.0.100:80/tcp, backend 1: health: unknown field `prot`, expected one of `kind`, `interval`, `timeout`, `rise`, `fall`, `path`, `expect_status`, `expect_content`, `host`, `sni`, `verify`, `ca_file`, `payload`, `payload_hex`, `expect_reply`, `expect_reply_hex`, `query_name`, `query_type`, `expect_address`, `address`, `port`, `on_down`, `policy`, `through_vip`",
@@ -145,7 +147,7 @@ fn names_from_the_file_are_escaped() {
         all,
         [
             "fulcrum.toml:1: unknown section `\\u{1b}[2Jx\\ny`, expected one of `daemon`, `interface`, `limits`, `timeouts`, `plugins`, `vip`, `sync`, `bgp`",
-            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `workers`, `cores`, `shutdown_grace`",
+            "fulcrum.toml:6: daemon: unknown field `a\\nfulcrum.toml:1: forged\\u{1b}[31m`, expected one of `control_socket`, `metrics_listen`, `state_file`, `xdp_mode`, `poll`, `workers`, `cores`, `shutdown_grace`",
         ]
         .join("\n")
     );
@@ -822,10 +824,12 @@ fn daemon_and_limits() {
         errors("[daemon]\nworkers = 4\n[limits]\nsnat_ports = \"1-3\"\n"),
         [r#"fulcrum.toml:7: limits: snat_ports 1-3 has 3 ports, fewer than the 4 workers that share it"#]
     );
-    let c = valid("[daemon]\ncores = [3, 2]\nmetrics_listen = \"[::1]:9200\"\nxdp_mode = \"native\"\n[limits]\nsnat_ports = \"40000-40003\"\n");
+    let c =
+        valid("[daemon]\ncores = [3, 2]\nmetrics_listen = \"[::1]:9200\"\nxdp_mode = \"native\"\npoll = \"busy\"\n[limits]\nsnat_ports = \"40000-40003\"\n");
     assert_eq!(c.daemon.workers, Workers::Pinned(vec![3, 2]));
     assert_eq!(c.daemon.metrics_listen.to_string(), "[::1]:9200");
     assert_eq!(c.daemon.xdp_mode, XdpMode::Native);
+    assert_eq!(c.daemon.poll, Poll::Busy);
     assert_eq!(c.limits.snat_ports, PortRange { first: 40000, last: 40003 });
 }
 
@@ -840,6 +844,7 @@ fn defaults() {
                 metrics_listen: "127.0.0.1:7780".parse().unwrap(),
                 state_file: "/var/lib/fulcrum/state.json".into(),
                 xdp_mode: XdpMode::Auto,
+                poll: Poll::Adaptive,
                 workers: Workers::Auto,
                 shutdown_grace: None,
             },

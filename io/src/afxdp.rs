@@ -51,11 +51,31 @@ pub struct XskConfig {
     pub batch: usize,
     /// Try zero-copy first (refused on veth), then copy mode.
     pub zero_copy: bool,
+    /// Ask the kernel for preferred busy polling of the sockets' device
+    /// queues: the owner then spins (`PacketIo::spin`) instead of sleeping.
+    pub busy_poll: Option<BusyPoll>,
 }
 
 impl Default for XskConfig {
     fn default() -> Self {
-        XskConfig { frames_per_port: 4096, ring_size: 2048, batch: 64, zero_copy: true }
+        XskConfig { frames_per_port: 4096, ring_size: 2048, batch: 64, zero_copy: true, busy_poll: None }
+    }
+}
+
+/// Preferred busy polling (`SO_PREFER_BUSY_POLL`): the application's
+/// receive and send calls run the device queue's NAPI poll, up to `budget`
+/// frames and `usecs` of spinning, and the kernel holds its interrupts
+/// back while the application keeps polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    pub usecs: u32,
+    pub budget: u16,
+}
+
+impl Default for BusyPoll {
+    /// The values of the kernel's AF_XDP busy-polling example (xdpsock).
+    fn default() -> Self {
+        BusyPoll { usecs: 20, budget: 64 }
     }
 }
 
@@ -125,6 +145,8 @@ const BIND_BACKOFF: Duration = Duration::from_millis(10);
 struct Port {
     ifname: String,
     queue: u32,
+    /// The kernel took the busy-polling options.
+    busy_poll: bool,
     rx: RxQueue,
     tx: TxQueue,
     fq: FillQueue,
@@ -231,6 +253,11 @@ impl XskIo {
         self.ports.get(usize::from(port)).map(|p| p.rx.fd().as_raw_fd())
     }
 
+    /// Whether the kernel took the busy-polling options on every socket.
+    pub fn is_busy_polling(&self) -> bool {
+        self.ports.iter().all(|p| p.busy_poll)
+    }
+
     /// Whether `port`'s socket runs in zero-copy mode.
     pub fn is_zero_copy(&self, port: PortId) -> bool {
         self.ports.get(usize::from(port)).is_some_and(|p| p.zero_copy)
@@ -327,6 +354,27 @@ impl XskIo {
     }
 }
 
+/// Sets the busy-polling options on an AF_XDP socket. Whether the kernel
+/// took them: one without `SO_PREFER_BUSY_POLL` (before 5.11) refuses
+/// with ENOPROTOOPT, and the socket then works as without.
+fn set_busy_poll(fd: RawFd, bp: BusyPoll) -> std::io::Result<bool> {
+    let opts = [(libc::SO_PREFER_BUSY_POLL, 1), (libc::SO_BUSY_POLL, bp.usecs as libc::c_int), (libc::SO_BUSY_POLL_BUDGET, libc::c_int::from(bp.budget))];
+    for (name, value) in opts {
+        let value: libc::c_int = value;
+        // SAFETY: `value` is a live c_int of the length passed; `fd` is
+        // this socket's, open for the call.
+        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, (&raw const value).cast(), size_of::<libc::c_int>() as libc::socklen_t) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+    }
+    Ok(true)
+}
+
 /// Binds one socket, zero-copy first if asked, retrying on EBUSY.
 fn bind(umem: &Umem, ifname: &str, queue: u32, cfg: &XskConfig, first: bool) -> Result<Port, IoError> {
     let iface: Interface = ifname.parse().map_err(|_| IoError::InvalidArgument(format!("`{ifname}` is not a valid interface name")))?;
@@ -348,8 +396,13 @@ fn bind(umem: &Umem, ifname: &str, queue: u32, cfg: &XskConfig, first: bool) -> 
             // a UMEM is shared.
             match unsafe { Socket::new(config, umem, &iface, queue) } {
                 Ok((tx, rx, Some((fq, cq)))) => {
-                    let zero_copy = sys::xsk_is_zero_copy(rx.fd().as_raw_fd());
-                    return Ok(Port { ifname: ifname.to_owned(), queue, rx, tx, fq, cq, zero_copy });
+                    let fd = rx.fd().as_raw_fd();
+                    let zero_copy = sys::xsk_is_zero_copy(fd);
+                    let busy_poll = match cfg.busy_poll {
+                        Some(bp) => set_busy_poll(fd, bp).map_err(|source| IoError::Socket { ifname: ifname.to_owned(), queue, source })?,
+                        None => false,
+                    };
+                    return Ok(Port { ifname: ifname.to_owned(), queue, busy_poll, rx, tx, fq, cq, zero_copy });
                 }
                 Ok((_, _, None)) => {
                     return Err(IoError::InvalidArgument(format!("{ifname} queue {queue} is opened twice in one worker")));
@@ -468,6 +521,23 @@ impl PacketIo for XskIo {
                 self.free.push(chunk);
             }
         }
+    }
+
+    /// A zero-length non-blocking recvfrom on each socket: with busy
+    /// polling set, the kernel runs the device queue's poll in it.
+    fn spin(&mut self) -> Result<(), IoError> {
+        for p in &self.ports {
+            // SAFETY: a zero-length receive into no buffer, on this
+            // socket's descriptor; the kernel writes nothing.
+            let rc = unsafe { libc::recvfrom(p.rx.fd().as_raw_fd(), std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR | libc::EBUSY | libc::ENETDOWN | libc::ENOBUFS)) {
+                    return Err(p.ring_error(e));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError> {

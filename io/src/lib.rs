@@ -72,6 +72,12 @@ pub trait PacketIo {
 
     /// Sleeps until frames may be ready or `timeout` passes (idle loops).
     fn wait(&mut self, timeout: Duration) -> Result<(), IoError>;
+
+    /// Returns at once after giving the device a chance to deliver (busy
+    /// loops). Nothing to do for a backend without a device to poll.
+    fn spin(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
 }
 
 /// How an XDP program is attached.

@@ -65,6 +65,7 @@ impl Checker<'_> {
         })
         .map(|p| p.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)));
         let xdp_mode = optional(&raw.xdp_mode, |v| self.keyword(ctx, "xdp_mode", v)).map(Option::unwrap_or_default);
+        let poll = optional(&raw.poll, |v| self.keyword(ctx, "poll", v)).map(Option::unwrap_or_default);
         let workers = self.workers(&raw, ctx);
         let shutdown_grace = optional(&raw.shutdown_grace, |_| self.duration(ctx, "shutdown_grace", &raw.shutdown_grace, Duration::ZERO, MAX_SHUTDOWN_GRACE));
         Some(Daemon {
@@ -72,6 +73,7 @@ impl Checker<'_> {
             metrics_listen: metrics_listen?,
             state_file: state_file?,
             xdp_mode: xdp_mode?,
+            poll: poll?,
             workers: workers?,
             shutdown_grace: shutdown_grace?,
         })

@@ -261,10 +261,15 @@ impl Daemon {
                 )));
             }
         };
+        let busy = config.daemon.poll == cfg::Poll::Busy;
+        let xsk = XskConfig { busy_poll: busy.then(afxdp::BusyPoll::default), ..XskConfig::default() };
         let mut ios = Vec::with_capacity(queues as usize);
         let mut sockets = Vec::new();
         for q in 0..queues {
-            let io = XskIo::open(&names, q, &XskConfig::default())?;
+            let io = XskIo::open(&names, q, &xsk)?;
+            if busy && !io.is_busy_polling() {
+                tracing::warn!(queue = q, "the kernel has no preferred busy polling (SO_PREFER_BUSY_POLL): the workers spin without it");
+            }
             sockets.extend(io.watches()?.into_iter().map(|w| (q as usize, w)));
             for (port, p) in steering.programs.iter_mut().enumerate() {
                 if let Some(fd) = io.socket_fd(port as u8) {
@@ -278,7 +283,7 @@ impl Daemon {
         let ha = config.sync.as_ref().map(|_| Ha::new(queues as usize, role));
         // A row of readings per worker, now that their number is known.
         shared.readings = Arc::new(Readings::new(queues as usize, engine.max_backends));
-        let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus, ha.as_ref())?;
+        let dataplane = Dataplane::start(ios, engine, &services, &shared, &cpus, ha.as_ref(), busy)?;
         let ha = match (ha, &config.sync) {
             (Some(ha), Some(c)) => {
                 let shape = Shape { workers: queues as u16, snat_ports: engine.snat_ports };

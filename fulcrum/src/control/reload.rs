@@ -26,6 +26,7 @@ pub fn needs_restart(old: &cfg::Config, new: &cfg::Config) -> Vec<String> {
     field("daemon.metrics_listen", d.metrics_listen.to_string(), n.metrics_listen.to_string());
     field("daemon.state_file", dbg(&d.state_file), dbg(&n.state_file));
     field("daemon.xdp_mode", dbg(&d.xdp_mode), dbg(&n.xdp_mode));
+    field("daemon.poll", dbg(&d.poll), dbg(&n.poll));
     field("daemon.workers", dbg(&d.workers), dbg(&n.workers));
     field("interface", interfaces(&old.topology).join(", "), interfaces(&new.topology).join(", "));
     field("limits.connections_per_worker", old.limits.connections_per_worker.to_string(), new.limits.connections_per_worker.to_string());

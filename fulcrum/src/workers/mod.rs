@@ -85,6 +85,7 @@ impl Dataplane {
 
     /// Starts one thread per worker; worker i is pinned to CPU `cpus[i]`
     /// when given. With `ha`, the workers sync their flows through it.
+    /// `busy`: the workers spin instead of sleeping when idle.
     pub fn start<I: PacketIo + Send + 'static>(
         ios: Vec<I>,
         cfg: EngineConfig,
@@ -92,6 +93,7 @@ impl Dataplane {
         shared: &Shared,
         cpus: &[usize],
         ha: Option<&Arc<Ha>>,
+        busy: bool,
     ) -> Result<Dataplane, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut dp = Dataplane { stop: Arc::clone(&stop), control: Vec::new(), generation: AtomicU64::new(0), threads: Vec::new(), stats: Vec::new() };
@@ -110,7 +112,7 @@ impl Dataplane {
                     {
                         tracing::warn!(worker = i, cpu = core.id, "could not pin the worker");
                     }
-                    worker.run(&stop)
+                    worker.run(&stop, busy)
                 })
                 .map_err(Error::system(format!("starting worker {i}")))?;
             dp.threads.push(thread);

@@ -121,11 +121,16 @@ impl<I: PacketIo> Worker<I> {
         &mut self.io
     }
 
-    /// Polls until `stop` is set.
-    pub fn run(mut self, stop: &AtomicBool) -> Result<(), IoError> {
+    /// Polls until `stop` is set. After a round without frames, `busy`
+    /// spins on (giving the device a poll of its own), else it sleeps
+    /// until a frame comes or `IDLE_WAIT` passes.
+    pub fn run(mut self, stop: &AtomicBool, busy: bool) -> Result<(), IoError> {
         while !stop.load(Ordering::Relaxed) {
             if !self.poll()? {
-                self.io.wait(IDLE_WAIT)?;
+                match busy {
+                    true => self.io.spin()?,
+                    false => self.io.wait(IDLE_WAIT)?,
+                }
             }
         }
         Ok(())

@@ -85,13 +85,14 @@ impl Peer {
     /// Builds the lab, starts the device and attaches generator and sinks.
     /// `servers` (the lab server on the backends) is needed only for
     /// connection tests, which real TCP endpoints must answer.
-    pub fn start(dut: Dut, profile: &Profile, servers: bool) -> Result<Peer, LabError> {
+    /// `busy`: the AF_XDP devices spin with busy polling when idle.
+    pub fn start(dut: Dut, profile: &Profile, servers: bool, busy: bool) -> Result<Peer, LabError> {
         let mut lab = Lab::new(dut.topology())?;
         let sinks = Sinks::attach(&lab)?;
         if servers {
             lab.start_servers(&daemon::sibling_bin("lab-server"))?;
         }
-        let (proc, config) = start_dut(&mut lab, dut)?;
+        let (proc, config) = start_dut(&mut lab, dut, busy)?;
         let client = lab.client.iface().clone();
         let b1 = lab.backends[0].iface().clone();
         let target = match dut {
@@ -164,7 +165,7 @@ impl Peer {
     }
 }
 
-fn start_dut(lab: &mut Lab, dut: Dut) -> Result<(Option<Proc>, Option<TempConfig>), LabError> {
+fn start_dut(lab: &mut Lab, dut: Dut, busy: bool) -> Result<(Option<Proc>, Option<TempConfig>), LabError> {
     let bal = lab.balancer.ns.clone();
     let b1 = lab.backends[0].iface().clone();
     match dut {
@@ -176,6 +177,9 @@ fn start_dut(lab: &mut Lab, dut: Dut) -> Result<(Option<Proc>, Option<TempConfig
             args.extend(["--backend-ip", &b1v4, "--backend-mac", &mac, "--mode", &mode]);
             if topology == Topology::Inline {
                 args.extend(["--out", "eth1"]);
+            }
+            if busy {
+                args.push("--busy");
             }
             let p = lab.spawn(&bal, &args)?;
             p.wait_for_line(|l| l.starts_with("ready"), Duration::from_secs(10)).ok_or_else(|| LabError(format!("null-fwd did not start: {}", p.output())))?;
@@ -189,7 +193,8 @@ fn start_dut(lab: &mut Lab, dut: Dut) -> Result<(Option<Proc>, Option<TempConfig
             // the null forwarder's threads are not: on these shared cores
             // a pinned worker cannot leave a CPU another program's poller
             // occupies.
-            let config = config.replace(auto, &format!("xdp_mode = \"{xdp}\"\nworkers = {}", lab.queues));
+            let poll = if busy { "busy" } else { "adaptive" };
+            let config = config.replace(auto, &format!("xdp_mode = \"{xdp}\"\nworkers = {}\npoll = \"{poll}\"", lab.queues));
             let (p, file) = daemon::start(lab, &config)?;
             Ok((Some(p), Some(file)))
         }

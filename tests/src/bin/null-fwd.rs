@@ -36,18 +36,21 @@ struct Args {
     backend_mac: [u8; 6],
     mode: XdpMode,
     zero_copy: bool,
+    /// Spin with preferred busy polling instead of sleeping when idle (as
+    /// fulcrum's `daemon.poll = "busy"`).
+    busy: bool,
 }
 
 const USAGE: &str = "usage: null-fwd --in IF [--out IF] --vip IP --proto udp|tcp --port N \
-                     --backend-ip IP --backend-mac MAC [--mode native|generic|auto] [--copy]";
+                     --backend-ip IP --backend-mac MAC [--mode native|generic|auto] [--copy] [--busy]";
 
 fn parse_args() -> Result<Args, String> {
     let (mut ifin, mut ifout, mut vip, mut proto, mut port, mut backend, mut mac) = (None, None, None, None, None, None, None);
-    let (mut mode, mut zero_copy) = (XdpMode::Auto, true);
+    let (mut mode, mut zero_copy, mut busy) = (XdpMode::Auto, true, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--copy" {
-            zero_copy = false;
+        if flag == "--copy" || flag == "--busy" {
+            (zero_copy, busy) = (zero_copy && flag != "--copy", busy || flag == "--busy");
             continue;
         }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -86,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
         backend_mac: mac.ok_or_else(|| need("--backend-mac"))?,
         mode,
         zero_copy,
+        busy,
     })
 }
 
@@ -123,7 +127,7 @@ fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
     let out_port: PortId = if one_arm { 0 } else { 1 };
     let src_mac = iface_mac(&args.ifout).map_err(|_| IoError::NoSuchInterface { ifname: args.ifout.clone() })?;
 
-    let cfg = XskConfig { zero_copy: args.zero_copy, ..XskConfig::default() };
+    let cfg = XskConfig { zero_copy: args.zero_copy, busy_poll: args.busy.then(afxdp::BusyPoll::default), ..XskConfig::default() };
     let queues = afxdp::rx_queue_count(&args.ifin)?;
     let mut workers = Vec::new();
     for q in 0..queues {
@@ -137,10 +141,12 @@ fn run(args: &Args) -> Result<Vec<XskStats>, IoError> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&STOP)).map_err(|e| IoError::InvalidArgument(format!("installing a signal handler: {e}")))?;
     }
-    println!("ready queues={queues} mode={} zero_copy={zc}", steer.mode());
+    let busy_poll = args.busy && workers.iter().all(|w| w.is_busy_polling());
+    println!("ready queues={queues} mode={} zero_copy={zc} busy_poll={busy_poll}", steer.mode());
 
     let rewrite = Rewrite { backend: args.backend, dst_mac: args.backend_mac, src_mac, out_port };
-    let handles: Vec<_> = workers.into_iter().map(|io| thread::spawn(move || forward(io, rewrite))).collect();
+    let busy = args.busy;
+    let handles: Vec<_> = workers.into_iter().map(|io| thread::spawn(move || forward(io, rewrite, busy))).collect();
     handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(IoError::InvalidArgument("worker panicked".into())))).collect()
 }
 
@@ -152,11 +158,14 @@ struct Rewrite {
     out_port: PortId,
 }
 
-fn forward(mut io: XskIo, rw: Rewrite) -> Result<XskStats, IoError> {
+fn forward(mut io: XskIo, rw: Rewrite, busy: bool) -> Result<XskStats, IoError> {
     let (mut rx, mut tx, mut dropped) = (Vec::with_capacity(64), Vec::with_capacity(64), Vec::<FrameRef>::new());
     while !STOP.load(Ordering::Relaxed) {
         if io.recv(&mut rx)? == 0 {
-            io.wait(Duration::from_millis(10))?;
+            match busy {
+                true => io.spin()?,
+                false => io.wait(Duration::from_millis(10))?,
+            }
             continue;
         }
         for mut f in rx.drain(..) {

@@ -42,6 +42,10 @@ struct Args {
     /// always runs: it sets the search range).
     #[arg(long)]
     only: Vec<String>,
+    /// How the AF_XDP devices (fulcrum, the null forwarder) wait when
+    /// idle: "adaptive" sleeps in poll(2), "busy" spins with busy polling.
+    #[arg(long, default_value = "adaptive", value_parser = ["adaptive", "busy"])]
+    poll: String,
     #[arg(long, default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
     font: PathBuf,
 }
@@ -93,7 +97,7 @@ fn run(args: &Args) -> Result<(), LabError> {
     let mut runs = Vec::new();
     for dut in duts.into_iter().filter(wanted) {
         eprintln!("setting up: {dut} ({} lab)", topology_name(dut.topology()));
-        let peer = Peer::start(dut, &main, cps_peer(&dut))?;
+        let peer = Peer::start(dut, &main, cps_peer(&dut), args.poll == "busy")?;
         let result = PeerResult { name: dut.to_string(), topology: topology_name(dut.topology()).into(), ..PeerResult::default() };
         runs.push(Run { peer, result, pps: dut != Dut::Haproxy });
     }
@@ -287,11 +291,13 @@ fn render(
          trial; \"gen. limit\" = passed at the top of the range. Device CPU = user + system time of the \
          device's process over all its trials per frame delivered (AF_XDP devices pay their copy-mode \
          TX in their own system calls; kernel forwarding is charged to the sender instead). Latency is one-way, generator to sink \
-         (the no-device row is the path's own share), from the sink's 3% buckets.\n\n",
+         (the no-device row is the path's own share), from the sink's 3% buckets. AF_XDP devices poll \
+         `{}`.\n\n",
         main.describe(),
         args.trial_ms,
         args.trials,
-        max / 1000.0
+        max / 1000.0,
+        args.poll
     );
     md += &report::markdown(results, &ratios, &checks);
     if !mix.is_empty() {

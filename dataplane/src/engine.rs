@@ -199,9 +199,6 @@ struct Head {
     parsed: Result<Parsed, ParseError>,
     /// The flow key's hash.
     hash: u64,
-    /// The flow's entry when the chunk began: a hint, since processing the
-    /// frames before this one may have removed it or reused its slot.
-    slot: Option<Slot>,
 }
 
 /// Frames whose index buckets and entries are loaded before the first of
@@ -459,15 +456,15 @@ impl Engine {
             let mut heads = std::mem::take(&mut flows.heads);
             heads.clear();
             for pkt in chunk.iter() {
-                heads.push(Head { parsed: parse(pkt.frame()), hash: 0, slot: None });
+                heads.push(Head { parsed: parse(pkt.frame()), hash: 0 });
                 if let Some(Head { parsed: Ok(p), hash, .. }) = heads.last_mut() {
                     *hash = p.key.hash64();
                     flows.table.warm(*hash);
                 }
             }
-            for h in &mut heads {
-                if let Ok(p) = &h.parsed {
-                    h.slot = flows.table.find(&p.key, h.hash);
+            for h in &heads {
+                if h.parsed.is_ok() {
+                    flows.table.warm_entry(h.hash);
                 }
             }
             for (pkt, head) in chunk.iter_mut().zip(&heads) {
@@ -575,7 +572,7 @@ impl Flows {
             Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),
         };
         match p.fragment {
-            None => self.flow_packet(s, now, pkt, p, head.hash, head.slot),
+            None => self.flow_packet(s, now, pkt, p, head.hash),
             Some(f) => self.fragment(s, now, pkt, p, head.hash, f),
         }
     }
@@ -594,7 +591,7 @@ impl Flows {
                 Some(vip) => self.open_flow(s, now, pkt, p, hash, (vip_id, vip), backend),
                 None => self.vip_drop(vip_id, DropReason::Fragment),
             },
-            _ => self.flow_packet(s, now, pkt, p, hash, None),
+            _ => self.flow_packet(s, now, pkt, p, hash),
         };
         if let Verdict::Tx(_) = verdict {
             self.fragments.record(&p.key, f.id, Placement::Flow(p.key), now);
@@ -604,12 +601,11 @@ impl Flows {
 
     /// A packet with ports: its flow's, or a new flow's.
     #[inline(always)]
-    /// `hint`: where the flow's entry was found before (see `Head`).
-    fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, hint: Option<Slot>) -> Verdict {
+    fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64) -> Verdict {
         if is_icmp_error(pkt.frame(), p) {
             return self.icmp_error(s, now, pkt, p);
         }
-        if let Some(slot) = self.table.find_hinted(hint, &p.key, hash)
+        if let Some(slot) = self.table.find(&p.key, hash)
             && self.table.refresh(slot, now)
         {
             match self.table.entry(slot).value {

@@ -321,16 +321,6 @@ impl<V: Copy> ConnTable<V> {
         }
     }
 
-    /// `find`, checking first the slot `hint` where the key was found
-    /// before (a slot may since have been freed or reused for another key).
-    #[inline]
-    pub fn find_hinted(&self, hint: Option<Slot>, key: &FlowKey, hash: u64) -> Option<Slot> {
-        match hint.and_then(|s| self.live(s)) {
-            Some(e) if e.key == *key => hint,
-            _ => self.find(key, hash),
-        }
-    }
-
     /// Loads the index bucket of `hash` into the cache, so that a `find`
     /// of it soon after does not wait for memory. A demand load, not a
     /// prefetch instruction: `_mm_prefetch` needs `unsafe`, which this
@@ -339,6 +329,17 @@ impl<V: Copy> ConnTable<V> {
     #[inline]
     pub fn warm(&self, hash: u64) {
         std::hint::black_box(self.index.buckets[self.index.home(hash as u32)]);
+    }
+
+    /// Loads the entry the first bucket of `hash` points at (the flow's
+    /// own, unless its bucket is taken by another) into the cache; call it
+    /// after `warm`, once the bucket has arrived.
+    #[inline]
+    pub fn warm_entry(&self, hash: u64) {
+        let b = self.index.buckets[self.index.home(hash as u32)];
+        if b != EMPTY {
+            std::hint::black_box(self.slots[b as u32 as usize].last_seen);
+        }
     }
 
     /// The live entry for `key`: refreshes it and reports its slot. An

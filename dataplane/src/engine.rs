@@ -1053,7 +1053,7 @@ impl Flows {
         let bport = b.port_for(p.key.dst_port);
         let mut rkey = FlowKey { src: b.addr, dst: p.key.src, src_port: bport, dst_port: p.key.src_port, proto: p.key.proto };
         if !vip.snat.is_empty() {
-            (rkey.dst, rkey.dst_port) = self.alloc_snat(&vip.snat, &rkey, now).ok_or(DropReason::SnatExhausted)?;
+            (rkey.dst, rkey.dst_port) = self.alloc_snat(&vip.snat_new, &rkey, now).ok_or(DropReason::SnatExhausted)?;
         }
         let rhash = rkey.hash64();
         // DNAT cannot tell apart one client port reaching the same backend

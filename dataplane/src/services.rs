@@ -93,8 +93,12 @@ pub struct Vip {
     pub spec: VipSpec,
     pub addr: [u8; 16],
     /// Full-NAT source addresses, as positions in `Services::snat_addrs`;
-    /// empty unless full-NAT.
+    /// empty unless full-NAT. Return traffic to any of them is taken, and
+    /// a synced flow from any of them imported.
     pub snat: Box<[u16]>,
+    /// Those of `snat` that new flows take their source from: all of them
+    /// unless `Services::with_snat_own` says which this node owns.
+    pub snat_new: Box<[u16]>,
     /// Over the usable backends. Shared with the snapshot this one was
     /// derived from when the pool's idents and effective weights are equal
     /// (health changes of other VIPs rebuild nothing here).
@@ -169,6 +173,9 @@ pub struct Services {
     /// first named.
     snat_addrs: Vec<[u8; 16]>,
     snat_positions: HashMap<[u8; 16], u16>,
+    /// The SNAT addresses this node opens new flows from, when it shares
+    /// the others with peers (an ECMP fleet); `None`: all of them.
+    snat_own: Option<HashSet<[u8; 16]>>,
 }
 
 /// A configuration the packet path cannot run, with what is wrong.
@@ -251,6 +258,7 @@ impl Services {
             nat_backends: HashSet::new(),
             snat_addrs: Vec::new(),
             snat_positions: HashMap::new(),
+            snat_own: previous.and_then(|p| p.snat_own.clone()),
         };
         for (id, b) in backends.iter().enumerate() {
             if let Some(b) = b
@@ -341,7 +349,8 @@ impl Services {
         }
         let mut members: Box<[(BackendId, u16)]> = spec.backends.iter().enumerate().map(|(i, &b)| (b, i as u16)).collect();
         members.sort_unstable();
-        Ok(Vip { addr: key.addr, snat, maglev, maglev_inputs, spec, members })
+        let snat_new = self.owned(&snat);
+        Ok(Vip { addr: key.addr, snat, snat_new, maglev, maglev_inputs, spec, members })
     }
 
     /// The VIP a client packet is for: an exact port first, then all ports.
@@ -372,6 +381,43 @@ impl Services {
     /// names positions in it.
     pub fn snat_addrs(&self) -> &[[u8; 16]] {
         &self.snat_addrs
+    }
+
+    /// This snapshot with new flows taking their full-NAT source only from
+    /// `own` (SNAT addresses of this node; the VIPs' others belong to
+    /// peers, whose synced flows and return traffic this node still
+    /// takes). Every address must be some VIP's, and every full-NAT VIP
+    /// must keep one.
+    pub fn with_snat_own(mut self, own: &[IpAddr]) -> Result<Services, ServiceError> {
+        let own: HashSet<[u8; 16]> = own.iter().map(|&a| addr16(a)).collect();
+        if let Some(a) = own.iter().find(|a| !self.snat_positions.contains_key(*a)) {
+            return Err(ServiceError(format!("own SNAT address {} is no full-NAT VIP's", ip_from16(a))));
+        }
+        self.snat_own = Some(own);
+        let mut vips = std::mem::take(&mut self.vips);
+        for v in vips.iter_mut().flatten() {
+            v.snat_new = self.owned(&v.snat);
+            if v.snat_new.is_empty() && !v.snat.is_empty() {
+                let name = vip_name(v.spec.addr, v.spec.proto, v.spec.port);
+                return Err(ServiceError(format!("vip {name}: none of its SNAT addresses is this node's own")));
+            }
+        }
+        self.vips = vips;
+        Ok(self)
+    }
+
+    /// Whether new flows take their source only from some SNAT addresses
+    /// (`with_snat_own`).
+    pub fn shares_snat(&self) -> bool {
+        self.snat_own.is_some()
+    }
+
+    /// The positions of `snat` that new flows may take (`Vip::snat_new`).
+    fn owned(&self, snat: &[u16]) -> Box<[u16]> {
+        match &self.snat_own {
+            None => snat.into(),
+            Some(own) => snat.iter().copied().filter(|&i| self.snat_addrs.get(usize::from(i)).is_some_and(|a| own.contains(a))).collect(),
+        }
     }
 
     /// A VIP's full-NAT source addresses.

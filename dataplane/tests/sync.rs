@@ -120,6 +120,52 @@ fn a_full_nat_flow_moves_to_the_peer_with_its_backend_and_source_port() {
     assert!(export(&mut b, 60, false).is_empty());
 }
 
+/// Two nodes of an ECMP fleet, each owning one of the VIP's two SNAT
+/// addresses: each opens flows from its own address only, and takes the
+/// other's flows (and their return traffic) with the other's address.
+#[test]
+fn fleet_nodes_open_flows_from_their_own_snat_address_and_carry_the_others() {
+    let other = [198, 18, 0, 5];
+    let mode = Mode::Nat { snat: vec![IpAddr::from(SNAT), IpAddr::from(other)] };
+    let own = |s: Arc<Services>, a: [u8; 4]| Arc::new(Arc::try_unwrap(s).unwrap().with_snat_own(&[IpAddr::from(a)]).unwrap());
+    let (sa, sb) = (own(services(mode.clone(), [1, 2, 3]), SNAT), own(services(mode, [3, 1, 2]), other));
+    let (mut a, mut b) = (engine(&sa), engine(&sb));
+    for port in 0..20 {
+        assert_eq!(src(&send(&mut a, 0, client(40000 + port, SYN)).1).0, SNAT);
+        assert_eq!(src(&send(&mut b, 0, client(41000 + port, SYN)).1).0, other);
+    }
+    // b takes a's flows with a's address and port, and NATs their replies.
+    let (v, out) = send(&mut a, 1, client(42000, SYN));
+    assert_eq!(v, Verdict::Tx(0));
+    for e in export(&mut a, 1, true) {
+        b.import(2, &e).unwrap();
+    }
+    let (v, moved) = send(&mut b, 3, client(42000, ACK));
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!((dst(&moved), src(&moved)), (dst(&out), src(&out)));
+    let (to_backend, snat_end) = (dst(&out), src(&out));
+    let reply = PacketBuilder::tcp(IpAddr::from(to_backend.0), to_backend.1, IpAddr::from(SNAT), snat_end.1, ACK);
+    let (v, back) = send(&mut b, 4, reply);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!((src(&back), dst(&back)), ((VIP, 80), (CLIENT, 42000)));
+}
+
+#[test]
+fn own_snat_addresses_must_be_a_vips_and_leave_each_vip_one() {
+    let s = || Arc::try_unwrap(services(Mode::Nat { snat: vec![IpAddr::from(SNAT)] }, [1, 2, 3])).unwrap();
+    let stranger = s().with_snat_own(&[IpAddr::from([198, 18, 0, 9])]).unwrap_err();
+    assert!(stranger.0.contains("198.18.0.9 is no full-NAT VIP's"), "{stranger}");
+    let spec = s().vip(0).unwrap().spec.clone();
+    let two = Services::new(
+        vec![Interface { mac: LB_MAC, mtu: 1500 }],
+        vec![Some(spec.clone()), Some(VipSpec { port: 81, mode: Mode::Nat { snat: vec![IpAddr::from([198, 18, 0, 5])] }, ..spec })],
+        (1..=3).map(|i| Some(backend(i, 8080))).collect(),
+    )
+    .unwrap();
+    let none = two.with_snat_own(&[IpAddr::from(SNAT)]).unwrap_err();
+    assert!(none.0.contains("vip 198.18.0.100:81/tcp: none of its SNAT addresses"), "{none}");
+}
+
 #[test]
 fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
     let nat = Mode::Nat { snat: Vec::new() };

@@ -65,6 +65,11 @@ pub struct Bgp {
     /// How long the daemon may leave the speaker's helper without an
     /// answer before the helper takes it for hung and withdraws every VIP.
     pub timeout: Duration,
+    /// The full-NAT source addresses this node opens new flows from and
+    /// announces as their best route; the VIPs' other SNAT addresses are
+    /// its peers', announced here as a backup for when their owner is
+    /// gone. Empty: every address is this node's, none is announced.
+    pub snat_own: Vec<IpAddr>,
 }
 
 /// The BGP speakers fulcrum drives.

@@ -62,6 +62,7 @@ pub(crate) struct RawBgp {
     pub speaker: Field,
     pub next_hop: Field,
     pub timeout: Field,
+    pub snat_own: Field,
 }
 
 #[derive(Default, Deserialize)]

@@ -1,6 +1,7 @@
 //! What operators see when a config is wrong: the file, the line, the
 //! field and what was expected, for every problem in the file at once.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -1008,7 +1009,7 @@ fn sync_names_the_field_and_needs_the_workers_set() {
 fn bgp_and_the_shutdown_grace_name_the_field() {
     let c = valid("[daemon]\nshutdown_grace = \"30s\"\n[bgp]\nspeaker = \"exabgp\"\n");
     assert_eq!(c.daemon.shutdown_grace, Some(Duration::from_secs(30)));
-    assert_eq!(c.bgp, Some(Bgp { speaker: Speaker::ExaBgp, next_hop: None, timeout: Duration::from_millis(500) }));
+    assert_eq!(c.bgp, Some(Bgp { speaker: Speaker::ExaBgp, next_hop: None, timeout: Duration::from_millis(500), snat_own: Vec::new() }));
     let c = valid("[bgp]\nspeaker = \"exabgp\"\nnext_hop = \"198.18.0.2\"\ntimeout = \"1s\"\n");
     assert_eq!(c.bgp.map(|b| (b.next_hop, b.timeout)), Some((Some("198.18.0.2".parse().unwrap()), Duration::from_secs(1))));
     assert_eq!(
@@ -1039,4 +1040,24 @@ fn plugin_compile_limits_name_the_field() {
             "fulcrum.toml:8: plugins: unknown field `max_memory`, expected one of `max_module_bytes`, `max_functions`, `compile_timeout`",
         ]
     );
+}
+
+#[test]
+fn snat_own_names_addresses_of_the_vips_and_leaves_each_one() {
+    // Two full-NAT VIPs sharing a fleet's addresses .2-.4, one with .5 too.
+    let vips = format!("{}backend = []\n{}backend = []\n", VIP.replace("\"198.18.0.2\"", "[\"198.18.0.2\", \"198.18.0.3\", \"198.18.0.4\"]"), VIP.replace("port = 80", "port = 81").replace("\"198.18.0.2\"", "[\"198.18.0.4\", \"198.18.0.5\"]"));
+    let c = valid(&format!("{vips}[bgp]\nspeaker = \"exabgp\"\nsnat_own = [\"198.18.0.3\", \"198.18.0.4\"]\n"));
+    assert_eq!(c.bgp.unwrap().snat_own, ["198.18.0.3".parse::<IpAddr>().unwrap(), "198.18.0.4".parse().unwrap()]);
+    let one = valid(&format!("{vips}[bgp]\nspeaker = \"exabgp\"\nsnat_own = \"198.18.0.4\"\n"));
+    assert_eq!(one.bgp.unwrap().snat_own.len(), 1);
+    let bgp = |own: &str| errors(&format!("{vips}[bgp]\nspeaker = \"exabgp\"\nsnat_own = {own}\n"));
+    assert_eq!(
+        bgp("[\"198.18.0.3\", \"198.18.0.9\", \"198.18.0.3\"]"),
+        [
+            "fulcrum.toml:20: bgp: snat_own 198.18.0.9 is no full-nat VIP's snat address: list the addresses of every node in each VIP's snat",
+            "fulcrum.toml:20: bgp: snat_own lists 198.18.0.3 twice",
+        ]
+    );
+    assert_eq!(bgp("\"198.18.0.2\""), ["fulcrum.toml:20: bgp: snat_own has none of vip 198.18.0.100:81/tcp's snat addresses: this node could open none of its flows"]);
+    assert_eq!(bgp("[]"), ["fulcrum.toml:20: bgp: snat_own must be an address or a non-empty list of addresses, got an array"]);
 }

@@ -70,7 +70,7 @@ pub(crate) fn config(text: &str, origin: &str, base: &Path, overlay: &Overlay) -
     let plugins = c.plugins(plugins);
     let vips = c.vips(vips);
     let sync = c.sync(sync, daemon.as_ref().map(|d| &d.workers));
-    let bgp = c.bgp(bgp);
+    let bgp = c.bgp(bgp, vips.as_deref());
     let config = (|| {
         Some(Config { daemon: daemon?, topology: topology?, limits: limits?, timeouts: timeouts?, plugins: plugins?, vips: vips?, sync: sync?, bgp: bgp? })
     })();

@@ -690,7 +690,7 @@ fn print_answer(response: &Response) {
             }
         }
         Response::HaRole(r) => println!("role {} (was {})", r.role, r.previous),
-        Response::Routes(r) => println!("announce: {:?}{}", r.announce, if r.draining { " (draining)" } else { "" }),
+        Response::Routes(r) => println!("announce: {:?}, backup: {:?}{}", r.announce, r.backup, if r.draining { " (draining)" } else { "" }),
         Response::Draining(d) => println!(
             "draining: {}, exits when the VIPs' traffic stops, within {} s",
             if d.withdrawn { "the VIPs are withdrawn" } else { "withdrawing the VIPs" },

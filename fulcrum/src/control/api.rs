@@ -114,7 +114,11 @@ pub struct BackendsChanged {
 /// What a BGP speaker should announce: nothing while the daemon drains.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routes {
+    /// Announced as the best route (VIPs, this node's own SNAT addresses).
     pub announce: Vec<std::net::IpAddr>,
+    /// Announced as a backup (peers' SNAT addresses on a full-NAT fleet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup: Vec<std::net::IpAddr>,
     pub draining: bool,
 }
 
@@ -619,7 +623,7 @@ impl Status {
             }
         }
         if let Some(r) = &self.bgp {
-            let list: Vec<String> = r.announce.iter().map(ToString::to_string).collect();
+            let list: Vec<String> = r.announce.iter().map(ToString::to_string).chain(r.backup.iter().map(|a| format!("{a} (backup)"))).collect();
             let _ = writeln!(out, "bgp: announce {}", if list.is_empty() { "nothing".into() } else { list.join(", ") });
         }
         if let Some(d) = &self.draining {

@@ -143,7 +143,12 @@ pub fn build(config: &cfg::Config, net: &Net, ids: &mut Ids, resolve: &mut Resol
         });
     }
     let ifaces = net.ifaces.iter().map(|i| Interface { mac: i.mac, mtu: i.mtu }).collect();
-    let services = Services::new(ifaces, vips, backends)?;
+    let mut services = Services::new(ifaces, vips, backends)?;
+    // On a fleet each node opens flows from its own SNAT addresses only;
+    // the rest are its peers', whose flows it may carry on.
+    if let Some(bgp) = config.bgp.as_ref().filter(|b| !b.snat_own.is_empty()) {
+        services = services.with_snat_own(&bgp.snat_own)?;
+    }
     Ok((services, returns))
 }
 

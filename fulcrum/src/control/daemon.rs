@@ -573,11 +573,12 @@ impl Daemon {
     }
 
     fn wanted_routes(&self) -> Routes {
-        let announce = match self.drain {
-            Some(_) => Vec::new(),
-            None => bgp::announced(&self.telemetry.services()).into_iter().collect(),
+        let routes = match self.drain {
+            Some(_) => Default::default(),
+            None => bgp::announced(&self.telemetry.services()),
         };
-        Routes { announce, draining: self.drain.is_some() }
+        let of = |pref| routes.iter().filter(|(_, p)| **p == pref).map(|(a, _)| *a).collect();
+        Routes { announce: of(bgp::Preference::Best), backup: of(bgp::Preference::Backup), draining: self.drain.is_some() }
     }
 
     /// What the BGP speaker's helper is to announce. Once it has been

@@ -1045,7 +1045,11 @@ fn plugin_compile_limits_name_the_field() {
 #[test]
 fn snat_own_names_addresses_of_the_vips_and_leaves_each_one() {
     // Two full-NAT VIPs sharing a fleet's addresses .2-.4, one with .5 too.
-    let vips = format!("{}backend = []\n{}backend = []\n", VIP.replace("\"198.18.0.2\"", "[\"198.18.0.2\", \"198.18.0.3\", \"198.18.0.4\"]"), VIP.replace("port = 80", "port = 81").replace("\"198.18.0.2\"", "[\"198.18.0.4\", \"198.18.0.5\"]"));
+    let vips = format!(
+        "{}backend = []\n{}backend = []\n",
+        VIP.replace("\"198.18.0.2\"", "[\"198.18.0.2\", \"198.18.0.3\", \"198.18.0.4\"]"),
+        VIP.replace("port = 80", "port = 81").replace("\"198.18.0.2\"", "[\"198.18.0.4\", \"198.18.0.5\"]")
+    );
     let c = valid(&format!("{vips}[bgp]\nspeaker = \"exabgp\"\nsnat_own = [\"198.18.0.3\", \"198.18.0.4\"]\n"));
     assert_eq!(c.bgp.unwrap().snat_own, ["198.18.0.3".parse::<IpAddr>().unwrap(), "198.18.0.4".parse().unwrap()]);
     let one = valid(&format!("{vips}[bgp]\nspeaker = \"exabgp\"\nsnat_own = \"198.18.0.4\"\n"));
@@ -1058,6 +1062,9 @@ fn snat_own_names_addresses_of_the_vips_and_leaves_each_one() {
             "fulcrum.toml:20: bgp: snat_own lists 198.18.0.3 twice",
         ]
     );
-    assert_eq!(bgp("\"198.18.0.2\""), ["fulcrum.toml:20: bgp: snat_own has none of vip 198.18.0.100:81/tcp's snat addresses: this node could open none of its flows"]);
+    assert_eq!(
+        bgp("\"198.18.0.2\""),
+        ["fulcrum.toml:20: bgp: snat_own has none of vip 198.18.0.100:81/tcp's snat addresses: this node could open none of its flows"]
+    );
     assert_eq!(bgp("[]"), ["fulcrum.toml:20: bgp: snat_own must be an address or a non-empty list of addresses, got an array"]);
 }

@@ -307,7 +307,8 @@ mod tests {
             reset_on_down: false,
             syn_proxy: SynProxy::Off,
         };
-        let backend = |i: u8, up: bool| Backend { addr: IpAddr::V4(Ipv4Addr::new(198, 18, 1, i)), port: 80, weight: 1, up, next_hop: [2, 0, 0, 0, 1, i], iface: 0 };
+        let backend =
+            |i: u8, up: bool| Backend { addr: IpAddr::V4(Ipv4Addr::new(198, 18, 1, i)), port: 80, weight: 1, up, next_hop: [2, 0, 0, 0, 1, i], iface: 0 };
         Services::new(
             vec![Interface { mac: [2, 0, 0, 0, 0, 1], mtu: 1500 }],
             vec![Some(vip(1, 80, vec![v4(11), v4(12), v4(13)])), Some(vip(2, 80, vec![v4(13), v4(14)]))],

@@ -15,6 +15,12 @@
 //! nodes also tell each other the flows Maglev would place elsewhere. A
 //! node may run BIRD for BFD alone, the router watching its session with
 //! it.
+//!
+//! In full-NAT each node opens flows from a SNAT address of its own
+//! (`SNAT_NET`, node i's `.i+1`) and announces it as the best route, its
+//! peers' as a backup: the backends send their replies to the router,
+//! which hands them to the owner while it announces, else to the others,
+//! which carry its flows on through sync.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -37,6 +43,13 @@ const NODES_AS: u32 = 65001;
 const EDGE: &str = "198.18.3.0/24";
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
 const EDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+/// The nodes' full-NAT source addresses: node i owns `.i+1`.
+const SNAT_NET: &str = "198.18.150.0/24";
+
+/// The full-NAT source address node `i` owns.
+pub fn snat_of(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 150, u8::try_from(i + 1).expect("fewer than 255 nodes"))
+}
 
 /// The router and the client behind it, added to a one-arm lab.
 pub struct Router {
@@ -48,7 +61,8 @@ pub struct Router {
 
 impl Router {
     /// Adds the router and the edge client to `lab` (its namespaces go
-    /// with the lab), and routes the edge network from the backends
+    /// with the lab), and routes the edge network from the backends and
+    /// the nodes, and the nodes' SNAT addresses from the backends,
     /// through it.
     pub fn add(lab: &mut Lab) -> Result<Router, LabError> {
         let base = lab.bridge_ns.trim_end_matches("bridge").to_string();
@@ -72,11 +86,26 @@ impl Router {
         ip(&["-n", &host.ns, "addr", "add", &format!("{EDGE_GATEWAY}/24"), "dev", "eth1"])?;
         ip(&["-n", &client.ns, "addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
         ip(&["-n", &client.ns, "route", "add", "default", "via", &EDGE_GATEWAY.to_string()])?;
-        for s in ["net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+        // Replies to a SNAT address leave by the interface they came in
+        // on: a redirect would pin the backend to one node past its death.
+        let router_sysctls = [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ];
+        for s in router_sysctls {
             lab.exec(&host.ns, &["sysctl", "-q", "-w", s])?;
         }
         for b in &lab.backends {
             ip(&["-n", &b.ns, "route", "add", EDGE, "via", &ROUTER.to_string()])?;
+            ip(&["-n", &b.ns, "route", "add", SNAT_NET, "via", &ROUTER.to_string()])?;
+            lab.exec(&b.ns, &["sysctl", "-q", "-w", "net.ipv4.conf.all.accept_redirects=0"])?;
+        }
+        for n in std::iter::once(&lab.balancer).chain(&lab.standbys) {
+            ip(&["-n", &n.ns, "route", "add", EDGE, "via", &ROUTER.to_string()])?;
         }
         Ok(Router { host, client, bird: None, conf: None })
     }
@@ -108,9 +137,9 @@ impl Router {
         Ok(())
     }
 
-    /// The next hops of the router's route to the VIP, sorted.
-    pub fn next_hops(&self, lab: &Lab) -> Vec<Ipv4Addr> {
-        let out = lab.exec(&self.host.ns, &["ip", "-4", "route", "show", &format!("{VIP4}/32")]).unwrap_or_default();
+    /// The next hops of the router's route to `dst`, sorted.
+    pub fn next_hops(&self, lab: &Lab, dst: Ipv4Addr) -> Vec<Ipv4Addr> {
+        let out = lab.exec(&self.host.ns, &["ip", "-4", "route", "show", &format!("{dst}/32")]).unwrap_or_default();
         let mut hops: Vec<Ipv4Addr> =
             out.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect();
         hops.sort();
@@ -211,13 +240,20 @@ const BFD_TIMERS: &str = "min rx interval 100 ms; min tx interval 100 ms; multip
 /// The node's fulcrum: the VIP's TCP echo port in `service`'s mode over
 /// the lab's backends (of `weights`, in order), announced through ExaBGP,
 /// drained within 10 s; with sync, every node forwards (role master) and
-/// sends its flows to all the others.
+/// sends its flows to all the others. In full-NAT the VIP lists every
+/// node's SNAT address and the node owns its own.
 fn fulcrum_config(lab: &Lab, node: &Node, weights: &[u32]) -> String {
     let (host, service) = (&node.host, node.service);
     let socket = node.socket.display();
     let mut c = format!("[daemon]\ncontrol_socket = \"{socket}\"\nxdp_mode = \"auto\"\nworkers = {}\nshutdown_grace = \"10s\"\n\n", lab.queues);
     let _ = writeln!(c, "[[interface]]\nname = \"{}\"\nrole = \"one-arm\"\n", host.iface().name);
-    let _ = writeln!(c, "[bgp]\nspeaker = \"exabgp\"\n");
+    let _ = writeln!(c, "[bgp]\nspeaker = \"exabgp\"");
+    let me = node.cluster.iter().position(|&a| a == host.iface().v4).expect("a node of its cluster");
+    let full_nat = service.mode == LabMode::FullNat;
+    if full_nat {
+        let _ = writeln!(c, "snat_own = \"{}\"", snat_of(me));
+    }
+    c.push('\n');
     if service.sync {
         let me = host.iface().v4;
         let peers: Vec<String> = node.cluster.iter().filter(|&&a| a != me).map(|a| format!("\"{a}:{SYNC_PORT}\"")).collect();
@@ -227,6 +263,10 @@ fn fulcrum_config(lab: &Lab, node: &Node, weights: &[u32]) -> String {
     let _ = writeln!(c, "[[vip]]\naddress = \"{VIP4}\"\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nmode = \"{}\"", service.mode.name());
     if matches!(service.mode, LabMode::Ipip | LabMode::Gue) {
         let _ = writeln!(c, "tunnel_source = \"{TUNNEL_SOURCE}\"");
+    }
+    if full_nat {
+        let all: Vec<String> = (0..node.cluster.len()).map(|i| format!("\"{}\"", snat_of(i))).collect();
+        let _ = writeln!(c, "snat = [{}]", all.join(", "));
     }
     for (b, w) in lab.backends.iter().zip(weights) {
         let _ = writeln!(c, "\n[[vip.backend]]\naddress = \"{}\"\nweight = {w}", b.iface().v4);

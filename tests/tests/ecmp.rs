@@ -5,7 +5,10 @@
 //! drained, comes back, is killed, hangs, or loses its link, while a
 //! fourth node joins three, and while every node changes a backend's
 //! weight before one is killed (Maglev's hard case: only sync keeps the
-//! flows whose backend is no longer the table's answer). Root only.
+//! flows whose backend is no longer the table's answer). Full-NAT runs on
+//! the fleet too: each node opens flows from its own SNAT address, and the
+//! router sends their replies to it, or to the survivors once it is gone.
+//! Root only.
 //!
 //! A lab serves every scenario of a test, in turn. Figures go to stderr
 //! (run with `--nocapture` to see them; perf/RESULTS.md has a run's).
@@ -15,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fulcrum_tests::daemon::{self, LabMode};
-use fulcrum_tests::ecmp::{Churn, Node, Router, Service};
+use fulcrum_tests::ecmp::{Churn, Node, Router, Service, snat_of};
 use fulcrum_tests::ha::{self, Clients, Outcome, wait_until};
 use fulcrum_tests::{Lab, Proc, Topology, VIP4, require_root};
 
@@ -53,7 +56,11 @@ impl Cluster {
         for _ in 1..n {
             lab.add_balancer().expect("another node");
         }
-        let decap = daemon::prepare_hosts(&mut lab, service.mode).expect("backends that own the VIP");
+        // Full-NAT sources are the nodes' own, routed by BGP (`Router::add`).
+        let decap = match service.mode {
+            LabMode::FullNat => Vec::new(),
+            mode => daemon::prepare_hosts(&mut lab, mode).expect("backends that own the VIP"),
+        };
         lab.start_servers_with(SERVER.as_ref(), &["--echo", &ha::ECHO_PORT.to_string()]).expect("servers");
         let mut router = Router::add(&mut lab).expect("router");
         let hosts: Vec<_> = std::iter::once(lab.balancer.clone()).chain(lab.standbys.iter().cloned()).collect();
@@ -78,19 +85,21 @@ impl Cluster {
         c
     }
 
-    fn hops(&self) -> Vec<Ipv4Addr> {
-        self.router.next_hops(&self.lab)
-    }
-
     /// Waits until the router's route has exactly the next hops of the
     /// nodes `up` (indexes); how long that took.
     fn wait_hops(&self, up: &[usize], within: Duration) -> Duration {
+        self.wait_route(VIP4, up, within)
+    }
+
+    /// `wait_hops` for the route to `dst`.
+    fn wait_route(&self, dst: Ipv4Addr, up: &[usize], within: Duration) -> Duration {
         let mut want: Vec<Ipv4Addr> = up.iter().map(|&i| self.nodes[i].addr()).collect();
         want.sort();
-        wait_until("the router's route", within, || self.hops() == want).unwrap_or_else(|e| {
+        let hops = || self.router.next_hops(&self.lab, dst);
+        wait_until(&format!("the router's route to {dst}"), within, || hops() == want).unwrap_or_else(|e| {
             panic!(
                 "{e}: has {:?}, wants {want:?}\n{}\n{}",
-                self.hops(),
+                hops(),
                 self.router.bird_output(),
                 self.nodes.iter().map(Node::output).collect::<Vec<_>>().join("\n")
             )
@@ -136,12 +145,7 @@ impl Cluster {
         let label = self.service.label();
         let outcome = self.run(clients, after, action);
         outcome.report(&label, name);
-        if outcome.clients.broken > 0 || outcome.churn.1 > 0 {
-            failures.push(format!(
-                "{label} {name}: {} of {} connections broken, {} new connections failed",
-                outcome.clients.broken, outcome.clients.connections, outcome.churn.1
-            ));
-        }
+        outcome.check(&label, name, failures);
     }
 
     fn run(&mut self, clients: &mut Clients, after: Duration, action: impl FnOnce(&mut Cluster) -> Option<Duration> + Send) -> Measured {
@@ -170,6 +174,16 @@ struct Measured {
 }
 
 impl Measured {
+    /// Records a failure if a connection broke or a new one failed.
+    fn check(&self, label: &str, name: &str, failures: &mut Vec<String>) {
+        if self.clients.broken > 0 || self.churn.1 > 0 {
+            failures.push(format!(
+                "{label} {name}: {} of {} connections broken, {} new connections failed",
+                self.clients.broken, self.clients.connections, self.churn.1
+            ));
+        }
+    }
+
     fn report(&self, label: &str, name: &str) {
         let (o, (m, n)) = (&self.clients, self.moved);
         let route = self.route.map_or_else(|| "unchanged".into(), |r| format!("changed after {r:?}"));
@@ -320,11 +334,65 @@ fn a_fourth_node_and_maglevs_hard_case_with_and_without_sync() {
             kill.report(&label, "then kill -9 of a node");
             let synced: u64 = c.nodes.iter().filter_map(Node::sync_sent).sum();
             eprintln!("ecmp {label}: {synced} flow entries synced in all (of {CONNECTIONS} connections and the new ones)");
-            if sync && (kill.clients.broken > 0 || kill.churn.1 > 0) {
-                failures
-                    .push(format!("{label} kill after the weight change: {} connections broken, {} new connections failed", kill.clients.broken, kill.churn.1));
+            if sync {
+                kill.check(&label, "kill after the weight change", &mut failures);
             }
         }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Full-NAT on a fleet: four nodes, three running, each opening flows
+/// from a SNAT address of its own, announced as the best route, and the
+/// others' as a backup. A fourth node joins, one is drained, one is
+/// killed: the router rehashes flows between nodes and hands a departed
+/// node's SNAT address to the survivors. With sync every node holds every
+/// flow, so none breaks; without, the broken ones are recorded, side by
+/// side.
+#[test]
+fn full_nat_nodes_added_drained_and_killed_with_and_without_sync() {
+    require_root();
+    let _serial = one_at_a_time();
+    let mut failures = Vec::new();
+    for sync in [true, false] {
+        let mut c = Cluster::start(Service { mode: LabMode::FullNat, sync }, 4, 3, &[]);
+        let label = c.service.label();
+        // Each running node's address is its own; node 3's the others'
+        // backups, merged into one multipath route.
+        for i in 0..3 {
+            c.wait_route(snat_of(i), &[i], Duration::from_secs(5));
+        }
+        c.wait_route(snat_of(3), &[0, 1, 2], Duration::from_secs(5));
+        let mut clients = c.clients();
+        let mut scenario = |c: &mut Cluster, clients: &mut Clients, name: &str, action: &(dyn Fn(&mut Cluster) -> Option<Duration> + Sync)| {
+            let m = c.run(clients, AFTER, action);
+            m.report(&label, name);
+            if sync {
+                m.check(&label, name, &mut failures);
+            }
+        };
+        scenario(&mut c, &mut clients, "add a fourth", &|c| {
+            let lab = &c.lab;
+            c.nodes[3].start_fulcrum(lab).expect("node 3");
+            let route = c.wait_hops(&[0, 1, 2, 3], Duration::from_secs(5));
+            eprintln!("ecmp: its SNAT address routed to it alone after {:?}", c.wait_route(snat_of(3), &[3], Duration::from_secs(5)));
+            Some(route)
+        });
+        scenario(&mut c, &mut clients, "drain", &|c| {
+            let (code, out, err) = daemon::cli(&["drain", "--socket", &c.nodes[2].socket.to_string_lossy()]);
+            assert_eq!(code, Some(0), "fulcrum drain: {out}{err}");
+            let route = c.wait_hops(&[0, 1, 3], Duration::from_secs(5));
+            eprintln!("ecmp: its SNAT address routed to the others after {:?}", c.wait_route(snat_of(2), &[0, 1, 3], Duration::from_secs(5)));
+            Some(route)
+        });
+        let exited = c.nodes[2].fulcrum.as_mut().expect("node 2").wait_timeout(Duration::from_secs(10));
+        assert!(exited.is_some_and(|s| s.success()), "the drained node should exit by itself:\n{}", c.nodes[2].output());
+        scenario(&mut c, &mut clients, "kill -9", &|c| {
+            c.nodes[0].fulcrum.as_ref().expect("node 0").signal(libc::SIGKILL);
+            let route = c.wait_hops(&[1, 3], Duration::from_secs(5));
+            eprintln!("ecmp: its SNAT address routed to the others after {:?}", c.wait_route(snat_of(0), &[1, 3], Duration::from_secs(5)));
+            Some(route)
+        });
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -129,3 +129,16 @@ fn the_ecmp_node_example_announces_and_drains() {
     assert!(c.daemon.shutdown_grace.is_some());
     assert!(c.vips.iter().all(|v| v.mode == Mode::Dsr));
 }
+
+/// The full-NAT fleet node owns one of its VIP's SNAT addresses and syncs
+/// with every other node, all forwarding.
+#[test]
+fn the_full_nat_fleet_example_owns_one_snat_address_and_syncs() {
+    let c = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecmp/fulcrum-full-nat.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let own = c.bgp.expect("[bgp]").snat_own;
+    let Mode::FullNat { snat } = &c.vips[0].mode else { panic!("a full-NAT VIP: {:?}", c.vips[0].mode) };
+    assert_eq!((own.len(), snat.len()), (1, 3));
+    assert!(snat.contains(&own[0]));
+    let sync = c.sync.expect("[sync]");
+    assert_eq!((sync.role, sync.peers.len()), (fulcrum_config::HaRole::Master, 2));
+}

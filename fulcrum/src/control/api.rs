@@ -207,7 +207,8 @@ pub struct Status {
     pub ha: Option<HaStatus>,
     /// With `[bgp]`: what the speaker is asked to announce.
     #[serde(default)]
-    pub bgp: Option<Routes>,
+    /// Boxed: rare, and it would make every `Response` larger.
+    pub bgp: Option<Box<Routes>>,
     /// While the daemon drains.
     #[serde(default)]
     pub draining: Option<Draining>,

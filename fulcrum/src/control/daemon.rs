@@ -729,7 +729,7 @@ impl Daemon {
             reloads: self.telemetry.reloads(),
             vips,
             ha: self.ha.as_ref().map(|(_, sync)| sync.status()),
-            bgp: self.config.bgp.as_ref().map(|_| self.wanted_routes()),
+            bgp: self.config.bgp.as_ref().map(|_| Box::new(self.wanted_routes())),
             draining: self.drain.as_ref().map(|d| d.report(Instant::now())),
         }
     }

@@ -138,8 +138,12 @@ fn changed(base: &Base, loaded: Loaded) -> Result<Reload, Error> {
 /// Backends reply to every full-NAT source address: one the host does not
 /// have (the kernel answers no ARP / NDP for it) loses every flow that
 /// gets it. Says so for each; a local route (`ip route add local`) counts
-/// as the host's, as the kernel sees it.
+/// as the host's, as the kernel sees it. On a full-NAT fleet
+/// (`bgp.snat_own`) the routers carry them to the nodes, as BGP routes.
 fn warn_foreign_snat(config: &cfg::Config) {
+    if config.bgp.as_ref().is_some_and(|b| !b.snat_own.is_empty()) {
+        return;
+    }
     let mut addrs: Vec<IpAddr> =
         config.vips.iter().flat_map(|v| if let cfg::Mode::FullNat { snat } = &v.mode { snat.as_slice() } else { &[] }).copied().collect();
     addrs.sort_unstable();

@@ -573,8 +573,12 @@ impl Daemon {
     }
 
     fn wanted_routes(&self) -> Routes {
+        // A node of a synced fleet announces once it holds its peers'
+        // flows, since the routers move some of them to it at once.
+        let unsettled = self.ha.as_ref().is_some_and(|(_, sync)| !sync.settled());
         let routes = match self.drain {
             Some(_) => Default::default(),
+            None if unsettled => Default::default(),
             None => bgp::announced(&self.telemetry.services()),
         };
         let of = |pref| routes.iter().filter(|(_, p)| **p == pref).map(|(a, _)| *a).collect();

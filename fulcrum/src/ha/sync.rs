@@ -37,6 +37,12 @@ const _: () = assert!(MAX_DATAGRAM + 28 <= 1500 && PER_DATAGRAM >= 14);
 /// How long flows wait to be batched, at most.
 const FLUSH: Duration = Duration::from_millis(2);
 const HELLO: Duration = Duration::from_secs(1);
+/// How long after first hearing a peer its bulk resync may take to
+/// arrive (a million flows: about 1000 exports of 1024 slots per worker).
+const SETTLE: Duration = Duration::from_millis(500);
+/// How long a starting daemon waits for peers it does not hear: past two
+/// hellos, a peer is down.
+const GIVE_UP: Duration = Duration::from_secs(3);
 /// Upper bounds (ms) of the lag histogram's buckets; the last is +Inf.
 /// Fine below 10 ms, where the target lies: the status's p99 is a
 /// bucket's bound.
@@ -71,8 +77,16 @@ struct Peer {
     boot_id: Option<u64>,
     last_seq: u32,
     last_heard: Option<Instant>,
+    /// When it was first heard (`settled`).
+    first_heard: Option<Instant>,
     received: u64,
     problem: Option<String>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr) -> Peer {
+        Peer { addr, boot_id: None, last_seq: 0, last_heard: None, first_heard: None, received: 0, problem: None }
+    }
 }
 
 /// The running sync thread and what `status` and the metrics read.
@@ -83,6 +97,7 @@ pub struct Sync {
     peers: Arc<Mutex<Vec<Peer>>>,
     listen: SocketAddr,
     ha: Arc<Ha>,
+    started: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,9 +149,7 @@ impl Sync {
             s.set_nonblocking(true).map_err(Error::system("sync socket: non-blocking"))?;
         }
         let counters = Arc::new(SyncCounters::default());
-        let peers = Arc::new(Mutex::new(
-            c.peers.iter().map(|&addr| Peer { addr, boot_id: None, last_seq: 0, last_heard: None, received: 0, problem: None }).collect::<Vec<_>>(),
-        ));
+        let peers = Arc::new(Mutex::new(c.peers.iter().map(|&addr| Peer::new(addr)).collect::<Vec<_>>()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut t = Thread {
             socks,
@@ -154,7 +167,19 @@ impl Sync {
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("fulcrum-sync".into()).spawn(move || t.run(&flag)).map_err(Error::system("starting the sync thread"))?;
         tracing::info!(listen = %c.listen, peers = ?c.peers, group = ?c.group, role = ha.role().as_str(), "flow sync started");
-        Ok(Sync { stop, thread: Some(thread), counters, peers, listen: c.listen, ha })
+        Ok(Sync { stop, thread: Some(thread), counters, peers, listen: c.listen, ha, started: Instant::now() })
+    }
+
+    /// Whether this daemon can be expected to hold its peers' flows: each
+    /// peer was first heard at least `SETTLE` ago (it sends everything
+    /// live when it hears this daemon's first hello, which goes out at
+    /// start), or `GIVE_UP` passed since start (a peer that is down
+    /// must not keep this one out of the fleet). A node joining a fleet
+    /// waits for this before it is announced, so the flows the routers
+    /// move to it do not arrive before their entries.
+    pub fn settled(&self) -> bool {
+        let since_start = self.started.elapsed();
+        since_start >= GIVE_UP || (since_start >= SETTLE && lock(&self.peers).iter().all(|p| p.first_heard.is_some_and(|t| t.elapsed() >= SETTLE)))
     }
 
     pub fn status(&self) -> HaStatus {
@@ -325,11 +350,12 @@ impl Thread {
             return;
         }
         let i = known.unwrap_or_else(|| {
-            peers.push(Peer { addr: from, boot_id: None, last_seq: 0, last_heard: None, received: 0, problem: None });
+            peers.push(Peer::new(from));
             peers.len() - 1
         });
         let peer = &mut peers[i];
         peer.last_heard = Some(Instant::now());
+        peer.first_heard = peer.first_heard.or(peer.last_heard);
         if header.workers != self.shape.workers || header.snat_ports != self.shape.snat_ports {
             c.mismatched.fetch_add(1, Relaxed);
             if peer.problem.is_none() {

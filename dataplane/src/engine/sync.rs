@@ -258,20 +258,24 @@ impl Engine {
         out.vip_port = v.spec.port;
         (out.backend, out.backend_port) = (b.addr, b.spec.port);
         out.state = e.state;
-        out.remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(f.table.pair_seen(slot)));
         out.worker = f.cfg.worker;
         out.splice = splice;
         (out.client_mac, out.iface, out.snat, out.snat_port) = ([0; 6], 0, [0; 16], 0);
+        // The reverse half, read once: its NAT details and its recency.
+        let mut seen = e.last_seen();
         if e.peer() != NO_PEER
             && let Some(r) = f.table.live(e.peer())
-            && let FlowValue::Reverse { client_mac, iface } = r.value
         {
-            (out.client_mac, out.iface) = (client_mac, iface);
-            // Full-NAT: the flow's source, the return key's destination.
-            if !v.snat.is_empty() {
-                (out.snat, out.snat_port) = (r.key().dst, r.key().dst_port);
+            seen = e.pair_seen_with(r);
+            if let FlowValue::Reverse { client_mac, iface } = r.value {
+                (out.client_mac, out.iface) = (client_mac, iface);
+                // Full-NAT: the flow's source, the return key's destination.
+                if !v.snat.is_empty() {
+                    (out.snat, out.snat_port) = (r.key().dst, r.key().dst_port);
+                }
             }
         }
+        out.remaining_ms = f.cfg.timeouts.for_state(e.state).saturating_sub(now.wrapping_sub(seen));
         true
     }
 

@@ -133,6 +133,12 @@ impl<V> Entry<V> {
         self.last_seen
     }
 
+    /// When the pair of this entry and its `peer` was last seen: the more
+    /// recent half's `last_seen` (a hit refreshes one half only).
+    pub fn pair_seen_with(&self, peer: &Entry<V>) -> u32 {
+        newer(self.last_seen, peer.last_seen)
+    }
+
     /// The other half of a NAT'd flow, or [`NO_PEER`].
     pub fn peer(&self) -> Slot {
         self.peer
@@ -444,7 +450,7 @@ impl<V: Copy> ConnTable<V> {
         let e = &self.slots[slot as usize];
         match e.peer {
             NO_PEER => e.last_seen,
-            peer => newer(e.last_seen, self.slots[peer as usize].last_seen),
+            peer => e.pair_seen_with(&self.slots[peer as usize]),
         }
     }
 

@@ -26,9 +26,9 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use fulcrum::control::api::{Request, Response};
 
@@ -407,15 +407,29 @@ impl Node {
 /// New connections in a loop from the client, each sending 8 bytes and
 /// reading their echo, on a thread of their own until `stop`.
 pub struct Churn {
-    pub ok: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<Failed>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A new connection that failed: when it began, and how it failed.
+#[derive(Debug)]
+pub struct Failed {
+    pub began: Instant,
+    pub error: std::io::Error,
+}
+
+/// What the loop of new connections saw.
+#[derive(Debug, Default)]
+pub struct ChurnOutcome {
+    pub ok: u64,
+    pub failed: Vec<Failed>,
+}
+
 impl Churn {
     pub fn start(ns: &str) -> Churn {
-        let (ok, failed, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (ok, failed, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
         let (o, f, s, ns) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop), ns.to_string());
         let thread = std::thread::spawn(move || {
             let addr = SocketAddr::from((VIP4, ECHO_PORT));
@@ -430,8 +444,11 @@ impl Churn {
             };
             let _ = in_netns(&ns, || {
                 while !s.load(Ordering::Relaxed) {
-                    let counter = if one().is_ok() { &o } else { &f };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    let began = Instant::now();
+                    match one() {
+                        Ok(()) => _ = o.fetch_add(1, Ordering::Relaxed),
+                        Err(error) => f.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Failed { began, error }),
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
             });
@@ -439,12 +456,13 @@ impl Churn {
         Churn { ok, failed, stop, thread: Some(thread) }
     }
 
-    /// Stops the loop: (connections that worked, that failed).
-    pub fn stop(mut self) -> (u64, u64) {
+    /// Stops the loop: the connections that worked and those that failed.
+    pub fn stop(mut self) -> ChurnOutcome {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        ChurnOutcome { ok: self.ok.load(Ordering::Relaxed), failed }
     }
 }

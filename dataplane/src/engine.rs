@@ -874,7 +874,7 @@ impl Flows {
         self.counts.flow((vip_id, backend_id), state, 1);
         let verdict = self.send_to_backend(s, pkt, p, hash, Some(slot), Target { vip_id, vip, backend_id, b });
         if let Verdict::Tx(_) = verdict {
-            self.flow_opened(slot, hash, (vip_id, vip), backend_id);
+            self.flow_opened(slot, (&p.key, hash), (vip_id, vip), (backend_id, b), state);
             self.stats.vips[usize::from(vip_id)].new_flows.inc();
             self.stats.backends[usize::from(backend_id)].new_flows.inc();
             if state == FlowState::SynSeen && matches!(vip.spec.mode, Mode::Nat { .. }) {

@@ -194,6 +194,22 @@ fn a_closing_flow_keeps_only_the_closing_timeout_on_the_peer() {
     assert!(b.table().is_empty());
 }
 
+/// A new flow's entry is written where it opens; a changed or refreshed
+/// one is read back from the table. Both must say the same.
+#[test]
+fn a_new_flows_entry_is_the_one_read_back_from_the_table() {
+    for mode in [Mode::Nat { snat: vec![] }, Mode::Nat { snat: vec![IpAddr::from(SNAT)] }] {
+        let mut a = engine(&services(mode.clone(), [1, 2, 3]));
+        send(&mut a, 5, client(42000, SYN));
+        let opened = export(&mut a, 5, true);
+        a.start_bulk_sync();
+        let read_back = export(&mut a, 5, true);
+        assert_eq!(opened.len(), 1, "{mode:?}");
+        assert_eq!(read_back, opened, "{mode:?}");
+        assert_ne!(opened[0].client_mac, [0; 6], "{mode:?}: where replies go");
+    }
+}
+
 #[test]
 fn busy_flows_are_refreshed_and_a_bulk_resync_sends_everything() {
     let s = services(Mode::Nat { snat: vec![IpAddr::from(SNAT)] }, [1, 2, 3]);

@@ -35,9 +35,11 @@ use self::sync::SyncLog;
 /// cache line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowValue {
-    /// Client to VIP: the backend that serves the flow. `spliced`: the
-    /// SYN proxy opened it, and its `Splice` (by slot) translates it.
-    Forward { vip: VipId, backend: BackendId, spliced: bool },
+    /// Client to VIP: the backend that serves the flow, and its place in
+    /// the VIP's list when the flow opened (`Vip::has_backend_at`).
+    /// `spliced`: the SYN proxy opened it, and its `Splice` (by slot)
+    /// translates it.
+    Forward { vip: VipId, backend: BackendId, at: u16, spliced: bool },
     /// NAT return traffic, backend to client: where the client is. The
     /// paired forward entry holds the rest.
     Reverse { client_mac: Mac, iface: IfIndex },
@@ -588,7 +590,11 @@ impl Flows {
         }
         let verdict = match self.fragments.placement(&p.key, f.id, now) {
             Some(Placement::Backend(vip_id, backend)) if s.find_vip(&p.key) == Some(vip_id) && !self.table.contains(&p.key, hash, now) => match s.vip(vip_id) {
-                Some(vip) => self.open_flow(s, now, pkt, p, hash, (vip_id, vip), backend),
+                Some(vip) => match vip.index_of(backend) {
+                    Some(at) => self.open_flow(s, now, pkt, p, hash, (vip_id, vip), at),
+                    // Removed from the VIP by a reload since: scheduled afresh.
+                    None => self.flow_packet(s, now, pkt, p, hash),
+                },
                 None => self.vip_drop(vip_id, DropReason::Fragment),
             },
             _ => self.flow_packet(s, now, pkt, p, hash),
@@ -615,8 +621,8 @@ impl Flows {
                     // reply path of its own, as IPVS's conn_reuse_mode.
                     self.table.remove(slot);
                 }
-                FlowValue::Forward { vip, backend, spliced } => {
-                    if let Some(v) = self.established(s, pkt, p, hash, slot, (vip, backend), spliced) {
+                FlowValue::Forward { vip, backend, at, spliced } => {
+                    if let Some(v) = self.established(s, pkt, p, hash, slot, (vip, backend, at), spliced) {
                         return v;
                     }
                     // The VIP or backend was removed by a reload: the
@@ -751,11 +757,11 @@ impl Flows {
         p: &Parsed,
         hash: u64,
         slot: Slot,
-        (vip, backend): (VipId, BackendId),
+        (vip, backend, at): (VipId, BackendId, u16),
         spliced: bool,
     ) -> Option<Verdict> {
         let v = s.vip(vip)?;
-        let b = s.backend(backend).filter(|_| v.has_backend(backend))?;
+        let b = s.backend(backend).filter(|_| v.has_backend_at(backend, at))?;
         if !b.spec.up && v.spec.reset_on_down && p.key.proto == IpProtocol::TCP {
             return Some(self.reset(s, pkt, p, slot, (vip, backend)));
         }
@@ -850,12 +856,14 @@ impl Flows {
             self.stats.vip_drops[usize::from(vip_id)].count(DropReason::NoBackend);
             return Verdict::Drop(DropReason::NoBackend);
         };
-        self.open_flow(s, now, pkt, p, hash, (vip_id, vip), vip.spec.backends[idx])
+        self.open_flow(s, now, pkt, p, hash, (vip_id, vip), idx)
     }
 
-    /// Opens a flow of `vip` to `backend_id` and forwards its first packet.
+    /// Opens a flow of `vip` to its backend at `at` and forwards its first
+    /// packet.
     #[allow(clippy::too_many_arguments)]
-    fn open_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, (vip_id, vip): (VipId, &Vip), backend_id: BackendId) -> Verdict {
+    fn open_flow(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64, (vip_id, vip): (VipId, &Vip), at: usize) -> Verdict {
+        let backend_id = vip.spec.backends[at];
         let Some(b) = s.backend(backend_id) else { return Verdict::Drop(DropReason::NoBackend) };
         if let Mode::Tunnel { encap, .. } = vip.spec.mode
             && let Some(inner_mtu) = tunnel_overflow(encap, p, s.interfaces[usize::from(b.spec.iface)].mtu)
@@ -863,7 +871,7 @@ impl Flows {
             return self.answer_too_big(s, pkt, p, vip_id, inner_mtu);
         }
         let state = initial_state(&p.key, p.tcp_flags);
-        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: false }, now);
+        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id, at: at as u16, spliced: false }, now);
         if let Mode::Nat { .. } = vip.spec.mode
             && let Err(reason) = self.add_reverse(now, pkt, p, slot, vip, b, state)
         {
@@ -929,7 +937,7 @@ impl Flows {
         let backend_id = vip.spec.backends[idx];
         let Some(b) = s.backend(backend_id) else { return self.vip_drop(vip_id, DropReason::NoBackend) };
         let state = FlowState::SynSeen;
-        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: true }, now);
+        let slot = self.table.insert(p.key, hash, state, FlowValue::Forward { vip: vip_id, backend: backend_id, at: idx as u16, spliced: true }, now);
         if let Err(reason) = self.add_reverse(now, pkt, p, slot, vip, b, state) {
             self.table.remove(slot);
             return self.vip_drop(vip_id, reason);
@@ -1139,7 +1147,7 @@ impl Flows {
         if fwd == NO_PEER {
             return Verdict::Drop(DropReason::NoState);
         }
-        let FlowValue::Forward { vip: vip_id, backend, spliced } = self.table.entry(fwd).value else {
+        let FlowValue::Forward { vip: vip_id, backend, spliced, .. } = self.table.entry(fwd).value else {
             return Verdict::Drop(DropReason::NoState);
         };
         if spliced && let Some(v) = self.spliced_reply(s, pkt, p, fwd, (vip_id, backend)) {

@@ -35,7 +35,8 @@ fn a_removed_backend_s_flows_are_rescheduled() {
     let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
     let mut e = engine(EngineConfig::default(), services(Mode::Dsr, &pool));
     let on: Vec<u16> = (0..300).filter(|&p| backend_of(&mut e, 10_000 + p, SYN) == 2).collect();
-    assert!(!on.is_empty());
+    let on_last: Vec<u16> = (0..300).filter(|&p| backend_of(&mut e, 10_000 + p, ACK) == 3).collect();
+    assert!(!on.is_empty() && !on_last.is_empty());
     // Backend 2 (id 1) leaves the pool; ids of the others are kept.
     let ids = vec![Some(pool[0]), None, Some(pool[2])];
     let vip = VipSpec {
@@ -52,6 +53,10 @@ fn a_removed_backend_s_flows_are_rescheduled() {
     e.set_services(Arc::new(s)).unwrap();
     for p in on {
         assert_ne!(backend_of(&mut e, 10_000 + p, ACK), 2);
+    }
+    // The last backend is now second in the VIP's list: its flows stay.
+    for p in on_last {
+        assert_eq!(backend_of(&mut e, 10_000 + p, ACK), 3);
     }
 }
 

@@ -314,7 +314,7 @@ impl Engine {
     fn sync_entry(&self, slot: Slot, now: u32, out: &mut SyncEntry) -> bool {
         let (f, s) = (&self.flows, &*self.services);
         let Some(e) = f.table.live(slot) else { return false };
-        let FlowValue::Forward { vip, backend, spliced } = e.value else { return false };
+        let FlowValue::Forward { vip, backend, spliced, .. } = e.value else { return false };
         // A flow the SYN proxy opened goes with its translation, once the
         // backend has answered (before, the client would retry anyway).
         let splice = if spliced {
@@ -352,12 +352,13 @@ impl Engine {
         let s = &*self.services;
         let vip_id = s.vip_id(ip_from16(&e.key.dst), e.key.proto, e.vip_port).ok_or(ImportError::UnknownVip)?;
         let vip = s.vip(vip_id).ok_or(ImportError::UnknownVip)?;
-        let (backend_id, b) = vip
+        let (at, backend_id, b) = vip
             .spec
             .backends
             .iter()
-            .filter_map(|&id| Some((id, s.backend(id)?)))
-            .find(|(_, b)| b.addr == e.backend && b.spec.port == e.backend_port)
+            .enumerate()
+            .filter_map(|(at, &id)| Some((at as u16, id, s.backend(id)?)))
+            .find(|(_, _, b)| b.addr == e.backend && b.spec.port == e.backend_port)
             .ok_or(ImportError::UnknownBackend)?;
         let nat = matches!(vip.spec.mode, Mode::Nat { .. });
         let full_nat = !vip.snat.is_empty();
@@ -378,7 +379,9 @@ impl Engine {
                 // Spliced here by the SYN proxy: the local entry knows more.
                 return Ok(());
             }
-            if entry.value == (FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: e.splice.is_some() }) {
+            if let FlowValue::Forward { vip, backend, spliced, .. } = entry.value
+                && (vip, backend, spliced) == (vip_id, backend_id, e.splice.is_some())
+            {
                 if let Some(o) = e.splice {
                     f.splices[slot as usize] = Splice::from_offsets(o);
                 }
@@ -407,7 +410,7 @@ impl Engine {
         {
             f.table.remove(old);
         }
-        let slot = f.table.insert(e.key, hash, e.state, FlowValue::Forward { vip: vip_id, backend: backend_id, spliced: e.splice.is_some() }, now);
+        let slot = f.table.insert(e.key, hash, e.state, FlowValue::Forward { vip: vip_id, backend: backend_id, at, spliced: e.splice.is_some() }, now);
         if let Some(o) = e.splice {
             f.splices[slot as usize] = Splice::from_offsets(o);
         }

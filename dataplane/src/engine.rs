@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::flow::FlowKey;
 use crate::flow::fragments::{Fragments, Placement};
 use crate::flow::neighbours::Neighbours;
-use crate::flow::parse::{Fragment, ParseError, Parsed, parse, parse_quoted};
+use crate::flow::parse::{Fragment, ParseError, Parsed, parse_into, parse_quoted};
 use crate::flow::snat::{SnatPorts, backend_tag};
 use crate::flow::sticky::{Client, StickyTable};
 use crate::flow::table::{ConnTable, FlowState, NO_PEER, Slot, Timeouts};
@@ -191,14 +191,17 @@ struct Flows {
     /// Per VIP id, whether its SYN proxy is engaged (`SynProxy::Auto`).
     guards: Vec<Guard>,
     sync: SyncLog,
-    /// The chunk being processed, frame by frame (preallocated,
-    /// `WARM_BATCH` long).
+    /// The chunk being processed, frame by frame: `WARM_BATCH` entries,
+    /// each frame parsed into its own in place.
     heads: Vec<Head>,
 }
 
 /// What the first passes over a chunk found of one frame.
+#[derive(Clone, Copy)]
 struct Head {
-    parsed: Result<Parsed, ParseError>,
+    /// Meaningful when `parsing` is `Ok`.
+    parsed: Parsed,
+    parsing: Result<(), ParseError>,
     /// The flow key's hash.
     hash: u64,
 }
@@ -367,7 +370,7 @@ impl Engine {
             early: EarlyData::default(),
             guards: vec![Guard::default(); cfg.max_vips],
             sync: SyncLog::new(&cfg),
-            heads: Vec::with_capacity(WARM_BATCH),
+            heads: vec![Head { parsed: Parsed::default(), parsing: Err(ParseError::NotIp), hash: 0 }; WARM_BATCH],
             cfg,
         };
         let mut engine = Engine { services: Arc::clone(&services), flows };
@@ -455,21 +458,21 @@ impl Engine {
             // First every frame's headers and flow hash, loading its index
             // bucket, then every flow's entry, so that the cache misses of
             // the whole chunk overlap instead of coming one per packet.
-            let mut heads = std::mem::take(&mut flows.heads);
-            heads.clear();
-            for pkt in chunk.iter() {
-                heads.push(Head { parsed: parse(pkt.frame()), hash: 0 });
-                if let Some(Head { parsed: Ok(p), hash, .. }) = heads.last_mut() {
-                    *hash = p.key.hash64();
-                    flows.table.warm(*hash);
+            let mut all = std::mem::take(&mut flows.heads);
+            let heads = &mut all[..chunk.len()];
+            for (pkt, head) in chunk.iter().zip(heads.iter_mut()) {
+                head.parsing = parse_into(pkt.frame(), &mut head.parsed);
+                if head.parsing.is_ok() {
+                    head.hash = head.parsed.key.hash64();
+                    flows.table.warm(head.hash);
                 }
             }
-            for h in &heads {
-                if h.parsed.is_ok() {
+            for h in heads.iter() {
+                if h.parsing.is_ok() {
                     flows.table.warm_entry(h.hash);
                 }
             }
-            for (pkt, head) in chunk.iter_mut().zip(&heads) {
+            for (pkt, head) in chunk.iter_mut().zip(heads.iter()) {
                 pkt.verdict = flows.process_one(services, now_ms, pkt, head);
                 match pkt.verdict {
                     Verdict::Pass => flows.stats.passed.inc(),
@@ -478,7 +481,7 @@ impl Engine {
                 }
                 flows.settle_departures(now_ms);
             }
-            flows.heads = heads;
+            flows.heads = all;
         }
         flows.table.expire(now_ms, flows.cfg.expire_budget);
         flows.settle_departures(now_ms);
@@ -567,8 +570,8 @@ impl Flows {
         if usize::from(pkt.ingress) >= s.interfaces.len() {
             return Verdict::Drop(DropReason::UnknownInterface);
         }
-        let p = match &head.parsed {
-            Ok(p) => p,
+        let p = match head.parsing {
+            Ok(()) => &head.parsed,
             Err(ParseError::NotIp) => return Verdict::Pass,
             Err(ParseError::Truncated) => return Verdict::Drop(DropReason::Truncated),
             Err(ParseError::Malformed) => return Verdict::Drop(DropReason::Malformed),

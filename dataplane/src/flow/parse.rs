@@ -8,7 +8,7 @@ use crate::wire::{Icmp, IpProtocol, Ipv4, Ipv6, Tcp, Udp, WireError, be16, ipv4,
 
 /// Where the headers of a checked frame are. Offsets are from the start of
 /// the frame; every header they point at has passed its `new_checked`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
     pub l3: usize,
     pub l4: usize,
@@ -61,33 +61,45 @@ impl From<WireError> for ParseError {
 
 #[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    let mut p = Parsed::default();
+    parse_into(frame, &mut p).map(|()| p)
+}
+
+/// `parse`, writing into `out` field by field: the engine parses each
+/// frame of a chunk straight into the chunk's buffer, where building the
+/// whole result and then moving it there cost about 40 instructions a
+/// frame. On an error `out` holds part of a frame and means nothing.
+#[inline]
+pub fn parse_into(frame: &[u8], out: &mut Parsed) -> Result<(), ParseError> {
     let eth = Ethernet::new_checked(frame)?;
     let l3 = eth.header_len();
     let ip = &frame[l3..];
-    let (v6, src, dst, proto, l4, end, ttl, fragment) = match eth.ethertype() {
+    out.l3 = l3;
+    match eth.ethertype() {
         ETHERTYPE_IPV4 => {
             let h = Ipv4::new_checked(ip)?;
-            let (s, d) = (v4_mapped(h.src()), v4_mapped(h.dst()));
-            let fragment = h.is_fragment().then(|| Fragment { id: u32::from(h.ident()), first: h.fragment_offset() == 0 });
-            (false, s, d, h.protocol(), l3 + h.header_len(), l3 + h.total_len(), h.ttl(), fragment)
+            (out.key.src, out.key.dst) = (v4_mapped(h.src()), v4_mapped(h.dst()));
+            out.fragment = h.is_fragment().then(|| Fragment { id: u32::from(h.ident()), first: h.fragment_offset() == 0 });
+            (out.v6, out.key.proto, out.l4, out.end, out.ttl) = (false, h.protocol(), l3 + h.header_len(), l3 + h.total_len(), h.ttl());
         }
         ETHERTYPE_IPV6 => {
             let h = Ipv6::new_checked(ip)?;
-            let fragment = h.is_fragment().then(|| Fragment { id: h.ident(), first: h.fragment_offset() == 0 });
-            (true, h.src(), h.dst(), h.upper_proto(), l3 + h.upper_offset(), l3 + h.total_len(), h.hop_limit(), fragment)
+            (out.key.src, out.key.dst) = (h.src(), h.dst());
+            out.fragment = h.is_fragment().then(|| Fragment { id: h.ident(), first: h.fragment_offset() == 0 });
+            (out.v6, out.key.proto, out.l4, out.end, out.ttl) = (true, h.upper_proto(), l3 + h.upper_offset(), l3 + h.total_len(), h.hop_limit());
         }
         _ => return Err(ParseError::NotIp),
-    };
-    let l4b = &frame[l4..end];
-    let (src_port, dst_port, tcp_flags) = match proto {
-        _ if fragment.is_some_and(|f| !f.first) => (0, 0, 0),
+    }
+    let l4b = &frame[out.l4..out.end];
+    (out.key.src_port, out.key.dst_port, out.tcp_flags) = match out.key.proto {
+        _ if out.fragment.is_some_and(|f| !f.first) => (0, 0, 0),
         IpProtocol::TCP => {
             let t = Tcp::new_checked(l4b)?;
             (t.src_port(), t.dst_port(), t.flags())
         }
         // A first fragment holds the UDP header but not the whole datagram
         // its length field counts.
-        IpProtocol::UDP if fragment.is_some() => {
+        IpProtocol::UDP if out.fragment.is_some() => {
             let ports = l4b.get(..udp::UDP_HLEN).ok_or(ParseError::Truncated)?;
             (be16(ports, 0), be16(ports, 2), 0)
         }
@@ -101,8 +113,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
         }
         _ => (0, 0, 0),
     };
-    let key = FlowKey { src, dst, src_port, dst_port, proto };
-    Ok(Parsed { l3, l4, end, v6, key, tcp_flags, ttl, fragment })
+    Ok(())
 }
 
 /// Parses the packet quoted in an ICMP error, `frame[at..end]`: its IP

@@ -3,7 +3,8 @@
 
 use crate::flow::parse::Parsed;
 use crate::types::Mac;
-use crate::wire::{IpProtocol, Ipv4, Ipv6, be16, checksum, put16, tcp, udp};
+use crate::wire::checksum::Incremental;
+use crate::wire::{IpProtocol, Ipv4, Ipv6, be16, be32, ipv4, ipv6, put16, put32, tcp, udp};
 
 /// Which end of a packet to rewrite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,46 +17,40 @@ pub enum End {
 /// IPv4 header checksum and the TCP/UDP/ICMPv6 checksum valid. A fragment
 /// after the first has no transport header: only its address changes (the
 /// first fragment's checksum update covers the whole datagram).
+///
+/// The address's change is summed once, as 32-bit words, and applied to
+/// both checksums it is in with the port's: a third of the instructions
+/// of updating each checksum for each field apart.
+#[inline]
 pub fn set_endpoint(frame: &mut [u8], p: &Parsed, end: End, addr: &[u8; 16], port: u16) {
-    let (old_addr, new_addr): (&[u8], &[u8]);
-    let mut old_buf = [0u8; 16];
-    let ip = &mut frame[p.l3..p.end];
+    let src = end == End::Src;
+    let mut change = Incremental::changes();
     if p.v6 {
-        let mut h = Ipv6::new_unchecked(ip);
-        old_buf = if end == End::Src { h.src() } else { h.dst() };
-        if end == End::Src {
-            h.set_src(*addr)
-        } else {
-            h.set_dst(*addr)
+        let at = p.l3 + if src { ipv6::SRC_AT } else { ipv6::DST_AT };
+        for i in (0..16).step_by(4) {
+            change.replace32(be32(frame, at + i), be32(addr, i));
         }
-        (old_addr, new_addr) = (&old_buf[..], &addr[..]);
+        frame[at..at + 16].copy_from_slice(addr);
     } else {
-        let mut h = Ipv4::new_unchecked(ip);
-        old_buf[..4].copy_from_slice(&if end == End::Src { h.src() } else { h.dst() });
-        let a4 = [addr[12], addr[13], addr[14], addr[15]];
-        if end == End::Src {
-            h.set_src(a4)
-        } else {
-            h.set_dst(a4)
-        }
-        (old_addr, new_addr) = (&old_buf[..4], &addr[12..]);
+        let at = p.l3 + if src { ipv4::SRC_AT } else { ipv4::DST_AT };
+        change.replace32(be32(frame, at), be32(addr, 12));
+        put32(frame, at, be32(addr, 12));
+        let header = p.l3 + ipv4::CHECKSUM_AT;
+        put16(frame, header, change.apply(be16(frame, header)));
     }
-    let port_at = p.l4 + if end == End::Src { 0 } else { 2 };
+    let port_at = p.l4 + if src { 0 } else { 2 };
     let ports = matches!(p.key.proto, IpProtocol::TCP | IpProtocol::UDP) && !p.later_fragment();
-    let old_port = if ports { be16(frame, port_at) } else { 0 };
+    if ports {
+        change.replace16(be16(frame, port_at), port);
+        put16(frame, port_at, port);
+    }
     if let Some(at) = l4_checksum_at(p) {
         let old = be16(frame, at);
         if !(old == 0 && p.key.proto == IpProtocol::UDP && !p.v6) {
-            let mut c = checksum::update(old, old_addr, new_addr);
-            if ports {
-                c = checksum::update16(c, old_port, port);
-            }
+            let c = change.apply(old);
             // In UDP a computed zero is sent as all ones (RFC 768).
             put16(frame, at, if c == 0 && p.key.proto == IpProtocol::UDP { 0xffff } else { c });
         }
-    }
-    if ports {
-        put16(frame, port_at, port);
     }
 }
 

@@ -75,6 +75,19 @@ impl Incremental {
         Incremental(u64::from(!csum))
     }
 
+    /// No checksum yet: the changes alone, to `apply` to each checksum
+    /// that covers the fields (an address is in the IPv4 header's and in
+    /// the L4 pseudo-header's).
+    pub fn changes() -> Incremental {
+        Incremental(0)
+    }
+
+    /// `csum` after the changes recorded.
+    #[inline]
+    pub fn apply(self, csum: u16) -> u16 {
+        !fold(u64::from(!csum) + self.0)
+    }
+
     #[inline]
     pub fn replace16(&mut self, old: u16, new: u16) {
         self.0 += u64::from(!old) + u64::from(new);

@@ -3,6 +3,10 @@
 use super::{IpProtocol, WireError, be16, checksum, put16};
 
 pub const IPV4_MIN_HLEN: usize = 20;
+/// Where the header checksum and the addresses are in the header.
+pub const CHECKSUM_AT: usize = 10;
+pub const SRC_AT: usize = 12;
+pub const DST_AT: usize = 16;
 
 pub struct Ipv4<T> {
     buf: T,
@@ -84,17 +88,17 @@ impl<T: AsRef<[u8]>> Ipv4<T> {
 
     #[inline]
     pub fn checksum(&self) -> u16 {
-        be16(self.b(), 10)
+        be16(self.b(), CHECKSUM_AT)
     }
 
     #[inline]
     pub fn src(&self) -> [u8; 4] {
-        addr_at(self.b(), 12)
+        addr_at(self.b(), SRC_AT)
     }
 
     #[inline]
     pub fn dst(&self) -> [u8; 4] {
-        addr_at(self.b(), 16)
+        addr_at(self.b(), DST_AT)
     }
 
     #[inline]
@@ -122,34 +126,34 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
         let new = old.wrapping_sub(0x100);
         let c = checksum::update16(self.checksum(), old, new);
         put16(self.bm(), 8, new);
-        put16(self.bm(), 10, c);
+        put16(self.bm(), CHECKSUM_AT, c);
     }
 
     /// Sets the source address, updating the header checksum.
     #[inline]
     pub fn set_src(&mut self, a: [u8; 4]) {
-        self.set_addr(12, a);
+        self.set_addr(SRC_AT, a);
     }
 
     /// Sets the destination address, updating the header checksum.
     #[inline]
     pub fn set_dst(&mut self, a: [u8; 4]) {
-        self.set_addr(16, a);
+        self.set_addr(DST_AT, a);
     }
 
     #[inline]
     fn set_addr(&mut self, at: usize, a: [u8; 4]) {
         let c = checksum::update(self.checksum(), &self.b()[at..at + 4], &a);
         self.bm()[at..at + 4].copy_from_slice(&a);
-        put16(self.bm(), 10, c);
+        put16(self.bm(), CHECKSUM_AT, c);
     }
 
     #[inline]
     pub fn fill_checksum(&mut self) {
-        put16(self.bm(), 10, 0);
+        put16(self.bm(), CHECKSUM_AT, 0);
         let hlen = self.header_len();
         let c = checksum::checksum(&self.b()[..hlen], 0);
-        put16(self.bm(), 10, c);
+        put16(self.bm(), CHECKSUM_AT, c);
     }
 }
 

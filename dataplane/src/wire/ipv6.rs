@@ -3,6 +3,9 @@
 use super::{IpProtocol, WireError, be16, put16};
 
 pub const IPV6_HLEN: usize = 40;
+/// Where the addresses are in the header.
+pub const SRC_AT: usize = 8;
+pub const DST_AT: usize = 24;
 const NH_HOP_BY_HOP: u8 = 0;
 const NH_ROUTING: u8 = 43;
 const NH_FRAGMENT: u8 = 44;
@@ -85,12 +88,12 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
 
     #[inline]
     pub fn src(&self) -> [u8; 16] {
-        addr_at(self.b(), 8)
+        addr_at(self.b(), SRC_AT)
     }
 
     #[inline]
     pub fn dst(&self) -> [u8; 16] {
-        addr_at(self.b(), 24)
+        addr_at(self.b(), DST_AT)
     }
 
     /// Offset of the upper-layer header from the start of the IPv6 header.
@@ -145,12 +148,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6<T> {
 
     #[inline]
     pub fn set_src(&mut self, a: [u8; 16]) {
-        self.buf.as_mut()[8..24].copy_from_slice(&a);
+        self.buf.as_mut()[SRC_AT..SRC_AT + 16].copy_from_slice(&a);
     }
 
     #[inline]
     pub fn set_dst(&mut self, a: [u8; 16]) {
-        self.buf.as_mut()[24..40].copy_from_slice(&a);
+        self.buf.as_mut()[DST_AT..DST_AT + 16].copy_from_slice(&a);
     }
 }
 

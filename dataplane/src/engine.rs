@@ -828,16 +828,22 @@ impl Flows {
         }
         let mid_stream = tcp && !is_syn(p);
         if let Mode::Nat { .. } = vip.spec.mode {
-            // Only this node can carry a NAT flow (its reply path and
-            // source port are here): a segment without state is stray or
-            // forged, never the middle of someone's connection, unless it
-            // returns a SYN cookie.
+            // A NAT flow is carried only where its state is (its reply
+            // path and source port): a segment without state here is
+            // stray or forged, unless it returns a SYN cookie, or, with
+            // sync, another worker holds its flow. A flow a peer synced
+            // lives in the worker it had there, and its client's
+            // segments need not reach the same queue here (another NIC's
+            // RSS key): every worker is asked before it is dropped.
             if mid_stream {
                 if vip.spec.syn_proxy != SynProxy::Off
                     && p.tcp_flags & (tcp::ACK | tcp::RST | tcp::FIN) == tcp::ACK
                     && let Some(splice) = self.cookies.accept(pkt.frame(), p, now)
                 {
                     return self.proxied_flow(s, now, pkt, p, hash, vip_id, vip, splice);
+                }
+                if self.cfg.sync && self.cfg.workers > 1 && !pkt.handed_round {
+                    return Verdict::Handoff(None);
                 }
                 return self.vip_drop(vip_id, DropReason::NoState);
             }

@@ -12,12 +12,15 @@ pub struct Packet<'a> {
     pub len: usize,
     /// The interface the frame arrived on.
     pub ingress: IfIndex,
+    /// Every other worker has looked for the frame's flow already (it was
+    /// handed round): one without state here is dropped, not handed on.
+    pub handed_round: bool,
     pub verdict: Verdict,
 }
 
 impl<'a> Packet<'a> {
     pub fn new(buf: &'a mut [u8], start: usize, len: usize, ingress: IfIndex) -> Self {
-        Packet { buf, start, len, ingress, verdict: Verdict::Pass }
+        Packet { buf, start, len, ingress, handed_round: false, verdict: Verdict::Pass }
     }
 
     pub fn frame(&self) -> &[u8] {
@@ -47,9 +50,10 @@ pub enum Verdict {
     #[default]
     Pass,
     Drop(DropReason),
-    /// NAT return traffic of a flow this worker does not hold: another
+    /// A NAT flow's frame this worker holds no state for: another
     /// worker's, that one if known (full-NAT source ports are split by
-    /// worker), else unknown (inline DNAT: ask the others in turn).
+    /// worker), else unknown (inline DNAT return traffic, a synced flow's
+    /// client segment: ask the others in turn).
     Handoff(Option<u16>),
 }
 

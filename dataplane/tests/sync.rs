@@ -10,7 +10,7 @@ use fulcrum_dataplane::flow::table::FlowState;
 use fulcrum_dataplane::services::SynProxy;
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_dataplane::wire::tcp::{ACK, FIN, SYN};
-use fulcrum_dataplane::{Backend, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
+use fulcrum_dataplane::{Backend, DropReason, Engine, EngineConfig, Interface, Mode, Packet, Services, Verdict, VipSpec};
 use fulcrum_testing::frame::{LB_MAC, PacketBuilder};
 
 const VIP: [u8; 4] = [198, 18, 0, 100];
@@ -148,6 +148,43 @@ fn fleet_nodes_open_flows_from_their_own_snat_address_and_carry_the_others() {
     let (v, back) = send(&mut b, 4, reply);
     assert_eq!(v, Verdict::Tx(0));
     assert_eq!((src(&back), dst(&back)), ((VIP, 80), (CLIENT, 42000)));
+}
+
+/// A peer's flow lives here in the worker it had there, but its client's
+/// segments reach whichever queue this node's RSS gives them: with sync,
+/// a NAT segment without state on one worker is handed to the others,
+/// the one that holds it carries it, and the last one asked drops it
+/// against the VIP. Without sync a flow's segments stay on its worker's
+/// queue: a stray one is dropped at once.
+#[test]
+fn a_synced_nat_flow_is_found_whatever_worker_its_client_segments_reach() {
+    let mode = Mode::Nat { snat: vec![IpAddr::from(SNAT)] };
+    let s = services(mode, [1, 2, 3]);
+    let worker = |w: u16, sync: bool| {
+        let cfg = EngineConfig { table_capacity: 4096, snat_ports: (1024, 2047), sync, worker: w, workers: 2, ..EngineConfig::default() };
+        Engine::new(cfg, Arc::clone(&s)).unwrap()
+    };
+    let (mut a, mut b0, mut b1) = (worker(1, true), worker(0, true), worker(1, true));
+    send(&mut a, 0, client(40000, SYN));
+    send(&mut a, 1, client(40000, ACK));
+    for e in export(&mut a, 1, true) {
+        assert_eq!(e.worker, 1);
+        b1.import(2, &e).unwrap();
+    }
+    let segment = || client(40000, ACK).payload(b"hi");
+    assert_eq!(send(&mut b0, 3, segment()).0, Verdict::Handoff(None));
+    assert_eq!(send(&mut b1, 3, segment()).0, Verdict::Tx(0));
+    assert!(b0.table().is_empty(), "a handed-on segment leaves nothing");
+    // Handed round and still unknown: dropped, and counted.
+    let f = client(40001, ACK).frame();
+    let mut buf = vec![0u8; 2048];
+    buf[..f.len()].copy_from_slice(&f);
+    let mut batch = [Packet::new(&mut buf, 0, f.len(), 0)];
+    batch[0].handed_round = true;
+    b0.process(4, &mut batch);
+    assert_eq!(batch[0].verdict, Verdict::Drop(DropReason::NoState));
+    assert_eq!(b0.stats().vip_drops[0].get(DropReason::NoState), 1);
+    assert_eq!(send(&mut worker(0, false), 3, segment()).0, Verdict::Drop(DropReason::NoState));
 }
 
 #[test]

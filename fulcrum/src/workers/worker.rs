@@ -222,10 +222,12 @@ impl<I: PacketIo> Worker<I> {
         let io = &self.io;
         let mut batch: [Packet; BATCH] = std::array::from_fn(|_| Packet::default());
         let n = self.rx.len().min(BATCH);
-        for (pkt, f) in batch.iter_mut().zip(self.rx.iter_mut()) {
+        let workers = self.peers.len();
+        for ((pkt, f), &hops) in batch.iter_mut().zip(self.rx.iter_mut()).zip(&self.hops) {
             let (start, len, port) = (f.start, f.len, f.port);
             if let Some(buf) = io.buffer(&mut f.chunk) {
                 *pkt = Packet::new(buf, start, len, port);
+                pkt.handed_round = usize::from(hops) + 1 >= workers;
             }
         }
         self.engine.process_us(now_us, &mut batch[..n]);

@@ -398,12 +398,18 @@ impl Clients {
         self.conns.iter().filter_map(|c| c.s.local_addr().ok()).map(|a| a.port()).collect()
     }
 
+    /// Per connection, whether it is broken now: reset, closed, or
+    /// silent for longer than the give-up time.
+    pub fn broken(&self) -> Vec<bool> {
+        self.conns.iter().map(Conn::is_broken).collect()
+    }
+
     pub fn outcome(&self) -> Outcome {
         let mut gaps: Vec<Duration> = self.conns.iter().map(|c| c.gap.max(c.last.elapsed())).collect();
         gaps.sort();
         Outcome {
             connections: self.conns.len(),
-            broken: self.conns.iter().filter(|c| c.broken || c.last.elapsed() > GIVE_UP).count(),
+            broken: self.conns.iter().filter(|c| c.is_broken()).count(),
             gaps,
             messages: self.conns.iter().map(|c| c.got as u64 / 8).sum(),
             udp_answered: self.udp.as_ref().map_or(0, |u| u.answered),
@@ -444,6 +450,10 @@ pub fn first_new_connection(lab: &Lab, since: Instant, every: Duration, timeout:
 }
 
 impl Conn {
+    fn is_broken(&self) -> bool {
+        self.broken || self.last.elapsed() > GIVE_UP
+    }
+
     fn read(&mut self, buf: &mut [u8]) {
         loop {
             match self.s.read(buf) {

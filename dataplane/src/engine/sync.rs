@@ -4,9 +4,9 @@
 //! A new flow's entry is written where the flow opens, into a
 //! preallocated log, from what is at hand there (its key, VIP, backend and
 //! the reverse half just made): no search, no allocation. A change of
-//! state appends only the slot. Once per batch `export_sync` hands on the new entries, turns
-//! the changed slots into `SyncEntry`s by stable identities and walks a
-//! few slots of the table: a flow that traffic kept
+//! state appends only the slot. Once per batch `export_sync` hands on the
+//! new entries, turns the changed slots into `SyncEntry`s by stable
+//! identities and walks a few slots of the table: a flow that traffic kept
 //! alive since the walk last passed is sent again, so the peer's copy,
 //! which expires on the time it was given, never runs out before ours.
 //! The walk starts a lap at most every `refresh_ms`, so an established

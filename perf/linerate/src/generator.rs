@@ -4,8 +4,10 @@
 //! sending copies a template into a UMEM chunk and patches only what
 //! changes, with incremental checksum updates (RFC 1624): the stamp's
 //! sequence number and send time, and for SYNs a fresh source address and
-//! port, so every SYN opens a new flow. The stamp (`SinkProgram::MAGIC`,
-//! flow, seq, time) ends every IP packet, where the sink finds it.
+//! port, so every SYN opens a new flow; an established flow's first frame
+//! is its SYN, which a NAT balancer needs to open it. The stamp
+//! (`SinkProgram::MAGIC`, flow, seq, time) ends every IP packet, where the
+//! sink finds it.
 //!
 //! One socket per tx queue of the client's interface, all driven by one
 //! thread (the machines have two cores): flow i leaves on queue
@@ -93,6 +95,10 @@ struct Template {
     src_addr: (usize, usize),
     src_port: usize,
     stamp: usize,
+    /// An established flow's first frame has gone, as a SYN: a NAT
+    /// balancer opens a flow only on one (a segment without state is
+    /// stray or forged).
+    opened: bool,
 }
 
 /// Frames sent by one `run`.
@@ -186,6 +192,7 @@ impl Template {
             src_port: l4,
             stamp: bytes.len() - STAMP,
             bytes,
+            opened: false,
         }
     }
 
@@ -206,9 +213,15 @@ impl Template {
         frame[at..at + new.len()].copy_from_slice(new);
     }
 
-    /// Fills `frame` (exactly the template's length) for sending.
-    fn write(&self, frame: &mut [u8], seq: u32, sent_ns: u32, syn: u32) {
+    /// Fills `frame` (exactly the template's length) for sending; `open`:
+    /// an established flow's first frame, sent as its SYN.
+    fn write(&self, frame: &mut [u8], seq: u32, sent_ns: u32, syn: u32, open: bool) {
         frame.copy_from_slice(&self.bytes);
+        if open {
+            // The data offset and the flags: one 16-bit word.
+            let at = self.src_port + 12;
+            self.patch(frame, at, &[frame[at], SYN], false);
+        }
         if self.kind == Kind::Syn {
             let v6 = self.src_addr.1 == 16;
             let addr = match source(v6, syn, true) {
@@ -305,12 +318,14 @@ impl Generator {
         for _ in 0..n {
             let i = self.next;
             self.next = (self.next + 1) % self.templates.len();
-            let t = &self.templates[i];
+            let t = &mut self.templates[i];
             let io = &mut self.ios[t.queue];
             let Some(mut f) = io.alloc() else { continue };
             self.seq[i] = self.seq[i].wrapping_add(1);
+            let open = t.kind == Kind::Established && !t.opened;
+            t.opened = true;
             if let Some(buf) = io.buffer(&mut f.chunk) {
-                t.write(&mut buf[HEADROOM..HEADROOM + t.bytes.len()], self.seq[i], now, self.syns);
+                t.write(&mut buf[HEADROOM..HEADROOM + t.bytes.len()], self.seq[i], now, self.syns, open);
             }
             if t.kind == Kind::Syn {
                 self.syns = self.syns.wrapping_add(1);
@@ -348,16 +363,18 @@ mod tests {
     #[test]
     fn patched_frames_carry_valid_checksums_and_the_stamp() {
         let profile = Profile { frame: 64, flows: 12, mix: [1, 1, 1], v6_percent: 50 };
-        for flow in 0..12 {
+        for (flow, open) in (0..12).flat_map(|f| [(f, false), (f, true)]) {
             let t = Template::new(&profile, &target(), flow, 2);
             let mut frame = vec![0u8; t.bytes.len()];
-            t.write(&mut frame, 0x0102_0304 + flow, 0xdead_beef, 0x0012_3456);
+            let open = open && t.kind == Kind::Established;
+            t.write(&mut frame, 0x0102_0304 + flow, 0xdead_beef, 0x0012_3456, open);
             let p = parse(&frame).unwrap_or_else(|e| panic!("flow {flow}: {e:?}"));
             let fresh = {
                 let (src, dst, k) = (ip_from16(&p.key.src), ip_from16(&p.key.dst), &p.key);
                 let b = match t.kind {
                     Kind::Udp => PacketBuilder::udp(src, k.src_port, dst, k.dst_port),
                     Kind::Syn => PacketBuilder::tcp(src, k.src_port, dst, k.dst_port, SYN),
+                    Kind::Established if open => PacketBuilder::tcp(src, k.src_port, dst, k.dst_port, SYN),
                     Kind::Established => PacketBuilder::tcp(src, k.src_port, dst, k.dst_port, ACK),
                 };
                 let payload = p.l4 + if t.kind == Kind::Udp { 8 } else { 20 };

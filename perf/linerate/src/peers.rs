@@ -186,7 +186,10 @@ fn start_dut(lab: &mut Lab, dut: Dut, busy: bool) -> Result<(Option<Proc>, Optio
             Ok((Some(p), None))
         }
         Dut::Fulcrum(mode, xdp) => {
-            let config = daemon::config(lab, mode, "");
+            // The generator's SYNs never complete a handshake: a NAT VIP's
+            // SYN proxy (auto) would take them for a flood and answer them
+            // itself. The comparison is of forwarding, as nftables does it.
+            let config = daemon::config(lab, mode, "syn_proxy = \"off\"\n");
             let auto = "xdp_mode = \"auto\"";
             assert!(config.contains(auto), "the lab configuration sets the XDP mode");
             // Workers as many as queues but not pinned (`workers = N`), as

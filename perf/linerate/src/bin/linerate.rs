@@ -301,7 +301,10 @@ fn render(
     );
     md += &report::markdown(results, &ratios, &checks);
     if !mix.is_empty() {
-        md += &format!("\nMixed profile: {}; every SYN opens a new flow.\n\n", mix_profile.describe());
+        md += &format!(
+            "\nMixed profile: {}; every SYN opens a new flow (fulcrum's SYN proxy is off: no SYN completes a handshake, which it would take for a flood).\n\n",
+            mix_profile.describe()
+        );
         md += "| device under test | zero-loss kpps | ≤0.1% loss kpps |\n|---|---|---|\n";
         for r in mix {
             let cell = |b: Option<(fulcrum_linerate::search::Trial, bool)>| b.map_or("none".into(), |(t, _)| format!("{:.1}", t.received_rate() / 1000.0));

@@ -4,8 +4,9 @@
 //! sending copies a template into a UMEM chunk and patches only what
 //! changes, with incremental checksum updates (RFC 1624): the stamp's
 //! sequence number and send time, and for SYNs a fresh source address and
-//! port, so every SYN opens a new flow; an established flow's first frame
-//! is its SYN, which a NAT balancer needs to open it. The stamp
+//! port, so every SYN opens a new flow; for a device that opens flows
+//! only on a SYN (fulcrum's NAT), an established flow's first frame is its
+//! SYN. The stamp
 //! (`SinkProgram::MAGIC`, flow, seq, time) ends every IP packet, where the
 //! sink finds it.
 //!
@@ -95,9 +96,7 @@ struct Template {
     src_addr: (usize, usize),
     src_port: usize,
     stamp: usize,
-    /// An established flow's first frame has gone, as a SYN: a NAT
-    /// balancer opens a flow only on one (a segment without state is
-    /// stray or forged).
+    /// An established flow's first frame has gone (`Generator::syn_first`).
     opened: bool,
 }
 
@@ -120,6 +119,8 @@ pub struct Generator {
     syns: u32,
     pub profile: Profile,
     target: Target,
+    /// Each established flow's first frame is a SYN.
+    syn_first: bool,
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of the sink's `bpf_ktime_get_ns`.
@@ -241,7 +242,9 @@ impl Template {
 impl Generator {
     /// Opens one AF_XDP socket per queue of `ifname` (call it inside the
     /// interface's namespace) and builds the frames of `profile`.
-    pub fn open(ifname: &str, queues: u32, profile: Profile, target: &Target) -> Result<Generator, IoError> {
+    /// `syn_first`: each established flow's first frame is a SYN, for a
+    /// device that opens flows only on one.
+    pub fn open(ifname: &str, queues: u32, profile: Profile, target: &Target, syn_first: bool) -> Result<Generator, IoError> {
         let ios: Vec<XskIo> = (0..queues.max(1)).map(|q| XskIo::open(&[ifname], q, &XskConfig::default())).collect::<Result<_, _>>()?;
         let mut g = Generator {
             tx: ios.iter().map(|_| Vec::with_capacity(MAX_BURST)).collect(),
@@ -252,6 +255,7 @@ impl Generator {
             syns: 0,
             profile: profile.clone(),
             target: *target,
+            syn_first,
         };
         g.set_profile(profile)?;
         Ok(g)
@@ -322,7 +326,7 @@ impl Generator {
             let io = &mut self.ios[t.queue];
             let Some(mut f) = io.alloc() else { continue };
             self.seq[i] = self.seq[i].wrapping_add(1);
-            let open = t.kind == Kind::Established && !t.opened;
+            let open = self.syn_first && t.kind == Kind::Established && !t.opened;
             t.opened = true;
             if let Some(buf) = io.buffer(&mut f.chunk) {
                 t.write(&mut buf[HEADROOM..HEADROOM + t.bytes.len()], self.seq[i], now, self.syns, open);

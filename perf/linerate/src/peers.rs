@@ -57,6 +57,13 @@ pub fn topology_name(t: Topology) -> &'static str {
 }
 
 impl Dut {
+    /// Whether the device opens a flow only on a SYN: fulcrum's NAT
+    /// modes. nftables' conntrack takes a flow up mid-stream, and counts
+    /// the ACKs after a SYN that no SYN-ACK answered as invalid.
+    pub fn opens_on_syn(&self) -> bool {
+        matches!(self, Dut::Fulcrum(LabMode::Nat | LabMode::FullNat, _))
+    }
+
     pub fn topology(&self) -> Topology {
         match self {
             Dut::Direct => Topology::OneArm,
@@ -100,7 +107,7 @@ impl Peer {
             _ => Target { src_mac: client.mac, dst_mac: lab.balancer.iface().mac, dst4: VIP4, dst6: VIP6, tcp_port: 80, udp_port: 7 },
         };
         let queues = lab.queues;
-        let generator = in_netns(&lab.client.ns, || Generator::open(&client.name, queues, profile.clone(), &target))
+        let generator = in_netns(&lab.client.ns, || Generator::open(&client.name, queues, profile.clone(), &target, dut.opens_on_syn()))
             .map_err(|e| LabError(format!("entering {}: {e}", lab.client.ns)))?
             .map_err(lab_err("generator"))?;
         Ok(Peer { dut, proc, _config: config, generator, sinks, lab })

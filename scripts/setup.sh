@@ -7,7 +7,7 @@ packages=(
     clang llvm libbpf-dev                                      # io/bpf/*.c, tests/bpf/*.c (bpf_helpers.h)
     libelf-dev m4 libpcap-dev pkg-config zlib1g-dev make       # libxdp/libbpf builds under xsk-rs
     iproute2 ethtool iputils-ping curl                         # the namespace lab
-    nftables                                                   # half-open health checks (health/src/rst_guard.rs)
+    nftables                                                   # half-open health checks (health/src/rst_guard.rs), the two-tier HAProxy nodes
     valgrind                                                   # instruction counts in perf/
     keepalived                                                 # the HA pair lab (tests/tests/ha.rs)
     bird2 exabgp                                               # the scale-out lab (tests/tests/ecmp.rs): router and node speakers

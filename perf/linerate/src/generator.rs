@@ -6,9 +6,8 @@
 //! sequence number and send time, and for SYNs a fresh source address and
 //! port, so every SYN opens a new flow; for a device that opens flows
 //! only on a SYN (fulcrum's NAT), an established flow's first frame is its
-//! SYN. The stamp
-//! (`SinkProgram::MAGIC`, flow, seq, time) ends every IP packet, where the
-//! sink finds it.
+//! SYN. The stamp (`SinkProgram::MAGIC`, flow, seq, time) ends every IP
+//! packet, where the sink finds it.
 //!
 //! One socket per tx queue of the client's interface, all driven by one
 //! thread (the machines have two cores): flow i leaves on queue

@@ -163,6 +163,7 @@ impl Sync {
             peers: Arc::clone(&peers),
             batch: Vec::with_capacity(PER_DATAGRAM),
             buf: vec![0; MAX_DATAGRAM],
+            greet: false,
         };
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("fulcrum-sync".into()).spawn(move || t.run(&flag)).map_err(Error::system("starting the sync thread"))?;
@@ -245,6 +246,10 @@ struct Thread {
     peers: Arc<Mutex<Vec<Peer>>>,
     batch: Vec<SyncEntry>,
     buf: Vec<u8>,
+    /// A peer (re)started: a hello goes now, not at the next interval, so
+    /// that it has heard this node within milliseconds (`Sync::settled`:
+    /// a joining node waits to have heard every peer).
+    greet: bool,
 }
 
 impl Thread {
@@ -252,7 +257,7 @@ impl Thread {
         let (mut last_flush, mut last_hello) = (Instant::now(), None::<Instant>);
         let mut rbuf = vec![0u8; 65536];
         while !stop.load(Relaxed) {
-            if last_hello.is_none_or(|t| t.elapsed() >= HELLO) {
+            if std::mem::take(&mut self.greet) || last_hello.is_none_or(|t| t.elapsed() >= HELLO) {
                 self.send(Kind::Hello, 0);
                 last_hello = Some(Instant::now());
             }
@@ -375,6 +380,7 @@ impl Thread {
             tracing::info!(peer = %from, "sync peer (re)started: sending it every live flow");
             peer.boot_id = Some(header.boot_id);
             self.ha.request_bulk();
+            self.greet = true;
         } else if header.seq.wrapping_sub(peer.last_seq) > 1 {
             c.gaps.fetch_add(u64::from(header.seq.wrapping_sub(peer.last_seq) - 1), Relaxed);
         }

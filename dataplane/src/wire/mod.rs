@@ -76,9 +76,13 @@ pub enum WireError {
     Malformed,
 }
 
+// One range check and one load per field: indexing each byte apart costs
+// a check per byte, which the compiler does not always merge.
 #[inline]
 pub fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+    let mut w = [0; 2];
+    w.copy_from_slice(&b[at..at + 2]);
+    u16::from_be_bytes(w)
 }
 
 #[inline]
@@ -88,7 +92,9 @@ pub fn put16(b: &mut [u8], at: usize, v: u16) {
 
 #[inline]
 pub fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    let mut w = [0; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(w)
 }
 
 #[inline]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fulcrum::control::api::{Request, Response, StatsReport};
+use fulcrum::control::api::{BackendStats, Request, Response, StatsReport};
 use fulcrum_dataplane::wire::IpProtocol;
 use fulcrum_tests::daemon::{self, LabMode};
 use fulcrum_tests::{Lab, Proc, VIP4, VIP6, http_get, in_netns, require_root};
@@ -325,6 +325,10 @@ fn weight_zero_drains_new_flows_and_established_ones_continue() {
     assert!(served.iter().any(|b| b == "backend3"), "no open connection was on backend3: {served:?}");
     assert_eq!(stats_state(&socket, v4, drained), ("draining".to_string(), 0));
     assert!(answers(&lab, v6, 100).iter().any(|b| b == "backend3"), "the IPv6 VIP does not drain");
+    // Still checked: the reload restarted its checks, which pass again
+    // within an interval or two (the summary counts since the restart).
+    let checked = || backend_stats(&socket, v4, drained).checks.is_some_and(|c| c.passed > 0);
+    fulcrum_tests::ha::wait_until("a passing check of the drained backend", Duration::from_millis(10 * INTERVAL_MS), checked).unwrap_or_else(|e| panic!("{e}"));
     let summary = daemon::stop(d).expect("daemon stop");
     let line = backend_line(&summary, v4, drained);
     assert!(line.contains("state=draining") && line.contains("weight=0") && !line.contains("checks_passed=0"), "{line}");
@@ -364,10 +368,15 @@ fn a_sticky_client_moves_on_failure_and_sticks_where_it_moved() {
 
 /// A backend's state in `fulcrum stats` (its JSON).
 fn stats_state(socket: &std::path::Path, vip: IpAddr, backend: IpAddr) -> (String, u32) {
+    let b = backend_stats(socket, vip, backend);
+    (b.state, b.weight)
+}
+
+/// One backend of `vip` in `fulcrum stats`.
+fn backend_stats(socket: &std::path::Path, vip: IpAddr, backend: IpAddr) -> BackendStats {
     let Response::Stats(StatsReport { vips, .. }) = daemon::ask(socket, Request::Stats) else { panic!("no stats") };
-    let v = vips.iter().find(|v| v.name == vip_name(vip)).expect("the VIP");
-    let b = v.backends.iter().find(|b| b.name == backend.to_string()).expect("the backend");
-    (b.state.clone(), b.weight)
+    let v = vips.into_iter().find(|v| v.name == vip_name(vip)).expect("the VIP");
+    v.backends.into_iter().find(|b| b.name == backend.to_string()).expect("the backend")
 }
 
 /// A down backend stays down across a reload that restarts the checks (a

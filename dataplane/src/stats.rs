@@ -42,6 +42,59 @@ impl Gauge {
     }
 }
 
+/// A histogram with one writer and power-of-two buckets: bucket `i`
+/// counts values in `(2^(i-1), 2^i]` (bucket 0: 0 and 1), the last one
+/// every value above too. Coarse, but one `leading_zeros` and one store.
+#[derive(Debug)]
+pub struct Log2Histogram<const N: usize>([Counter; N]);
+
+impl<const N: usize> Default for Log2Histogram<N> {
+    fn default() -> Self {
+        Log2Histogram(std::array::from_fn(|_| Counter::default()))
+    }
+}
+
+impl<const N: usize> Log2Histogram<N> {
+    #[inline]
+    pub fn record(&self, value: u64) {
+        let bucket = (u64::BITS - value.saturating_sub(1).leading_zeros()) as usize;
+        self.0[bucket.min(N - 1)].inc();
+    }
+
+    /// Counts per bucket, not cumulative.
+    pub fn counts(&self) -> [u64; N] {
+        self.0.each_ref().map(Counter::get)
+    }
+
+    /// Adds `other`'s counts to this one's (its writer's job).
+    pub fn merge(&self, other: &Self) {
+        for (to, from) in self.0.iter().zip(&other.0) {
+            to.add(from.get());
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of a [`Log2Histogram`]'s `counts`, placed
+/// linearly within its bucket as Prometheus' `histogram_quantile` does;
+/// `None` with nothing counted. The last bucket's values count as its
+/// lower bound's double.
+pub fn log2_quantile(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in counts.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let (low, high) = if i == 0 { (0.0, 1.0) } else { ((1u64 << (i - 1)) as f64, (1u64 << i) as f64) };
+            return Some(low + (high - low) * ((rank - below as f64) / n as f64).max(0.0));
+        }
+        below += n;
+    }
+    None
+}
+
 /// Traffic of one VIP or one backend.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -145,5 +198,36 @@ impl Stats {
             evictions: Gauge::default(),
             expirations: Gauge::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_buckets_hold_the_values_up_to_their_power_of_two() {
+        let h = Log2Histogram::<5>::default();
+        for v in [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 1000] {
+            h.record(v);
+        }
+        // 0,1 | 2 | 3,4 | 5,8 | 9,16,17,1000 (the last holds the rest)
+        assert_eq!(h.counts(), [2, 1, 2, 2, 4]);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket() {
+        assert_eq!(log2_quantile(&[0, 0, 0], 0.99), None);
+        // 100 values in (512, 1024]: the median lies halfway.
+        let mut counts = [0u64; 12];
+        counts[10] = 100;
+        assert_eq!(log2_quantile(&counts, 0.5), Some(768.0));
+        assert_eq!(log2_quantile(&counts, 1.0), Some(1024.0));
+        // 99 small values and one large: p99 is still small, p100 is not.
+        counts[10] = 0;
+        counts[3] = 99;
+        counts[11] = 1;
+        assert_eq!(log2_quantile(&counts, 0.99), Some(8.0));
+        assert_eq!(log2_quantile(&counts, 1.0), Some(2048.0));
     }
 }

@@ -50,4 +50,4 @@ pub use config::{CompileLimits, HostConfig};
 pub use error::{Fault, FaultKind, LoadError};
 pub use health_policy::HealthPolicy;
 pub use runtime::{Plugin, PluginRuntime, module_hash};
-pub use slot::{Fallbacks, LastFault, PluginSlot, PluginStats, WasmScheduler};
+pub use slot::{Fallbacks, LastFault, PICK_COST_BUCKETS, PluginSlot, PluginStats, WasmScheduler};

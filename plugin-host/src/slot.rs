@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::{BackendState, Scheduler};
-use fulcrum_dataplane::stats::Counter;
+use fulcrum_dataplane::stats::{Counter, Log2Histogram, log2_quantile};
 
 use crate::abi;
 use crate::config::HostConfig;
@@ -91,6 +91,14 @@ enum Fallback {
     Unavailable,
 }
 
+/// Buckets of the pick-cost histogram, in ns: the last holds 2^30 ns
+/// (about a second, the CPU budget's order) and above.
+pub const PICK_COST_BUCKETS: usize = 31;
+
+/// One pick in this many is timed: two clock reads on every pick would
+/// add a tenth to a plugin's cost.
+const PICK_COST_SAMPLE: u32 = 8;
+
 #[derive(Debug, Default)]
 struct FollowerCounters {
     picks: Counter,
@@ -101,6 +109,9 @@ struct FollowerCounters {
     over_capacity: Counter,
     unavailable: Counter,
     instantiations: Counter,
+    /// A sample of whole picks' cost on the worker, in ns: the flow record,
+    /// the rows' sync (with an inline `lb_update`) and `lb_pick`.
+    pick_ns: Log2Histogram<PICK_COST_BUCKETS>,
 }
 
 impl FollowerCounters {
@@ -165,6 +176,9 @@ pub struct PluginStats {
     pub quarantined: bool,
     /// The published version's last fault.
     pub last_fault: Option<LastFault>,
+    /// A sample of picks by their cost on the worker (ns), in
+    /// `Log2Histogram` buckets: one pick in eight is timed.
+    pub pick_ns: [u64; PICK_COST_BUCKETS],
 }
 
 impl PluginStats {
@@ -175,6 +189,11 @@ impl PluginStats {
 
     pub fn faults_of(&self, kind: FaultKind) -> u64 {
         FaultKind::ALL.iter().position(|&k| k == kind).map_or(0, |i| self.faults[i])
+    }
+
+    /// The 99th percentile of a pick's cost, once a pick was timed.
+    pub fn pick_p99(&self) -> Option<Duration> {
+        log2_quantile(&self.pick_ns, 0.99).map(|ns| Duration::from_nanos(ns as u64))
     }
 }
 
@@ -231,15 +250,18 @@ impl PluginSlot {
 
     /// A scheduler for one worker (`Engine::set_scheduler`).
     pub fn scheduler(self: &Arc<Self>) -> WasmScheduler {
-        WasmScheduler { follower: Follower::new(self) }
+        WasmScheduler { follower: Follower::new(self), untimed: 0 }
     }
 
     pub fn stats(&self) -> PluginStats {
         let (generation, version) = lock(&self.current).clone();
-        let mut sums = [0u64; 8];
+        let (mut sums, mut pick_ns) = ([0u64; 8], [0u64; PICK_COST_BUCKETS]);
         for c in lock(&self.followers).iter().map(Arc::as_ref).chain([&self.retired]) {
             for (sum, counter) in sums.iter_mut().zip(c.all()) {
                 *sum += counter.get();
+            }
+            for (sum, n) in pick_ns.iter_mut().zip(c.pick_ns.counts()) {
+                *sum += n;
             }
         }
         let [picks, declined, fault, quarantined, preparing, over_capacity, unavailable, instantiations] = sums;
@@ -253,6 +275,7 @@ impl PluginSlot {
             instantiations,
             quarantined: version.as_ref().is_some_and(|v| v.quarantined.load(Relaxed)),
             last_fault: version.as_ref().and_then(|v| lock(&v.last_fault).clone()),
+            pick_ns,
         }
     }
 
@@ -506,6 +529,7 @@ impl Drop for Follower {
         for (to, from) in self.slot.retired.all().into_iter().zip(self.counters.all()) {
             to.add(from.get());
         }
+        self.slot.retired.pick_ns.merge(&self.counters.pick_ns);
     }
 }
 
@@ -515,6 +539,8 @@ impl Drop for Follower {
 /// native Maglev.
 pub struct WasmScheduler {
     follower: Follower,
+    /// Picks until the next timed one.
+    untimed: u32,
 }
 
 impl WasmScheduler {
@@ -553,7 +579,16 @@ impl WasmScheduler {
 
 impl Scheduler for WasmScheduler {
     fn pick(&mut self, flow: &FlowKey, flow_hash: u64, backends: &[BackendState]) -> Option<usize> {
-        let choice = self.decide(flow, flow_hash, backends);
+        let choice = if self.untimed == 0 {
+            self.untimed = PICK_COST_SAMPLE - 1;
+            let start = Instant::now();
+            let choice = self.decide(flow, flow_hash, backends);
+            self.follower.counters.pick_ns.record(start.elapsed().as_nanos() as u64);
+            choice
+        } else {
+            self.untimed -= 1;
+            self.decide(flow, flow_hash, backends)
+        };
         let c = &self.follower.counters;
         c.picks.inc();
         choice.map_err(|why| c.fallback(why).inc()).ok()

@@ -362,8 +362,10 @@ fn run_time_hostiles_fall_back_to_maglev_and_are_quarantined_after_k_faults() {
             instantiations: instances,
             quarantined: true,
             last_fault: Some(LastFault { message: reason.into(), ..last }),
+            pick_ns: st.pick_ns,
         };
         assert_eq!(st, want, "{name}");
+        assert_eq!(st.pick_ns.iter().sum::<u64>(), 2, "{name}: the first pick and the ninth timed");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         assert!(now.abs_diff(last.at) <= 5, "the fault's time is now: {last:?}");
     }

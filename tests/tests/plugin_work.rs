@@ -169,6 +169,9 @@ fn a_plugin_that_declines_every_flow_shows_in_stats_status_and_metrics() {
     let r = report(&socket);
     assert_eq!((r.picks, r.declines, r.fallbacks["declined"]), (50, 50, 50), "{r:?}");
     assert!(!r.quarantined && r.last_fault.is_none() && r.hash.len() == 16, "{r:?}");
+    // Every worker times its first pick, then one in eight.
+    let p99 = r.pick_p99_ns.unwrap_or_else(|| panic!("no pick cost in {r:?}"));
+    assert!((100..5_000_000).contains(&p99), "a pick's p99 of {p99} ns");
     let Response::Status(status) = daemon::ask(Path::new(&socket), Request::Status) else { panic!("not status") };
     let v = status.vips.iter().find(|v| v.name == VIP).expect("the VIP");
     assert_eq!((v.scheduler.as_str(), v.scheduler_generation, v.scheduler_hash.as_ref()), ("hostile-silent-decline", Some(1), Some(&r.hash)));
@@ -176,6 +179,7 @@ fn a_plugin_that_declines_every_flow_shows_in_stats_status_and_metrics() {
     let vip = format!("vip=\"{VIP}\"");
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_fallbacks_total", &[&vip, "reason=\"declined\""]), 50.0);
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_picks_total", &[&vip]), 50.0);
+    assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_pick_p99_seconds", &[&vip]), p99 as f64 / 1e9);
     daemon::stop(d).expect("daemon stops");
 }
 

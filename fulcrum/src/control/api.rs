@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use fulcrum_dataplane::services::backend_name;
 use serde::{Deserialize, Serialize};
@@ -390,6 +391,9 @@ pub struct PluginReport {
     pub last_fault: Option<PluginFault>,
     /// Instances the workers ran.
     pub instantiations: u64,
+    /// The 99th percentile of a pick's cost on the worker (ns; one pick in
+    /// eight is timed), once one was.
+    pub pick_p99_ns: Option<u64>,
 }
 
 impl PluginReport {
@@ -407,6 +411,9 @@ impl PluginReport {
             Some(nonzero(&self.fallbacks)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
             Some(nonzero(&self.faults)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
         );
+        if let Some(ns) = self.pick_p99_ns {
+            let _ = write!(line, ", pick p99 {:?}", Duration::from_nanos(ns));
+        }
         if self.quarantined {
             line.push_str(", QUARANTINED");
         }

@@ -305,6 +305,11 @@ fn vip_plugins(out: &mut String, s: &StatsReport) {
     for (labels, p) in plugins() {
         f.sample(name, &labels, p.instantiations);
     }
+    let name = "fulcrum_vip_plugin_pick_p99_seconds";
+    let mut f = Family::new(out, name, "gauge", "99th percentile of a pick's cost on the worker (one pick in eight is timed).");
+    for (labels, ns) in plugins().filter_map(|(l, p)| Some((l, p.pick_p99_ns?))) {
+        f.sample(name, &labels, ns as f64 / 1e9);
+    }
     let name = "fulcrum_vip_plugin_last_fault_timestamp_seconds";
     let mut f = Family::new(out, name, "gauge", "When the plugin in force last faulted (Unix time).");
     for (labels, at) in plugins().filter_map(|(l, p)| Some((l, p.last_fault.as_ref()?.at))) {
@@ -447,6 +452,7 @@ mod tests {
                     quarantined: true,
                     last_fault: Some(PluginFault { message: "`lb_pick` trapped".into(), at: 1_700_000_000 }),
                     instantiations: 4,
+                    pick_p99_ns: Some(1500),
                 }),
             }],
             drops: [("no_backend".to_string(), 1), ("truncated".to_string(), 0)].into(),
@@ -506,6 +512,7 @@ mod tests {
             "fulcrum_vip_plugin_quarantined{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1",
             "fulcrum_vip_plugin_instantiations_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 4",
             "fulcrum_vip_plugin_last_fault_timestamp_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1700000000",
+            "fulcrum_vip_plugin_pick_p99_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 0.0000015",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

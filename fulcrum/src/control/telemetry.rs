@@ -258,7 +258,7 @@ impl Telemetry {
                 polls: w.polls.get(),
                 busy_polls: w.busy_polls.get(),
                 frames: w.frames.get(),
-                batch_sizes: w.batch_sizes.iter().map(stats::Counter::get).collect(),
+                batch_sizes: w.batch_sizes.counts().to_vec(),
                 handed_out: w.handed_out.get(),
                 handed_in: w.handed_in.get(),
                 handoff_lost: w.handoff_lost.get(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use fulcrum_dataplane::engine::Engine;
 use fulcrum_dataplane::packet::{DropReason, Packet, Verdict};
-use fulcrum_dataplane::stats::{Counter, Gauge, Stats};
+use fulcrum_dataplane::stats::{Counter, Gauge, Log2Histogram, Stats};
 use fulcrum_io::{FRAME_SIZE, FrameRef, HEADROOM, IoError, PacketIo, PortId};
 
 use super::Control;
@@ -40,7 +40,7 @@ pub struct WorkerStats {
     pub frames: Counter,
     /// Busy polls by frames in the batch: bucket i counts batches of
     /// 2^(i-1) + 1 ..= 2^i frames (bucket 0: one frame).
-    pub batch_sizes: [Counter; BATCH_BUCKETS],
+    pub batch_sizes: Log2Histogram<BATCH_BUCKETS>,
     pub handed_out: Counter,
     pub handed_in: Counter,
     /// Handoffs lost to a full queue or a lack of free buffers.
@@ -151,8 +151,7 @@ impl<I: PacketIo> Worker<I> {
         if n > 0 {
             self.stats.busy_polls.inc();
             self.stats.frames.add(n as u64);
-            let bucket = (usize::BITS - (n - 1).leading_zeros()) as usize;
-            self.stats.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].inc();
+            self.stats.batch_sizes.record(n as u64);
         }
         // With nothing received the engine still runs its expiry step.
         let verdicts = self.run_engine(now_us);

@@ -21,6 +21,7 @@ use crate::forward::synproxy::{Cookies, EarlyData, Splice};
 use crate::forward::tunnel::Encap;
 use crate::forward::{icmp, reset, rewrite, tunnel};
 use crate::packet::{DropReason, Packet, Verdict};
+use crate::sched::ahead::PicksAhead;
 use crate::sched::readings::{Load, Readings};
 use crate::sched::{BackendState, Latencies, Scheduler};
 use crate::services::{BackendEntry, Mode, Services, SynProxy, Vip};
@@ -178,6 +179,11 @@ struct Flows {
     stats: Arc<Stats>,
     /// Per-VIP scheduler overriding Maglev for new flows (plugins).
     schedulers: Vec<Option<Box<dyn Scheduler>>>,
+    /// Some VIP has a scheduler: the chunk's new flows are noted for it.
+    any_scheduler: bool,
+    ahead: PicksAhead,
+    /// The frame being processed, by its place in the chunk.
+    frame: usize,
     counts: Counts,
     /// The pool as a scheduler sees it, filled per new flow (preallocated).
     pool: Vec<BackendState>,
@@ -356,6 +362,9 @@ impl Engine {
             now_us: 0,
             stats: Arc::new(Stats::new(cfg.max_vips, cfg.max_backends)),
             schedulers: Vec::new(),
+            any_scheduler: false,
+            ahead: PicksAhead::new(WARM_BATCH),
+            frame: 0,
             counts: Counts {
                 load: vec![Load::default(); cfg.max_backends],
                 readings: Arc::clone(&shared.readings),
@@ -410,6 +419,7 @@ impl Engine {
         if let Some(slot) = self.flows.schedulers.get_mut(usize::from(vip)) {
             *slot = sched;
         }
+        self.flows.any_scheduler = self.flows.schedulers.iter().any(Option::is_some);
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -472,7 +482,11 @@ impl Engine {
                     flows.table.warm_entry(h.hash);
                 }
             }
-            for (pkt, head) in chunk.iter_mut().zip(heads.iter()) {
+            if flows.any_scheduler {
+                flows.note_new_flows(services, heads);
+            }
+            for (frame, (pkt, head)) in chunk.iter_mut().zip(heads.iter()).enumerate() {
+                flows.frame = frame;
                 pkt.verdict = flows.process_one(services, now_ms, pkt, head);
                 match pkt.verdict {
                     Verdict::Pass => flows.stats.passed.inc(),
@@ -483,6 +497,7 @@ impl Engine {
             }
             flows.heads = all;
         }
+        flows.ahead.clear();
         flows.table.expire(now_ms, flows.cfg.expire_budget);
         flows.settle_departures(now_ms);
         if now_ms.wrapping_sub(flows.rates_at) >= RATE_INTERVAL_MS {
@@ -559,6 +574,25 @@ impl Flows {
                 // address and port; an inline DNAT one (to the client) is
                 // no SNAT address's, and ignored.
                 FlowValue::Reverse { .. } => self.snat.ended(&key.dst, key.dst_port, backend_tag(&key.src, key.src_port), now),
+            }
+        }
+    }
+
+    /// Notes the chunk's frames that look like new flows of a VIP with a
+    /// scheduler (a SYN or a UDP datagram without an entry), for
+    /// `PicksAhead` to place together.
+    fn note_new_flows(&mut self, s: &Services, heads: &[Head]) {
+        self.ahead.clear();
+        for (frame, h) in heads.iter().enumerate() {
+            let p = &h.parsed;
+            if h.parsing.is_err() || p.fragment.is_some() || !(is_syn(p) || p.key.proto == IpProtocol::UDP) {
+                continue;
+            }
+            if let Some(vip) = s.find_vip(&p.key)
+                && matches!(self.schedulers.get(usize::from(vip)), Some(Some(_)))
+                && self.table.find(&p.key, h.hash).is_none()
+            {
+                self.ahead.note(frame, vip, (p.key, h.hash));
             }
         }
     }
@@ -1041,25 +1075,38 @@ impl Flows {
     /// entry) started: only Maglev gives the answer every node agrees on.
     fn schedule(&mut self, s: &Services, now: u32, (vip_id, vip): (VipId, &Vip), key: &FlowKey, hash: u64, mid_stream: bool) -> Option<usize> {
         if !mid_stream && let Some(Some(sched)) = self.schedulers.get_mut(usize::from(vip_id)) {
-            self.pool.clear();
-            // Where return traffic passes the balancer, the handshakes it
-            // times are the freshest response times.
-            let nat = matches!(vip.spec.mode, Mode::Nat { .. });
-            for &id in &vip.spec.backends {
-                let (b, load) = (s.backend(id), self.readings.load(id));
-                let handshake = if nat { self.readings.handshake(id, now) } else { None };
-                self.pool.push(BackendState {
-                    id: b.map_or(0, |b| b.ident),
-                    weight: b.map_or(0, |b| b.spec.weight),
-                    up: b.is_some_and(|b| b.spec.up),
-                    active: load.active,
-                    pending: load.pending,
-                    rtt_us: handshake.unwrap_or_else(|| self.latencies.get(id)),
-                    bytes_per_sec: self.readings.rate(id),
-                });
-            }
-            match sched.pick(key, hash, &self.pool) {
-                Some(i) if self.pool.get(i).is_some_and(BackendState::usable) => return Some(i),
+            // The later new flows of a chunk were placed with the first:
+            // they need no pool.
+            let answer = match self.ahead.answered(self.frame, vip_id) {
+                Some(answer) => answer,
+                None => {
+                    self.pool.clear();
+                    // Where return traffic passes the balancer, the
+                    // handshakes it times are the freshest response times.
+                    let nat = matches!(vip.spec.mode, Mode::Nat { .. });
+                    for &id in &vip.spec.backends {
+                        let (b, load) = (s.backend(id), self.readings.load(id));
+                        let handshake = if nat { self.readings.handshake(id, now) } else { None };
+                        self.pool.push(BackendState {
+                            id: b.map_or(0, |b| b.ident),
+                            weight: b.map_or(0, |b| b.spec.weight),
+                            up: b.is_some_and(|b| b.spec.up),
+                            active: load.active,
+                            pending: load.pending,
+                            rtt_us: handshake.unwrap_or_else(|| self.latencies.get(id)),
+                            bytes_per_sec: self.readings.rate(id),
+                        });
+                    }
+                    match self.ahead.ask(self.frame, vip_id, sched.as_mut(), &mut self.pool) {
+                        Some(answer) => answer,
+                        None => sched.pick(key, hash, &self.pool),
+                    }
+                }
+            };
+            // As the pool would have it: up and not drained.
+            let usable = |i: usize| vip.spec.backends.get(i).and_then(|&id| s.backend(id)).is_some_and(|b| b.spec.up && b.spec.weight > 0);
+            match answer {
+                Some(i) if usable(i) => return Some(i),
                 Some(_) => self.stats.scheduler_faults.inc(),
                 None => {}
             }

@@ -161,6 +161,52 @@ fn a_scheduler_decides_new_flows_and_its_faults_fall_back_to_maglev() {
     assert_eq!(e.stats().scheduler_faults.get(), 20);
 }
 
+/// `Cycle`, recording how many flows each `pick_batch` call brought.
+struct Batched {
+    cycle: Cycle,
+    calls: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Scheduler for Batched {
+    fn pick(&mut self, flow: &FlowKey, hash: u64, backends: &[BackendState]) -> Option<usize> {
+        self.cycle.pick(flow, hash, backends)
+    }
+
+    fn pick_batch(&mut self, flows: &[(FlowKey, u64)], backends: &mut [BackendState], out: &mut [Option<usize>]) {
+        self.calls.lock().unwrap().push(flows.len());
+        fulcrum_dataplane::sched::pick_each(self, flows, backends, out);
+    }
+}
+
+#[test]
+fn the_new_flows_of_a_batch_are_placed_in_one_call() {
+    let pool: Vec<Backend> = (1..=3).map(|i| backend(i, 1)).collect();
+    let s = services(Mode::Dsr, &pool);
+    let mut e = engine(EngineConfig::default(), Arc::clone(&s));
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    e.set_scheduler(0, Some(Box::new(Batched { cycle: Cycle { next: 0, n: 3, bogus: false }, calls: Arc::clone(&calls) })));
+    // Six SYNs, an ACK without state (Maglev's), the first SYN again (a
+    // retransmission: its flow exists by then) and one more SYN.
+    let mut frames: Vec<Vec<u8>> = (0..6).map(|p| frame(10_000 + p, SYN)).collect();
+    frames.extend([frame(20_000, ACK), frame(10_000, SYN), frame(10_006, SYN)]);
+    let mut bufs: Vec<Vec<u8>> = frames.iter().map(|f| [vec![0u8; 128], f.clone(), vec![0u8; 256]].concat()).collect();
+    let mut batch: Vec<Packet> = bufs.iter_mut().zip(&frames).map(|(b, f)| Packet::new(b, 128, f.len(), 0)).collect();
+    e.process(0, &mut batch);
+    let to: Vec<u8> = batch.iter().map(|p| p.frame()[5]).collect();
+    // One call for the eight frames that looked new; the retransmission's
+    // answer went unused, and the flows took the answers in order.
+    assert_eq!(*calls.lock().unwrap(), [8]);
+    let mut reference = engine(EngineConfig::default(), Arc::clone(&s));
+    assert_eq!(to[..6], [1, 2, 3, 1, 2, 3]);
+    assert_eq!(to[6], backend_of(&mut reference, 20_000, ACK), "mid-stream: Maglev");
+    // The retransmission keeps its backend; the answer asked for it (the
+    // seventh, backend 1) goes unused, and the last SYN has the eighth.
+    assert_eq!((to[7], to[8]), (1, 2));
+    // A lone new flow is picked alone.
+    assert_eq!(backend_of(&mut e, 30_000, SYN), 3);
+    assert_eq!(*calls.lock().unwrap(), [8]);
+}
+
 #[test]
 fn mid_stream_packets_without_state_use_maglev_on_every_node() {
     let pool: Vec<Backend> = (1..=8).map(|i| backend(i, 1)).collect();

@@ -16,7 +16,7 @@ use fulcrum_dataplane::Mode;
 use fulcrum_dataplane::sched::{BackendState, Scheduler};
 use fulcrum_dataplane::wire::tcp::SYN;
 use fulcrum_perf::{BATCH, SLOT, arg, engine, frames, median, pass, shuffled};
-use fulcrum_plugin_host::{HostConfig, Plugin, PluginRuntime, PluginSlot};
+use fulcrum_plugin_host::{HostConfig, Plugin, PluginRuntime, PluginSlot, WasmScheduler};
 use fulcrum_testing::plugins::shipped;
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -36,6 +36,16 @@ struct Decline;
 impl Scheduler for Decline {
     fn pick(&mut self, _: &fulcrum_dataplane::flow::FlowKey, _: u64, _: &[BackendState]) -> Option<usize> {
         None
+    }
+}
+
+/// A plugin scheduler asked one flow per call, as before the batch
+/// entry point: `pick_batch` is the trait's, one `pick` per flow.
+struct OneByOne(WasmScheduler);
+
+impl Scheduler for OneByOne {
+    fn pick(&mut self, flow: &fulcrum_dataplane::flow::FlowKey, hash: u64, backends: &[BackendState]) -> Option<usize> {
+        self.0.pick(flow, hash, backends)
     }
 }
 
@@ -65,12 +75,12 @@ fn main() {
     };
 
     println!("### ns per new flow through Engine::process (DSR, 16 backends, {flows} flows per pass)\n");
-    println!("| scheduler | ns per new flow | over native Maglev | load (compile, checks, smoke test) |");
-    println!("|---|---|---|---|");
+    println!("| scheduler | ns per new flow | over native Maglev | asked one flow per call | load (compile, checks, smoke test) |");
+    println!("|---|---|---|---|---|");
     let native = new_flow_ns(None);
-    println!("| native Maglev | {native:.1} | | |");
+    println!("| native Maglev | {native:.1} | | | |");
     let declining = new_flow_ns(Some(Box::new(Decline)));
-    println!("| a native scheduler that declines (the engine's pool for any scheduler) | {declining:.1} | {:+.1} | |", declining - native);
+    println!("| a native scheduler that declines (the engine's pool for any scheduler) | {declining:.1} | {:+.1} | | |", declining - native);
     let mut loaded = Vec::new();
     let names = shipped();
     for name in &names {
@@ -82,7 +92,8 @@ fn main() {
         let slot = PluginSlot::new("bench");
         slot.publish(plugin.clone());
         let ns = new_flow_ns(Some(Box::new(slot.scheduler())));
-        println!("| {name} | {ns:.1} | {:+.1} | {load_ms:.1} ms |", ns - native);
+        let one_by_one = new_flow_ns(Some(Box::new(OneByOne(slot.scheduler()))));
+        println!("| {name} | {ns:.1} | {:+.1} | {one_by_one:.1} ({:+.1}) | {load_ms:.1} ms |", ns - native, one_by_one - native);
         loaded.push(plugin);
     }
     let by_name = |n: &str| loaded[names.iter().position(|p| p == n).expect("known plugin")].clone();

@@ -1,12 +1,15 @@
-//! The host's side of plugin ABI version 1 (`plugin-sdk/ABI.md`, which is
-//! normative): the export table, the state region's layout and the
-//! encodings of the rows, the flow record and health verdicts.
+//! The host's side of plugin ABI versions 1 and 2 (`plugin-sdk/ABI.md`,
+//! which is normative): the export table, the state and batch regions'
+//! layouts and the encodings of the rows, the flow record and health
+//! verdicts. Version 2 is version 1 and the batch entry point.
 
 use fulcrum_dataplane::flow::FlowKey;
 use fulcrum_dataplane::sched::BackendState;
 
-/// The ABI versions this host speaks.
-pub const ABI_VERSION: u32 = 1;
+/// The newest ABI version this host speaks; it speaks every one from 1.
+pub const ABI_VERSION: u32 = 2;
+/// The version that brought the batch exports, which it requires.
+pub const BATCH_VERSION: u32 = 2;
 /// `"FLCM"` read as a little-endian u32: the header's first field.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FLCM");
 
@@ -31,14 +34,26 @@ pub struct Export {
     pub required: bool,
 }
 
-pub const EXPORTS: [Export; 6] = [
+pub const EXPORTS: [Export; 9] = [
     Export { name: "lb_abi_version", params: 0, results: 1, required: true },
     Export { name: "lb_state_ptr", params: 0, results: 1, required: true },
     Export { name: "lb_state_cap", params: 0, results: 1, required: true },
     Export { name: "lb_pick", params: 1, results: 1, required: true },
     Export { name: "lb_update", params: 1, results: 0, required: false },
     Export { name: "lb_health", params: 7, results: 1, required: false },
+    Export { name: "lb_batch_ptr", params: 0, results: 1, required: false },
+    Export { name: "lb_batch_cap", params: 0, results: 1, required: false },
+    Export { name: "lb_pick_batch", params: 2, results: 1, required: false },
 ];
+
+/// The batch exports: a module has all of them or none.
+pub const BATCH_EXPORTS: [&str; 3] = ["lb_batch_ptr", "lb_batch_cap", "lb_pick_batch"];
+
+/// Bytes the batch region spans for `cap` flows: the flow records, then
+/// one little-endian i32 answer per flow.
+pub fn batch_len(cap: u32) -> u64 {
+    (FLOW_SIZE as u64 + 4) * u64::from(cap)
+}
 
 /// `lb_health`'s parameters, in order.
 pub type HealthArgs = (i32, i32, i32, i32, i32, i32, i32);
@@ -95,6 +110,16 @@ impl Row {
         let weight = u64::from(b.weight.min(u32::from(u16::MAX)));
         let flags = if b.up { u64::from(FLAG_UP) } else { 0 };
         Row([b.id, b.bytes_per_sec, weight | flags << 16 | u64::from(b.active) << 32, u64::from(b.pending) | u64::from(b.rtt_us) << 32])
+    }
+
+    /// The row as `src` (32 bytes of guest memory) holds it.
+    #[inline]
+    pub fn read(src: &[u8]) -> Row {
+        let mut words = [0u64; 4];
+        for (w, s) in words.iter_mut().zip(src.chunks_exact(8)) {
+            *w = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+        }
+        Row(words)
     }
 
     /// Whether `other` differs in what `lb_update` must hear about: the
@@ -211,11 +236,21 @@ mod tests {
     #[test]
     fn header_and_constants_match_the_sdk() {
         assert_eq!((MAGIC, ABI_VERSION, ROW_SIZE), (sdk::MAGIC, sdk::ABI_VERSION, size_of::<sdk::Backend>()));
-        let h = sdk::Header::V1;
+        let h = sdk::Header::CURRENT;
         let b: [u8; HEADER_SIZE] = h.bytes().try_into().unwrap();
-        assert_eq!(Header::read(&b), Header { magic: MAGIC, abi_version: 1, cap: sdk::CAPACITY as u32, row_size: 32 });
+        assert_eq!(Header::read(&b), Header { magic: MAGIC, abi_version: 2, cap: sdk::CAPACITY as u32, row_size: 32 });
         assert_eq!(region_len(sdk::CAPACITY as u32), size_of::<sdk::StateRegion>() as u64);
         assert_eq!(HEALTH_UP, sdk::HealthVerdict::UP_BIT);
+        assert_eq!(batch_len(sdk::BATCH_CAPACITY as u32), size_of::<sdk::BatchRegion>() as u64);
+        assert_eq!(std::mem::offset_of!(sdk::BatchRegion, choices), FLOW_SIZE * sdk::BATCH_CAPACITY);
+    }
+
+    #[test]
+    fn a_row_reads_back_as_written() {
+        let row = Row::new(&BackendState { id: 7, weight: 3, up: true, active: 1, pending: 2, rtt_us: 3, bytes_per_sec: 4 });
+        let mut b = [0u8; ROW_SIZE];
+        row.write(&mut b);
+        assert_eq!(Row::read(&b), row);
     }
 
     #[test]

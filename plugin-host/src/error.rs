@@ -17,6 +17,8 @@ pub enum Fault {
     Trap { call: &'static str, error: wasmtime::Error },
     /// `lb_pick` answered neither -1 nor a row index below `n`.
     BadIndex { index: i32, n: usize },
+    /// `lb_pick_batch` did not decide the flows it was given.
+    BatchCount { decided: i32, flows: usize },
     /// `lb_pick` chose a row that is down or drained.
     Ineligible { index: usize },
     /// `lb_health` set reserved bits.
@@ -69,7 +71,7 @@ impl Fault {
                 Some(Trap::OutOfFuel | Trap::Interrupt) => FaultKind::Budget,
                 _ => FaultKind::Trap,
             },
-            Fault::BadIndex { .. } => FaultKind::BadIndex,
+            Fault::BadIndex { .. } | Fault::BatchCount { .. } => FaultKind::BadIndex,
             Fault::Ineligible { .. } => FaultKind::Ineligible,
             Fault::BadHealth(_) => FaultKind::BadHealth,
             Fault::Instantiate(_) => FaultKind::Instantiate,
@@ -87,6 +89,7 @@ impl fmt::Display for Fault {
                 None => write!(f, "`{call}` failed: {error:#}"),
             },
             Fault::BadIndex { index, n } => write!(f, "`lb_pick` returned {index} for a pool of {n}"),
+            Fault::BatchCount { decided, flows } => write!(f, "`lb_pick_batch` returned {decided} for {flows} flows"),
             Fault::Ineligible { index } => write!(f, "`lb_pick` chose row {index}, which is down or drained"),
             Fault::BadHealth(v) => write!(f, "`lb_health` returned {v:#x}: bits 17..31 must be 0"),
             Fault::Instantiate(e) => write!(f, "cannot instantiate: {e}"),
@@ -126,6 +129,11 @@ pub enum LoadError {
     StartFunction,
     MissingExport(&'static str),
     UnknownExport(String),
+    /// An export of a later ABI version than the module declares.
+    TooNew {
+        name: &'static str,
+        version: u32,
+    },
     Signature {
         name: &'static str,
         found: String,
@@ -167,11 +175,14 @@ impl fmt::Display for LoadError {
             LoadError::StartFunction => f.write_str("plugin has a start function, which the ABI forbids"),
             LoadError::MissingExport(name) => write!(f, "plugin does not export `{name}`"),
             LoadError::UnknownExport(name) => {
-                write!(f, "plugin exports unknown function `{name}` (ABI v1 functions: {})", abi::EXPORTS.map(|e| e.name).join(", "))
+                write!(f, "plugin exports unknown function `{name}` (ABI functions: {})", abi::EXPORTS.map(|e| e.name).join(", "))
+            }
+            LoadError::TooNew { name, version } => {
+                write!(f, "plugin exports `{name}`, which ABI version {version} (the one it declares) does not have: declare version {}", abi::BATCH_VERSION)
             }
             LoadError::Signature { name, found, expected } => write!(f, "plugin export `{name}` has type {found}, the ABI says {expected}"),
             LoadError::Memory(e) => write!(f, "plugin memory: {e}"),
-            LoadError::AbiVersion(v) => write!(f, "plugin abi version {v}, this host speaks {ABI_VERSION}"),
+            LoadError::AbiVersion(v) => write!(f, "plugin abi version {v}, this host speaks 1 to {ABI_VERSION}"),
             LoadError::StateRegion(e) => write!(f, "plugin state region: {e}"),
             LoadError::Header(e) => write!(f, "plugin state header: {e}"),
             LoadError::Capacity { cap, pool } => write!(f, "plugin holds {cap} backend rows, the VIP's pool has {pool}"),

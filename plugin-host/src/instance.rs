@@ -16,6 +16,7 @@ pub(crate) struct Compiled {
     pub pre: InstancePre<Sandbox>,
     pub has_update: bool,
     pub has_health: bool,
+    pub has_batch: bool,
 }
 
 struct Exports {
@@ -23,6 +24,7 @@ struct Exports {
     pick: TypedFunc<i32, i32>,
     update: Option<TypedFunc<i32, ()>>,
     health: Option<TypedFunc<HealthArgs, i32>>,
+    pick_batch: Option<TypedFunc<(i32, i32), i32>>,
 }
 
 /// Per-store data: the memory cap and the current call's CPU budget.
@@ -72,6 +74,9 @@ pub(crate) struct Live {
     rows: Vec<Row>,
     /// `lb_update` must run before the next pick.
     update_owed: bool,
+    /// Address and capacity (flows) of the batch region; 0 without one.
+    batch: usize,
+    batch_cap: usize,
 }
 
 impl Live {
@@ -98,24 +103,38 @@ impl Live {
             pick: instance.get_typed_func(&mut store, "lb_pick").map_err(bad)?,
             update: if module.has_update { Some(instance.get_typed_func(&mut store, "lb_update").map_err(bad)?) } else { None },
             health: if module.has_health { Some(instance.get_typed_func(&mut store, "lb_health").map_err(bad)?) } else { None },
+            pick_batch: if module.has_batch { Some(instance.get_typed_func(&mut store, "lb_pick_batch").map_err(bad)?) } else { None },
         };
-        let mut live = Live { store, exports, region: 0, cap: 0, rows: Vec::new(), update_owed: true };
+        let batch_exports =
+            if module.has_batch { Some((typed(&mut store, "lb_batch_ptr").map_err(bad)?, typed(&mut store, "lb_batch_cap").map_err(bad)?)) } else { None };
+        let mut live = Live { store, exports, region: 0, cap: 0, rows: Vec::new(), update_owed: true, batch: 0, batch_cap: 0 };
         let small = cfg.small_budget();
         let version = call(&mut live.store, &version, (), small, "lb_abi_version").map_err(LoadError::Smoke)? as u32;
-        if version != ABI_VERSION {
+        if version == 0 || version > ABI_VERSION {
             return Err(LoadError::AbiVersion(version));
+        }
+        match (version >= abi::BATCH_VERSION, module.has_batch) {
+            (true, false) => return Err(LoadError::MissingExport("lb_pick_batch")),
+            (false, true) => return Err(LoadError::TooNew { name: "lb_pick_batch", version }),
+            _ => {}
         }
         let ptr = u64::from(call(&mut live.store, &state_ptr, (), small, "lb_state_ptr").map_err(LoadError::Smoke)? as u32);
         let cap = call(&mut live.store, &state_cap, (), small, "lb_state_cap").map_err(LoadError::Smoke)? as u32;
-        live.check_region(ptr, cap)?;
+        live.check_region(ptr, cap, version)?;
         live.region = ptr as usize;
         live.cap = cap as usize;
+        if let Some((batch_ptr, batch_cap)) = batch_exports {
+            let ptr = u64::from(call(&mut live.store, &batch_ptr, (), small, "lb_batch_ptr").map_err(LoadError::Smoke)? as u32);
+            let cap = call(&mut live.store, &batch_cap, (), small, "lb_batch_cap").map_err(LoadError::Smoke)? as u32;
+            live.check_batch_region(ptr, cap)?;
+            (live.batch, live.batch_cap) = (ptr as usize, cap as usize);
+        }
         Ok(live)
     }
 
     /// ABI.md §3 step 4, in 64-bit arithmetic. Memory never shrinks and
     /// the region never moves, so this holds for the instance's life.
-    fn check_region(&self, ptr: u64, cap: u32) -> Result<(), LoadError> {
+    fn check_region(&self, ptr: u64, cap: u32, version: u32) -> Result<(), LoadError> {
         if !ptr.is_multiple_of(8) {
             return Err(LoadError::StateRegion(format!("address {ptr:#x} is not 8-byte aligned")));
         }
@@ -131,10 +150,10 @@ impl Live {
         let mut bytes = [0u8; abi::HEADER_SIZE];
         bytes.copy_from_slice(&memory[at..at + abi::HEADER_SIZE]);
         let header = abi::Header::read(&bytes);
-        let want = abi::Header { magic: MAGIC, abi_version: ABI_VERSION, cap, row_size: abi::ROW_SIZE as u32 };
+        let want = abi::Header { magic: MAGIC, abi_version: version, cap, row_size: abi::ROW_SIZE as u32 };
         if header != want {
             return Err(LoadError::Header(format!(
-                "read magic {:#010x}, version {}, cap {}, row size {}; expected magic {MAGIC:#010x}, version {ABI_VERSION}, cap {cap}, row size {}",
+                "read magic {:#010x}, version {}, cap {}, row size {}; expected magic {MAGIC:#010x}, version {version}, cap {cap}, row size {}",
                 header.magic,
                 header.abi_version,
                 header.cap,
@@ -145,8 +164,27 @@ impl Live {
         Ok(())
     }
 
+    /// ABI.md §4: the batch region, aligned and within memory.
+    fn check_batch_region(&self, ptr: u64, cap: u32) -> Result<(), LoadError> {
+        let end = ptr + abi::batch_len(cap);
+        let memory = self.exports.memory.data(&self.store).len() as u64;
+        match () {
+            _ if !ptr.is_multiple_of(8) => Err(format!("address {ptr:#x} is not 8-byte aligned")),
+            _ if cap == 0 => Err("lb_batch_cap() is 0: no room for a flow".into()),
+            _ if end > memory => Err(format!("{ptr:#x}..{end:#x} ({cap} flows) is past the end of memory ({memory} bytes)")),
+            _ => Ok(()),
+        }
+        .map_err(|e| LoadError::StateRegion(format!("batch region: {e}")))
+    }
+
     pub fn cap(&self) -> usize {
         self.cap
+    }
+
+    /// Flows one `pick_batch` call takes; 0 when the plugin has no batch
+    /// entry point.
+    pub fn batch_cap(&self) -> usize {
+        self.batch_cap
     }
 
     /// Brings rows `0..n` of guest memory up to date with `backends`,
@@ -215,6 +253,54 @@ impl Live {
             }
             index => Err(Fault::BadIndex { index, n }),
         }
+    }
+
+    /// Decisions for `flows` (at most `batch_cap`) in one `lb_pick_batch`
+    /// call over rows synced first, into `out`: an index, `None` for a
+    /// decline, or the flow's fault (a bad or ineligible index). A fault of
+    /// the call itself (a trap, the budget, a bad count) is returned and
+    /// leaves `out` alone. The guest counts each pick on its row: the
+    /// host's copy of those rows is read back, so the next sync rewrites
+    /// them.
+    pub fn pick_batch(
+        &mut self,
+        cfg: &HostConfig,
+        backends: &[BackendState],
+        flows: &[[u8; abi::FLOW_SIZE]],
+        out: &mut [Result<Option<usize>, Fault>],
+    ) -> Result<(), Fault> {
+        let Some(lb_pick_batch) = &self.exports.pick_batch else { return Err(Fault::Instantiate("no lb_pick_batch".into())) };
+        let (n, m) = (backends.len(), flows.len().min(self.batch_cap));
+        let memory = self.exports.memory.data_mut(&mut self.store);
+        let Some(region) = memory.get_mut(self.batch..self.batch + abi::FLOW_SIZE * m) else {
+            return Err(Fault::Instantiate("batch region outside memory".into()));
+        };
+        for (dst, record) in region.chunks_exact_mut(abi::FLOW_SIZE).zip(flows) {
+            dst.copy_from_slice(record);
+        }
+        let one = cfg.pick_budget(n);
+        let budget = Budget { fuel: one.fuel.saturating_mul(m as u64), cpu: one.cpu };
+        let decided = call(&mut self.store, lb_pick_batch, (n as i32, m as i32), budget, "lb_pick_batch")?;
+        if decided != m as i32 {
+            return Err(Fault::BatchCount { decided, flows: m });
+        }
+        let (answers, rows) = (self.batch + abi::FLOW_SIZE * self.batch_cap, self.region + abi::ROWS_OFFSET);
+        let memory = self.exports.memory.data(&self.store);
+        let (Some(answers), Some(rows)) = (memory.get(answers..answers + 4 * m), memory.get(rows..rows + abi::ROW_SIZE * n)) else {
+            return Err(Fault::Instantiate("batch region outside memory".into()));
+        };
+        for (answer, slot) in answers.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).zip(out.iter_mut()) {
+            *slot = match answer {
+                -1 => Ok(None),
+                r if r >= 0 && (r as usize) < n => {
+                    let i = r as usize;
+                    self.rows[i] = Row::read(&rows[i * abi::ROW_SIZE..][..abi::ROW_SIZE]);
+                    if backends[i].usable() { Ok(Some(i)) } else { Err(Fault::Ineligible { index: i }) }
+                }
+                index => Err(Fault::BadIndex { index, n }),
+            };
+        }
+        Ok(())
     }
 
     /// `lb_health` (ABI.md §6) over rows synced first, or `None` when the

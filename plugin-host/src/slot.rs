@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fulcrum_dataplane::flow::FlowKey;
-use fulcrum_dataplane::sched::{BackendState, Scheduler};
+use fulcrum_dataplane::sched::{BackendState, Scheduler, pick_each};
 use fulcrum_dataplane::stats::{Counter, Log2Histogram, log2_quantile};
 
 use crate::abi;
@@ -250,7 +250,7 @@ impl PluginSlot {
 
     /// A scheduler for one worker (`Engine::set_scheduler`).
     pub fn scheduler(self: &Arc<Self>) -> WasmScheduler {
-        WasmScheduler { follower: Follower::new(self), untimed: 0 }
+        WasmScheduler { follower: Follower::new(self), untimed: 0, records: Vec::new(), answers: Vec::new() }
     }
 
     pub fn stats(&self) -> PluginStats {
@@ -541,6 +541,9 @@ pub struct WasmScheduler {
     follower: Follower,
     /// Picks until the next timed one.
     untimed: u32,
+    /// A batch's flow records and answers, sized at the first batch.
+    records: Vec<[u8; abi::FLOW_SIZE]>,
+    answers: Vec<Result<Option<usize>, Fault>>,
 }
 
 impl WasmScheduler {
@@ -575,6 +578,28 @@ impl WasmScheduler {
             }
         }
     }
+
+    /// The first of `flows` the batch region holds through one
+    /// `lb_pick_batch` call, their answers left in `self.answers`: how
+    /// many (0: the plugin has no such entry point), or why none was asked.
+    fn decide_batch(&mut self, flows: &[(FlowKey, u64)], backends: &[BackendState]) -> Result<usize, Fallback> {
+        let (cfg, live) = self.follower.instance(backends, None)?;
+        let m = flows.len().min(live.batch_cap());
+        if m == 0 {
+            return Ok(0);
+        }
+        self.records.clear();
+        self.records.extend(flows[..m].iter().map(|(key, hash)| abi::flow_record(key, *hash)));
+        self.answers.clear();
+        self.answers.resize_with(m, || Ok(None));
+        match live.pick_batch(cfg, backends, &self.records, &mut self.answers) {
+            Ok(()) => Ok(m),
+            Err(fault) => {
+                self.follower.fault(fault);
+                Err(Fallback::Fault)
+            }
+        }
+    }
 }
 
 impl Scheduler for WasmScheduler {
@@ -592,5 +617,48 @@ impl Scheduler for WasmScheduler {
         let c = &self.follower.counters;
         c.picks.inc();
         choice.map_err(|why| c.fallback(why).inc()).ok()
+    }
+
+    /// One `lb_pick_batch` call per batch region's worth of flows; a
+    /// plugin without that entry point picks them one by one.
+    fn pick_batch(&mut self, flows: &[(FlowKey, u64)], backends: &mut [BackendState], out: &mut [Option<usize>]) {
+        let mut done = 0;
+        while done < flows.len() {
+            let start = Instant::now();
+            let asked = self.decide_batch(&flows[done..], backends);
+            let n = match asked {
+                Ok(0) => return pick_each(self, &flows[done..], backends, &mut out[done..]),
+                Ok(m) => m,
+                Err(_) => flows.len() - done,
+            };
+            let (batch, answers) = (&flows[done..done + n], &mut out[done..done + n]);
+            done += n;
+            let c = &self.follower.counters;
+            c.picks.add(n as u64);
+            // Each flow is counted at the call's average.
+            c.pick_ns.record(start.elapsed().as_nanos() as u64 / n as u64);
+            if let Err(why) = asked {
+                c.fallback(why).add(n as u64);
+                answers.fill(None);
+                continue;
+            }
+            for ((answer, slot), (key, _)) in self.answers.drain(..).zip(answers).zip(batch) {
+                *slot = match answer {
+                    Ok(Some(i)) => {
+                        backends[i].count_new(key.proto);
+                        Some(i)
+                    }
+                    Ok(None) => {
+                        self.follower.counters.declined.inc();
+                        None
+                    }
+                    Err(fault) => {
+                        self.follower.fault(fault);
+                        self.follower.counters.fault.inc();
+                        None
+                    }
+                };
+            }
+        }
     }
 }

@@ -308,7 +308,7 @@ const RUNTIME_HOSTILES: [(&str, &str); 6] = [
 fn load_time_hostiles_are_refused_with_the_reason() {
     let pool = states(&[1, 1, 1]);
     let err = |name: &str| runtime().load(name, &wasm(name), &pool).unwrap_err().to_string();
-    assert_eq!(err("hostile-bad-abi-version"), "plugin abi version 2, this host speaks 1");
+    assert_eq!(err("hostile-bad-abi-version"), "plugin abi version 3, this host speaks 1 to 2");
     assert_eq!(err("hostile-unexpected-import"), "plugin imports `env.host_secret`: plugins may import nothing (no WASI, no host functions)");
     let region = err("hostile-bad-state-region");
     assert!(region.starts_with("plugin state region: 0xffffffc0..0x100008000 (1024 rows) is past the end of memory"), "{region}");
@@ -515,7 +515,24 @@ fn hand_made_modules_that_break_the_abi_are_refused_with_the_reason() {
     assert_eq!(compile(&module(&with_start, &[], Some(1))), Err("plugin has a start function, which the ABI forbids".into()));
     assert_eq!(
         compile(&hand::plugin(vec![func("lb_heath", 7, 1, i32_const(0))], HEADER)),
-        Err("plugin exports unknown function `lb_heath` (ABI v1 functions: lb_abi_version, lb_state_ptr, lb_state_cap, lb_pick, lb_update, lb_health)".into())
+        Err("plugin exports unknown function `lb_heath` (ABI functions: lb_abi_version, lb_state_ptr, lb_state_cap, lb_pick, lb_update, lb_health, lb_batch_ptr, lb_batch_cap, lb_pick_batch)".into())
+    );
+    // Version 2: the batch exports come all together or not at all, only
+    // in version 2, and their region lies in memory.
+    assert_eq!(compile(&hand::plugin(batch(4096, 4), V2)), Ok(()));
+    assert_eq!(compile(&hand::plugin(batch(4096, 4).split_off(2), V2)), Err("plugin does not export `lb_batch_ptr`".into()));
+    assert_eq!(compile(&hand::plugin(batch(4096, 4).into_iter().take(3).collect(), V2)), Err("plugin does not export `lb_pick_batch`".into()));
+    assert_eq!(compile(&hand::plugin(vec![func("lb_abi_version", 0, 1, i32_const(2))], V2)), Err("plugin does not export `lb_pick_batch`".into()));
+    let v1_with_batch: Vec<Func> = batch(4096, 4).into_iter().skip(1).collect();
+    assert_eq!(
+        compile(&hand::plugin(v1_with_batch, HEADER)),
+        Err("plugin exports `lb_pick_batch`, which ABI version 1 (the one it declares) does not have: declare version 2".into())
+    );
+    assert_eq!(compile(&hand::plugin(vec![func("lb_abi_version", 0, 1, i32_const(3))], HEADER)), Err("plugin abi version 3, this host speaks 1 to 2".into()));
+    assert_eq!(compile(&hand::plugin(batch(4100, 4), V2)), Err("plugin state region: batch region: address 0x1004 is not 8-byte aligned".into()));
+    assert_eq!(
+        compile(&hand::plugin(batch(65_536 - 64, 4), V2)),
+        Err("plugin state region: batch region: 0xffc0..0x10090 (4 flows) is past the end of memory (65536 bytes)".into())
     );
     assert_eq!(
         compile(&hand::plugin(vec![func("lb_pick", 2, 1, i32_const(0))], HEADER)),
@@ -702,7 +719,7 @@ fn replay_refuses_bad_options_and_reports_load_errors() {
         err(ReplayOptions { backends: 2, weights: vec![1; 3], ..ReplayOptions::default() }, "maglev"),
         "weights given up to backend 2, but there are 2 (0..1)"
     );
-    assert_eq!(err(ReplayOptions::default(), "hostile-bad-abi-version"), "plugin abi version 2, this host speaks 1");
+    assert_eq!(err(ReplayOptions::default(), "hostile-bad-abi-version"), "plugin abi version 3, this host speaks 1 to 2");
 }
 
 #[test]
@@ -729,4 +746,77 @@ fn modules_past_the_compile_limits_are_refused_naming_the_limit() {
     };
     assert!(compiled.as_ref().map_or_else(|e| e.contains("plugins.compile_timeout"), |()| true), "{compiled:?}");
     eprintln!("the late compile ended after {:?}", t.elapsed());
+}
+
+/// The state header of a hand-made ABI version 2 plugin.
+const V2: [u32; 4] = [HEADER[0], 2, HEADER[2], HEADER[3]];
+
+/// What makes a hand-made plugin (with the `V2` header) one of ABI version
+/// 2: the version, and the batch exports: its region at `ptr`, room for
+/// `cap` flows, and an `lb_pick_batch` that decides none.
+fn batch(ptr: i32, cap: i32) -> Vec<Func> {
+    vec![
+        func("lb_abi_version", 0, 1, i32_const(2)),
+        func("lb_batch_ptr", 0, 1, i32_const(ptr)),
+        func("lb_batch_cap", 0, 1, i32_const(cap)),
+        func("lb_pick_batch", 2, 1, i32_const(0)),
+    ]
+}
+
+fn flows(n: u16) -> Vec<(FlowKey, u64)> {
+    (0..n)
+        .map(|i| {
+            let key = FlowKey::new(ip(CLIENT), ip(fulcrum_testing::one_vip::VIP), 2000 + i, 80, if i % 2 == 0 { IpProtocol::TCP } else { IpProtocol::UDP });
+            (key, key.hash64())
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_is_placed_in_one_call_as_if_its_flows_came_one_by_one() {
+    let pool = states(&[1, 1, 1, 1]);
+    let flows = flows(10);
+    // Least pending (open plus half-open) sees each pick of the batch
+    // counted: an even spread.
+    let slot = published(load("least-pending", &pool));
+    let mut sched = slot.scheduler();
+    let (mut rows, mut out) = (pool.clone(), vec![None; flows.len()]);
+    sched.pick_batch(&flows, &mut rows, &mut out);
+    assert_eq!(out, [0, 1, 2, 3, 0, 1, 2, 3, 0, 1].map(Some));
+    // The host's rows count them too: TCP flows half-open, UDP ones active.
+    assert_eq!(rows.iter().map(|b| (b.pending, b.active)).collect::<Vec<_>>(), [(3, 0), (0, 3), (2, 0), (0, 2)]);
+    // The guest's rows are written afresh at the next call: a fresh pool
+    // starts the spread again.
+    sched.pick_batch(&flows[..4], &mut pool.clone(), &mut out[..4]);
+    assert_eq!(out[..4], [0, 1, 2, 3].map(Some));
+    let s = slot.stats();
+    assert_eq!((s.picks, s.fallbacks.total(), s.fault_count()), (14, 0, 0));
+    assert_eq!(s.pick_ns.iter().sum::<u64>(), 2, "one timed sample per call");
+
+    // A hash plugin answers in a batch what it answers one by one.
+    let slot = published(load("five-tuple-hash", &pool));
+    let (mut batch, mut one) = (slot.scheduler(), slot.scheduler());
+    batch.pick_batch(&flows, &mut pool.clone(), &mut out);
+    let single: Vec<_> = flows.iter().map(|(k, h)| one.pick(k, *h, &pool)).collect();
+    assert_eq!(out, single);
+}
+
+#[test]
+fn a_plugin_without_the_batch_entry_point_and_a_faulty_one_fall_back_per_flow() {
+    let pool = states(&[1, 1]);
+    let flows = flows(3);
+    let mut out = vec![Some(9); 3];
+    // ABI version 1, without lb_pick_batch (this one declines everything):
+    // one pick per flow.
+    let slot = published(runtime().compile("v1", &hand::plugin(vec![], HEADER)).unwrap());
+    slot.scheduler().pick_batch(&flows, &mut pool.clone(), &mut out);
+    let s = slot.stats();
+    assert_eq!((out.clone(), s.picks, s.fallbacks.declined), (vec![None; 3], 3, 3));
+    // A batch call that decides nothing: one fault, every flow to Maglev.
+    let slot = published(runtime().compile("lazy", &hand::plugin(batch(4096, 4), V2)).unwrap());
+    out.fill(Some(9));
+    slot.scheduler().pick_batch(&flows, &mut pool.clone(), &mut out);
+    let s = slot.stats();
+    assert_eq!((out, s.picks, s.fallbacks.fault, s.faults_of(FaultKind::BadIndex)), (vec![None; 3], 3, 3, 1));
+    assert_eq!(s.last_fault.map(|f| f.message), Some("`lb_pick_batch` returned 0 for 3 flows".into()));
 }

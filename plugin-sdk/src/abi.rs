@@ -1,4 +1,4 @@
-//! The memory layout of ABI version 1 (see `ABI.md`, which is normative).
+//! The memory layout of ABI version 2 (see `ABI.md`, which is normative).
 //!
 //! Every field is an integer or a byte array, so any bytes the host writes
 //! are a valid value: host-controlled memory can never make a guest read
@@ -7,12 +7,15 @@
 use core::mem::{offset_of, size_of};
 
 /// The ABI version this SDK implements (`lb_abi_version`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// First field of the header: "FLCM" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FLCM");
 /// Backend rows in the state region (`lb_state_cap`). 1024 covers the
 /// largest pools an L4 balancer serves while the region stays at 32 KiB.
 pub const CAPACITY: usize = 1024;
+/// Flows in the batch region (`lb_batch_cap`): as many as a worker's
+/// chunk of frames can hold.
+pub const BATCH_CAPACITY: usize = 64;
 
 /// Start of the state region: a layout descriptor the guest writes when the
 /// host calls `lb_state_ptr`, so the host can check it against its own view.
@@ -28,7 +31,7 @@ pub struct Header {
 }
 
 impl Header {
-    pub const V1: Header = Header { magic: MAGIC, abi_version: ABI_VERSION, cap: CAPACITY as u32, row_size: size_of::<Backend>() as u32 };
+    pub const CURRENT: Header = Header { magic: MAGIC, abi_version: ABI_VERSION, cap: CAPACITY as u32, row_size: size_of::<Backend>() as u32 };
 }
 
 /// The new flow to place, written by the host before each `lb_pick`.
@@ -154,7 +157,22 @@ impl StateRegion {
     };
 }
 
+/// The region at `lb_batch_ptr()`: the new flows of one batch, which
+/// the host writes before `lb_pick_batch`, and a row index or -1 per flow,
+/// which `lb_pick_batch` writes.
+#[repr(C)]
+pub struct BatchRegion {
+    pub flows: [Flow; BATCH_CAPACITY],
+    pub choices: [i32; BATCH_CAPACITY],
+}
+
+impl BatchRegion {
+    pub const ZEROED: BatchRegion = BatchRegion { flows: [Flow::new([0; 16], [0; 16], 0, 0, 0, 0); BATCH_CAPACITY], choices: [0; BATCH_CAPACITY] };
+}
+
 // The offsets ABI.md promises; a change here is a new ABI version.
+// The batch region's may grow within version 1: the host reads its
+// capacity from `lb_batch_cap`.
 const _: () = {
     assert!(size_of::<Header>() == 16);
     assert!(size_of::<Flow>() == 48);
@@ -177,4 +195,6 @@ const _: () = {
     assert!(offset_of!(StateRegion, rows) == 64);
     assert!(core::mem::align_of::<StateRegion>() == 8);
     assert!(size_of::<StateRegion>() == 64 + 32 * CAPACITY);
+    assert!(offset_of!(BatchRegion, choices) == 48 * BATCH_CAPACITY);
+    assert!(core::mem::align_of::<BatchRegion>() == 8);
 };

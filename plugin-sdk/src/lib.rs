@@ -65,7 +65,7 @@ pub mod rt;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use abi::{ABI_VERSION, Backend, CAPACITY, Flow, Header, MAGIC, StateRegion};
+pub use abi::{ABI_VERSION, BATCH_CAPACITY, Backend, BatchRegion, CAPACITY, Flow, Header, MAGIC, StateRegion};
 pub use backends::{Backends, Choice};
 pub use health::{HealthInput, HealthVerdict};
 
@@ -132,6 +132,12 @@ macro_rules! export_plugin {
         extern "C" fn lb_pick(n: u32) -> i32 {
             $crate::rt::pick(n, $pick)
         }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        extern "C" fn lb_pick_batch(n: u32, flows: u32) -> i32 {
+            $crate::rt::pick_batch(n, flows, $pick)
+        }
     };
 
     (state: $ty:ty = $init:expr, pick: $pick:path $(, update: $update:path)? $(, health: $health:path)? $(,)?) => {
@@ -146,6 +152,12 @@ macro_rules! export_plugin {
         #[unsafe(no_mangle)]
         extern "C" fn lb_pick(n: u32) -> i32 {
             PLUGIN_STATE.with(|s| $crate::rt::pick(n, |f, b| $pick(s, f, b))).unwrap_or(-1)
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        extern "C" fn lb_pick_batch(n: u32, flows: u32) -> i32 {
+            PLUGIN_STATE.with(|s| $crate::rt::pick_batch(n, flows, |f, b| $pick(s, f, b))).unwrap_or(-1)
         }
 
         $(
@@ -174,6 +186,18 @@ macro_rules! export_plugin {
         #[unsafe(no_mangle)]
         extern "C" fn lb_state_cap() -> u32 {
             $crate::CAPACITY as u32
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        extern "C" fn lb_batch_ptr() -> u32 {
+            $crate::rt::batch_ptr()
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        extern "C" fn lb_batch_cap() -> u32 {
+            $crate::BATCH_CAPACITY as u32
         }
 
         $(

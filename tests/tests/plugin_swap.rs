@@ -76,7 +76,7 @@ fn twenty_swaps_under_traffic_fail_no_request() {
     // one keeps deciding.
     let (code, _, err) = daemon::cli(&["plugin", "load", "--vip", VIP, &plugin("hostile-bad-abi-version"), "--socket", &socket]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("plugin abi version 2, this host speaks 1"), "{err}");
+    assert!(err.contains("plugin abi version 3, this host speaks 1 to 2"), "{err}");
     let (code, _, err) = daemon::cli(&["plugin", "load", "--vip", "198.18.100.1:81/tcp", &plugin("round-robin"), "--socket", &socket]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no vip 198.18.100.1:81/tcp"), "{err}");

@@ -1,6 +1,7 @@
 //! Choosing a backend for a new flow: the `Scheduler` trait, and native
 //! Maglev, the built-in scheduler every other one falls back to.
 
+pub mod ahead;
 pub mod maglev;
 pub mod readings;
 
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::flow::FlowKey;
 use crate::types::BackendId;
+use crate::wire::IpProtocol;
 
 /// What a scheduler knows of one backend of the VIP, in the VIP's order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,6 +38,13 @@ impl BackendState {
     pub fn usable(&self) -> bool {
         self.up && self.weight > 0
     }
+
+    /// Counts a new flow of `proto` placed on this backend, as the
+    /// readings will once it opens: a TCP flow opens half-open.
+    pub fn count_new(&mut self, proto: IpProtocol) {
+        let n = if proto == IpProtocol::TCP { &mut self.pending } else { &mut self.active };
+        *n = n.saturating_add(1);
+    }
 }
 
 /// Picks the backend of a new flow. Called once per new flow, never per
@@ -43,6 +52,25 @@ impl BackendState {
 /// or an unusable backend makes the flow fall back to Maglev.
 pub trait Scheduler: Send {
     fn pick(&mut self, flow: &FlowKey, flow_hash: u64, backends: &[BackendState]) -> Option<usize>;
+
+    /// Picks for several new flows of one VIP, `out[j]` for `flows[j]`, as
+    /// if they came one after another: each placed flow is counted in
+    /// `backends` (`BackendState::count_new`) before the next is picked.
+    /// A scheduler whose calls cost more than its decisions (a plugin)
+    /// answers them all in one call.
+    fn pick_batch(&mut self, flows: &[(FlowKey, u64)], backends: &mut [BackendState], out: &mut [Option<usize>]) {
+        pick_each(self, flows, backends, out);
+    }
+}
+
+/// `Scheduler::pick_batch` one `pick` at a time.
+pub fn pick_each<S: Scheduler + ?Sized>(sched: &mut S, flows: &[(FlowKey, u64)], backends: &mut [BackendState], out: &mut [Option<usize>]) {
+    for ((key, hash), answer) in flows.iter().zip(out) {
+        *answer = sched.pick(key, *hash, backends);
+        if let Some(b) = answer.and_then(|i| backends.get_mut(i)) {
+            b.count_new(key.proto);
+        }
+    }
 }
 
 /// Each backend's smoothed response time in µs, by backend id (0: no

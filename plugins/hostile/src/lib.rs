@@ -12,14 +12,16 @@
 //! | `memory-growth`     | `lb_pick` grows memory 1 MiB at a time until refused, then answers 0 | hold its memory cap |
 //! | `stack-overflow`    | `lb_pick` recurses without end                     | catch the stack-overflow trap      |
 //! | `bad-index`         | `lb_pick(n)` returns `n` (one past the last row)   | reject the index                   |
-//! | `bad-abi-version`   | `lb_abi_version` returns 2                         | refuse the module at load          |
+//! | `bad-abi-version`   | `lb_abi_version` returns the SDK's version + 1     | refuse the module at load          |
 //! | `bad-state-region`  | `lb_state_ptr` points 64 bytes before 4 GiB        | refuse the module at load          |
 //! | `unexpected-import` | imports `env.host_secret`                          | refuse the module at load          |
 //! | `slow-update`       | `lb_update` takes about 10 ms (legal: within its budget) | never run it on a worker     |
 //! | `silent-decline`    | `lb_pick` always answers -1                        | count and show the declines        |
 //!
 //! The exports are written by hand (not with `export_plugin!`) because they
-//! are meant to break the ABI's rules.
+//! are meant to break the ABI's rules. They are those of ABI version 1,
+//! without the batch entry point, which the host still speaks: every
+//! pick is a call of its own.
 
 #![no_std]
 
@@ -29,16 +31,18 @@ use fulcrum_plugin_sdk as _;
 
 #[cfg(target_arch = "wasm32")]
 mod exports {
-    use fulcrum_plugin_sdk::{ABI_VERSION, CAPACITY, rt};
+    use fulcrum_plugin_sdk::{ABI_VERSION, CAPACITY, Header, rt};
+
+    const VERSION: u32 = 1;
 
     #[unsafe(no_mangle)]
     extern "C" fn lb_abi_version() -> u32 {
-        if cfg!(feature = "bad-abi-version") { ABI_VERSION + 1 } else { ABI_VERSION }
+        if cfg!(feature = "bad-abi-version") { ABI_VERSION + 1 } else { VERSION }
     }
 
     #[unsafe(no_mangle)]
     extern "C" fn lb_state_ptr() -> u32 {
-        if cfg!(feature = "bad-state-region") { u32::MAX - 63 } else { rt::state_ptr() }
+        if cfg!(feature = "bad-state-region") { u32::MAX - 63 } else { rt::state_ptr_with(Header { abi_version: VERSION, ..Header::CURRENT }) }
     }
 
     #[unsafe(no_mangle)]

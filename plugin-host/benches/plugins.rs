@@ -148,7 +148,9 @@ fn main() {
 /// A worker thread picks new flows without pause; the control thread
 /// publishes `versions` alternately. Returns the seconds from each
 /// publish to the end of the worker's first pick on it, and the count of
-/// picks that fell back (must be 0).
+/// picks that fell back: 0 unless a version's `lb_update` runs on the
+/// plugin thread (the maglev plugin's table), whose picks go to native
+/// Maglev until its instance is ready (`preparing`).
 fn swap_latency(versions: &[Plugin; 2], swaps: usize) -> (Vec<f64>, u64) {
     let slot = PluginSlot::new("bench");
     slot.publish(versions[0].clone());

@@ -12,11 +12,10 @@ use crate::flow::FlowKey;
 use crate::sched::{BackendState, Scheduler};
 use crate::types::VipId;
 
-/// One noted frame: its place in the chunk, its VIP and flow, and its
-/// answer once asked (`Some(None)`: the scheduler declined).
+/// One noted frame: its VIP and flow, and its answer once asked
+/// (`Some(None)`: the scheduler declined).
 #[derive(Clone, Copy)]
 struct Noted {
-    frame: u16,
     vip: VipId,
     flow: (FlowKey, u64),
     answer: Option<Option<usize>>,
@@ -27,8 +26,9 @@ struct Noted {
 pub struct PicksAhead {
     /// In frame order.
     noted: Vec<Noted>,
-    /// The first noted frame not behind the one being processed: frames
-    /// ask in order, so finding one's note takes no search.
+    /// The last note found: frames ask in order, so the next one's note
+    /// lies at or after it (most often right there), and no frame index
+    /// need follow every packet.
     next: usize,
     flows: Vec<(FlowKey, u64)>,
     answers: Vec<Option<usize>>,
@@ -45,36 +45,34 @@ impl PicksAhead {
         self.next = 0;
     }
 
-    /// Notes frame `frame` of the chunk: a new flow of `vip`, by the looks
-    /// of it. Frames are noted in order; beyond the chunk size one is left
-    /// to be picked alone.
-    pub fn note(&mut self, frame: usize, vip: VipId, flow: (FlowKey, u64)) {
+    /// Notes the chunk's next frame that looks like a new flow of `vip`.
+    /// Frames are noted in order; beyond the chunk size one is left to be
+    /// picked alone.
+    pub fn note(&mut self, vip: VipId, flow: (FlowKey, u64)) {
         if self.noted.len() < self.noted.capacity() {
-            self.noted.push(Noted { frame: frame as u16, vip, flow, answer: None });
+            self.noted.push(Noted { vip, flow, answer: None });
         }
     }
 
-    /// The note of frame `frame` of `vip`, if it was noted. Frames come in
-    /// order.
-    fn find(&mut self, frame: usize, vip: VipId) -> Option<usize> {
-        while self.noted.get(self.next).is_some_and(|n| usize::from(n.frame) < frame) {
-            self.next += 1;
-        }
-        self.noted.get(self.next).is_some_and(|n| usize::from(n.frame) == frame && n.vip == vip).then_some(self.next)
+    /// The note of the frame of `vip` carrying `flow`, if it was noted.
+    fn find(&mut self, vip: VipId, flow: (&FlowKey, u64)) -> Option<usize> {
+        let at = self.next + self.noted.get(self.next..)?.iter().position(|n| n.flow.1 == flow.1 && n.vip == vip && n.flow.0 == *flow.0)?;
+        self.next = at;
+        Some(at)
     }
 
-    /// The answer already given for frame `frame` of `vip`, if one was:
-    /// the caller then needs no pool.
-    pub fn answered(&mut self, frame: usize, vip: VipId) -> Option<Option<usize>> {
-        self.find(frame, vip).and_then(|at| self.noted[at].answer)
+    /// The answer already given for the frame of `vip` carrying `flow`, if
+    /// one was: the caller then needs no pool.
+    pub fn answered(&mut self, vip: VipId, flow: (&FlowKey, u64)) -> Option<Option<usize>> {
+        self.find(vip, flow).and_then(|at| self.noted[at].answer)
     }
 
-    /// The answer for frame `frame` of `vip`, not answered yet: `sched`
-    /// places every noted frame of the VIP from this one on in one call
-    /// over `pool`. `None`: pick it alone (it was not noted, or is its
-    /// VIP's last one in the chunk). Frames ask in order.
-    pub fn ask(&mut self, frame: usize, vip: VipId, sched: &mut dyn Scheduler, pool: &mut [BackendState]) -> Option<Option<usize>> {
-        let at = self.find(frame, vip)?;
+    /// The answer for the frame of `vip` carrying `flow`, not answered
+    /// yet: `sched` places every noted frame of the VIP from this one on in
+    /// one call over `pool`. `None`: pick it alone (it was not noted, or is
+    /// its VIP's last one in the chunk). Frames ask in order.
+    pub fn ask(&mut self, vip: VipId, flow: (&FlowKey, u64), sched: &mut dyn Scheduler, pool: &mut [BackendState]) -> Option<Option<usize>> {
+        let at = self.find(vip, flow)?;
         let unanswered = |n: &&mut Noted| n.vip == vip && n.answer.is_none();
         self.flows.clear();
         self.flows.extend(self.noted[at..].iter_mut().filter(unanswered).map(|n| n.flow));
@@ -123,38 +121,43 @@ mod tests {
         let mut ahead = PicksAhead::new(8);
         let mut pool = [BackendState { up: true, weight: 1, ..BackendState::default() }; 3];
         // Frames 0, 2, 3 and 5 of VIP 1; frame 4 of VIP 2; frame 1 unnoted.
-        for (frame, vip) in [(0, 1), (2, 1), (3, 1), (4, 2), (5, 1)] {
-            ahead.note(frame, vip, flow(1000 + frame as u16));
+        let frames = [(0, 1), (2, 1), (3, 1), (4, 2), (5, 1)].map(|(frame, vip)| (vip, flow(1000 + frame)));
+        for (vip, flow) in frames {
+            ahead.note(vip, flow);
         }
+        // The flow of the `i`-th noted frame.
+        let of = |i: usize| (&frames[i].1.0, frames[i].1.1);
         let mut s = LeastLoaded::default();
-        assert_eq!(ahead.answered(1, 1), None);
-        assert_eq!(ahead.ask(1, 1, &mut s, &mut pool), None, "not noted");
-        // Frame 2 asks first (frame 0 went elsewhere, say): 2, 3 and 5 are
-        // placed in one call, each seeing the ones before it counted.
-        assert_eq!(ahead.answered(2, 1), None);
-        assert_eq!(ahead.ask(2, 1, &mut s, &mut pool), Some(Some(0)));
-        assert_eq!(ahead.answered(3, 1), Some(Some(1)));
+        let unnoted = flow(1001);
+        assert_eq!(ahead.answered(1, (&unnoted.0, unnoted.1)), None);
+        assert_eq!(ahead.ask(1, (&unnoted.0, unnoted.1), &mut s, &mut pool), None, "not noted");
+        // Frame 2 asks first (frame 0 went elsewhere, say): frames 2, 3 and
+        // 5 are placed in one call, each seeing the ones before it counted.
+        assert_eq!(ahead.answered(1, of(1)), None);
+        assert_eq!(ahead.ask(1, of(1), &mut s, &mut pool), Some(Some(0)));
+        assert_eq!(ahead.answered(1, of(2)), Some(Some(1)));
         // A VIP's lone new flow is left to be picked alone.
-        assert_eq!(ahead.answered(4, 2), None);
-        assert_eq!(ahead.ask(4, 2, &mut s, &mut pool), None);
-        assert_eq!(ahead.answered(5, 1), Some(Some(2)));
+        assert_eq!(ahead.answered(2, of(3)), None);
+        assert_eq!(ahead.ask(2, of(3), &mut s, &mut pool), None);
+        assert_eq!(ahead.answered(1, of(4)), Some(Some(2)));
         assert_eq!(s.calls, [3]);
         assert_eq!(pool.map(|b| b.pending), [1, 1, 1]);
         ahead.clear();
-        assert_eq!(ahead.answered(2, 1), None, "a new chunk");
+        assert_eq!(ahead.answered(1, of(1)), None, "a new chunk");
     }
 
     #[test]
     fn frames_past_the_chunk_size_are_left_to_be_picked_alone() {
         let mut ahead = PicksAhead::new(2);
-        for frame in 0..3 {
-            ahead.note(frame, 1, flow(frame as u16));
+        let flows = [0, 1, 2].map(flow);
+        for f in flows {
+            ahead.note(1, f);
         }
         let mut pool = [BackendState { up: true, weight: 1, ..BackendState::default() }; 2];
         let mut s = LeastLoaded::default();
-        assert!(ahead.ask(0, 1, &mut s, &mut pool).is_some());
-        assert_eq!(ahead.answered(2, 1), None);
-        assert_eq!(ahead.ask(2, 1, &mut s, &mut pool), None);
+        assert!(ahead.ask(1, (&flows[0].0, flows[0].1), &mut s, &mut pool).is_some());
+        assert_eq!(ahead.answered(1, (&flows[2].0, flows[2].1)), None);
+        assert_eq!(ahead.ask(1, (&flows[2].0, flows[2].1), &mut s, &mut pool), None);
         assert_eq!(s.calls, [2]);
     }
 }

@@ -562,7 +562,14 @@ impl Flows {
 
     /// Forgets the connections of entries the table removed, and holds
     /// back the source ports of the full-NAT flows among them.
+    #[inline]
     fn settle_departures(&mut self, now: u32) {
+        if self.table.has_departed() {
+            self.settle_departed(now);
+        }
+    }
+
+    fn settle_departed(&mut self, now: u32) {
         for (key, value, state) in self.table.take_departed() {
             match value {
                 FlowValue::Forward { vip, backend, .. } => self.counts.flow((vip, backend), state, -1),

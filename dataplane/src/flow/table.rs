@@ -359,14 +359,20 @@ impl<V: Copy> ConnTable<V> {
     /// A hit on the entry `find` returned: if its pair has expired, removes
     /// the pair and returns false; else marks it seen at `now` and
     /// referenced, writing to its own entry only, and returns true.
-    #[inline]
+    #[inline(always)]
     pub fn refresh(&mut self, slot: Slot, now: u32) -> bool {
         if self.pair_expired(slot, now) {
-            self.expirations += self.remove_pair(slot) as u64;
+            self.reap(slot);
             return false;
         }
         self.touch(slot, now);
         true
+    }
+
+    /// Removes an expired pair a hit found.
+    #[cold]
+    fn reap(&mut self, slot: Slot) {
+        self.expirations += self.remove_pair(slot) as u64;
     }
 
     /// Whether `key` has a live entry, without refreshing or reaping
@@ -538,6 +544,13 @@ impl<V: Copy> ConnTable<V> {
     /// their last state. Take them after every `expire` and after each
     /// packet's lookups and inserts: departures beyond the bounded log are
     /// only counted ([`lost_departures`](Self::lost_departures)).
+    /// Whether any departure waits to be taken: the cheap test before
+    /// `take_departed`, made after every packet.
+    #[inline]
+    pub fn has_departed(&self) -> bool {
+        !self.departed.is_empty()
+    }
+
     pub fn take_departed(&mut self) -> std::vec::Drain<'_, (FlowKey, V, FlowState)> {
         self.departed.drain(..)
     }

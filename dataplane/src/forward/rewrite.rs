@@ -85,7 +85,9 @@ pub fn decrement_ttl(frame: &mut [u8], p: &Parsed) -> bool {
     true
 }
 
+#[inline]
 pub fn set_macs(frame: &mut [u8], src: Mac, dst: Mac) {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
+    let (d, s) = frame[..12].split_at_mut(6);
+    d.copy_from_slice(&dst);
+    s.copy_from_slice(&src);
 }

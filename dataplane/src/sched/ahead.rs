@@ -47,8 +47,12 @@ impl PicksAhead {
 
     /// Notes the chunk's next frame that looks like a new flow of `vip`.
     /// Frames are noted in order; beyond the chunk size one is left to be
-    /// picked alone.
+    /// picked alone. A frame of the flow noted just before (a burst of one
+    /// new UDP flow) is not noted again: it will find the flow's entry.
     pub fn note(&mut self, vip: VipId, flow: (FlowKey, u64)) {
+        if self.noted.last().is_some_and(|n| n.flow.1 == flow.1 && n.flow.0 == flow.0) {
+            return;
+        }
         if self.noted.len() < self.noted.capacity() {
             self.noted.push(Noted { vip, flow, answer: None });
         }
@@ -144,6 +148,19 @@ mod tests {
         assert_eq!(pool.map(|b| b.pending), [1, 1, 1]);
         ahead.clear();
         assert_eq!(ahead.answered(1, of(1)), None, "a new chunk");
+    }
+
+    #[test]
+    fn a_burst_of_one_new_flow_is_noted_once() {
+        let mut ahead = PicksAhead::new(8);
+        let (a, b) = (flow(1), flow(2));
+        for f in [a, a, a, b] {
+            ahead.note(1, f);
+        }
+        let mut pool = [BackendState { up: true, weight: 1, ..BackendState::default() }; 2];
+        let mut s = LeastLoaded::default();
+        assert_eq!(ahead.ask(1, (&a.0, a.1), &mut s, &mut pool), Some(Some(0)));
+        assert_eq!(s.calls, [2]);
     }
 
     #[test]

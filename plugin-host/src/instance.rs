@@ -164,17 +164,22 @@ impl Live {
         Ok(())
     }
 
-    /// ABI.md §4: the batch region, aligned and within memory.
+    /// ABI.md §3 step 4, version 2: the batch region, aligned and within
+    /// memory (64-bit arithmetic: no answer overflows it).
     fn check_batch_region(&self, ptr: u64, cap: u32) -> Result<(), LoadError> {
+        let bad = |e: String| Err(LoadError::StateRegion(format!("batch region: {e}")));
         let end = ptr + abi::batch_len(cap);
         let memory = self.exports.memory.data(&self.store).len() as u64;
-        match () {
-            _ if !ptr.is_multiple_of(8) => Err(format!("address {ptr:#x} is not 8-byte aligned")),
-            _ if cap == 0 => Err("lb_batch_cap() is 0: no room for a flow".into()),
-            _ if end > memory => Err(format!("{ptr:#x}..{end:#x} ({cap} flows) is past the end of memory ({memory} bytes)")),
-            _ => Ok(()),
+        if !ptr.is_multiple_of(8) {
+            return bad(format!("address {ptr:#x} is not 8-byte aligned"));
         }
-        .map_err(|e| LoadError::StateRegion(format!("batch region: {e}")))
+        if cap == 0 {
+            return bad("lb_batch_cap() is 0: no room for a flow".into());
+        }
+        if end > memory {
+            return bad(format!("{ptr:#x}..{end:#x} ({cap} flows) is past the end of memory ({memory} bytes)"));
+        }
+        Ok(())
     }
 
     pub fn cap(&self) -> usize {

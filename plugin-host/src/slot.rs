@@ -110,7 +110,7 @@ struct FollowerCounters {
     unavailable: Counter,
     instantiations: Counter,
     /// A sample of whole picks' cost on the worker, in ns: the flow record,
-    /// the rows' sync (with an inline `lb_update`) and `lb_pick`.
+    /// the rows' sync (with an inline `lb_update`) and the call.
     pick_ns: Log2Histogram<PICK_COST_BUCKETS>,
 }
 
@@ -177,7 +177,8 @@ pub struct PluginStats {
     /// The published version's last fault.
     pub last_fault: Option<LastFault>,
     /// A sample of picks by their cost on the worker (ns), in
-    /// `Log2Histogram` buckets: one pick in eight is timed.
+    /// `Log2Histogram` buckets: one `lb_pick` in eight, and every batch at
+    /// its cost per flow.
     pub pick_ns: [u64; PICK_COST_BUCKETS],
 }
 
@@ -635,7 +636,7 @@ impl Scheduler for WasmScheduler {
             done += n;
             let c = &self.follower.counters;
             c.picks.add(n as u64);
-            // Each flow is counted at the call's average.
+            // One sample per call: its cost per flow.
             c.pick_ns.record(start.elapsed().as_nanos() as u64 / n as u64);
             if let Err(why) = asked {
                 c.fallback(why).add(n as u64);

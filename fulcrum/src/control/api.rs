@@ -391,8 +391,9 @@ pub struct PluginReport {
     pub last_fault: Option<PluginFault>,
     /// Instances the workers ran.
     pub instantiations: u64,
-    /// The 99th percentile of a pick's cost on the worker (ns; one pick in
-    /// eight is timed), once one was.
+    /// The 99th percentile of a pick's cost on the worker (ns; one
+    /// `lb_pick` in eight is timed, and every batch at its cost per flow),
+    /// once one was.
     pub pick_p99_ns: Option<u64>,
 }
 

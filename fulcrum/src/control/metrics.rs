@@ -306,7 +306,12 @@ fn vip_plugins(out: &mut String, s: &StatsReport) {
         f.sample(name, &labels, p.instantiations);
     }
     let name = "fulcrum_vip_plugin_pick_p99_seconds";
-    let mut f = Family::new(out, name, "gauge", "99th percentile of a pick's cost on the worker (one pick in eight is timed).");
+    let mut f = Family::new(
+        out,
+        name,
+        "gauge",
+        "99th percentile of a pick's cost on the worker (one lb_pick in eight is timed, and every batch at its cost per flow).",
+    );
     for (labels, ns) in plugins().filter_map(|(l, p)| Some((l, p.pick_p99_ns?))) {
         f.sample(name, &labels, ns as f64 / 1e9);
     }

@@ -6,6 +6,7 @@
 
 use crate::flow::parse::Parsed;
 use crate::packet::{DropReason, Packet};
+use crate::wire::ethernet::{ETH_HLEN, VLAN_HLEN};
 use crate::wire::{IpProtocol, checksum, ipv4, ipv6, put16, udp};
 
 /// IANA protocol numbers of the inner packet for IP-in-IP.
@@ -54,7 +55,14 @@ pub fn encapsulate(pkt: &mut Packet, p: &Parsed, encap: Encap, src: &[u8; 16], d
     }
     let inner_len = p.end - p.l3;
     let new_start = pkt.start - overhead;
-    pkt.buf.copy_within(pkt.start..pkt.start + p.l3, new_start);
+    // The link header, 14 or 18 bytes, moves to the new start: always 18
+    // through a local array, so no memmove call; what follows it lands where
+    // the outer header is written next (the overhead is at least 20).
+    const LINK: usize = ETH_HLEN + VLAN_HLEN;
+    debug_assert!(p.l3 <= LINK && overhead >= LINK);
+    let mut link = [0u8; LINK];
+    link.copy_from_slice(&pkt.buf[pkt.start..pkt.start + LINK]);
+    pkt.buf[new_start..new_start + LINK].copy_from_slice(&link);
     pkt.start = new_start;
     pkt.len = p.l3 + overhead + inner_len;
     let outer = &mut pkt.buf[new_start + p.l3..new_start + pkt.len];

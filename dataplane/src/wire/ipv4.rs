@@ -158,19 +158,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
 }
 
 /// Writes a 20-byte header without options into `b[..20]`, checksum filled.
+///
+/// Built in a local array and written with one copy, its checksum summed
+/// from the fields rather than read back: the tunnels write one per packet.
+#[inline]
 pub fn write_header(b: &mut [u8], total_len: u16, ttl: u8, proto: IpProtocol, src: [u8; 4], dst: [u8; 4], dont_fragment: bool) {
-    b[0] = 0x45;
-    b[1] = 0;
-    put16(b, 2, total_len);
-    put16(b, 4, 0);
-    put16(b, 6, if dont_fragment { 0x4000 } else { 0 });
-    b[8] = ttl;
-    b[9] = proto.0;
-    put16(b, 10, 0);
-    b[12..16].copy_from_slice(&src);
-    b[16..20].copy_from_slice(&dst);
-    let c = checksum::checksum(&b[..20], 0);
-    put16(b, 10, c);
+    let flags: u16 = if dont_fragment { 0x4000 } else { 0 };
+    let ttl_proto = u16::from_be_bytes([ttl, proto.0]);
+    let word = |a: [u8; 4]| u64::from(u32::from_be_bytes(a));
+    let sum = 0x4500 + u64::from(total_len) + u64::from(flags) + u64::from(ttl_proto) + word(src) + word(dst);
+    let [t0, t1] = total_len.to_be_bytes();
+    let [f0, f1] = flags.to_be_bytes();
+    let [c0, c1] = (!checksum::fold(sum)).to_be_bytes();
+    let [s0, s1, s2, s3] = src;
+    let [d0, d1, d2, d3] = dst;
+    b[..IPV4_MIN_HLEN].copy_from_slice(&[0x45, 0, t0, t1, 0, 0, f0, f1, ttl, proto.0, c0, c1, s0, s1, s2, s3, d0, d1, d2, d3]);
 }
 
 fn addr_at(b: &[u8], at: usize) -> [u8; 4] {

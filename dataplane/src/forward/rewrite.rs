@@ -72,6 +72,7 @@ fn l4_checksum_at(p: &Parsed) -> Option<usize> {
 
 /// Decrements TTL / hop limit as a router does; false when the packet
 /// must not be forwarded (it would arrive with zero).
+#[inline]
 pub fn decrement_ttl(frame: &mut [u8], p: &Parsed) -> bool {
     if p.ttl <= 1 {
         return false;

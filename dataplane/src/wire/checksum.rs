@@ -62,7 +62,9 @@ pub fn update(csum: u16, old: &[u8], new: &[u8]) -> u16 {
 /// [`update`] for one 16-bit word.
 #[inline]
 pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
-    update(csum, &old.to_be_bytes(), &new.to_be_bytes())
+    let mut change = Incremental::changes();
+    change.replace16(old, new);
+    change.apply(csum)
 }
 
 /// [`update`] over several fields of one packet: the sum is kept open

@@ -121,12 +121,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
 
     /// Decrements the TTL, updating the header checksum incrementally.
     #[inline]
+    /// One check of the header's length, then fixed offsets: a forwarded
+    /// NAT packet takes this path.
     pub fn decrement_ttl(&mut self) {
-        let old = be16(self.b(), 8);
+        let Some(h) = self.bm().first_chunk_mut::<IPV4_MIN_HLEN>() else {
+            debug_assert!(false, "an IPv4 header shorter than {IPV4_MIN_HLEN} bytes");
+            return;
+        };
+        let old = u16::from_be_bytes([h[8], h[9]]);
         let new = old.wrapping_sub(0x100);
-        let c = checksum::update16(self.checksum(), old, new);
-        put16(self.bm(), 8, new);
-        put16(self.bm(), CHECKSUM_AT, c);
+        let c = checksum::update16(u16::from_be_bytes([h[CHECKSUM_AT], h[CHECKSUM_AT + 1]]), old, new);
+        [h[8], h[9]] = new.to_be_bytes();
+        [h[CHECKSUM_AT], h[CHECKSUM_AT + 1]] = c.to_be_bytes();
     }
 
     /// Sets the source address, updating the header checksum.

@@ -45,7 +45,7 @@ pub struct Flow {
     /// Ports as numbers (stored little endian, not in network order).
     pub src_port: u16,
     pub dst_port: u16,
-    /// IP protocol number (6 TCP, 17 UDP).
+    /// IP protocol number ([`Flow::TCP`], [`Flow::UDP`]).
     pub proto: u8,
     reserved: [u8; 3],
     /// The host's 64-bit hash of the 5-tuple: the same on every node.
@@ -53,6 +53,9 @@ pub struct Flow {
 }
 
 impl Flow {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+
     pub const fn new(src: [u8; 16], dst: [u8; 16], src_port: u16, dst_port: u16, proto: u8, hash: u64) -> Flow {
         Flow { src, dst, src_port, dst_port, proto, reserved: [0; 3], hash }
     }
@@ -170,9 +173,9 @@ impl BatchRegion {
     pub const ZEROED: BatchRegion = BatchRegion { flows: [Flow::new([0; 16], [0; 16], 0, 0, 0, 0); BATCH_CAPACITY], choices: [0; BATCH_CAPACITY] };
 }
 
-// The offsets ABI.md promises; a change here is a new ABI version.
-// The batch region's may grow within version 1: the host reads its
-// capacity from `lb_batch_cap`.
+// The offsets ABI.md promises; a change here is a new ABI version. The
+// batch region's capacity is the guest's choice: the host reads it from
+// `lb_batch_cap`.
 const _: () = {
     assert!(size_of::<Header>() == 16);
     assert!(size_of::<Flow>() == 48);

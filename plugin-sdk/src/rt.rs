@@ -39,7 +39,7 @@ pub fn pick_batch_in(region: &mut StateRegion, batch: &mut BatchRegion, n: u32, 
     for (flow, choice) in batch.flows[..m].iter().zip(&mut batch.choices[..m]) {
         *choice = choose(flow, &region.rows[..n], &mut pick);
         if let Some(row) = usize::try_from(*choice).ok().and_then(|i| region.rows.get_mut(i)) {
-            let count = if flow.proto == 6 { &mut row.pending } else { &mut row.active };
+            let count = if flow.proto == Flow::TCP { &mut row.pending } else { &mut row.active };
             *count = count.saturating_add(1);
         }
     }

@@ -9,8 +9,9 @@ pub struct HostConfig {
     /// Instances alive at once across every plugin, worker and load test:
     /// the pooling allocator's slot count. Each reserves 4 GiB of address
     /// space (plus guard pages), never backed beyond `memory_limit`, so
-    /// this many times that is what the process maps. Size it as workers × VIPs with a plugin × 2 (a swap
-    /// overlaps old and new) plus a few for loading and health policies.
+    /// this many times that is what the process maps. Size it as workers
+    /// × VIPs with a plugin × 2 (a swap overlaps old and new) plus a few
+    /// for loading and health policies.
     pub max_instances: u32,
     /// Most linear memory an instance may have. Growing past it traps (a
     /// fault), rather than failing quietly. The SDK's modules start below

@@ -160,6 +160,10 @@ pub struct ReplayReport {
     /// Every pick of both passes (wall-clock time, which on a loaded
     /// machine includes preemption: read p50 and p99).
     pub pick_cost: Cost,
+    /// `lb_pick_batch` per flow, over `BATCH_ROUNDS` calls of
+    /// `BATCH_FLOWS` new flows each (as a worker asks for a chunk's), wall
+    /// clock; `None` if the plugin has no batch entry point.
+    pub batch_cost: Option<Cost>,
     /// `lb_update` (CPU time) over `UPDATE_ROUNDS` placement changes;
     /// `None` if the plugin has no `lb_update`.
     pub update_cost: Option<Cost>,
@@ -170,6 +174,12 @@ pub struct ReplayReport {
 
 /// Updates timed after the passes.
 const UPDATE_ROUNDS: usize = 50;
+/// Batch calls timed after the passes, and the new flows in each: a
+/// worker's chunk of frames, all new.
+const BATCH_ROUNDS: usize = 50;
+const BATCH_FLOWS: usize = 64;
+/// The VIP the replayed flows are for.
+const VIP: [u8; 4] = [198, 18, 7, 10];
 
 /// `n` backends 198.18.1.i:80 with the weights and loads given per index.
 fn replay_pool(n: usize, weight: impl Fn(usize) -> u32, load: impl Fn(usize) -> u32) -> Vec<BackendState> {
@@ -228,6 +238,7 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         Ok(costs) => (Some(Cost::of(costs)), None),
         Err(fault) => (None, Some(fault)),
     };
+    let has_batch = plugin.has_batch();
     let slot = PluginSlot::new(format!("replay of {name}"));
     slot.publish(plugin);
 
@@ -243,6 +254,9 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         let remapped_from_failed = changed.clone().filter(|(a, _)| a.is_some_and(|a| opts.failures.contains(&a))).count();
         FailurePass { failed: opts.failures.clone(), pass, remapped: changed.count(), remapped_from_failed }
     });
+    // The declines gate judges the passes; faults count wherever they came.
+    let passes = slot.stats();
+    let batch_cost = has_batch.then(|| Cost::of(batch_costs(&slot, &pool, opts)));
     let stats = slot.stats();
     let faults_of = |k: FaultKind| stats.faults_of(k) + u64::from(update_fault.as_ref().is_some_and(|f| f.kind() == k));
     let last_fault = stats.last_fault.as_ref().map(|f| f.message.clone()).or_else(|| update_fault.as_ref().map(ToString::to_string));
@@ -260,9 +274,10 @@ pub fn run(name: &str, wasm: &[u8], opts: &ReplayOptions) -> Result<ReplayReport
         faults_by_kind: FaultKind::ALL.iter().map(|&k| (k.name(), faults_of(k))).filter(|&(_, n)| n > 0).collect(),
         last_fault,
         quarantined: stats.quarantined,
-        picks: stats.picks,
-        declines: stats.fallbacks.declined,
+        picks: passes.picks,
+        declines: passes.fallbacks.declined,
         pick_cost: Cost::of(picks),
+        batch_cost,
         update_cost,
         failed_gates: Vec::new(),
     };
@@ -313,7 +328,6 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: 
     // which a worker never does: every flow is the plugin's to place.
     sched.wait_ready(&pool, PREPARE_TIMEOUT);
     let mut pass = Pass { flows: vec![0; pool.len()], fallbacks: 0, unplaced: 0 };
-    let vip = IpAddr::from([198, 18, 7, 10]);
     let clients = (opts.flows / 4).max(1) as u64;
     let mut rng = Rng::with_seed(0x5eed);
     // When each open flow closes (in flows started), and its backend.
@@ -326,10 +340,8 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: 
                 closing.pop();
                 pool[b].active = pool[b].active.saturating_sub(1);
             }
-            let (client, port) = flow_source(&mut rng, clients);
+            let (key, hash) = new_flow(&mut rng, clients);
             let lifetime = opts.open.map(|open| 1 + rng.usize(..(2 * open).max(1)));
-            let key = FlowKey::new(client, vip, port, 443, IpProtocol::TCP);
-            let hash = key.hash64();
             let started = Instant::now();
             let picked = sched.pick(&key, hash, &pool);
             costs.push(started.elapsed());
@@ -353,11 +365,33 @@ fn replay(slot: &std::sync::Arc<PluginSlot>, mut pool: Vec<BackendState>, opts: 
     (pass, placed)
 }
 
-/// A flow's client, one of `clients` in 198.19.0.0/16, and its ephemeral
-/// port (Linux's default range).
-fn flow_source(rng: &mut Rng, clients: u64) -> (IpAddr, u16) {
+/// `BATCH_ROUNDS` batches of new flows through `lb_pick_batch`, each
+/// over the all-up pool on a fresh instance's rows: the cost per flow of
+/// each call.
+fn batch_costs(slot: &std::sync::Arc<PluginSlot>, pool: &[BackendState], opts: &ReplayOptions) -> Vec<Duration> {
+    let mut sched = slot.scheduler();
+    sched.wait_ready(pool, PREPARE_TIMEOUT);
+    let mut rng = Rng::with_seed(0xba7c);
+    let clients = (opts.flows / 4).max(1) as u64;
+    let mut out = vec![None; BATCH_FLOWS];
+    (0..BATCH_ROUNDS)
+        .map(|_| {
+            let flows: Vec<(FlowKey, u64)> = (0..BATCH_FLOWS).map(|_| new_flow(&mut rng, clients)).collect();
+            let mut rows = pool.to_vec();
+            let started = Instant::now();
+            sched.pick_batch(&flows, &mut rows, &mut out);
+            started.elapsed() / BATCH_FLOWS as u32
+        })
+        .collect()
+}
+
+/// A new TCP flow to the VIP and its hash: from one of `clients` clients
+/// in 198.19.0.0/16, and an ephemeral port (Linux's default range).
+fn new_flow(rng: &mut Rng, clients: u64) -> (FlowKey, u64) {
     let c = rng.u64(..clients.max(1));
-    (IpAddr::from([198, 19, (c >> 8) as u8, c as u8]), rng.u16(32_768..61_000))
+    let client = IpAddr::from([198, 19, (c >> 8) as u8, c as u8]);
+    let key = FlowKey::new(client, IpAddr::from(VIP), rng.u16(32_768..61_000), 443, IpProtocol::TCP);
+    (key, key.hash64())
 }
 
 /// Longer than any update within the default budget (1 s of CPU).
@@ -440,6 +474,10 @@ impl fmt::Display for ReplayReport {
             writeln!(f, "{label}: p50 {:?}, p99 {:?}, max {:?} over {} calls", d(c.p50_ns), d(c.p99_ns), d(c.max_ns), c.calls)
         };
         cost(f, "pick cost", &self.pick_cost)?;
+        match &self.batch_cost {
+            Some(c) => cost(f, &format!("batch cost per flow ({BATCH_FLOWS} flows a call)"), c)?,
+            None => writeln!(f, "batch cost: no lb_pick_batch (ABI version 1: one call per flow)")?,
+        }
         match &self.update_cost {
             Some(c) => cost(f, "update cost (CPU)", c)?,
             None => writeln!(f, "update cost: no lb_update")?,
@@ -461,9 +499,9 @@ mod tests {
         let (mut clients, mut ports) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         let mut rng = Rng::with_seed(0x5eed);
         for _ in 0..opts.flows {
-            let (client, port) = flow_source(&mut rng, (opts.flows / 4) as u64);
-            clients.insert(client);
-            ports.insert(port);
+            let (key, _) = new_flow(&mut rng, (opts.flows / 4) as u64);
+            clients.insert(key.src);
+            ports.insert(key.src_port);
         }
         assert!(clients.len() > 800 && ports.len() > 3500, "{} clients, {} ports", clients.len(), ports.len());
     }

@@ -337,6 +337,12 @@ impl Plugin {
         self.0.module.has_health
     }
 
+    /// Whether the plugin has the batch entry point (`lb_pick_batch`, ABI
+    /// version 2).
+    pub fn has_batch(&self) -> bool {
+        self.0.module.has_batch
+    }
+
     /// A fresh instance of this plugin, its state region checked.
     pub(crate) fn instantiate(&self) -> Result<Live, LoadError> {
         Live::new(self.0.runtime.engine(), self.0.runtime.config(), &self.0.module)

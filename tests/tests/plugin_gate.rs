@@ -56,6 +56,10 @@ fn pick_and_update_costs_are_reported_and_gated() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("pick cost: p50 ") && out.contains(" over 4000 calls\n"), "{out}");
     assert!(out.contains("update cost (CPU): p50 ") && out.contains(" over 50 calls\n"), "{out}");
+    assert!(out.contains("batch cost per flow (64 flows a call): p50 "), "{out}");
+    // An ABI version 1 module is asked one flow per call.
+    let (_, out, _) = gate("hostile-silent-decline", &[]);
+    assert!(out.contains("batch cost: no lb_pick_batch (ABI version 1: one call per flow)\n"), "{out}");
     // No pick costs a nanosecond.
     fails("maglev", &["--max-pick", "1ns"], "pick cost");
     passes("round-robin", &["--max-update", "1ms"]);
@@ -74,7 +78,14 @@ fn json_reports_costs_and_failed_gates_for_ci() {
     assert!(failed[0].as_str().unwrap().starts_with("declines: 100.00% of picks declined"), "{failed:?}");
     let cost = &r["pick_cost"];
     assert!(cost["calls"].as_u64() == Some(4000) && cost["p50_ns"].as_u64() > Some(0) && cost["p99_ns"].as_u64() >= cost["p50_ns"].as_u64(), "{cost}");
-    assert!(r["update_cost"].is_null() && r["quarantined"] == Value::Bool(false), "{out}");
+    assert!(r["update_cost"].is_null() && r["batch_cost"].is_null() && r["quarantined"] == Value::Bool(false), "{out}");
+    let (code, out, _) = gate("least-connections", &["--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    let batch = &r["batch_cost"];
+    assert!(batch["calls"].as_u64() == Some(50) && batch["p50_ns"].as_u64() > Some(0), "{batch}");
+    // The batches' picks are not the passes': the declines gate judges those.
+    assert_eq!(r["picks"].as_u64(), Some(4000), "{out}");
 }
 
 #[test]

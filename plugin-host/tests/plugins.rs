@@ -817,6 +817,19 @@ fn a_plugin_without_the_batch_entry_point_and_a_faulty_one_fall_back_per_flow() 
     out.fill(Some(9));
     slot.scheduler().pick_batch(&flows, &mut pool.clone(), &mut out);
     let s = slot.stats();
-    assert_eq!((out, s.picks, s.fallbacks.fault, s.faults_of(FaultKind::BadIndex)), (vec![None; 3], 3, 3, 1));
+    assert_eq!((out.clone(), s.picks, s.fallbacks.fault, s.faults_of(FaultKind::BadIndex)), (vec![None; 3], 3, 3, 1));
     assert_eq!(s.last_fault.map(|f| f.message), Some("`lb_pick_batch` returned 0 for 3 flows".into()));
+    // A batch call that traps: one fault, every flow to Maglev, and the
+    // instance discarded (the next call instantiates afresh).
+    let mut trapping = batch(4096, 4);
+    trapping[3] = func("lb_pick_batch", 2, 1, vec![0x00]);
+    let slot = published(runtime().compile("trap", &hand::plugin(trapping, V2)).unwrap());
+    let mut sched = slot.scheduler();
+    for _ in 0..2 {
+        out.fill(Some(9));
+        sched.pick_batch(&flows, &mut pool.clone(), &mut out);
+        assert_eq!(out, vec![None; 3]);
+    }
+    let s = slot.stats();
+    assert_eq!((s.picks, s.fallbacks.fault, s.faults_of(FaultKind::Trap), s.instantiations), (6, 6, 2, 2));
 }

@@ -650,7 +650,7 @@ impl Flows {
     /// A packet with ports: its flow's, or a new flow's.
     #[inline(always)]
     fn flow_packet(&mut self, s: &Services, now: u32, pkt: &mut Packet, p: &Parsed, hash: u64) -> Verdict {
-        if is_icmp_error(pkt.frame(), p) {
+        if is_icmp_error(pkt, p) {
             return self.icmp_error(s, now, pkt, p);
         }
         if let Some(slot) = self.table.find(&p.key, hash)
@@ -1381,8 +1381,10 @@ fn is_syn(p: &Parsed) -> bool {
     p.key.proto == IpProtocol::TCP && p.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
 }
 
-fn is_icmp_error(frame: &[u8], p: &Parsed) -> bool {
-    matches!(p.key.proto, IpProtocol::ICMP | IpProtocol::ICMPV6) && (p.key.proto == IpProtocol::ICMPV6) == p.v6 && wicmp::is_error(p.v6, frame[p.l4])
+/// The frame is sliced only for ICMP: slicing it (a bounds check) before
+/// the protocol test cost every packet.
+fn is_icmp_error(pkt: &Packet, p: &Parsed) -> bool {
+    matches!(p.key.proto, IpProtocol::ICMP | IpProtocol::ICMPV6) && (p.key.proto == IpProtocol::ICMPV6) == p.v6 && wicmp::is_error(p.v6, pkt.frame()[p.l4])
 }
 
 fn initial_state(key: &FlowKey, flags: u8) -> FlowState {

@@ -1109,7 +1109,7 @@ impl Flows {
                 }
             };
             // As the pool would have it: up and not drained.
-            let usable = |i: usize| vip.spec.backends.get(i).and_then(|&id| s.backend(id)).is_some_and(|b| b.spec.up && b.spec.weight > 0);
+            let usable = |i: usize| vip.spec.backends.get(i).and_then(|&id| s.backend(id)).is_some_and(|b| b.spec.effective_weight() > 0);
             match answer {
                 Some(i) if usable(i) => return Some(i),
                 Some(_) => self.stats.scheduler_faults.inc(),

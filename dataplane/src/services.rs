@@ -69,6 +69,14 @@ pub struct Backend {
     pub iface: IfIndex,
 }
 
+impl Backend {
+    /// The weight new flows see: 0 while the backend is down (it keeps
+    /// its weight for when it comes back).
+    pub fn effective_weight(&self) -> u32 {
+        if self.up { self.weight } else { 0 }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipSpec {
     pub addr: IpAddr,
@@ -336,7 +344,7 @@ impl Services {
                 }
             }
             // A backend that is down keeps its weight but no entries.
-            inputs.push((b.ident, if b.spec.up { b.spec.weight } else { 0 }));
+            inputs.push((b.ident, b.spec.effective_weight()));
         }
         let maglev_inputs: Box<[(u64, u32)]> = inputs.into();
         let maglev = match previous {

@@ -341,7 +341,9 @@ impl<V: Copy> ConnTable<V> {
     /// its (the flow's own, but for a tag collision) into the cache; call
     /// it after `warm`, once the bucket has arrived. Not the home bucket's
     /// entry: at half load a third of the flows live further down the run,
-    /// and warming another flow's entry left theirs to miss.
+    /// and warming another flow's entry left theirs to miss. `find`'s walk
+    /// without the key compare, written apart: one helper for both cost
+    /// every established packet 6-9 instructions (callgrind).
     #[inline]
     pub fn warm_entry(&self, hash: u64) {
         let tag = hash as u32;
@@ -551,10 +553,6 @@ impl<V: Copy> ConnTable<V> {
         self.expirations
     }
 
-    /// Takes the entries removed since the last call, by any cause, with
-    /// their last state. Take them after every `expire` and after each
-    /// packet's lookups and inserts: departures beyond the bounded log are
-    /// only counted ([`lost_departures`](Self::lost_departures)).
     /// Whether any departure waits to be taken: the cheap test before
     /// `take_departed`, made after every packet.
     #[inline]
@@ -562,6 +560,10 @@ impl<V: Copy> ConnTable<V> {
         !self.departed.is_empty()
     }
 
+    /// Takes the entries removed since the last call, by any cause, with
+    /// their last state. Take them after every `expire` and after each
+    /// packet's lookups and inserts: departures beyond the bounded log are
+    /// only counted ([`lost_departures`](Self::lost_departures)).
     pub fn take_departed(&mut self) -> std::vec::Drain<'_, (FlowKey, V, FlowState)> {
         self.departed.drain(..)
     }

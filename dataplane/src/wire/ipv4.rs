@@ -119,10 +119,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
         self.buf.as_mut()
     }
 
-    /// Decrements the TTL, updating the header checksum incrementally.
+    /// Decrements the TTL, updating the header checksum incrementally: one
+    /// check of the header's length, then fixed offsets (every forwarded
+    /// NAT packet takes this path).
     #[inline]
-    /// One check of the header's length, then fixed offsets: a forwarded
-    /// NAT packet takes this path.
     pub fn decrement_ttl(&mut self) {
         let Some(h) = self.bm().first_chunk_mut::<IPV4_MIN_HLEN>() else {
             debug_assert!(false, "an IPv4 header shorter than {IPV4_MIN_HLEN} bytes");

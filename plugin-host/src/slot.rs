@@ -109,6 +109,8 @@ struct FollowerCounters {
     over_capacity: Counter,
     unavailable: Counter,
     instantiations: Counter,
+    /// `lb_pick_batch` calls made.
+    batches: Counter,
     /// A sample of whole picks' cost on the worker, in ns: the flow record,
     /// the rows' sync (with an inline `lb_update`) and the call.
     pick_ns: Log2Histogram<PICK_COST_BUCKETS>,
@@ -126,8 +128,18 @@ impl FollowerCounters {
         }
     }
 
-    fn all(&self) -> [&Counter; 8] {
-        [&self.picks, &self.declined, &self.fault, &self.quarantined, &self.preparing, &self.over_capacity, &self.unavailable, &self.instantiations]
+    fn all(&self) -> [&Counter; 9] {
+        [
+            &self.picks,
+            &self.declined,
+            &self.fault,
+            &self.quarantined,
+            &self.preparing,
+            &self.over_capacity,
+            &self.unavailable,
+            &self.instantiations,
+            &self.batches,
+        ]
     }
 }
 
@@ -172,6 +184,9 @@ pub struct PluginStats {
     /// Instances the workers ran (one per worker per version, plus one
     /// after every trap and every update prepared on the plugin thread).
     pub instantiations: u64,
+    /// `lb_pick_batch` calls: the picks over them is how many new flows a
+    /// call placed on average.
+    pub batches: u64,
     /// The published version is quarantined: all its picks fall back.
     pub quarantined: bool,
     /// The published version's last fault.
@@ -256,7 +271,7 @@ impl PluginSlot {
 
     pub fn stats(&self) -> PluginStats {
         let (generation, version) = lock(&self.current).clone();
-        let (mut sums, mut pick_ns) = ([0u64; 8], [0u64; PICK_COST_BUCKETS]);
+        let (mut sums, mut pick_ns) = ([0u64; 9], [0u64; PICK_COST_BUCKETS]);
         for c in lock(&self.followers).iter().map(Arc::as_ref).chain([&self.retired]) {
             for (sum, counter) in sums.iter_mut().zip(c.all()) {
                 *sum += counter.get();
@@ -265,7 +280,7 @@ impl PluginSlot {
                 *sum += n;
             }
         }
-        let [picks, declined, fault, quarantined, preparing, over_capacity, unavailable, instantiations] = sums;
+        let [picks, declined, fault, quarantined, preparing, over_capacity, unavailable, instantiations, batches] = sums;
         PluginStats {
             plugin: version.as_ref().map(|v| v.plugin.name().to_string()),
             hash: version.as_ref().map(|v| v.plugin.hash()),
@@ -274,6 +289,7 @@ impl PluginSlot {
             fallbacks: Fallbacks { declined, fault, quarantined, preparing, over_capacity, unavailable },
             faults: self.faults.each_ref().map(|f| f.load(Relaxed)),
             instantiations,
+            batches,
             quarantined: version.as_ref().is_some_and(|v| v.quarantined.load(Relaxed)),
             last_fault: version.as_ref().and_then(|v| lock(&v.last_fault).clone()),
             pick_ns,
@@ -593,7 +609,9 @@ impl WasmScheduler {
         self.records.extend(flows[..m].iter().map(|(key, hash)| abi::flow_record(key, *hash)));
         self.answers.clear();
         self.answers.resize_with(m, || Ok(None));
-        match live.pick_batch(cfg, backends, &self.records, &mut self.answers) {
+        let called = live.pick_batch(cfg, backends, &self.records, &mut self.answers);
+        self.follower.counters.batches.inc();
+        match called {
             Ok(()) => Ok(m),
             Err(fault) => {
                 self.follower.fault(fault);

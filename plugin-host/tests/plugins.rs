@@ -360,6 +360,8 @@ fn run_time_hostiles_fall_back_to_maglev_and_are_quarantined_after_k_faults() {
             fallbacks: Fallbacks { fault: 3, quarantined: 7, ..Fallbacks::default() },
             faults: FaultKind::ALL.map(|k| if k == kind { 3 } else { 0 }),
             instantiations: instances,
+            // Version 1 modules: asked one flow per call.
+            batches: 0,
             quarantined: true,
             last_fault: Some(LastFault { message: reason.into(), ..last }),
             pick_ns: st.pick_ns,
@@ -790,7 +792,7 @@ fn a_batch_is_placed_in_one_call_as_if_its_flows_came_one_by_one() {
     sched.pick_batch(&flows[..4], &mut pool.clone(), &mut out[..4]);
     assert_eq!(out[..4], [0, 1, 2, 3].map(Some));
     let s = slot.stats();
-    assert_eq!((s.picks, s.fallbacks.total(), s.fault_count()), (14, 0, 0));
+    assert_eq!((s.picks, s.batches, s.fallbacks.total(), s.fault_count()), (14, 2, 0, 0));
     assert_eq!(s.pick_ns.iter().sum::<u64>(), 2, "one timed sample per call");
 
     // A hash plugin answers in a batch what it answers one by one.
@@ -811,13 +813,13 @@ fn a_plugin_without_the_batch_entry_point_and_a_faulty_one_fall_back_per_flow() 
     let slot = published(runtime().compile("v1", &hand::plugin(vec![], HEADER)).unwrap());
     slot.scheduler().pick_batch(&flows, &mut pool.clone(), &mut out);
     let s = slot.stats();
-    assert_eq!((out.clone(), s.picks, s.fallbacks.declined), (vec![None; 3], 3, 3));
+    assert_eq!((out.clone(), s.picks, s.batches, s.fallbacks.declined), (vec![None; 3], 3, 0, 3));
     // A batch call that decides nothing: one fault, every flow to Maglev.
     let slot = published(runtime().compile("lazy", &hand::plugin(batch(4096, 4), V2)).unwrap());
     out.fill(Some(9));
     slot.scheduler().pick_batch(&flows, &mut pool.clone(), &mut out);
     let s = slot.stats();
-    assert_eq!((out.clone(), s.picks, s.fallbacks.fault, s.faults_of(FaultKind::BadIndex)), (vec![None; 3], 3, 3, 1));
+    assert_eq!((out.clone(), s.picks, s.batches, s.fallbacks.fault, s.faults_of(FaultKind::BadIndex)), (vec![None; 3], 3, 1, 3, 1));
     assert_eq!(s.last_fault.map(|f| f.message), Some("`lb_pick_batch` returned 0 for 3 flows".into()));
     // A batch call that traps: one fault, every flow to Maglev, and the
     // instance discarded (the next call instantiates afresh).
@@ -831,5 +833,5 @@ fn a_plugin_without_the_batch_entry_point_and_a_faulty_one_fall_back_per_flow() 
         assert_eq!(out, vec![None; 3]);
     }
     let s = slot.stats();
-    assert_eq!((s.picks, s.fallbacks.fault, s.faults_of(FaultKind::Trap), s.instantiations), (6, 6, 2, 2));
+    assert_eq!((s.picks, s.batches, s.fallbacks.fault, s.faults_of(FaultKind::Trap), s.instantiations), (6, 2, 6, 2, 2));
 }

@@ -3,9 +3,10 @@
 //! takes some 10 ms stalls no worker (at the swap, at a backend going down
 //! and coming back), a module that takes seconds to compile blinds neither
 //! the control socket nor the health checks and is refused at
-//! `plugins.compile_timeout`, and a plugin that declines every flow shows
-//! as such in `stats`, `status` and the metrics. Root only; the modules
-//! come from scripts/build-plugins.sh or are made here.
+//! `plugins.compile_timeout`, a plugin that declines every flow shows
+//! as such in `stats`, `status` and the metrics, and a burst of new flows
+//! reaches the plugin in batch calls. Root only; the modules come from
+//! scripts/build-plugins.sh or are made here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fulcrum::control::api::{PluginReport, Request, Response};
+use fulcrum_dataplane::wire::tcp::SYN;
 use fulcrum_tests::daemon::{self, LabMode};
+use fulcrum_tests::load::Flood;
 use fulcrum_tests::{Lab, Proc, VIP4, http_get, in_netns, require_root};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
@@ -180,6 +183,33 @@ fn a_plugin_that_declines_every_flow_shows_in_stats_status_and_metrics() {
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_fallbacks_total", &[&vip, "reason=\"declined\""]), 50.0);
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_picks_total", &[&vip]), 50.0);
     assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_pick_p99_seconds", &[&vip]), p99 as f64 / 1e9);
+    daemon::stop(d).expect("daemon stops");
+}
+
+#[test]
+fn a_burst_of_new_flows_is_placed_in_batch_calls_and_a_client_is_still_served() {
+    require_root();
+    let mut lab = Lab::new(LabMode::Dsr.topology()).expect("lab");
+    let _ = daemon::prepare(&mut lab, LabMode::Dsr, SERVER.as_ref()).expect("set-up");
+    let config = daemon::config_with(&lab, LabMode::Dsr, |_, _| String::new());
+    let socket = daemon::socket_of(&config).to_string_lossy().into_owned();
+    let (d, _file) = daemon::start(&lab, &config).expect("daemon");
+    load(&socket, "round-robin");
+    const SYNS: u32 = 2000;
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    // Forged SYNs from many sources: each a new flow for the plugin. The
+    // workers poll adaptively, so the frames that come while one sleeps
+    // reach it as one chunk.
+    Flood { target, flags: SYN, frames: SYNS, rate: 50_000 }.send(&lab).expect("flood");
+    let served = in_netns(&lab.client.ns, || http_get(target, "/", T)).expect("client namespace");
+    assert!(matches!(served, Ok((200, _))), "{served:?}");
+    let r = report(&socket);
+    assert!(r.picks >= u64::from(SYNS) * 9 / 10, "{} picks for {SYNS} SYNs: {r:?}", r.picks);
+    assert!(r.batches > 0 && r.picks > r.batches * 2, "{} batch calls for {} picks: {r:?}", r.batches, r.picks);
+    assert_eq!(r.faults.values().sum::<u64>(), 0, "{r:?}");
+    let text = daemon::scrape(&lab);
+    assert_eq!(daemon::metric(&text, "fulcrum_vip_plugin_batches_total", &[&format!("vip=\"{VIP}\"")]), r.batches as f64);
+    eprintln!("{} picks in {} batch calls (and single picks)", r.picks, r.batches);
     daemon::stop(d).expect("daemon stops");
 }
 

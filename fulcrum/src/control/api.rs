@@ -391,6 +391,9 @@ pub struct PluginReport {
     pub last_fault: Option<PluginFault>,
     /// Instances the workers ran.
     pub instantiations: u64,
+    /// `lb_pick_batch` calls: a worker asks for all the new flows of a
+    /// chunk of frames in one (picks / batches: new flows per call).
+    pub batches: u64,
     /// The 99th percentile of a pick's cost on the worker (ns; one
     /// `lb_pick` in eight is timed, and every batch at its cost per flow),
     /// once one was.
@@ -403,11 +406,12 @@ impl PluginReport {
     pub fn summary(&self) -> String {
         let nonzero = |m: &BTreeMap<String, u64>| m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ");
         let mut line = format!(
-            "plugin {} (generation {}, {}): {} picks, {} instantiations, fallbacks: {}, faults: {}",
+            "plugin {} (generation {}, {}): {} picks, {} batch calls, {} instantiations, fallbacks: {}, faults: {}",
             self.name,
             self.generation,
             self.hash,
             self.picks,
+            self.batches,
             self.instantiations,
             Some(nonzero(&self.fallbacks)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),
             Some(nonzero(&self.faults)).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()),

@@ -305,6 +305,11 @@ fn vip_plugins(out: &mut String, s: &StatsReport) {
     for (labels, p) in plugins() {
         f.sample(name, &labels, p.instantiations);
     }
+    let name = "fulcrum_vip_plugin_batches_total";
+    let mut f = Family::new(out, name, "counter", "lb_pick_batch calls: a chunk's new flows placed in one call.");
+    for (labels, p) in plugins() {
+        f.sample(name, &labels, p.batches);
+    }
     let name = "fulcrum_vip_plugin_pick_p99_seconds";
     let mut f = Family::new(
         out,
@@ -457,6 +462,7 @@ mod tests {
                     quarantined: true,
                     last_fault: Some(PluginFault { message: "`lb_pick` trapped".into(), at: 1_700_000_000 }),
                     instantiations: 4,
+                    batches: 3,
                     pick_p99_ns: Some(1500),
                 }),
             }],
@@ -517,6 +523,7 @@ mod tests {
             "fulcrum_vip_plugin_quarantined{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1",
             "fulcrum_vip_plugin_instantiations_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 4",
             "fulcrum_vip_plugin_last_fault_timestamp_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 1700000000",
+            "fulcrum_vip_plugin_batches_total{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 3",
             "fulcrum_vip_plugin_pick_p99_seconds{vip=\"198.18.0.100:80/tcp\",address=\"198.18.0.100\",port=\"80\",protocol=\"tcp\"} 0.0000015",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

@@ -193,6 +193,7 @@ pub fn report(s: &PluginStats) -> Option<PluginReport> {
         quarantined: s.quarantined,
         last_fault: s.last_fault.as_ref().map(|l| PluginFault { message: l.message.clone(), at: l.at }),
         instantiations: s.instantiations,
+        batches: s.batches,
         pick_p99_ns: s.pick_p99().map(|d| d.as_nanos() as u64),
     })
 }

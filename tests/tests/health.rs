@@ -71,11 +71,13 @@ fn answers(lab: &Lab, vip: IpAddr, n: usize) -> Vec<String> {
     .expect("entering the client namespace")
 }
 
-/// The summary line of backend `addr` under `vip` (TCP port 80).
+/// The summary line of backend `addr` under `vip` (TCP port 80). The
+/// daemon's log lines go to another stream and may land between the
+/// summary's lines: the VIP's backends run to the next VIP's line.
 fn backend_line(summary: &str, vip: IpAddr, addr: IpAddr) -> String {
     let head = format!("vip {}:", vip_name(vip));
     let mut lines = summary.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
-    let line = lines.by_ref().take_while(|l| l.starts_with("  ")).find(|l| l.trim_start().starts_with(&format!("backend {addr}:")));
+    let line = lines.by_ref().take_while(|l| !l.starts_with("vip ")).find(|l| l.starts_with(&format!("  backend {addr}:")));
     line.unwrap_or_else(|| panic!("no backend {addr} under {head}\n{summary}")).to_string()
 }
 
